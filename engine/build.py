@@ -1,0 +1,407 @@
+"""Build-time code: fit every stage of a Matcher on a KB and calibrate it on the KB's own questions.
+
+Cross-validation without extra data: each sampled KB question is matched against the index with itself
+hidden (in scope: is its entry still found through the entry's other questions?) and with its whole
+entry hidden (out of scope: whatever comes first is wrong). Those examples train the fusion weights, the
+confidence calibrator and the thresholds. A KB without paraphrases has no in-scope examples of that kind;
+then word-dropped copies of its questions stand in, and the manifest says so.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any
+
+import numpy as np
+
+from engine import fusion
+from engine.decide import DEFAULT_HUMAN_PHRASES, DecisionPolicy, choose_thresholds
+from engine.dense import DenseIndex
+from engine.embed import CachedEmbedder, Embedder, make_embedder
+from engine.fusion import LinearModel
+from engine.kb import KBEntry, kb_hash, load_kb
+from engine.matcher import Matcher, QueryRep
+from engine.normalize import normalize, strip_placeholders
+from engine.sparse import SparseIndex, query_terms
+from engine.supervised import EntryClassifier
+from engine.tokenize import Tokenizer, char_ngrams
+
+log = logging.getLogger("kefu.build")
+
+Progress = Callable[[str, float], None]
+
+MIN_REAL_EXAMPLES = 40  # fewer held-out paraphrases than this: use default fusion weights
+OOS_SHARE = 0.3  # assumed share of out-of-scope messages when choosing thresholds
+MAX_CLASSIFIER_ENTRIES = 3000
+MIN_LABELLED = 50  # labelled messages needed before they may replace the KB's own calibration
+
+
+def build_matcher(
+    kb: str | os.PathLike[str] | Iterable[Mapping[str, Any] | KBEntry],
+    *,
+    dense: bool = True,
+    embedder: Embedder | str | None = None,
+    user_words: Iterable[str] = (),
+    synonyms: Mapping[str, Iterable[str]] | None = None,
+    stopwords: Iterable[str] | None = None,
+    human_phrases: Iterable[str] = DEFAULT_HUMAN_PHRASES,
+    target_precision: float = 0.95,
+    tokenizer_backend: str = "auto",
+    max_examples: int = 1500,
+    seed: int = 0,
+    progress: Progress | None = None,
+) -> Matcher:
+    """Fit a Matcher; the KB is validated first and nothing is built from a bad file."""
+    t0 = time.perf_counter()
+    say = progress or (lambda stage, frac: None)
+    entries = load_kb(kb)
+    m = Matcher()
+    m.entries = entries
+    texts: list[str] = []
+    ptr = [0]
+    for e in entries:
+        texts.extend(e.questions())
+        ptr.append(len(texts))
+    m.row_ptr = np.asarray(ptr, np.int64)
+    m.row_texts = texts
+    say("tokenize", 0.05)
+    m.tokenizer = Tokenizer(
+        user_words=list(user_words),
+        synonyms={k: list(v) for k, v in (synonyms or {}).items()},
+        stopwords=stopwords,
+        backend=tokenizer_backend,
+    ).fit()
+    norms = [normalize(t) for t in texts]
+    canons = [m.tokenizer.canonical(n) for n in norms]
+    row_terms = [query_terms(m.tokenizer.words(c), char_ngrams(c)) for c in canons]
+    m.sparse = SparseIndex().fit(row_terms)
+    X_sparse = m.sparse.transform(row_terms)
+
+    vectors = None
+    m.dense_index, m.centroids, m.embedder = None, None, None
+    if dense:
+        say("embed", 0.1)
+        emb = embedder if embedder is not None and not isinstance(embedder, str) else make_embedder(embedder)
+        raw = _encode_batched(emb, [strip_placeholders(n) for n in norms], say)
+        m.dense_index = DenseIndex().fit(raw)
+        vectors = m.dense_index.vectors_
+        m.centroids = _centroids(vectors, m.row_ptr)
+        m.embedder = CachedEmbedder(emb)
+
+    owner = np.repeat(np.arange(len(entries)), np.diff(m.row_ptr))
+    multi = np.diff(m.row_ptr) >= 2
+    m.classifier = None
+    if _classifier_worthwhile(multi):
+        say("classifier", 0.6)
+        m.classifier = EntryClassifier().fit(X_sparse, vectors, owner, len(entries))
+
+    m.ranker = LinearModel(fusion.DEFAULT_WEIGHTS_DENSE if dense else fusion.DEFAULT_WEIGHTS_SPARSE)
+    m.calibrator = LinearModel(np.zeros(len(fusion.CALIBRATION_FEATURES), np.float32), -5.0)
+    m.policy = DecisionPolicy(human_phrases=list(human_phrases))
+    m.info = {}
+    m._finalize()
+
+    say("calibrate", 0.7)
+    rng = np.random.default_rng(seed)
+    report = calibrate_on_kb(m, say, X_sparse, owner, multi, rng, max_examples, target_precision)
+    m.info = {
+        "kb_hash": kb_hash(entries),
+        "entries": len(entries),
+        "rows": len(texts),
+        "dense": dense,
+        "embedder": m.embedder.spec() if m.embedder else None,
+        "classifier": m.classifier is not None,
+        "dense_index": m.dense_index.kind_ if m.dense_index else None,
+        "tokenizer": m.tokenizer.backend_,
+        "target_precision": target_precision,
+        "calibration": report,
+        "build_seconds": round(time.perf_counter() - t0, 3),
+    }
+    say("done", 1.0)
+    return m
+
+
+def _classifier_worthwhile(multi: np.ndarray) -> bool:
+    """A classifier needs several examples per class: most entries must carry paraphrases.
+
+    It is also capped in size: one weight vector per entry grows with the KB.
+    """
+    n = multi.size
+    return n >= 2 and multi.sum() >= max(2, 0.5 * n) and n <= MAX_CLASSIFIER_ENTRIES
+
+
+def _encode_batched(emb: Embedder, texts: list[str], say: Progress, batch: int = 256) -> np.ndarray:
+    out = np.zeros((len(texts), emb.dim), np.float32)
+    for i in range(0, len(texts), batch):
+        chunk = texts[i : i + batch]
+        # a question that is only a placeholder (an order number) has no text for the encoder
+        keep = [j for j, t in enumerate(chunk) if t]
+        if keep:
+            out[i + np.asarray(keep)] = emb.encode([chunk[j] for j in keep])
+        say("embed", 0.1 + 0.5 * min(1.0, (i + batch) / max(1, len(texts))))
+    return out
+
+
+def _centroids(vectors: np.ndarray, ptr: np.ndarray) -> np.ndarray:
+    if len(vectors) == 0:
+        return np.zeros((0, vectors.shape[1]), np.float32)
+    c = np.add.reduceat(vectors, ptr[:-1], axis=0)
+    n = np.linalg.norm(c, axis=1, keepdims=True)
+    n[n == 0] = 1.0
+    return (c / n).astype(np.float32)
+
+
+def _row_rep(m: Matcher, X_sparse: Any, vectors: np.ndarray | None, r: int, hidden: slice) -> QueryRep:
+    """A KB question as a message would look with rows `hidden` gone from the index.
+
+    Terms that occur only in hidden rows become unknown words: they are dropped and counted, exactly as
+    `SparseIndex.vectorize` treats a customer's unknown words.
+    """
+    row = X_sparse[r]
+    ids = row.indices.astype(np.int64)
+    in_hidden = np.asarray((X_sparse[hidden][:, ids] != 0).sum(axis=0)).ravel()
+    known = m.sparse.df_[ids] > in_hidden
+    weights = row.data[known].astype(np.float32)
+    norm2 = float(np.dot(weights, weights))
+    if norm2 > 0:
+        weights /= np.sqrt(norm2)
+    text = normalize(m.row_texts[r])
+    dense = None if vectors is None else vectors[r]
+    unknown = 1.0 - known.mean() if ids.size else 1.0
+    return QueryRep(text, ids[known], weights, float(unknown), len(text), dense)
+
+
+def _synthetic_rep(m: Matcher, text: str, rng: np.random.Generator) -> QueryRep | None:
+    """A copy of a KB question with one content word dropped: a stand-in paraphrase."""
+    norm = normalize(text)
+    canon = m.tokenizer.canonical(norm)
+    words = m.tokenizer.segment(canon)
+    if len(words) < 3:
+        return None
+    drop = int(rng.integers(len(words)))
+    variant = "".join(w for i, w in enumerate(words) if i != drop)
+    return m.represent(variant)
+
+
+def calibrate_on_kb(
+    m: Matcher,
+    say: Progress,
+    X_sparse: Any,
+    owner: np.ndarray,
+    multi: np.ndarray,
+    rng: np.random.Generator,
+    max_examples: int,
+    target_precision: float,
+) -> dict[str, Any]:
+    """Learn fusion weights, the calibrator and thresholds from held-out KB questions."""
+    n_rows = len(m.row_texts)
+    vectors = m.dense_index.vectors_ if m.dense_index is not None else None
+    all_ok = np.ones(len(m.entries), bool)
+    in_rows = np.flatnonzero(multi[owner])
+    in_rows = rng.permutation(in_rows)[:max_examples]
+    oos_rows = rng.permutation(n_rows)[:max_examples]
+
+    fold_probs = _out_of_fold_probs(m, X_sparse, vectors, owner, in_rows, rng) if m.classifier else {}
+
+    def examples(
+        rows: np.ndarray, hide_entry: bool
+    ) -> list[tuple[QueryRep, np.ndarray, np.ndarray, np.ndarray | None, int]]:
+        out = []
+        for r in rows:
+            e = int(owner[r])
+            lo, hi = int(m.row_ptr[e]), int(m.row_ptr[e + 1])
+            rep = _row_rep(m, X_sparse, vectors, int(r), slice(lo, hi) if hide_entry else slice(r, r + 1))
+            row_ok = np.ones(n_rows, bool)
+            entry_ok = all_ok
+            probs = fold_probs.get(int(r)) if m.classifier else None
+            if hide_entry:
+                row_ok[lo:hi] = False
+                entry_ok = all_ok.copy()
+                entry_ok[e] = False
+                if m.classifier is not None:
+                    probs = _probs_without(m, rep, e, fold_probs.get(int(r)))
+            else:
+                row_ok[r] = False
+            out.append((rep, entry_ok, row_ok, probs, -1 if hide_entry else e))
+        return out
+
+    say("calibrate", 0.7)
+    in_ex = examples(in_rows, hide_entry=False)
+    synthetic = False
+    if len(in_ex) < MIN_REAL_EXAMPLES:
+        synthetic = True
+        for r in rng.permutation(n_rows)[:max_examples]:
+            rep = _synthetic_rep(m, m.row_texts[r], rng)
+            if rep is not None:
+                in_ex.append((rep, all_ok, None, None, int(owner[r])))  # type: ignore[arg-type]
+    oos_ex = examples(oos_rows, hide_entry=True) if len(m.entries) > 1 else []
+
+    say("calibrate", 0.75)
+    # 1. fusion weights from real held-out paraphrases (candidate level: is this the right entry?)
+    learned = False
+    if not synthetic and len(in_ex) >= MIN_REAL_EXAMPLES:
+        Xc, yc = [], []
+        for rep, entry_ok, row_ok, probs, gold in in_ex:
+            ranking = m.rank(rep, entry_ok, row_ok, probs)
+            Xc.append(ranking.evidence)
+            yc.append(ranking.cands == gold)
+        Xc_a, yc_a = np.vstack(Xc), np.concatenate(yc)
+        if yc_a.any() and not yc_a.all():
+            model = fusion.fit_logistic(Xc_a, yc_a.astype(int), C=1.0)
+            m.ranker = LinearModel(model.weights, 0.0)
+            learned = True
+
+    # 2. calibrator and thresholds on the winners of the fused ranking
+    feats, correct, top3, weights, is_in = [], [], [], [], []
+    total = len(in_ex) + len(oos_ex)
+    for group, w_group in ((in_ex, 1.0 - OOS_SHARE), (oos_ex, OOS_SHARE)):
+        for rep, entry_ok, row_ok, probs, gold in group:
+            ranking = m.rank(rep, entry_ok, row_ok, probs)
+            if ranking.cands.size:
+                feats.append(ranking.calib)
+                correct.append(ranking.cands[0] == gold)
+                top3.append(gold in ranking.cands[:3])
+                weights.append(w_group / len(group))
+                is_in.append(gold >= 0)
+            if len(is_in) % 200 == 0:
+                say("calibrate", 0.75 + 0.2 * len(is_in) / max(1, total))
+    if not feats:
+        # a KB of one short entry: nothing to learn from, keep the cautious prior
+        return {
+            "examples_in_scope": 0,
+            "examples_out_of_scope": 0,
+            "synthetic_paraphrases": synthetic,
+            "fusion": "default",
+            "t_answer": m.policy.t_answer,
+            "t_clarify": m.policy.t_clarify,
+        }
+    _, y, w, answered = fit_calibration(
+        m, np.vstack(feats), np.asarray(correct), np.asarray(top3), np.asarray(weights), target_precision
+    )
+    in_mask = np.asarray(is_in)
+    return {
+        "examples_in_scope": int(in_mask.sum()),
+        "examples_out_of_scope": int((~in_mask).sum()),
+        "synthetic_paraphrases": synthetic,
+        "fusion": "learned" if learned else "default",
+        "ranker_weights": [float(v) for v in m.ranker.weights],
+        "t_answer": m.policy.t_answer,
+        "t_clarify": m.policy.t_clarify,
+        "cv_top1_in_scope": float(y[in_mask].mean()) if in_mask.any() else None,
+        "cv_answer_precision": float((w * y * answered).sum() / max(1e-9, (w * answered).sum())),
+        "cv_answer_coverage": float((w * answered).sum() / w.sum()),
+    }
+
+
+def _out_of_fold_probs(
+    m: Matcher,
+    X_sparse: Any,
+    vectors: np.ndarray | None,
+    owner: np.ndarray,
+    rows: np.ndarray,
+    rng: np.random.Generator,
+    folds: int = 5,
+) -> dict[int, np.ndarray]:
+    """Classifier probabilities for held-out rows from models that never saw them."""
+    out: dict[int, np.ndarray] = {}
+    n_rows = len(owner)
+    assignment = rng.integers(folds, size=rows.size)
+    for f in range(folds):
+        test = rows[assignment == f]
+        if test.size == 0:
+            continue
+        train = np.ones(n_rows, bool)
+        train[test] = False
+        clf = EntryClassifier().fit(
+            X_sparse[train], None if vectors is None else vectors[train], owner[train], len(m.entries)
+        )
+        P = clf.predict_proba(X_sparse[test], None if vectors is None else vectors[test])
+        for r, p in zip(test, P, strict=True):
+            out[int(r)] = p
+    return out
+
+
+def _probs_without(m: Matcher, rep: QueryRep, e: int, probs: np.ndarray | None) -> np.ndarray:
+    """Classifier output with entry e removed: what a message about an unknown topic would get."""
+    assert m.classifier is not None
+    p = m.classifier.predict_proba_one(rep.ids, rep.weights, rep.dense) if probs is None else probs.copy()
+    p[e] = 0.0
+    total = p.sum()
+    return p / total if total > 0 else p
+
+
+def fit_calibration(
+    m: Matcher,
+    X: np.ndarray,
+    correct: np.ndarray,
+    top3: np.ndarray,
+    weights: np.ndarray,
+    target_precision: float,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Fit the calibrator and choose thresholds; returns (P, correct, weights, answered) on the examples."""
+    w = weights / weights.mean()
+    if correct.any() and not correct.all():
+        m.calibrator = fusion.fit_logistic(X, correct.astype(int), sample_weight=w, C=1.0)
+    else:
+        log.warning(
+            "calibration examples are all %s; confidence stays at its prior",
+            "right" if correct.all() else "wrong",
+        )
+    p = np.array([m.calibrator.proba(x) for x in X])
+    m.policy.t_answer, m.policy.t_clarify = choose_thresholds(p, correct, top3, w, target_precision)
+    return p, correct, w, p >= m.policy.t_answer
+
+
+def recalibrate(
+    m: Matcher,
+    texts: list[str],
+    expected: list[str | None],
+    target_precision: float | None = None,
+) -> dict[str, Any]:
+    """Refit the calibrator and thresholds on labelled messages (expected None: out of scope).
+
+    Labelled logs reflect real traffic, including its share of out-of-scope messages, so the examples
+    are weighted equally.
+    """
+    target = target_precision if target_precision is not None else m.info.get("target_precision", 0.95)
+    ids = {e.id: i for i, e in enumerate(m.entries)}
+    unknown = sorted({x for x in expected if x and x not in ids})
+    if unknown:
+        raise ValueError(f"expected ids not in the model's KB: {', '.join(unknown[:10])}")
+    all_ok = np.ones(len(m.entries), bool)
+    feats, correct, top3 = [], [], []
+    for text, exp in zip(texts, expected, strict=True):
+        rep = m.represent(text)
+        if not rep.normalized or m.policy.human_request(rep.normalized):
+            continue
+        ranking = m.rank(rep, all_ok)
+        if ranking.cands.size == 0:
+            continue
+        gold = ids[exp] if exp else -1
+        feats.append(ranking.calib)
+        correct.append(ranking.cands[0] == gold)
+        top3.append(gold in ranking.cands[:3])
+    n_right = int(sum(correct))
+    if len(feats) < MIN_LABELLED or n_right < 5 or len(feats) - n_right < 5:
+        raise ValueError(
+            f"{len(feats)} usable labelled messages ({n_right} matched right, {len(feats) - n_right} not): "
+            f"calibration needs at least {MIN_LABELLED}, with 5 or more of each kind"
+        )
+    _, y, _, answered = fit_calibration(
+        m, np.vstack(feats), np.asarray(correct), np.asarray(top3), np.ones(len(feats)), target
+    )
+    report = {
+        "examples": len(feats),
+        "t_answer": m.policy.t_answer,
+        "t_clarify": m.policy.t_clarify,
+        "answer_precision": float(y[answered].mean()) if answered.any() else None,
+        "answer_coverage": float(answered.mean()),
+        "target_precision": target,
+    }
+    m.info["calibration_logs"] = report
+    m.info["target_precision"] = target
+    m.info.setdefault("calibration", {}).update(t_answer=m.policy.t_answer, t_clarify=m.policy.t_clarify)
+    return report

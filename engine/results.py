@@ -1,0 +1,39 @@
+"""What a match returns: a decision, the best entry, a calibrated confidence and the candidates."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from enum import StrEnum
+from typing import Any
+
+
+class Decision(StrEnum):
+    ANSWER = "answer"
+    CLARIFY = "clarify"
+    HANDOFF = "handoff"
+
+
+@dataclass(slots=True)
+class Candidate:
+    entry_id: str
+    question: str
+    score: float  # fused ranking score (higher is better; not a probability)
+    answer: str = ""
+    category: str = ""
+
+
+@dataclass(slots=True)
+class MatchResult:
+    decision: Decision
+    reason: str
+    confidence: float = 0.0  # calibrated P(best entry is right)
+    entry_id: str | None = None
+    answer: str | None = None
+    candidates: list[Candidate] = field(default_factory=list)
+    normalized: str = ""
+    features: dict[str, float] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["decision"] = self.decision.value
+        return d

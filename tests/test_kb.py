@@ -1,0 +1,597 @@
+"""Tests for engine.kb: loading every format, validation, activity windows, export."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import pickle
+import tempfile
+from collections.abc import Callable, Sequence
+from datetime import UTC, date, datetime
+from pathlib import Path
+from typing import Any
+from zoneinfo import ZoneInfo
+
+import openpyxl
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from engine.kb import (
+    KB_COLUMNS,
+    KBEntry,
+    KBIssue,
+    KBValidationError,
+    dump_kb,
+    kb_hash,
+    load_kb,
+    read_rows,
+)
+
+SH = ZoneInfo("Asia/Shanghai")
+END_OF_JUNE = datetime(2025, 6, 30, 23, 59, 59, 999999, tzinfo=SH)
+
+SAMPLE_ROWS: list[list[Any]] = [
+    ["A1", "怎么退货", "如何退货|退货流程", "七天无理由退货", "售后", "", "", "true"],
+    ["A2", "多久发货", "什么时候发货", "48小时内发货", "物流", "2025-01-01", "2025-06-30", "是"],
+    ["A3", "可以开发票吗", "", "可以开电子发票", "", "", "", "否"],
+]
+EXPECTED = [
+    KBEntry("A1", "怎么退货", "七天无理由退货", ("如何退货", "退货流程"), "售后"),
+    KBEntry(
+        "A2",
+        "多久发货",
+        "48小时内发货",
+        ("什么时候发货",),
+        "物流",
+        valid_from=datetime(2025, 1, 1, tzinfo=SH),
+        valid_to=END_OF_JUNE,
+    ),
+    KBEntry("A3", "可以开发票吗", "可以开电子发票", enabled=False),
+]
+
+
+def csv_text(header: Sequence[Any], rows: Sequence[Sequence[Any]]) -> str:
+    buffer = io.StringIO()
+    writer = csv.writer(buffer)
+    writer.writerow(header)
+    writer.writerows(rows)
+    return buffer.getvalue()
+
+
+def write_csv(path: Path, rows: Sequence[Sequence[Any]], header: Sequence[Any] = KB_COLUMNS) -> Path:
+    path.write_text(csv_text(header, rows), encoding="utf-8", newline="")
+    return path
+
+
+def write_xlsx(path: Path, rows: Sequence[Sequence[Any]], header: Sequence[Any] = KB_COLUMNS) -> Path:
+    workbook = openpyxl.Workbook()
+    sheet = workbook.active
+    sheet.append(list(header))
+    for row in rows:
+        sheet.append(list(row))
+    workbook.save(path)
+    return path
+
+
+def sample_records() -> list[dict[str, Any]]:
+    return [dict(zip(KB_COLUMNS, row, strict=True)) for row in SAMPLE_ROWS]
+
+
+def issues_of(source: Any, **kwargs: Any) -> list[KBIssue]:
+    with pytest.raises(KBValidationError) as info:
+        load_kb(source, **kwargs)
+    return info.value.issues
+
+
+def where(issues: Sequence[KBIssue]) -> list[tuple[int | None, str | None]]:
+    return [(issue.row, issue.column) for issue in issues]
+
+
+# --------------------------------------------------------------------------- formats
+
+
+def _csv_bytes(encoding: str) -> Callable[[Path], Path]:
+    def write(directory: Path) -> Path:
+        path = directory / "kb.csv"
+        path.write_bytes(csv_text(KB_COLUMNS, SAMPLE_ROWS).encode(encoding))
+        return path
+
+    return write
+
+
+def _xlsx(directory: Path) -> Path:
+    return write_xlsx(directory / "kb.xlsx", SAMPLE_ROWS)
+
+
+def _json(directory: Path) -> Path:
+    records = sample_records()
+    records[0]["similar"] = ["如何退货", "退货流程"]  # JSON may give a real list
+    path = directory / "kb.json"
+    path.write_text(json.dumps(records, ensure_ascii=False), encoding="utf-8")
+    return path
+
+
+def _json_wrapped(directory: Path) -> Path:
+    path = directory / "kb.json"
+    path.write_text(json.dumps({"entries": sample_records()}, ensure_ascii=False), encoding="utf-8")
+    return path
+
+
+def _jsonl(directory: Path) -> Path:
+    lines = [json.dumps(record, ensure_ascii=False) for record in sample_records()]
+    path = directory / "kb.JSONL"  # suffix matching is case-insensitive
+    path.write_text("\n".join([lines[0], "", lines[1], "   ", lines[2]]) + "\n", encoding="utf-8")
+    return path
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        _csv_bytes("utf-8"),
+        _csv_bytes("utf-8-sig"),
+        _csv_bytes("gb18030"),
+        _csv_bytes("gbk"),
+        _xlsx,
+        _json,
+        _json_wrapped,
+        _jsonl,
+    ],
+    ids=["csv-utf8", "csv-utf8-sig", "csv-gb18030", "csv-gbk", "xlsx", "json", "json-entries", "jsonl"],
+)
+def test_every_format_loads_the_same_kb(tmp_path: Path, make: Callable[[Path], Path]) -> None:
+    assert load_kb(make(tmp_path)) == EXPECTED
+
+
+def test_in_memory_dicts_and_entries_load(tmp_path: Path) -> None:
+    assert load_kb(sample_records()) == EXPECTED
+    assert load_kb(EXPECTED) == EXPECTED
+    assert load_kb(iter(EXPECTED)) == EXPECTED
+
+
+def test_short_gbk_text_is_not_mistaken_for_big5(tmp_path: Path) -> None:
+    # charset-normalizer alone ranks these few GBK bytes as big5.
+    path = tmp_path / "kb.csv"
+    path.write_bytes("id,question,answer\n1,退,好\n".encode("gbk"))
+    assert load_kb(path) == [KBEntry("1", "退", "好")]
+
+
+def test_undecodable_csv_is_an_issue(tmp_path: Path) -> None:
+    path = tmp_path / "kb.csv"
+    path.write_bytes(bytes(range(128, 256)))
+    [issue] = issues_of(path)
+    assert "could not detect the file encoding" in issue.message
+    assert issue.row is None
+
+
+def test_similar_is_split_stripped_and_deduplicated(tmp_path: Path) -> None:
+    similar = " 如何退货 | 退货流程\n怎么退货\r\n退货流程||\n  \n退款｜如何退货 "
+    path = write_csv(tmp_path / "kb.csv", [["A1", "怎么退货", similar, "七天无理由"]])
+    [entry] = load_kb(path)
+    # "怎么退货" equals the question; repeats are dropped in order.
+    assert entry.similar == ("如何退货", "退货流程", "退款")
+    assert entry.questions() == ("怎么退货", "如何退货", "退货流程", "退款")
+
+
+def test_text_fields_are_stripped_and_ids_converted() -> None:
+    [entry] = load_kb([{"id": 7, "question": "  问题 \u3000", "answer": "\t答案\n", "category": None}])
+    assert (entry.id, entry.question, entry.answer, entry.category) == ("7", "问题", "答案", "")
+
+
+def test_chinese_header_aliases(tmp_path: Path) -> None:
+    header = [" 编号 ", "标准问题", "相似问法", "回答", "类别", "开始时间", "结束时间", "是否启用", "备注"]
+    rows = [
+        ["A2", "多久发货", "什么时候发货", "48小时内发货", "物流", "2025/01/01", "2025/06/30", "启用", "x"]
+    ]
+    [entry] = load_kb(write_csv(tmp_path / "kb.csv", rows, header))
+    assert entry == EXPECTED[1]
+
+    other = ["ID", "问题", "相似问题", "答案", "分类", "生效时间", "失效时间", "启用"]
+    rows = [["A3", "可以开发票吗", "", "可以开电子发票", "", "", "", "停用"]]
+    assert load_kb(write_csv(tmp_path / "other.csv", rows, other)) == [EXPECTED[2]]
+
+
+def test_quoted_newlines_stay_inside_one_csv_row(tmp_path: Path) -> None:
+    rows = [["A1", "怎么退货", "", "第一步\n第二步"], ["A2", "多久发货", "", "很快"]]
+    path = write_csv(tmp_path / "kb.csv", rows)
+    assert [entry.answer for entry in load_kb(path)] == ["第一步\n第二步", "很快"]
+    records, numbers = read_rows(path)
+    assert numbers == [2, 3]  # spreadsheet rows, not physical lines
+    assert records[0]["answer"] == "第一步\n第二步"
+
+
+def test_xlsx_with_integer_id_and_real_datetime_cells(tmp_path: Path) -> None:
+    workbook = openpyxl.Workbook()
+    sheet = workbook.active
+    sheet.append([])  # header is the first non-empty row
+    sheet.append(["编号", "问题", "答案", "生效时间", "失效时间", "启用"])
+    sheet.append([12, "多久发货", "48小时内发货", datetime(2025, 1, 1, 9, 30), date(2025, 6, 30), True])
+    sheet.append([None, None, None, None, None, None])
+    sheet.append([13.0, "能开发票吗", "能", None, datetime(2025, 6, 30), False])
+    workbook.save(tmp_path / "kb.xlsx")
+
+    first, second = load_kb(tmp_path / "kb.xlsx")
+    assert (first.id, second.id) == ("12", "13")
+    assert first.valid_from == datetime(2025, 1, 1, 9, 30, tzinfo=SH)
+    assert first.valid_to == END_OF_JUNE  # a date cell covers the whole day
+    assert second.valid_to == datetime(2025, 6, 30, 0, 0, tzinfo=SH)  # an explicit datetime is exact
+    assert (first.enabled, second.enabled) == (True, False)
+    assert read_rows(tmp_path / "kb.xlsx")[1] == [3, 5]
+
+
+def test_xlsx_issue_rows_count_blank_rows(tmp_path: Path) -> None:
+    rows: list[list[Any]] = [["A1", "问1", "", "答1"], [None] * 4, [None] * 4, ["A2", "问2", "", None]]
+    [issue] = issues_of(write_xlsx(tmp_path / "shop.xlsx", rows))
+    assert (issue.row, issue.column) == (5, "answer")
+    assert str(issue).startswith("shop.xlsx row 5, column answer:")
+
+
+def test_blank_rows_are_skipped_silently(tmp_path: Path) -> None:
+    rows = [["", "", "", ""], ["A1", "问1", "", "答1"], [" ", "", "", ""]]
+    path = write_csv(tmp_path / "kb.csv", rows)
+    assert [entry.id for entry in load_kb(path)] == ["A1"]
+    assert read_rows(path)[1] == [3]
+
+
+def test_jsonl_bad_line_is_reported_with_its_line_number(tmp_path: Path) -> None:
+    path = tmp_path / "kb.jsonl"
+    good = json.dumps({"id": "A1", "question": "问1", "answer": "答1"}, ensure_ascii=False)
+    no_answer = json.dumps({"id": "A2", "question": "问2"}, ensure_ascii=False)
+    path.write_text(f"{good}\n\n{{not json\n{no_answer}\n[1, 2]\n", encoding="utf-8")
+    issues = issues_of(path)
+    assert where(issues) == [(3, None), (4, "answer"), (5, None)]
+    assert "invalid JSON" in issues[0].message
+    assert "got array" in issues[2].message
+    assert str(issues[0]).startswith("kb.jsonl line 3:")
+
+
+def test_json_with_wrong_top_level_is_an_issue(tmp_path: Path) -> None:
+    path = tmp_path / "kb.json"
+    path.write_text('{"faq": []}', encoding="utf-8")
+    [issue] = issues_of(path)
+    assert "expected a JSON array" in issue.message
+
+
+def test_in_memory_item_of_wrong_type() -> None:
+    issues = issues_of([{"id": "A1", "question": "问", "answer": "答"}, "A2"])
+    assert where(issues) == [(2, None)]
+    assert str(issues[0]) == "<entries> item 2: expected a mapping or KBEntry, got str"
+
+
+def test_single_mapping_is_rejected_with_a_clear_error() -> None:
+    wrapped: Any = {"entries": sample_records()}  # iterating a dict would yield its keys
+    with pytest.raises(TypeError, match="iterable of entries"):
+        load_kb(wrapped)
+
+
+# --------------------------------------------------------------------------- validation
+
+
+def test_all_issues_are_reported_at_once(tmp_path: Path) -> None:
+    rows = [
+        ["A1", "问1", "", "", "", "", "", ""],  # row 2: missing answer
+        ["A2", "问2", "", "答2", "", "", "2025-13-01", ""],  # row 3: bad date
+        ["A3", "问3", "", "答3", "", "", "", "maybe"],  # row 4: bad enabled value
+        ["A1", "问4", "", "答4", "", "", "", ""],  # row 5: duplicate id
+    ]
+    with pytest.raises(KBValidationError) as info:
+        load_kb(write_csv(tmp_path / "shop.csv", rows))
+    issues = info.value.issues
+    assert where(issues) == [(2, "answer"), (3, "valid_to"), (4, "enabled"), (5, "id")]
+    text = str(info.value)
+    assert text.splitlines()[0] == "4 problems in the knowledge base:"
+    assert len(text.splitlines()) == 5
+    assert "shop.csv row 4, column enabled: bad enabled value 'maybe'" in text
+
+
+def test_missing_values_are_separate_issues() -> None:
+    issues = issues_of([{"id": "", "question": " ", "answer": None, "category": "售后"}])
+    assert where(issues) == [(1, "id"), (1, "question"), (1, "answer")]
+
+
+def test_duplicate_id_names_the_first_row(tmp_path: Path) -> None:
+    rows = [["x", "问1", "", "答1"], ["y", "问2", "", "答2"], ["x", "问3", "", "答3"]]
+    [issue] = issues_of(write_csv(tmp_path / "kb.csv", rows))
+    assert (issue.row, issue.column) == (4, "id")
+    assert issue.message == "duplicate id 'x' (first used in row 2)"
+
+
+def test_same_question_under_two_entries(tmp_path: Path) -> None:
+    rows = [
+        ["A", "怎么退货", "退款流程", "答1"],
+        ["B", " 退款流程 ", "", "答2"],  # same as A's paraphrase once stripped
+        ["C", "发货", "怎么退貨|ABC", "答3"],
+        ["D", "abc", "", "答4"],  # casefold makes it C's paraphrase
+    ]
+    issues = issues_of(write_csv(tmp_path / "kb.csv", rows))
+    assert where(issues) == [(3, "question"), (5, "question")]
+    assert (
+        issues[0].message == "entry 'B' repeats '退款流程', already a similar question of entry 'A' (row 2)"
+    )
+    assert "'D'" in issues[1].message and "'C' (row 4)" in issues[1].message
+
+
+def test_questions_differing_in_inner_spaces_are_different(tmp_path: Path) -> None:
+    """Real KBs (afqmc) hold "借呗 最高借多少" and "借呗最高借多少" as two entries."""
+    rows = [["A", "借呗最高借多少", "", "答1"], ["B", "借呗 最高借多少", "", "答2"]]
+    assert [e.id for e in load_kb(write_csv(tmp_path / "kb.csv", rows))] == ["A", "B"]
+
+
+def test_bad_date_message(tmp_path: Path) -> None:
+    rows = [[f"A{i}", f"问{i}", "", f"答{i}", "", "", "", ""] for i in range(1, 6)]
+    rows.append(["A6", "问6", "", "答6", "", "", "2025-13-01", ""])  # the 6th data row is row 7
+    workbook_path = write_xlsx(tmp_path / "shop.xlsx", rows)
+    [issue] = issues_of(workbook_path)
+    assert str(issue) == (
+        "shop.xlsx row 7, column valid_to: bad date '2025-13-01' "
+        "(expected YYYY-MM-DD or YYYY-MM-DD HH:MM[:SS])"
+    )
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("2025-06-01", datetime(2025, 6, 1, tzinfo=SH)),
+        ("2025/6/1", datetime(2025, 6, 1, tzinfo=SH)),
+        ("2025年6月1日", datetime(2025, 6, 1, tzinfo=SH)),
+        ("2025-06-01 08:30", datetime(2025, 6, 1, 8, 30, tzinfo=SH)),
+        ("2025-06-01 08:30:15", datetime(2025, 6, 1, 8, 30, 15, tzinfo=SH)),
+        ("2025-06-01T08:30:15+08:00", datetime(2025, 6, 1, 8, 30, 15, tzinfo=SH)),
+        ("2025-06-01T00:30:15Z", datetime(2025, 6, 1, 8, 30, 15, tzinfo=SH)),
+    ],
+)
+def test_accepted_date_formats(text: str, expected: datetime) -> None:
+    [entry] = load_kb([{"id": "A", "question": "问", "answer": "答", "valid_from": text}])
+    assert entry.valid_from == expected
+    assert entry.valid_from is not None and entry.valid_from.tzinfo == SH
+
+
+@pytest.mark.parametrize("text", ["2025-02-30", "30/06/2025", "2025-06-01 25:00", "tomorrow", "45839"])
+def test_rejected_dates(text: str) -> None:
+    [issue] = issues_of([{"id": "A", "question": "问", "answer": "答", "valid_to": text}])
+    assert (issue.column, issue.message.startswith(f"bad date '{text}'")) == ("valid_to", True)
+
+
+def test_valid_from_after_valid_to_is_an_issue_on_valid_to() -> None:
+    record = {
+        "id": "A",
+        "question": "问",
+        "answer": "答",
+        "valid_from": "2025-07-01",
+        "valid_to": "2025-06-30",
+    }
+    [issue] = issues_of([record])
+    assert (issue.row, issue.column) == (1, "valid_to")
+    assert "'2025-06-30' is before valid_from '2025-07-01'" in issue.message
+    # A one-day window (same date on both ends) is fine.
+    record["valid_from"] = "2025-06-30"
+    assert load_kb([record])[0].valid_to == END_OF_JUNE
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        *[(None, True), ("", True), ("TRUE", True), ("Yes", True), ("y", True), (1, True), ("是", True)],
+        *[("否", False), ("禁用", False), ("N", False), (False, False), ("0", False), (0.0, False)],
+    ],
+)
+def test_enabled_values(value: Any, expected: bool) -> None:
+    [entry] = load_kb([{"id": "A", "question": "问", "answer": "答", "enabled": value}])
+    assert entry.enabled is expected
+
+
+def test_empty_kb(tmp_path: Path) -> None:
+    header_only = write_csv(tmp_path / "kb.csv", [])
+    empty_json = tmp_path / "kb.json"
+    empty_json.write_text("[]", encoding="utf-8")
+    for source in (header_only, empty_json, [], [{"id": " ", "question": ""}]):
+        [issue] = issues_of(source)
+        assert issue.message == "the knowledge base has no entries"
+
+
+def test_unsupported_suffix(tmp_path: Path) -> None:
+    path = tmp_path / "kb.txt"
+    path.write_text("id,question,answer\n", encoding="utf-8")
+    [issue] = issues_of(path)
+    assert ".csv, .xlsx, .json, .jsonl" in issue.message and "'.txt'" in issue.message
+    [legacy] = issues_of(tmp_path / "kb.xls")
+    assert "save .xls workbooks as .xlsx" in legacy.message
+
+
+def test_missing_file_raises_file_not_found(tmp_path: Path) -> None:
+    with pytest.raises(FileNotFoundError) as info:
+        load_kb(tmp_path / "nope.csv")
+    assert str(tmp_path / "nope.csv") in str(info.value)
+
+
+def test_missing_required_column_is_one_issue(tmp_path: Path) -> None:
+    rows = [["A1", "问1"], ["A2", "问2"], ["A3", "问3"]]
+    [issue] = issues_of(write_csv(tmp_path / "kb.csv", rows, ["id", "question"]))
+    assert (issue.row, issue.column) == (None, "answer")
+    assert "required column 'answer' is missing" in issue.message and "答案" in issue.message
+
+
+def test_same_column_twice_in_header_is_an_issue(tmp_path: Path) -> None:
+    rows = [["A1", "问1", "问一", "答1"]]
+    [issue] = issues_of(write_csv(tmp_path / "kb.csv", rows, ["id", "问题", "question", "answer"]))
+    assert (issue.row, issue.column) == (1, "question")
+    assert "B '问题' and C 'question'" in issue.message
+
+
+def test_error_listing_is_capped_and_picklable() -> None:
+    issues = issues_of([{"id": f"A{i}", "question": f"问{i}", "answer": ""} for i in range(250)])
+    assert len(issues) == 250
+    error = KBValidationError(issues)
+    lines = str(error).splitlines()
+    assert lines[0] == "250 problems in the knowledge base:"
+    assert len(lines) == 202 and lines[-1].strip() == "... and 50 more"
+    assert pickle.loads(pickle.dumps(error)).issues == issues
+
+
+def test_long_bad_values_are_truncated() -> None:
+    [issue] = issues_of([{"id": "A", "question": "问", "answer": "答", "enabled": "x" * 80}])
+    assert "'" + "x" * 50 + "...'" in issue.message and "x" * 51 not in issue.message
+
+
+# --------------------------------------------------------------------------- activity
+
+
+def test_is_active_windows_use_beijing_time() -> None:
+    entry = KBEntry(
+        "A",
+        "问",
+        "答",
+        valid_from=datetime(2025, 6, 1, tzinfo=SH),
+        valid_to=END_OF_JUNE,
+    )
+    [loaded] = load_kb(
+        [{"id": "A", "question": "问", "answer": "答", "valid_from": "2025-06-01", "valid_to": "2025-06-30"}]
+    )
+    assert loaded == entry
+    assert not loaded.is_active(datetime(2025, 5, 31, 23, 59, 59, tzinfo=SH))
+    assert loaded.is_active(datetime(2025, 6, 1, 0, 0, tzinfo=SH))
+    assert loaded.is_active(datetime(2025, 6, 30, 23, 59, 59, tzinfo=SH))  # whole last day
+    assert not loaded.is_active(datetime(2025, 7, 1, 0, 0, tzinfo=SH))
+    # 15:59:59 UTC is 23:59:59 in Beijing, still inside; 16:00 UTC is already July 1st there.
+    assert loaded.is_active(datetime(2025, 6, 30, 15, 59, 59, tzinfo=UTC))
+    assert not loaded.is_active(datetime(2025, 6, 30, 16, 0, tzinfo=UTC))
+
+
+def test_open_windows_and_disabled_entries() -> None:
+    now = datetime(2025, 6, 15, 12, 0, tzinfo=SH)
+    assert KBEntry("A", "问", "答").is_active(now)
+    assert KBEntry("A", "问", "答", valid_to=END_OF_JUNE).is_active(now)
+    assert not KBEntry("A", "问", "答", enabled=False).is_active(now)
+    [disabled] = load_kb([{"id": "A", "question": "问", "answer": "答", "enabled": "停用"}])
+    assert not disabled.is_active(now)
+
+
+def test_is_active_refuses_naive_now() -> None:
+    with pytest.raises(ValueError, match="timezone-aware"):
+        KBEntry("A", "问", "答").is_active(datetime(2025, 6, 15, 12, 0))
+
+
+# --------------------------------------------------------------------------- export
+
+
+ROUND_TRIP = [
+    *EXPECTED,
+    KBEntry(
+        "007",
+        "=SUM(1,2) 会被当成公式吗",
+        '不会\n第二行，含逗号,和"引号"',
+        ("单引号'", "1"),
+        "测试",
+        valid_from=datetime(2025, 3, 1, 8, 30, 15, tzinfo=SH),
+        valid_to=datetime(2025, 3, 2, 0, 0, tzinfo=SH),
+    ),
+    KBEntry(
+        "12",
+        "微秒",
+        "答",
+        valid_from=datetime(2025, 3, 1, 8, 30, 15, 123456, tzinfo=SH),
+        valid_to=datetime(2025, 3, 1, 23, 59, 59, 999999, tzinfo=SH),
+        enabled=False,
+    ),
+]
+
+
+@pytest.mark.parametrize("suffix", [".csv", ".xlsx", ".json", ".jsonl"])
+def test_dump_then_load_round_trips(tmp_path: Path, suffix: str) -> None:
+    path = tmp_path / f"kb{suffix}"
+    dump_kb(ROUND_TRIP, path)
+    loaded = load_kb(path)
+    assert loaded == ROUND_TRIP
+    assert kb_hash(loaded) == kb_hash(ROUND_TRIP)
+    dump_kb(loaded, path)  # overwriting an existing file works too
+    assert load_kb(path) == ROUND_TRIP
+    assert [p.name for p in tmp_path.iterdir()] == [path.name]  # no temporary files left
+
+
+def test_dumped_csv_is_readable_by_chinese_excel(tmp_path: Path) -> None:
+    dump_kb(EXPECTED, tmp_path / "kb.csv")
+    data = (tmp_path / "kb.csv").read_bytes()
+    assert data.startswith(b"\xef\xbb\xbfid,question,similar,answer,")  # BOM, canonical header
+    assert ",2025-01-01,2025-06-30,true" in data.decode("utf-8-sig")  # dates stay date-only
+
+
+def test_dump_rejects_unsupported_suffix(tmp_path: Path) -> None:
+    with pytest.raises(KBValidationError, match=r"unsupported file type '\.txt'"):
+        dump_kb(EXPECTED, tmp_path / "kb.txt")
+
+
+def test_to_dict_is_json_able() -> None:
+    data = EXPECTED[1].to_dict()
+    assert list(data) == list(KB_COLUMNS)
+    assert data["similar"] == ["什么时候发货"]
+    assert data["valid_from"] == "2025-01-01T00:00:00+08:00"
+    assert data["valid_to"] == "2025-06-30T23:59:59.999999+08:00"
+    assert json.loads(json.dumps(data)) == data
+
+
+def _question_key(text: str) -> str:
+    return "".join(text.casefold().split())
+
+
+_clean_text = (
+    st.text(st.characters(exclude_categories=("Cs", "Cc")), min_size=1, max_size=12)
+    .map(str.strip)
+    .filter(bool)
+)
+_phrase = _clean_text.filter(lambda text: "|" not in text and "｜" not in text)
+_moments = st.datetimes(min_value=datetime(1900, 1, 2), max_value=datetime(2100, 1, 1)).map(
+    lambda naive: naive.replace(tzinfo=UTC).astimezone(SH)
+)
+
+
+@st.composite
+def kb_entries(draw: st.DrawFn) -> list[KBEntry]:
+    count = draw(st.integers(min_value=1, max_value=5))
+    ids = draw(st.lists(_clean_text, min_size=count, max_size=count, unique=True))
+    phrases = draw(st.lists(_phrase, min_size=count, max_size=count * 3, unique_by=_question_key))
+    entries = []
+    for index, entry_id in enumerate(ids):
+        start, end = draw(st.one_of(st.none(), _moments)), draw(st.one_of(st.none(), _moments))
+        if start is not None and end is not None and start > end:
+            start, end = end, start
+        entries.append(
+            KBEntry(
+                id=entry_id,
+                question=phrases[index],
+                answer=draw(_clean_text),
+                similar=tuple(phrases[count + index :: count]),
+                category=draw(st.one_of(st.just(""), _clean_text)),
+                valid_from=start,
+                valid_to=end,
+                enabled=draw(st.booleans()),
+            )
+        )
+    return entries
+
+
+@settings(max_examples=150, deadline=None)
+@given(kb_entries())
+def test_property_csv_round_trip(entries: list[KBEntry]) -> None:
+    with tempfile.TemporaryDirectory() as directory:
+        path = Path(directory) / "kb.csv"
+        dump_kb(entries, path)
+        assert load_kb(path) == entries
+
+
+PINNED_HASH = "fc2c24834c2f881c11c13ff0726ad0eb6b39704c49b96290201179753cbf3a20"
+
+
+def test_kb_hash_is_stable_and_content_sensitive() -> None:
+    digest = kb_hash(EXPECTED)
+    assert len(digest) == 64 and digest == kb_hash(load_kb(sample_records()))
+    # Pinned: the hash must not depend on the process (dict order, hash seeds, ...).
+    # If KBEntry.to_dict changes on purpose, every stored index is stale: update this.
+    assert digest == PINNED_HASH
+    changed = [EXPECTED[0], KBEntry(**{**_fields(EXPECTED[1]), "answer": "24小时内发货"}), EXPECTED[2]]
+    assert kb_hash(changed) != digest
+    assert kb_hash(list(reversed(EXPECTED))) != digest  # order-sensitive
+
+
+def _fields(entry: KBEntry) -> dict[str, Any]:
+    return {name: getattr(entry, name) for name in KB_COLUMNS}

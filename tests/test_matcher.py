@@ -1,0 +1,153 @@
+"""The public API end to end on the demo shop: decisions, bad input, windows, save/load."""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime
+from zoneinfo import ZoneInfo
+
+import pytest
+
+from engine import Decision, KBValidationError, Matcher
+from engine.artifacts import ModelLoadError
+
+BJ = ZoneInfo("Asia/Shanghai")
+
+
+def test_invoice_question_is_answered_with_the_invoice_entry(demo_matcher):
+    r = demo_matcher.match("笔记本能开专票吗", top_k=5)
+    assert r.decision == Decision.ANSWER
+    assert r.entry_id == "invoice-special"
+    assert r.answer and "专" in r.answer
+    assert 0.0 <= r.confidence <= 1.0
+    assert r.candidates[0].entry_id == "invoice-special"
+    assert len(r.candidates) == 5
+    assert r.candidates[0].score >= r.candidates[1].score
+
+
+def test_fast_profile_answers_it_too(fast_matcher):
+    r = fast_matcher.match("笔记本能开专票吗")
+    assert r.entry_id == "invoice-special"
+    assert not fast_matcher.dense_enabled
+
+
+@pytest.mark.parametrize("text", ["转人工", "我要投诉你们", "人工客服在吗", "轉人工！！"])
+def test_explicit_request_for_a_human_hands_off_at_once(demo_matcher, text):
+    r = demo_matcher.match(text)
+    assert r.decision == Decision.HANDOFF
+    assert "human" in r.reason
+
+
+@pytest.mark.parametrize(
+    "text",
+    ["", "   ", "😀😀😀", "\x00\x01\x02", "a" * 10_000, "笔记本" * 4000, "Привет 你好 مرحبا 🙂", None, 12345],
+)
+def test_bad_input_gives_a_clear_decision_never_an_exception(demo_matcher, fast_matcher, text):
+    for m in (demo_matcher, fast_matcher):
+        r = m.match(text)
+        assert r.decision in set(Decision)
+        assert r.reason
+
+
+def test_empty_and_emoji_only_hand_off(demo_matcher):
+    for text in ["", "😀😀", "！！！"]:
+        r = demo_matcher.match(text)
+        assert r.decision == Decision.HANDOFF
+        assert "empty" in r.reason
+
+
+def test_off_topic_message_is_not_answered(demo_matcher):
+    r = demo_matcher.match("今天天气怎么样")
+    assert r.decision != Decision.ANSWER
+
+
+def test_order_number_does_not_change_the_match(demo_matcher):
+    plain = demo_matcher.match("我的订单怎么还没发货")
+    numbered = demo_matcher.match("我的订单 8812345678 怎么还没发货")
+    assert plain.entry_id == numbered.entry_id
+
+
+def test_promotions_follow_their_window(fast_matcher):
+    """promo-618 is valid 2027-06-01..2027-06-18: never offered outside, found inside."""
+    inside = datetime(2027, 6, 10, 12, tzinfo=BJ)
+    outside = datetime(2026, 12, 1, 12, tzinfo=BJ)
+    entry = next(e for e in fast_matcher.entries if e.id == "promo-618")
+    text = entry.similar[0]
+    assert fast_matcher.match(text, now=inside).candidates[0].entry_id == "promo-618"
+    assert "promo-618" not in [c.entry_id for c in fast_matcher.match(text, top_k=20, now=outside).candidates]
+
+
+def test_disabled_entry_is_never_offered(fast_matcher):
+    entry = next(e for e in fast_matcher.entries if not e.enabled)
+    r = fast_matcher.match(entry.question, top_k=20)
+    assert entry.id not in [c.entry_id for c in r.candidates]
+
+
+def test_thresholds_come_from_calibration(demo_matcher):
+    cal = demo_matcher.info["calibration"]
+    assert 0 < cal["t_clarify"] <= cal["t_answer"] <= 1.0 + 1e-6
+    assert cal["examples_in_scope"] > 100 and cal["examples_out_of_scope"] > 100
+    assert cal["fusion"] == "learned"
+
+
+def test_paraphrase_held_out_accuracy_beats_chance(demo_matcher):
+    assert demo_matcher.info["calibration"]["cv_top1_in_scope"] > 0.6
+
+
+def test_build_from_a_list_of_entries():
+    m = Matcher.build(
+        [
+            {"id": "a", "question": "保修多久", "answer": "两年"},
+            {"id": "b", "question": "什么时候发货", "answer": "当天"},
+        ],
+        dense=False,
+    )
+    assert m.match("保修多久啊").candidates[0].entry_id == "a"
+
+
+def test_bad_kb_builds_nothing(tmp_path):
+    bad = tmp_path / "kb.csv"
+    bad.write_text("id,question,answer\n1,保修多久,两年\n1,发货,当天\n2,,x\n", encoding="utf-8")
+    with pytest.raises(KBValidationError) as err:
+        Matcher.build(bad, dense=False)
+    assert len(err.value.issues) == 2
+    assert {i.row for i in err.value.issues} == {3, 4}
+
+
+def test_save_load_round_trip_gives_identical_results(demo_matcher, tmp_path):
+    path = demo_matcher.save(tmp_path / "shop-1")
+    manifest = json.loads((path / "manifest.json").read_text(encoding="utf-8"))
+    assert manifest["format_version"] == 1
+    assert manifest["kb_hash"] == demo_matcher.info["kb_hash"]
+    assert manifest["policy"]["t_answer"] == demo_matcher.policy.t_answer
+    loaded = Matcher.load(path)
+    for text in ["笔记本能开专票吗", "保修多久", "能用白条分期吗", "随便问问"]:
+        a, b = demo_matcher.match(text), loaded.match(text)
+        assert (a.decision, a.entry_id) == (b.decision, b.entry_id)
+        assert a.confidence == pytest.approx(b.confidence, abs=1e-5)
+
+
+def test_save_replaces_an_older_model_atomically(fast_matcher, tmp_path):
+    dest = tmp_path / "m"
+    fast_matcher.save(dest)
+    (dest / "stale.txt").write_text("old", encoding="utf-8")
+    fast_matcher.save(dest)
+    assert not (dest / "stale.txt").exists()
+    assert [p.name for p in tmp_path.iterdir()] == ["m"]
+
+
+def test_damaged_or_incompatible_model_is_refused(fast_matcher, tmp_path):
+    path = fast_matcher.save(tmp_path / "m")
+    with pytest.raises(ModelLoadError, match="no model directory"):
+        Matcher.load(tmp_path / "missing")
+    arrays = path / "arrays.npz"
+    arrays.write_bytes(arrays.read_bytes()[:-10])
+    with pytest.raises(ModelLoadError, match="damaged"):
+        Matcher.load(path)
+    path = fast_matcher.save(tmp_path / "m2")
+    mf = path / "manifest.json"
+    manifest = json.loads(mf.read_text(encoding="utf-8"))
+    manifest["format_version"] = 99
+    mf.write_text(json.dumps(manifest), encoding="utf-8")
+    with pytest.raises(ModelLoadError, match="rebuild"):
+        Matcher.load(path)

@@ -1,0 +1,423 @@
+"""The `kefu` command line: build, evaluate, calibrate and try out models, and serve the API.
+
+User mistakes (a missing file, a bad KB, a model directory that is not a model, unusable labelled data)
+end with a one-line `error:` message (a bad KB lists every issue) and exit code 1, never a traceback.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Annotated, Any, NoReturn
+
+import numpy as np
+import typer
+from rich.console import Console
+from rich.markup import escape
+from rich.progress import (
+    BarColumn,
+    Progress,
+    SpinnerColumn,
+    TaskProgressColumn,
+    TextColumn,
+    TimeElapsedColumn,
+)
+from rich.table import Table
+
+from engine.artifacts import ModelLoadError, read_manifest
+from engine.build import recalibrate
+from engine.kb import KBEntry, KBValidationError, load_kb
+from engine.matcher import Matcher
+from engine.results import Decision, MatchResult
+from training.evaluate import EvalReport, QueryFileError, evaluate, plot_precision_coverage, read_queries
+
+app = typer.Typer(
+    help="Kefu: FAQ intent matching for JD merchants' customer service.",
+    add_completion=False,
+    no_args_is_help=True,
+    pretty_exceptions_show_locals=False,
+)
+console = Console(highlight=False)
+err_console = Console(stderr=True, highlight=False)
+
+STAGES = {
+    "tokenize": "tokenizing questions",
+    "embed": "embedding questions",
+    "classifier": "training the entry classifier",
+    "calibrate": "calibrating on held-out questions",
+    "done": "done",
+}
+DECISION_STYLE = {
+    Decision.ANSWER: "bold green",
+    Decision.CLARIFY: "bold yellow",
+    Decision.HANDOFF: "bold red",
+}
+EXIT_WORDS = frozenset({"exit", "quit"})
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def _fail(message: str) -> NoReturn:
+    """Print a user error without a traceback and exit non-zero."""
+    err_console.print(f"[bold red]error:[/] {escape(message)}", soft_wrap=True)
+    raise typer.Exit(1)
+
+
+@contextmanager
+def _user_errors() -> Iterator[None]:
+    """Turn the errors a user can cause (and fix) into clear messages."""
+    try:
+        yield
+    except KBValidationError as e:
+        count = f"{len(e.issues)} problem{'' if len(e.issues) == 1 else 's'}"
+        _fail("\n  ".join([f"{count} in the knowledge base:", *map(str, e.issues)]))
+    except (ModelLoadError, QueryFileError) as e:
+        _fail(str(e))
+    except FileNotFoundError as e:
+        _fail(f"file not found: {e.filename or e}")
+    except OSError as e:
+        _fail(f"{e.strerror or e}: {e.filename}" if e.filename else str(e))
+
+
+def _load_model(path: Path) -> Matcher:
+    with _user_errors(), console.status(f"loading model {path}"):
+        return Matcher.load(path)
+
+
+def _load_queries(path: Path) -> list[tuple[str, str | None]]:
+    with _user_errors():
+        return read_queries(path)
+
+
+def _check_precision(value: float | None) -> None:
+    if value is not None and not 0.0 < value <= 1.0:
+        _fail(f"--target-precision must be in (0, 1], got {value}")
+
+
+def _progress() -> Progress:
+    return Progress(
+        SpinnerColumn(),
+        TextColumn("{task.description}"),
+        BarColumn(),
+        TaskProgressColumn(),
+        TimeElapsedColumn(),
+        console=console,
+    )
+
+
+def _pct(value: float | None) -> str:
+    return "—" if value is None else f"{value:.1%}"
+
+
+def _threshold(value: float | None) -> str:
+    """A threshold above 1 is the engine's 'never': no confidence level met the target."""
+    if value is None:
+        return "—"
+    return "never (target not met)" if value > 1.0 else f"{value:.3f}"
+
+
+def _json_default(value: Any) -> Any:
+    if isinstance(value, np.generic):
+        return value.item()
+    raise TypeError(f"{type(value).__name__} is not JSON serializable")
+
+
+def _write_json(data: Any, path: Path) -> None:
+    with _user_errors():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(
+            json.dumps(data, ensure_ascii=False, indent=2, default=_json_default), encoding="utf-8"
+        )
+
+
+# --------------------------------------------------------------------------- build
+
+
+@app.command()
+def build(
+    kb: Annotated[Path, typer.Argument(help="Knowledge base: .csv, .xlsx, .json or .jsonl")],
+    output: Annotated[
+        Path | None, typer.Option("-o", "--output", help="Model directory (default: models/<KB name>)")
+    ] = None,
+    fast: Annotated[
+        bool,
+        typer.Option("--fast", "--no-dense", help="Skip the embedding channel: quick build, lower recall"),
+    ] = False,
+    target_precision: Annotated[
+        float, typer.Option(help="Precision the answer threshold must reach on held-out questions")
+    ] = 0.95,
+) -> None:
+    """Validate a KB, fit a model on it and save the model directory."""
+    _check_precision(target_precision)
+    out = output or Path("models") / kb.stem
+    with _user_errors():
+        if not kb.is_file():
+            raise FileNotFoundError(2, "not found", str(kb))
+        entries = load_kb(kb)  # validated before the progress bar starts, so issues print cleanly
+    try:
+        m = _build_with_progress(entries, dense=not fast, target_precision=target_precision)
+    except ValueError as e:  # the engine's way of refusing a KB it cannot fit (e.g. far too small)
+        _fail(f"could not build a model from {kb}: {e}")
+    with _user_errors(), console.status(f"saving model to {out}"):
+        saved = m.save(out)
+    _print_build_summary(m, kb, saved)
+
+
+def _build_with_progress(entries: list[KBEntry], *, dense: bool, target_precision: float) -> Matcher:
+    with _progress() as bar:
+        task = bar.add_task("preparing", total=1.0)
+
+        def report(stage: str, fraction: float) -> None:
+            bar.update(task, completed=fraction, description=STAGES.get(stage, stage))
+
+        return Matcher.build(entries, dense=dense, target_precision=target_precision, progress=report)
+
+
+def _channels(info: dict[str, Any]) -> str:
+    parts = [f"sparse ({info.get('tokenizer')})"]
+    if info.get("dense"):
+        emb = info.get("embedder") or {}
+        parts.append(f"dense ({emb.get('model', emb.get('backend', '?'))}, {info.get('dense_index')} index)")
+    if info.get("classifier"):
+        parts.append("classifier")
+    return " + ".join(parts)
+
+
+def _print_build_summary(m: Matcher, kb: Path, saved: Path) -> None:
+    info = m.info
+    cal: dict[str, Any] = info.get("calibration", {})
+    table = Table(title="Model built", show_header=False)
+    table.add_column("", style="bold")
+    table.add_column("")
+    rows = [
+        ("knowledge base", str(kb)),
+        ("entries", str(info.get("entries"))),
+        ("question rows", str(info.get("rows"))),
+        ("channels", _channels(info)),
+        ("fusion weights", f"{cal.get('fusion')} {[round(w, 3) for w in cal.get('ranker_weights', [])]}"),
+        ("answer threshold", _threshold(cal.get("t_answer"))),
+        ("clarify threshold", _threshold(cal.get("t_clarify"))),
+        ("target precision", _pct(info.get("target_precision"))),
+        (
+            "CV examples",
+            f"{cal.get('examples_in_scope')} in scope, {cal.get('examples_out_of_scope')} out of scope",
+        ),
+        ("CV top-1 (in scope)", _pct(cal.get("cv_top1_in_scope"))),
+        ("CV answer precision", _pct(cal.get("cv_answer_precision"))),
+        ("CV answer coverage", _pct(cal.get("cv_answer_coverage"))),
+        ("build seconds", f"{info.get('build_seconds', 0.0):.1f}"),
+        ("saved to", str(saved)),
+    ]
+    for key, value in rows:
+        table.add_row(key, escape(value))
+    console.print(table)
+    if cal.get("synthetic_paraphrases"):
+        console.print(
+            "[yellow]note:[/] few paraphrases in the KB; calibration used word-dropped copies instead"
+        )
+    if (cal.get("t_answer") or 0.0) > 1.0:
+        console.print(
+            "[yellow]warning:[/] no confidence level reached the target precision: this model never answers "
+            "directly. Add similar questions to the KB or lower --target-precision."
+        )
+
+
+# --------------------------------------------------------------------------- eval
+
+
+@app.command("eval")
+def eval_command(
+    model: Annotated[Path, typer.Argument(help="Model directory")],
+    queries: Annotated[
+        Path, typer.Argument(help="CSV with columns query,expected_id (empty id: out of scope)")
+    ],
+    plot: Annotated[
+        Path | None,
+        typer.Option(help="Precision/coverage PNG (default: reports/<MODEL name>-eval-<QUERIES name>.png)"),
+    ] = None,
+    json_out: Annotated[Path | None, typer.Option("--json", help="Write the full report as JSON")] = None,
+    max_queries: Annotated[int | None, typer.Option(help="Evaluate only the first N queries")] = None,
+    top_k: Annotated[int, typer.Option(help="Candidates per query for MRR (at least 5)")] = 10,
+) -> None:
+    """Score a model on labelled queries: ranking, decisions, latency and a precision/coverage plot."""
+    if max_queries is not None and max_queries < 1:
+        _fail(f"--max-queries must be at least 1, got {max_queries}")
+    m = _load_model(model)
+    pairs = _load_queries(queries)[:max_queries]
+    report = _evaluate_with_progress(m, pairs, top_k)
+    _print_eval(report, model, queries)
+    png = plot or Path("reports") / f"{model.name}-eval-{queries.stem}.png"
+    with _user_errors():
+        plot_precision_coverage(report, png)
+    console.print(f"plot: {escape(str(png))}")
+    if json_out is not None:
+        _write_json(report.to_dict(), json_out)
+        console.print(f"report: {escape(str(json_out))}")
+
+
+def _evaluate_with_progress(m: Matcher, pairs: list[tuple[str, str | None]], top_k: int) -> EvalReport:
+    with _progress() as bar:
+        task = bar.add_task("matching queries", total=len(pairs))
+
+        def report(done: int, total: int) -> None:
+            bar.update(task, completed=done, total=total)
+
+        return evaluate(m, pairs, top_k=top_k, progress=report)
+
+
+def _print_eval(report: EvalReport, model: Path, queries: Path) -> None:
+    table = Table(title=f"{model.name} on {queries.name}", show_header=False)
+    table.add_column("", style="bold")
+    table.add_column("", justify="right")
+    rows = [
+        (
+            "queries",
+            f"{report.n_queries} ({report.n_in_scope} in scope, {report.n_out_of_scope} out of scope)",
+        ),
+        ("top-1 accuracy (in scope)", _pct(report.top1)),
+        (f"MRR@{report.top_k} (in scope)", "—" if report.mrr is None else f"{report.mrr:.3f}"),
+        ("recall@5 (in scope)", _pct(report.recall_at_5)),
+        ("answered (coverage)", _pct(report.coverage)),
+        ("answer precision", _pct(report.answer_precision)),
+        ("clarify", _pct(report.clarify_share)),
+        ("handoff", _pct(report.handoff_share)),
+        ("out of scope not answered", _pct(report.oos_protected)),
+        ("latency p50 / p99", f"{report.latency_p50_ms:.1f} / {report.latency_p99_ms:.1f} ms"),
+        ("answer threshold", _threshold(report.t_answer)),
+    ]
+    for key, value in rows:
+        table.add_row(key, value)
+    console.print(table)
+
+
+# --------------------------------------------------------------------------- calibrate
+
+
+@app.command()
+def calibrate(
+    model: Annotated[Path, typer.Argument(help="Model directory")],
+    labelled: Annotated[
+        Path, typer.Argument(help="CSV with columns query,expected_id (empty id: out of scope)")
+    ],
+    target_precision: Annotated[
+        float | None, typer.Option(help="Answer precision to reach (default: the model's build target)")
+    ] = None,
+    output: Annotated[
+        Path | None, typer.Option("-o", "--output", help="Save here (default: in place)")
+    ] = None,
+) -> None:
+    """Refit confidence and thresholds on labelled real messages and save the model."""
+    _check_precision(target_precision)
+    m = _load_model(model)
+    pairs = _load_queries(labelled)
+    texts, expected = [q for q, _ in pairs], [e for _, e in pairs]
+    before = (m.policy.t_answer, m.policy.t_clarify)
+    try:
+        with console.status("recalibrating"):
+            report = recalibrate(m, texts, expected, target_precision=target_precision)
+    except ValueError as e:
+        _fail(f"cannot calibrate on {labelled}: {e}")
+    out = output or model
+    with _user_errors(), console.status(f"saving model to {out}"):
+        saved = m.save(out)
+    _print_calibration(before, report, saved)
+
+
+def _print_calibration(before: tuple[float, float], report: dict[str, Any], saved: Path) -> None:
+    table = Table(title="Thresholds")
+    table.add_column("threshold", style="bold")
+    table.add_column("before", justify="right")
+    table.add_column("after", justify="right")
+    table.add_row("answer", _threshold(before[0]), _threshold(report["t_answer"]))
+    table.add_row("clarify", _threshold(before[1]), _threshold(report["t_clarify"]))
+    console.print(table)
+    console.print(
+        f"{report['examples']} labelled messages used; on them: answer precision "
+        f"{_pct(report['answer_precision'])}, coverage {_pct(report['answer_coverage'])} "
+        f"(target {_pct(report['target_precision'])})"
+    )
+    console.print(f"saved to {escape(str(saved))}")
+
+
+# --------------------------------------------------------------------------- shell and match
+
+
+@app.command()
+def shell(
+    model: Annotated[Path, typer.Argument(help="Model directory")],
+    top_k: Annotated[int, typer.Option(help="Candidates to show")] = 5,
+) -> None:
+    """Type customer messages and see what the model would do ('exit', 'quit' or Ctrl-D to leave)."""
+    m = _load_model(model)
+    console.print(f"{m!r} — type a message; 'exit', 'quit' or Ctrl-D to leave.")
+    _repl(lambda text: _show_result(m.match(text, top_k=top_k)))
+
+
+def _repl(handle: Callable[[str], None]) -> None:
+    while True:
+        try:
+            line = input("kefu> ")
+        except (EOFError, KeyboardInterrupt):
+            console.print()
+            return
+        text = line.strip()
+        if text.lower() in EXIT_WORDS:
+            return
+        if text:
+            handle(text)
+
+
+def _show_result(r: MatchResult) -> None:
+    decision = Decision(r.decision)
+    style = DECISION_STYLE[decision]
+    console.print(
+        f"[{style}]{decision.value}[/]  confidence {r.confidence:.3f}  entry {escape(r.entry_id or '—')}"
+    )
+    console.print(f"  reason: {escape(r.reason)}")
+    if decision is Decision.ANSWER and r.answer:
+        console.print(f"  answer: {escape(r.answer)}")
+    if r.candidates:
+        table = Table("#", "entry", "question", "score", "category")
+        for i, c in enumerate(r.candidates, start=1):
+            table.add_row(
+                str(i), escape(c.entry_id), escape(c.question), f"{c.score:.3f}", escape(c.category)
+            )
+        console.print(table)
+
+
+@app.command()
+def match(
+    model: Annotated[Path, typer.Argument(help="Model directory")],
+    text: Annotated[str, typer.Argument(help="Customer message")],
+    top_k: Annotated[int, typer.Option(help="Candidates to return")] = 5,
+) -> None:
+    """Match one message and print the result as JSON (for scripts)."""
+    m = _load_model(model)
+    typer.echo(json.dumps(m.match(text, top_k=top_k).to_dict(), ensure_ascii=False, default=_json_default))
+
+
+# --------------------------------------------------------------------------- serve
+
+
+@app.command()
+def serve(
+    model: Annotated[Path, typer.Option(help="Model directory the API loads")] = Path("models/demo"),
+    host: Annotated[str, typer.Option(help="Interface to listen on")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port to listen on")] = 8000,
+) -> None:
+    """Run the HTTP API (api.main:app) on a model; the API reads the path from KEFU_MODEL_PATH."""
+    with _user_errors():
+        read_manifest(model)  # fail here, clearly, rather than inside the server's startup
+    os.environ["KEFU_MODEL_PATH"] = str(model.resolve())
+    import uvicorn
+
+    console.print(f"serving {escape(str(model))} on http://{host}:{port}")
+    uvicorn.run("api.main:app", host=host, port=port)
+
+
+if __name__ == "__main__":
+    app()

@@ -1,0 +1,309 @@
+"""Offline evaluation of a Matcher on labelled queries: ranking quality, decisions, latency.
+
+The ranking figures (top-1, MRR, recall@5) say whether the right entry is found at all; the decision
+figures say what customers would actually see (an answer, a clarify list or a human agent). The
+per-query (confidence, correct) pairs give the precision/coverage trade-off behind the answer threshold.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+
+from engine.kb import KBValidationError, read_rows
+from engine.results import Decision, MatchResult
+
+__all__ = [
+    "EvalReport",
+    "QueryFileError",
+    "QueryOutcome",
+    "evaluate",
+    "plot_precision_coverage",
+    "precision_coverage_curve",
+    "read_queries",
+]
+
+QUERY_COLUMNS = ("query", "expected_id")
+RECALL_AT = 5
+
+EvalProgress = Callable[[int, int], None]  # (queries done, total)
+
+
+class QueryFileError(ValueError):
+    """A query file that cannot be used; the message names the file and, where it can, the row."""
+
+
+class SupportsMatch(Protocol):
+    """What evaluation needs of a matcher: only `match` (so any matcher-like object can be scored)."""
+
+    def match(self, text: Any, top_k: int = ...) -> MatchResult: ...
+
+
+# --------------------------------------------------------------------------- reading
+
+
+def read_queries(path: str | os.PathLike[str]) -> list[tuple[str, str | None]]:
+    """(query, expected_id) pairs from a CSV (or xlsx) file; an empty expected_id means out of scope.
+
+    Reading goes through engine.kb.read_rows so query files get the same encoding handling as KBs
+    (UTF-8 with or without BOM, GB18030 from Chinese Excel) and the same row numbers.
+    """
+    file = Path(path)
+    if not file.is_file():
+        raise QueryFileError(f"query file not found: {file}")
+    try:
+        records, rows = read_rows(file)
+    except KBValidationError as e:
+        raise QueryFileError(f"{file}: " + "; ".join(issue.message for issue in e.issues)) from e
+    if not records:
+        raise QueryFileError(
+            f"{file} has no queries (expected a header row 'query,expected_id' and data rows)"
+        )
+    columns = _find_columns(file, records[0])
+    pairs: list[tuple[str, str | None]] = []
+    blank_rows: list[int] = []
+    for record, row in zip(records, rows, strict=True):
+        query = _cell_text(record.get(columns["query"]))
+        if not query:
+            blank_rows.append(row)
+            continue
+        pairs.append((query, _cell_text(record.get(columns["expected_id"])) or None))
+    if blank_rows:
+        listed = ", ".join(map(str, blank_rows[:20])) + (" ..." if len(blank_rows) > 20 else "")
+        raise QueryFileError(f"{file} row{'s' if len(blank_rows) > 1 else ''} {listed}: query is blank")
+    return pairs
+
+
+def _find_columns(file: Path, record: dict[str, Any]) -> dict[str, str]:
+    """The file's own header for each required column (matched case-insensitively)."""
+    by_key = {str(name).strip().lower(): str(name) for name in record}
+    missing = [c for c in QUERY_COLUMNS if c not in by_key]
+    if missing:
+        found = ", ".join(map(str, record)) or "(none)"
+        raise QueryFileError(
+            f"{file} header row: missing column{'s' if len(missing) > 1 else ''} {', '.join(missing)} "
+            f"(expected header 'query,expected_id'; found {found})"
+        )
+    return {c: by_key[c] for c in QUERY_COLUMNS}
+
+
+def _cell_text(value: Any) -> str:
+    """A cell as stripped text; Excel turns an id typed as 12 into 12.0."""
+    if value is None:
+        return ""
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))
+    return str(value).strip()
+
+
+# --------------------------------------------------------------------------- evaluation
+
+
+@dataclass(slots=True)
+class QueryOutcome:
+    """What happened to one query, kept so a report can be inspected query by query."""
+
+    query: str
+    expected_id: str | None
+    decision: str
+    entry_id: str | None
+    confidence: float
+    rank: int | None  # 1-based rank of the expected entry among the candidates; None if absent or OOS
+    latency_ms: float
+
+    @property
+    def correct(self) -> bool:
+        """The best entry is the expected one (always False for an out-of-scope query)."""
+        return self.expected_id is not None and self.entry_id == self.expected_id
+
+
+@dataclass
+class EvalReport:
+    """Evaluation figures; shares are fractions in [0, 1], None when their denominator is empty."""
+
+    n_queries: int
+    n_in_scope: int
+    n_out_of_scope: int
+    top_k: int
+    top1: float | None
+    mrr: float | None
+    recall_at_5: float | None
+    coverage: float
+    answer_precision: float | None
+    clarify_share: float
+    handoff_share: float
+    oos_protected: float | None  # out-of-scope queries handed off or clarified, not answered
+    latency_p50_ms: float
+    latency_p99_ms: float
+    t_answer: float | None = None
+    target_precision: float | None = None
+    outcomes: list[QueryOutcome] = field(default_factory=list, repr=False)
+
+    @property
+    def pairs(self) -> list[tuple[float, bool]]:
+        """Per-query (confidence, correct): the raw material of the precision/coverage curve."""
+        return [(o.confidence, o.correct) for o in self.outcomes]
+
+    def metrics(self) -> dict[str, Any]:
+        """The summary figures only (no per-query detail)."""
+        d = asdict(self)
+        d.pop("outcomes")
+        return d
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-able form: the figures plus every query's outcome."""
+        d = self.metrics()
+        d["queries"] = [{**asdict(o), "correct": o.correct} for o in self.outcomes]
+        return d
+
+
+def evaluate(
+    matcher: SupportsMatch,
+    queries: Sequence[tuple[str, str | None]],
+    top_k: int = 10,
+    progress: EvalProgress | None = None,
+) -> EvalReport:
+    """Match every query once and score the results.
+
+    Each query is matched with at least RECALL_AT candidates so recall@5 is always measurable; MRR
+    counts an expected entry outside that candidate list as reciprocal rank 0.
+    """
+    if not queries:
+        raise ValueError("no queries to evaluate")
+    k = max(int(top_k), RECALL_AT)
+    outcomes: list[QueryOutcome] = []
+    for i, (text, expected) in enumerate(queries, start=1):
+        outcomes.append(_run_one(matcher, text, expected, k))
+        if progress is not None:
+            progress(i, len(queries))
+    policy = getattr(matcher, "policy", None)
+    info = getattr(matcher, "info", None)
+    return _summarize(
+        outcomes,
+        k,
+        t_answer=getattr(policy, "t_answer", None),
+        target_precision=_target_precision(info),
+    )
+
+
+def _target_precision(info: Any) -> float | None:
+    """The target the thresholds in force were chosen for: a recalibration's, else the build's."""
+    if not isinstance(info, dict):
+        return None
+    logs = info.get("calibration_logs") or {}
+    return logs.get("target_precision", info.get("target_precision"))
+
+
+def _run_one(matcher: SupportsMatch, text: str, expected: str | None, k: int) -> QueryOutcome:
+    start = time.perf_counter()
+    result = matcher.match(text, top_k=k)
+    latency_ms = (time.perf_counter() - start) * 1000.0
+    ids = [c.entry_id for c in result.candidates]
+    rank = ids.index(expected) + 1 if expected is not None and expected in ids else None
+    return QueryOutcome(
+        query=text,
+        expected_id=expected,
+        decision=Decision(result.decision).value,
+        entry_id=result.entry_id,
+        confidence=float(result.confidence),
+        rank=rank,
+        latency_ms=latency_ms,
+    )
+
+
+def _share(hits: int, total: int) -> float | None:
+    return hits / total if total else None
+
+
+def _summarize(
+    outcomes: list[QueryOutcome], k: int, t_answer: float | None, target_precision: float | None
+) -> EvalReport:
+    n = len(outcomes)
+    inside = [o for o in outcomes if o.expected_id is not None]
+    outside = [o for o in outcomes if o.expected_id is None]
+    answered = [o for o in outcomes if o.decision == Decision.ANSWER.value]
+    ranks = [o.rank for o in inside]
+    latencies = np.array([o.latency_ms for o in outcomes])
+    return EvalReport(
+        n_queries=n,
+        n_in_scope=len(inside),
+        n_out_of_scope=len(outside),
+        top_k=k,
+        top1=_share(sum(r == 1 for r in ranks), len(inside)),
+        mrr=sum(1.0 / r for r in ranks if r) / len(inside) if inside else None,
+        recall_at_5=_share(sum(r is not None and r <= RECALL_AT for r in ranks), len(inside)),
+        coverage=len(answered) / n,
+        answer_precision=_share(sum(o.correct for o in answered), len(answered)),
+        clarify_share=sum(o.decision == Decision.CLARIFY.value for o in outcomes) / n,
+        handoff_share=sum(o.decision == Decision.HANDOFF.value for o in outcomes) / n,
+        oos_protected=_share(sum(o.decision != Decision.ANSWER.value for o in outside), len(outside)),
+        latency_p50_ms=float(np.percentile(latencies, 50)),
+        latency_p99_ms=float(np.percentile(latencies, 99)),
+        t_answer=t_answer,
+        target_precision=target_precision,
+        outcomes=outcomes,
+    )
+
+
+# --------------------------------------------------------------------------- precision / coverage
+
+
+def precision_coverage_curve(report: EvalReport) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(thresholds, coverage, precision), one point per distinct confidence, highest threshold first.
+
+    At threshold t every query with confidence >= t would be answered: coverage is their share of all
+    queries, precision the share of them whose best entry is the expected one (out of scope: wrong).
+    """
+    if not report.outcomes:
+        empty = np.empty(0)
+        return empty, empty, empty
+    conf = np.array([c for c, _ in report.pairs], float)
+    correct = np.array([ok for _, ok in report.pairs], float)
+    order = np.argsort(-conf, kind="stable")
+    conf, correct = conf[order], correct[order]
+    answered = np.arange(1, conf.size + 1)
+    right = np.cumsum(correct)
+    # with ties, a threshold answers every query of equal confidence: keep the last of each run
+    last = np.r_[conf[1:] != conf[:-1], True]
+    return conf[last], answered[last] / conf.size, right[last] / answered[last]
+
+
+def plot_precision_coverage(report: EvalReport, png_path: str | os.PathLike[str]) -> Path:
+    """Save the precision/coverage curve with the model's actual answer operating point marked."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    _, coverage, precision = precision_coverage_curve(report)
+    fig = Figure(figsize=(6.4, 4.8), dpi=100)
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot()
+    ax.plot(coverage, precision, marker=".", label="answer if confidence ≥ t")
+    if report.target_precision is not None:
+        ax.axhline(report.target_precision, color="grey", linestyle=":", label="target precision")
+    _mark_operating_point(ax, report)
+    ax.set_xlim(0.0, 1.02)
+    ax.set_ylim(0.0, 1.02)
+    ax.set_xlabel("coverage (share of queries answered)")
+    ax.set_ylabel("answer precision")
+    ax.set_title(f"Precision / coverage on {report.n_queries} queries")
+    ax.grid(True, alpha=0.3)
+    ax.legend(loc="lower left")
+    out = Path(png_path)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, format="png")
+    return out
+
+
+def _mark_operating_point(ax: Any, report: EvalReport) -> None:
+    """The coverage and precision of the model's real answer decisions at its t_answer."""
+    label = "model" if report.t_answer is None else f"model (t_answer={report.t_answer:.2f})"
+    if report.answer_precision is None:
+        ax.annotate(f"{label}: answers nothing", xy=(0.02, 0.05), xycoords="axes fraction", color="tab:red")
+        return
+    ax.plot([report.coverage], [report.answer_precision], "o", color="tab:red", markersize=8, label=label)
