@@ -341,16 +341,26 @@ def fit_calibration(
     weights: np.ndarray,
     target_precision: float,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """Fit the calibrator and choose thresholds; returns (P, correct, weights, answered) on the examples."""
+    """Fit the calibrator and choose thresholds; returns (P, correct, weights, answered) on the examples.
+
+    Thresholds are chosen on out-of-fold probabilities: in-sample ones flatter the calibrator and
+    would set the answer threshold too low for the target precision.
+    """
     w = weights / weights.mean()
-    if correct.any() and not correct.all():
-        m.calibrator = fusion.fit_logistic(X, correct.astype(int), sample_weight=w, C=1.0)
-    else:
+    y = correct.astype(int)
+    if y.min() == y.max():
         log.warning(
-            "calibration examples are all %s; confidence stays at its prior",
-            "right" if correct.all() else "wrong",
+            "calibration examples are all %s; confidence stays at its prior", "right" if y[0] else "wrong"
         )
-    p = np.array([m.calibrator.proba(x) for x in X])
+        p = m.calibrator.proba_many(X)
+    else:
+        m.calibrator = fusion.fit_logistic(X, y, sample_weight=w)
+        p = m.calibrator.proba_many(X)
+        folds = np.random.default_rng(0).integers(5, size=len(y))
+        for f in range(5):
+            train, test = folds != f, folds == f
+            if test.any() and y[train].min() != y[train].max():
+                p[test] = fusion.fit_logistic(X[train], y[train], sample_weight=w[train]).proba_many(X[test])
     m.policy.t_answer, m.policy.t_clarify = choose_thresholds(p, correct, top3, w, target_precision)
     return p, correct, w, p >= m.policy.t_answer
 

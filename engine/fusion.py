@@ -49,6 +49,9 @@ class LinearModel:
     def proba(self, x: np.ndarray) -> float:
         return float(_sigmoid(float(x @ self.weights) + self.bias))
 
+    def proba_many(self, X: np.ndarray) -> np.ndarray:
+        return np.asarray(_sigmoid(self.score(X)), dtype=np.float64)
+
     def to_dict(self) -> dict:
         return {"weights": [float(v) for v in self.weights], "bias": float(self.bias)}
 

@@ -235,7 +235,7 @@ def test_eval_missing_query_file(built: Built, tmp_path: Path) -> None:
 
 def labelled_rows() -> list[tuple[str, str]]:
     """KB questions, new phrasings and out-of-scope messages: enough (>= 50, both kinds) to recalibrate."""
-    kb = [(q, entry_id) for entry_id, question, similar, *_ in KB_ROWS for q in [question, *similar.split("|")]]
+    kb = [(q, eid) for eid, question, similar, *_ in KB_ROWS for q in [question, *similar.split("|")]]
     off_topic = ["今天天气怎么样", "讲个笑话", "你是机器人吗", "附近有什么好吃的", "股票会涨吗", "帮我订机票"]
     return kb + EVAL_QUERIES + [(text, "") for text in off_topic]
 
