@@ -39,6 +39,10 @@ class MatchResponse(BaseModel):
     answer: str | None = Field(description="the entry's answer, only when decision is answer")
     confidence: float = Field(description="calibrated probability that entry_id is right")
     candidates: list[CandidateOut]
+    options: list[CandidateOut] = Field(
+        default_factory=list,
+        description="On clarify: the closest questions to offer the customer, best first",
+    )
     reason: str
     model: ModelRef
 

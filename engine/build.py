@@ -13,6 +13,7 @@ import logging
 import os
 import time
 from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -23,7 +24,7 @@ from engine.dense import DenseIndex
 from engine.embed import CachedEmbedder, Embedder, make_embedder
 from engine.fusion import LinearModel
 from engine.kb import KBEntry, kb_hash, load_kb
-from engine.matcher import Matcher, QueryRep
+from engine.matcher import Matcher, QueryRep, Ranking
 from engine.normalize import normalize, strip_placeholders
 from engine.sparse import SparseIndex, query_terms
 from engine.supervised import EntryClassifier
@@ -186,6 +187,65 @@ def _synthetic_rep(m: Matcher, text: str, rng: np.random.Generator) -> QueryRep 
     return m.represent(variant)
 
 
+@dataclass
+class Example:
+    """A held-out KB question: how it looks as a message, what is hidden, and the right entry (-1: none)."""
+
+    rep: QueryRep
+    entry_ok: np.ndarray
+    row_ok: np.ndarray | None
+    probs: np.ndarray | None
+    gold: int
+
+    def rank(self, m: Matcher) -> Ranking:
+        return m.rank(self.rep, self.entry_ok, self.row_ok, self.probs)
+
+
+def held_out_examples(
+    m: Matcher,
+    X_sparse: Any,
+    owner: np.ndarray,
+    multi: np.ndarray,
+    rng: np.random.Generator,
+    max_examples: int,
+) -> tuple[list[Example], list[Example], bool]:
+    """In-scope examples (a paraphrase hidden), out-of-scope ones (its entry hidden), and whether the
+    in-scope ones had to be synthetic."""
+    n_rows = len(m.row_texts)
+    vectors = m.dense_index.vectors_ if m.dense_index is not None else None
+    all_ok = np.ones(len(m.entries), bool)
+    in_rows = rng.permutation(np.flatnonzero(multi[owner]))[:max_examples]
+    oos_rows = rng.permutation(n_rows)[:max_examples]
+    fold_probs = _out_of_fold_probs(m, X_sparse, vectors, owner, in_rows, rng) if m.classifier else {}
+
+    def examples(rows: np.ndarray, hide_entry: bool) -> list[Example]:
+        out = []
+        for r in rows:
+            e = int(owner[r])
+            lo, hi = (int(m.row_ptr[e]), int(m.row_ptr[e + 1])) if hide_entry else (int(r), int(r) + 1)
+            rep = _row_rep(m, X_sparse, vectors, int(r), slice(lo, hi))
+            row_ok = np.ones(n_rows, bool)
+            row_ok[lo:hi] = False
+            entry_ok, probs = all_ok, fold_probs.get(int(r))
+            if hide_entry:
+                entry_ok = all_ok.copy()
+                entry_ok[e] = False
+                if m.classifier is not None:
+                    probs = _probs_without(m, rep, e, probs)
+            out.append(Example(rep, entry_ok, row_ok, probs, -1 if hide_entry else e))
+        return out
+
+    in_ex = examples(in_rows, hide_entry=False)
+    synthetic = len(in_ex) < MIN_REAL_EXAMPLES
+    if synthetic:
+        for r in rng.permutation(n_rows)[:max_examples]:
+            rep = _synthetic_rep(m, m.row_texts[r], rng)
+            if rep is not None:
+                in_ex.append(Example(rep, all_ok, None, None, int(owner[r])))
+    oos_ex = examples(oos_rows, hide_entry=True) if len(m.entries) > 1 else []
+    return in_ex, oos_ex, synthetic
+
+
 def calibrate_on_kb(
     m: Matcher,
     say: Progress,
@@ -197,57 +257,17 @@ def calibrate_on_kb(
     target_precision: float,
 ) -> dict[str, Any]:
     """Learn fusion weights, the calibrator and thresholds from held-out KB questions."""
-    n_rows = len(m.row_texts)
-    vectors = m.dense_index.vectors_ if m.dense_index is not None else None
-    all_ok = np.ones(len(m.entries), bool)
-    in_rows = np.flatnonzero(multi[owner])
-    in_rows = rng.permutation(in_rows)[:max_examples]
-    oos_rows = rng.permutation(n_rows)[:max_examples]
-
-    fold_probs = _out_of_fold_probs(m, X_sparse, vectors, owner, in_rows, rng) if m.classifier else {}
-
-    def examples(
-        rows: np.ndarray, hide_entry: bool
-    ) -> list[tuple[QueryRep, np.ndarray, np.ndarray, np.ndarray | None, int]]:
-        out = []
-        for r in rows:
-            e = int(owner[r])
-            lo, hi = int(m.row_ptr[e]), int(m.row_ptr[e + 1])
-            rep = _row_rep(m, X_sparse, vectors, int(r), slice(lo, hi) if hide_entry else slice(r, r + 1))
-            row_ok = np.ones(n_rows, bool)
-            entry_ok = all_ok
-            probs = fold_probs.get(int(r)) if m.classifier else None
-            if hide_entry:
-                row_ok[lo:hi] = False
-                entry_ok = all_ok.copy()
-                entry_ok[e] = False
-                if m.classifier is not None:
-                    probs = _probs_without(m, rep, e, fold_probs.get(int(r)))
-            else:
-                row_ok[r] = False
-            out.append((rep, entry_ok, row_ok, probs, -1 if hide_entry else e))
-        return out
-
     say("calibrate", 0.7)
-    in_ex = examples(in_rows, hide_entry=False)
-    synthetic = False
-    if len(in_ex) < MIN_REAL_EXAMPLES:
-        synthetic = True
-        for r in rng.permutation(n_rows)[:max_examples]:
-            rep = _synthetic_rep(m, m.row_texts[r], rng)
-            if rep is not None:
-                in_ex.append((rep, all_ok, None, None, int(owner[r])))  # type: ignore[arg-type]
-    oos_ex = examples(oos_rows, hide_entry=True) if len(m.entries) > 1 else []
-
+    in_ex, oos_ex, synthetic = held_out_examples(m, X_sparse, owner, multi, rng, max_examples)
     say("calibrate", 0.75)
     # 1. fusion weights from real held-out paraphrases (candidate level: is this the right entry?)
     learned = False
     if not synthetic and len(in_ex) >= MIN_REAL_EXAMPLES:
         Xc, yc = [], []
-        for rep, entry_ok, row_ok, probs, gold in in_ex:
-            ranking = m.rank(rep, entry_ok, row_ok, probs)
+        for ex in in_ex:
+            ranking = ex.rank(m)
             Xc.append(ranking.evidence)
-            yc.append(ranking.cands == gold)
+            yc.append(ranking.cands == ex.gold)
         Xc_a, yc_a = np.vstack(Xc), np.concatenate(yc)
         if yc_a.any() and not yc_a.all():
             model = fusion.fit_logistic(Xc_a, yc_a.astype(int), C=1.0)
@@ -258,14 +278,14 @@ def calibrate_on_kb(
     feats, correct, top3, weights, is_in = [], [], [], [], []
     total = len(in_ex) + len(oos_ex)
     for group, w_group in ((in_ex, 1.0 - OOS_SHARE), (oos_ex, OOS_SHARE)):
-        for rep, entry_ok, row_ok, probs, gold in group:
-            ranking = m.rank(rep, entry_ok, row_ok, probs)
+        for ex in group:
+            ranking = ex.rank(m)
             if ranking.cands.size:
                 feats.append(ranking.calib)
-                correct.append(ranking.cands[0] == gold)
-                top3.append(gold in ranking.cands[:3])
+                correct.append(ranking.cands[0] == ex.gold)
+                top3.append(ex.gold in ranking.cands[:3])
                 weights.append(w_group / len(group))
-                is_in.append(gold >= 0)
+                is_in.append(ex.gold >= 0)
             if len(is_in) % 200 == 0:
                 say("calibrate", 0.75 + 0.2 * len(is_in) / max(1, total))
     if not feats:
@@ -303,7 +323,7 @@ def _out_of_fold_probs(
     owner: np.ndarray,
     rows: np.ndarray,
     rng: np.random.Generator,
-    folds: int = 5,
+    folds: int = 10,
 ) -> dict[int, np.ndarray]:
     """Classifier probabilities for held-out rows from models that never saw them."""
     out: dict[int, np.ndarray] = {}

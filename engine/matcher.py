@@ -271,6 +271,12 @@ class Matcher:
             entry_id=best.id,
             answer=best.answer if decision is Decision.ANSWER else None,
             candidates=candidates,
+            options=[
+                self._candidate(e, s)
+                for e, s in zip(ranking.cands[: pol.clarify_k], ranking.fused, strict=False)
+            ]
+            if decision is Decision.CLARIFY
+            else [],
             normalized=rep.normalized,
         )
 

@@ -30,6 +30,7 @@ class MatchResult:
     entry_id: str | None = None
     answer: str | None = None
     candidates: list[Candidate] = field(default_factory=list)
+    options: list[Candidate] = field(default_factory=list)  # on clarify: the questions to offer, best first
     normalized: str = ""
     features: dict[str, float] = field(default_factory=dict)
 

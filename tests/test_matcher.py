@@ -151,3 +151,17 @@ def test_damaged_or_incompatible_model_is_refused(fast_matcher, tmp_path):
     mf.write_text(json.dumps(manifest), encoding="utf-8")
     with pytest.raises(ModelLoadError, match="rebuild"):
         Matcher.load(path)
+
+
+def test_clarify_offers_the_closest_questions(demo_matcher):
+    """Between the thresholds the result carries up to 3 options to offer, best first."""
+    pol = demo_matcher.policy
+    for text in ["发票", "电脑", "快递", "退", "价格", "屏幕", "电池", "系统", "内存多大", "售后"]:
+        r = demo_matcher.match(text, top_k=1)
+        if r.decision == Decision.CLARIFY:
+            assert pol.t_clarify <= r.confidence < pol.t_answer
+            assert len(r.options) == 3 and r.options[0].entry_id == r.entry_id
+            assert len(r.candidates) == 1
+            return
+        assert r.options == []
+    pytest.fail("none of the short, vague messages was clarified")

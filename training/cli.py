@@ -400,6 +400,51 @@ def match(
     typer.echo(json.dumps(m.match(text, top_k=top_k).to_dict(), ensure_ascii=False, default=_json_default))
 
 
+# --------------------------------------------------------------------------- bench
+
+
+@app.command()
+def bench(
+    data: Annotated[Path, typer.Argument(help="Data set directory with kb.csv and queries.csv")],
+    max_queries: Annotated[int, typer.Option(help="Use the first N queries")] = 3000,
+    profile: Annotated[list[str] | None, typer.Option(help="fast and/or default (repeatable)")] = None,
+    json_out: Annotated[Path | None, typer.Option("--json", help="Write the figures as JSON")] = None,
+) -> None:
+    """Channel ablation (does fusion help?), latency, build time and peak memory on a data set."""
+    from training.benchmark import run
+
+    profiles = profile or ["fast", "default"]
+    if unknown := sorted(set(profiles) - {"fast", "default"}):
+        _fail(f"unknown profile {', '.join(unknown)} (expected fast or default)")
+    with _user_errors():
+        pairs = _load_queries(data / "queries.csv")[:max_queries]
+        report = run(data, pairs, profiles=profiles, say=lambda s: console.print(f"[dim]{escape(s)}[/]"))
+    table = Table(title=f"{data.name}: {report.entries} entries, {report.queries} queries")
+    for col in ("profile", "ranking", "top-1", "MRR", "R@5"):
+        table.add_column(col)
+    for prof, rows in report.ablation.items():
+        for row in rows:
+            table.add_row(prof, row.name, f"{row.top1:.3f}", f"{row.mrr:.3f}", f"{row.recall5:.3f}")
+    console.print(table)
+    cost = Table(title="cost")
+    for col in ("profile", "build s", "peak RSS MB", "p50 ms", "p99 ms"):
+        cost.add_column(col)
+    for prof in report.build_seconds:
+        lat = report.latency_ms[prof]
+        cost.add_row(
+            prof,
+            f"{report.build_seconds[prof]:.1f}",
+            f"{report.peak_rss_mb[prof]:.0f}",
+            f"{lat['p50']:.3f}",
+            f"{lat['p99']:.3f}",
+        )
+    console.print(cost)
+    if json_out:
+        from dataclasses import asdict
+
+        _write_json(asdict(report), json_out)
+
+
 # --------------------------------------------------------------------------- serve
 
 

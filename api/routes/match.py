@@ -11,6 +11,7 @@ from fastapi.exceptions import RequestValidationError
 
 from api.schemas import CandidateOut, MatchRequest, MatchResponse, ModelRef
 from api.state import MatcherDep, SettingsDep
+from engine.results import Candidate
 
 log = logging.getLogger("kefu.api")
 router = APIRouter(prefix="/v1", tags=["match"])
@@ -39,6 +40,10 @@ def _limit_errors(body: MatchRequest, max_text_chars: int, max_top_k: int) -> li
             }
         )
     return errors
+
+
+def _out(c: Candidate) -> CandidateOut:
+    return CandidateOut(entry_id=c.entry_id, question=c.question, score=float(c.score))
 
 
 @router.post("/match", response_model=MatchResponse)
@@ -72,6 +77,9 @@ def match(body: MatchRequest, matcher: MatcherDep, settings: SettingsDep) -> Mat
         confidence=float(r.confidence),
         candidates=[
             CandidateOut(entry_id=c.entry_id, question=c.question, score=float(c.score)) for c in r.candidates
+        ],
+        options=[
+            CandidateOut(entry_id=c.entry_id, question=c.question, score=float(c.score)) for c in r.options
         ],
         reason=r.reason,
         model=ModelRef(kb_hash=matcher.info.get("kb_hash"), entries=len(matcher)),
