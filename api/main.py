@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 
-from fastapi import FastAPI
+from fastapi import FastAPI, Request, Response
 from starlette.concurrency import run_in_threadpool
+from starlette.routing import Match
 
 import engine
-from api.routes import health, match
+from api.metrics import REQUEST_LATENCY, REQUESTS
+from api.routes import health, jd, kb, match, messages, metrics, shops
 from api.settings import Settings, get_settings
 from api.state import ModelHolder, load_or_build
 from engine import Matcher
@@ -32,24 +35,69 @@ def _configure_logging(level: str) -> None:
         kefu.addHandler(handler)
 
 
-def create_app(settings: Settings | None = None, matcher: Matcher | None = None) -> FastAPI:
-    """Build the app; a given `matcher` is served as is and nothing is loaded at startup."""
+def _route_template(request: Request) -> str:
+    """The matched path template (bounded label values), not the raw path."""
+    for route in request.app.router.routes:
+        if route.matches(request.scope)[0] == Match.FULL:
+            return str(getattr(route, "path", "unmatched"))
+    return "unmatched"
+
+
+def create_app(
+    settings: Settings | None = None, matcher: Matcher | None = None, shops_service: bool = True
+) -> FastAPI:
+    """Build the app; a given `matcher` is served as is on /v1/match and nothing is loaded for it.
+
+    `shops_service` starts the multi-shop service (database, shared state, per-shop models).
+    """
     settings = settings or get_settings()
     _configure_logging(settings.log_level)
     holder = ModelHolder(matcher)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        if shops_service:
+            from api.privacy import install_masking
+            from api.service import Service
+
+            install_masking()
+            app.state.service = await run_in_threadpool(Service, settings)
+            app.state.service.warm_up()
+            app.state.service.start_schedules()
+            app.state.service.start_reconciler()
         if holder.current is None:
             # loading or building is blocking work (a dense build takes tens of seconds)
             holder.swap(await run_in_threadpool(load_or_build, settings))
-        yield
+        try:
+            yield
+        finally:
+            service = getattr(app.state, "service", None)
+            if service is not None:
+                service.close()
 
     app = FastAPI(title="Kefu", version=engine.__version__, lifespan=lifespan)
     app.state.settings = settings
     app.state.model_holder = holder
-    app.include_router(health.router)
-    app.include_router(match.router)
+    app.state.service = None
+
+    @app.middleware("http")
+    async def count_requests(
+        request: Request, call_next: Callable[[Request], Awaitable[Response]]
+    ) -> Response:
+        t0 = time.perf_counter()
+        route = _route_template(request)
+        status = 500
+        try:
+            response = await call_next(request)
+            status = response.status_code
+            return response
+        finally:
+            REQUESTS.labels(route, request.method, str(status)).inc()
+            REQUEST_LATENCY.labels(route).observe(time.perf_counter() - t0)
+
+    for module in (health, match, shops, kb, messages, jd, metrics):
+        app.include_router(module.router)
+    app.include_router(jd.shop_router)
     return app
 
 

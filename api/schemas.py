@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 
@@ -53,3 +53,160 @@ class HealthResponse(BaseModel):
     entries: int
     kb_hash: str | None
     dense: bool
+
+
+# ---------------------------------------------------------------- shops
+
+Mode = Literal["auto", "assist", "off"]
+SHOP_ID_PATTERN = r"^[a-z0-9][a-z0-9_-]{0,63}$"
+
+
+class ShopCreate(BaseModel):
+    id: str = Field(pattern=SHOP_ID_PATTERN, description="lower-case letters, digits, - and _")
+    name: str = Field(default="", max_length=200)
+    mode: Mode = "auto"
+
+
+class ShopKey(BaseModel):
+    id: str
+    api_key: str = Field(description="shown once: only its digest is stored")
+
+
+class JdCredentialsIn(BaseModel):
+    app_key: str = Field(min_length=1, max_length=200)
+    app_secret: str = Field(min_length=1, max_length=200)
+    access_token: str | None = Field(default=None, max_length=500)
+
+
+class JdCredentialsOut(BaseModel):
+    configured: bool
+    app_key: str = ""
+    app_secret: str = ""
+    access_token: str = ""
+
+
+class ShopOut(BaseModel):
+    id: str
+    name: str
+    mode: Mode
+    active_version: int | None
+    served_version: int | None
+    jd: JdCredentialsOut
+
+
+class ModeIn(BaseModel):
+    mode: Mode
+
+
+# ---------------------------------------------------------------- KB
+
+
+class EntryIn(BaseModel):
+    question: str = Field(max_length=2000)
+    similar: list[str] | str = Field(default_factory=list)
+    answer: str = Field(max_length=20000)
+    category: str = Field(default="", max_length=200)
+    valid_from: str | None = None
+    valid_to: str | None = None
+    enabled: bool = True
+
+
+class EntryOut(BaseModel):
+    id: str
+    question: str
+    similar: list[str]
+    answer: str
+    category: str
+    valid_from: str | None
+    valid_to: str | None
+    enabled: bool
+
+
+class IssueOut(BaseModel):
+    source: str
+    row: int | None
+    column: str | None
+    message: str
+
+
+class VersionOut(BaseModel):
+    version: int
+    status: Literal["building", "ready", "failed"]
+    active: bool
+    entries: int
+    kb_hash: str
+    metrics: dict[str, Any]
+    error: str | None
+    created_at: str
+    finished_at: str | None
+
+
+class UploadOut(BaseModel):
+    entries: int
+    version: int | None = Field(default=None, description="the version being built, when publish=true")
+
+
+# ---------------------------------------------------------------- conversations
+
+
+class MessageIn(BaseModel):
+    conversation_id: str = Field(min_length=1, max_length=200)
+    text: str = Field(max_length=2000)
+
+
+class OptionOut(BaseModel):
+    entry_id: str
+    question: str
+
+
+class HandoffOut(BaseModel):
+    reason: str
+    last_messages: list[str]
+    candidates_tried: list[OptionOut]
+    mood: str | None
+
+
+class ReplyOut(BaseModel):
+    kind: Literal["answer", "clarify", "handoff"]
+    text: str
+    entry_id: str | None
+    confidence: float
+    options: list[OptionOut]
+    reason: str
+    handoff: HandoffOut | None
+    exchange_id: int | None = Field(default=None, description="for feedback on this reply")
+    model_version: int | None
+
+
+class Suggestion(BaseModel):
+    entry_id: str
+    question: str
+    answer: str
+    confidence: float
+
+
+class AssistOut(BaseModel):
+    suggestions: list[Suggestion]
+    model_version: int | None
+    exchange_id: int | None
+
+
+class FeedbackIn(BaseModel):
+    exchange_id: int
+    kind: Literal["up", "down", "correction"]
+    correct_entry_id: str | None = Field(default=None, description="for a correction: the right entry")
+    out_of_scope: bool = Field(default=False, description="for a correction: no entry could answer it")
+
+
+class ExchangeOut(BaseModel):
+    id: int
+    conversation_id: str
+    channel: str
+    text: str
+    decision: str
+    entry_id: str | None
+    confidence: float
+    reason: str
+    model_version: int | None
+    latency_ms: float
+    created_at: str

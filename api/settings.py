@@ -6,7 +6,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 LogLevel = Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"]
@@ -25,6 +25,24 @@ class Settings(BaseSettings):
     max_top_k: int = Field(default=20, ge=1)
     max_text_chars: int = Field(default=2000, ge=1)
     log_level: LogLevel = "INFO"
+
+    # ---- the multi-shop service
+    # SQLite embedded by default; postgresql+psycopg://... for several replicas
+    database_url: str = "sqlite:///data/kefu.db"
+    # state shared by replicas (conversations, replay ids, model notices); None: in-process only
+    redis_url: str | None = None
+    redis_prefix: str = "kefu:"  # keys and channels; one prefix per deployment sharing a Redis
+    data_dir: Path = Path("data")  # built models of every shop and version
+    admin_token: SecretStr | None = None  # creates shops; unset: the admin API refuses everything
+    secret_key: SecretStr | None = None  # Fernet key(s) for JD credentials at rest, comma-separated
+    conversation_ttl: int = Field(default=1800, ge=10)
+    min_self_recall: float = Field(default=0.9, ge=0, le=1)
+    min_cv_top1: float = Field(default=0.3, ge=0, le=1)
+    # ---- JD / JOS
+    jd_timestamp_window: int = Field(default=300, ge=1, description="seconds a signed JD message stays valid")
+    jos_url: str = "https://api.jd.com/routerjson"
+    jos_evaluation_method: str | None = None  # the JOS method that lists customer-service evaluations
+    evaluation_pull_interval: int = Field(default=3600, ge=0)  # seconds; 0: only on demand
 
     @field_validator("log_level", mode="before")
     @classmethod

@@ -42,3 +42,95 @@ def shared_set(name: str) -> Path:
 
 
 os.environ.setdefault("KEFU_EMBED_THREADS", "2")
+
+
+# ---------------------------------------------------------------- real services (PostgreSQL, Redis)
+
+DEFAULT_PG = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
+DEFAULT_REDIS = "redis://127.0.0.1:6379/0"
+
+
+def _pg_admin_url() -> str | None:
+    """The PostgreSQL the tests may use: KEFU_TEST_DATABASE_URL (set by .ci/run), else a local one."""
+    url = os.environ.get("KEFU_TEST_DATABASE_URL") or DEFAULT_PG
+    try:
+        import psycopg
+
+        with psycopg.connect(url.replace("+psycopg", ""), connect_timeout=2):
+            return url
+    except Exception:
+        return None
+
+
+def _redis_url() -> str | None:
+    url = os.environ.get("KEFU_TEST_REDIS_URL") or DEFAULT_REDIS
+    try:
+        import redis
+
+        redis.Redis.from_url(url, socket_connect_timeout=2).ping()
+        return url
+    except Exception:
+        return None
+
+
+@pytest.fixture(scope="session")
+def pg_admin_url() -> str:
+    url = _pg_admin_url()
+    if url is None:
+        pytest.skip("no PostgreSQL reachable (set KEFU_TEST_DATABASE_URL); .ci/run provides one")
+    return url
+
+
+@pytest.fixture(scope="session")
+def redis_url() -> str:
+    url = _redis_url()
+    if url is None:
+        pytest.skip("no Redis reachable (set KEFU_TEST_REDIS_URL); .ci/run provides one")
+    return url
+
+
+@pytest.fixture
+def pg_database(pg_admin_url: str):
+    """A fresh PostgreSQL database for one test, dropped afterwards."""
+    import uuid
+
+    import psycopg
+
+    name = f"kefu_t_{uuid.uuid4().hex[:12]}"
+    admin = pg_admin_url.replace("+psycopg", "")
+    with psycopg.connect(admin, autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+    base = pg_admin_url.rsplit("/", 1)[0]
+    yield f"{base}/{name}"
+    with psycopg.connect(admin, autocommit=True) as conn:
+        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+# ---------------------------------------------------------------- log audit
+
+AUDIT_LOG = Path(os.environ.get("KEFU_TEST_LOG", "/tmp/kefu-test-audit.log"))
+
+
+@pytest.fixture(scope="session", autouse=True)
+def audit_log():
+    """Every log record of the session, through the same masking filter the service installs.
+
+    tests/test_zz_log_audit.py (collected last) greps this file for personal data.
+    """
+    import logging
+
+    from api.privacy import MaskingFilter
+
+    AUDIT_LOG.unlink(missing_ok=True)
+    handler = logging.FileHandler(AUDIT_LOG, encoding="utf-8")
+    handler.setFormatter(logging.Formatter("%(name)s %(levelname)s %(message)s"))
+    handler.addFilter(MaskingFilter())
+    root = logging.getLogger()
+    old_level = root.level
+    root.setLevel(min(old_level or logging.INFO, logging.INFO))
+    root.addHandler(handler)
+    logging.getLogger("kefu.audit").info("audit canary: customer phone %s", "13912345678")
+    yield AUDIT_LOG
+    root.removeHandler(handler)
+    root.setLevel(old_level)
+    handler.close()

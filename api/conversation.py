@@ -1,0 +1,373 @@
+"""The conversation policy: what the bot says next, given the engine's decision and the dialogue so far.
+
+The engine decides one message at a time; a conversation needs more: a customer answers a clarify
+list with "2" or "第二个", asks the same thing again when an answer did not help, gets annoyed, or
+misses twice in a row. `ConversationPolicy.step` turns (state, message) into (reply, new state);
+`Conversations` keeps the state per shop and conversation in a shared store so any replica can take
+the next message.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import unicodedata
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import asdict, dataclass, field, replace
+from typing import Any, Literal
+from urllib.parse import quote
+
+from api.stores import KeyValueStore
+from engine.normalize import normalize
+from engine.results import Candidate, Decision, MatchResult
+
+log = logging.getLogger("kefu.conversation")
+
+Kind = Literal["answer", "clarify", "handoff"]
+
+HANDOFF_TEXT = "正在为您转接人工客服，请稍候"
+CLARIFY_HEAD = "您是想问："
+REPHRASE_TEXT = "抱歉，我没有理解您的问题，可以换个说法吗？"
+REPHRASE_OPTIONS_HEAD = "或者您是想问："
+MAX_OPTIONS = 3
+MAX_HANDOFF_MESSAGES = 10
+
+REASON_HUMAN = "customer asked for a human agent"
+REASON_REPEATED = "repeated question"
+REASON_ANGRY = "angry customer and no confident answer"
+# engine reasons after which rephrasing cannot help: there is nothing to match against
+_NOTHING_TO_MATCH = ("empty knowledge base", "no entry of the knowledge base")
+
+
+@dataclass
+class Option:
+    entry_id: str
+    question: str
+
+    @classmethod
+    def of(cls, c: Candidate) -> Option:
+        return cls(c.entry_id, c.question)
+
+
+@dataclass
+class Handoff:
+    """What the human agent receives: why, the recent (masked) messages and what the bot already tried."""
+
+    reason: str
+    last_messages: list[str]  # masked customer messages, oldest first, at most 10
+    candidates_tried: list[Option]
+    mood: str | None = None  # "angry" when detected
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass
+class Reply:
+    kind: Kind
+    text: str  # what to send the customer
+    entry_id: str | None = None
+    confidence: float = 0.0
+    options: list[Option] = field(default_factory=list)
+    reason: str = ""
+    handoff: Handoff | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass
+class ConversationState:
+    clarify_options: list[Option] = field(default_factory=list)  # pending: what the last clarify offered
+    misses: int = 0  # turns in a row the bot could not answer
+    history: list[str] = field(default_factory=list)  # masked customer messages, oldest first
+    tried: list[Option] = field(default_factory=list)  # candidates offered or considered, deduplicated
+    last_question: str | None = None  # normalized text of the last message that went to the matcher
+    last_answered_entry: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> ConversationState:
+        """Inverse of to_dict; tolerant of missing keys so replicas on different versions can share state."""
+
+        def options(items: Any) -> list[Option]:
+            return [Option(str(o["entry_id"]), str(o["question"])) for o in items or ()]
+
+        return cls(
+            clarify_options=options(d.get("clarify_options")),
+            misses=int(d.get("misses") or 0),
+            history=[str(m) for m in d.get("history") or ()],
+            tried=options(d.get("tried")),
+            last_question=d.get("last_question"),
+            last_answered_entry=d.get("last_answered_entry"),
+        )
+
+
+# ----------------------------------------------------------------------------------- choosing an option
+_NUMERALS = {c: i for i, c in enumerate("一二三四五六七八九十", start=1)}
+_LEAD = r"(?:那就|那|就|嗯|好的|好|我要|我选|我|选|要|是)*"
+_TAIL = r"(?:问题|选项)?(?:吧|呀|啊|呢|哦|噢|的|了|嘛|谢谢)*"
+_UNIT = r"(?:个|条|项|种|号)?"
+_ORDINAL = re.compile(rf"^{_LEAD}(?P<back>倒数)?第?(?P<n>[0-9]{{1,2}}|[一二三四五六七八九十]){_UNIT}{_TAIL}$")
+_LAST = re.compile(rf"^{_LEAD}最后(?:一|那)?{_UNIT}{_TAIL}$")
+_MIN_OVERLAP = 4
+
+
+def _compact(text: Any) -> str:
+    return normalize(text).replace(" ", "")
+
+
+def resolve_choice(text: str, options: Sequence[Option]) -> Option | None:
+    """The option a customer's reply to a clarify list picks, or None when it picks none.
+
+    By position ("2", "第二个", "选2", "就第二个吧", "最后一个", "倒数第二个"; out of range gives None) or
+    by the question's text: equal after normalization, or one containing the other when that is
+    unambiguous among the options and at least 4 characters long.
+    """
+    if not options:
+        return None
+    t = _compact(text)
+    if not t:
+        return None
+    if m := _ORDINAL.match(t):
+        raw = m.group("n")
+        n = int(raw) if raw.isdigit() else _NUMERALS[raw]
+        if m.group("back"):
+            n = len(options) + 1 - n
+        return options[n - 1] if 1 <= n <= len(options) else None
+    if _LAST.match(t):
+        return options[-1]
+    questions = [_compact(o.question) for o in options]
+    for o, q in zip(options, questions, strict=True):
+        if t == q:
+            return o
+    hits = [
+        o
+        for o, q in zip(options, questions, strict=True)
+        if min(len(t), len(q)) >= _MIN_OVERLAP and (t in q or q in t)
+    ]
+    return hits[0] if len(hits) == 1 else None
+
+
+# ----------------------------------------------------------------------------------------------- mood
+_ANGRY_WORDS = (
+    "垃圾",
+    "骗子",
+    "骗人",
+    "坑人",
+    "坑爹",
+    "气死",
+    "差评",
+    "投诉",
+    "什么破",
+    "破玩意",
+    "破东西",
+    "太差",
+    "废物",
+    "无语",
+    "搞什么",
+    "等了半天",
+    "什么玩意",
+    "有病",
+    "不要脸",
+    "太过分",
+    "忍无可忍",
+)
+_ANGRY_RE = re.compile(
+    "|".join(re.escape(w) for w in _ANGRY_WORDS)
+    # "滚" but not 滚筒/滚动/滚轮... (a 滚筒洗衣机 is a product, not an insult)
+    + r"|滚(?![筒动轮珠刷梯烫压边落])"
+    # a demand for money back, not the neutral "怎么退钱/能退钱吗"
+    + r"|(?:给我|赶紧|马上|立刻|立即|快点?)退钱|退钱退钱"
+    # asked/said many times: "反复问", "问了好几次", "多次反映" (but not "反复重启的问题")
+    + r"|(?:多次|反复|好几次|好几遍|无数次|三番五次|多少遍|多少次).{0,8}(?:问(?!题)|说|反映|联系|咨询|催)"
+    + r"|(?:问(?!题)|说|反映|联系|咨询|催)了?.{0,4}(?:多次|反复|好几次|好几遍|无数次|多少遍|多少次)"
+)
+_SHOUTING = re.compile(r"[!?]{3,}")
+
+
+def detect_mood(text: Any) -> str | None:
+    """ "angry" when the message carries angry words or repeated !!!/???, else None (a small curated list)."""
+    if not isinstance(text, str) or not text:
+        return None
+    if _SHOUTING.search(unicodedata.normalize("NFKC", text)):  # full-width ！？ fold to ASCII
+        return "angry"
+    return "angry" if _ANGRY_RE.search(_compact(text)) else None
+
+
+# --------------------------------------------------------------------------------------------- policy
+def _add_tried(tried: Iterable[Option], new: Iterable[Option]) -> list[Option]:
+    out: list[Option] = []
+    seen: set[str] = set()
+    for o in (*tried, *new):
+        if o.entry_id not in seen:
+            seen.add(o.entry_id)
+            out.append(Option(o.entry_id, o.question))
+    return out
+
+
+def _numbered(options: Sequence[Option]) -> str:
+    return "\n".join(f"{i}. {o.question}" for i, o in enumerate(options, start=1))
+
+
+def _identity(text: str) -> str:
+    return text
+
+
+class ConversationPolicy:
+    """answer / clarify / hand off over a conversation, on top of one-message engine decisions.
+
+    `match` is the engine (message -> MatchResult); `get_entry` gives (question, answer) of an entry
+    id or None when it no longer exists (a KB can change between two turns); `mask` removes personal
+    data from what is kept in the state and handed to the agent.
+    """
+
+    def __init__(
+        self,
+        match: Callable[[str], MatchResult],
+        get_entry: Callable[[str], tuple[str, str] | None],
+        mask: Callable[[str], str] = _identity,
+        max_misses: int = 2,
+        history: int = 10,
+    ) -> None:
+        if max_misses < 1 or history < 1:
+            raise ValueError("max_misses and history must be at least 1")
+        self.match = match
+        self.get_entry = get_entry
+        self.mask = mask
+        self.max_misses = max_misses
+        self.history = history
+
+    def step(self, state: ConversationState | None, text: str) -> tuple[Reply, ConversationState]:
+        """The reply to one customer message and the conversation's new state (the input is not changed)."""
+        prev = state or ConversationState()
+        text = text if isinstance(text, str) else ("" if text is None else str(text))
+        st = replace(
+            prev,
+            clarify_options=list(prev.clarify_options),
+            history=[*prev.history, self.mask(text)][-self.history :],
+            tried=list(prev.tried),
+        )
+        angry = detect_mood(text) == "angry"
+
+        # 1. an answer to the pending clarify list
+        choice = resolve_choice(text, prev.clarify_options) if prev.clarify_options else None
+        if choice is not None:
+            entry = self.get_entry(choice.entry_id)
+            if entry is not None:
+                st = replace(st, clarify_options=[], misses=0, last_answered_entry=choice.entry_id)
+                return Reply(
+                    "answer",
+                    entry[1],
+                    entry_id=choice.entry_id,
+                    confidence=1.0,
+                    reason=f"customer chose option {prev.clarify_options.index(choice) + 1}",
+                ), st
+            # the entry left the KB since the list was shown: a miss; offer what is still there
+            left = [o for o in prev.clarify_options if o is not choice and self.get_entry(o.entry_id)]
+            return self._miss(st, angry, f"chosen entry {choice.entry_id} no longer exists", left, 0.0)
+
+        # 2. the engine
+        r = self.match(text)
+        norm = r.normalized or normalize(text)
+        repeated = bool(norm) and norm == prev.last_question
+        if norm:
+            st.last_question = norm
+        turn = [Option.of(c) for c in r.options[:MAX_OPTIONS]] + [
+            Option.of(c) for c in r.candidates[:MAX_OPTIONS]
+        ]
+        st.tried = _add_tried(st.tried, turn)
+
+        if r.decision is Decision.HANDOFF and "human" in r.reason:
+            return self._handoff(st, REASON_HUMAN, r)
+        if repeated or (
+            r.decision is Decision.ANSWER and r.entry_id and r.entry_id == prev.last_answered_entry
+        ):
+            return self._handoff(st, REASON_REPEATED, r)
+
+        if r.decision is Decision.ANSWER and r.entry_id:
+            answer = r.answer
+            if answer is None:
+                entry = self.get_entry(r.entry_id)
+                answer = entry[1] if entry else None
+            if answer is not None:
+                st = replace(st, clarify_options=[], misses=0, last_answered_entry=r.entry_id)
+                return Reply("answer", answer, r.entry_id, r.confidence, reason=r.reason), st
+
+        if r.decision is Decision.HANDOFF and r.reason.startswith(_NOTHING_TO_MATCH):
+            return self._handoff(st, f"bot cannot answer: {r.reason}", r)
+
+        offered = r.options if r.decision is Decision.CLARIFY and r.options else r.candidates
+        options = [Option.of(c) for c in offered[:MAX_OPTIONS]]
+        rephrase = r.decision is not Decision.CLARIFY or not options
+        return self._miss(st, angry, r.reason, options, r.confidence, rephrase=rephrase, result=r)
+
+    def _miss(
+        self,
+        st: ConversationState,
+        angry: bool,
+        why: str,
+        options: list[Option],
+        confidence: float,
+        *,
+        rephrase: bool = True,
+        result: MatchResult | None = None,
+    ) -> tuple[Reply, ConversationState]:
+        """A turn the bot could not answer: clarify (or ask to rephrase) until too many misses in a row."""
+        misses = st.misses + 1
+        st = replace(st, misses=misses)
+        if misses >= self.max_misses:
+            return self._handoff(st, f"{misses} misses in a row ({why})", result)
+        if angry:  # an angry customer is not made to pick from a list
+            return self._handoff(st, REASON_ANGRY, result)
+        if rephrase:
+            text = REPHRASE_TEXT + (f"\n{REPHRASE_OPTIONS_HEAD}\n{_numbered(options)}" if options else "")
+        else:
+            text = f"{CLARIFY_HEAD}\n{_numbered(options)}"
+        st = replace(st, clarify_options=list(options), tried=_add_tried(st.tried, options))
+        reply = Reply("clarify", text, None, confidence, options=list(options), reason=why)
+        return reply, st
+
+    def _handoff(
+        self, st: ConversationState, reason: str, result: MatchResult | None
+    ) -> tuple[Reply, ConversationState]:
+        last = st.history[-MAX_HANDOFF_MESSAGES:]
+        mood = "angry" if any(detect_mood(m) == "angry" for m in last) else None
+        handoff = Handoff(reason, list(last), [Option(o.entry_id, o.question) for o in st.tried], mood)
+        # the human takes over: nothing is pending and the miss count starts again if the bot resumes
+        st = replace(st, clarify_options=[], misses=0)
+        confidence = result.confidence if result is not None else 0.0
+        return Reply("handoff", HANDOFF_TEXT, None, confidence, reason=reason, handoff=handoff), st
+
+
+# ------------------------------------------------------------------------------------------ persistence
+class Conversations:
+    """Conversation state per shop and conversation id in a shared store, expiring after inactivity."""
+
+    def __init__(self, store: KeyValueStore, ttl_seconds: int = 1800) -> None:
+        self.store = store
+        self.ttl_seconds = ttl_seconds
+
+    @staticmethod
+    def key(shop: str, conversation_id: str) -> str:
+        # ids are percent-encoded so that no (shop, id) pair can spell another shop's key ("a:b", "c")
+        return f"conv:{quote(str(shop), safe='')}:{quote(str(conversation_id), safe='')}"
+
+    def load(self, shop: str, conversation_id: str) -> ConversationState | None:
+        data = self.store.get_json(self.key(shop, conversation_id))
+        if data is None:
+            return None
+        try:
+            return ConversationState.from_dict(data)
+        except (TypeError, KeyError, ValueError, AttributeError):
+            log.warning("unreadable state of conversation %s/%s; starting afresh", shop, conversation_id)
+            return None
+
+    def save(self, shop: str, conversation_id: str, state: ConversationState) -> None:
+        """Store the state; every save restarts the inactivity TTL."""
+        self.store.set_json(self.key(shop, conversation_id), state.to_dict(), self.ttl_seconds)
+
+    def end(self, shop: str, conversation_id: str) -> None:
+        self.store.delete(self.key(shop, conversation_id))

@@ -1,0 +1,64 @@
+"""Dependencies of the shop routes: the service, the shop named in the path, and its API key."""
+
+from __future__ import annotations
+
+import re
+from typing import Annotated
+
+from fastapi import Depends, Header, HTTPException, Path, Request, status
+from sqlalchemy import select
+
+from api.auth import admin_token_matches, hash_key, key_matches
+from api.db.models import Shop
+from api.metrics import AUTH_FAILURES
+from api.service import Service
+
+SHOP_ID = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}$")
+
+
+def get_service(request: Request) -> Service:
+    service: Service | None = getattr(request.app.state, "service", None)
+    if service is None:
+        raise HTTPException(status.HTTP_503_SERVICE_UNAVAILABLE, "the shop service is not running")
+    return service
+
+
+ServiceDep = Annotated[Service, Depends(get_service)]
+
+
+def require_admin(
+    service: ServiceDep, x_admin_token: Annotated[str | None, Header(description="operator token")] = None
+) -> None:
+    expected = service.settings.admin_token
+    if not admin_token_matches(x_admin_token, expected.get_secret_value() if expected else None):
+        AUTH_FAILURES.labels("bad_admin_token").inc()
+        raise HTTPException(status.HTTP_401_UNAUTHORIZED, "a valid X-Admin-Token header is required")
+
+
+def require_shop(
+    service: ServiceDep,
+    shop: Annotated[str, Path(description="shop id", max_length=64)],
+    x_api_key: Annotated[str | None, Header(description="the shop's API key")] = None,
+) -> Shop:
+    """The shop, if the key is its own: 404 unknown shop, 401 no/invalid key, 403 another shop's key."""
+    if not SHOP_ID.match(shop):
+        AUTH_FAILURES.labels("unknown_shop").inc()
+        raise HTTPException(status.HTTP_404_NOT_FOUND, f"no shop {shop!r}")
+    with service.db.session() as s:
+        row = s.get(Shop, shop)
+        if row is None:
+            AUTH_FAILURES.labels("unknown_shop").inc()
+            raise HTTPException(status.HTTP_404_NOT_FOUND, f"no shop {shop!r}")
+        if key_matches(x_api_key, row.api_key_hash):
+            s.expunge(row)
+            return row
+        other = x_api_key and s.scalar(select(Shop.id).where(Shop.api_key_hash == hash_key(x_api_key)))
+    if other:
+        AUTH_FAILURES.labels("other_shop_key").inc()
+        raise HTTPException(status.HTTP_403_FORBIDDEN, "this API key belongs to another shop")
+    AUTH_FAILURES.labels("bad_api_key").inc()
+    raise HTTPException(status.HTTP_401_UNAUTHORIZED, "a valid X-API-Key header is required")
+
+
+ShopDep = Annotated[Shop, Depends(require_shop)]
+AdminDep = Annotated[None, Depends(require_admin)]

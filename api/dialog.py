@@ -1,0 +1,112 @@
+"""One customer message through the shop's mode, model and conversation state, logged and counted.
+
+Shared by the shop API (`/v1/shops/{shop}/messages`) and the JD-facing endpoint, so both channels
+behave the same way.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from api import exchanges
+from api.conversation import ConversationPolicy, Handoff, Reply
+from api.db.models import Shop
+from api.metrics import MATCH_LATENCY, record_reply
+from api.privacy import mask_pii
+from api.service import Service
+from engine.results import MatchResult
+
+HANDOFF_TEXT = "正在为您转接人工客服，请稍候。"
+
+
+def _handoff(reason: str, text: str) -> Reply:
+    return Reply(
+        kind="handoff",
+        text=HANDOFF_TEXT,
+        entry_id=None,
+        confidence=0.0,
+        options=[],
+        reason=reason,
+        handoff=Handoff(reason=reason, last_messages=[mask_pii(text)], candidates_tried=[], mood=None),
+    )
+
+
+def handle_message(
+    service: Service, shop: Shop, conversation_id: str, text: str, channel: str
+) -> dict[str, Any]:
+    """The reply to one message, as the JSON the channels send back (with its exchange id)."""
+    t0 = time.perf_counter()
+    version: int | None = None
+    if shop.mode == "off":
+        reply = _handoff("the bot is off for this shop: a human agent answers", text)
+    elif shop.mode == "assist":
+        reply = _handoff("assist mode: a human agent answers, with suggestions from the bot", text)
+    else:
+        served = service.served(shop.id, shop.active_version)
+        if served is None:
+            reply = _handoff("no KB version is published for this shop yet", text)
+        else:
+            version = served.version
+            matcher = served.matcher
+            entries = {e.id: e for e in matcher.entries}
+
+            def match(t: str) -> MatchResult:
+                m0 = time.perf_counter()
+                try:
+                    return matcher.match(t, top_k=5)
+                finally:
+                    MATCH_LATENCY.observe(time.perf_counter() - m0)
+
+            def get_entry(entry_id: str) -> tuple[str, str] | None:
+                e = entries.get(entry_id)
+                return (e.question, e.answer) if e else None
+
+            policy = ConversationPolicy(match=match, get_entry=get_entry, mask=mask_pii)
+            state = service.conversations.load(shop.id, conversation_id)
+            reply, state = policy.step(state, text)
+            service.conversations.save(shop.id, conversation_id, state)
+    latency_ms = (time.perf_counter() - t0) * 1000
+    with service.db.session() as s:
+        exchange_id = exchanges.log_exchange(
+            s,
+            shop=shop.id,
+            conversation_id=conversation_id,
+            channel=channel,
+            text=text,
+            decision=reply.kind,
+            entry_id=reply.entry_id,
+            confidence=reply.confidence,
+            reason=reply.reason,
+            model_version=version,
+            latency_ms=latency_ms,
+        )
+    record_reply(shop.id, reply.kind)
+    out = reply.to_dict()
+    out["exchange_id"] = exchange_id
+    out["model_version"] = version
+    return out
+
+
+def suggestions(
+    service: Service, shop: Shop, text: str, k: int = 3
+) -> tuple[list[dict[str, Any]], int | None]:
+    """Assist mode: up to k answers for the human agent; nothing is matched when the bot is off."""
+    if shop.mode == "off":
+        return [], None
+    served = service.served(shop.id, shop.active_version)
+    if served is None:
+        return [], None
+    r = served.matcher.match(text, top_k=k)
+    entries = {e.id: e for e in served.matcher.entries}
+    out = []
+    for i, c in enumerate(r.candidates[:k]):
+        out.append(
+            {
+                "entry_id": c.entry_id,
+                "question": c.question,
+                "answer": entries[c.entry_id].answer,
+                "confidence": r.confidence if i == 0 else 0.0,
+            }
+        )
+    return out, served.version

@@ -1,0 +1,111 @@
+"""The exchange log and feedback: every reply stored masked, every thumbs/correction kept as a label."""
+
+from __future__ import annotations
+
+import csv
+import io
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from api.db.models import Exchange, Feedback
+from api.privacy import mask_pii
+
+
+def log_exchange(
+    s: Session,
+    *,
+    shop: str,
+    conversation_id: str,
+    channel: str,
+    text: str,
+    decision: str,
+    entry_id: str | None,
+    confidence: float,
+    reason: str,
+    model_version: int | None,
+    latency_ms: float,
+) -> int:
+    row = Exchange(
+        shop_id=shop,
+        conversation_id=mask_pii(conversation_id),
+        channel=channel,
+        text_masked=mask_pii(text),
+        decision=decision,
+        entry_id=entry_id,
+        confidence=float(confidence),
+        reason=mask_pii(reason),
+        model_version=model_version,
+        latency_ms=float(latency_ms),
+    )
+    s.add(row)
+    s.flush()
+    return row.id
+
+
+def recent(s: Session, shop: str, limit: int = 100, offset: int = 0) -> list[Exchange]:
+    q = (
+        select(Exchange)
+        .where(Exchange.shop_id == shop)
+        .order_by(Exchange.id.desc())
+        .offset(offset)
+        .limit(limit)
+    )
+    return list(s.scalars(q))
+
+
+def add_feedback(
+    s: Session, shop: str, exchange_id: int, kind: str, correct: str | None, oos: bool
+) -> Feedback:
+    """Attach feedback to one of the shop's own exchanges (another shop's id is 'not found')."""
+    ex = s.get(Exchange, exchange_id)
+    if ex is None or ex.shop_id != shop:
+        raise LookupError(f"no exchange {exchange_id} in shop {shop!r}")
+    fb = Feedback(
+        shop_id=shop, exchange_id=exchange_id, kind=kind, correct_entry_id=correct, out_of_scope=oos
+    )
+    s.add(fb)
+    s.flush()
+    return fb
+
+
+def labelled_csv(s: Session, shop: str) -> str:
+    """Feedback as `query,expected_id` rows for `kefu calibrate` (empty id: out of scope).
+
+    A thumbs-up confirms the bot's entry; a correction names the right one. A bare thumbs-down says only
+    what was wrong, not what was right, so it is left out. The latest label of an exchange wins.
+    """
+    rows = s.execute(
+        select(Feedback, Exchange)
+        .join(Exchange, Feedback.exchange_id == Exchange.id)
+        .where(Feedback.shop_id == shop)
+        .order_by(Feedback.id)
+    ).all()
+    labels: dict[int, tuple[str, str]] = {}
+    for fb, ex in rows:
+        if fb.kind == "up" and ex.entry_id:
+            labels[ex.id] = (ex.text_masked, ex.entry_id)
+        elif fb.kind == "correction":
+            labels[ex.id] = (ex.text_masked, "" if fb.out_of_scope else (fb.correct_entry_id or ""))
+    out = io.StringIO()
+    w = csv.writer(out)
+    w.writerow(["query", "expected_id"])
+    w.writerows(labels.values())
+    return out.getvalue()
+
+
+def exchange_dict(ex: Exchange) -> dict[str, Any]:
+    return {
+        "id": ex.id,
+        "conversation_id": ex.conversation_id,
+        "channel": ex.channel,
+        "text": ex.text_masked,
+        "decision": ex.decision,
+        "entry_id": ex.entry_id,
+        "confidence": ex.confidence,
+        "reason": ex.reason,
+        "model_version": ex.model_version,
+        "latency_ms": ex.latency_ms,
+        "created_at": ex.created_at.isoformat(),
+    }

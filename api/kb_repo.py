@@ -1,0 +1,141 @@
+"""The shops' editable KBs and their published versions in the database.
+
+Every function takes the shop id and filters on it. Validation goes through engine.kb, so an upload, a
+single-entry edit and a publish report problems exactly as `kefu build` does, and a bad edit changes
+nothing that was stored.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+from sqlalchemy import delete, func, select
+from sqlalchemy.orm import Session
+
+from api.db.models import Entry, KBVersion, utcnow
+from engine.kb import KBEntry, kb_hash, load_kb
+
+
+def _row_to_entry_dict(row: Entry) -> dict[str, Any]:
+    return {
+        "id": row.entry_id,
+        "question": row.question,
+        "similar": list(row.similar or []),
+        "answer": row.answer,
+        "category": row.category,
+        "valid_from": row.valid_from,
+        "valid_to": row.valid_to,
+        "enabled": row.enabled,
+    }
+
+
+def list_entries(s: Session, shop: str, offset: int = 0, limit: int | None = None) -> list[dict[str, Any]]:
+    q = select(Entry).where(Entry.shop_id == shop).order_by(Entry.position, Entry.entry_id).offset(offset)
+    if limit is not None:
+        q = q.limit(limit)
+    return [_row_to_entry_dict(r) for r in s.scalars(q)]
+
+
+def count_entries(s: Session, shop: str) -> int:
+    return int(s.scalar(select(func.count()).select_from(Entry).where(Entry.shop_id == shop)) or 0)
+
+
+def get_entry(s: Session, shop: str, entry_id: str) -> dict[str, Any] | None:
+    row = s.get(Entry, (shop, entry_id))
+    return None if row is None else _row_to_entry_dict(row)
+
+
+def validated(entries: Iterable[dict[str, Any] | KBEntry], source: str) -> list[KBEntry]:
+    """The whole KB through the engine's validator (raises KBValidationError listing every issue)."""
+    return load_kb(list(entries), source_name=source)
+
+
+def replace_all(s: Session, shop: str, entries: Sequence[KBEntry]) -> None:
+    """Swap the shop's whole editable KB for validated entries, in the caller's transaction."""
+    s.execute(delete(Entry).where(Entry.shop_id == shop))
+    s.add_all(_entry_row(shop, e, i) for i, e in enumerate(entries))
+
+
+def upsert_entry(s: Session, shop: str, entry: dict[str, Any]) -> KBEntry:
+    """Add or replace one entry, validated together with the rest of the KB (duplicates included)."""
+    current = list_entries(s, shop)
+    ids = [e["id"] for e in current]
+    new_id = str(entry.get("id", "")).strip()
+    merged = [entry if e["id"] == new_id else e for e in current]
+    if new_id not in ids:
+        merged.append(entry)
+    entries = validated(merged, f"shop {shop}")
+    kept = next(e for e in entries if e.id == new_id)
+    position = ids.index(new_id) if new_id in ids else len(ids)
+    existing = s.get(Entry, (shop, new_id))
+    if existing is not None:
+        s.delete(existing)
+        s.flush()
+    s.add(_entry_row(shop, kept, position))
+    return kept
+
+
+def delete_entry(s: Session, shop: str, entry_id: str) -> bool:
+    return bool(
+        s.execute(delete(Entry).where(Entry.shop_id == shop, Entry.entry_id == entry_id)).rowcount  # type: ignore[attr-defined]
+    )
+
+
+def _entry_row(shop: str, e: KBEntry, position: int) -> Entry:
+    return Entry(
+        shop_id=shop,
+        entry_id=e.id,
+        position=position,
+        question=e.question,
+        similar=list(e.similar),
+        answer=e.answer,
+        category=e.category,
+        valid_from=e.valid_from,
+        valid_to=e.valid_to,
+        enabled=e.enabled,
+    )
+
+
+def snapshot(s: Session, shop: str) -> list[KBEntry]:
+    """The editable KB as validated entries: what a publish freezes."""
+    return validated(list_entries(s, shop), f"shop {shop}")
+
+
+def create_version(s: Session, shop: str, entries: Sequence[KBEntry]) -> KBVersion:
+    """A new version row in state `building`, numbered after the shop's last one."""
+    last = s.scalar(select(func.max(KBVersion.version)).where(KBVersion.shop_id == shop)) or 0
+    row = KBVersion(
+        shop_id=shop,
+        version=last + 1,
+        status="building",
+        kb_hash=kb_hash(entries),
+        entries=len(entries),
+        snapshot=[e.to_dict() for e in entries],
+        metrics={},
+    )
+    s.add(row)
+    s.flush()
+    return row
+
+
+def get_version(s: Session, shop: str, version: int) -> KBVersion | None:
+    return s.scalar(select(KBVersion).where(KBVersion.shop_id == shop, KBVersion.version == version))
+
+
+def list_versions(s: Session, shop: str) -> list[KBVersion]:
+    return list(
+        s.scalars(select(KBVersion).where(KBVersion.shop_id == shop).order_by(KBVersion.version.desc()))
+    )
+
+
+def finish_version(
+    s: Session, shop: str, version: int, status: str, metrics: dict[str, Any], error: str | None
+) -> None:
+    row = get_version(s, shop, version)
+    if row is not None:
+        row.status, row.metrics, row.error, row.finished_at = status, metrics, error, utcnow()
+
+
+def version_entries(row: KBVersion) -> list[KBEntry]:
+    return load_kb(row.snapshot, source_name=f"version {row.version}")

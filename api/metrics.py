@@ -1,0 +1,74 @@
+"""Prometheus metrics of the service, served at /metrics.
+
+With several worker processes set PROMETHEUS_MULTIPROC_DIR (a writable, emptied directory) and every
+worker's samples are aggregated at scrape time; without it, the process's own registry is served.
+Label values are bounded: routes are path templates, shops are known shop ids, reasons a fixed set.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from collections import deque
+
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    REGISTRY,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+)
+
+REQUESTS = Counter("kefu_requests_total", "HTTP requests", ["route", "method", "status"])
+REQUEST_LATENCY = Histogram(
+    "kefu_request_latency_seconds",
+    "HTTP request latency",
+    ["route"],
+    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5),
+)
+MATCH_LATENCY = Histogram(
+    "kefu_match_latency_seconds",
+    "Engine match latency (normalize to decide)",
+    buckets=(0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25),
+)
+DECISIONS = Counter("kefu_decisions_total", "Replies by kind", ["shop", "decision"])
+HANDOFF_RATE = Gauge(
+    "kefu_handoff_rate",
+    "Share of handoffs among this process's last 500 replies",
+    ["shop"],
+    multiprocess_mode="liveall",
+)
+MODEL_VERSION = Gauge("kefu_model_version", "KB version in service", ["shop"], multiprocess_mode="liveall")
+BUILD_SECONDS = Histogram(
+    "kefu_build_seconds",
+    "Model build duration",
+    ["outcome"],
+    buckets=(0.5, 1, 2, 5, 10, 30, 60, 120, 300, 600),
+)
+JOS_ERRORS = Counter("kefu_jos_errors_total", "JOS call errors", ["kind"])
+AUTH_FAILURES = Counter("kefu_auth_failures_total", "Refused requests", ["reason"])
+
+_recent: dict[str, deque[bool]] = {}
+_recent_lock = threading.Lock()
+
+
+def record_reply(shop: str, decision: str) -> None:
+    DECISIONS.labels(shop, decision).inc()
+    with _recent_lock:
+        window = _recent.setdefault(shop, deque(maxlen=500))
+        window.append(decision == "handoff")
+        rate = sum(window) / len(window)
+    HANDOFF_RATE.labels(shop).set(rate)
+
+
+def render() -> tuple[bytes, str]:
+    """The exposition text, aggregated over worker processes when running multi-process."""
+    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        from prometheus_client import multiprocess
+
+        registry = CollectorRegistry()
+        multiprocess.MultiProcessCollector(registry)
+        return generate_latest(registry), CONTENT_TYPE_LATEST
+    return generate_latest(REGISTRY), CONTENT_TYPE_LATEST

@@ -1,0 +1,171 @@
+"""Publishing a shop's KB: build in the background, evaluate, and only then swap the model in.
+
+The request that publishes returns at once with the new version number. A worker thread builds the
+model from the frozen snapshot, checks it (every KB question must find its own entry, and the model's
+held-out paraphrase accuracy must clear a floor), writes it under the shop's data directory, records
+the version as ready and activates it. Activation is a database update plus a notification on the
+store's pub/sub channel: every replica, this one included, then loads that version and swaps.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from concurrent.futures import Future, ThreadPoolExecutor
+from typing import Any
+
+import numpy as np
+
+from api import kb_repo
+from api.db.models import Shop
+from api.db.session import Database
+from api.metrics import BUILD_SECONDS, MODEL_VERSION
+from api.registry import ModelRegistry
+from engine import Matcher
+from engine.kb import KBEntry
+
+log = logging.getLogger("kefu.publish")
+
+CHANNEL = "models"
+SELF_CHECK_SAMPLE = 500
+
+
+class BuildRejected(Exception):
+    """A model that built but failed its own evaluation: it is not swapped in."""
+
+
+def evaluate_model(
+    m: Matcher, entries: list[KBEntry], min_self_recall: float, min_cv_top1: float
+) -> dict[str, Any]:
+    """The checks a new model must pass before it serves customers."""
+    rng = np.random.default_rng(0)
+    pairs = [(q, e.id) for e in entries if e.enabled for q in e.questions()]
+    if len(pairs) > SELF_CHECK_SAMPLE:
+        pairs = [pairs[i] for i in rng.choice(len(pairs), SELF_CHECK_SAMPLE, replace=False)]
+    hits = 0
+    for q, eid in pairs:
+        ranking = m.rank(m.represent(q), np.ones(len(m.entries), bool))
+        top = [m.entries[i].id for i in ranking.cands[:3]]
+        hits += eid in top
+    self_recall = hits / len(pairs) if pairs else 1.0
+    cal = m.info.get("calibration", {})
+    cv = cal.get("cv_top1_in_scope") if not cal.get("synthetic_paraphrases") else None
+    figures = {
+        "self_recall_at_3": self_recall,
+        "cv_top1": cv,
+        "t_answer": m.policy.t_answer,
+        "t_clarify": m.policy.t_clarify,
+        "build_seconds": m.info.get("build_seconds"),
+    }
+    problems = []
+    if self_recall < min_self_recall:
+        problems.append(
+            f"only {self_recall:.0%} of KB questions find their own entry (need {min_self_recall:.0%})"
+        )
+    if cv is not None and cv < min_cv_top1:
+        problems.append(f"held-out paraphrase top-1 {cv:.2f} is below {min_cv_top1:.2f}")
+    if problems:
+        raise BuildRejected("; ".join(problems))
+    return figures
+
+
+class Publisher:
+    """Builds versions one at a time per process and activates the ones that pass."""
+
+    def __init__(
+        self,
+        db: Database,
+        registry: ModelRegistry,
+        notify: Any,
+        min_self_recall: float = 0.9,
+        min_cv_top1: float = 0.3,
+    ) -> None:
+        self.db = db
+        self.registry = registry
+        self.notify = notify  # callable(channel, message)
+        self.min_self_recall = min_self_recall
+        self.min_cv_top1 = min_cv_top1
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="kefu-build")
+        # loads are separate from builds: a long build must not delay another shop's swap
+        self._loader = ThreadPoolExecutor(max_workers=1, thread_name_prefix="kefu-load")
+        self._pending: set[tuple[str, int]] = set()
+        self._pending_lock = threading.Lock()
+
+    def publish(self, shop: str) -> tuple[int, Future[None]]:
+        """Freeze the shop's KB as a new version and build it in the background."""
+        with self.db.session() as s:
+            entries = kb_repo.snapshot(s, shop)  # raises KBValidationError: nothing is created
+            version = kb_repo.create_version(s, shop, entries).version
+        return version, self._pool.submit(self._build, shop, version, entries)
+
+    def _build(self, shop: str, version: int, entries: list[KBEntry]) -> None:
+        t0 = time.perf_counter()
+        try:
+            matcher = self.registry.build(entries)
+            figures = evaluate_model(matcher, entries, self.min_self_recall, self.min_cv_top1)
+            matcher.save(self.registry.model_dir(shop, version))
+        except Exception as e:  # any failure leaves the serving model untouched
+            outcome = "rejected" if isinstance(e, BuildRejected) else "failed"
+            BUILD_SECONDS.labels(outcome).observe(time.perf_counter() - t0)
+            log.warning("version %d of shop %s %s: %s", version, shop, outcome, e)
+            with self.db.session() as s:
+                kb_repo.finish_version(s, shop, version, "failed", {"outcome": outcome}, str(e)[:2000])
+            return
+        BUILD_SECONDS.labels("ok").observe(time.perf_counter() - t0)
+        with self.db.session() as s:
+            kb_repo.finish_version(s, shop, version, "ready", figures, None)
+        self.registry.swap(shop, version, matcher)
+        self.activate(shop, version)
+
+    def activate(self, shop: str, version: int) -> None:
+        """Make `version` the shop's served version everywhere (also used for rollback)."""
+        with self.db.session() as s:
+            row = kb_repo.get_version(s, shop, version)
+            if row is None or row.status != "ready":
+                raise ValueError(f"version {version} of shop {shop} is not a ready version")
+            shop_row = s.get(Shop, shop)
+            assert shop_row is not None
+            shop_row.active_version = version
+        MODEL_VERSION.labels(shop).set(version)
+        self.notify(CHANNEL, {"shop": shop, "version": version})
+
+    def on_notice(self, message: dict[str, Any]) -> None:
+        """Another replica (or this one) activated a version: load it, then swap."""
+        shop, version = str(message.get("shop")), int(message.get("version", 0))
+        served = self.registry.get(shop)
+        if served is not None and served.version == version:
+            return
+
+        def snapshot() -> list[KBEntry]:
+            with self.db.session() as s:
+                row = kb_repo.get_version(s, shop, version)
+                if row is None:
+                    raise ValueError(f"version {version} of shop {shop} is gone")
+                return kb_repo.version_entries(row)
+
+        with self._pending_lock:
+            if (shop, version) in self._pending:
+                return
+            self._pending.add((shop, version))
+        self._loader.submit(self._load_and_swap, shop, version, snapshot)
+
+    def _load_and_swap(self, shop: str, version: int, snapshot: Any) -> None:
+        try:
+            matcher = self.registry.load(shop, version, snapshot)
+            with self.db.session() as s:
+                row = s.get(Shop, shop)
+                current = row.active_version if row is not None else None
+            if current != version:  # a later activation overtook this notice
+                return
+            self.registry.swap(shop, version, matcher)
+            MODEL_VERSION.labels(shop).set(version)
+        except Exception as e:
+            log.error("could not load version %d of shop %s: %s", version, shop, e)
+        finally:
+            with self._pending_lock:
+                self._pending.discard((shop, version))
+
+    def shutdown(self) -> None:
+        self._pool.shutdown(wait=False, cancel_futures=True)
+        self._loader.shutdown(wait=False, cancel_futures=True)

@@ -1,0 +1,80 @@
+"""Customer messages (auto mode), suggestions for agents (assist mode), feedback and the exchange log."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from fastapi import APIRouter, HTTPException, Query, status
+from fastapi.responses import PlainTextResponse
+
+from api import exchanges
+from api.deps import ServiceDep, ShopDep
+from api.dialog import handle_message, suggestions
+from api.schemas import AssistOut, ExchangeOut, FeedbackIn, MessageIn, ReplyOut, Suggestion
+
+router = APIRouter(prefix="/v1/shops/{shop}", tags=["conversations"])
+
+
+@router.post("/messages", response_model=ReplyOut)
+def message(body: MessageIn, shop: ShopDep, service: ServiceDep) -> Any:
+    """A customer message in a conversation: answer, clarify (up to 3 questions) or hand off."""
+    return handle_message(service, shop, body.conversation_id, body.text, channel="api")
+
+
+@router.post("/assist", response_model=AssistOut)
+def assist(body: MessageIn, shop: ShopDep, service: ServiceDep) -> AssistOut:
+    """Up to 3 suggested answers for the human agent handling this conversation."""
+    found, version = suggestions(service, shop, body.text)
+    with service.db.session() as s:
+        exchange_id = exchanges.log_exchange(
+            s,
+            shop=shop.id,
+            conversation_id=body.conversation_id,
+            channel="assist",
+            text=body.text,
+            decision="assist",
+            entry_id=found[0]["entry_id"] if found else None,
+            confidence=found[0]["confidence"] if found else 0.0,
+            reason=f"{len(found)} suggestion(s)",
+            model_version=version,
+            latency_ms=0.0,
+        )
+    return AssistOut(
+        suggestions=[Suggestion(**x) for x in found], model_version=version, exchange_id=exchange_id
+    )
+
+
+@router.post("/feedback", status_code=status.HTTP_201_CREATED)
+def feedback(body: FeedbackIn, shop: ShopDep, service: ServiceDep) -> dict[str, Any]:
+    """Thumbs up/down on a reply, or an agent's correction: becomes labelled data for calibration."""
+    if body.kind == "correction" and not body.correct_entry_id and not body.out_of_scope:
+        raise HTTPException(422, "a correction needs correct_entry_id or out_of_scope=true")
+    try:
+        with service.db.session() as s:
+            fb = exchanges.add_feedback(
+                s, shop.id, body.exchange_id, body.kind, body.correct_entry_id, body.out_of_scope
+            )
+            return {"id": fb.id, "exchange_id": fb.exchange_id, "kind": fb.kind}
+    except LookupError as e:
+        raise HTTPException(status.HTTP_404_NOT_FOUND, str(e)) from e
+
+
+@router.get("/exchanges", response_model=list[ExchangeOut])
+def exchange_log(
+    shop: ShopDep,
+    service: ServiceDep,
+    limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+    offset: Annotated[int, Query(ge=0)] = 0,
+) -> list[ExchangeOut]:
+    """The shop's recent exchanges, newest first (texts are stored masked)."""
+    with service.db.session() as s:
+        return [
+            ExchangeOut(**exchanges.exchange_dict(e)) for e in exchanges.recent(s, shop.id, limit, offset)
+        ]
+
+
+@router.get("/feedback/labelled.csv", response_class=PlainTextResponse)
+def labelled(shop: ShopDep, service: ServiceDep) -> str:
+    """Feedback as `query,expected_id` CSV, the input of `kefu calibrate MODEL labelled.csv`."""
+    with service.db.session() as s:
+        return exchanges.labelled_csv(s, shop.id)

@@ -1,0 +1,94 @@
+"""Shops: created by the operator (admin token), then managed with the shop's own API key."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, HTTPException, status
+from sqlalchemy.exc import IntegrityError
+
+from api.auth import hash_key, new_api_key
+from api.db.models import Shop
+from api.deps import AdminDep, ServiceDep, ShopDep
+from api.schemas import JdCredentialsIn, JdCredentialsOut, ModeIn, ShopCreate, ShopKey, ShopOut
+from api.service import Service
+
+router = APIRouter(tags=["shops"])
+
+
+def shop_out(service: Service, shop: Shop) -> ShopOut:
+    served = service.registry.get(shop.id)
+    return ShopOut(
+        id=shop.id,
+        name=shop.name,
+        mode=shop.mode,  # type: ignore[arg-type]
+        active_version=shop.active_version,
+        served_version=served.version if served else None,
+        jd=jd_out(service, shop),
+    )
+
+
+def jd_out(service: Service, shop: Shop) -> JdCredentialsOut:
+    """JD credentials as the merchant may see them: masked, never decrypted into a response."""
+    if not shop.jd_app_key:
+        return JdCredentialsOut(configured=False)
+    from api.secrets import mask
+
+    box = service.secret_box
+    return JdCredentialsOut(
+        configured=True,
+        app_key=mask(box.decrypt(shop.jd_app_key)),
+        app_secret=mask(box.decrypt(shop.jd_app_secret or "")) if shop.jd_app_secret else "",
+        access_token=mask(box.decrypt(shop.jd_access_token)) if shop.jd_access_token else "",
+    )
+
+
+@router.post("/v1/admin/shops", status_code=status.HTTP_201_CREATED, response_model=ShopKey)
+def create_shop(body: ShopCreate, service: ServiceDep, _: AdminDep) -> ShopKey:
+    key = new_api_key()
+    try:
+        with service.db.session() as s:
+            s.add(Shop(id=body.id, name=body.name, mode=body.mode, api_key_hash=hash_key(key), settings={}))
+    except IntegrityError as e:
+        raise HTTPException(status.HTTP_409_CONFLICT, f"shop {body.id!r} already exists") from e
+    return ShopKey(id=body.id, api_key=key)
+
+
+@router.post("/v1/admin/shops/{shop}/api-key", response_model=ShopKey)
+def rotate_key(shop: str, service: ServiceDep, _: AdminDep) -> ShopKey:
+    key = new_api_key()
+    with service.db.session() as s:
+        row = s.get(Shop, shop)
+        if row is None:
+            raise HTTPException(status.HTTP_404_NOT_FOUND, f"no shop {shop!r}")
+        row.api_key_hash = hash_key(key)
+    return ShopKey(id=shop, api_key=key)
+
+
+@router.get("/v1/shops/{shop}", response_model=ShopOut)
+def get_shop(shop: ShopDep, service: ServiceDep) -> ShopOut:
+    return shop_out(service, shop)
+
+
+@router.put("/v1/shops/{shop}/mode", response_model=ShopOut)
+def set_mode(body: ModeIn, shop: ShopDep, service: ServiceDep) -> ShopOut:
+    """auto: the bot answers; assist: it only suggests to the agent; off: everything goes to humans."""
+    with service.db.session() as s:
+        row = s.get(Shop, shop.id)
+        assert row is not None
+        row.mode = body.mode
+        s.flush()
+        s.expunge(row)
+    return shop_out(service, row)
+
+
+@router.put("/v1/shops/{shop}/jd-credentials", response_model=JdCredentialsOut)
+def set_jd_credentials(body: JdCredentialsIn, shop: ShopDep, service: ServiceDep) -> JdCredentialsOut:
+    box = service.secret_box
+    with service.db.session() as s:
+        row = s.get(Shop, shop.id)
+        assert row is not None
+        row.jd_app_key = box.encrypt(body.app_key)
+        row.jd_app_secret = box.encrypt(body.app_secret)
+        row.jd_access_token = box.encrypt(body.access_token) if body.access_token else None
+        s.flush()
+        s.expunge(row)
+    return jd_out(service, row)

@@ -1,0 +1,142 @@
+"""The multi-shop service: database, shared state, model registry and publisher, wired once per app."""
+
+from __future__ import annotations
+
+import logging
+import threading
+from typing import Any
+
+from sqlalchemy import select
+
+from api import kb_repo
+from api.db.migrate import upgrade
+from api.db.models import Shop
+from api.db.session import Database
+from api.metrics import MODEL_VERSION
+from api.publisher import CHANNEL, Publisher
+from api.registry import ModelRegistry, ServedModel
+from api.settings import Settings
+from api.stores import make_store
+
+log = logging.getLogger("kefu.service")
+
+
+class Service:
+    """Everything a shop request needs; created in the app's lifespan."""
+
+    def __init__(self, settings: Settings) -> None:
+        from api.conversation import Conversations
+
+        self.settings = settings
+        self.db = Database(settings.database_url)
+        upgrade(self.db.engine)
+        self.store = make_store(settings.redis_url, prefix=settings.redis_prefix)
+        self.registry = ModelRegistry(settings.data_dir, dense=settings.dense)
+        self.publisher = Publisher(
+            self.db,
+            self.registry,
+            self.store.publish,
+            min_self_recall=settings.min_self_recall,
+            min_cv_top1=settings.min_cv_top1,
+        )
+        self.conversations = Conversations(self.store, ttl_seconds=settings.conversation_ttl)
+        self._subscription = self.store.subscribe(CHANNEL, self.publisher.on_notice)
+        self._secret_box: Any = None
+        self._stopping = threading.Event()
+
+    def warm_up(self) -> threading.Thread:
+        """Load every shop's active model in the background, so first requests find it ready."""
+
+        def run() -> None:
+            with self.db.session() as s:
+                active = [(sh.id, sh.active_version) for sh in s.scalars(select(Shop)) if sh.active_version]
+            for shop, version in active:
+                try:
+                    self.served(shop, version)
+                except Exception as e:
+                    log.error("could not load shop %s version %s: %s", shop, version, e)
+
+        t = threading.Thread(target=run, name="kefu-warm-up", daemon=True)
+        t.start()
+        return t
+
+    def start_reconciler(self, every: float = 5.0) -> threading.Thread:
+        """Catch up with activations this replica missed (pub/sub is a notification, not a queue)."""
+
+        def run() -> None:
+            while not self._stopping.wait(every):
+                try:
+                    with self.db.session() as s:
+                        active = {sh.id: sh.active_version for sh in s.scalars(select(Shop))}
+                    for shop, version in active.items():
+                        served = self.registry.get(shop)
+                        if version and (served is None or served.version != version):
+                            self.publisher.on_notice({"shop": shop, "version": version})
+                except Exception as e:  # a database hiccup must not end the loop
+                    log.warning("reconcile failed: %s", e)
+
+        t = threading.Thread(target=run, name="kefu-reconcile", daemon=True)
+        t.start()
+        return t
+
+    def start_schedules(self) -> threading.Thread | None:
+        """Pull every configured shop's JD evaluations every `evaluation_pull_interval` seconds."""
+        interval = self.settings.evaluation_pull_interval
+        if not interval or not self.settings.jos_evaluation_method:
+            return None
+
+        def run() -> None:
+            from api.evaluations import pull
+
+            while not self._stopping.wait(interval):
+                with self.db.session() as s:
+                    shops = [sh.id for sh in s.scalars(select(Shop)) if sh.jd_app_key and sh.jd_app_secret]
+                for shop in shops:
+                    try:
+                        pull(self, shop)
+                    except Exception as e:  # one shop's failure must not stop the others
+                        log.warning("evaluation pull for shop %s failed: %s", shop, e)
+
+        t = threading.Thread(target=run, name="kefu-evaluations", daemon=True)
+        t.start()
+        return t
+
+    def served(self, shop: str, version: int | None) -> ServedModel | None:
+        """The shop's model in service; loaded on first use after a restart."""
+        served = self.registry.get(shop)
+        if served is not None or version is None:
+            return served
+
+        def snapshot() -> list[Any]:
+            with self.db.session() as s:
+                row = kb_repo.get_version(s, shop, version)
+                if row is None:
+                    raise ValueError(f"version {version} of shop {shop} is gone")
+                return kb_repo.version_entries(row)
+
+        served = self.registry.ensure(shop, version, snapshot)
+        MODEL_VERSION.labels(shop).set(version)
+        return served
+
+    @property
+    def secret_box(self) -> Any:
+        """Encrypts JD credentials; configured from KEFU_SECRET_KEY on first use."""
+        if self._secret_box is None:
+            from api.secrets import SecretBox, SecretKeyError
+
+            key = self.settings.secret_key
+            if key is None:
+                raise SecretKeyError(
+                    "KEFU_SECRET_KEY is not set: generate one with python -c 'from cryptography.fernet "
+                    "import Fernet; print(Fernet.generate_key().decode())'"
+                )
+            self._secret_box = SecretBox(key.get_secret_value())
+        return self._secret_box
+
+    def close(self) -> None:
+        self._stopping.set()
+        close = getattr(self._subscription, "close", None)
+        if close:
+            close()
+        self.publisher.shutdown()
+        self.db.dispose()

@@ -1,0 +1,678 @@
+"""The conversation policy on a real engine, and the shared state stores on real Redis and in memory."""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import json
+import os
+import re
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from api.conversation import (
+    CLARIFY_HEAD,
+    HANDOFF_TEXT,
+    REASON_ANGRY,
+    REASON_HUMAN,
+    REASON_REPEATED,
+    REPHRASE_TEXT,
+    ConversationPolicy,
+    Conversations,
+    ConversationState,
+    Option,
+    Reply,
+    detect_mood,
+    resolve_choice,
+)
+from api.stores import MemoryStore, RedisStore, make_store
+from engine import Matcher
+
+KB: dict[str, dict[str, Any]] = {
+    "invoice": {
+        "question": "可以开发票吗",
+        "similar": ["能开增值税专票吗", "发票怎么开", "我要开发票", "公司报销需要发票"],
+        "answer": "亲，支持开具电子普通发票和增值税专用发票，下单时在发票栏填写即可。",
+    },
+    "ship-time": {
+        "question": "什么时候发货",
+        "similar": ["多久能发货", "下单后几天发货", "今天能发出吗", "怎么还不发货"],
+        "answer": "亲，现货商品下单后48小时内发货哦。",
+    },
+    "warranty": {
+        "question": "保修多久",
+        "similar": ["质保期是多长时间", "坏了能保修吗", "售后保修政策", "保修需要什么凭证"],
+        "answer": "亲，本店商品全国联保一年，凭发票或订单号即可保修。",
+    },
+    "return": {
+        "question": "怎么申请退货",
+        "similar": ["不想要了能退吗", "七天无理由退货", "退货流程是什么", "收到货不满意想退"],
+        "answer": "亲，签收后7天内可在订单详情页申请无理由退货。",
+    },
+    "freight": {
+        "question": "运费怎么算",
+        "similar": ["包邮吗", "邮费多少", "满多少包邮", "偏远地区要运费吗"],
+        "answer": "亲，订单满99元包邮，不满收取6元运费。",
+    },
+    "address": {
+        "question": "下单后能改地址吗",
+        "similar": ["收货地址写错了", "怎么修改收货地址", "地址填错了怎么办", "能换个地址收货吗"],
+        "answer": "亲，订单出库前可在订单详情页修改收货地址。",
+    },
+    "tracking": {
+        "question": "怎么查物流",
+        "similar": ["快递到哪了", "物流信息在哪看", "查一下快递单号", "包裹怎么一直没更新"],
+        "answer": "亲，在我的订单-订单详情中可查看实时物流。",
+    },
+    "price-protect": {
+        "question": "降价了能价保吗",
+        "similar": ["买贵了能退差价吗", "价格保护怎么申请", "刚买就降价了", "保价多少天"],
+        "answer": "亲，签收后30天内降价可申请价保退差价。",
+    },
+    "baitiao": {
+        "question": "支持白条分期吗",
+        "similar": ["可以分期付款吗", "白条免息吗", "能分几期", "信用卡分期可以吗"],
+        "answer": "亲，支持京东白条3/6/12期分期。",
+    },
+}
+
+
+def get_entry(entry_id: str) -> tuple[str, str] | None:
+    e = KB.get(entry_id)
+    return (e["question"], e["answer"]) if e else None
+
+
+def mask_digits(text: str) -> str:
+    return re.sub(r"\d", "*", text)
+
+
+@pytest.fixture(scope="module")
+def matcher() -> Matcher:
+    """One small real engine for the module (dense off: fast, no model download)."""
+    return Matcher.build([{"id": k, **v} for k, v in KB.items()], dense=False)
+
+
+def with_thresholds(m: Matcher, t_answer: float, t_clarify: float) -> Matcher:
+    """The same fitted engine with other decision thresholds, to force clarify or low-confidence handoff."""
+    forced = copy.copy(m)
+    forced.policy = dataclasses.replace(m.policy, t_answer=t_answer, t_clarify=t_clarify)
+    return forced
+
+
+def policy_for(m: Matcher, **kw: Any) -> ConversationPolicy:
+    return ConversationPolicy(match=lambda t: m.match(t, top_k=5), get_entry=get_entry, **kw)
+
+
+@pytest.fixture
+def bot(matcher: Matcher) -> ConversationPolicy:
+    """The engine's own thresholds: confident questions get answers."""
+    return policy_for(matcher)
+
+
+@pytest.fixture
+def clarifying_bot(matcher: Matcher) -> ConversationPolicy:
+    """Never confident enough to answer, always confident enough to offer options."""
+    return policy_for(with_thresholds(matcher, t_answer=1.01, t_clarify=0.0))
+
+
+@pytest.fixture
+def unsure_bot(matcher: Matcher) -> ConversationPolicy:
+    """Below the clarify threshold on every message: the engine hands off for low confidence."""
+    return policy_for(with_thresholds(matcher, t_answer=1.01, t_clarify=1.01))
+
+
+def run(policy: ConversationPolicy, *messages: str) -> tuple[list[Reply], ConversationState]:
+    state: ConversationState | None = None
+    replies = []
+    for text in messages:
+        reply, state = policy.step(state, text)
+        replies.append(reply)
+    assert state is not None
+    return replies, state
+
+
+# ------------------------------------------------------------------------------------------ answering
+def test_confident_question_is_answered_and_remembered(bot: ConversationPolicy) -> None:
+    """The common case: one message, one answer from the KB; the state remembers what was answered."""
+    reply, state = bot.step(None, "我要开发票")
+    assert reply.kind == "answer"
+    assert reply.entry_id == "invoice"
+    assert reply.text == KB["invoice"]["answer"]
+    assert reply.handoff is None and reply.options == []
+    assert state.last_answered_entry == "invoice" and state.misses == 0
+    assert state.history == ["我要开发票"]
+
+
+@pytest.mark.parametrize("choice", ["2", "第二个", "就第二个吧", "<question text>"])
+def test_clarify_then_choice_answers_the_chosen_entry(
+    clarifying_bot: ConversationPolicy, choice: str
+) -> None:
+    """A clarify offers numbered options; the customer's pick (by number or by text) gets that answer."""
+    first, state = clarifying_bot.step(None, "发票怎么开")
+    assert first.kind == "clarify"
+    assert 2 <= len(first.options) <= 3
+    assert first.text.startswith(CLARIFY_HEAD + "\n1. ")
+    assert f"\n2. {first.options[1].question}" in first.text
+    assert state.clarify_options == first.options and state.misses == 1
+
+    picked = first.options[1]
+    text = picked.question if choice == "<question text>" else choice
+    reply, after = clarifying_bot.step(state, text)
+    assert reply.kind == "answer"
+    assert reply.entry_id == picked.entry_id
+    assert reply.text == KB[picked.entry_id]["answer"]
+    assert after.clarify_options == [] and after.misses == 0
+    assert after.last_answered_entry == picked.entry_id
+
+
+def test_two_misses_in_a_row_hand_off_with_what_was_tried(clarifying_bot: ConversationPolicy) -> None:
+    """A clarify answered with nonsense is the second miss: the agent gets the options already tried."""
+    (first, second), state = run(clarifying_bot, "发票怎么开", "嗯嗯嗯随便")
+    assert first.kind == "clarify"
+    assert second.kind == "handoff"
+    assert second.text == HANDOFF_TEXT
+    assert second.handoff is not None
+    assert "misses" in second.handoff.reason and second.reason == second.handoff.reason
+    tried = [o.entry_id for o in second.handoff.candidates_tried]
+    assert tried and tried[: len(first.options)] == [o.entry_id for o in first.options]
+    assert len(tried) == len(set(tried))
+    assert second.handoff.last_messages == ["发票怎么开", "嗯嗯嗯随便"]
+    assert state.clarify_options == []
+
+
+def test_low_confidence_asks_to_rephrase_and_offers_candidates(unsure_bot: ConversationPolicy) -> None:
+    """Below the clarify threshold the bot asks to rephrase, still listing candidates one can pick."""
+    first, state = unsure_bot.step(None, "发票怎么开")
+    assert first.kind == "clarify"
+    assert first.text.startswith(REPHRASE_TEXT)
+    assert first.options and "\n1. " in first.text
+    reply, _ = unsure_bot.step(state, "第一个")
+    assert reply.kind == "answer" and reply.entry_id == first.options[0].entry_id
+
+
+def test_empty_messages_are_misses_too(bot: ConversationPolicy) -> None:
+    """An emoji-only message has nothing to match: rephrase first, hand off on the second miss."""
+    (first, second), _ = run(bot, "😀", "🙏🙏")
+    assert first.kind == "clarify" and first.text == REPHRASE_TEXT and first.options == []
+    assert second.kind == "handoff"
+    assert second.handoff is not None and "misses" in second.handoff.reason
+
+
+def test_a_choice_whose_entry_vanished_is_a_miss(matcher: Matcher) -> None:
+    """The KB may change between two turns: picking a removed entry must not answer with nothing."""
+    forced = with_thresholds(matcher, t_answer=1.01, t_clarify=0.0)
+    gone: set[str] = set()
+    policy = ConversationPolicy(
+        match=lambda t: forced.match(t, top_k=5),
+        get_entry=lambda e: None if e in gone else get_entry(e),
+        max_misses=3,
+    )
+    first, state = policy.step(None, "发票怎么开")
+    gone.add(first.options[0].entry_id)
+    reply, after = policy.step(state, "1")
+    assert reply.kind == "clarify"
+    assert after.misses == 2
+    assert first.options[0].entry_id not in {o.entry_id for o in reply.options}
+
+
+# ---------------------------------------------------------------------------------------------- handoff
+@pytest.mark.parametrize("text", ["转人工", "我要人工客服！"])
+def test_explicit_human_request_hands_off_at_once(bot: ConversationPolicy, text: str) -> None:
+    """Asking for a person is honoured immediately, even with no miss so far."""
+    reply, state = bot.step(None, text)
+    assert reply.kind == "handoff"
+    assert reply.handoff is not None and reply.handoff.reason == REASON_HUMAN
+    assert reply.handoff.last_messages == [text]
+    assert state.misses == 0
+
+
+def test_human_request_wins_over_a_pending_clarify(clarifying_bot: ConversationPolicy) -> None:
+    """Mid-clarify, "转人工" is not read as a (failed) choice but as the request it is."""
+    (first, second), _ = run(clarifying_bot, "运费怎么算", "转人工")
+    assert first.kind == "clarify"
+    assert second.kind == "handoff" and second.reason == REASON_HUMAN
+
+
+@pytest.mark.parametrize("again", ["可以开发票吗？", "我要开发票"])
+def test_asking_the_same_thing_again_hands_off(bot: ConversationPolicy, again: str) -> None:
+    """The same question (verbatim or another wording of the same entry) means the answer did not help."""
+    (first, second), _ = run(bot, "可以开发票吗", again)
+    assert first.kind == "answer" and first.entry_id == "invoice"
+    assert second.kind == "handoff"
+    assert second.handoff is not None and second.handoff.reason == REASON_REPEATED
+    assert "invoice" in {o.entry_id for o in second.handoff.candidates_tried}
+
+
+def test_a_different_question_after_an_answer_is_answered(bot: ConversationPolicy) -> None:
+    """The repeat rule must not fire on a new topic."""
+    replies, _ = run(bot, "可以开发票吗", "运费怎么算", "怎么查物流")
+    assert [r.kind for r in replies] == ["answer"] * 3
+    assert [r.entry_id for r in replies] == ["invoice", "freight", "tracking"]
+
+
+def test_angry_customer_is_handed_off_instead_of_clarified(clarifying_bot: ConversationPolicy) -> None:
+    """The same unsure question gets a list when calm, a human when angry."""
+    calm, _ = clarifying_bot.step(None, "发货到底要多久")
+    assert calm.kind == "clarify"
+    angry, state = clarifying_bot.step(None, "什么破客服，发货到底要多久")
+    assert angry.kind == "handoff"
+    assert angry.handoff is not None
+    assert angry.handoff.reason == REASON_ANGRY
+    assert angry.handoff.mood == "angry"
+    assert state.clarify_options == []
+
+
+def test_angry_customer_still_gets_a_confident_answer(bot: ConversationPolicy) -> None:
+    """Anger only replaces lists: when the bot knows the answer it gives it."""
+    reply, _ = bot.step(None, "什么破店，运费怎么算")
+    assert reply.kind == "answer" and reply.entry_id == "freight"
+
+
+def test_mood_of_earlier_messages_reaches_the_agent(bot: ConversationPolicy) -> None:
+    """An angry message two turns back still flags the handoff as angry."""
+    replies, _ = run(bot, "垃圾，运费怎么算", "怎么查物流", "转人工")
+    assert replies[-1].handoff is not None and replies[-1].handoff.mood == "angry"
+    calm, _ = run(bot, "运费怎么算", "转人工")
+    assert calm[-1].handoff is not None and calm[-1].handoff.mood is None
+
+
+def test_history_is_masked_and_capped(matcher: Matcher) -> None:
+    """Only masked messages are kept and handed over, and at most the last 10 of them."""
+    policy = policy_for(matcher, mask=mask_digits)
+    phone = "13812345678"
+    messages = [f"我的手机号{phone}，快递到哪了", *[f"第{i}条消息 运费" for i in range(10)], "转人工"]
+    replies, state = run(policy, *messages)
+    handoff = replies[-1].handoff
+    assert handoff is not None and handoff.reason == REASON_HUMAN
+    assert len(handoff.last_messages) == 10 and len(state.history) == 10
+    assert handoff.last_messages[-1] == "转人工"
+    everything = json.dumps([state.to_dict(), replies[0].to_dict(), handoff.to_dict()], ensure_ascii=False)
+    assert phone not in everything and not re.search(r"\d", "".join(state.history))
+    first, state1 = policy.step(None, messages[0])
+    assert first.kind == "answer" and first.entry_id == "tracking"  # masking does not change matching
+    assert state1.history == ["我的手机号***********，快递到哪了"]
+
+
+def test_step_does_not_mutate_the_input_state(clarifying_bot: ConversationPolicy) -> None:
+    """State is updated purely, so a caller can retry a turn or compare before/after."""
+    _, state = clarifying_bot.step(None, "发票怎么开")
+    before = copy.deepcopy(state)
+    _, after = clarifying_bot.step(state, "2")
+    assert state == before
+    assert after is not state and after != state
+
+
+def test_state_round_trips_through_json(clarifying_bot: ConversationPolicy) -> None:
+    """State crosses replicas as JSON: to_dict -> json -> from_dict gives the same state."""
+    _, state = run(clarifying_bot, "发票怎么开")
+    assert state.clarify_options and state.tried and state.last_question
+    again = ConversationState.from_dict(json.loads(json.dumps(state.to_dict(), ensure_ascii=False)))
+    assert again == state
+    assert ConversationState.from_dict({}) == ConversationState()
+
+
+# ---------------------------------------------------------------------------------------- choices, mood
+OPTIONS = [
+    Option("invoice", "可以开发票吗"),
+    Option("ship-time", "什么时候发货"),
+    Option("warranty", "保修多久"),
+]
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("1", "invoice"),
+        ("2", "ship-time"),
+        ("2.", "ship-time"),
+        ("２", "ship-time"),
+        (" 3 ", "warranty"),
+        ("第2个", "ship-time"),
+        ("第二个", "ship-time"),
+        ("第二條", "ship-time"),
+        ("第二条", "ship-time"),
+        ("二", "ship-time"),
+        ("三", "warranty"),
+        ("选2", "ship-time"),
+        ("就第二个吧", "ship-time"),
+        ("第一个吧", "invoice"),
+        ("我选第三个", "warranty"),
+        ("最后一个", "warranty"),
+        ("最后那个", "warranty"),
+        ("倒数第二个", "ship-time"),
+        ("①", "invoice"),
+        ("4", None),
+        ("0", None),
+        ("第五个", None),
+        ("十", None),
+        ("12", None),
+        ("可以开发票吗", "invoice"),
+        ("可以开发票吗？", "invoice"),
+        ("保修多久", "warranty"),
+        ("我想问什么时候发货呀", "ship-time"),
+        ("什么时候", "ship-time"),
+        ("开发票", None),
+        ("今天天气不错", None),
+        ("", None),
+        ("第二个订单怎么查物流", None),
+    ],
+)
+def test_resolve_choice(text: str, expected: str | None) -> None:
+    """Numbers, ordinals and question text pick an option; anything else or out of range picks none."""
+    got = resolve_choice(text, OPTIONS)
+    assert (got.entry_id if got else None) == expected
+
+
+def test_resolve_choice_refuses_ambiguous_text_and_empty_lists() -> None:
+    """Text matching two options is no choice; with no pending options nothing resolves."""
+    opts = [Option("a", "发票怎么开"), Option("b", "发票怎么开专票")]
+    assert resolve_choice("请问发票怎么开专票呢", opts) is None
+    assert resolve_choice("发票怎么开", opts) == opts[0]  # exact equality is not ambiguous
+    assert resolve_choice("1", []) is None
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "垃圾客服",
+        "你们是骗子吧",
+        "氣死我了",
+        "给你们差评",
+        "我要投诉",
+        "什么破手机",
+        "服务太差了",
+        "滚",
+        "无语了",
+        "搞什么啊",
+        "等了半天没人理",
+        "我已经反复问了这个问题",
+        "问了好几次了还没解决",
+        "赶紧给我退钱",
+        "为什么还不发货！！！",
+        "到底发没发???",
+    ],
+)
+def test_detect_mood_angry(text: str) -> None:
+    """Curated angry words (traditional and full-width forms too) and shouting punctuation."""
+    assert detect_mood(text) == "angry"
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "滚筒洗衣机保修多久",
+        "怎么退钱",
+        "能退钱吗",
+        "手机反复重启的问题怎么办",
+        "谢谢",
+        "发货了吗？",
+        "好的！！",
+        "",
+    ],
+)
+def test_detect_mood_calm(text: str) -> None:
+    """Product words and neutral refund questions are not anger."""
+    assert detect_mood(text) is None
+
+
+# ---------------------------------------------------------------------------------------------- stores
+def _redis_url() -> tuple[str, bool]:
+    url = os.environ.get("KEFU_TEST_REDIS_URL")
+    return (url, True) if url else ("redis://127.0.0.1:6379/15", False)
+
+
+@pytest.fixture
+def redis_store() -> Iterator[RedisStore]:
+    """A RedisStore under a random prefix; only that prefix's keys are deleted afterwards."""
+    url, explicit = _redis_url()
+    store = RedisStore(
+        url, prefix=f"kefu-test:{uuid.uuid4().hex}:", client_name=f"kefu-test-{uuid.uuid4().hex}"
+    )
+    if not store.ping():
+        store.close()
+        if explicit:
+            pytest.fail(f"KEFU_TEST_REDIS_URL={url} is set but Redis does not answer")
+        pytest.skip(f"no Redis at {url} (set KEFU_TEST_REDIS_URL to test against another one)")
+    yield store
+    keys = list(store.client.scan_iter(match=store.prefix + "*"))
+    if keys:
+        store.client.delete(*keys)
+    store.close()
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@pytest.fixture(params=["memory", "redis"])
+def store(request: pytest.FixtureRequest) -> Iterator[MemoryStore | RedisStore]:
+    """Both stores must behave the same: every store test runs on each."""
+    if request.param == "redis":
+        yield request.getfixturevalue("redis_store")
+    else:
+        mem = MemoryStore()
+        yield mem
+        mem.close()
+
+
+def test_conversations_save_load_end(
+    store: MemoryStore | RedisStore, clarifying_bot: ConversationPolicy
+) -> None:
+    """A state saved by one replica is what the next replica loads; end forgets it."""
+    convs = Conversations(store, ttl_seconds=60)
+    _, state = clarifying_bot.step(None, "发票怎么开")
+    assert convs.load("shop-1", "c1") is None
+    convs.save("shop-1", "c1", state)
+    assert convs.load("shop-1", "c1") == state
+    reply, _ = clarifying_bot.step(convs.load("shop-1", "c1"), "2")  # the conversation goes on elsewhere
+    assert reply.kind == "answer"
+    convs.end("shop-1", "c1")
+    assert convs.load("shop-1", "c1") is None
+
+
+def test_conversations_are_isolated_by_shop(store: MemoryStore | RedisStore) -> None:
+    """The same conversation id in two shops is two conversations, even with ':' inside the ids."""
+    convs = Conversations(store, ttl_seconds=60)
+    convs.save("shop-a", "c1", ConversationState(history=["a"]))
+    convs.save("shop-b", "c1", ConversationState(history=["b"]))
+    convs.save("x:y", "z", ConversationState(history=["xy/z"]))
+    convs.save("x", "y:z", ConversationState(history=["x/yz"]))
+    loaded = {k: convs.load(*k) for k in [("shop-a", "c1"), ("shop-b", "c1"), ("x:y", "z"), ("x", "y:z")]}
+    assert {k: s.history if s else None for k, s in loaded.items()} == {
+        ("shop-a", "c1"): ["a"],
+        ("shop-b", "c1"): ["b"],
+        ("x:y", "z"): ["xy/z"],
+        ("x", "y:z"): ["x/yz"],
+    }
+    convs.end("shop-a", "c1")
+    assert convs.load("shop-a", "c1") is None and convs.load("shop-b", "c1") is not None
+    assert convs.load("shop-c", "c1") is None
+
+
+def test_redis_conversation_ttl_is_set(redis_store: RedisStore) -> None:
+    """Redis expires idle conversations itself: the key carries the TTL."""
+    convs = Conversations(redis_store, ttl_seconds=1)
+    convs.save("shop-1", "c1", ConversationState())
+    ttl = redis_store.client.ttl(redis_store.key(Conversations.key("shop-1", "c1")))
+    assert 0 < int(ttl) <= 1  # type: ignore[arg-type]
+
+
+def test_memory_conversation_ttl_expires_and_save_refreshes_it() -> None:
+    """In memory the TTL runs on the injected clock; each save restarts it (inactivity timeout)."""
+    clock = FakeClock()
+    convs = Conversations(MemoryStore(clock=clock), ttl_seconds=1800)
+    convs.save("shop-1", "c1", ConversationState(misses=1))
+    clock.now += 1000
+    convs.save("shop-1", "c1", ConversationState(misses=1))
+    clock.now += 1000
+    assert convs.load("shop-1", "c1") == ConversationState(misses=1)
+    clock.now += 801
+    assert convs.load("shop-1", "c1") is None
+
+
+def test_set_if_absent_claims_once(store: MemoryStore | RedisStore) -> None:
+    """Replay protection: of many concurrent claims of one id exactly one wins."""
+    results: list[bool] = []
+    lock = threading.Lock()
+
+    def claim() -> None:
+        ok = store.set_if_absent("replay:req-1", "1", 60)
+        with lock:
+            results.append(ok)
+
+    threads = [threading.Thread(target=claim) for _ in range(16)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert results.count(True) == 1 and len(results) == 16
+    assert store.set_if_absent("replay:req-2", "1", 60) is True
+
+
+def test_set_if_absent_and_incr_expire(store: MemoryStore | RedisStore) -> None:
+    """Claims and counters carry their TTL: both stores set it on the key."""
+    assert [store.incr("rate:shop-1", 60) for _ in range(3)] == [1, 2, 3]
+    store.set_if_absent("replay:req-1", "1", 30)
+    if isinstance(store, RedisStore):
+        assert 0 < int(store.client.ttl(store.key("rate:shop-1"))) <= 60  # type: ignore[arg-type]
+        assert 0 < int(store.client.ttl(store.key("replay:req-1"))) <= 30  # type: ignore[arg-type]
+    else:
+        assert 0 < (store.ttl("rate:shop-1") or 0) <= 60
+        assert 0 < (store.ttl("replay:req-1") or 0) <= 30
+
+
+def test_memory_counter_window_restarts_after_expiry() -> None:
+    """A counter's window is fixed from its first increment and restarts once it expired."""
+    clock = FakeClock()
+    store = MemoryStore(clock=clock)
+    assert [store.incr("k", 10) for _ in range(2)] == [1, 2]
+    clock.now += 9
+    assert store.incr("k", 10) == 3  # later increments do not extend the window
+    clock.now += 1
+    assert store.incr("k", 10) == 1
+    assert store.set_if_absent("claim", "x", 5) and not store.set_if_absent("claim", "x", 5)
+    clock.now += 5
+    assert store.set_if_absent("claim", "x", 5)
+
+
+def test_values_are_copies_and_ttl_must_be_positive(store: MemoryStore | RedisStore) -> None:
+    """A loaded value is independent of the stored one, and a key that never expires is refused."""
+    value: dict[str, Any] = {"a": [1, 2], "中": "文"}
+    store.set_json("v", value, 60)
+    value["a"].append(3)
+    assert store.get_json("v") == {"a": [1, 2], "中": "文"}
+    store.delete("v")
+    assert store.get_json("v") is None
+    with pytest.raises(ValueError):
+        store.set_json("v", 1, 0)
+
+
+def _wait_for(event: threading.Event, what: str) -> None:
+    assert event.wait(5.0), f"{what} did not arrive within 5 s"
+
+
+def test_publish_subscribe_round_trip(store: MemoryStore | RedisStore) -> None:
+    """A model swap notice published by one replica reaches the subscribers, on another thread."""
+    got: list[dict[str, Any]] = []
+    threads: list[threading.Thread] = []
+    arrived = threading.Event()
+
+    def on_message(msg: dict[str, Any]) -> None:
+        got.append(msg)
+        threads.append(threading.current_thread())
+        arrived.set()
+
+    sub = store.subscribe("model-swapped", on_message)
+    try:
+        notice = {"shop": "shop-1", "version": 7, "note": "热更新"}
+        assert store.publish("model-swapped", notice) == 1
+        _wait_for(arrived, "the notice")
+        assert got == [notice]
+        assert threads[0] is not threading.current_thread()
+    finally:
+        sub.close()
+
+
+def test_a_failing_callback_does_not_stop_the_listener(store: MemoryStore | RedisStore) -> None:
+    """One bad notice must not silence a replica for the rest of its life."""
+    seen: list[int] = []
+    second = threading.Event()
+
+    def on_message(msg: dict[str, Any]) -> None:
+        seen.append(msg["n"])
+        if msg["n"] == 1:
+            raise RuntimeError("boom")
+        second.set()
+
+    sub = store.subscribe("ch", on_message)
+    try:
+        store.publish("ch", {"n": 1})
+        store.publish("ch", {"n": 2})
+        _wait_for(second, "the second message")
+        assert seen == [1, 2]
+    finally:
+        sub.close()
+
+
+def test_closed_subscription_receives_nothing(store: MemoryStore | RedisStore) -> None:
+    """After close the callback is gone (a replica shutting down stops listening)."""
+    calls: list[dict[str, Any]] = []
+    sub = store.subscribe("ch", calls.append)
+    sub.close()
+    deadline = time.monotonic() + 5
+    while store.publish("ch", {"n": 1}) and time.monotonic() < deadline:
+        time.sleep(0.05)  # Redis drops the subscriber when the listener's connection closes
+    assert store.publish("ch", {"n": 2}) == 0
+    time.sleep(0.2)
+    assert calls == []
+
+
+def test_redis_listener_survives_a_dropped_connection(redis_store: RedisStore) -> None:
+    """Kill only our own pub/sub connection: the listener reconnects, re-subscribes and delivers again."""
+    arrived = threading.Event()
+    sub = redis_store.subscribe("ch", lambda msg: arrived.set())
+    try:
+        name = redis_store.client.client_getname()
+        clients: list[dict[str, Any]] = redis_store.client.client_list()  # type: ignore[assignment]
+        ours = [c for c in clients if c.get("name") == name and int(c.get("sub", 0)) > 0]
+        assert len(ours) == 1
+        redis_store.client.client_kill_filter(_id=ours[0]["id"])
+        deadline = time.monotonic() + 5
+        while not arrived.is_set() and time.monotonic() < deadline:
+            redis_store.publish("ch", {"after": "reconnect"})
+            arrived.wait(0.2)
+        assert arrived.is_set(), "no message after the connection was dropped"
+        assert sub.alive
+    finally:
+        sub.close()
+
+
+def test_make_store_picks_the_backend() -> None:
+    """No URL is a single-process setup (memory); a URL is Redis, not silently replaced by memory."""
+    assert isinstance(make_store(None), MemoryStore)
+    assert isinstance(make_store(""), MemoryStore)
+    url, _ = _redis_url()
+    redis_store = make_store(url)
+    assert isinstance(redis_store, RedisStore)
+    redis_store.close()
+
+
+def test_store_keys_do_not_leak_between_prefixes(redis_store: RedisStore) -> None:
+    """Two deployments sharing a Redis under different prefixes do not see each other's keys."""
+    other = RedisStore(_redis_url()[0], prefix=redis_store.prefix + "other:")
+    try:
+        redis_store.set_json("k", {"who": "first"}, 60)
+        assert other.get_json("k") is None
+        other.set_json("k", {"who": "second"}, 60)
+        assert redis_store.get_json("k") == {"who": "first"}
+    finally:
+        other.close()

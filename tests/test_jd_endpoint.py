@@ -1,0 +1,139 @@
+"""The JD-facing endpoint (signed pushes) and the evaluation pull through a real fake JOS server."""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+from typing import Any
+
+import pytest
+from fastapi.testclient import TestClient
+
+from api.jd import BEIJING, beijing_timestamp, sign
+from api.main import create_app
+from api.settings import Settings
+from tests.jos_fake import FakeJos
+from tests.test_service import KB, kb_csv, new_shop, publish_and_wait
+from tests.test_service import settings as settings
+
+APP_KEY, SECRET, TOKEN = "JDAPPKEY0001", "jd-secret-0123456789", "jd-token-abcdef"
+METHOD = "jingdong.fake.cs.evaluation.query"
+
+
+@pytest.fixture
+def jd_client(settings: Settings) -> Any:
+    settings.jos_evaluation_method = METHOD
+    with TestClient(create_app(settings)) as c:
+        key = new_shop(c)
+        publish_and_wait(c, "shop-a", key, kb_csv(KB))
+        creds = {"app_key": APP_KEY, "app_secret": SECRET, "access_token": TOKEN}
+        assert c.put("/v1/shops/shop-a/jd-credentials", headers=key, json=creds).status_code == 200
+        yield c, key
+
+
+def signed(
+    message_id: str, text: str, *, secret: str = SECRET, when: datetime | None = None
+) -> dict[str, str]:
+    params = {
+        "app_key": APP_KEY,
+        "timestamp": beijing_timestamp(when),
+        "message_id": message_id,
+        "conversation_id": "pin-abc",
+        "text": text,
+    }
+    params["sign"] = sign(params, secret)
+    return params
+
+
+def test_signed_message_is_answered_once_and_replays_get_the_same_reply(jd_client: Any) -> None:
+    c, key = jd_client
+    first = c.post("/jd/shop-a/messages", data=signed("m-1", "质保几年"))
+    assert first.status_code == 200, first.text
+    body = first.json()
+    assert body["code"] == 0 and body["reply"]["entry_id"] == "warranty"
+    again = c.post("/jd/shop-a/messages", data=signed("m-1", "质保几年"))
+    assert again.status_code == 200 and again.headers["X-Kefu-Replay"] == "true"
+    assert again.json() == body
+    log = c.get("/v1/shops/shop-a/exchanges", headers=key).json()
+    assert [e["channel"] for e in log].count("jd") == 1  # processed once
+    assert 'kefu_auth_failures_total{reason="replay"}' in c.get("/metrics").text
+
+
+def test_json_body_is_accepted_too(jd_client: Any) -> None:
+    c, _ = jd_client
+    r = c.post("/jd/shop-a/messages", json=signed("m-json", "包邮吗"))
+    assert r.status_code == 200 and r.json()["reply"]["entry_id"] == "shipping-fee"
+
+
+@pytest.mark.parametrize(
+    ("make", "status", "reason"),
+    [
+        (lambda: signed("m-2", "质保几年", secret="wrong-secret"), 401, "bad_signature"),
+        (lambda: {**signed("m-3", "质保几年"), "text": "篡改的内容"}, 401, "bad_signature"),
+        (
+            lambda: signed("m-4", "质保几年", when=datetime.now(BEIJING) - timedelta(minutes=6)),
+            401,
+            "stale_timestamp",
+        ),
+        (
+            lambda: signed("m-5", "质保几年", when=datetime.now(BEIJING) + timedelta(minutes=6)),
+            401,
+            "stale_timestamp",
+        ),
+        (lambda: {**signed("m-6", "质保几年"), "app_key": "OTHERKEY"}, 401, "bad_app_key"),
+    ],
+)
+def test_forged_or_stale_messages_are_refused_and_counted(
+    jd_client: Any, make: Any, status: int, reason: str
+) -> None:
+    c, key = jd_client
+    r = c.post("/jd/shop-a/messages", data=make())
+    assert r.status_code == status
+    assert f'kefu_auth_failures_total{{reason="{reason}"}}' in c.get("/metrics").text
+    assert all(e["channel"] != "jd" for e in c.get("/v1/shops/shop-a/exchanges", headers=key).json())
+
+
+def test_unknown_shop_and_missing_parameters(jd_client: Any) -> None:
+    c, _ = jd_client
+    assert c.post("/jd/nope/messages", data=signed("m-7", "hi")).status_code == 404
+    partial = signed("m-8", "hi")
+    del partial["message_id"]
+    r = c.post("/jd/shop-a/messages", data=partial)
+    assert r.status_code == 400 and "message_id" in r.text
+
+
+def test_evaluations_pulled_through_jos_with_faults(jd_client: Any, settings: Settings) -> None:
+    c, key = jd_client
+    pages = [
+        {
+            "code": "0",
+            "result": {
+                "list": [
+                    {
+                        "id": "e1",
+                        "score": 5,
+                        "content": "客服很耐心，电话13812345678",
+                        "createTime": "2026-11-20 10:00:00",
+                    },
+                    {"id": "e2", "score": 2, "content": "回复太慢", "createTime": "2026-11-21 11:30:00"},
+                ]
+            },
+        },
+    ]
+    with FakeJos(APP_KEY, SECRET, TOKEN) as fake:
+        fake.handle(
+            METHOD, lambda biz: pages[0] if biz.get("page") == 1 else {"code": "0", "result": {"list": []}}
+        )
+        fake.faults = ["500", "jos:66"]  # retried by the client, then answered
+        settings.jos_url = fake.url
+        r = c.post("/v1/shops/shop-a/jd/evaluations/pull", headers=key)
+        assert r.status_code == 200, r.text
+        assert r.json() == {"seen": 2, "new": 2}
+        again = c.post("/v1/shops/shop-a/jd/evaluations/pull", headers=key)
+        assert again.json()["new"] == 0
+        fake.faults = ["jos:19"]
+        refused = c.post("/v1/shops/shop-a/jd/evaluations/pull", headers=key)
+        assert refused.status_code == 502 and SECRET not in refused.text and TOKEN not in refused.text
+    stored = c.get("/v1/shops/shop-a/jd/evaluations", headers=key).json()
+    assert {e["jd_id"]: e["score"] for e in stored} == {"e1": 5, "e2": 2}
+    assert all("13812345678" not in e["content"] for e in stored)
+    assert 'kefu_jos_errors_total{kind="JosAuthError"}' in c.get("/metrics").text

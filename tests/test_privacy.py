@@ -1,0 +1,317 @@
+"""PII masking (corpus + properties), the logging filter, and encrypted credentials."""
+
+from __future__ import annotations
+
+import datetime
+import io
+import logging
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from api.privacy import MaskingFilter, install_masking, mask_pii
+from api.secrets import ENV_VAR, SecretBox, SecretKeyError, generate_key, mask
+
+CORPUS = Path(__file__).with_name("pii_corpus.txt")
+PLACEHOLDERS = ("[手机号]", "[电话]", "[身份证号]", "[银行卡号]", "[订单号]", "[邮箱]", "[地址]")
+
+
+def _corpus() -> list[tuple[str, str]]:
+    rows = []
+    for line in CORPUS.read_text(encoding="utf-8").splitlines():
+        if line.strip() and not line.startswith("#"):
+            source, expected = line.split("\t")
+            rows.append((source, expected))
+    return rows
+
+
+CASES = _corpus()
+
+
+# --- corpus ------------------------------------------------------------------------------------------
+def test_corpus_is_broad() -> None:
+    negatives = [s for s, e in CASES if s == e]
+    assert len(CASES) >= 60
+    assert len(negatives) >= 15
+    masked = "".join(e for _, e in CASES)
+    for placeholder in PLACEHOLDERS:
+        assert masked.count(placeholder) >= 4, placeholder
+
+
+@pytest.mark.parametrize(("source", "expected"), CASES, ids=[f"line{i}" for i in range(len(CASES))])
+def test_corpus(source: str, expected: str) -> None:
+    assert mask_pii(source) == expected
+    assert mask_pii(expected) == expected  # masked text is a fixed point
+
+
+# --- properties --------------------------------------------------------------------------------------
+ID_WEIGHTS = (7, 9, 10, 5, 8, 4, 2, 1, 6, 3, 7, 9, 10, 5, 8, 4, 2)
+
+chinese = st.text(
+    alphabet=st.one_of(
+        st.characters(min_codepoint=0x4E00, max_codepoint=0x9FA5), st.sampled_from("，。！？、：；　 ")
+    ),
+    max_size=20,
+)
+
+
+@st.composite
+def phones(draw: st.DrawFn) -> str:
+    digits = "1" + draw(st.sampled_from("3456789")) + draw(st.text("0123456789", min_size=9, max_size=9))
+    style = draw(st.sampled_from(["plain", "dash", "space", "+86", "86"]))
+    if style == "dash":
+        return f"{digits[:3]}-{digits[3:7]}-{digits[7:]}"
+    if style == "space":
+        return f"{digits[:3]} {digits[3:7]} {digits[7:]}"
+    if style == "+86":
+        return "+86 " + digits
+    return ("86" if style == "86" else "") + digits
+
+
+@st.composite
+def id_cards(draw: st.DrawFn) -> str:
+    region = draw(st.integers(110000, 659999))
+    birth = draw(st.dates(min_value=datetime.date(1920, 1, 1))).strftime("%Y%m%d")
+    body = f"{region}{birth}{draw(st.integers(0, 999)):03d}"
+    check = "10X98765432"[sum(int(d) * w for d, w in zip(body, ID_WEIGHTS, strict=True)) % 11]
+    return body + check
+
+
+@st.composite
+def bank_cards(draw: st.DrawFn) -> str:
+    n = draw(st.integers(16, 19))
+    body = draw(st.sampled_from(["62", "4", "5", "3"])) + draw(st.text("0123456789", min_size=n, max_size=n))
+    body = body[: n - 1]
+    total = 0
+    for i, ch in enumerate(reversed(body)):
+        d = int(ch)
+        if i % 2 == 0:
+            d = d * 2 - 9 if d > 4 else d * 2
+        total += d
+    card = body + str(-total % 10)
+    if draw(st.booleans()):
+        card = " ".join(card[i : i + 4] for i in range(0, n, 4))
+    return card
+
+
+emails = st.builds(
+    "{}@{}.{}".format,
+    st.from_regex(r"[a-z0-9]{1,10}(\.[a-z0-9]{1,6})?", fullmatch=True),
+    st.from_regex(r"[a-z0-9]{1,10}(\.[a-z]{2,6})?", fullmatch=True),
+    st.sampled_from(["com", "cn", "net", "org", "com.cn"]),
+)
+
+# Adversarial fragments: the characters the patterns key on, glued in random order.
+# fmt: off
+FRAGMENTS = (
+    "1", "3", "8", "0", "6", "9", "X", "x", "-", " ", "+", "(", ")", "@", ".", "_", "com", "a", "１", "３",
+    "订单号", "单号", "：", "是", "北京", "市", "区", "路", "号", "楼", "室", "单元", "地址", "的", "住",
+    "[", "]", "[手机号]", "[地址]", "13812345678", "0571-", "6222 ",
+)
+# fmt: on
+fragments = st.lists(st.sampled_from(FRAGMENTS), max_size=40).map("".join)
+
+
+@settings(max_examples=300, suppress_health_check=[HealthCheck.too_slow])
+@given(st.one_of(st.text(), fragments))
+def test_mask_never_raises_and_is_idempotent(text: str) -> None:
+    once = mask_pii(text)
+    assert isinstance(once, str)
+    assert mask_pii(once) == once
+
+
+@settings(max_examples=300, suppress_health_check=[HealthCheck.too_slow])
+@given(chinese, st.one_of(phones(), id_cards(), bank_cards(), emails), chinese)
+def test_embedded_pii_disappears(before: str, pii: str, after: str) -> None:
+    out = mask_pii(before + pii + after)
+    assert pii not in out
+    digits = "".join(ch for ch in pii if ch.isdigit())
+    if len(digits) >= 11:
+        assert digits not in "".join(ch for ch in out if ch.isdigit())
+    assert any(p in out for p in PLACEHOLDERS)
+
+
+def test_hostile_input_is_linear() -> None:
+    """Long runs of the characters the patterns key on must not make the regexes backtrack."""
+    hostile = [
+        "1" * 50_000,
+        "a." * 25_000,
+        "a" * 50_000 + "@",
+        "路" * 20_000,
+        "北京市朝阳区" * 5_000,
+        "1-" * 25_000,
+        "订单号" * 10_000,
+    ]
+    for text in hostile:
+        started = time.perf_counter()
+        mask_pii(text)
+        assert time.perf_counter() - started < 2.0, text[:10]
+
+
+# --- logging -----------------------------------------------------------------------------------------
+@pytest.fixture
+def logger_and_stream() -> Iterator[tuple[logging.Logger, io.StringIO]]:
+    stream = io.StringIO()
+    handler = logging.StreamHandler(stream)
+    handler.setFormatter(logging.Formatter("%(levelname)s %(message)s"))
+    handler.addFilter(MaskingFilter())
+    logger = logging.getLogger(f"kefu.test.privacy.{uuid.uuid4().hex}")
+    logger.propagate = False
+    logger.setLevel(logging.INFO)
+    logger.addHandler(handler)
+    yield logger, stream
+    logger.removeHandler(handler)
+
+
+def test_filter_masks_args(logger_and_stream: tuple[logging.Logger, io.StringIO]) -> None:
+    logger, stream = logger_and_stream
+    logger.info("customer %s asked about order %s", "13812345678", 250112345678)
+    out = stream.getvalue()
+    assert "13812345678" not in out
+    assert "250112345678" not in out
+    assert out == "INFO customer [手机号] asked about order [订单号]\n"
+
+
+def test_filter_masks_exception_text(logger_and_stream: tuple[logging.Logger, io.StringIO]) -> None:
+    logger, stream = logger_and_stream
+    try:
+        raise ValueError("refund to 6222021234567890128 failed for zhangsan@example.com")
+    except ValueError:
+        logger.exception("refund failed")
+    out = stream.getvalue()
+    assert "Traceback" in out
+    assert "ValueError: refund to [银行卡号] failed for [邮箱]" in out
+    assert "6222021234567890128" not in out
+    assert "zhangsan@example.com" not in out
+
+
+def test_filter_keeps_uvicorn_access_args() -> None:
+    """uvicorn's AccessFormatter unpacks `args`; they stay a tuple, each string masked."""
+    from uvicorn.logging import AccessFormatter
+
+    record = logging.LogRecord(
+        "uvicorn.access", logging.INFO, __file__, 1, '%s - "%s %s HTTP/%s" %d',
+        ("127.0.0.1:5000", "GET", "/v1/match?q=13812345678", "1.1", 200), None,
+    )  # fmt: skip
+    assert MaskingFilter().filter(record)
+    formatter = AccessFormatter("%(client_addr)s %(request_line)s %(status_code)s", use_colors=False)
+    line = formatter.format(record)
+    assert line == "127.0.0.1:5000 GET /v1/match?q=[手机号] HTTP/1.1 200 OK"
+
+
+@pytest.fixture
+def restore_filters() -> Iterator[list[logging.Logger]]:
+    """install_masking touches the root logger's handlers: put every filter list back afterwards."""
+    names = [f"kefu.test.install.{uuid.uuid4().hex}"]
+    loggers = [logging.getLogger(), *(logging.getLogger(n) for n in names)]
+    targets: list[logging.Logger | logging.Handler] = []
+    for lg in loggers:
+        targets.append(lg)
+        targets.extend(lg.handlers)
+    saved = [(t, list(t.filters)) for t in targets]
+    yield loggers
+    for target, filters in saved:
+        target.filters[:] = filters
+
+
+def test_install_masking_is_idempotent_and_masks(restore_filters: list[logging.Logger]) -> None:
+    root, logger = restore_filters
+    stream = io.StringIO()
+    handler = logging.StreamHandler(stream)
+    logger.addHandler(handler)
+    logger.propagate = False
+    logger.setLevel(logging.INFO)
+    try:
+        install_masking((logger.name,))
+        install_masking((logger.name,))
+        for target in (logger, handler, *root.handlers):
+            assert sum(isinstance(f, MaskingFilter) for f in target.filters) == 1
+        logging.getLogger(logger.name + ".child").info("call %s", "139-1234-5678")  # propagated
+        logger.info("mail %s", "li.si@example.org")  # created at the logger itself
+        assert stream.getvalue() == "call [手机号]\nmail [邮箱]\n"
+    finally:
+        logger.removeHandler(handler)
+
+
+# --- secrets -----------------------------------------------------------------------------------------
+def test_secretbox_round_trip() -> None:
+    box = SecretBox(generate_key())
+    token = box.encrypt("shop-api-token-密钥")
+    assert token != "shop-api-token-密钥"
+    assert "shop-api-token" not in token
+    assert box.decrypt(token) == "shop-api-token-密钥"
+    assert "key" not in repr(box).lower().replace("keys=", "")
+
+
+def test_wrong_key_raises_without_echoing_token() -> None:
+    token = SecretBox(generate_key()).encrypt("secret")
+    with pytest.raises(SecretKeyError) as info:
+        SecretBox(generate_key()).decrypt(token)
+    message = str(info.value)
+    assert message == "cannot decrypt: wrong KEFU_SECRET_KEY or damaged value"
+    assert token not in message
+    assert info.value.__cause__ is None and info.value.__suppress_context__
+
+
+@pytest.mark.parametrize("damaged", ["", "not-a-token", "gAAAAA" + "x" * 40, "密文"])
+def test_damaged_token_raises(damaged: str) -> None:
+    with pytest.raises(SecretKeyError, match="cannot decrypt") as info:
+        SecretBox(generate_key()).decrypt(damaged)
+    assert damaged == "" or damaged not in str(info.value)
+
+
+def test_key_rotation() -> None:
+    old, new = generate_key(), generate_key()
+    token = SecretBox(old).encrypt("webhook-secret")
+    rotated_box = SecretBox(f"{new}, {old}")
+    assert rotated_box.decrypt(token) == "webhook-secret"
+    fresh = rotated_box.encrypt("webhook-secret")
+    assert SecretBox(new).decrypt(fresh) == "webhook-secret"  # encrypts with the first key
+    with pytest.raises(SecretKeyError):
+        SecretBox(old).decrypt(fresh)
+    assert SecretBox(new).decrypt(rotated_box.rotate(token)) == "webhook-secret"
+
+
+def test_bytes_key() -> None:
+    key = generate_key()
+    assert SecretBox(key.encode()).decrypt(SecretBox(key).encrypt("x")) == "x"
+
+
+def test_from_env() -> None:
+    key = generate_key()
+    box = SecretBox.from_env({ENV_VAR: key})
+    assert SecretBox(key).decrypt(box.encrypt("v")) == "v"
+    with pytest.raises(SecretKeyError) as info:
+        SecretBox.from_env({})
+    message = str(info.value)
+    assert ENV_VAR in message
+    assert "Fernet.generate_key()" in message
+
+
+@pytest.mark.parametrize("bad", ["", " , ", "too-short", "a" * 44])
+def test_invalid_key_is_explained_not_echoed(bad: str) -> None:
+    with pytest.raises(SecretKeyError) as info:
+        SecretBox.from_env({ENV_VAR: bad})
+    message = str(info.value)
+    assert "generate_key" in message
+    assert not bad.strip() or bad not in message
+
+
+@pytest.mark.parametrize(
+    ("value", "shown"),
+    [
+        (None, ""),
+        ("", ""),
+        ("abc", "***"),
+        ("1234567", "***"),
+        ("12345678", "123***78"),
+        ("sk-live-abcdef9f", "sk-***9f"),
+    ],
+)
+def test_mask(value: str | None, shown: str) -> None:
+    assert mask(value) == shown

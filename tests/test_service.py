@@ -1,0 +1,331 @@
+"""The multi-shop service end to end, on SQLite + in-process state and on PostgreSQL + Redis.
+
+Every test runs against both backends: the embedded default and the multi-replica deployment.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from fastapi.testclient import TestClient
+
+from api.main import create_app
+from api.settings import Settings
+
+ADMIN = "admin-secret-token"
+
+KB = [
+    ("invoice", "能开发票吗", "可以开发票吗|发票怎么开|有没有发票|能开专票吗", "支持开具电子发票和专票。"),
+    ("ship-time", "什么时候发货", "几天发货|多久能发出|下单后多久发货|今天能发吗", "16点前付款当天发货。"),
+    ("warranty", "保修多久", "保修期是多长时间|质保几年|坏了保修吗|保修怎么算", "整机保修两年。"),
+    (
+        "return",
+        "支持七天无理由退货吗",
+        "能退货吗|不想要了可以退吗|怎么退货|七天能退吗",
+        "支持七天无理由退货。",
+    ),
+    ("shipping-fee", "包邮吗", "运费多少|要付邮费吗|免运费吗|邮费谁出", "全国包邮。"),
+    (
+        "address",
+        "收货地址能改吗",
+        "地址填错了怎么办|怎么修改收货地址|能换个地址吗|改地址",
+        "出库前可改地址。",
+    ),
+    ("tracking", "我的快递到哪了", "怎么查物流|物流信息在哪看|快递到哪里了|查快递", "在订单详情查看物流。"),
+    (
+        "price-protect",
+        "买贵了能保价吗",
+        "降价了能退差价吗|价保怎么申请|有没有价格保护|保价多久",
+        "15天内保价。",
+    ),
+    ("payment", "可以分期付款吗", "支持白条吗|能用信用卡吗|分期免息吗|白条分期", "支持白条分期。"),
+]
+
+
+def kb_csv(rows: list[tuple[str, str, str, str]] = KB, extra: str = "") -> bytes:
+    out = io.StringIO()
+    w = csv.writer(out)
+    w.writerow(["id", "question", "similar", "answer", "category", "valid_from", "valid_to"])
+    for r in rows:
+        w.writerow([*r, "", "", ""])
+    return (out.getvalue() + extra).encode("utf-8")
+
+
+@pytest.fixture(params=["sqlite+memory", "postgresql+redis"])
+def settings(request: pytest.FixtureRequest, tmp_path: Path) -> Settings:
+    common: dict[str, Any] = {
+        "data_dir": tmp_path / "data",
+        "admin_token": ADMIN,
+        "secret_key": "ZmRhc2RmYXNkZmFzZGZhc2RmYXNkZmFzZGZhc2RmYXM=",
+        "dense": False,
+        "kb_path": None,
+        "model_path": tmp_path / "no-model",
+        "evaluation_pull_interval": 0,
+    }
+    if request.param == "sqlite+memory":
+        return Settings(database_url=f"sqlite:///{tmp_path}/kefu.db", redis_url=None, **common)
+    db = request.getfixturevalue("pg_database")
+    redis = request.getfixturevalue("redis_url")
+    return Settings(
+        database_url=db, redis_url=redis, redis_prefix=f"kefu-t-{uuid.uuid4().hex[:8]}:", **common
+    )
+
+
+@pytest.fixture
+def client(settings: Settings) -> Iterator[TestClient]:
+    with TestClient(create_app(settings)) as c:
+        yield c
+
+
+def new_shop(client: TestClient, shop: str = "shop-a") -> dict[str, str]:
+    r = client.post("/v1/admin/shops", json={"id": shop, "name": "测试店"}, headers={"X-Admin-Token": ADMIN})
+    assert r.status_code == 201, r.text
+    return {"X-API-Key": r.json()["api_key"]}
+
+
+def wait_for(predicate: Any, timeout: float = 60.0) -> Any:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.05)
+    raise AssertionError("condition not met in time")
+
+
+def publish_and_wait(client: TestClient, shop: str, key: dict[str, str], data: bytes = b"") -> int:
+    if data:
+        r = client.post(f"/v1/shops/{shop}/kb?publish=true", headers=key, files={"file": ("kb.csv", data)})
+        assert r.status_code == 200, r.text
+        version = r.json()["version"]
+    else:
+        r = client.post(f"/v1/shops/{shop}/kb/publish", headers=key)
+        assert r.status_code == 202, r.text
+        version = r.json()["version"]
+
+    def served() -> bool:
+        info = client.get(f"/v1/shops/{shop}", headers=key).json()
+        return info["served_version"] == version
+
+    wait_for(served)
+    return version
+
+
+def say(client: TestClient, shop: str, key: dict[str, str], text: str, conv: str = "c1") -> dict[str, Any]:
+    r = client.post(f"/v1/shops/{shop}/messages", headers=key, json={"conversation_id": conv, "text": text})
+    assert r.status_code == 200, r.text
+    return r.json()
+
+
+def test_upload_publish_and_answer(client: TestClient) -> None:
+    key = new_shop(client)
+    version = publish_and_wait(client, "shop-a", key, kb_csv())
+    reply = say(client, "shop-a", key, "质保几年")
+    assert reply["kind"] == "answer" and reply["entry_id"] == "warranty"
+    assert reply["text"] == "整机保修两年。" and reply["model_version"] == version
+    versions = client.get("/v1/shops/shop-a/kb/versions", headers=key).json()
+    assert versions[0]["status"] == "ready" and versions[0]["active"]
+    assert versions[0]["metrics"]["self_recall_at_3"] >= 0.9
+
+
+def test_bad_upload_lists_every_problem_and_changes_nothing(client: TestClient) -> None:
+    key = new_shop(client)
+    publish_and_wait(client, "shop-a", key, kb_csv())
+    bad = kb_csv([*KB[:2], ("invoice", "重复的编号", "", "答"), ("x", "", "", "答")])
+    r = client.post("/v1/shops/shop-a/kb", headers=key, files={"file": ("shop.csv", bad)})
+    assert r.status_code == 422
+    issues = r.json()["issues"]
+    assert {(i["row"], i["column"]) for i in issues} == {(4, "id"), (5, "question")}
+    assert all(i["source"] == "shop.csv" for i in issues)
+    entries = client.get("/v1/shops/shop-a/entries", headers=key).json()
+    assert len(entries) == len(KB)
+
+
+def test_entry_crud_versions_and_rollback(client: TestClient) -> None:
+    key = new_shop(client)
+    v1 = publish_and_wait(client, "shop-a", key, kb_csv())
+    body = {"question": "有没有赠品", "similar": "送什么礼物|买电脑送鼠标吗|赠品有哪些", "answer": "送鼠标。"}
+    r = client.put("/v1/shops/shop-a/entries/gift", headers=key, json=body)
+    assert r.status_code == 200, r.text
+    assert r.json()["similar"] == ["送什么礼物", "买电脑送鼠标吗", "赠品有哪些"]
+    dup = client.put(
+        "/v1/shops/shop-a/entries/gift2", headers=key, json={"question": "包邮吗", "answer": "x"}
+    )
+    assert dup.status_code == 422 and "shipping-fee" in dup.text
+    v2 = publish_and_wait(client, "shop-a", key)
+    assert v2 == v1 + 1
+    assert say(client, "shop-a", key, "买电脑送鼠标吗", conv="g1")["entry_id"] == "gift"
+    r = client.post(f"/v1/shops/shop-a/kb/versions/{v1}/activate", headers=key)
+    assert r.status_code == 200 and r.json()["active"]
+    wait_for(lambda: client.get("/v1/shops/shop-a", headers=key).json()["served_version"] == v1)
+    assert say(client, "shop-a", key, "买电脑送鼠标吗", conv="g2")["entry_id"] != "gift"
+    assert client.delete("/v1/shops/shop-a/entries/gift", headers=key).status_code == 204
+    assert client.get("/v1/shops/shop-a/entries/gift", headers=key).status_code == 404
+
+
+def test_auth_refusals_and_isolation(client: TestClient) -> None:
+    a = new_shop(client, "shop-a")
+    b = new_shop(client, "shop-b")
+    publish_and_wait(client, "shop-a", a, kb_csv())
+    assert client.post("/v1/admin/shops", json={"id": "x"}).status_code == 401
+    assert (
+        client.post("/v1/admin/shops", json={"id": "shop-a"}, headers={"X-Admin-Token": ADMIN}).status_code
+        == 409
+    )
+    assert client.get("/v1/shops/nope", headers=a).status_code == 404
+    assert client.get("/v1/shops/shop-a").status_code == 401
+    assert client.get("/v1/shops/shop-a", headers={"X-API-Key": "kf_wrong"}).status_code == 401
+    assert client.get("/v1/shops/shop-b/entries", headers=a).status_code == 403
+    assert client.get("/v1/shops/shop-b/entries", headers=b).json() == []
+    say(client, "shop-a", a, "保修多久")
+    assert client.get("/v1/shops/shop-b/exchanges", headers=b).json() == []
+    metrics = client.get("/metrics").text
+    for reason in ("unknown_shop", "bad_api_key", "other_shop_key", "bad_admin_token"):
+        assert f'kefu_auth_failures_total{{reason="{reason}"}}' in metrics
+
+
+def test_modes_off_assist_auto(client: TestClient) -> None:
+    key = new_shop(client)
+    publish_and_wait(client, "shop-a", key, kb_csv())
+    assert client.put("/v1/shops/shop-a/mode", headers=key, json={"mode": "off"}).json()["mode"] == "off"
+    reply = say(client, "shop-a", key, "保修多久")
+    assert reply["kind"] == "handoff" and "off" in reply["reason"] and reply["entry_id"] is None
+    r = client.post("/v1/shops/shop-a/assist", headers=key, json={"conversation_id": "c", "text": "保修多久"})
+    assert r.json()["suggestions"] == []
+    client.put("/v1/shops/shop-a/mode", headers=key, json={"mode": "assist"})
+    assert say(client, "shop-a", key, "保修多久", conv="c2")["kind"] == "handoff"
+    r = client.post(
+        "/v1/shops/shop-a/assist", headers=key, json={"conversation_id": "c2", "text": "质保几年"}
+    )
+    suggestions = r.json()["suggestions"]
+    assert 1 <= len(suggestions) <= 3 and suggestions[0]["entry_id"] == "warranty"
+    assert suggestions[0]["answer"] == "整机保修两年。"
+    client.put("/v1/shops/shop-a/mode", headers=key, json={"mode": "auto"})
+    assert say(client, "shop-a", key, "保修多久", conv="c3")["kind"] == "answer"
+    assert client.put("/v1/shops/shop-a/mode", headers=key, json={"mode": "sometimes"}).status_code == 422
+
+
+def test_conversation_handoff_carries_context(client: TestClient) -> None:
+    key = new_shop(client)
+    publish_and_wait(client, "shop-a", key, kb_csv())
+    reply = say(client, "shop-a", key, "我的手机13812345678，转人工", conv="h1")
+    assert reply["kind"] == "handoff"
+    assert reply["handoff"]["last_messages"] and "13812345678" not in str(reply["handoff"])
+    log = client.get("/v1/shops/shop-a/exchanges", headers=key).json()
+    assert log[0]["decision"] == "handoff" and "13812345678" not in log[0]["text"]
+
+
+def test_feedback_becomes_labelled_data(client: TestClient) -> None:
+    key = new_shop(client)
+    publish_and_wait(client, "shop-a", key, kb_csv())
+    good = say(client, "shop-a", key, "质保几年", conv="f1")
+    other = say(client, "shop-a", key, "邮费谁出", conv="f2")
+    assert (
+        client.post(
+            "/v1/shops/shop-a/feedback", headers=key, json={"exchange_id": good["exchange_id"], "kind": "up"}
+        ).status_code
+        == 201
+    )
+    fix = {"exchange_id": other["exchange_id"], "kind": "correction", "correct_entry_id": "payment"}
+    assert client.post("/v1/shops/shop-a/feedback", headers=key, json=fix).status_code == 201
+    bad = {"exchange_id": other["exchange_id"], "kind": "correction"}
+    assert client.post("/v1/shops/shop-a/feedback", headers=key, json=bad).status_code == 422
+    b = new_shop(client, "shop-b")
+    assert (
+        client.post(
+            "/v1/shops/shop-b/feedback", headers=b, json={"exchange_id": good["exchange_id"], "kind": "up"}
+        ).status_code
+        == 404
+    )
+    rows = list(
+        csv.reader(io.StringIO(client.get("/v1/shops/shop-a/feedback/labelled.csv", headers=key).text))
+    )
+    assert rows[0] == ["query", "expected_id"]
+    assert sorted(rows[1:]) == sorted([["质保几年", "warranty"], ["邮费谁出", "payment"]])
+
+
+def test_promotion_window_switches_by_clock_without_rebuild(client: TestClient) -> None:
+    key = new_shop(client)
+    rows = [*KB, ("promo-old", "双十一有什么活动", "双11优惠|双十一满减|11.11活动", "满5000减500。")]
+    data = kb_csv(rows).decode("utf-8").replace("满5000减500。,,,", "满5000减500。,,2025-11-01,2025-11-12")
+    publish_and_wait(client, "shop-a", key, data.encode("utf-8"))
+    reply = say(client, "shop-a", key, "双十一有什么活动", conv="p1")
+    assert reply["entry_id"] != "promo-old"
+    assert all(o["entry_id"] != "promo-old" for o in reply["options"])
+
+
+def test_hot_swap_while_messages_flow(client: TestClient) -> None:
+    """Publishing new versions under load: no request fails, every reply comes from a complete model."""
+    key = new_shop(client)
+    v1 = publish_and_wait(client, "shop-a", key, kb_csv())
+    stop = threading.Event()
+    seen: list[tuple[int, int | None, str | None]] = []
+
+    def talk() -> None:
+        i = 0
+        while not stop.is_set():
+            r = client.post(
+                "/v1/shops/shop-a/messages",
+                headers=key,
+                json={"conversation_id": f"l{i}", "text": "质保几年"},
+            )
+            body = r.json()
+            seen.append((r.status_code, body.get("model_version"), body.get("entry_id")))
+            i += 1
+
+    t = threading.Thread(target=talk)
+    t.start()
+    try:
+        versions = [v1]
+        for n in range(2):
+            client.put(
+                f"/v1/shops/shop-a/entries/extra{n}",
+                headers=key,
+                json={"question": f"问题{n}号", "answer": "答"},
+            )
+            versions.append(publish_and_wait(client, "shop-a", key))
+    finally:
+        stop.set()
+        t.join()
+    assert len(seen) > 10
+    assert {s for s, _, _ in seen} == {200}
+    assert {v for _, v, _ in seen} <= set(versions)
+    assert {e for _, _, e in seen} == {"warranty"}
+
+
+def test_second_replica_swaps_through_notifications(settings: Settings) -> None:
+    """Two apps on one database and one store: a publish on A is served by B too."""
+    with TestClient(create_app(settings)) as a, TestClient(create_app(settings)) as b:
+        key = new_shop(a)
+        v = publish_and_wait(a, "shop-a", key, kb_csv())
+        wait_for(lambda: b.get("/v1/shops/shop-a", headers=key).json()["served_version"] == v, timeout=30)
+        assert say(b, "shop-a", key, "质保几年")["model_version"] == v
+
+
+def test_jd_credentials_are_stored_encrypted_and_shown_masked(client: TestClient, settings: Settings) -> None:
+    key = new_shop(client)
+    creds = {
+        "app_key": "APPKEY1234567",
+        "app_secret": "SECRET-abcdefghijkl",
+        "access_token": "TOKEN-0987654321",
+    }
+    r = client.put("/v1/shops/shop-a/jd-credentials", headers=key, json=creds)
+    assert r.status_code == 200
+    shown = r.json()
+    assert shown["configured"] and "SECRET-abcdefghijkl" not in r.text and "TOKEN-0987654321" not in r.text
+    assert shown["app_key"].startswith("APP") and "***" in shown["app_key"]
+    from sqlalchemy import create_engine, text
+
+    engine = create_engine(settings.database_url)
+    with engine.connect() as conn:
+        row = conn.execute(text("SELECT jd_app_key, jd_app_secret, jd_access_token FROM shops")).one()
+    engine.dispose()
+    assert all(v and "SECRET" not in v and "TOKEN" not in v and "APPKEY" not in v for v in row)
