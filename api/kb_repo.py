@@ -139,3 +139,12 @@ def finish_version(
 
 def version_entries(row: KBVersion) -> list[KBEntry]:
     return load_kb(row.snapshot, source_name=f"version {row.version}")
+
+
+def snapshot_of_version(db: Any, shop: str, version: int) -> list[KBEntry]:
+    """The frozen KB of a version, for a replica that must rebuild its model."""
+    with db.session() as s:
+        row = get_version(s, shop, version)
+        if row is None:
+            raise ValueError(f"version {version} of shop {shop} is gone")
+        return version_entries(row)

@@ -8,12 +8,14 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI, Request, Response
+from fastapi.responses import JSONResponse
 from starlette.concurrency import run_in_threadpool
 from starlette.routing import Match
 
 import engine
 from api.metrics import REQUEST_LATENCY, REQUESTS
 from api.routes import health, jd, kb, match, messages, metrics, shops
+from api.secrets import SecretKeyError
 from api.settings import Settings, get_settings
 from api.state import ModelHolder, load_or_build
 from engine import Matcher
@@ -79,6 +81,12 @@ def create_app(
     app.state.settings = settings
     app.state.model_holder = holder
     app.state.service = None
+
+    @app.exception_handler(SecretKeyError)
+    async def secrets_unavailable(request: Request, exc: SecretKeyError) -> JSONResponse:
+        """JD credentials cannot be read or stored without the key: a configuration problem, not a crash."""
+        log.error("JD credentials unavailable: %s", exc)
+        return JSONResponse(status_code=503, content={"detail": str(exc)})
 
     @app.middleware("http")
     async def count_requests(

@@ -13,6 +13,7 @@ import logging
 import threading
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
+from functools import partial
 from typing import Any
 
 import numpy as np
@@ -137,13 +138,7 @@ class Publisher:
         if served is not None and served.version == version:
             return
 
-        def snapshot() -> list[KBEntry]:
-            with self.db.session() as s:
-                row = kb_repo.get_version(s, shop, version)
-                if row is None:
-                    raise ValueError(f"version {version} of shop {shop} is gone")
-                return kb_repo.version_entries(row)
-
+        snapshot = partial(kb_repo.snapshot_of_version, self.db, shop, version)
         with self._pending_lock:
             if (shop, version) in self._pending:
                 return

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import threading
+from functools import partial
 from typing import Any
 
 from sqlalchemy import select
@@ -107,14 +108,9 @@ class Service:
         if served is not None or version is None:
             return served
 
-        def snapshot() -> list[Any]:
-            with self.db.session() as s:
-                row = kb_repo.get_version(s, shop, version)
-                if row is None:
-                    raise ValueError(f"version {version} of shop {shop} is gone")
-                return kb_repo.version_entries(row)
-
-        served = self.registry.ensure(shop, version, snapshot)
+        served = self.registry.ensure(
+            shop, version, partial(kb_repo.snapshot_of_version, self.db, shop, version)
+        )
         MODEL_VERSION.labels(shop).set(version)
         return served
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -137,3 +138,23 @@ def test_evaluations_pulled_through_jos_with_faults(jd_client: Any, settings: Se
     assert {e["jd_id"]: e["score"] for e in stored} == {"e1": 5, "e2": 2}
     assert all("13812345678" not in e["content"] for e in stored)
     assert 'kefu_jos_errors_total{kind="JosAuthError"}' in c.get("/metrics").text
+
+
+def test_evaluations_are_pulled_on_a_schedule(settings: Settings) -> None:
+    """With a pull interval set, evaluations arrive without anyone asking."""
+    with FakeJos(APP_KEY, SECRET, TOKEN) as fake:
+        fake.handle(METHOD, lambda biz: {"code": "0", "list": [{"id": f"s{biz.get('page')}", "score": 4}]})
+        settings.jos_evaluation_method = METHOD
+        settings.jos_url = fake.url
+        settings.evaluation_pull_interval = 1
+        with TestClient(create_app(settings)) as c:
+            key = new_shop(c)
+            creds = {"app_key": APP_KEY, "app_secret": SECRET, "access_token": TOKEN}
+            assert c.put("/v1/shops/shop-a/jd-credentials", headers=key, json=creds).status_code == 200
+            deadline = time.monotonic() + 20
+            stored: list[dict[str, Any]] = []
+            while time.monotonic() < deadline and not stored:
+                time.sleep(0.2)
+                stored = c.get("/v1/shops/shop-a/jd/evaluations", headers=key).json()
+    assert [e["jd_id"] for e in stored] == ["s1"]
+    assert any(r.jos_method == METHOD for r in fake.requests)
