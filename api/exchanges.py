@@ -13,6 +13,11 @@ from api.db.models import Exchange, Feedback
 from api.privacy import mask_pii
 
 
+def _storable(text: str) -> str:
+    """Without NUL characters, which PostgreSQL text cannot hold (a customer message may carry them)."""
+    return text.replace("\x00", "")
+
+
 def log_exchange(
     s: Session,
     *,
@@ -29,13 +34,13 @@ def log_exchange(
 ) -> int:
     row = Exchange(
         shop_id=shop,
-        conversation_id=mask_pii(conversation_id),
+        conversation_id=_storable(mask_pii(conversation_id))[:200],  # a VARCHAR(200) column
         channel=channel,
-        text_masked=mask_pii(text),
+        text_masked=_storable(mask_pii(text)),
         decision=decision,
         entry_id=entry_id,
         confidence=float(confidence),
-        reason=mask_pii(reason),
+        reason=_storable(mask_pii(reason)),
         model_version=model_version,
         latency_ms=float(latency_ms),
     )

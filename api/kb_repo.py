@@ -13,8 +13,11 @@ from typing import Any
 from sqlalchemy import delete, func, select
 from sqlalchemy.orm import Session
 
-from api.db.models import Entry, KBVersion, utcnow
-from engine.kb import KBEntry, kb_hash, load_kb
+from api.db.models import Entry, KBVersion, Shop, utcnow
+from engine.kb import KBEntry, KBIssue, KBValidationError, kb_hash, load_kb
+
+# Sizes of the kb_entries columns the KB format itself does not limit (PostgreSQL refuses longer values).
+COLUMN_LIMITS = {"id": 200, "category": 200}
 
 
 def _row_to_entry_dict(row: Entry) -> dict[str, Any]:
@@ -42,13 +45,28 @@ def count_entries(s: Session, shop: str) -> int:
 
 
 def get_entry(s: Session, shop: str, entry_id: str) -> dict[str, Any] | None:
+    if "\x00" in entry_id:  # no KB id has control characters, and PostgreSQL cannot compare a NUL
+        return None
     row = s.get(Entry, (shop, entry_id))
     return None if row is None else _row_to_entry_dict(row)
 
 
 def validated(entries: Iterable[dict[str, Any] | KBEntry], source: str) -> list[KBEntry]:
     """The whole KB through the engine's validator (raises KBValidationError listing every issue)."""
-    return load_kb(list(entries), source_name=source)
+    return check_sizes(load_kb(list(entries), source_name=source), source)
+
+
+def check_sizes(entries: list[KBEntry], source: str) -> list[KBEntry]:
+    """The entries, if every value fits its column; else KBValidationError listing those that do not."""
+    issues = [
+        KBIssue(source, None, column, f"{column} {value[:30]!r}... is longer than {limit} characters")
+        for e in entries
+        for column, limit in COLUMN_LIMITS.items()
+        if len(value := getattr(e, column)) > limit
+    ]
+    if issues:
+        raise KBValidationError(issues)
+    return entries
 
 
 def replace_all(s: Session, shop: str, entries: Sequence[KBEntry]) -> None:
@@ -66,9 +84,11 @@ def upsert_entry(s: Session, shop: str, entry: dict[str, Any]) -> KBEntry:
     if new_id not in ids:
         merged.append(entry)
     entries = validated(merged, f"shop {shop}")
-    kept = next(e for e in entries if e.id == new_id)
-    position = ids.index(new_id) if new_id in ids else len(ids)
-    existing = s.get(Entry, (shop, new_id))
+    # the entry as validated (one per record, in order): its id normalised like any KB id, which drops
+    # control characters that str.strip() keeps, so it is looked up by position, not by `new_id`
+    kept = entries[next(i for i, e in enumerate(merged) if e is entry)]
+    position = ids.index(kept.id) if kept.id in ids else len(ids)
+    existing = s.get(Entry, (shop, kept.id))
     if existing is not None:
         s.delete(existing)
         s.flush()
@@ -77,6 +97,8 @@ def upsert_entry(s: Session, shop: str, entry: dict[str, Any]) -> KBEntry:
 
 
 def delete_entry(s: Session, shop: str, entry_id: str) -> bool:
+    if "\x00" in entry_id:  # as in get_entry
+        return False
     return bool(
         s.execute(delete(Entry).where(Entry.shop_id == shop, Entry.entry_id == entry_id)).rowcount  # type: ignore[attr-defined]
     )
@@ -103,7 +125,12 @@ def snapshot(s: Session, shop: str) -> list[KBEntry]:
 
 
 def create_version(s: Session, shop: str, entries: Sequence[KBEntry]) -> KBVersion:
-    """A new version row in state `building`, numbered after the shop's last one."""
+    """A new version row in state `building`, numbered after the shop's last one.
+
+    The shop row is locked first, so concurrent publishes (on any replica) number their versions one
+    after the other instead of colliding on the same number.
+    """
+    s.get(Shop, shop, with_for_update=True)
     last = s.scalar(select(func.max(KBVersion.version)).where(KBVersion.shop_id == shop)) or 0
     row = KBVersion(
         shop_id=shop,
@@ -117,6 +144,10 @@ def create_version(s: Session, shop: str, entries: Sequence[KBEntry]) -> KBVersi
     s.add(row)
     s.flush()
     return row
+
+
+def latest_version(s: Session, shop: str) -> int:
+    return int(s.scalar(select(func.max(KBVersion.version)).where(KBVersion.shop_id == shop)) or 0)
 
 
 def get_version(s: Session, shop: str, version: int) -> KBVersion | None:

@@ -102,6 +102,15 @@ class Publisher:
 
     def _build(self, shop: str, version: int, entries: list[KBEntry]) -> None:
         t0 = time.perf_counter()
+        with self.db.session() as s:
+            newer = kb_repo.latest_version(s, shop)
+            if newer > version:
+                # publishes outpaced builds: only the newest KB is worth building
+                kb_repo.finish_version(
+                    s, shop, version, "superseded", {}, f"version {newer} was published first"
+                )
+                log.info("version %d of shop %s superseded by %d before its build", version, shop, newer)
+                return
         try:
             matcher = self.registry.build(entries)
             figures = evaluate_model(matcher, entries, self.min_self_recall, self.min_cv_top1)
@@ -116,20 +125,33 @@ class Publisher:
         BUILD_SECONDS.labels("ok").observe(time.perf_counter() - t0)
         with self.db.session() as s:
             kb_repo.finish_version(s, shop, version, "ready", figures, None)
-        self.registry.swap(shop, version, matcher)
-        self.activate(shop, version)
+        self.activate(shop, version, matcher, forward_only=True)
 
-    def activate(self, shop: str, version: int) -> None:
-        """Make `version` the shop's served version everywhere (also used for rollback)."""
+    def activate(
+        self, shop: str, version: int, matcher: Matcher | None = None, *, forward_only: bool = False
+    ) -> bool:
+        """Make `version` the shop's served version everywhere (also used for rollback).
+
+        `forward_only` (a finished build): do nothing when a later version is already active. Replicas
+        build in parallel and finish out of order; an older build finishing last must not bring its
+        KB back. The shop row is locked, so two replicas activating at once cannot both pass the check.
+        """
         with self.db.session() as s:
             row = kb_repo.get_version(s, shop, version)
             if row is None or row.status != "ready":
                 raise ValueError(f"version {version} of shop {shop} is not a ready version")
-            shop_row = s.get(Shop, shop)
+            shop_row = s.get(Shop, shop, with_for_update=True, populate_existing=True)
             assert shop_row is not None
+            active = shop_row.active_version
+            if forward_only and active is not None and active > version:
+                log.info("version %d of shop %s is ready; not activated, %d is newer", version, shop, active)
+                return False
             shop_row.active_version = version
+        if matcher is not None:
+            self.registry.swap(shop, version, matcher)
         MODEL_VERSION.labels(shop).set(version)
         self.notify(CHANNEL, {"shop": shop, "version": version})
+        return True
 
     def on_notice(self, message: dict[str, Any]) -> None:
         """Another replica (or this one) activated a version: load it, then swap."""

@@ -6,6 +6,12 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 
+# The largest value an INTEGER column holds (PostgreSQL's is 32-bit): ids, versions and offsets above it are
+# refused with a 422 instead of failing in the database driver.
+DB_INT_MAX = 2**31 - 1
+# PostgreSQL text cannot hold NUL characters: a field stored as given refuses them with a 422.
+NO_NUL = r"^[^\x00]*$"
+
 
 class MatchRequest(BaseModel):
     """One customer message.
@@ -63,7 +69,7 @@ SHOP_ID_PATTERN = r"^[a-z0-9][a-z0-9_-]{0,63}$"
 
 class ShopCreate(BaseModel):
     id: str = Field(pattern=SHOP_ID_PATTERN, description="lower-case letters, digits, - and _")
-    name: str = Field(default="", max_length=200)
+    name: str = Field(default="", max_length=200, pattern=NO_NUL)
     mode: Mode = "auto"
 
 
@@ -131,7 +137,7 @@ class IssueOut(BaseModel):
 
 class VersionOut(BaseModel):
     version: int
-    status: Literal["building", "ready", "failed"]
+    status: Literal["building", "ready", "failed", "superseded"]
     active: bool
     entries: int
     kb_hash: str
@@ -192,9 +198,11 @@ class AssistOut(BaseModel):
 
 
 class FeedbackIn(BaseModel):
-    exchange_id: int
+    exchange_id: int = Field(ge=1, le=DB_INT_MAX)
     kind: Literal["up", "down", "correction"]
-    correct_entry_id: str | None = Field(default=None, description="for a correction: the right entry")
+    correct_entry_id: str | None = Field(
+        default=None, max_length=200, pattern=NO_NUL, description="for a correction: the right entry"
+    )
     out_of_scope: bool = Field(default=False, description="for a correction: no entry could answer it")
 
 

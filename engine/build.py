@@ -97,7 +97,7 @@ def build_matcher(
     m.classifier = None
     if _classifier_worthwhile(multi):
         say("classifier", 0.6)
-        m.classifier = EntryClassifier().fit(X_sparse, vectors, owner, len(entries))
+        m.classifier = EntryClassifier().fit(X_sparse, vectors, owner, len(entries), _shared_terms(m))
 
     m.ranker = LinearModel(fusion.DEFAULT_WEIGHTS_DENSE if dense else fusion.DEFAULT_WEIGHTS_SPARSE)
     m.calibrator = LinearModel(np.zeros(len(fusion.CALIBRATION_FEATURES), np.float32), -5.0)
@@ -323,11 +323,16 @@ def _out_of_fold_probs(
     owner: np.ndarray,
     rows: np.ndarray,
     rng: np.random.Generator,
-    folds: int = 10,
+    folds: int = 0,
 ) -> dict[int, np.ndarray]:
-    """Classifier probabilities for held-out rows from models that never saw them."""
+    """Classifier probabilities for held-out rows from models that never saw them.
+
+    Ten folds keep each fold's model close to the final one (few paraphrases per entry: holding out a
+    fifth of them understates the classifier); large KBs use five, as each fold is a full fit.
+    """
     out: dict[int, np.ndarray] = {}
     n_rows = len(owner)
+    folds = folds or (10 if n_rows <= 1000 else 5)
     assignment = rng.integers(folds, size=rows.size)
     for f in range(folds):
         test = rows[assignment == f]
@@ -336,12 +341,22 @@ def _out_of_fold_probs(
         train = np.ones(n_rows, bool)
         train[test] = False
         clf = EntryClassifier().fit(
-            X_sparse[train], None if vectors is None else vectors[train], owner[train], len(m.entries)
+            X_sparse[train],
+            None if vectors is None else vectors[train],
+            owner[train],
+            len(m.entries),
+            _shared_terms(m),
         )
         P = clf.predict_proba(X_sparse[test], None if vectors is None else vectors[test])
         for r, p in zip(test, P, strict=True):
             out[int(r)] = p
     return out
+
+
+def _shared_terms(m: Matcher) -> np.ndarray:
+    """Terms in two or more KB questions: a term of one question only cannot generalize to a new
+    message, and dropping those cuts the classifier's size (and fit time) by more than half."""
+    return np.flatnonzero(m.sparse.df_ >= 2)
 
 
 def _probs_without(m: Matcher, rep: QueryRep, e: int, probs: np.ndarray | None) -> np.ndarray:

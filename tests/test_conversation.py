@@ -153,7 +153,7 @@ def test_clarify_then_choice_answers_the_chosen_entry(
     clarifying_bot: ConversationPolicy, choice: str
 ) -> None:
     """A clarify offers numbered options; the customer's pick (by number or by text) gets that answer."""
-    first, state = clarifying_bot.step(None, "发票怎么开")
+    first, state = clarifying_bot.step(None, "那发票应该怎么开呀")
     assert first.kind == "clarify"
     assert 2 <= len(first.options) <= 3
     assert first.text.startswith(CLARIFY_HEAD + "\n1. ")
@@ -172,7 +172,7 @@ def test_clarify_then_choice_answers_the_chosen_entry(
 
 def test_two_misses_in_a_row_hand_off_with_what_was_tried(clarifying_bot: ConversationPolicy) -> None:
     """A clarify answered with nonsense is the second miss: the agent gets the options already tried."""
-    (first, second), state = run(clarifying_bot, "发票怎么开", "嗯嗯嗯随便")
+    (first, second), state = run(clarifying_bot, "那发票应该怎么开呀", "嗯嗯嗯随便")
     assert first.kind == "clarify"
     assert second.kind == "handoff"
     assert second.text == HANDOFF_TEXT
@@ -181,13 +181,13 @@ def test_two_misses_in_a_row_hand_off_with_what_was_tried(clarifying_bot: Conver
     tried = [o.entry_id for o in second.handoff.candidates_tried]
     assert tried and tried[: len(first.options)] == [o.entry_id for o in first.options]
     assert len(tried) == len(set(tried))
-    assert second.handoff.last_messages == ["发票怎么开", "嗯嗯嗯随便"]
+    assert second.handoff.last_messages == ["那发票应该怎么开呀", "嗯嗯嗯随便"]
     assert state.clarify_options == []
 
 
 def test_low_confidence_asks_to_rephrase_and_offers_candidates(unsure_bot: ConversationPolicy) -> None:
     """Below the clarify threshold the bot asks to rephrase, still listing candidates one can pick."""
-    first, state = unsure_bot.step(None, "发票怎么开")
+    first, state = unsure_bot.step(None, "那发票应该怎么开呀")
     assert first.kind == "clarify"
     assert first.text.startswith(REPHRASE_TEXT)
     assert first.options and "\n1. " in first.text
@@ -212,7 +212,7 @@ def test_a_choice_whose_entry_vanished_is_a_miss(matcher: Matcher) -> None:
         get_entry=lambda e: None if e in gone else get_entry(e),
         max_misses=3,
     )
-    first, state = policy.step(None, "发票怎么开")
+    first, state = policy.step(None, "那发票应该怎么开呀")
     gone.add(first.options[0].entry_id)
     reply, after = policy.step(state, "1")
     assert reply.kind == "clarify"
@@ -233,7 +233,7 @@ def test_explicit_human_request_hands_off_at_once(bot: ConversationPolicy, text:
 
 def test_human_request_wins_over_a_pending_clarify(clarifying_bot: ConversationPolicy) -> None:
     """Mid-clarify, "转人工" is not read as a (failed) choice but as the request it is."""
-    (first, second), _ = run(clarifying_bot, "运费怎么算", "转人工")
+    (first, second), _ = run(clarifying_bot, "运费到底怎么算", "转人工")
     assert first.kind == "clarify"
     assert second.kind == "handoff" and second.reason == REASON_HUMAN
 
@@ -267,9 +267,10 @@ def test_angry_customer_is_handed_off_instead_of_clarified(clarifying_bot: Conve
     assert state.clarify_options == []
 
 
-def test_angry_customer_still_gets_a_confident_answer(bot: ConversationPolicy) -> None:
+def test_angry_customer_still_gets_a_confident_answer(matcher: Matcher) -> None:
     """Anger only replaces lists: when the bot knows the answer it gives it."""
-    reply, _ = bot.step(None, "什么破店，运费怎么算")
+    confident = policy_for(with_thresholds(matcher, t_answer=0.0, t_clarify=0.0))
+    reply, _ = confident.step(None, "什么破店，运费怎么算")
     assert reply.kind == "answer" and reply.entry_id == "freight"
 
 
@@ -294,13 +295,13 @@ def test_history_is_masked_and_capped(matcher: Matcher) -> None:
     everything = json.dumps([state.to_dict(), replies[0].to_dict(), handoff.to_dict()], ensure_ascii=False)
     assert phone not in everything and not re.search(r"\d", "".join(state.history))
     first, state1 = policy.step(None, messages[0])
-    assert first.kind == "answer" and first.entry_id == "tracking"  # masking does not change matching
+    assert (first.entry_id or first.options[0].entry_id) == "tracking"  # masking does not change matching
     assert state1.history == ["我的手机号***********，快递到哪了"]
 
 
 def test_step_does_not_mutate_the_input_state(clarifying_bot: ConversationPolicy) -> None:
     """State is updated purely, so a caller can retry a turn or compare before/after."""
-    _, state = clarifying_bot.step(None, "发票怎么开")
+    _, state = clarifying_bot.step(None, "那发票应该怎么开呀")
     before = copy.deepcopy(state)
     _, after = clarifying_bot.step(state, "2")
     assert state == before
@@ -309,7 +310,7 @@ def test_step_does_not_mutate_the_input_state(clarifying_bot: ConversationPolicy
 
 def test_state_round_trips_through_json(clarifying_bot: ConversationPolicy) -> None:
     """State crosses replicas as JSON: to_dict -> json -> from_dict gives the same state."""
-    _, state = run(clarifying_bot, "发票怎么开")
+    _, state = run(clarifying_bot, "那发票应该怎么开呀")
     assert state.clarify_options and state.tried and state.last_question
     again = ConversationState.from_dict(json.loads(json.dumps(state.to_dict(), ensure_ascii=False)))
     assert again == state
@@ -469,7 +470,7 @@ def test_conversations_save_load_end(
 ) -> None:
     """A state saved by one replica is what the next replica loads; end forgets it."""
     convs = Conversations(store, ttl_seconds=60)
-    _, state = clarifying_bot.step(None, "发票怎么开")
+    _, state = clarifying_bot.step(None, "那发票应该怎么开呀")
     assert convs.load("shop-1", "c1") is None
     convs.save("shop-1", "c1", state)
     assert convs.load("shop-1", "c1") == state

@@ -165,3 +165,14 @@ def test_clarify_offers_the_closest_questions(demo_matcher):
             return
         assert r.options == []
     pytest.fail("none of the short, vague messages was clarified")
+
+
+def test_a_kb_question_typed_verbatim_is_answered(fast_matcher):
+    """Every question the merchant wrote answers its own entry, whatever the thresholds."""
+    for entry in fast_matcher.entries[:20]:
+        if not entry.enabled or entry.valid_to is not None:
+            continue
+        for q in entry.questions():
+            r = fast_matcher.match(q)
+            assert (r.decision, r.entry_id) == (Decision.ANSWER, entry.id), q
+            assert r.confidence >= 0.99

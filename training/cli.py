@@ -464,5 +464,44 @@ def serve(
     uvicorn.run("api.main:app", host=host, port=port)
 
 
+# --------------------------------------------------------------------------- loadtest
+
+
+@app.command()
+def loadtest(
+    duration: Annotated[float, typer.Option(help="Seconds of load")] = 60.0,
+    concurrency: Annotated[int, typer.Option(help="Concurrent clients sending messages")] = 8,
+    every: Annotated[float, typer.Option(help="Seconds between republishes of the KB")] = 5.0,
+    workers: Annotated[int, typer.Option(help="uvicorn worker processes")] = 2,
+    dense: Annotated[bool, typer.Option("--dense/--no-dense", help="Build with the dense channel")] = False,
+    kb: Annotated[Path | None, typer.Option(help="The shop's KB (default: models/demo-shop-kb.csv)")] = None,
+    database_url: Annotated[
+        str | None,
+        typer.Option(help="Use this PostgreSQL database as is instead of a fresh kefu_load_* one"),
+    ] = None,
+    pg_url: Annotated[
+        str | None, typer.Option(help="PostgreSQL where the fresh database is created and dropped")
+    ] = None,
+    redis_url: Annotated[str | None, typer.Option(help="Redis (a unique key prefix is used)")] = None,
+    min_versions: Annotated[int, typer.Option(help="Distinct versions that must serve replies")] = 3,
+) -> None:
+    """Hot swaps under load: N workers on PostgreSQL + Redis, KB republished while clients send messages."""
+    from training.loadtest import DEFAULT_PG, DEFAULT_REDIS, DEMO_KB, LoadConfig, main
+
+    config = LoadConfig(
+        duration=duration,
+        concurrency=concurrency,
+        every=every,
+        workers=workers,
+        dense=dense,
+        kb=kb or DEMO_KB,
+        database_url=database_url,
+        pg_url=pg_url or DEFAULT_PG,
+        redis_url=redis_url or DEFAULT_REDIS,
+        min_versions=min_versions,
+    )
+    raise typer.Exit(main(config))
+
+
 if __name__ == "__main__":
     app()

@@ -71,7 +71,9 @@ class KBVersion(Base):
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
     shop_id: Mapped[str] = mapped_column(ForeignKey("shops.id", ondelete="CASCADE"), index=True)
     version: Mapped[int] = mapped_column(Integer)
-    status: Mapped[str] = mapped_column(String(12), default="building")  # building | ready | failed
+    status: Mapped[str] = mapped_column(
+        String(12), default="building"
+    )  # building | ready | failed | superseded
     kb_hash: Mapped[str] = mapped_column(String(64), default="")
     entries: Mapped[int] = mapped_column(Integer, default=0)
     snapshot: Mapped[list[Any]] = mapped_column(JSON, default=list)

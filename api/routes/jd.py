@@ -61,6 +61,8 @@ def _process(service: Any, shop: str, params: dict[str, str]) -> Any:
     missing = [k for k in REQUIRED if not params.get(k)]
     if missing:
         raise HTTPException(status.HTTP_400_BAD_REQUEST, f"missing parameter(s): {', '.join(missing)}")
+    if any("\x00" in v for v in params.values()):  # the database cannot store them (message id, text)
+        raise HTTPException(status.HTTP_400_BAD_REQUEST, "parameters must not contain NUL characters")
     if not SHOP_ID.match(shop):
         raise _refuse(status.HTTP_404_NOT_FOUND, "unknown_shop", f"no shop {shop!r}")
     with service.db.session() as s:

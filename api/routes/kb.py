@@ -12,16 +12,18 @@ from pathlib import Path
 from typing import Annotated, Any
 
 from fastapi import APIRouter, File, HTTPException, Query, UploadFile, status
+from fastapi import Path as PathParam
 from fastapi.responses import JSONResponse
 
 from api import kb_repo
 from api.db.models import KBVersion
 from api.deps import ServiceDep, ShopDep
-from api.schemas import EntryIn, EntryOut, UploadOut, VersionOut
+from api.schemas import DB_INT_MAX, EntryIn, EntryOut, UploadOut, VersionOut
 from engine.kb import SUPPORTED_SUFFIXES, KBValidationError
 
 router = APIRouter(prefix="/v1/shops/{shop}", tags=["kb"])
 MAX_UPLOAD_BYTES = 20 * 1024 * 1024
+VersionNumber = Annotated[int, PathParam(ge=1, le=DB_INT_MAX)]
 
 
 def issues_response(err: KBValidationError) -> JSONResponse:
@@ -95,7 +97,7 @@ async def upload_kb(
         try:
             from engine.kb import load_kb
 
-            entries = load_kb(path, source_name=name)
+            entries = kb_repo.check_sizes(load_kb(path, source_name=name), name)
         except KBValidationError as e:
             return issues_response(e)
     with service.db.session() as s:
@@ -110,7 +112,7 @@ async def upload_kb(
 def list_entries(
     shop: ShopDep,
     service: ServiceDep,
-    offset: Annotated[int, Query(ge=0)] = 0,
+    offset: Annotated[int, Query(ge=0, le=DB_INT_MAX)] = 0,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
 ) -> list[EntryOut]:
     with service.db.session() as s:
@@ -137,8 +139,8 @@ def put_entry(entry_id: str, body: EntryIn, shop: ShopDep, service: ServiceDep) 
     record["id"] = entry_id
     try:
         with service.db.session() as s:
-            kb_repo.upsert_entry(s, shop.id, record)
-            saved = kb_repo.get_entry(s, shop.id, entry_id)
+            kept = kb_repo.upsert_entry(s, shop.id, record)
+            saved = kb_repo.get_entry(s, shop.id, kept.id)  # the id as stored: stripped, no control chars
     except KBValidationError as e:
         return issues_response(e)
     assert saved is not None
@@ -177,7 +179,7 @@ def versions(shop: ShopDep, service: ServiceDep) -> list[VersionOut]:
 
 
 @router.get("/kb/versions/{version}", response_model=VersionOut)
-def version(version: int, shop: ShopDep, service: ServiceDep) -> VersionOut:
+def version(version: VersionNumber, shop: ShopDep, service: ServiceDep) -> VersionOut:
     with service.db.session() as s:
         row = kb_repo.get_version(s, shop.id, version)
         if row is None:
@@ -186,7 +188,7 @@ def version(version: int, shop: ShopDep, service: ServiceDep) -> VersionOut:
 
 
 @router.post("/kb/versions/{version}/activate", response_model=VersionOut)
-def activate(version: int, shop: ShopDep, service: ServiceDep) -> VersionOut:
+def activate(version: VersionNumber, shop: ShopDep, service: ServiceDep) -> VersionOut:
     """Serve an earlier (or any ready) version: rollback without a rebuild."""
     with service.db.session() as s:
         row = kb_repo.get_version(s, shop.id, version)

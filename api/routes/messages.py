@@ -5,12 +5,13 @@ from __future__ import annotations
 from typing import Annotated, Any
 
 from fastapi import APIRouter, HTTPException, Query, status
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import PlainTextResponse
 
 from api import exchanges
 from api.deps import ServiceDep, ShopDep
 from api.dialog import handle_message, suggestions
-from api.schemas import AssistOut, ExchangeOut, FeedbackIn, MessageIn, ReplyOut, Suggestion
+from api.schemas import DB_INT_MAX, AssistOut, ExchangeOut, FeedbackIn, MessageIn, ReplyOut, Suggestion
 
 router = APIRouter(prefix="/v1/shops/{shop}", tags=["conversations"])
 
@@ -48,7 +49,17 @@ def assist(body: MessageIn, shop: ShopDep, service: ServiceDep) -> AssistOut:
 def feedback(body: FeedbackIn, shop: ShopDep, service: ServiceDep) -> dict[str, Any]:
     """Thumbs up/down on a reply, or an agent's correction: becomes labelled data for calibration."""
     if body.kind == "correction" and not body.correct_entry_id and not body.out_of_scope:
-        raise HTTPException(422, "a correction needs correct_entry_id or out_of_scope=true")
+        # reported like FastAPI's own 422s (the documented HTTPValidationError), so clients parse one format
+        raise RequestValidationError(
+            [
+                {
+                    "type": "value_error",
+                    "loc": ("body", "correct_entry_id"),
+                    "msg": "a correction needs correct_entry_id or out_of_scope=true",
+                    "input": None,
+                }
+            ]
+        )
     try:
         with service.db.session() as s:
             fb = exchanges.add_feedback(
@@ -64,7 +75,7 @@ def exchange_log(
     shop: ShopDep,
     service: ServiceDep,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
-    offset: Annotated[int, Query(ge=0)] = 0,
+    offset: Annotated[int, Query(ge=0, le=DB_INT_MAX)] = 0,
 ) -> list[ExchangeOut]:
     """The shop's recent exchanges, newest first (texts are stored masked)."""
     with service.db.session() as s:

@@ -7,7 +7,7 @@ from sqlalchemy.exc import IntegrityError
 
 from api.auth import hash_key, new_api_key
 from api.db.models import Shop
-from api.deps import AdminDep, ServiceDep, ShopDep
+from api.deps import SHOP_ID, AdminDep, ServiceDep, ShopDep
 from api.schemas import JdCredentialsIn, JdCredentialsOut, ModeIn, ShopCreate, ShopKey, ShopOut
 from api.service import Service
 
@@ -54,6 +54,8 @@ def create_shop(body: ShopCreate, service: ServiceDep, _: AdminDep) -> ShopKey:
 
 @router.post("/v1/admin/shops/{shop}/api-key", response_model=ShopKey)
 def rotate_key(shop: str, service: ServiceDep, _: AdminDep) -> ShopKey:
+    if not SHOP_ID.match(shop):  # e.g. a NUL, which the database cannot even compare
+        raise HTTPException(status.HTTP_404_NOT_FOUND, f"no shop {shop!r}")
     key = new_api_key()
     with service.db.session() as s:
         row = s.get(Shop, shop)
