@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import re
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import Depends, Header, HTTPException, Path, Request, status
 from sqlalchemy import select
@@ -61,4 +61,11 @@ def require_shop(
 
 
 ShopDep = Annotated[Shop, Depends(require_shop)]
+
+# documented on every route that takes the shop's key, so clients (and schema checkers) know them
+SHOP_AUTH_RESPONSES: dict[int | str, dict[str, Any]] = {
+    401: {"description": "no X-API-Key, or not a valid key"},
+    403: {"description": "the key belongs to another shop"},
+    404: {"description": "no such shop (or no such entry, version or exchange in it)"},
+}
 AdminDep = Annotated[None, Depends(require_admin)]

@@ -158,3 +158,25 @@ def test_evaluations_are_pulled_on_a_schedule(settings: Settings) -> None:
                 stored = c.get("/v1/shops/shop-a/jd/evaluations", headers=key).json()
     assert [e["jd_id"] for e in stored] == ["s1"]
     assert any(r.jos_method == METHOD for r in fake.requests)
+
+
+def test_a_message_that_failed_can_be_retried(jd_client: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A crash while answering releases the message id: JD's retry is processed, not parked."""
+    import api.routes.jd as jd_route
+
+    real = jd_route.handle_message
+    calls = {"n": 0}
+
+    def fail_once(*args: Any, **kwargs: Any) -> Any:
+        calls["n"] += 1
+        if calls["n"] == 1:
+            raise RuntimeError("injected failure while answering")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(jd_route, "handle_message", fail_once)
+    c, _ = jd_client
+    nonraising = TestClient(c.app, raise_server_exceptions=False)
+    assert nonraising.post("/jd/shop-a/messages", data=signed("m-retry", "质保几年")).status_code == 500
+    again = c.post("/jd/shop-a/messages", data=signed("m-retry", "质保几年"))
+    assert again.status_code == 200 and "X-Kefu-Replay" not in again.headers
+    assert again.json()["reply"]["entry_id"] == "warranty"

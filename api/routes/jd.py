@@ -14,16 +14,27 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, HTTPException, Query, Request, status
 from fastapi.responses import JSONResponse
+from sqlalchemy import delete
 from sqlalchemy.exc import IntegrityError
 from starlette.concurrency import run_in_threadpool
 
 from api.db.models import JdMessage, Shop
-from api.deps import SHOP_ID, ServiceDep, ShopDep
+from api.deps import SHOP_AUTH_RESPONSES, SHOP_ID, ServiceDep, ShopDep
 from api.dialog import handle_message
 from api.jd import StaleTimestamp, check_timestamp, verify
 from api.metrics import AUTH_FAILURES
 
-router = APIRouter(prefix="/jd", tags=["jd"])
+router = APIRouter(
+    prefix="/jd",
+    tags=["jd"],
+    responses={
+        400: {"description": "a missing or malformed parameter"},
+        401: {"description": "bad signature, wrong app_key or a timestamp outside the window"},
+        403: {"description": "the shop has no JD credentials"},
+        404: {"description": "no such shop"},
+        409: {"description": "the same message id is still being processed"},
+    },
+)
 
 REQUIRED = ("app_key", "timestamp", "sign", "message_id", "conversation_id", "text")
 REPLAY_WAIT_SECONDS = 10.0
@@ -92,7 +103,13 @@ def _process(service: Any, shop: str, params: dict[str, str]) -> Any:
     except IntegrityError:
         AUTH_FAILURES.labels("replay").inc()
         return _stored_reply(service, shop, message_id)
-    reply = handle_message(service, row, params["conversation_id"], params["text"], channel="jd")
+    try:
+        reply = handle_message(service, row, params["conversation_id"], params["text"], channel="jd")
+    except Exception:
+        # release the claim, or every retry of this message id would wait for a reply that never comes
+        with service.db.session() as s:
+            s.execute(delete(JdMessage).where(JdMessage.shop_id == shop, JdMessage.message_id == message_id))
+        raise
     body = {"code": 0, "message_id": message_id, "reply": reply}
     with service.db.session() as s:
         stored = s.get(JdMessage, (shop, message_id))
@@ -115,7 +132,7 @@ def _stored_reply(service: Any, shop: str, message_id: str) -> JSONResponse:
         time.sleep(0.05)
 
 
-shop_router = APIRouter(prefix="/v1/shops/{shop}/jd", tags=["jd"])
+shop_router = APIRouter(prefix="/v1/shops/{shop}/jd", responses=SHOP_AUTH_RESPONSES, tags=["jd"])
 
 
 @shop_router.post("/evaluations/pull")

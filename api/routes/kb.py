@@ -17,11 +17,11 @@ from fastapi.responses import JSONResponse
 
 from api import kb_repo
 from api.db.models import KBVersion
-from api.deps import ServiceDep, ShopDep
+from api.deps import SHOP_AUTH_RESPONSES, ServiceDep, ShopDep
 from api.schemas import DB_INT_MAX, EntryIn, EntryOut, UploadOut, VersionOut
 from engine.kb import SUPPORTED_SUFFIXES, KBValidationError
 
-router = APIRouter(prefix="/v1/shops/{shop}", tags=["kb"])
+router = APIRouter(prefix="/v1/shops/{shop}", responses=SHOP_AUTH_RESPONSES, tags=["kb"])
 MAX_UPLOAD_BYTES = 20 * 1024 * 1024
 VersionNumber = Annotated[int, PathParam(ge=1, le=DB_INT_MAX)]
 

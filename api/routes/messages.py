@@ -9,11 +9,11 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import PlainTextResponse
 
 from api import exchanges
-from api.deps import ServiceDep, ShopDep
+from api.deps import SHOP_AUTH_RESPONSES, ServiceDep, ShopDep
 from api.dialog import handle_message, suggestions
 from api.schemas import DB_INT_MAX, AssistOut, ExchangeOut, FeedbackIn, MessageIn, ReplyOut, Suggestion
 
-router = APIRouter(prefix="/v1/shops/{shop}", tags=["conversations"])
+router = APIRouter(prefix="/v1/shops/{shop}", responses=SHOP_AUTH_RESPONSES, tags=["conversations"])
 
 
 @router.post("/messages", response_model=ReplyOut)

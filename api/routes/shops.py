@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from fastapi import APIRouter, HTTPException, status
 from sqlalchemy.exc import IntegrityError
 
 from api.auth import hash_key, new_api_key
 from api.db.models import Shop
-from api.deps import SHOP_ID, AdminDep, ServiceDep, ShopDep
+from api.deps import SHOP_AUTH_RESPONSES, SHOP_ID, AdminDep, ServiceDep, ShopDep
 from api.schemas import JdCredentialsIn, JdCredentialsOut, ModeIn, ShopCreate, ShopKey, ShopOut
 from api.service import Service
 
@@ -41,7 +43,15 @@ def jd_out(service: Service, shop: Shop) -> JdCredentialsOut:
     )
 
 
-@router.post("/v1/admin/shops", status_code=status.HTTP_201_CREATED, response_model=ShopKey)
+ADMIN_RESPONSES: dict[int | str, dict[str, Any]] = {401: {"description": "no valid X-Admin-Token"}}
+
+
+@router.post(
+    "/v1/admin/shops",
+    status_code=status.HTTP_201_CREATED,
+    response_model=ShopKey,
+    responses={**ADMIN_RESPONSES, 409: {"description": "a shop with this id exists"}},
+)
 def create_shop(body: ShopCreate, service: ServiceDep, _: AdminDep) -> ShopKey:
     key = new_api_key()
     try:
@@ -52,7 +62,11 @@ def create_shop(body: ShopCreate, service: ServiceDep, _: AdminDep) -> ShopKey:
     return ShopKey(id=body.id, api_key=key)
 
 
-@router.post("/v1/admin/shops/{shop}/api-key", response_model=ShopKey)
+@router.post(
+    "/v1/admin/shops/{shop}/api-key",
+    response_model=ShopKey,
+    responses={**ADMIN_RESPONSES, 404: {"description": "no such shop"}},
+)
 def rotate_key(shop: str, service: ServiceDep, _: AdminDep) -> ShopKey:
     if not SHOP_ID.match(shop):  # e.g. a NUL, which the database cannot even compare
         raise HTTPException(status.HTTP_404_NOT_FOUND, f"no shop {shop!r}")
@@ -65,12 +79,12 @@ def rotate_key(shop: str, service: ServiceDep, _: AdminDep) -> ShopKey:
     return ShopKey(id=shop, api_key=key)
 
 
-@router.get("/v1/shops/{shop}", response_model=ShopOut)
+@router.get("/v1/shops/{shop}", response_model=ShopOut, responses=SHOP_AUTH_RESPONSES)
 def get_shop(shop: ShopDep, service: ServiceDep) -> ShopOut:
     return shop_out(service, shop)
 
 
-@router.put("/v1/shops/{shop}/mode", response_model=ShopOut)
+@router.put("/v1/shops/{shop}/mode", response_model=ShopOut, responses=SHOP_AUTH_RESPONSES)
 def set_mode(body: ModeIn, shop: ShopDep, service: ServiceDep) -> ShopOut:
     """auto: the bot answers; assist: it only suggests to the agent; off: everything goes to humans."""
     with service.db.session() as s:
@@ -82,7 +96,11 @@ def set_mode(body: ModeIn, shop: ShopDep, service: ServiceDep) -> ShopOut:
     return shop_out(service, row)
 
 
-@router.put("/v1/shops/{shop}/jd-credentials", response_model=JdCredentialsOut)
+@router.put(
+    "/v1/shops/{shop}/jd-credentials",
+    response_model=JdCredentialsOut,
+    responses={**SHOP_AUTH_RESPONSES, 503: {"description": "KEFU_SECRET_KEY is not configured"}},
+)
 def set_jd_credentials(body: JdCredentialsIn, shop: ShopDep, service: ServiceDep) -> JdCredentialsOut:
     box = service.secret_box
     with service.db.session() as s:
