@@ -178,26 +178,26 @@ def versions(shop: ShopDep, service: ServiceDep) -> list[VersionOut]:
         return [version_out(r, shop.active_version) for r in kb_repo.list_versions(s, shop.id)]
 
 
+def _version_or_404(s: Any, shop: str, version: int) -> KBVersion:
+    row = kb_repo.get_version(s, shop, version)
+    if row is None:
+        raise HTTPException(status.HTTP_404_NOT_FOUND, f"no version {version} in shop {shop!r}")
+    return row
+
+
 @router.get("/kb/versions/{version}", response_model=VersionOut)
 def version(version: VersionNumber, shop: ShopDep, service: ServiceDep) -> VersionOut:
     with service.db.session() as s:
-        row = kb_repo.get_version(s, shop.id, version)
-        if row is None:
-            raise HTTPException(status.HTTP_404_NOT_FOUND, f"no version {version} in shop {shop.id!r}")
-        return version_out(row, shop.active_version)
+        return version_out(_version_or_404(s, shop.id, version), shop.active_version)
 
 
 @router.post("/kb/versions/{version}/activate", response_model=VersionOut)
 def activate(version: VersionNumber, shop: ShopDep, service: ServiceDep) -> VersionOut:
     """Serve an earlier (or any ready) version: rollback without a rebuild."""
     with service.db.session() as s:
-        row = kb_repo.get_version(s, shop.id, version)
-        if row is None:
-            raise HTTPException(status.HTTP_404_NOT_FOUND, f"no version {version} in shop {shop.id!r}")
+        row = _version_or_404(s, shop.id, version)
         if row.status != "ready":
             raise HTTPException(status.HTTP_409_CONFLICT, f"version {version} is {row.status}, not ready")
     service.publisher.activate(shop.id, version)
     with service.db.session() as s:
-        row = kb_repo.get_version(s, shop.id, version)
-        assert row is not None
-        return version_out(row, version)
+        return version_out(_version_or_404(s, shop.id, version), version)
