@@ -222,7 +222,9 @@ def _read(d: Path, manifest: dict[str, Any], embedder: Embedder | None) -> Match
         if di.kind_ == "hnsw":
             import faiss
 
-            index: Any = faiss.downcast_index(faiss.read_index(str(d / "dense.faiss")))
+            # read_index returns the concrete HNSW type; a downcast of a temporary would leave a
+            # proxy to freed memory
+            index: Any = faiss.read_index(str(d / "dense.faiss"))
             index.hnsw.efSearch = di.ef_search
             di.index_ = index
         else:

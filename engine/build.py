@@ -52,6 +52,7 @@ def build_matcher(
     target_precision: float = 0.95,
     tokenizer_backend: str = "auto",
     max_examples: int = 1500,
+    ann_threshold: int = 20_000,
     seed: int = 0,
     progress: Progress | None = None,
 ) -> Matcher:
@@ -87,7 +88,7 @@ def build_matcher(
         say("embed", 0.1)
         emb = embedder if embedder is not None and not isinstance(embedder, str) else make_embedder(embedder)
         raw = _encode_batched(emb, [strip_placeholders(n) for n in norms], say)
-        m.dense_index = DenseIndex().fit(raw)
+        m.dense_index = DenseIndex(ann_threshold=ann_threshold).fit(raw)
         vectors = m.dense_index.vectors_
         m.centroids = _centroids(vectors, m.row_ptr)
         m.embedder = CachedEmbedder(emb)

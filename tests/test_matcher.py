@@ -176,3 +176,15 @@ def test_a_kb_question_typed_verbatim_is_answered(fast_matcher):
             r = fast_matcher.match(q)
             assert (r.decision, r.entry_id) == (Decision.ANSWER, entry.id), q
             assert r.confidence >= 0.99
+
+
+def test_large_kb_index_is_approximate_and_survives_save_load(demo_kb, tmp_path):
+    """Above the size threshold the dense channel uses HNSW; the saved index loads and answers alike."""
+    m = Matcher.build(demo_kb, ann_threshold=100)
+    assert m.info["dense_index"] == "hnsw"
+    loaded = Matcher.load(m.save(tmp_path / "hnsw"))
+    assert loaded.dense_index is not None and loaded.dense_index.kind_ == "hnsw"
+    for text in ["笔记本能开专票吗", "保修多久", "能用白条分期吗"]:
+        a, b = m.match(text), loaded.match(text)
+        assert (a.decision, a.entry_id) == (b.decision, b.entry_id)
+    assert m.match("笔记本能开专票吗").entry_id == "invoice-special"
