@@ -124,7 +124,9 @@ def snapshot(s: Session, shop: str) -> list[KBEntry]:
     return validated(list_entries(s, shop), f"shop {shop}")
 
 
-def create_version(s: Session, shop: str, entries: Sequence[KBEntry]) -> KBVersion:
+def create_version(
+    s: Session, shop: str, entries: Sequence[KBEntry], options: dict[str, Any] | None = None
+) -> KBVersion:
     """A new version row in state `building`, numbered after the shop's last one.
 
     The shop row is locked first, so concurrent publishes (on any replica) number their versions one
@@ -139,6 +141,7 @@ def create_version(s: Session, shop: str, entries: Sequence[KBEntry]) -> KBVersi
         kb_hash=kb_hash(entries),
         entries=len(entries),
         snapshot=[e.to_dict() for e in entries],
+        options=dict(options or {}),
         metrics={},
     )
     s.add(row)
@@ -172,10 +175,10 @@ def version_entries(row: KBVersion) -> list[KBEntry]:
     return load_kb(row.snapshot, source_name=f"version {row.version}")
 
 
-def snapshot_of_version(db: Any, shop: str, version: int) -> list[KBEntry]:
-    """The frozen KB of a version, for a replica that must rebuild its model."""
+def snapshot_of_version(db: Any, shop: str, version: int) -> tuple[list[KBEntry], dict[str, Any]]:
+    """The frozen KB of a version and its engine options, for a replica that must rebuild its model."""
     with db.session() as s:
         row = get_version(s, shop, version)
         if row is None:
             raise ValueError(f"version {version} of shop {shop} is gone")
-        return version_entries(row)
+        return version_entries(row), dict(row.options or {})

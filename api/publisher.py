@@ -32,6 +32,14 @@ CHANNEL = "models"
 SELF_CHECK_SAMPLE = 500
 
 
+ENGINE_OPTIONS = ("user_words", "synonyms", "stopwords", "human_phrases", "target_precision")
+
+
+def engine_options(settings: dict[str, Any] | None) -> dict[str, Any]:
+    """The part of a shop's settings that shapes its model (passed to Matcher.build)."""
+    return {k: v for k, v in (settings or {}).items() if k in ENGINE_OPTIONS and v is not None}
+
+
 class BuildRejected(Exception):
     """A model that built but failed its own evaluation: it is not swapped in."""
 
@@ -97,10 +105,12 @@ class Publisher:
         """Freeze the shop's KB as a new version and build it in the background."""
         with self.db.session() as s:
             entries = kb_repo.snapshot(s, shop)  # raises KBValidationError: nothing is created
-            version = kb_repo.create_version(s, shop, entries).version
-        return version, self._pool.submit(self._build, shop, version, entries)
+            shop_row = s.get(Shop, shop)
+            options = engine_options(shop_row.settings if shop_row else None)
+            version = kb_repo.create_version(s, shop, entries, options).version
+        return version, self._pool.submit(self._build, shop, version, entries, options)
 
-    def _build(self, shop: str, version: int, entries: list[KBEntry]) -> None:
+    def _build(self, shop: str, version: int, entries: list[KBEntry], options: dict[str, Any]) -> None:
         t0 = time.perf_counter()
         with self.db.session() as s:
             newer = kb_repo.latest_version(s, shop)
@@ -112,7 +122,7 @@ class Publisher:
                 log.info("version %d of shop %s superseded by %d before its build", version, shop, newer)
                 return
         try:
-            matcher = self.registry.build(entries)
+            matcher = self.registry.build(entries, options)
             figures = evaluate_model(matcher, entries, self.min_self_recall, self.min_cv_top1)
             matcher.save(self.registry.model_dir(shop, version))
         except Exception as e:  # any failure leaves the serving model untouched

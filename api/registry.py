@@ -12,12 +12,16 @@ import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from engine import Matcher
 from engine.artifacts import ModelLoadError
 from engine.kb import KBEntry
 
 log = logging.getLogger("kefu.registry")
+
+# returns a version's frozen KB and the engine options it was published with
+Snapshot = Callable[[], tuple[list[KBEntry], dict[str, Any]]]
 
 
 @dataclass(frozen=True)
@@ -57,10 +61,11 @@ class ModelRegistry:
         with self._guard:
             return self._locks.setdefault(shop, threading.Lock())
 
-    def build(self, entries: list[KBEntry]) -> Matcher:
-        return Matcher.build(entries, dense=self.dense)
+    def build(self, entries: list[KBEntry], options: dict[str, Any] | None = None) -> Matcher:
+        """A model of `entries` with the shop's engine options (dictionary, synonyms, ...)."""
+        return Matcher.build(entries, dense=self.dense, **(options or {}))
 
-    def load(self, shop: str, version: int, entries: Callable[[], list[KBEntry]]) -> Matcher:
+    def load(self, shop: str, version: int, snapshot: Snapshot) -> Matcher:
         """A version's model from disk; rebuilt from its KB snapshot when this replica has no copy.
 
         Replicas on other hosts need not share a disk: the snapshot in the database is enough to
@@ -73,14 +78,14 @@ class ModelRegistry:
             log.info(
                 "version %d of shop %s not loadable here (%s): rebuilding from its snapshot", version, shop, e
             )
-        matcher = self.build(entries())
+        matcher = self.build(*snapshot())
         try:
             matcher.save(path)
         except OSError as e:
             log.warning("could not keep version %d of shop %s on disk: %s", version, shop, e)
         return matcher
 
-    def ensure(self, shop: str, version: int, entries: Callable[[], list[KBEntry]]) -> ServedModel:
+    def ensure(self, shop: str, version: int, snapshot: Snapshot) -> ServedModel:
         """The served model of `shop` at `version`, loading it first if needed (one loader per shop)."""
         served = self._served.get(shop)
         if served is not None and served.version == version:
@@ -89,5 +94,5 @@ class ModelRegistry:
             served = self._served.get(shop)
             if served is not None and served.version == version:
                 return served
-            self.swap(shop, version, self.load(shop, version, entries))
+            self.swap(shop, version, self.load(shop, version, snapshot))
             return self._served[shop]

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, Field
 
@@ -141,6 +141,7 @@ class VersionOut(BaseModel):
     active: bool
     entries: int
     kb_hash: str
+    options: dict[str, Any] = Field(default_factory=dict, description="engine options it was built with")
     metrics: dict[str, Any]
     error: str | None
     created_at: str
@@ -218,3 +219,21 @@ class ExchangeOut(BaseModel):
     model_version: int | None
     latency_ms: float
     created_at: str
+
+
+class ShopSettings(BaseModel):
+    """The shop's engine options, used by its next publish (a published version keeps its own)."""
+
+    user_words: list[Annotated[str, Field(min_length=1, max_length=100)]] = Field(
+        default_factory=list,
+        max_length=20000,
+        description="product and model names kept whole by the segmenter",
+    )
+    synonyms: dict[str, list[Annotated[str, Field(min_length=1, max_length=100)]]] = Field(
+        default_factory=dict,
+        description='canonical word -> its variants, e.g. {"专票": ["增值税专用发票", "增票"]}',
+    )
+    human_phrases: list[Annotated[str, Field(min_length=1, max_length=50)]] | None = Field(
+        default=None, description="phrases that hand off at once (default: 转人工, 人工客服, 投诉, ...)"
+    )
+    target_precision: float = Field(default=0.95, ge=0.5, le=0.999, description="answer precision to aim for")

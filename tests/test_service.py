@@ -329,3 +329,27 @@ def test_jd_credentials_are_stored_encrypted_and_shown_masked(client: TestClient
         row = conn.execute(text("SELECT jd_app_key, jd_app_secret, jd_access_token FROM shops")).one()
     engine.dispose()
     assert all(v and "SECRET" not in v and "TOKEN" not in v and "APPKEY" not in v for v in row)
+
+
+def test_shop_settings_shape_the_next_publish(client: TestClient) -> None:
+    """Synonyms and human phrases set by the merchant take effect with the next version, and stay with it."""
+    key = new_shop(client)
+    publish_and_wait(client, "shop-a", key, kb_csv())
+    before = say(client, "shop-a", key, "京东信用付", conv="s0")
+    settings = {
+        "synonyms": {"白条": ["京东信用付"]},
+        "human_phrases": ["找店长"],
+        "user_words": ["京东信用付"],
+    }
+    r = client.put("/v1/shops/shop-a/settings", headers=key, json=settings)
+    assert r.status_code == 200 and r.json()["target_precision"] == 0.95
+    assert client.get("/v1/shops/shop-a/settings", headers=key).json()["synonyms"] == {"白条": ["京东信用付"]}
+    v2 = publish_and_wait(client, "shop-a", key)
+    after = say(client, "shop-a", key, "京东信用付", conv="s1")
+    assert (after["kind"], after["entry_id"]) == ("answer", "payment")
+    assert after["confidence"] > before["confidence"]  # the variant now reads as the KB's own word
+    assert say(client, "shop-a", key, "我要找店长", conv="s2")["kind"] == "handoff"
+    version = client.get(f"/v1/shops/shop-a/kb/versions/{v2}", headers=key).json()
+    assert version["options"]["synonyms"] == {"白条": ["京东信用付"]}
+    bad = client.put("/v1/shops/shop-a/settings", headers=key, json={"target_precision": 2})
+    assert bad.status_code == 422

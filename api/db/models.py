@@ -77,6 +77,8 @@ class KBVersion(Base):
     kb_hash: Mapped[str] = mapped_column(String(64), default="")
     entries: Mapped[int] = mapped_column(Integer, default=0)
     snapshot: Mapped[list[Any]] = mapped_column(JSON, default=list)
+    # the shop's engine options at publish time (dictionary, synonyms, ...): a rebuild must use the same
+    options: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
     metrics: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
     error: Mapped[str | None] = mapped_column(Text, nullable=True)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)

@@ -62,6 +62,7 @@ def version_out(row: KBVersion, active: int | None) -> VersionOut:
         active=row.version == active,
         entries=row.entries,
         kb_hash=row.kb_hash,
+        options=row.options or {},
         metrics=row.metrics or {},
         error=row.error,
         created_at=row.created_at.isoformat(),

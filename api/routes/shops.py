@@ -10,7 +10,7 @@ from sqlalchemy.exc import IntegrityError
 from api.auth import hash_key, new_api_key
 from api.db.models import Shop
 from api.deps import SHOP_AUTH_RESPONSES, SHOP_ID, AdminDep, ServiceDep, ShopDep
-from api.schemas import JdCredentialsIn, JdCredentialsOut, ModeIn, ShopCreate, ShopKey, ShopOut
+from api.schemas import JdCredentialsIn, JdCredentialsOut, ModeIn, ShopCreate, ShopKey, ShopOut, ShopSettings
 from api.service import Service
 
 router = APIRouter(tags=["shops"])
@@ -112,3 +112,18 @@ def set_jd_credentials(body: JdCredentialsIn, shop: ShopDep, service: ServiceDep
         s.flush()
         s.expunge(row)
     return jd_out(service, row)
+
+
+@router.get("/v1/shops/{shop}/settings", response_model=ShopSettings, responses=SHOP_AUTH_RESPONSES)
+def get_settings(shop: ShopDep) -> ShopSettings:
+    return ShopSettings(**(shop.settings or {}))
+
+
+@router.put("/v1/shops/{shop}/settings", response_model=ShopSettings, responses=SHOP_AUTH_RESPONSES)
+def put_settings(body: ShopSettings, shop: ShopDep, service: ServiceDep) -> ShopSettings:
+    """Dictionary, synonyms, human phrases and target precision for the shop's next publish."""
+    with service.db.session() as s:
+        row = s.get(Shop, shop.id)
+        assert row is not None
+        row.settings = body.model_dump()
+    return body
