@@ -40,10 +40,6 @@ def list_entries(s: Session, shop: str, offset: int = 0, limit: int | None = Non
     return [_row_to_entry_dict(r) for r in s.scalars(q)]
 
 
-def count_entries(s: Session, shop: str) -> int:
-    return int(s.scalar(select(func.count()).select_from(Entry).where(Entry.shop_id == shop)) or 0)
-
-
 def get_entry(s: Session, shop: str, entry_id: str) -> dict[str, Any] | None:
     if "\x00" in entry_id:  # no KB id has control characters, and PostgreSQL cannot compare a NUL
         return None

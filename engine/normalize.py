@@ -74,13 +74,3 @@ def strip_placeholders(normalized: str) -> str:
     if not any(w in normalized for w in PLACEHOLDER_WORDS):
         return normalized
     return " ".join(w for w in normalized.split(" ") if w not in PLACEHOLDER_WORDS)
-
-
-class Normalizer:
-    """Stateless stage with the fit/transform shape of the other stages."""
-
-    def fit(self, texts: Any = None) -> Normalizer:
-        return self
-
-    def transform(self, texts: list[str]) -> list[str]:
-        return [normalize(t) for t in texts]
