@@ -15,9 +15,9 @@ from starlette.routing import Match
 import engine
 from api.metrics import REQUEST_LATENCY, REQUESTS
 from api.routes import health, jd, kb, match, messages, metrics, shops
-from api.secrets import SecretKeyError
 from api.settings import Settings, get_settings
-from api.state import ModelHolder, load_or_build
+from api.store.secrets import SecretKeyError
+from api.web.state import ModelHolder, load_or_build
 from engine import Matcher
 
 log = logging.getLogger("kefu.api")
@@ -59,7 +59,7 @@ def create_app(
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         if shops_service:
-            from api.privacy import install_masking
+            from api.dialog.privacy import install_masking
             from api.service import Service
 
             install_masking()

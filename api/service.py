@@ -9,15 +9,15 @@ from typing import Any
 
 from sqlalchemy import select
 
-from api import kb_repo
 from api.db.migrate import upgrade
 from api.db.models import Shop
 from api.db.session import Database
+from api.kb import repo as kb_repo
+from api.kb.publisher import CHANNEL, Publisher
+from api.kb.registry import ModelRegistry, ServedModel
 from api.metrics import MODEL_VERSION
-from api.publisher import CHANNEL, Publisher
-from api.registry import ModelRegistry, ServedModel
 from api.settings import Settings
-from api.stores import make_store
+from api.store.kv import make_store
 
 log = logging.getLogger("kefu.service")
 
@@ -26,7 +26,7 @@ class Service:
     """Everything a shop request needs; created in the app's lifespan."""
 
     def __init__(self, settings: Settings) -> None:
-        from api.conversation import Conversations
+        from api.dialog.conversation import Conversations
 
         self.settings = settings
         self.db = Database(settings.database_url)
@@ -87,7 +87,7 @@ class Service:
             return None
 
         def run() -> None:
-            from api.evaluations import pull
+            from api.jd.evaluations import pull
 
             while not self._stopping.wait(interval):
                 with self.db.session() as s:
@@ -118,7 +118,7 @@ class Service:
     def secret_box(self) -> Any:
         """Encrypts JD credentials; configured from KEFU_SECRET_KEY on first use."""
         if self._secret_box is None:
-            from api.secrets import SecretBox, SecretKeyError
+            from api.store.secrets import SecretBox, SecretKeyError
 
             key = self.settings.secret_key
             if key is None:

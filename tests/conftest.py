@@ -128,7 +128,7 @@ def audit_log():
     """
     import logging
 
-    from api.privacy import MaskingFilter
+    from api.dialog.privacy import MaskingFilter
 
     AUDIT_LOG.unlink(missing_ok=True)
     handler = logging.FileHandler(AUDIT_LOG, encoding="utf-8")

@@ -18,7 +18,7 @@ from fastapi.testclient import TestClient
 
 from api.main import create_app
 from api.settings import Settings
-from api.state import ModelHolder
+from api.web.state import ModelHolder
 from engine import Matcher
 from engine.artifacts import MANIFEST
 

@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from api.conversation import (
+from api.dialog.conversation import (
     CLARIFY_HEAD,
     HANDOFF_TEXT,
     REASON_ANGRY,
@@ -30,7 +30,7 @@ from api.conversation import (
     detect_mood,
     resolve_choice,
 )
-from api.stores import MemoryStore, RedisStore, make_store
+from api.store.kv import MemoryStore, RedisStore, make_store
 from engine import Matcher
 
 KB: dict[str, dict[str, Any]] = {

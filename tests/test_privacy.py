@@ -14,8 +14,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from api.privacy import MaskingFilter, install_masking, mask_pii
-from api.secrets import ENV_VAR, SecretBox, SecretKeyError, generate_key, mask
+from api.dialog.privacy import MaskingFilter, install_masking, mask_pii
+from api.store.secrets import ENV_VAR, SecretBox, SecretKeyError, generate_key, mask
 
 CORPUS = Path(__file__).with_name("pii_corpus.txt")
 PLACEHOLDERS = ("[手机号]", "[电话]", "[身份证号]", "[银行卡号]", "[订单号]", "[邮箱]", "[地址]")

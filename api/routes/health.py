@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from fastapi import APIRouter
 
-from api.schemas import HealthResponse
-from api.state import HolderDep
+from api.web.schemas import HealthResponse
+from api.web.state import HolderDep
 
 router = APIRouter(tags=["health"])
 

@@ -19,10 +19,10 @@ from sqlalchemy.exc import IntegrityError
 from starlette.concurrency import run_in_threadpool
 
 from api.db.models import JdMessage, Shop
-from api.deps import SHOP_AUTH_RESPONSES, SHOP_ID, ServiceDep, ShopDep
-from api.dialog import handle_message
+from api.dialog.handle import handle_message
 from api.jd import StaleTimestamp, check_timestamp, verify
 from api.metrics import AUTH_FAILURES
+from api.web.deps import SHOP_AUTH_RESPONSES, SHOP_ID, ServiceDep, ShopDep
 
 router = APIRouter(
     prefix="/jd",
@@ -138,8 +138,8 @@ shop_router = APIRouter(prefix="/v1/shops/{shop}/jd", responses=SHOP_AUTH_RESPON
 @shop_router.post("/evaluations/pull")
 def pull_evaluations(shop: ShopDep, service: ServiceDep) -> dict[str, int]:
     """Fetch the shop's customer-service evaluations from JOS now (also done on a schedule)."""
-    from api.evaluations import EvaluationsNotConfigured, pull
     from api.jd import JosAuthError, JosError
+    from api.jd.evaluations import EvaluationsNotConfigured, pull
 
     try:
         return pull(service, shop.id)
@@ -155,6 +155,6 @@ def pull_evaluations(shop: ShopDep, service: ServiceDep) -> dict[str, int]:
 def evaluations(
     shop: ShopDep, service: ServiceDep, limit: Annotated[int, Query(ge=1, le=1000)] = 100
 ) -> list[dict[str, Any]]:
-    from api.evaluations import list_evaluations
+    from api.jd.evaluations import list_evaluations
 
     return list_evaluations(service, shop.id, limit)

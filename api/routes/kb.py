@@ -15,10 +15,10 @@ from fastapi import APIRouter, File, HTTPException, Query, UploadFile, status
 from fastapi import Path as PathParam
 from fastapi.responses import JSONResponse
 
-from api import kb_repo
 from api.db.models import KBVersion
-from api.deps import SHOP_AUTH_RESPONSES, ServiceDep, ShopDep
-from api.schemas import DB_INT_MAX, EntryIn, EntryOut, UploadOut, VersionOut
+from api.kb import repo as kb_repo
+from api.web.deps import SHOP_AUTH_RESPONSES, ServiceDep, ShopDep
+from api.web.schemas import DB_INT_MAX, EntryIn, EntryOut, UploadOut, VersionOut
 from engine.kb import SUPPORTED_SUFFIXES, KBValidationError
 
 router = APIRouter(prefix="/v1/shops/{shop}", responses=SHOP_AUTH_RESPONSES, tags=["kb"])

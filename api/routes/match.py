@@ -9,8 +9,8 @@ from typing import Any
 from fastapi import APIRouter
 from fastapi.exceptions import RequestValidationError
 
-from api.schemas import CandidateOut, MatchRequest, MatchResponse, ModelRef
-from api.state import MatcherDep, SettingsDep
+from api.web.schemas import CandidateOut, MatchRequest, MatchResponse, ModelRef
+from api.web.state import MatcherDep, SettingsDep
 from engine.results import Candidate
 
 log = logging.getLogger("kefu.api")

@@ -8,10 +8,10 @@ from fastapi import APIRouter, HTTPException, Query, status
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import PlainTextResponse
 
-from api import exchanges
-from api.deps import SHOP_AUTH_RESPONSES, ServiceDep, ShopDep
-from api.dialog import handle_message, suggestions
-from api.schemas import DB_INT_MAX, AssistOut, ExchangeOut, FeedbackIn, MessageIn, ReplyOut, Suggestion
+from api.dialog.handle import handle_message, suggestions
+from api.store import exchanges
+from api.web.deps import SHOP_AUTH_RESPONSES, ServiceDep, ShopDep
+from api.web.schemas import DB_INT_MAX, AssistOut, ExchangeOut, FeedbackIn, MessageIn, ReplyOut, Suggestion
 
 router = APIRouter(prefix="/v1/shops/{shop}", responses=SHOP_AUTH_RESPONSES, tags=["conversations"])
 

@@ -7,11 +7,19 @@ from typing import Any
 from fastapi import APIRouter, HTTPException, status
 from sqlalchemy.exc import IntegrityError
 
-from api.auth import hash_key, new_api_key
 from api.db.models import Shop
-from api.deps import SHOP_AUTH_RESPONSES, SHOP_ID, AdminDep, ServiceDep, ShopDep
-from api.schemas import JdCredentialsIn, JdCredentialsOut, ModeIn, ShopCreate, ShopKey, ShopOut, ShopSettings
 from api.service import Service
+from api.web.auth import hash_key, new_api_key
+from api.web.deps import SHOP_AUTH_RESPONSES, SHOP_ID, AdminDep, ServiceDep, ShopDep
+from api.web.schemas import (
+    JdCredentialsIn,
+    JdCredentialsOut,
+    ModeIn,
+    ShopCreate,
+    ShopKey,
+    ShopOut,
+    ShopSettings,
+)
 
 router = APIRouter(tags=["shops"])
 
@@ -32,7 +40,7 @@ def jd_out(service: Service, shop: Shop) -> JdCredentialsOut:
     """JD credentials as the merchant may see them: masked, never decrypted into a response."""
     if not shop.jd_app_key:
         return JdCredentialsOut(configured=False)
-    from api.secrets import mask
+    from api.store.secrets import mask
 
     box = service.secret_box
     return JdCredentialsOut(

@@ -9,12 +9,12 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from api import exchanges
-from api.conversation import ConversationPolicy, Handoff, Reply
 from api.db.models import Shop
+from api.dialog.conversation import ConversationPolicy, Handoff, Reply
+from api.dialog.privacy import mask_pii
 from api.metrics import MATCH_LATENCY, record_reply
-from api.privacy import mask_pii
 from api.service import Service
+from api.store import exchanges
 from engine.results import MatchResult
 
 HANDOFF_TEXT = "正在为您转接人工客服，请稍候。"

@@ -10,7 +10,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from api.db.models import Exchange, Feedback
-from api.privacy import mask_pii
+from api.dialog.privacy import mask_pii
 
 
 def _storable(text: str) -> str:

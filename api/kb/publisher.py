@@ -18,11 +18,11 @@ from typing import Any
 
 import numpy as np
 
-from api import kb_repo
 from api.db.models import Shop
 from api.db.session import Database
+from api.kb import repo as kb_repo
+from api.kb.registry import ModelRegistry
 from api.metrics import BUILD_SECONDS, MODEL_VERSION
-from api.registry import ModelRegistry
 from engine import Matcher
 from engine.kb import KBEntry
 

@@ -8,10 +8,10 @@ from typing import Annotated, Any
 from fastapi import Depends, Header, HTTPException, Path, Request, status
 from sqlalchemy import select
 
-from api.auth import admin_token_matches, hash_key, key_matches
 from api.db.models import Shop
 from api.metrics import AUTH_FAILURES
 from api.service import Service
+from api.web.auth import admin_token_matches, hash_key, key_matches
 
 SHOP_ID = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}$")
 

@@ -17,7 +17,7 @@ from dataclasses import asdict, dataclass, field, replace
 from typing import Any, Literal
 from urllib.parse import quote
 
-from api.stores import KeyValueStore
+from api.store.kv import KeyValueStore
 from engine.normalize import normalize
 from engine.results import Candidate, Decision, MatchResult
 

@@ -14,9 +14,9 @@ from typing import Any
 from sqlalchemy import select
 
 from api.db.models import JdEvaluation, Shop
+from api.dialog.privacy import mask_pii
 from api.jd import JosClient, JosError, parse_beijing_timestamp
 from api.metrics import JOS_ERRORS
-from api.privacy import mask_pii
 
 log = logging.getLogger("kefu.evaluations")
 
