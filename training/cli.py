@@ -54,6 +54,7 @@ DECISION_STYLE = {
     Decision.ANSWER: "bold green",
     Decision.CLARIFY: "bold yellow",
     Decision.HANDOFF: "bold red",
+    Decision.SMALLTALK: "bold cyan",
 }
 EXIT_WORDS = frozenset({"exit", "quit"})
 

@@ -40,7 +40,7 @@ class ModelRef(BaseModel):
 
 
 class MatchResponse(BaseModel):
-    decision: Literal["answer", "clarify", "handoff"]
+    decision: Literal["answer", "clarify", "handoff", "smalltalk"]
     entry_id: str | None = Field(description="best entry; also set on a low-confidence handoff")
     answer: str | None = Field(description="the entry's answer, only when decision is answer")
     confidence: float = Field(description="calibrated probability that entry_id is right")
@@ -50,6 +50,13 @@ class MatchResponse(BaseModel):
         description="On clarify: the closest questions to offer the customer, best first",
     )
     reason: str
+    smalltalk: str | None = Field(
+        default=None,
+        description="on smalltalk: the intent (greeting, thanks, goodbye, ack, robot, praise, venting)",
+    )
+    smalltalk_around: list[str] = Field(
+        default_factory=list, description="small-talk intents taken off around the question that was matched"
+    )
     model: ModelRef
 
 
