@@ -56,7 +56,8 @@ def test_small_talk_around_a_question_is_taken_off(text: str, intents: tuple[str
 
 
 @pytest.mark.parametrize(
-    "text", ["你好丑用英文怎么说", "你好像没理解我", "好用吗", "这个好吗", "可以开专票吗", "你好好看", "在线支付"]
+    "text",
+    ["你好丑用英文怎么说", "你好像没理解我", "好用吗", "这个好吗", "可以开专票吗", "你好好看", "在线支付"],
 )
 def test_sentences_that_merely_start_like_small_talk_are_left_whole(text: str) -> None:
     st = DETECTOR.parse(normalize(text))
