@@ -54,8 +54,18 @@ _recent: dict[str, deque[bool]] = {}
 _recent_lock = threading.Lock()
 
 
-def record_reply(shop: str, decision: str) -> None:
+HANDOFFS = Counter(
+    "kefu_handoffs_total",
+    "Replies handing the conversation to a human, by reason",
+    ["shop", "reason"],
+)
+
+
+def record_reply(shop: str, decision: str, handoff_reason: str | None = None) -> None:
+    """Count a reply (small talk apart from answers) and, for a handoff, its reason code."""
     DECISIONS.labels(shop, decision).inc()
+    if decision == "handoff":
+        HANDOFFS.labels(shop, handoff_reason or "low_confidence").inc()
     with _recent_lock:
         window = _recent.setdefault(shop, deque(maxlen=500))
         window.append(decision == "handoff")

@@ -114,6 +114,7 @@ class Matcher:
         self._to = np.array([e.valid_to.timestamp() if e.valid_to else inf for e in self.entries])
         self._windowed = bool(np.isfinite(self._from).any() or np.isfinite(self._to).any())
         self._all_ok = self._enabled.copy()
+        self._index = {e.id: i for i, e in enumerate(self.entries)}
         # small talk: on unless the model was built without it; a KB entry whose question is pure small
         # talk of an intent (the merchant's own "你好" entry) answers that intent instead of the default
         self.smalltalk_ = SmallTalkDetector() if self.info.get("smalltalk", True) else None
@@ -241,12 +242,14 @@ class Matcher:
         top_k: int = 5,
         now: datetime | float | None = None,
         smalltalk: bool | Collection[str] = True,
+        exclude: Collection[str] = (),
     ) -> MatchResult:
         """Rank the KB for one customer message and decide what to do with it.
 
         `smalltalk`: recognise the built-in small-talk intents (all, none, or the ones named): a message
         that is only small talk gets Decision.SMALLTALK, and small talk around a question is taken off
-        before the question is matched.
+        before the question is matched. `exclude`: entry ids not to offer (a follow-up asks about
+        something else than the entry just answered).
         """
         top_k = max(1, int(top_k))
         if isinstance(text, str) and len(text) > MAX_MESSAGE_CHARS:
@@ -262,7 +265,7 @@ class Matcher:
             return MatchResult(
                 Decision.HANDOFF, f"explicit request for a human agent ('{phrase}')", normalized=norm
             )
-        result = self._match_question(st.rest if st.intents else norm, top_k, now)
+        result = self._match_question(st.rest if st.intents else norm, top_k, now, exclude)
         result.normalized = norm
         result.smalltalk_around = list(st.intents)
         return result
@@ -291,9 +294,15 @@ class Matcher:
             )
         return MatchResult(Decision.SMALLTALK, f"small talk: {intent}", normalized=norm, smalltalk=intent)
 
-    def _match_question(self, norm: str, top_k: int, now: datetime | float | None) -> MatchResult:
+    def _match_question(
+        self, norm: str, top_k: int, now: datetime | float | None, exclude: Collection[str] = ()
+    ) -> MatchResult:
         """Rank and decide for a normalized question (small talk and human requests already handled)."""
         rep = self._vectorize(norm)
+        ok = self.entry_ok(now)
+        if exclude:
+            ok = ok.copy()
+            ok[[self._index[i] for i in exclude if i in self._index]] = False
         if not self.entries:
             return MatchResult(Decision.HANDOFF, "empty knowledge base", normalized=rep.normalized)
         if rep.ids.size == 0 and rep.dense is None:
@@ -302,7 +311,7 @@ class Matcher:
                 "no word of the message occurs in the knowledge base",
                 normalized=rep.normalized,
             )
-        ranking = self.rank(rep, self.entry_ok(now))
+        ranking = self.rank(rep, ok)
         if ranking.cands.size == 0:
             return MatchResult(
                 Decision.HANDOFF, "no entry of the knowledge base is active now", normalized=rep.normalized

@@ -17,13 +17,16 @@ from dataclasses import asdict, dataclass, field, replace
 from typing import Any, Literal
 from urllib.parse import quote
 
+from api.dialog.nontext import non_text_kind, strip_stickers
+from api.dialog.replies import Replies
+from api.dialog.split import split_questions
 from api.store.kv import KeyValueStore
 from engine.normalize import normalize
 from engine.results import Candidate, Decision, MatchResult
 
 log = logging.getLogger("kefu.conversation")
 
-Kind = Literal["answer", "clarify", "handoff"]
+Kind = Literal["answer", "clarify", "handoff", "smalltalk"]
 
 HANDOFF_TEXT = "正在为您转接人工客服，请稍候"
 CLARIFY_HEAD = "您是想问："
@@ -35,6 +38,21 @@ MAX_HANDOFF_MESSAGES = 10
 REASON_HUMAN = "customer asked for a human agent"
 REASON_REPEATED = "repeated question"
 REASON_ANGRY = "angry customer and no confident answer"
+REASON_VENTING = "the customer is upset and the bot has not helped yet"
+# why a conversation went to a human, as a bounded label for metrics and the exchange log
+HandoffCode = Literal[
+    "explicit_request",
+    "low_confidence",
+    "repeated_miss",
+    "repeated_question",
+    "mood",
+    "dynamic_failure",
+    "non_text",
+    "mode_off",
+    "mode_assist",
+    "no_model",
+]
+MAX_QUESTIONS = 2  # questions of one message answered at most
 # engine reasons after which rephrasing cannot help: there is nothing to match against
 _NOTHING_TO_MATCH = ("empty knowledge base", "no entry of the knowledge base")
 
@@ -56,7 +74,8 @@ class Handoff:
     reason: str
     last_messages: list[str]  # masked customer messages, oldest first, at most 10
     candidates_tried: list[Option]
-    mood: str | None = None  # "angry" when detected
+    mood: str | None = None  # "angry" or "upset" when detected
+    code: HandoffCode = "low_confidence"
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -71,9 +90,21 @@ class Reply:
     options: list[Option] = field(default_factory=list)
     reason: str = ""
     handoff: Handoff | None = None
+    smalltalk: str | None = None  # on kind "smalltalk": the intent replied to
+    answers: list[PartAnswer] = field(default_factory=list)  # one per question when a message held several
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+
+@dataclass
+class PartAnswer:
+    """One question of a message that held several, and what the bot did with it."""
+
+    question: str  # masked
+    kind: Kind
+    entry_id: str | None
+    confidence: float
 
 
 @dataclass
@@ -84,6 +115,7 @@ class ConversationState:
     tried: list[Option] = field(default_factory=list)  # candidates offered or considered, deduplicated
     last_question: str | None = None  # normalized text of the last message that went to the matcher
     last_answered_entry: str | None = None
+    mood: str | None = None  # "upset" after venting, until the bot answers something
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -102,6 +134,7 @@ class ConversationState:
             tried=options(d.get("tried")),
             last_question=d.get("last_question"),
             last_answered_entry=d.get("last_answered_entry"),
+            mood=d.get("mood"),
         )
 
 
@@ -231,6 +264,7 @@ class ConversationPolicy:
         mask: Callable[[str], str] = _identity,
         max_misses: int = 2,
         history: int = 10,
+        replies: Replies | None = None,
     ) -> None:
         if max_misses < 1 or history < 1:
             raise ValueError("max_misses and history must be at least 1")
@@ -239,6 +273,7 @@ class ConversationPolicy:
         self.mask = mask
         self.max_misses = max_misses
         self.history = history
+        self.replies = replies or Replies()
 
     def step(self, state: ConversationState | None, text: str) -> tuple[Reply, ConversationState]:
         """The reply to one customer message and the conversation's new state (the input is not changed)."""
@@ -269,8 +304,26 @@ class ConversationPolicy:
             left = [o for o in prev.clarify_options if o is not choice and self.get_entry(o.entry_id)]
             return self._miss(st, angry, f"chosen entry {choice.entry_id} no longer exists", left, 0.0)
 
-        # 2. the engine
-        r = self.match(text)
+        # 2. what is not a question: a picture, a sticker, bare contact details
+        kind = non_text_kind(text)
+        if kind is not None:
+            if self.replies.non_text == "handoff":
+                return self._handoff(st, f"non-text message ({kind})", None, code="non_text")
+            return self._smalltalk(st, f"non-text message ({kind})", self.replies.non_text_reply, None)
+        questions = split_questions(strip_stickers(self.mask(text)))
+        if not questions:
+            return self._smalltalk(st, "contact details only", self.replies.contact_only, None)
+
+        # 3. several questions in one message: each from its own entry
+        if len(questions) > 1:
+            several = self._several(prev, st, questions, angry)
+            if several is not None:
+                return several
+
+        # 4. the engine
+        r = self.match("，".join(questions))
+        if r.decision is Decision.SMALLTALK and r.smalltalk:
+            return self._on_smalltalk(prev, st, r.smalltalk)
         norm = r.normalized or normalize(text)
         repeated = bool(norm) and norm == prev.last_question
         if norm:
@@ -281,11 +334,11 @@ class ConversationPolicy:
         st.tried = _add_tried(st.tried, turn)
 
         if r.decision is Decision.HANDOFF and "human" in r.reason:
-            return self._handoff(st, REASON_HUMAN, r)
+            return self._handoff(st, REASON_HUMAN, r, code="explicit_request")
         if repeated or (
             r.decision is Decision.ANSWER and r.entry_id and r.entry_id == prev.last_answered_entry
         ):
-            return self._handoff(st, REASON_REPEATED, r)
+            return self._handoff(st, REASON_REPEATED, r, code="repeated_question")
 
         if r.decision is Decision.ANSWER and r.entry_id:
             answer = r.answer
@@ -293,11 +346,11 @@ class ConversationPolicy:
                 entry = self.get_entry(r.entry_id)
                 answer = entry[1] if entry else None
             if answer is not None:
-                st = replace(st, clarify_options=[], misses=0, last_answered_entry=r.entry_id)
+                st = replace(st, clarify_options=[], misses=0, last_answered_entry=r.entry_id, mood=None)
                 return Reply("answer", answer, r.entry_id, r.confidence, reason=r.reason), st
 
         if r.decision is Decision.HANDOFF and r.reason.startswith(_NOTHING_TO_MATCH):
-            return self._handoff(st, f"bot cannot answer: {r.reason}", r)
+            return self._handoff(st, f"bot cannot answer: {r.reason}", r, code="low_confidence")
 
         offered = r.options if r.decision is Decision.CLARIFY and r.options else r.candidates
         options = [Option.of(c) for c in offered[:MAX_OPTIONS]]
@@ -319,9 +372,9 @@ class ConversationPolicy:
         misses = st.misses + 1
         st = replace(st, misses=misses)
         if misses >= self.max_misses:
-            return self._handoff(st, f"{misses} misses in a row ({why})", result)
+            return self._handoff(st, f"{misses} misses in a row ({why})", result, code="repeated_miss")
         if angry:  # an angry customer is not made to pick from a list
-            return self._handoff(st, REASON_ANGRY, result)
+            return self._handoff(st, REASON_ANGRY, result, code="mood")
         if rephrase:
             text = REPHRASE_TEXT + (f"\n{REPHRASE_OPTIONS_HEAD}\n{_numbered(options)}" if options else "")
         else:
@@ -330,12 +383,93 @@ class ConversationPolicy:
         reply = Reply("clarify", text, None, confidence, options=list(options), reason=why)
         return reply, st
 
+    def _on_smalltalk(
+        self, prev: ConversationState, st: ConversationState, intent: str
+    ) -> tuple[Reply, ConversationState]:
+        """Small talk is never a miss: it neither counts nor clears the misses, and a pending list stays.
+
+        Venting sets the mood; venting again before the bot has helped goes to a person.
+        """
+        if intent == "venting":
+            if prev.mood == "upset" or prev.misses:
+                return self._handoff(st, REASON_VENTING, None, code="mood")
+            st = replace(st, mood="upset")
+        after_answer = prev.last_answered_entry is not None and not prev.clarify_options
+        text = self.replies.text(intent, after_answer=after_answer)
+        return self._smalltalk(st, f"small talk: {intent}", text, intent)
+
+    def _smalltalk(
+        self, st: ConversationState, reason: str, text: str, intent: str | None
+    ) -> tuple[Reply, ConversationState]:
+        return Reply("smalltalk", text, reason=reason, smalltalk=intent), st
+
+    def _several(
+        self, prev: ConversationState, st: ConversationState, questions: list[str], angry: bool
+    ) -> tuple[Reply, ConversationState] | None:
+        """Answer up to two questions of one message, each from its own entry; if only one is confident,
+        answer it and offer the closest entries for the other. None: no question was confident (the
+        message is then matched whole)."""
+        matched = [(q, self.match(q)) for q in questions]
+        asked = [(q, r) for q, r in matched if r.decision is not Decision.SMALLTALK][:MAX_QUESTIONS]
+        if len(asked) < 2:
+            return None
+        parts: list[PartAnswer] = []
+        texts: list[str] = []
+        seen: set[str] = set()
+        pending: list[Option] = []
+        for q, r in asked:
+            entry = self.get_entry(r.entry_id) if r.decision is Decision.ANSWER and r.entry_id else None
+            if entry is not None and r.entry_id not in seen:
+                seen.add(r.entry_id)  # type: ignore[arg-type]
+                parts.append(PartAnswer(q, "answer", r.entry_id, r.confidence))
+                texts.append(f"关于“{q}”：{r.answer or entry[1]}")
+                continue
+            parts.append(PartAnswer(q, "clarify", None, r.confidence))
+            options = [Option.of(c) for c in (r.options or r.candidates)[:MAX_OPTIONS]]
+            if options and not pending:
+                pending = options
+                texts.append(f"关于“{q}”，{CLARIFY_HEAD}\n{_numbered(options)}")
+            else:
+                texts.append(f"关于“{q}”，能再具体描述一下吗？")
+        answered = [p for p in parts if p.kind == "answer"]
+        if not answered:
+            return None
+        st.tried = _add_tried(
+            st.tried, [*(Option.of(c) for _, r in asked for c in r.candidates[:1]), *pending]
+        )
+        st.last_question = normalize(" ".join(q for q, _ in asked))
+        st = replace(
+            st, clarify_options=pending, misses=0, last_answered_entry=answered[-1].entry_id, mood=None
+        )
+        reason = f"{len(asked)} questions in one message, {len(answered)} answered"
+        first = answered[0]
+        reply = Reply(
+            "answer",
+            "\n\n".join(texts),
+            first.entry_id,
+            first.confidence,
+            options=pending,
+            reason=reason,
+            answers=parts,
+        )
+        return reply, st
+
     def _handoff(
-        self, st: ConversationState, reason: str, result: MatchResult | None
+        self,
+        st: ConversationState,
+        reason: str,
+        result: MatchResult | None,
+        *,
+        code: HandoffCode = "low_confidence",
     ) -> tuple[Reply, ConversationState]:
         last = st.history[-MAX_HANDOFF_MESSAGES:]
-        mood = "angry" if any(detect_mood(m) == "angry" for m in last) else None
-        handoff = Handoff(reason, list(last), [Option(o.entry_id, o.question) for o in st.tried], mood)
+        if any(detect_mood(m) == "angry" for m in last):
+            mood: str | None = "angry"
+        else:
+            mood = st.mood
+        handoff = Handoff(
+            reason, list(last), [Option(o.entry_id, o.question) for o in st.tried], mood, code=code
+        )
         # the human takes over: nothing is pending and the miss count starts again if the bot resumes
         st = replace(st, clarify_options=[], misses=0)
         confidence = result.confidence if result is not None else 0.0

@@ -10,8 +10,9 @@ import time
 from typing import Any
 
 from api.db.models import Shop
-from api.dialog.conversation import ConversationPolicy, Handoff, Reply
+from api.dialog.conversation import ConversationPolicy, Handoff, HandoffCode, Reply
 from api.dialog.privacy import mask_pii
+from api.dialog.replies import Replies
 from api.metrics import MATCH_LATENCY, record_reply
 from api.service import Service
 from api.store import exchanges
@@ -20,7 +21,7 @@ from engine.results import MatchResult
 HANDOFF_TEXT = "正在为您转接人工客服，请稍候。"
 
 
-def _handoff(reason: str, text: str) -> Reply:
+def _handoff(reason: str, text: str, code: HandoffCode) -> Reply:
     return Reply(
         kind="handoff",
         text=HANDOFF_TEXT,
@@ -28,7 +29,9 @@ def _handoff(reason: str, text: str) -> Reply:
         confidence=0.0,
         options=[],
         reason=reason,
-        handoff=Handoff(reason=reason, last_messages=[mask_pii(text)], candidates_tried=[], mood=None),
+        handoff=Handoff(
+            reason=reason, last_messages=[mask_pii(text)], candidates_tried=[], mood=None, code=code
+        ),
     )
 
 
@@ -39,22 +42,25 @@ def handle_message(
     t0 = time.perf_counter()
     version: int | None = None
     if shop.mode == "off":
-        reply = _handoff("the bot is off for this shop: a human agent answers", text)
+        reply = _handoff("the bot is off for this shop: a human agent answers", text, "mode_off")
     elif shop.mode == "assist":
-        reply = _handoff("assist mode: a human agent answers, with suggestions from the bot", text)
+        reply = _handoff(
+            "assist mode: a human agent answers, with suggestions from the bot", text, "mode_assist"
+        )
     else:
         served = service.served(shop.id, shop.active_version)
         if served is None:
-            reply = _handoff("no KB version is published for this shop yet", text)
+            reply = _handoff("no KB version is published for this shop yet", text, "no_model")
         else:
             version = served.version
             matcher = served.matcher
             entries = {e.id: e for e in matcher.entries}
+            replies = Replies.from_settings(shop.settings)
 
             def match(t: str) -> MatchResult:
                 m0 = time.perf_counter()
                 try:
-                    return matcher.match(t, top_k=5)
+                    return matcher.match(t, top_k=5, smalltalk=replies.enabled)
                 finally:
                     MATCH_LATENCY.observe(time.perf_counter() - m0)
 
@@ -62,7 +68,7 @@ def handle_message(
                 e = entries.get(entry_id)
                 return (e.question, e.answer) if e else None
 
-            policy = ConversationPolicy(match=match, get_entry=get_entry, mask=mask_pii)
+            policy = ConversationPolicy(match=match, get_entry=get_entry, mask=mask_pii, replies=replies)
             state = service.conversations.load(shop.id, conversation_id)
             reply, state = policy.step(state, text)
             service.conversations.save(shop.id, conversation_id, state)
@@ -81,7 +87,7 @@ def handle_message(
             model_version=version,
             latency_ms=latency_ms,
         )
-    record_reply(shop.id, reply.kind)
+    record_reply(shop.id, reply.kind, reply.handoff.code if reply.handoff else None)
     out = reply.to_dict()
     out["exchange_id"] = exchange_id
     out["model_version"] = version

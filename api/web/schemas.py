@@ -175,19 +175,42 @@ class OptionOut(BaseModel):
 
 class HandoffOut(BaseModel):
     reason: str
+    code: Literal[
+        "explicit_request",
+        "low_confidence",
+        "repeated_miss",
+        "repeated_question",
+        "mood",
+        "dynamic_failure",
+        "non_text",
+        "mode_off",
+        "mode_assist",
+        "no_model",
+    ] = Field(description="why, as a fixed label (also in /metrics and the exchange log)")
     last_messages: list[str]
     candidates_tried: list[OptionOut]
     mood: str | None
 
 
+class PartAnswerOut(BaseModel):
+    question: str
+    kind: Literal["answer", "clarify", "handoff", "smalltalk"]
+    entry_id: str | None
+    confidence: float
+
+
 class ReplyOut(BaseModel):
-    kind: Literal["answer", "clarify", "handoff"]
+    kind: Literal["answer", "clarify", "handoff", "smalltalk"]
     text: str
     entry_id: str | None
     confidence: float
     options: list[OptionOut]
     reason: str
     handoff: HandoffOut | None
+    smalltalk: str | None = Field(default=None, description="on smalltalk: the intent replied to")
+    answers: list[PartAnswerOut] = Field(
+        default_factory=list, description="when the message held several questions: one per question"
+    )
     exchange_id: int | None = Field(default=None, description="for feedback on this reply")
     model_version: int | None
 
