@@ -251,6 +251,14 @@ class ExchangeOut(BaseModel):
     created_at: str
 
 
+SmallTalkIntent = Literal["greeting", "thanks", "goodbye", "ack", "robot", "praise", "venting"]
+
+
+class SmallTalkSetting(BaseModel):
+    enabled: bool = True
+    reply: str | None = Field(default=None, max_length=500, pattern=NO_NUL, description="None: the default")
+
+
 class ShopSettings(BaseModel):
     """The shop's engine options, used by its next publish (a published version keeps its own)."""
 
@@ -267,3 +275,11 @@ class ShopSettings(BaseModel):
         default=None, description="phrases that hand off at once (default: 转人工, 人工客服, 投诉, ...)"
     )
     target_precision: float = Field(default=0.95, ge=0.5, le=0.999, description="answer precision to aim for")
+    smalltalk: dict[SmallTalkIntent, SmallTalkSetting] = Field(
+        default_factory=dict,
+        description="per small-talk intent: switch it off or word its reply (defaults apply to the rest)",
+    )
+    non_text: Literal["ask", "handoff"] = Field(
+        default="ask", description="pictures, voice, stickers: ask for text, or hand off to a person"
+    )
+    non_text_reply: str | None = Field(default=None, max_length=500, pattern=NO_NUL)
