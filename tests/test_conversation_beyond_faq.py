@@ -141,3 +141,35 @@ def test_reply_serialises_for_the_api(demo: Matcher) -> None:
         (r,), _ = talk(policy(demo), text)
         body: dict[str, Any] = {**r.to_dict(), "exchange_id": 1, "model_version": 1}
         ReplyOut.model_validate(body)
+
+
+class EchoSku:
+    """A test skill: answers with the product in context, hands off when told to fail."""
+
+    name = "echo"
+
+    def respond(self, turn: Any) -> Reply | None:
+        if "失败" in turn.text:
+            return Reply("handoff", "", reason="backend timed out")
+        if turn.state.sku_id and "这款" in turn.text:
+            turn.state.pending = {"skill": "echo"}
+            return Reply("answer", f"sku {turn.state.sku_id}", reason=f"kb said {turn.result.decision}")
+        return None
+
+
+def test_skills_see_the_context_and_the_kb_result_before_the_kb_answers(demo: Matcher) -> None:
+    from api.dialog.conversation import TurnContext
+
+    p = ConversationPolicy(
+        match=lambda t: demo.match(t), get_entry=lambda e: None, mask=mask_pii, skills=[EchoSku()]
+    )
+    reply, state = p.step(None, "这款能开专票吗", TurnContext(sku_id="100012345"))
+    assert reply.text == "sku 100012345" and reply.reason.startswith("kb said")
+    assert state.sku_id == "100012345" and state.pending == {"skill": "echo"}
+    again, state = p.step(state, "这款重吗")  # the product stays with the conversation
+    assert again.text == "sku 100012345"
+    failed, _ = p.step(state, "查询失败了吗")
+    assert failed.kind == "handoff" and failed.handoff is not None
+    assert failed.handoff.code == "dynamic_failure" and failed.handoff.reason == "backend timed out"
+    plain, _ = p.step(None, "能开专票吗")
+    assert plain.kind == "answer" and plain.text != "sku 100012345"

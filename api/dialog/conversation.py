@@ -14,7 +14,7 @@ import re
 import unicodedata
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass, field, replace
-from typing import Any, Literal
+from typing import Any, Literal, Protocol
 from urllib.parse import quote
 
 from api.dialog.nontext import non_text_kind, strip_stickers
@@ -116,6 +116,9 @@ class ConversationState:
     last_question: str | None = None  # normalized text of the last message that went to the matcher
     last_answered_entry: str | None = None
     mood: str | None = None  # "upset" after venting, until the bot answers something
+    sku_id: str | None = None  # the product the conversation is about (catalog skill)
+    # what a skill waits for from the customer (a product to pick, an order number), owned by that skill
+    pending: dict[str, Any] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -135,7 +138,44 @@ class ConversationState:
             last_question=d.get("last_question"),
             last_answered_entry=d.get("last_answered_entry"),
             mood=d.get("mood"),
+            sku_id=d.get("sku_id"),
+            pending=d.get("pending") if isinstance(d.get("pending"), dict) else None,
         )
+
+
+@dataclass(frozen=True)
+class TurnContext:
+    """What the channel knows beside the text: the product page the customer is on, who they are."""
+
+    sku_id: str | None = None
+    customer_pin: str | None = (
+        None  # JD's buyer pin: orders are only described to the customer who placed them
+    )
+    order_id: str | None = None  # an order card the customer sent
+
+
+@dataclass
+class Turn:
+    """One message as a skill sees it; a skill that replies may update `state` (the new state)."""
+
+    text: str  # as the customer typed it
+    question: str  # masked, without contact details and stickers
+    context: TurnContext
+    prev: ConversationState
+    state: ConversationState
+    result: MatchResult  # the KB's decision for `question`
+
+
+class Skill(Protocol):
+    """Knowledge beyond the FAQ (the catalog, orders): gets each question before the KB's answer is given.
+
+    `respond` returns the reply, or None to leave the turn to the KB. It sees the KB's result, so it can
+    take over a dynamic entry (an order question) or a spec question about a known product.
+    """
+
+    name: str
+
+    def respond(self, turn: Turn) -> Reply | None: ...
 
 
 # ----------------------------------------------------------------------------------- choosing an option
@@ -265,6 +305,7 @@ class ConversationPolicy:
         max_misses: int = 2,
         history: int = 10,
         replies: Replies | None = None,
+        skills: Sequence[Skill] = (),
     ) -> None:
         if max_misses < 1 or history < 1:
             raise ValueError("max_misses and history must be at least 1")
@@ -274,16 +315,21 @@ class ConversationPolicy:
         self.max_misses = max_misses
         self.history = history
         self.replies = replies or Replies()
+        self.skills = list(skills)
 
-    def step(self, state: ConversationState | None, text: str) -> tuple[Reply, ConversationState]:
+    def step(
+        self, state: ConversationState | None, text: str, context: TurnContext | None = None
+    ) -> tuple[Reply, ConversationState]:
         """The reply to one customer message and the conversation's new state (the input is not changed)."""
         prev = state or ConversationState()
+        context = context or TurnContext()
         text = text if isinstance(text, str) else ("" if text is None else str(text))
         st = replace(
             prev,
             clarify_options=list(prev.clarify_options),
             history=[*prev.history, self.mask(text)][-self.history :],
             tried=list(prev.tried),
+            sku_id=context.sku_id or prev.sku_id,
         )
         angry = detect_mood(text) == "angry"
 
@@ -328,10 +374,10 @@ class ConversationPolicy:
         repeated = bool(norm) and norm == prev.last_question
         if norm:
             st.last_question = norm
-        turn = [Option.of(c) for c in r.options[:MAX_OPTIONS]] + [
+        considered = [Option.of(c) for c in r.options[:MAX_OPTIONS]] + [
             Option.of(c) for c in r.candidates[:MAX_OPTIONS]
         ]
-        st.tried = _add_tried(st.tried, turn)
+        st.tried = _add_tried(st.tried, considered)
 
         if r.decision is Decision.HANDOFF and "human" in r.reason:
             return self._handoff(st, REASON_HUMAN, r, code="explicit_request")
@@ -339,6 +385,15 @@ class ConversationPolicy:
             r.decision is Decision.ANSWER and r.entry_id and r.entry_id == prev.last_answered_entry
         ):
             return self._handoff(st, REASON_REPEATED, r, code="repeated_question")
+
+        # 5. skills (catalog, orders) before the KB's own answer
+        turn = Turn(text, "，".join(questions), context, prev, st, r)
+        for skill in self.skills:
+            reply = skill.respond(turn)
+            if reply is not None:
+                if reply.kind == "handoff" and reply.handoff is None:
+                    return self._handoff(turn.state, reply.reason, r, code="dynamic_failure")
+                return reply, turn.state
 
         if r.decision is Decision.ANSWER and r.entry_id:
             answer = r.answer

@@ -10,7 +10,7 @@ import time
 from typing import Any
 
 from api.db.models import Shop
-from api.dialog.conversation import ConversationPolicy, Handoff, HandoffCode, Reply
+from api.dialog.conversation import ConversationPolicy, Handoff, HandoffCode, Reply, TurnContext
 from api.dialog.privacy import mask_pii
 from api.dialog.replies import Replies
 from api.metrics import MATCH_LATENCY, record_reply
@@ -36,7 +36,12 @@ def _handoff(reason: str, text: str, code: HandoffCode) -> Reply:
 
 
 def handle_message(
-    service: Service, shop: Shop, conversation_id: str, text: str, channel: str
+    service: Service,
+    shop: Shop,
+    conversation_id: str,
+    text: str,
+    channel: str,
+    context: TurnContext | None = None,
 ) -> dict[str, Any]:
     """The reply to one message, as the JSON the channels send back (with its exchange id)."""
     t0 = time.perf_counter()
@@ -70,7 +75,7 @@ def handle_message(
 
             policy = ConversationPolicy(match=match, get_entry=get_entry, mask=mask_pii, replies=replies)
             state = service.conversations.load(shop.id, conversation_id)
-            reply, state = policy.step(state, text)
+            reply, state = policy.step(state, text, context)
             service.conversations.save(shop.id, conversation_id, state)
     latency_ms = (time.perf_counter() - t0) * 1000
     with service.db.session() as s:

@@ -19,6 +19,7 @@ from sqlalchemy.exc import IntegrityError
 from starlette.concurrency import run_in_threadpool
 
 from api.db.models import JdMessage, Shop
+from api.dialog.conversation import TurnContext
 from api.dialog.handle import handle_message
 from api.jd import StaleTimestamp, check_timestamp, verify
 from api.metrics import AUTH_FAILURES
@@ -104,7 +105,12 @@ def _process(service: Any, shop: str, params: dict[str, str]) -> Any:
         AUTH_FAILURES.labels("replay").inc()
         return _stored_reply(service, shop, message_id)
     try:
-        reply = handle_message(service, row, params["conversation_id"], params["text"], channel="jd")
+        context = TurnContext(
+            sku_id=params.get("sku_id") or None, customer_pin=params.get("customer_pin") or None
+        )
+        reply = handle_message(
+            service, row, params["conversation_id"], params["text"], channel="jd", context=context
+        )
     except Exception:
         # release the claim, or every retry of this message id would wait for a reply that never comes
         with service.db.session() as s:

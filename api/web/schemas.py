@@ -166,6 +166,18 @@ class UploadOut(BaseModel):
 class MessageIn(BaseModel):
     conversation_id: str = Field(min_length=1, max_length=200)
     text: str = Field(max_length=2000)
+    sku_id: str | None = Field(
+        default=None,
+        max_length=32,
+        pattern=r"^[0-9A-Za-z_-]+$",
+        description="the product page the customer is on",
+    )
+    customer_pin: str | None = Field(
+        default=None,
+        max_length=100,
+        pattern=NO_NUL,
+        description="the customer's JD pin (orders are shown to them only)",
+    )
 
 
 class OptionOut(BaseModel):
