@@ -105,7 +105,7 @@ def with_thresholds(m: Matcher, t_answer: float, t_clarify: float) -> Matcher:
 
 
 def policy_for(m: Matcher, **kw: Any) -> ConversationPolicy:
-    return ConversationPolicy(match=lambda t: m.match(t, top_k=5), get_entry=get_entry, **kw)
+    return ConversationPolicy(match=lambda t, **kw: m.match(t, top_k=5, **kw), get_entry=get_entry, **kw)
 
 
 @pytest.fixture
@@ -208,7 +208,7 @@ def test_a_choice_whose_entry_vanished_is_a_miss(matcher: Matcher) -> None:
     forced = with_thresholds(matcher, t_answer=1.01, t_clarify=0.0)
     gone: set[str] = set()
     policy = ConversationPolicy(
-        match=lambda t: forced.match(t, top_k=5),
+        match=lambda t, **kw: forced.match(t, top_k=5, **kw),
         get_entry=lambda e: None if e in gone else get_entry(e),
         max_misses=3,
     )

@@ -26,7 +26,7 @@ def policy(m: Matcher, replies: Replies | None = None) -> ConversationPolicy:
         return (e.question, e.answer) if e else None
 
     return ConversationPolicy(
-        match=lambda t: m.match(t, top_k=5, smalltalk=enabled),
+        match=lambda t, **kw: m.match(t, top_k=5, smalltalk=enabled, **kw),
         get_entry=get_entry,
         mask=mask_pii,
         replies=replies,
@@ -161,7 +161,7 @@ def test_skills_see_the_context_and_the_kb_result_before_the_kb_answers(demo: Ma
     from api.dialog.conversation import TurnContext
 
     p = ConversationPolicy(
-        match=lambda t: demo.match(t), get_entry=lambda e: None, mask=mask_pii, skills=[EchoSku()]
+        match=lambda t, **kw: demo.match(t, **kw), get_entry=lambda e: None, mask=mask_pii, skills=[EchoSku()]
     )
     reply, state = p.step(None, "这款能开专票吗", TurnContext(sku_id="100012345"))
     assert reply.text == "sku 100012345" and reply.reason.startswith("kb said")
@@ -173,3 +173,26 @@ def test_skills_see_the_context_and_the_kb_result_before_the_kb_answers(demo: Ma
     assert failed.handoff.code == "dynamic_failure" and failed.handoff.reason == "backend timed out"
     plain, _ = p.step(None, "能开专票吗")
     assert plain.kind == "answer" and plain.text != "sku 100012345"
+
+
+@pytest.mark.parametrize(
+    ("first", "follow_up", "expected"),
+    [
+        ("电脑保修多久", "电池呢", "warranty-battery"),
+        ("可以用白条分期吗", "信用卡呢", "pay-creditcard"),
+    ],
+)
+def test_follow_ups_are_read_with_the_previous_question(
+    demo: Matcher, first: str, follow_up: str, expected: str
+) -> None:
+    (a, b), _ = talk(policy(demo), first, follow_up)
+    assert a.kind == "answer"
+    assert b.kind == "answer" and b.entry_id == expected
+
+
+def test_a_follow_up_that_needs_the_context_says_so(demo: Matcher) -> None:
+    alone, _ = talk(policy(demo), "那怎么申请")
+    assert alone[0].kind != "clarify" or alone[0].options[0].entry_id != "price-protect-apply"
+    (_, b), _ = talk(policy(demo), "价保有多少天", "那怎么申请")
+    assert "follow-up" in b.reason and "价保有多少天" in b.reason
+    assert b.entry_id == "price-protect-apply" or b.options[0].entry_id == "price-protect-apply"

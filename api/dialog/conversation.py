@@ -289,17 +289,36 @@ def _identity(text: str) -> str:
     return text
 
 
+# ------------------------------------------------------------------------------------------- follow-ups
+_FOLLOW_UP_HEAD = r"(?:那么|那|那个|那这个|还有|这款|这个|那款|这台|那台|它的|它|换成|如果是|要是)"
+_FOLLOW_UP = re.compile(rf"^{_FOLLOW_UP_HEAD}|(?:呢|的呢|咋样|怎么样)$")
+_FOLLOW_UP_WORDS = re.compile(rf"^{_FOLLOW_UP_HEAD}|(?:呢)+$")
+_SHORT = 4  # characters: a message this short says little on its own
+
+
+def looks_like_follow_up(normalized: str) -> bool:
+    """A message that only makes sense after the previous turn: 那保修呢, 这款呢, 多少钱, 拆封了呢."""
+    compact = normalized.replace(" ", "")
+    return bool(compact) and (len(compact) <= _SHORT or bool(_FOLLOW_UP.search(compact)))
+
+
+def strip_follow_up_words(text: str) -> str:
+    """The message without its 那 ... 呢 frame, to be read after the previous question."""
+    compact = normalize(text).replace(" ", "")
+    return _FOLLOW_UP_WORDS.sub("", compact) or compact
+
+
 class ConversationPolicy:
     """answer / clarify / hand off over a conversation, on top of one-message engine decisions.
 
-    `match` is the engine (message -> MatchResult); `get_entry` gives (question, answer) of an entry
-    id or None when it no longer exists (a KB can change between two turns); `mask` removes personal
-    data from what is kept in the state and handed to the agent.
+    `match` is the engine (message, exclude=entry ids -> MatchResult); `get_entry` gives (question,
+    answer) of an entry id or None when it no longer exists (a KB can change between two turns);
+    `mask` removes personal data from what is kept in the state and handed to the agent.
     """
 
     def __init__(
         self,
-        match: Callable[[str], MatchResult],
+        match: Callable[..., MatchResult],
         get_entry: Callable[[str], tuple[str, str] | None],
         mask: Callable[[str], str] = _identity,
         max_misses: int = 2,
@@ -381,6 +400,8 @@ class ConversationPolicy:
 
         if r.decision is Decision.HANDOFF and "human" in r.reason:
             return self._handoff(st, REASON_HUMAN, r, code="explicit_request")
+        if r.decision is not Decision.ANSWER and prev.last_question and looks_like_follow_up(norm):
+            r = self._follow_up(prev, "，".join(questions), r)
         if repeated or (
             r.decision is Decision.ANSWER and r.entry_id and r.entry_id == prev.last_answered_entry
         ):
@@ -437,6 +458,26 @@ class ConversationPolicy:
         st = replace(st, clarify_options=list(options), tried=_add_tried(st.tried, options))
         reply = Reply("clarify", text, None, confidence, options=list(options), reason=why)
         return reply, st
+
+    def _follow_up(self, prev: ConversationState, question: str, alone: MatchResult) -> MatchResult:
+        """A short message leaning on the previous turn (那保修呢, 拆封了呢): matched again with that turn's
+        question, not offering the entry just answered (the customer asks about something else).
+
+        The first confident result of (the message alone, the message with the previous question) is
+        answered; else the combined clarify list is offered. The reason says that context was used.
+        """
+        exclude = [prev.last_answered_entry] if prev.last_answered_entry else []
+        context = prev.last_question or ""
+        tries = [self.match(question, exclude=exclude)] if exclude else [alone]
+        tries.append(self.match(f"{context} {strip_follow_up_words(question)}", exclude=exclude))
+        chosen = next((t for t in tries if t.decision is Decision.ANSWER), None)
+        if chosen is None:
+            chosen = tries[-1] if tries[-1].decision is Decision.CLARIFY else None
+        if chosen is None:
+            return alone
+        chosen.reason = f"follow-up to the previous question '{context}': {chosen.reason}"
+        chosen.normalized = alone.normalized
+        return chosen
 
     def _on_smalltalk(
         self, prev: ConversationState, st: ConversationState, intent: str

@@ -7,6 +7,7 @@ behave the same way.
 from __future__ import annotations
 
 import time
+from collections.abc import Collection
 from typing import Any
 
 from api.db.models import Shop
@@ -62,10 +63,10 @@ def handle_message(
             entries = {e.id: e for e in matcher.entries}
             replies = Replies.from_settings(shop.settings)
 
-            def match(t: str) -> MatchResult:
+            def match(t: str, exclude: Collection[str] = ()) -> MatchResult:
                 m0 = time.perf_counter()
                 try:
-                    return matcher.match(t, top_k=5, smalltalk=replies.enabled)
+                    return matcher.match(t, top_k=5, smalltalk=replies.enabled, exclude=exclude)
                 finally:
                     MATCH_LATENCY.observe(time.perf_counter() - m0)
 
