@@ -298,6 +298,60 @@ def _print_eval(report: EvalReport, model: Path, queries: Path) -> None:
 # --------------------------------------------------------------------------- calibrate
 
 
+@app.command("eval-conversations")
+def eval_conversations(
+    conversations: Annotated[
+        Path, typer.Argument(help="conversation set (.jsonl), e.g. models/demo-conversations.jsonl")
+    ],
+    kb: Annotated[Path, typer.Option(help="the shop's KB, published in a temporary service")] = Path(
+        "models/demo-shop-kb.csv"
+    ),
+    dense: Annotated[bool, typer.Option(help="default channels (on) or the fast profile")] = True,
+    show_wrong: Annotated[bool, typer.Option(help="list every wrong or unresolved turn")] = False,
+    json_out: Annotated[Path | None, typer.Option("--json", help="also write the figures as JSON")] = None,
+) -> None:
+    """Whole conversations through the service: handoff rate, right answers and wrong answers per category."""
+    from training.conversations import (
+        ConversationFileError,
+        evaluate_with_service,
+        load_conversations,
+        summarize,
+    )
+
+    with _user_errors():
+        try:
+            convs = load_conversations(conversations)
+        except ConversationFileError as e:
+            _fail(str(e))
+        with console.status("publishing the KB and running the conversations"):
+            outcomes = evaluate_with_service(convs, kb, dense=dense)
+    figures = summarize(outcomes)
+    table = Table("category", "turns", "right", "handoff", "wrong")
+    for name, f in figures.items():
+        table.add_row(name, str(f.turns), _pct(f.right_rate), _pct(f.handoff_rate), str(f.wrong))
+    console.print(table)
+    if show_wrong:
+        for o in outcomes:
+            if o.verdict != "right":
+                style = "red" if o.verdict == "wrong" else "yellow"
+                got = f"{o.kind} {o.entry_id or ''} {o.why}"
+                console.print(
+                    f"[{style}]{o.verdict}[/] {escape(o.conversation)}#{o.turn} [{escape(o.category)}] "
+                    f"{escape(o.text)!r}: expected {o.expect}, got {escape(got)}"
+                )
+    if json_out:
+        _write_json(
+            {
+                "figures": {
+                    k: {**vars(v), "right_rate": v.right_rate, "handoff_rate": v.handoff_rate}
+                    for k, v in figures.items()
+                },
+                "turns": [vars(o) for o in outcomes],
+            },
+            json_out,
+        )
+
+
 @app.command()
 def calibrate(
     model: Annotated[Path, typer.Argument(help="Model directory")],
