@@ -180,3 +180,47 @@ def test_a_message_that_failed_can_be_retried(jd_client: Any, monkeypatch: pytes
     again = c.post("/jd/shop-a/messages", data=signed("m-retry", "质保几年"))
     assert again.status_code == 200 and "X-Kefu-Replay" not in again.headers
     assert again.json()["reply"]["entry_id"] == "warranty"
+
+
+def test_text_longer_than_the_limit_is_refused(jd_client: Any, settings: Settings) -> None:
+    """A signed text is capped like the shop API's: nothing of an oversized one is processed or stored."""
+    c, key = jd_client
+    limit = settings.max_text_chars
+    r = c.post("/jd/shop-a/messages", data=signed("m-long", "包" * (limit + 1)))
+    assert r.status_code == 413 and str(limit) in r.text
+    assert all(e["channel"] != "jd" for e in c.get("/v1/shops/shop-a/exchanges", headers=key).json())
+    assert c.post("/jd/shop-a/messages", data=signed("m-at-limit", "包" * limit)).status_code == 200
+
+
+def test_message_ids_sharing_a_long_prefix_do_not_collide(jd_client: Any) -> None:
+    """Ids were cut to 200 characters: the second of two ids with a common prefix got the first's reply."""
+    c, _ = jd_client
+    prefix = "m" * 250
+    first = c.post("/jd/shop-a/messages", data=signed(prefix + "-1", "质保几年"))
+    second = c.post("/jd/shop-a/messages", data=signed(prefix + "-2", "包邮吗"))
+    assert first.status_code == 200 and second.status_code == 200
+    assert "X-Kefu-Replay" not in second.headers
+    assert second.json()["reply"]["entry_id"] == "shipping-fee"
+    assert second.json()["message_id"] == prefix + "-2"  # echoed whole, as given
+    replay = c.post("/jd/shop-a/messages", data=signed(prefix + "-1", "质保几年"))
+    assert replay.headers["X-Kefu-Replay"] == "true" and replay.json() == first.json()
+
+
+def test_message_id_is_not_stored_readable(jd_client: Any) -> None:
+    """Personal data inside a message id must not reach the database (neither the key nor the reply)."""
+    from sqlalchemy import select
+
+    from api.db.models import JdMessage
+
+    c, _ = jd_client
+    message_id = "order-13812345678-110101199003071234"
+    assert c.post("/jd/shop-a/messages", data=signed(message_id, "质保几年")).status_code == 200
+    with c.app.state.service.db.session() as s:
+        rows = [(m.message_digest, m.reply) for m in s.scalars(select(JdMessage))]
+    assert rows and "13812345678" not in repr(rows) and "110101199003071234" not in repr(rows)
+
+
+def test_absurdly_long_message_id_is_refused(jd_client: Any) -> None:
+    c, _ = jd_client
+    r = c.post("/jd/shop-a/messages", data=signed("m" * 1001, "质保几年"))
+    assert r.status_code == 400 and "1000" in r.text
