@@ -224,3 +224,60 @@ def test_absurdly_long_message_id_is_refused(jd_client: Any) -> None:
     c, _ = jd_client
     r = c.post("/jd/shop-a/messages", data=signed("m" * 1001, "质保几年"))
     assert r.status_code == 400 and "1000" in r.text
+
+
+def _jd_rows(service: Any) -> set[str]:
+    from sqlalchemy import select
+
+    from api.db.models import JdMessage
+
+    with service.db.session() as s:
+        return set(s.scalars(select(JdMessage.message_digest)))
+
+
+def _service_with_old_and_fresh_ids(settings: Settings, old: int) -> Any:
+    """A service whose jd_messages holds `old` ids past the retention and one fresh id."""
+    from api.db.models import JdMessage, Shop, utcnow
+    from api.service import Service
+
+    service = Service(settings)
+    expired = utcnow() - timedelta(seconds=settings.jd_message_retention + 60)
+    with service.db.session() as s:
+        s.add(Shop(id="shop-p", api_key_hash="h"))
+        s.flush()
+        s.add_all(
+            JdMessage(shop_id="shop-p", message_digest=f"old{i}", created_at=expired) for i in range(old)
+        )
+        s.add(JdMessage(shop_id="shop-p", message_digest="fresh", reply={"code": 0}))
+    return service
+
+
+def test_expired_message_ids_are_pruned_in_batches(settings: Settings) -> None:
+    """jd_messages grew forever: ids older than the retention are deleted, newer ones kept."""
+    service = _service_with_old_and_fresh_ids(settings, old=5)
+    try:
+        assert service.prune_jd_messages(batch=2) == 5
+        assert _jd_rows(service) == {"fresh"}
+        assert service.prune_jd_messages() == 0
+    finally:
+        service.close()
+
+
+def test_the_reconciler_prunes_expired_message_ids(settings: Settings) -> None:
+    from tests.test_service import wait_for
+
+    service = _service_with_old_and_fresh_ids(settings, old=3)
+    try:
+        service.start_reconciler(every=0.05, prune_every=0.05)
+        wait_for(lambda: _jd_rows(service) == {"fresh"}, timeout=20)
+    finally:
+        service.close()
+
+
+def test_retention_must_outlast_the_replay_window() -> None:
+    """An id pruned while its signed timestamp is still accepted could be replayed."""
+    from pydantic import ValidationError
+
+    with pytest.raises(ValidationError, match="jd_message_retention"):
+        Settings(jd_timestamp_window=300, jd_message_retention=600)
+    assert Settings(jd_timestamp_window=300, jd_message_retention=601).jd_message_retention == 601
