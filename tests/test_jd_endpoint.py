@@ -89,13 +89,30 @@ def test_forged_or_stale_messages_are_refused_and_counted(
     c, key = jd_client
     r = c.post("/jd/shop-a/messages", data=make())
     assert r.status_code == status
+    if reason != "stale_timestamp":  # (a stale timestamp is only seen by someone who can sign)
+        assert r.json() == {"detail": "invalid app_key or signature"}
     assert f'kefu_auth_failures_total{{reason="{reason}"}}' in c.get("/metrics").text
     assert all(e["channel"] != "jd" for e in c.get("/v1/shops/shop-a/exchanges", headers=key).json())
 
 
-def test_unknown_shop_and_missing_parameters(jd_client: Any) -> None:
+def test_refusals_do_not_tell_which_shops_exist(jd_client: Any) -> None:
+    """Unknown shop (404) and shop without JD credentials (403) were told apart from a bad signature."""
     c, _ = jd_client
-    assert c.post("/jd/nope/messages", data=signed("m-7", "hi")).status_code == 404
+    new_shop(c, "shop-nojd")
+    forged = signed("m-7", "hi", secret="wrong-secret")
+    answers = {
+        shop: c.post(f"/jd/{shop}/messages", data=forged) for shop in ("shop-a", "nope", "shop-nojd", "Bad!")
+    }
+    assert {(r.status_code, r.text) for r in answers.values()} == {
+        (401, '{"detail":"invalid app_key or signature"}')
+    }
+    metrics = c.get("/metrics").text
+    for reason in ("unknown_shop", "jd_not_configured", "bad_signature"):
+        assert f'kefu_auth_failures_total{{reason="{reason}"}}' in metrics
+
+
+def test_missing_parameters(jd_client: Any) -> None:
+    c, _ = jd_client
     partial = signed("m-8", "hi")
     del partial["message_id"]
     r = c.post("/jd/shop-a/messages", data=partial)

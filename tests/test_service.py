@@ -180,7 +180,6 @@ def test_auth_refusals_and_isolation(client: TestClient) -> None:
         client.post("/v1/admin/shops", json={"id": "shop-a"}, headers={"X-Admin-Token": ADMIN}).status_code
         == 409
     )
-    assert client.get("/v1/shops/nope", headers=a).status_code == 404
     assert client.get("/v1/shops/shop-a").status_code == 401
     assert client.get("/v1/shops/shop-a", headers={"X-API-Key": "kf_wrong"}).status_code == 401
     assert client.get("/v1/shops/shop-b/entries", headers=a).status_code == 403
@@ -190,6 +189,29 @@ def test_auth_refusals_and_isolation(client: TestClient) -> None:
     metrics = client.get("/metrics").text
     for reason in ("unknown_shop", "bad_api_key", "other_shop_key", "bad_admin_token"):
         assert f'kefu_auth_failures_total{{reason="{reason}"}}' in metrics
+
+
+def test_status_codes_do_not_tell_which_shops_exist(client: TestClient) -> None:
+    """An unknown shop got 404 where an existing one got 401/403: shop ids could be enumerated."""
+    a = new_shop(client, "shop-a")
+    new_shop(client, "shop-b")
+    for headers in ({}, {"X-API-Key": "kf_wrong"}):
+        existing = client.get("/v1/shops/shop-b/entries", headers=headers)
+        for path in ("/v1/shops/nope/entries", "/v1/shops/NOT_A_SHOP/entries"):
+            missing = client.get(path, headers=headers)
+            assert (
+                (missing.status_code, missing.json())
+                == (existing.status_code, existing.json())
+                == (
+                    401,
+                    {"detail": "a valid X-API-Key header is required"},
+                )
+            )
+    existing = client.get("/v1/shops/shop-b/entries", headers=a)
+    missing = client.get("/v1/shops/nope/entries", headers=a)
+    assert (missing.status_code, missing.json()) == (existing.status_code, existing.json())
+    assert existing.status_code == 403
+    assert client.get("/v1/shops/shop-a/entries", headers=a).status_code == 200
 
 
 def test_modes_off_assist_auto(client: TestClient) -> None:

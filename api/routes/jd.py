@@ -31,9 +31,10 @@ router = APIRouter(
     tags=["jd"],
     responses={
         400: {"description": "a missing or malformed parameter, or a message id over 1000 characters"},
-        401: {"description": "bad signature, wrong app_key or a timestamp outside the window"},
-        403: {"description": "the shop has no JD credentials"},
-        404: {"description": "no such shop"},
+        401: {
+            "description": "invalid app_key or signature (also for an unknown shop or one without JD "
+            "credentials: the answer does not tell which shop ids exist), or a timestamp outside the window"
+        },
         409: {"description": "the same message id is still being processed"},
         413: {"description": "the text is longer than KEFU_MAX_TEXT_CHARS"},
     },
@@ -50,9 +51,18 @@ def message_digest(message_id: str) -> str:
     return hashlib.sha256(message_id.encode("utf-8")).hexdigest()
 
 
+INVALID_CREDENTIALS = "invalid app_key or signature"
+
+
 def _refuse(code: int, reason: str, detail: str) -> HTTPException:
     AUTH_FAILURES.labels(reason).inc()
     return HTTPException(code, detail)
+
+
+def _unauthorized(reason: str) -> HTTPException:
+    """One answer for an unknown shop, a shop without JD credentials, a wrong app_key and a bad
+    signature, so an outsider learns nothing about which shops exist; the metric keeps the reason."""
+    return _refuse(status.HTTP_401_UNAUTHORIZED, reason, INVALID_CREDENTIALS)
 
 
 async def _params(request: Request) -> dict[str, str]:
@@ -92,22 +102,20 @@ def _process(service: Any, shop: str, params: dict[str, str]) -> Any:
     if len(params["text"]) > max_text:  # the same limit as the shop API's messages
         raise HTTPException(status.HTTP_413_CONTENT_TOO_LARGE, f"text is longer than {max_text} characters")
     if not SHOP_ID.match(shop):
-        raise _refuse(status.HTTP_404_NOT_FOUND, "unknown_shop", f"no shop {shop!r}")
+        raise _unauthorized("unknown_shop")
     with service.db.session() as s:
         row = s.get(Shop, shop)
         if row is not None:
             s.expunge(row)
     if row is None:
-        raise _refuse(status.HTTP_404_NOT_FOUND, "unknown_shop", f"no shop {shop!r}")
+        raise _unauthorized("unknown_shop")
     if not row.jd_app_key or not row.jd_app_secret:
-        raise _refuse(
-            status.HTTP_403_FORBIDDEN, "jd_not_configured", "JD credentials are not set for this shop"
-        )
+        raise _unauthorized("jd_not_configured")
     box = service.secret_box
     if params["app_key"] != box.decrypt(row.jd_app_key):
-        raise _refuse(status.HTTP_401_UNAUTHORIZED, "bad_app_key", "app_key does not belong to this shop")
+        raise _unauthorized("bad_app_key")
     if not verify(params, box.decrypt(row.jd_app_secret)):
-        raise _refuse(status.HTTP_401_UNAUTHORIZED, "bad_signature", "invalid signature")
+        raise _unauthorized("bad_signature")
     try:
         check_timestamp(params["timestamp"], window=timedelta(seconds=service.settings.jd_timestamp_window))
     except StaleTimestamp as e:
