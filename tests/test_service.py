@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import csv
 import io
+import json
 import threading
 import time
 import uuid
@@ -212,6 +213,24 @@ def test_status_codes_do_not_tell_which_shops_exist(client: TestClient) -> None:
     assert (missing.status_code, missing.json()) == (existing.status_code, existing.json())
     assert existing.status_code == 403
     assert client.get("/v1/shops/shop-a/entries", headers=a).status_code == 200
+
+
+def test_no_address_is_stored_anywhere(client: TestClient) -> None:
+    """An address with a phone: neither may reach the conversation state, the exchange log or a handoff."""
+    from api.dialog.conversation import Conversations
+
+    key = new_shop(client)
+    publish_and_wait(client, "shop-a", key, kb_csv())
+    text = "寄到北京市朝阳区建国路88号，电话13812345678，什么时候发货"
+    say(client, "shop-a", key, text, conv="c-addr")
+    handoff = say(client, "shop-a", key, text, conv="c-addr")  # the repeat hands off with the history
+    assert handoff["kind"] == "handoff" and handoff["handoff"]["last_messages"]
+    store = client.app.state.service.store  # type: ignore[attr-defined]
+    state = store.get_json(Conversations.key("shop-a", "c-addr"))
+    logged = client.get("/v1/shops/shop-a/exchanges", headers=key).json()
+    for where in (state, handoff, logged):
+        stored = json.dumps(where, ensure_ascii=False)
+        assert "建国路" not in stored and "13812345678" not in stored, stored
 
 
 def test_modes_off_assist_auto(client: TestClient) -> None:
