@@ -150,6 +150,21 @@ def test_bad_upload_lists_every_problem_and_changes_nothing(client: TestClient) 
     assert len(entries) == len(KB)
 
 
+def test_an_upload_has_the_entry_api_size_limits(client: TestClient) -> None:
+    """A JSONL answer of any size was accepted by upload while the entry API capped answers at 20,000."""
+    key = new_shop(client)
+    big = {"id": "big", "question": "说明书", "answer": "长" * 20001}
+    data = (json.dumps(big, ensure_ascii=False) + "\n").encode()
+    r = client.post("/v1/shops/shop-a/kb", headers=key, files={"file": ("kb.jsonl", data)})
+    assert r.status_code == 422, r.text
+    assert [(i["row"], i["column"]) for i in r.json()["issues"]] == [(1, "answer")]
+    r = client.put(
+        "/v1/shops/shop-a/entries/big", headers=key, json={"question": "说明书", "answer": "长" * 20001}
+    )
+    assert r.status_code == 422
+    assert client.get("/v1/shops/shop-a/entries", headers=key).json() == []
+
+
 def test_entry_crud_versions_and_rollback(client: TestClient) -> None:
     key = new_shop(client)
     v1 = publish_and_wait(client, "shop-a", key, kb_csv())
