@@ -6,7 +6,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, SecretStr, field_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 LogLevel = Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"]
@@ -40,9 +40,22 @@ class Settings(BaseSettings):
     min_cv_top1: float = Field(default=0.3, ge=0, le=1)
     # ---- JD / JOS
     jd_timestamp_window: int = Field(default=300, ge=1, description="seconds a signed JD message stays valid")
+    # seconds a JD message id is remembered (replays refused); must outlast the timestamp window
+    jd_message_retention: int = Field(default=3 * 86400, ge=1)
     jos_url: str = "https://api.jd.com/routerjson"
     jos_evaluation_method: str | None = None  # the JOS method that lists customer-service evaluations
     evaluation_pull_interval: int = Field(default=3600, ge=0)  # seconds; 0: only on demand
+
+    @model_validator(mode="after")
+    def _retention_outlasts_window(self) -> Settings:
+        """A pruned message id could be replayed while its signature is still accepted: a timestamp up to
+        one window ahead is accepted, and stays acceptable for two windows, so the id must outlive both."""
+        if self.jd_message_retention <= 2 * self.jd_timestamp_window:
+            raise ValueError(
+                f"jd_message_retention ({self.jd_message_retention}s) must exceed twice "
+                f"jd_timestamp_window ({self.jd_timestamp_window}s), or replays of pruned ids are accepted"
+            )
+        return self
 
     @field_validator("log_level", mode="before")
     @classmethod

@@ -32,7 +32,12 @@ from openpyxl.styles.numbers import is_datetime
 from openpyxl.utils import get_column_letter
 
 __all__ = [
+    "FIELD_LIMITS",
     "KB_COLUMNS",
+    "MAX_ANSWER_CHARS",
+    "MAX_CATEGORY_CHARS",
+    "MAX_ID_CHARS",
+    "MAX_QUESTION_CHARS",
     "KBEntry",
     "KBIssue",
     "KBValidationError",
@@ -53,6 +58,20 @@ KB_COLUMNS = (
     "enabled",
 )
 REQUIRED_COLUMNS = ("id", "question", "answer")
+# The one source of the size limits, whichever way a KB comes in (file upload of any format, the entry
+# API, `kefu build`); the API schemas use the same constants. A question longer than a customer message
+# can never be matched whole, and the id/category limits are the database column sizes.
+MAX_ID_CHARS = 200
+MAX_QUESTION_CHARS = 2000  # the standard question and each paraphrase
+MAX_ANSWER_CHARS = 20000
+MAX_CATEGORY_CHARS = 200
+FIELD_LIMITS = {
+    "id": MAX_ID_CHARS,
+    "question": MAX_QUESTION_CHARS,
+    "similar": MAX_QUESTION_CHARS,
+    "answer": MAX_ANSWER_CHARS,
+    "category": MAX_CATEGORY_CHARS,
+}
 SUPPORTED_SUFFIXES = (".csv", ".xlsx", ".json", ".jsonl")
 SHANGHAI = ZoneInfo("Asia/Shanghai")
 
@@ -83,6 +102,12 @@ _GB_CODECS = frozenset({"gb2312", "gbk", "gb18030"})
 _SIMILAR_SEPARATORS = re.compile(r"\r\n|[\r\n|｜]")
 # Control characters are invisible in a spreadsheet and cannot be stored in .xlsx.
 _CONTROL_CHARS = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f]")
+# Invisible characters dropped from every cell: a byte-order mark in the middle of a file (concatenated
+# exports) or pasted zero-width spaces would otherwise sit inside ids and questions, where nobody sees
+# them and nothing matches them. (Zero-width joiners stay: emoji sequences in answers need them.)
+_INVISIBLE = re.compile("[\ufeff\u200b\u2060\u180e]")
+# Ids and categories are keys, not prose: every format character (joiners, bidi marks) goes.
+_FORMAT_CHARS = re.compile("[\u00ad\u061c\u180e\u200b-\u200f\u202a-\u202e\u2060-\u2064\u2066-\u206f\ufeff]")
 _CHINESE_DATE = re.compile(r"(\d{4})年(\d{1,2})月(\d{1,2})日")
 _DATE_TEXT = re.compile(
     r"(?P<y>\d{4})(?P<sep>[-/])(?P<mo>\d{1,2})(?P=sep)(?P<d>\d{1,2})"
@@ -426,6 +451,7 @@ def _read_jsonl(path: Path, source: str) -> _Table:
     table = _Table()
     # Split on "\n" only: str.splitlines() would also split on U+2028 inside strings.
     for number, line in enumerate(text.split("\n"), start=1):
+        line = line.lstrip("\ufeff")  # concatenated files: each part may start with its own BOM
         if not line.strip():
             continue
         try:
@@ -522,7 +548,7 @@ def _canonical_record(
 
 
 def _canonical_column(name: str) -> str | None:
-    key = name.strip().lower()
+    key = _INVISIBLE.sub("", name).strip().lower()
     return key if key in KB_COLUMNS else _ALIASES.get(key)
 
 
@@ -551,6 +577,7 @@ def _parse_record(
             continue
         if column in REQUIRED_COLUMNS and not fields[column]:
             issues.append(KBIssue(source, row, column, f"{column} is blank; every entry needs one"))
+        issues += _check_length(column, fields[column], row, source)
     if "question" in fields and "similar" in fields:
         fields["similar"] = _dedupe_similar(fields["question"], fields["similar"])
     start, end = fields.get("valid_from"), fields.get("valid_to")
@@ -559,6 +586,19 @@ def _parse_record(
         message = f"valid_to {end_text} is before valid_from {start_text}"
         issues.append(KBIssue(source, row, "valid_to", message))
     return fields, issues
+
+
+def _check_length(column: str, value: Any, row: int, source: str) -> list[KBIssue]:
+    """Values over FIELD_LIMITS, one issue each (a paraphrase is checked on its own)."""
+    limit = FIELD_LIMITS.get(column)
+    if limit is None:
+        return []
+    texts = value if isinstance(value, (list, tuple)) else [value]
+    return [
+        KBIssue(source, row, column, f"{_quote(text)} is {len(text)} characters long; the limit is {limit}")
+        for text in texts
+        if isinstance(text, str) and len(text) > limit
+    ]
 
 
 def _check_duplicate_id(
@@ -629,7 +669,7 @@ def _text(value: Any) -> str:
     if value is None:
         return ""
     if isinstance(value, str):
-        return _CONTROL_CHARS.sub("", value).strip()
+        return _INVISIBLE.sub("", _CONTROL_CHARS.sub("", value)).strip()
     if isinstance(value, bool):
         return "true" if value else "false"
     if isinstance(value, int):
@@ -639,6 +679,11 @@ def _text(value: Any) -> str:
     if isinstance(value, (date, time)):
         return value.isoformat()
     raise _Problem(f"expected text, got {_json_type(value)} {_quote(value)}")
+
+
+def _key_text(value: Any) -> str:
+    """An id or category: text without any invisible format character."""
+    return _FORMAT_CHARS.sub("", _text(value)).strip()
 
 
 def _similar(value: Any) -> list[str]:
@@ -662,7 +707,7 @@ def _enabled(value: Any) -> bool:
     if isinstance(value, (int, float)) and value in (0, 1):
         return bool(value)
     if isinstance(value, str):
-        word = value.strip().casefold()
+        word = _INVISIBLE.sub("", value).strip().casefold()
         if not word or word in _TRUE_WORDS:
             return True
         if word in _FALSE_WORDS:
@@ -681,6 +726,8 @@ def _valid_to(value: Any) -> datetime | None:
 def _moment(value: Any, *, end_of_day: bool) -> datetime | None:
     """A date/time cell as an aware Beijing-time datetime; a bare date covers the whole day."""
     raw = value
+    if isinstance(value, str):
+        value = _INVISIBLE.sub("", value)
     if value is None or (isinstance(value, str) and not value.strip()):
         return None
     if isinstance(value, str):
@@ -727,11 +774,11 @@ def _offset(text: str | None) -> tzinfo | None:
 
 
 _FIELD_PARSERS: dict[str, Callable[[Any], Any]] = {
-    "id": _text,
+    "id": _key_text,
     "question": _text,
     "similar": _similar,
     "answer": _text,
-    "category": _text,
+    "category": _key_text,
     "valid_from": _valid_from,
     "valid_to": _valid_to,
     "enabled": _enabled,
@@ -817,7 +864,7 @@ def _is_blank(value: Any) -> bool:
     if value is None:
         return True
     if isinstance(value, str):
-        return not value.strip()
+        return not _INVISIBLE.sub("", value).strip()
     return isinstance(value, (list, tuple)) and not value
 
 

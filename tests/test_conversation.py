@@ -299,6 +299,30 @@ def test_history_is_masked_and_capped(matcher: Matcher) -> None:
     assert state1.history == ["我的手机号***********，快递到哪了"]
 
 
+def _raw_value(store: MemoryStore | RedisStore, key: str) -> str:
+    """The stored bytes themselves, not a decoded view."""
+    if isinstance(store, RedisStore):
+        return str(store.client.get(store.key(key)))
+    return str(store._data[key][0])
+
+
+def test_no_address_reaches_the_stored_state(store: MemoryStore | RedisStore, matcher: Matcher) -> None:
+    """The state kept the normalized last question, in which phones are masked but an address is not."""
+    from api.dialog.privacy import mask_pii
+
+    policy = policy_for(matcher, mask=mask_pii)
+    convs = Conversations(store, ttl_seconds=60)
+    text = "快递寄到北京市朝阳区建国路88号，电话13812345678，到哪了"
+    _, state = policy.step(None, text)
+    convs.save("shop-1", "c-addr", state)
+    raw = _raw_value(store, Conversations.key("shop-1", "c-addr"))
+    for secret in ("建国路", "朝阳区", "88号", "13812345678"):
+        assert secret not in raw
+    # the same message again is still recognised as a repeat
+    again, _ = policy.step(convs.load("shop-1", "c-addr"), text)
+    assert again.kind == "handoff" and again.reason == REASON_REPEATED
+
+
 def test_step_does_not_mutate_the_input_state(clarifying_bot: ConversationPolicy) -> None:
     """State is updated purely, so a caller can retry a turn or compare before/after."""
     _, state = clarifying_bot.step(None, "那发票应该怎么开呀")

@@ -47,3 +47,40 @@ def test_upgrade_keeps_rows_and_reaches_the_models(db_url: str) -> None:
             assert {c["name"] for c in insp.get_columns(table.name)} == {c.name for c in table.columns}
     finally:
         engine.dispose()
+
+
+def test_jd_message_ids_become_digests(db_url: str) -> None:
+    """0003: stored ids are replaced by their SHA-256 and stored replies lose their copy of the id."""
+    import hashlib
+    import json
+
+    engine = create_engine(db_url)
+    try:
+        upgrade(engine, "0002")
+        reply = {"code": 0, "message_id": "order-13812345678", "reply": {"kind": "answer"}}
+        with engine.begin() as conn:
+            conn.execute(
+                text(
+                    "INSERT INTO shops (id, name, api_key_hash, mode, settings, created_at) "
+                    "VALUES ('s1', 'old shop', 'h', 'auto', '{}', CURRENT_TIMESTAMP)"
+                )
+            )
+            conn.execute(
+                text(
+                    "INSERT INTO jd_messages (shop_id, message_id, reply, created_at) VALUES "
+                    "('s1', 'order-13812345678', :reply, CURRENT_TIMESTAMP), "
+                    "('s1', 'in-work', NULL, CURRENT_TIMESTAMP)"
+                ),
+                {"reply": json.dumps(reply)},
+            )
+        upgrade(engine)
+        with engine.connect() as conn:
+            rows = dict(conn.execute(text("SELECT message_digest, reply FROM jd_messages")).all())
+    finally:
+        engine.dispose()
+    digest = hashlib.sha256(b"order-13812345678").hexdigest()
+    stored = rows[digest]
+    stored = json.loads(stored) if isinstance(stored, str) else stored
+    assert stored == {"code": 0, "reply": {"kind": "answer"}}
+    assert rows[hashlib.sha256(b"in-work").hexdigest()] is None
+    assert "13812345678" not in repr(rows)

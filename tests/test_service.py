@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import csv
 import io
+import json
 import threading
 import time
 import uuid
@@ -149,6 +150,21 @@ def test_bad_upload_lists_every_problem_and_changes_nothing(client: TestClient) 
     assert len(entries) == len(KB)
 
 
+def test_an_upload_has_the_entry_api_size_limits(client: TestClient) -> None:
+    """A JSONL answer of any size was accepted by upload while the entry API capped answers at 20,000."""
+    key = new_shop(client)
+    big = {"id": "big", "question": "说明书", "answer": "长" * 20001}
+    data = (json.dumps(big, ensure_ascii=False) + "\n").encode()
+    r = client.post("/v1/shops/shop-a/kb", headers=key, files={"file": ("kb.jsonl", data)})
+    assert r.status_code == 422, r.text
+    assert [(i["row"], i["column"]) for i in r.json()["issues"]] == [(1, "answer")]
+    r = client.put(
+        "/v1/shops/shop-a/entries/big", headers=key, json={"question": "说明书", "answer": "长" * 20001}
+    )
+    assert r.status_code == 422
+    assert client.get("/v1/shops/shop-a/entries", headers=key).json() == []
+
+
 def test_entry_crud_versions_and_rollback(client: TestClient) -> None:
     key = new_shop(client)
     v1 = publish_and_wait(client, "shop-a", key, kb_csv())
@@ -180,7 +196,6 @@ def test_auth_refusals_and_isolation(client: TestClient) -> None:
         client.post("/v1/admin/shops", json={"id": "shop-a"}, headers={"X-Admin-Token": ADMIN}).status_code
         == 409
     )
-    assert client.get("/v1/shops/nope", headers=a).status_code == 404
     assert client.get("/v1/shops/shop-a").status_code == 401
     assert client.get("/v1/shops/shop-a", headers={"X-API-Key": "kf_wrong"}).status_code == 401
     assert client.get("/v1/shops/shop-b/entries", headers=a).status_code == 403
@@ -190,6 +205,47 @@ def test_auth_refusals_and_isolation(client: TestClient) -> None:
     metrics = client.get("/metrics").text
     for reason in ("unknown_shop", "bad_api_key", "other_shop_key", "bad_admin_token"):
         assert f'kefu_auth_failures_total{{reason="{reason}"}}' in metrics
+
+
+def test_status_codes_do_not_tell_which_shops_exist(client: TestClient) -> None:
+    """An unknown shop got 404 where an existing one got 401/403: shop ids could be enumerated."""
+    a = new_shop(client, "shop-a")
+    new_shop(client, "shop-b")
+    for headers in ({}, {"X-API-Key": "kf_wrong"}):
+        existing = client.get("/v1/shops/shop-b/entries", headers=headers)
+        for path in ("/v1/shops/nope/entries", "/v1/shops/NOT_A_SHOP/entries"):
+            missing = client.get(path, headers=headers)
+            assert (
+                (missing.status_code, missing.json())
+                == (existing.status_code, existing.json())
+                == (
+                    401,
+                    {"detail": "a valid X-API-Key header is required"},
+                )
+            )
+    existing = client.get("/v1/shops/shop-b/entries", headers=a)
+    missing = client.get("/v1/shops/nope/entries", headers=a)
+    assert (missing.status_code, missing.json()) == (existing.status_code, existing.json())
+    assert existing.status_code == 403
+    assert client.get("/v1/shops/shop-a/entries", headers=a).status_code == 200
+
+
+def test_no_address_is_stored_anywhere(client: TestClient) -> None:
+    """An address with a phone: neither may reach the conversation state, the exchange log or a handoff."""
+    from api.dialog.conversation import Conversations
+
+    key = new_shop(client)
+    publish_and_wait(client, "shop-a", key, kb_csv())
+    text = "寄到北京市朝阳区建国路88号，电话13812345678，什么时候发货"
+    say(client, "shop-a", key, text, conv="c-addr")
+    handoff = say(client, "shop-a", key, text, conv="c-addr")  # the repeat hands off with the history
+    assert handoff["kind"] == "handoff" and handoff["handoff"]["last_messages"]
+    store = client.app.state.service.store  # type: ignore[attr-defined]
+    state = store.get_json(Conversations.key("shop-a", "c-addr"))
+    logged = client.get("/v1/shops/shop-a/exchanges", headers=key).json()
+    for where in (state, handoff, logged):
+        stored = json.dumps(where, ensure_ascii=False)
+        assert "建国路" not in stored and "13812345678" not in stored, stored
 
 
 def test_modes_off_assist_auto(client: TestClient) -> None:

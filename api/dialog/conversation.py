@@ -9,6 +9,7 @@ the next message.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import re
 import unicodedata
@@ -82,7 +83,8 @@ class ConversationState:
     misses: int = 0  # turns in a row the bot could not answer
     history: list[str] = field(default_factory=list)  # masked customer messages, oldest first
     tried: list[Option] = field(default_factory=list)  # candidates offered or considered, deduplicated
-    last_question: str | None = None  # normalized text of the last message that went to the matcher
+    # fingerprint of the last message that went to the matcher (see `_fingerprint`), never its text
+    last_question: str | None = None
     last_answered_entry: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
@@ -216,6 +218,15 @@ def _identity(text: str) -> str:
     return text
 
 
+def _fingerprint(normalized: str) -> str:
+    """What the state keeps of the last question: enough to spot a repeat, nothing to read.
+
+    The normalized text masks digit runs (phones, IDs) but keeps an address whole, so storing it put
+    addresses into the shared store in clear.
+    """
+    return hashlib.sha256(normalized.encode("utf-8")).hexdigest()
+
+
 class ConversationPolicy:
     """answer / clarify / hand off over a conversation, on top of one-message engine decisions.
 
@@ -272,9 +283,10 @@ class ConversationPolicy:
         # 2. the engine
         r = self.match(text)
         norm = r.normalized or normalize(text)
-        repeated = bool(norm) and norm == prev.last_question
-        if norm:
-            st.last_question = norm
+        fingerprint = _fingerprint(norm) if norm else None
+        repeated = fingerprint is not None and fingerprint == prev.last_question
+        if fingerprint is not None:
+            st.last_question = fingerprint
         turn = [Option.of(c) for c in r.options[:MAX_OPTIONS]] + [
             Option.of(c) for c in r.candidates[:MAX_OPTIONS]
         ]

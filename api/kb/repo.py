@@ -14,10 +14,7 @@ from sqlalchemy import delete, func, select
 from sqlalchemy.orm import Session
 
 from api.db.models import Entry, KBVersion, Shop, utcnow
-from engine.kb import KBEntry, KBIssue, KBValidationError, kb_hash, load_kb
-
-# Sizes of the kb_entries columns the KB format itself does not limit (PostgreSQL refuses longer values).
-COLUMN_LIMITS = {"id": 200, "category": 200}
+from engine.kb import KBEntry, kb_hash, load_kb
 
 
 def _row_to_entry_dict(row: Entry) -> dict[str, Any]:
@@ -48,21 +45,9 @@ def get_entry(s: Session, shop: str, entry_id: str) -> dict[str, Any] | None:
 
 
 def validated(entries: Iterable[dict[str, Any] | KBEntry], source: str) -> list[KBEntry]:
-    """The whole KB through the engine's validator (raises KBValidationError listing every issue)."""
-    return check_sizes(load_kb(list(entries), source_name=source), source)
-
-
-def check_sizes(entries: list[KBEntry], source: str) -> list[KBEntry]:
-    """The entries, if every value fits its column; else KBValidationError listing those that do not."""
-    issues = [
-        KBIssue(source, None, column, f"{column} {value[:30]!r}... is longer than {limit} characters")
-        for e in entries
-        for column, limit in COLUMN_LIMITS.items()
-        if len(value := getattr(e, column)) > limit
-    ]
-    if issues:
-        raise KBValidationError(issues)
-    return entries
+    """The whole KB through the engine's validator (raises KBValidationError listing every issue,
+    sizes included: engine.kb.FIELD_LIMITS fit the kb_entries columns)."""
+    return load_kb(list(entries), source_name=source)
 
 
 def replace_all(s: Session, shop: str, entries: Sequence[KBEntry]) -> None:

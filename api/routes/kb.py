@@ -98,7 +98,7 @@ async def upload_kb(
         try:
             from engine.kb import load_kb
 
-            entries = kb_repo.check_sizes(load_kb(path, source_name=name), name)
+            entries = load_kb(path, source_name=name)  # sizes are checked there too (FIELD_LIMITS)
         except KBValidationError as e:
             return issues_response(e)
     with service.db.session() as s:

@@ -6,6 +6,8 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, Field
 
+from engine.kb import MAX_ANSWER_CHARS, MAX_CATEGORY_CHARS, MAX_QUESTION_CHARS
+
 # The largest value an INTEGER column holds (PostgreSQL's is 32-bit): ids, versions and offsets above it are
 # refused with a 422 instead of failing in the database driver.
 DB_INT_MAX = 2**31 - 1
@@ -108,10 +110,11 @@ class ModeIn(BaseModel):
 
 
 class EntryIn(BaseModel):
-    question: str = Field(max_length=2000)
-    similar: list[str] | str = Field(default_factory=list)
-    answer: str = Field(max_length=20000)
-    category: str = Field(default="", max_length=200)
+    # the engine's limits (engine.kb.FIELD_LIMITS), so the entry API refuses what an upload would
+    question: str = Field(max_length=MAX_QUESTION_CHARS)
+    similar: list[Annotated[str, Field(max_length=MAX_QUESTION_CHARS)]] | str = Field(default_factory=list)
+    answer: str = Field(max_length=MAX_ANSWER_CHARS)
+    category: str = Field(default="", max_length=MAX_CATEGORY_CHARS)
     valid_from: str | None = None
     valid_to: str | None = None
     enabled: bool = True
