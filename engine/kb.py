@@ -31,6 +31,8 @@ import openpyxl
 from openpyxl.utils import get_column_letter
 from openpyxl.utils.datetime import from_excel
 
+from engine.cells import escape_cell, unescape_cell
+
 __all__ = [
     "KB_COLUMNS",
     "KBEntry",
@@ -327,7 +329,7 @@ def _read_csv(path: Path, source: str) -> _Table:
     try:
         # Records, not physical lines: a quoted newline stays inside one spreadsheet row.
         for number, cells in enumerate(reader, start=1):
-            rows.append((number, cells))
+            rows.append((number, [unescape_cell(cell) for cell in cells]))
     except csv.Error as exc:
         table = _tabulate(rows, source)
         table.issues.append(KBIssue(source, len(rows) + 1, None, f"unreadable CSV row: {exc}"))
@@ -814,14 +816,18 @@ def _format_moment(value: datetime | None, *, end_of_day: bool) -> str:
 
 
 def _write_csv(entries: Sequence[KBEntry], path: Path) -> None:
+    """CSV whose cells never run as formulas in Excel (see engine.cells); _read_csv undoes the escaping."""
     # BOM: Chinese Excel reads BOM-less CSV as GBK and shows mojibake.
     with path.open("w", encoding="utf-8-sig", newline="") as handle:
         writer = csv.writer(handle)
         writer.writerow(KB_COLUMNS)
-        writer.writerows(_flat_row(entry) for entry in entries)
+        writer.writerows([escape_cell(cell) for cell in _flat_row(entry)] for entry in entries)
 
 
 def _write_xlsx(entries: Sequence[KBEntry], path: Path) -> None:
+    """XLSX whose cells are all text: in a workbook a cell's type, not a quote, keeps it from being a
+    formula, so values are stored unchanged and a formula-like one is also marked quote-prefixed
+    (Excel keeps it text even after the merchant edits it)."""
     workbook = openpyxl.Workbook()
     sheet = workbook.active
     sheet.title = "KB"
@@ -829,8 +835,9 @@ def _write_xlsx(entries: Sequence[KBEntry], path: Path) -> None:
     for entry in entries:
         sheet.append(_flat_row(entry))
         for cell in sheet[sheet.max_row]:
-            if cell.data_type == "f":  # text starting with "=" must not become a formula
-                cell.data_type = "s"
+            cell.data_type = "s"  # openpyxl makes text starting with "=" a formula
+            if isinstance(cell.value, str) and cell.value != escape_cell(cell.value):
+                cell.quotePrefix = True
     workbook.save(path)
 
 

@@ -654,6 +654,38 @@ def test_property_csv_round_trip(entries: list[KBEntry]) -> None:
         assert load_kb(path) == entries
 
 
+_formula_text = st.tuples(st.text("'", max_size=2), st.sampled_from("=+-@"), _phrase).map("".join)
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.lists(_formula_text, min_size=3, max_size=3, unique=True), st.sampled_from([".csv", ".xlsx"]))
+def test_property_formula_like_text_is_inert_and_round_trips(texts: list[str], suffix: str) -> None:
+    """Excel runs a CSV cell starting with = + - @ as a formula: exports quote it, load_kb unquotes."""
+    record = {"id": texts[0], "question": texts[1], "answer": texts[2], "similar": texts[1] + "吗"}
+    [entry] = load_kb([{**record, "category": texts[2]}])
+    with tempfile.TemporaryDirectory() as directory:
+        path = Path(directory) / f"kb{suffix}"
+        dump_kb([entry], path)
+        assert load_kb(path) == [entry]
+        if suffix == ".csv":
+            rows = csv.reader(io.StringIO(path.read_text("utf-8-sig"), newline=""))
+            cells = [cell for row in rows for cell in row]
+            assert cells and not any(cell[:1] in ("=", "+", "-", "@", "\t", "\r") for cell in cells)
+        else:
+            workbook = openpyxl.load_workbook(path)
+            cells = [cell for row in workbook.active.iter_rows(min_row=2) for cell in row if cell.value]
+            assert all(cell.data_type == "s" for cell in cells)  # text, never a formula
+            assert all(cell.quotePrefix for cell in cells[:4])  # id, question, similar, answer
+
+
+def test_csv_exports_quote_formula_cells(tmp_path: Path) -> None:
+    entry = KBEntry("=1+1", "@SUM(A1) 是什么", "-5元券", similar=("+86 的电话",))
+    dump_kb([entry], tmp_path / "kb.csv")
+    text = (tmp_path / "kb.csv").read_text("utf-8-sig")
+    assert text.splitlines()[1] == "'=1+1,'@SUM(A1) 是什么,'+86 的电话,'-5元券,,,,true"
+    assert load_kb(tmp_path / "kb.csv") == [entry]
+
+
 PINNED_HASH = "fc2c24834c2f881c11c13ff0726ad0eb6b39704c49b96290201179753cbf3a20"
 
 

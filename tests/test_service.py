@@ -19,6 +19,7 @@ from fastapi.testclient import TestClient
 
 from api.main import create_app
 from api.settings import Settings
+from training.evaluate import read_queries
 
 ADMIN = "admin-secret-token"
 
@@ -250,6 +251,24 @@ def test_feedback_becomes_labelled_data(client: TestClient) -> None:
     )
     assert rows[0] == ["query", "expected_id"]
     assert sorted(rows[1:]) == sorted([["质保几年", "warranty"], ["邮费谁出", "payment"]])
+
+
+FORMULAS = ["=cmd|' /C calc'!A0", "+1+cmd|' /C calc'!A0", "-2+3 能分期吗", "@SUM(1+1)*cmd|' /C calc'!A0"]
+
+
+def test_labelled_csv_cells_never_run_as_formulas(client: TestClient, tmp_path: Path) -> None:
+    """Customer text in labelled.csv is quoted for Excel, and `kefu calibrate` reads it back unchanged."""
+    key = new_shop(client)
+    publish_and_wait(client, "shop-a", key, kb_csv())
+    for i, text in enumerate(FORMULAS):
+        exchange_id = say(client, "shop-a", key, text, conv=f"x{i}")["exchange_id"]
+        fix = {"exchange_id": exchange_id, "kind": "correction", "correct_entry_id": "payment"}
+        assert client.post("/v1/shops/shop-a/feedback", headers=key, json=fix).status_code == 201
+    text = client.get("/v1/shops/shop-a/feedback/labelled.csv", headers=key).text
+    cells = [cell for row in csv.reader(io.StringIO(text)) for cell in row]
+    assert not [cell for cell in cells if cell[:1] in ("=", "+", "-", "@", "\t", "\r")]
+    (tmp_path / "labelled.csv").write_text(text, encoding="utf-8")
+    assert read_queries(tmp_path / "labelled.csv") == [(t, "payment") for t in FORMULAS]
 
 
 def test_promotion_window_switches_by_clock_without_rebuild(client: TestClient) -> None:

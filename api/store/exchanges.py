@@ -11,6 +11,7 @@ from sqlalchemy.orm import Session
 
 from api.db.models import Exchange, Feedback
 from api.dialog.privacy import mask_pii
+from engine.cells import escape_cell
 
 
 def _storable(text: str) -> str:
@@ -96,7 +97,8 @@ def labelled_csv(s: Session, shop: str) -> str:
     out = io.StringIO()
     w = csv.writer(out)
     w.writerow(["query", "expected_id"])
-    w.writerows(labels.values())
+    # customer text goes to a merchant's spreadsheet: no cell may run as a formula (read back by kefu)
+    w.writerows([escape_cell(query), escape_cell(expected)] for query, expected in labels.values())
     return out.getvalue()
 
 
