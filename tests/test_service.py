@@ -6,6 +6,7 @@ Every test runs against both backends: the embedded default and the multi-replic
 from __future__ import annotations
 
 import csv
+import dataclasses
 import io
 import threading
 import time
@@ -251,6 +252,46 @@ def test_feedback_becomes_labelled_data(client: TestClient) -> None:
     )
     assert rows[0] == ["query", "expected_id"]
     assert sorted(rows[1:]) == sorted([["质保几年", "warranty"], ["邮费谁出", "payment"]])
+
+
+def test_correction_must_name_an_entry_of_the_version_that_answered(client: TestClient) -> None:
+    key = new_shop(client)
+    publish_and_wait(client, "shop-a", key, kb_csv())
+    asked = say(client, "shop-a", key, "邮费谁出", conv="v1")
+    assert asked["model_version"] == 1
+    fix = {"exchange_id": asked["exchange_id"], "kind": "correction", "correct_entry_id": "shipping-fee"}
+    assert client.post("/v1/shops/shop-a/feedback", headers=key, json=fix).status_code == 201
+    # v2 drops "payment" and adds "gift": labels of v1's exchanges are checked against v1
+    gift = ("gift", "有赠品吗", "送什么赠品|有没有礼品", "下单送鼠标。")
+    publish_and_wait(client, "shop-a", key, kb_csv([r for r in KB if r[0] != "payment"] + [gift]))
+    for wrong in ("no-such-entry", "gift"):
+        bad = {**fix, "correct_entry_id": wrong}
+        r = client.post("/v1/shops/shop-a/feedback", headers=key, json=bad)
+        assert r.status_code == 422, r.text
+        [error] = r.json()["detail"]
+        assert error["loc"] == ["body", "correct_entry_id"]
+        assert f"{wrong!r} is not an entry of KB version 1" in error["msg"]
+    ok = {**fix, "correct_entry_id": "payment"}  # gone from v2, but v1 answered
+    assert client.post("/v1/shops/shop-a/feedback", headers=key, json=ok).status_code == 201
+    labelled = client.get("/v1/shops/shop-a/feedback/labelled.csv", headers=key).text
+    assert list(csv.reader(io.StringIO(labelled)))[1:] == [["邮费谁出", "payment"]]
+
+
+def test_clarify_choice_is_labelled_with_the_real_question(client: TestClient) -> None:
+    """A thumbs-up on the answer to "第二个" labels the question the list was offered for."""
+    key = new_shop(client)
+    publish_and_wait(client, "shop-a", key, kb_csv())
+    served = client.app.state.service.registry.get("shop-a")  # type: ignore[attr-defined]
+    served.matcher.policy = dataclasses.replace(served.matcher.policy, t_answer=1.01, t_clarify=0.0)
+    offered = say(client, "shop-a", key, "那发票应该怎么开呀", conv="k1")
+    assert offered["kind"] == "clarify" and len(offered["options"]) >= 2
+    chosen = say(client, "shop-a", key, "第二个", conv="k1")
+    assert chosen["kind"] == "answer" and chosen["entry_id"] == offered["options"][1]["entry_id"]
+    assert "question" not in chosen  # internal: logged, not sent
+    up = {"exchange_id": chosen["exchange_id"], "kind": "up"}
+    assert client.post("/v1/shops/shop-a/feedback", headers=key, json=up).status_code == 201
+    labelled = client.get("/v1/shops/shop-a/feedback/labelled.csv", headers=key).text
+    assert list(csv.reader(io.StringIO(labelled)))[1:] == [["那发票应该怎么开呀", chosen["entry_id"]]]
 
 
 FORMULAS = ["=cmd|' /C calc'!A0", "+1+cmd|' /C calc'!A0", "-2+3 能分期吗", "@SUM(1+1)*cmd|' /C calc'!A0"]
