@@ -28,8 +28,10 @@ from zoneinfo import ZoneInfo
 
 import charset_normalizer
 import openpyxl
-from openpyxl.styles.numbers import is_datetime
 from openpyxl.utils import get_column_letter
+from openpyxl.utils.datetime import from_excel
+
+from engine.cells import escape_cell, unescape_cell
 
 __all__ = [
     "FIELD_LIMITS",
@@ -114,6 +116,12 @@ _DATE_TEXT = re.compile(
     r"(?:(?:T|\s+)(?P<h>\d{1,2}):(?P<mi>\d{2})(?::(?P<s>\d{2})(?:\.(?P<f>\d{1,6}))?)?"
     r"\s*(?P<tz>Z|[+-]\d{2}(?::?\d{2}){1,2})?)?"
 )
+# Number-format parts that display no field: quoted text, [colour]/[$-locale]/[DBNum1] tags (not the
+# elapsed-time [h] [mm] [ss]), backslash-escaped characters and _x/*x padding.
+_FORMAT_LITERALS = re.compile(r'"[^"]*"|\[(?![hms]+\])[^\]]*\]|\\.|[_*].', re.IGNORECASE)
+_FORMAT_TIME = re.compile(r"[hs]", re.IGNORECASE)
+# Built-in number formats of Chinese, Japanese and Korean Excel that show dates (ECMA-376 18.8.30).
+_EAST_ASIAN_DATE_FORMAT_IDS = frozenset({27, 28, 29, 30, 31, 36, 50, 51, 52, 53, 54, 57, 58})
 _DATE_FORMATS_HINT = "expected YYYY-MM-DD or YYYY-MM-DD HH:MM[:SS]"
 _ENABLED_HINT = "expected true/false, 1/0, yes/no, y/n, 是/否 or 启用/停用/禁用"
 
@@ -346,7 +354,7 @@ def _read_csv(path: Path, source: str) -> _Table:
     try:
         # Records, not physical lines: a quoted newline stays inside one spreadsheet row.
         for number, cells in enumerate(reader, start=1):
-            rows.append((number, cells))
+            rows.append((number, [unescape_cell(cell) for cell in cells]))
     except csv.Error as exc:
         table = _tabulate(rows, source)
         table.issues.append(KBIssue(source, len(rows) + 1, None, f"unreadable CSV row: {exc}"))
@@ -375,12 +383,48 @@ def _xlsx_rows(sheet: Any) -> Iterator[tuple[int, list[Any]]]:
 
 
 def _xlsx_value(cell: Any) -> Any:
-    """Excel has no date type: a date-formatted midnight is a date, which matters
-    because a date-only valid_to means the end of that day."""
+    """A cell's value, with dates told apart from date-times as the merchant sees them.
+
+    Excel has no date type, only numbers shown through a number format. A midnight whose format shows
+    no time of day is a date, as the same text in a CSV is, so a date-only valid_to means the end of
+    that day. A format that shows a time (even 0:00) gives an exact moment, like "2026-12-13 00:00"
+    in a CSV; a value with a real time of day keeps it whatever the format shows.
+    """
     value = cell.value
-    if isinstance(value, datetime) and value.time() == time.min and is_datetime(cell.number_format) == "date":
+    if isinstance(value, (int, float)) and not isinstance(value, bool) and _east_asian_date(cell):
+        try:
+            value = from_excel(value, cell.parent.parent.epoch)
+        except (OverflowError, ValueError):
+            return cell.value  # reported as a bad date by the field parser
+    midnight = isinstance(value, datetime) and value.time() == time.min
+    if midnight and not _format_shows_time(cell.number_format):
         return value.date()
     return value
+
+
+def _east_asian_date(cell: Any) -> bool:
+    """Whether the cell uses a built-in Chinese/Japanese/Korean date format (ids 27-31, 36, 50-58).
+
+    Chinese Excel saves 'yyyy"年"m"月"d"日"' as built-in id 31 without writing the format out, and
+    openpyxl, which knows only the locale-neutral built-ins, hands such dates over as day numbers.
+    """
+    try:
+        return int(cell.style_array.numFmtId) in _EAST_ASIAN_DATE_FORMAT_IDS
+    except (AttributeError, IndexError, TypeError):  # empty cells have no style
+        return False
+
+
+def _format_shows_time(number_format: Any) -> bool:
+    """Whether a number format displays a time of day (hours or seconds).
+
+    openpyxl's is_datetime looks for lower-case letters in the raw format, so 'YYYY-MM-DD' counts as
+    a time and '[$-x-sysdate]dddd, mmmm dd, yyyy' or '[$-zh-CN]yyyy"年"m"月"d"日"' (an "s" or "h"
+    in a locale tag) as a date-time; dates in those formats ended a day early.
+    """
+    if not isinstance(number_format, str):
+        return False
+    code = _FORMAT_LITERALS.sub("", number_format).split(";", 1)[0]
+    return _FORMAT_TIME.search(code) is not None
 
 
 def _tabulate(rows: Iterable[tuple[int, Sequence[Any]]], source: str) -> _Table:
@@ -819,14 +863,18 @@ def _format_moment(value: datetime | None, *, end_of_day: bool) -> str:
 
 
 def _write_csv(entries: Sequence[KBEntry], path: Path) -> None:
+    """CSV whose cells never run as formulas in Excel (see engine.cells); _read_csv undoes the escaping."""
     # BOM: Chinese Excel reads BOM-less CSV as GBK and shows mojibake.
     with path.open("w", encoding="utf-8-sig", newline="") as handle:
         writer = csv.writer(handle)
         writer.writerow(KB_COLUMNS)
-        writer.writerows(_flat_row(entry) for entry in entries)
+        writer.writerows([escape_cell(cell) for cell in _flat_row(entry)] for entry in entries)
 
 
 def _write_xlsx(entries: Sequence[KBEntry], path: Path) -> None:
+    """XLSX whose cells are all text: in a workbook a cell's type, not a quote, keeps it from being a
+    formula, so values are stored unchanged and a formula-like one is also marked quote-prefixed
+    (Excel keeps it text even after the merchant edits it)."""
     workbook = openpyxl.Workbook()
     sheet = workbook.active
     sheet.title = "KB"
@@ -834,8 +882,9 @@ def _write_xlsx(entries: Sequence[KBEntry], path: Path) -> None:
     for entry in entries:
         sheet.append(_flat_row(entry))
         for cell in sheet[sheet.max_row]:
-            if cell.data_type == "f":  # text starting with "=" must not become a formula
-                cell.data_type = "s"
+            cell.data_type = "s"  # openpyxl makes text starting with "=" a formula
+            if isinstance(cell.value, str) and cell.value != escape_cell(cell.value):
+                cell.quotePrefix = True
     workbook.save(path)
 
 

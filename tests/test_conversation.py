@@ -170,6 +170,21 @@ def test_clarify_then_choice_answers_the_chosen_entry(
     assert after.last_answered_entry == picked.entry_id
 
 
+def test_a_choice_carries_the_question_the_list_was_offered_for(matcher: Matcher) -> None:
+    """Labelled data needs the real question, not "第二个"; the masked one, kept in the state."""
+    bot = ConversationPolicy(
+        match=lambda t: with_thresholds(matcher, 1.01, 0.0).match(t, top_k=5),
+        get_entry=get_entry,
+        mask=lambda t: t.replace("13812345678", "[手机号]"),
+    )
+    first, state = bot.step(None, "13812345678 那发票应该怎么开呀")
+    assert first.question is None and state.clarify_question == "[手机号] 那发票应该怎么开呀"
+    restored = ConversationState.from_dict(json.loads(json.dumps(state.to_dict())))
+    reply, after = bot.step(restored, "第二个")
+    assert reply.kind == "answer" and reply.question == "[手机号] 那发票应该怎么开呀"
+    assert "question" not in reply.to_dict() and after.clarify_question is None
+
+
 def test_two_misses_in_a_row_hand_off_with_what_was_tried(clarifying_bot: ConversationPolicy) -> None:
     """A clarify answered with nonsense is the second miss: the agent gets the options already tried."""
     (first, second), state = run(clarifying_bot, "那发票应该怎么开呀", "嗯嗯嗯随便")

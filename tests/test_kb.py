@@ -6,7 +6,9 @@ import csv
 import io
 import json
 import pickle
+import re
 import tempfile
+import zipfile
 from collections.abc import Callable, Sequence
 from datetime import UTC, date, datetime
 from pathlib import Path
@@ -17,6 +19,7 @@ import openpyxl
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from openpyxl.utils.datetime import to_excel
 
 from engine.kb import (
     KB_COLUMNS,
@@ -218,6 +221,78 @@ def test_xlsx_with_integer_id_and_real_datetime_cells(tmp_path: Path) -> None:
     assert second.valid_to == datetime(2025, 6, 30, 0, 0, tzinfo=SH)  # an explicit datetime is exact
     assert (first.enabled, second.enabled) == (True, False)
     assert read_rows(tmp_path / "kb.xlsx")[1] == [3, 5]
+
+
+END_OF_PROMO = datetime(2026, 12, 13, 23, 59, 59, 999999, tzinfo=SH)
+# date formats as Excel, WPS and Chinese Excel write them; openpyxl's own is_datetime misreads the last
+# three (upper case; an "s"/"h" inside a locale tag) as formats with a time of day
+XLSX_DATE_FORMATS = [
+    "yyyy-mm-dd",
+    "yyyy/m/d",
+    "yyyy/m/d;@",
+    "mm-dd-yy",
+    "d-mmm-yy",
+    'yyyy"年"m"月"d"日"',
+    '[DBNum1][$-804]yyyy"年"m"月"d"日"',
+    "YYYY-MM-DD",
+    "[$-x-sysdate]dddd, mmmm dd, yyyy",
+    '[$-zh-CN]yyyy"年"m"月"d"日";@',
+]
+
+
+def _promo_xlsx(path: Path, value: Any, number_format: str) -> Path:
+    workbook = openpyxl.Workbook()
+    sheet = workbook.active
+    sheet.append(["id", "question", "answer", "valid_to"])
+    sheet.append(["promo", "双十二有活动吗", "满300减40", value])
+    sheet["D2"].number_format = number_format
+    workbook.save(path)
+    return path
+
+
+def _with_builtin_format(path: Path, number_format_id: int) -> Path:
+    """Rewrite a workbook's one custom number format as a built-in id, as Chinese Excel saves it.
+
+    The cell must hold a day number (a datetime gets openpyxl's own default format as well)."""
+    with zipfile.ZipFile(path) as source:
+        parts = {name: source.read(name) for name in source.namelist()}
+    styles = parts["xl/styles.xml"].decode("utf-8")
+    styles = re.sub(r"<numFmts[^>]*>.*?</numFmts>", "", styles, flags=re.S)
+    parts["xl/styles.xml"] = styles.replace('numFmtId="164"', f'numFmtId="{number_format_id}"').encode()
+    with zipfile.ZipFile(path, "w") as target:
+        for name, data in parts.items():
+            target.writestr(name, data)
+    return path
+
+
+@pytest.mark.parametrize("number_format", XLSX_DATE_FORMATS)
+def test_xlsx_date_cell_means_the_whole_day_like_csv(tmp_path: Path, number_format: str) -> None:
+    csv_entry = load_kb([{"id": "p", "question": "q", "answer": "a", "valid_to": "2026-12-13"}])
+    xlsx = _promo_xlsx(tmp_path / "kb.xlsx", datetime(2026, 12, 13), number_format)
+    assert load_kb(xlsx)[0].valid_to == csv_entry[0].valid_to == END_OF_PROMO
+
+
+@pytest.mark.parametrize("number_format_id", [14, 31, 57, 58])
+def test_xlsx_builtin_date_formats_of_chinese_excel(tmp_path: Path, number_format_id: int) -> None:
+    # 31 = yyyy"年"m"月"d"日", 57/58 = 年月 / 月日 in Chinese Excel: openpyxl gives their cells as day numbers
+    xlsx = _promo_xlsx(tmp_path / "kb.xlsx", to_excel(datetime(2026, 12, 13)), 'yyyy"年"m"月"d"日"')
+    _with_builtin_format(xlsx, number_format_id)
+    assert load_kb(xlsx)[0].valid_to == END_OF_PROMO
+
+
+@pytest.mark.parametrize("number_format", ["yyyy-mm-dd h:mm", "yyyy/m/d h:mm:ss", "YYYY-MM-DD HH:MM"])
+def test_xlsx_midnight_shown_with_a_time_is_that_moment(tmp_path: Path, number_format: str) -> None:
+    """A cell that shows "2026-12-13 0:00" means that minute, as the same text in a CSV does."""
+    xlsx = _promo_xlsx(tmp_path / "kb.xlsx", datetime(2026, 12, 13), number_format)
+    csv_entry = load_kb([{"id": "p", "question": "q", "answer": "a", "valid_to": "2026-12-13 00:00"}])
+    assert load_kb(xlsx)[0].valid_to == csv_entry[0].valid_to == datetime(2026, 12, 13, tzinfo=SH)
+
+
+def test_xlsx_real_time_is_kept_even_in_a_date_format(tmp_path: Path) -> None:
+    xlsx = _promo_xlsx(tmp_path / "kb.xlsx", datetime(2026, 12, 13, 18, 30), "yyyy/m/d")
+    assert load_kb(xlsx)[0].valid_to == datetime(2026, 12, 13, 18, 30, tzinfo=SH)
+    _with_builtin_format(_promo_xlsx(xlsx, to_excel(datetime(2026, 12, 13, 18, 30)), "yyyy/m/d"), 31)
+    assert load_kb(xlsx)[0].valid_to == datetime(2026, 12, 13, 18, 30, tzinfo=SH)
 
 
 def test_xlsx_issue_rows_count_blank_rows(tmp_path: Path) -> None:
@@ -578,6 +653,38 @@ def test_property_csv_round_trip(entries: list[KBEntry]) -> None:
         path = Path(directory) / "kb.csv"
         dump_kb(entries, path)
         assert load_kb(path) == entries
+
+
+_formula_text = st.tuples(st.text("'", max_size=2), st.sampled_from("=+-@"), _phrase).map("".join)
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.lists(_formula_text, min_size=3, max_size=3, unique=True), st.sampled_from([".csv", ".xlsx"]))
+def test_property_formula_like_text_is_inert_and_round_trips(texts: list[str], suffix: str) -> None:
+    """Excel runs a CSV cell starting with = + - @ as a formula: exports quote it, load_kb unquotes."""
+    record = {"id": texts[0], "question": texts[1], "answer": texts[2], "similar": texts[1] + "吗"}
+    [entry] = load_kb([{**record, "category": texts[2]}])
+    with tempfile.TemporaryDirectory() as directory:
+        path = Path(directory) / f"kb{suffix}"
+        dump_kb([entry], path)
+        assert load_kb(path) == [entry]
+        if suffix == ".csv":
+            rows = csv.reader(io.StringIO(path.read_text("utf-8-sig"), newline=""))
+            cells = [cell for row in rows for cell in row]
+            assert cells and not any(cell[:1] in ("=", "+", "-", "@", "\t", "\r") for cell in cells)
+        else:
+            workbook = openpyxl.load_workbook(path)
+            cells = [cell for row in workbook.active.iter_rows(min_row=2) for cell in row if cell.value]
+            assert all(cell.data_type == "s" for cell in cells)  # text, never a formula
+            assert all(cell.quotePrefix for cell in cells[:4])  # id, question, similar, answer
+
+
+def test_csv_exports_quote_formula_cells(tmp_path: Path) -> None:
+    entry = KBEntry("=1+1", "@SUM(A1) 是什么", "-5元券", similar=("+86 的电话",))
+    dump_kb([entry], tmp_path / "kb.csv")
+    text = (tmp_path / "kb.csv").read_text("utf-8-sig")
+    assert text.splitlines()[1] == "'=1+1,'@SUM(A1) 是什么,'+86 的电话,'-5元券,,,,true"
+    assert load_kb(tmp_path / "kb.csv") == [entry]
 
 
 PINNED_HASH = "fc2c24834c2f881c11c13ff0726ad0eb6b39704c49b96290201179753cbf3a20"

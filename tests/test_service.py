@@ -6,6 +6,7 @@ Every test runs against both backends: the embedded default and the multi-replic
 from __future__ import annotations
 
 import csv
+import dataclasses
 import io
 import json
 import threading
@@ -20,6 +21,8 @@ from fastapi.testclient import TestClient
 
 from api.main import create_app
 from api.settings import Settings
+from engine.kb import load_kb
+from training.evaluate import read_queries
 
 ADMIN = "admin-secret-token"
 
@@ -183,8 +186,116 @@ def test_entry_crud_versions_and_rollback(client: TestClient) -> None:
     assert r.status_code == 200 and r.json()["active"]
     wait_for(lambda: client.get("/v1/shops/shop-a", headers=key).json()["served_version"] == v1)
     assert say(client, "shop-a", key, "买电脑送鼠标吗", conv="g2")["entry_id"] != "gift"
-    assert client.delete("/v1/shops/shop-a/entries/gift", headers=key).status_code == 204
+    assert r.json()["draft"] == "replaced"  # the rollback reached the editable KB too
     assert client.get("/v1/shops/shop-a/entries/gift", headers=key).status_code == 404
+    assert client.delete("/v1/shops/shop-a/entries/invoice", headers=key).status_code == 204
+    assert client.get("/v1/shops/shop-a/entries/invoice", headers=key).status_code == 404
+
+
+def answer_of(client: TestClient, key: dict[str, str], entry_id: str) -> str:
+    r = client.get(f"/v1/shops/shop-a/entries/{entry_id}", headers=key)
+    assert r.status_code == 200, r.text
+    return str(r.json()["answer"])
+
+
+def served_version(client: TestClient, key: dict[str, str]) -> int:
+    return int(client.get("/v1/shops/shop-a", headers=key).json()["served_version"])
+
+
+def v2_kb() -> bytes:
+    return kb_csv([(*r[:3], "整机保修三年。") if r[0] == "warranty" else r for r in KB])
+
+
+def test_rollback_makes_that_version_the_kb_edits_start_from(client: TestClient) -> None:
+    """Activate v1, edit one entry, publish: the new version is v1 plus the edit, not v2's content."""
+    key = new_shop(client)
+    v1 = publish_and_wait(client, "shop-a", key, kb_csv())
+    publish_and_wait(client, "shop-a", key, v2_kb())
+    r = client.post(f"/v1/shops/shop-a/kb/versions/{v1}/activate", headers=key)
+    assert r.status_code == 200, r.text
+    assert (r.json()["version"], r.json()["draft"]) == (v1, "replaced")
+    assert f"version {v1}'s KB" in r.json()["draft_note"]
+    assert answer_of(client, key, "warranty") == "整机保修两年。"
+    edit = {"question": "可以分期付款吗", "similar": "支持白条吗", "answer": "支持白条12期免息。"}
+    assert client.put("/v1/shops/shop-a/entries/payment", headers=key, json=edit).status_code == 200
+    v3 = publish_and_wait(client, "shop-a", key)
+    assert say(client, "shop-a", key, "保修多久", conv="r1")["text"] == "整机保修两年。"
+    assert say(client, "shop-a", key, "支持白条吗", conv="r2")["text"] == "支持白条12期免息。"
+    versions = {v["version"]: v for v in client.get("/v1/shops/shop-a/kb/versions", headers=key).json()}
+    assert versions[v3]["entries"] == len(KB)
+
+
+def test_rollback_never_drops_unpublished_edits_silently(client: TestClient) -> None:
+    key = new_shop(client)
+    v1 = publish_and_wait(client, "shop-a", key, kb_csv())
+    v2 = publish_and_wait(client, "shop-a", key, v2_kb())
+    edit = {"question": "保修多久", "answer": "整机保修五年。"}
+    assert client.put("/v1/shops/shop-a/entries/warranty", headers=key, json=edit).status_code == 200
+    before = client.get("/v1/shops/shop-a/entries", headers=key).json()
+
+    refused = client.post(f"/v1/shops/shop-a/kb/versions/{v1}/activate", headers=key)
+    assert refused.status_code == 409, refused.text
+    detail = refused.json()["detail"]
+    for words in ("unpublished edits", "nothing was changed", "kb/publish", "kb/export", "draft=discard"):
+        assert words in detail
+    assert "draft=keep" in detail
+    assert client.get("/v1/shops/shop-a", headers=key).json()["active_version"] == v2
+    assert client.get("/v1/shops/shop-a/entries", headers=key).json() == before
+
+    kept = client.post(f"/v1/shops/shop-a/kb/versions/{v1}/activate?draft=keep", headers=key)
+    assert kept.status_code == 200 and kept.json()["draft"] == "kept"
+    wait_for(lambda: served_version(client, key) == v1)
+    assert client.get("/v1/shops/shop-a/entries", headers=key).json() == before
+
+    # v1 is active, the draft still differs from it: refused again until the edits are discarded
+    assert client.post(f"/v1/shops/shop-a/kb/versions/{v2}/activate", headers=key).status_code == 409
+    dropped = client.post(f"/v1/shops/shop-a/kb/versions/{v2}/activate?draft=discard", headers=key)
+    assert dropped.status_code == 200 and dropped.json()["draft"] == "replaced"
+    assert "unpublished edits were discarded" in dropped.json()["draft_note"]
+    assert answer_of(client, key, "warranty") == "整机保修三年。"
+    assert (
+        client.post("/v1/shops/shop-a/kb/versions/99/activate?draft=discard", headers=key).status_code == 404
+    )
+    bad = client.post(f"/v1/shops/shop-a/kb/versions/{v1}/activate?draft=maybe", headers=key)
+    assert bad.status_code == 422
+
+
+@pytest.mark.parametrize("fmt", ["csv", "xlsx"])
+def test_versions_and_the_draft_export_as_files_that_load_back(
+    client: TestClient, tmp_path: Path, fmt: str
+) -> None:
+    key = new_shop(client)
+    formula = ("formula", "=1+1 是什么", "@SUM(A1)|-5元券", "+86 热线。")
+    v1 = publish_and_wait(client, "shop-a", key, kb_csv([*KB, formula]))
+    promo = {"question": "双十二有活动吗", "answer": "满300减40", "valid_to": "2026-12-13"}
+    assert client.put("/v1/shops/shop-a/entries/promo", headers=key, json=promo).status_code == 200
+
+    r = client.get(f"/v1/shops/shop-a/kb/versions/{v1}/export?format={fmt}", headers=key)
+    assert r.status_code == 200, r.text
+    assert r.headers["content-disposition"] == f'attachment; filename="shop-a-kb-v{v1}.{fmt}"'
+    (tmp_path / f"v1.{fmt}").write_bytes(r.content)
+    exported = load_kb(tmp_path / f"v1.{fmt}")
+    assert [e.id for e in exported] == [*(row[0] for row in KB), "formula"]
+    assert exported[-1].question == "=1+1 是什么" and exported[-1].similar == ("@SUM(A1)", "-5元券")
+
+    r = client.get(f"/v1/shops/shop-a/kb/export?format={fmt}", headers=key)
+    assert r.status_code == 200 and 'filename="shop-a-kb-draft.' in r.headers["content-disposition"]
+    (tmp_path / f"draft.{fmt}").write_bytes(r.content)
+    draft = load_kb(tmp_path / f"draft.{fmt}")
+    assert draft[:-1] == exported and draft[-1].id == "promo"
+    assert draft[-1].valid_to is not None and draft[-1].valid_to.isoformat().startswith("2026-12-13T23:59:59")
+
+    # uploading the export back changes nothing: the same KB, entry for entry
+    with (tmp_path / f"draft.{fmt}").open("rb") as f:
+        assert (
+            client.post("/v1/shops/shop-a/kb", headers=key, files={"file": (f"kb.{fmt}", f)}).status_code
+            == 200
+        )
+    r = client.get(f"/v1/shops/shop-a/kb/export?format={fmt}", headers=key)
+    (tmp_path / f"again.{fmt}").write_bytes(r.content)
+    assert load_kb(tmp_path / f"again.{fmt}") == draft
+    assert client.get("/v1/shops/shop-a/kb/versions/9/export", headers=key).status_code == 404
+    assert client.get("/v1/shops/shop-a/kb/export?format=xls", headers=key).status_code == 422
 
 
 def test_auth_refusals_and_isolation(client: TestClient) -> None:
@@ -306,6 +417,64 @@ def test_feedback_becomes_labelled_data(client: TestClient) -> None:
     )
     assert rows[0] == ["query", "expected_id"]
     assert sorted(rows[1:]) == sorted([["质保几年", "warranty"], ["邮费谁出", "payment"]])
+
+
+def test_correction_must_name_an_entry_of_the_version_that_answered(client: TestClient) -> None:
+    key = new_shop(client)
+    publish_and_wait(client, "shop-a", key, kb_csv())
+    asked = say(client, "shop-a", key, "邮费谁出", conv="v1")
+    assert asked["model_version"] == 1
+    fix = {"exchange_id": asked["exchange_id"], "kind": "correction", "correct_entry_id": "shipping-fee"}
+    assert client.post("/v1/shops/shop-a/feedback", headers=key, json=fix).status_code == 201
+    # v2 drops "payment" and adds "gift": labels of v1's exchanges are checked against v1
+    gift = ("gift", "有赠品吗", "送什么赠品|有没有礼品", "下单送鼠标。")
+    publish_and_wait(client, "shop-a", key, kb_csv([r for r in KB if r[0] != "payment"] + [gift]))
+    for wrong in ("no-such-entry", "gift"):
+        bad = {**fix, "correct_entry_id": wrong}
+        r = client.post("/v1/shops/shop-a/feedback", headers=key, json=bad)
+        assert r.status_code == 422, r.text
+        [error] = r.json()["detail"]
+        assert error["loc"] == ["body", "correct_entry_id"]
+        assert f"{wrong!r} is not an entry of KB version 1" in error["msg"]
+    ok = {**fix, "correct_entry_id": "payment"}  # gone from v2, but v1 answered
+    assert client.post("/v1/shops/shop-a/feedback", headers=key, json=ok).status_code == 201
+    labelled = client.get("/v1/shops/shop-a/feedback/labelled.csv", headers=key).text
+    assert list(csv.reader(io.StringIO(labelled)))[1:] == [["邮费谁出", "payment"]]
+
+
+def test_clarify_choice_is_labelled_with_the_real_question(client: TestClient) -> None:
+    """A thumbs-up on the answer to "第二个" labels the question the list was offered for."""
+    key = new_shop(client)
+    publish_and_wait(client, "shop-a", key, kb_csv())
+    served = client.app.state.service.registry.get("shop-a")  # type: ignore[attr-defined]
+    served.matcher.policy = dataclasses.replace(served.matcher.policy, t_answer=1.01, t_clarify=0.0)
+    offered = say(client, "shop-a", key, "那发票应该怎么开呀", conv="k1")
+    assert offered["kind"] == "clarify" and len(offered["options"]) >= 2
+    chosen = say(client, "shop-a", key, "第二个", conv="k1")
+    assert chosen["kind"] == "answer" and chosen["entry_id"] == offered["options"][1]["entry_id"]
+    assert "question" not in chosen  # internal: logged, not sent
+    up = {"exchange_id": chosen["exchange_id"], "kind": "up"}
+    assert client.post("/v1/shops/shop-a/feedback", headers=key, json=up).status_code == 201
+    labelled = client.get("/v1/shops/shop-a/feedback/labelled.csv", headers=key).text
+    assert list(csv.reader(io.StringIO(labelled)))[1:] == [["那发票应该怎么开呀", chosen["entry_id"]]]
+
+
+FORMULAS = ["=cmd|' /C calc'!A0", "+1+cmd|' /C calc'!A0", "-2+3 能分期吗", "@SUM(1+1)*cmd|' /C calc'!A0"]
+
+
+def test_labelled_csv_cells_never_run_as_formulas(client: TestClient, tmp_path: Path) -> None:
+    """Customer text in labelled.csv is quoted for Excel, and `kefu calibrate` reads it back unchanged."""
+    key = new_shop(client)
+    publish_and_wait(client, "shop-a", key, kb_csv())
+    for i, text in enumerate(FORMULAS):
+        exchange_id = say(client, "shop-a", key, text, conv=f"x{i}")["exchange_id"]
+        fix = {"exchange_id": exchange_id, "kind": "correction", "correct_entry_id": "payment"}
+        assert client.post("/v1/shops/shop-a/feedback", headers=key, json=fix).status_code == 201
+    text = client.get("/v1/shops/shop-a/feedback/labelled.csv", headers=key).text
+    cells = [cell for row in csv.reader(io.StringIO(text)) for cell in row]
+    assert not [cell for cell in cells if cell[:1] in ("=", "+", "-", "@", "\t", "\r")]
+    (tmp_path / "labelled.csv").write_text(text, encoding="utf-8")
+    assert read_queries(tmp_path / "labelled.csv") == [(t, "payment") for t in FORMULAS]
 
 
 def test_promotion_window_switches_by_clock_without_rebuild(client: TestClient) -> None:

@@ -32,7 +32,14 @@ from engine.build import recalibrate
 from engine.kb import KBEntry, KBValidationError, load_kb
 from engine.matcher import Matcher
 from engine.results import Decision, MatchResult
-from training.evaluate import EvalReport, QueryFileError, evaluate, plot_precision_coverage, read_queries
+from training.evaluate import (
+    EvalReport,
+    QueryFileError,
+    evaluate,
+    plot_precision_coverage,
+    read_labelled,
+    read_queries,
+)
 
 app = typer.Typer(
     help="Kefu: FAQ intent matching for JD merchants' customer service.",
@@ -310,10 +317,27 @@ def calibrate(
         Path | None, typer.Option("-o", "--output", help="Save here (default: in place)")
     ] = None,
 ) -> None:
-    """Refit confidence and thresholds on labelled real messages and save the model."""
+    """Refit confidence and thresholds on labelled real messages and save the model.
+
+    Rows whose expected_id the model's KB does not have (an entry deleted since, or feedback for another
+    version) are listed and skipped: they cannot be scored, and the rest is still worth using.
+    """
     _check_precision(target_precision)
     m = _load_model(model)
-    pairs = _load_queries(labelled)
+    with _user_errors():
+        rows = read_labelled(labelled)
+    known = {e.id for e in m.entries}
+    unknown = [(row, expected) for row, _, expected in rows if expected and expected not in known]
+    if unknown:
+        listed = ", ".join(f"row {row} ({expected!r})" for row, expected in unknown[:20])
+        more = f" and {len(unknown) - 20} more" if len(unknown) > 20 else ""
+        err_console.print(
+            f"[yellow]warning:[/] skipped {len(unknown)} row{'s' if len(unknown) > 1 else ''} of "
+            f"{escape(str(labelled))} whose expected_id is not an entry of the model's KB: "
+            f"{escape(listed)}{more}",
+            soft_wrap=True,
+        )
+    pairs = [(query, expected) for _, query, expected in rows if not expected or expected in known]
     texts, expected = [q for q, _ in pairs], [e for _, e in pairs]
     before = (m.policy.t_answer, m.policy.t_clarify)
     try:

@@ -96,6 +96,9 @@ class Exchange(Base):
     conversation_id: Mapped[str] = mapped_column(String(200))
     channel: Mapped[str] = mapped_column(String(20), default="api")
     text_masked: Mapped[str] = mapped_column(Text)
+    # the question the reply answered when the message is not it (a clarify choice such as "第二个"):
+    # labelled data must pair the entry with the customer's real question
+    question_masked: Mapped[str | None] = mapped_column(Text, nullable=True)
     decision: Mapped[str] = mapped_column(String(10))
     entry_id: Mapped[str | None] = mapped_column(String(200), nullable=True)
     confidence: Mapped[float] = mapped_column(Float, default=0.0)

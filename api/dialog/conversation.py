@@ -36,6 +36,7 @@ MAX_HANDOFF_MESSAGES = 10
 REASON_HUMAN = "customer asked for a human agent"
 REASON_REPEATED = "repeated question"
 REASON_ANGRY = "angry customer and no confident answer"
+CHOICE_REASON = "customer chose option"  # followed by the option's number
 # engine reasons after which rephrasing cannot help: there is nothing to match against
 _NOTHING_TO_MATCH = ("empty knowledge base", "no entry of the knowledge base")
 
@@ -72,9 +73,14 @@ class Reply:
     options: list[Option] = field(default_factory=list)
     reason: str = ""
     handoff: Handoff | None = None
+    # the customer's (masked) question this reply answers when the message is not it: a clarify choice
+    # like "第二个" answers the question the list was offered for. Logged for labelled data, not sent.
+    question: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        out = asdict(self)
+        del out["question"]
+        return out
 
 
 @dataclass
@@ -86,6 +92,7 @@ class ConversationState:
     # fingerprint of the last message that went to the matcher (see `_fingerprint`), never its text
     last_question: str | None = None
     last_answered_entry: str | None = None
+    clarify_question: str | None = None  # masked message the pending clarify list was offered for
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -104,6 +111,7 @@ class ConversationState:
             tried=options(d.get("tried")),
             last_question=d.get("last_question"),
             last_answered_entry=d.get("last_answered_entry"),
+            clarify_question=d.get("clarify_question"),
         )
 
 
@@ -268,17 +276,25 @@ class ConversationPolicy:
         if choice is not None:
             entry = self.get_entry(choice.entry_id)
             if entry is not None:
-                st = replace(st, clarify_options=[], misses=0, last_answered_entry=choice.entry_id)
+                st = replace(
+                    st,
+                    clarify_options=[],
+                    clarify_question=None,
+                    misses=0,
+                    last_answered_entry=choice.entry_id,
+                )
                 return Reply(
                     "answer",
                     entry[1],
                     entry_id=choice.entry_id,
                     confidence=1.0,
-                    reason=f"customer chose option {prev.clarify_options.index(choice) + 1}",
+                    reason=f"{CHOICE_REASON} {prev.clarify_options.index(choice) + 1}",
+                    question=prev.clarify_question,
                 ), st
             # the entry left the KB since the list was shown: a miss; offer what is still there
             left = [o for o in prev.clarify_options if o is not choice and self.get_entry(o.entry_id)]
-            return self._miss(st, angry, f"chosen entry {choice.entry_id} no longer exists", left, 0.0)
+            why = f"chosen entry {choice.entry_id} no longer exists"
+            return self._miss(st, angry, why, left, 0.0, question=prev.clarify_question)
 
         # 2. the engine
         r = self.match(text)
@@ -305,7 +321,9 @@ class ConversationPolicy:
                 entry = self.get_entry(r.entry_id)
                 answer = entry[1] if entry else None
             if answer is not None:
-                st = replace(st, clarify_options=[], misses=0, last_answered_entry=r.entry_id)
+                st = replace(
+                    st, clarify_options=[], clarify_question=None, misses=0, last_answered_entry=r.entry_id
+                )
                 return Reply("answer", answer, r.entry_id, r.confidence, reason=r.reason), st
 
         if r.decision is Decision.HANDOFF and r.reason.startswith(_NOTHING_TO_MATCH):
@@ -314,7 +332,9 @@ class ConversationPolicy:
         offered = r.options if r.decision is Decision.CLARIFY and r.options else r.candidates
         options = [Option.of(c) for c in offered[:MAX_OPTIONS]]
         rephrase = r.decision is not Decision.CLARIFY or not options
-        return self._miss(st, angry, r.reason, options, r.confidence, rephrase=rephrase, result=r)
+        return self._miss(
+            st, angry, r.reason, options, r.confidence, rephrase=rephrase, result=r, question=st.history[-1]
+        )
 
     def _miss(
         self,
@@ -326,8 +346,13 @@ class ConversationPolicy:
         *,
         rephrase: bool = True,
         result: MatchResult | None = None,
+        question: str | None = None,
     ) -> tuple[Reply, ConversationState]:
-        """A turn the bot could not answer: clarify (or ask to rephrase) until too many misses in a row."""
+        """A turn the bot could not answer: clarify (or ask to rephrase) until too many misses in a row.
+
+        `question` is the (masked) customer question the options are offered for: a choice among them
+        answers that question, not the words "第二个".
+        """
         misses = st.misses + 1
         st = replace(st, misses=misses)
         if misses >= self.max_misses:
@@ -338,7 +363,12 @@ class ConversationPolicy:
             text = REPHRASE_TEXT + (f"\n{REPHRASE_OPTIONS_HEAD}\n{_numbered(options)}" if options else "")
         else:
             text = f"{CLARIFY_HEAD}\n{_numbered(options)}"
-        st = replace(st, clarify_options=list(options), tried=_add_tried(st.tried, options))
+        st = replace(
+            st,
+            clarify_options=list(options),
+            clarify_question=question if options else None,
+            tried=_add_tried(st.tried, options),
+        )
         reply = Reply("clarify", text, None, confidence, options=list(options), reason=why)
         return reply, st
 
@@ -349,7 +379,7 @@ class ConversationPolicy:
         mood = "angry" if any(detect_mood(m) == "angry" for m in last) else None
         handoff = Handoff(reason, list(last), [Option(o.entry_id, o.question) for o in st.tried], mood)
         # the human takes over: nothing is pending and the miss count starts again if the bot resumes
-        st = replace(st, clarify_options=[], misses=0)
+        st = replace(st, clarify_options=[], clarify_question=None, misses=0)
         confidence = result.confidence if result is not None else 0.0
         return Reply("handoff", HANDOFF_TEXT, None, confidence, reason=reason, handoff=handoff), st
 

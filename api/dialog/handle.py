@@ -80,6 +80,7 @@ def handle_message(
             reason=reply.reason,
             model_version=version,
             latency_ms=latency_ms,
+            question=reply.question,
         )
     record_reply(shop.id, reply.kind)
     out = reply.to_dict()

@@ -12,13 +12,15 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from functools import partial
 from typing import Any
 
 import numpy as np
+from sqlalchemy.orm import Session
 
-from api.db.models import Shop
+from api.db.models import KBVersion, Shop
 from api.db.session import Database
 from api.kb import repo as kb_repo
 from api.kb.registry import ModelRegistry
@@ -138,13 +140,21 @@ class Publisher:
         self.activate(shop, version, matcher, forward_only=True)
 
     def activate(
-        self, shop: str, version: int, matcher: Matcher | None = None, *, forward_only: bool = False
+        self,
+        shop: str,
+        version: int,
+        matcher: Matcher | None = None,
+        *,
+        forward_only: bool = False,
+        with_locked: Callable[[Session, KBVersion, int | None], None] | None = None,
     ) -> bool:
         """Make `version` the shop's served version everywhere (also used for rollback).
 
         `forward_only` (a finished build): do nothing when a later version is already active. Replicas
         build in parallel and finish out of order; an older build finishing last must not bring its
         KB back. The shop row is locked, so two replicas activating at once cannot both pass the check.
+        `with_locked(session, version row, active version)` runs in the same transaction with the shop
+        row locked (a rollback restores the editable KB there); if it raises, nothing changes.
         """
         with self.db.session() as s:
             row = kb_repo.get_version(s, shop, version)
@@ -156,6 +166,8 @@ class Publisher:
             if forward_only and active is not None and active > version:
                 log.info("version %d of shop %s is ready; not activated, %d is newer", version, shop, active)
                 return False
+            if with_locked is not None:
+                with_locked(s, row, active)
             shop_row.active_version = version
         if matcher is not None:
             self.registry.swap(shop, version, matcher)

@@ -14,7 +14,7 @@ from sqlalchemy import delete, func, select
 from sqlalchemy.orm import Session
 
 from api.db.models import Entry, KBVersion, Shop, utcnow
-from engine.kb import KBEntry, kb_hash, load_kb
+from engine.kb import KBEntry, KBValidationError, kb_hash, load_kb
 
 
 def _row_to_entry_dict(row: Entry) -> dict[str, Any]:
@@ -154,6 +154,46 @@ def finish_version(
 
 def version_entries(row: KBVersion) -> list[KBEntry]:
     return load_kb(row.snapshot, source_name=f"version {row.version}")
+
+
+def draft_entries(s: Session, shop: str) -> list[KBEntry]:
+    """The editable KB as entries (empty when it has none), e.g. to export it."""
+    rows = list_entries(s, shop)
+    return validated(rows, f"shop {shop}") if rows else []
+
+
+class DraftConflict(Exception):
+    """Activating would replace an editable KB that holds edits no version has."""
+
+
+def restore_draft(s: Session, shop: str, target: KBVersion, active: int | None, discard: bool) -> str:
+    """Make `target`'s KB the editable KB, in the caller's transaction (the shop row locked); a note.
+
+    Edits nobody published are not dropped silently: the draft may be replaced when it is empty, equals
+    the KB of the version that was active or of `target`, or when `discard` says so; else
+    DraftConflict, and nothing has changed.
+    """
+    current = list_entries(s, shop)
+    try:
+        current_hash = kb_hash(validated(current, f"shop {shop}")) if current else None
+    except KBValidationError:
+        current_hash = "invalid"  # cannot equal any version's KB: it holds edits
+    published = {target.kb_hash}
+    active_row = get_version(s, shop, active) if active is not None else None
+    if active_row is not None:
+        published.add(active_row.kb_hash)
+    unpublished = current_hash is not None and current_hash not in published
+    if unpublished and not discard:
+        since = f"version {active}, the one active," if active_row is not None else "every version"
+        raise DraftConflict(
+            f"the editable KB has unpublished edits (it differs from {since}); nothing was changed. "
+            f"Publish them first (POST kb/publish), or save them (GET kb/export?format=csv|xlsx), then "
+            f"repeat with ?draft=discard to replace them with version {target.version}'s KB, or with "
+            f"?draft=keep to serve version {target.version} and leave the editable KB as it is"
+        )
+    replace_all(s, shop, version_entries(target))
+    note = f"the editable KB is now version {target.version}'s KB ({target.entries} entries)"
+    return note + ("; its unpublished edits were discarded" if unpublished else "")
 
 
 def snapshot_of_version(db: Any, shop: str, version: int) -> tuple[list[KBEntry], dict[str, Any]]:

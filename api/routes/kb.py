@@ -1,25 +1,28 @@
-"""A shop's KB: upload (CSV/XLSX/JSON/JSONL), entry CRUD, publish, versions and rollback.
+"""A shop's KB: upload (CSV/XLSX/JSON/JSONL), entry CRUD, publish, versions, rollback and export.
 
 A bad upload or edit answers 422 with every problem (file, row, column) and leaves what was stored as
 it was. Publishing answers 202 at once; the build runs in the background and only a model that
-passes its own evaluation is swapped in.
+passes its own evaluation is swapped in. A rollback (activate) also makes that version's KB the
+editable one, refusing with 409 rather than silently dropping edits nobody published. The editable KB
+and every version export as CSV or XLSX that upload back unchanged.
 """
 
 from __future__ import annotations
 
 import tempfile
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, File, HTTPException, Query, UploadFile, status
 from fastapi import Path as PathParam
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
+from sqlalchemy.orm import Session
 
 from api.db.models import KBVersion
 from api.kb import repo as kb_repo
 from api.web.deps import SHOP_AUTH_RESPONSES, ServiceDep, ShopDep
-from api.web.schemas import DB_INT_MAX, EntryIn, EntryOut, UploadOut, VersionOut
-from engine.kb import SUPPORTED_SUFFIXES, KBValidationError
+from api.web.schemas import DB_INT_MAX, ActivateOut, EntryIn, EntryOut, UploadOut, VersionOut
+from engine.kb import SUPPORTED_SUFFIXES, KBEntry, KBValidationError, dump_kb
 
 router = APIRouter(prefix="/v1/shops/{shop}", responses=SHOP_AUTH_RESPONSES, tags=["kb"])
 MAX_UPLOAD_BYTES = 20 * 1024 * 1024
@@ -192,13 +195,94 @@ def version(version: VersionNumber, shop: ShopDep, service: ServiceDep) -> Versi
         return version_out(_version_or_404(s, shop.id, version), shop.active_version)
 
 
-@router.post("/kb/versions/{version}/activate", response_model=VersionOut)
-def activate(version: VersionNumber, shop: ShopDep, service: ServiceDep) -> VersionOut:
-    """Serve an earlier (or any ready) version: rollback without a rebuild."""
+@router.post(
+    "/kb/versions/{version}/activate",
+    response_model=ActivateOut,
+    responses={
+        409: {
+            "description": "the version is not ready, or the editable KB has unpublished edits "
+            "(publish or export them, or repeat with draft=discard or draft=keep); nothing was changed"
+        }
+    },
+)
+def activate(
+    version: VersionNumber,
+    shop: ShopDep,
+    service: ServiceDep,
+    draft: Annotated[
+        Literal["discard", "keep"] | None,
+        Query(
+            description="what to do with an editable KB that has unpublished edits: discard them (it "
+            "becomes this version's KB) or keep it as it is (only the served model rolls back); "
+            "without it such an activation is refused with 409"
+        ),
+    ] = None,
+) -> ActivateOut:
+    """Serve an earlier (or any ready) version without a rebuild, and make its KB the editable KB.
+
+    Edits then start from the KB being served, so the next publish does not bring back what was rolled
+    back. An editable KB with unpublished edits is not replaced silently: see `draft`.
+    """
     with service.db.session() as s:
         row = _version_or_404(s, shop.id, version)
         if row.status != "ready":
             raise HTTPException(status.HTTP_409_CONFLICT, f"version {version} is {row.status}, not ready")
-    service.publisher.activate(shop.id, version)
+    notes: list[str] = []
+
+    def restore(s: Session, target: KBVersion, active: int | None) -> None:
+        notes.append(kb_repo.restore_draft(s, shop.id, target, active, discard=draft == "discard"))
+
+    try:
+        service.publisher.activate(shop.id, version, with_locked=None if draft == "keep" else restore)
+    except kb_repo.DraftConflict as e:
+        raise HTTPException(status.HTTP_409_CONFLICT, str(e)) from e
     with service.db.session() as s:
-        return version_out(_version_or_404(s, shop.id, version), version)
+        out = version_out(_version_or_404(s, shop.id, version), version)
+    if draft == "keep":
+        note = f"the editable KB was left as it was: the next publish serves it instead of version {version}"
+        return ActivateOut(**out.model_dump(), draft="kept", draft_note=note)
+    return ActivateOut(**out.model_dump(), draft="replaced", draft_note=notes[0])
+
+
+EXPORT_TYPES = {
+    "csv": "text/csv; charset=utf-8",
+    "xlsx": "application/vnd.openxmlformats-officedocument.spreadsheetml.sheet",
+}
+ExportFormat = Annotated[Literal["csv", "xlsx"], Query(description="csv (UTF-8 with BOM, for Excel) or xlsx")]
+EXPORT_RESPONSES: dict[int | str, dict[str, Any]] = {
+    200: {
+        "description": "the KB as a file download, in the upload format (it uploads back unchanged)",
+        "content": {
+            "text/csv": {"schema": {"type": "string"}},
+            EXPORT_TYPES["xlsx"]: {"schema": {"type": "string", "format": "binary"}},
+        },
+    }
+}
+
+
+def _download(entries: list[KBEntry], name: str, fmt: str) -> Response:
+    """The entries written by engine.kb (so load_kb reads them back unchanged) as an attachment."""
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / f"kb.{fmt}"
+        dump_kb(entries, path)
+        data = path.read_bytes()
+    disposition = f'attachment; filename="{name}.{fmt}"'
+    return Response(data, media_type=EXPORT_TYPES[fmt], headers={"Content-Disposition": disposition})
+
+
+@router.get("/kb/export", response_class=Response, responses=EXPORT_RESPONSES)
+def export_draft(shop: ShopDep, service: ServiceDep, format: ExportFormat = "csv") -> Response:
+    """The editable KB (what the next publish freezes), e.g. to keep edits before a rollback."""
+    with service.db.session() as s:
+        entries = kb_repo.draft_entries(s, shop.id)
+    return _download(entries, f"{shop.id}-kb-draft", format)
+
+
+@router.get("/kb/versions/{version}/export", response_class=Response, responses=EXPORT_RESPONSES)
+def export_version(
+    version: VersionNumber, shop: ShopDep, service: ServiceDep, format: ExportFormat = "csv"
+) -> Response:
+    """The KB a version was published from, any status."""
+    with service.db.session() as s:
+        entries = kb_repo.version_entries(_version_or_404(s, shop.id, version))
+    return _download(entries, f"{shop.id}-kb-v{version}", format)

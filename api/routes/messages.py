@@ -68,6 +68,17 @@ def feedback(body: FeedbackIn, shop: ShopDep, service: ServiceDep) -> dict[str, 
             return {"id": fb.id, "exchange_id": fb.exchange_id, "kind": fb.kind}
     except LookupError as e:
         raise HTTPException(status.HTTP_404_NOT_FOUND, str(e)) from e
+    except exchanges.UnknownEntryError as e:
+        raise RequestValidationError(
+            [
+                {
+                    "type": "value_error",
+                    "loc": ("body", "correct_entry_id"),
+                    "msg": str(e),
+                    "input": body.correct_entry_id,
+                }
+            ]
+        ) from e
 
 
 @router.get("/exchanges", response_model=list[ExchangeOut])

@@ -151,6 +151,14 @@ class VersionOut(BaseModel):
     finished_at: str | None
 
 
+class ActivateOut(VersionOut):
+    draft: Literal["replaced", "kept"] = Field(
+        description="replaced: the editable KB is now this version's KB, edits start from it; "
+        "kept: the editable KB was left as it was (draft=keep)"
+    )
+    draft_note: str = Field(description="what happened to the editable KB, in words")
+
+
 class UploadOut(BaseModel):
     entries: int
     version: int | None = Field(default=None, description="the version being built, when publish=true")
