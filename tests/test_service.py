@@ -309,6 +309,7 @@ def test_auth_refusals_and_isolation(client: TestClient) -> None:
     )
     assert client.get("/v1/shops/shop-a").status_code == 401
     assert client.get("/v1/shops/shop-a", headers={"X-API-Key": "kf_wrong"}).status_code == 401
+    assert client.get("/v1/shops/no-such-shop", headers={"X-API-Key": "kf_wrong"}).status_code == 401
     assert client.get("/v1/shops/shop-b/entries", headers=a).status_code == 403
     assert client.get("/v1/shops/shop-b/entries", headers=b).json() == []
     say(client, "shop-a", a, "保修多久")
