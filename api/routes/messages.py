@@ -9,6 +9,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import PlainTextResponse
 
 from api.dialog.handle import handle_message, suggestions
+from api.metrics import FEEDBACK
 from api.store import exchanges
 from api.web.deps import SHOP_AUTH_RESPONSES, ServiceDep, ShopDep
 from api.web.schemas import DB_INT_MAX, AssistOut, ExchangeOut, FeedbackIn, MessageIn, ReplyOut, Suggestion
@@ -65,9 +66,11 @@ def feedback(body: FeedbackIn, shop: ShopDep, service: ServiceDep) -> dict[str, 
             fb = exchanges.add_feedback(
                 s, shop.id, body.exchange_id, body.kind, body.correct_entry_id, body.out_of_scope
             )
-            return {"id": fb.id, "exchange_id": fb.exchange_id, "kind": fb.kind}
+            out: dict[str, Any] = {"id": fb.id, "exchange_id": fb.exchange_id, "kind": fb.kind}
     except LookupError as e:
         raise HTTPException(status.HTTP_404_NOT_FOUND, str(e)) from e
+    FEEDBACK.labels(shop.id, body.kind).inc()  # counted once stored: refused feedback is not feedback
+    return out
 
 
 @router.get("/exchanges", response_model=list[ExchangeOut])
