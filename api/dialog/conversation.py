@@ -56,6 +56,16 @@ class Option:
 
 
 @dataclass
+class Suggestion:
+    """An answer the bot proposes to the human agent, with its estimated P(right) (Candidate.confidence)."""
+
+    entry_id: str
+    question: str
+    answer: str
+    confidence: float
+
+
+@dataclass
 class Handoff:
     """What the human agent receives: why, the recent (masked) messages and what the bot already tried."""
 
@@ -63,6 +73,7 @@ class Handoff:
     last_messages: list[str]  # masked customer messages, oldest first, at most 10
     candidates_tried: list[Option]
     mood: str | None = None  # "angry" when detected
+    suggestions: list[Suggestion] = field(default_factory=list)  # assist mode: answers to pick from
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

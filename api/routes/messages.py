@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import asdict
 from typing import Annotated, Any
 
 from fastapi import APIRouter, HTTPException, Query, status
@@ -35,14 +36,14 @@ def assist(body: MessageIn, shop: ShopDep, service: ServiceDep) -> AssistOut:
             channel="assist",
             text=body.text,
             decision="assist",
-            entry_id=found[0]["entry_id"] if found else None,
-            confidence=found[0]["confidence"] if found else 0.0,
+            entry_id=found[0].entry_id if found else None,
+            confidence=found[0].confidence if found else 0.0,
             reason=f"{len(found)} suggestion(s)",
             model_version=version,
             latency_ms=0.0,
         )
     return AssistOut(
-        suggestions=[Suggestion(**x) for x in found], model_version=version, exchange_id=exchange_id
+        suggestions=[Suggestion(**asdict(x)) for x in found], model_version=version, exchange_id=exchange_id
     )
 
 
