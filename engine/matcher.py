@@ -294,31 +294,28 @@ class Matcher:
         an estimate, kept coherent with the ranking: no higher than the candidate above it, and the
         runners-up together at most 1 - p_best (at most one entry is right). Costs one small matrix.
         """
-        fused, F = ranking.fused[:n], ranking.evidence[:n]
-        if n == 0:
-            return np.empty(0)
+        conf = np.full(n, p_best)
+        if n <= 1:
+            return conf
+        # the winner's calibration row, with each runner-up's own evidence, margin and agreement in it
+        X = np.tile(ranking.calib, (n - 1, 1))
+        fused = ranking.fused[1:n]
+        X[:, 0] = fused
+        X[:, 1] = fused - ranking.fused[0]
+        X[:, 2:6] = ranking.evidence[1:n]
+        X[:, 6:8] = 0.0
         s_best = int(np.argmax(ranking.evidence[:, 0]))
-        d_best = int(np.argmax(ranking.evidence[:, 1])) if rep.dense is not None else -1
-        runner_up = float(ranking.fused[1]) if ranking.fused.size > 1 else 0.0
-        others = np.where(np.arange(n) == 0, runner_up, fused[0])
-        X = np.column_stack(
-            [
-                fused,
-                fused - others,
-                F,
-                np.arange(n) == s_best,
-                np.arange(n) == d_best,
-                np.full(n, np.log1p(rep.n_chars)),
-                np.full(n, rep.unknown_share),
-            ]
-        ).astype(np.float32)
-        conf = self.calibrator.proba_many(X)
-        conf[0] = p_best
-        if n > 1:
-            conf[1:] = np.minimum.accumulate(np.minimum(conf[1:], p_best))
-            rest = float(conf[1:].sum())
-            if rest > 1.0 - p_best:
-                conf[1:] *= (1.0 - p_best) / rest
+        if 0 < s_best < n:
+            X[s_best - 1, 6] = 1.0
+        if rep.dense is not None:
+            d_best = int(np.argmax(ranking.evidence[:, 1]))
+            if 0 < d_best < n:
+                X[d_best - 1, 7] = 1.0
+        rest = np.minimum.accumulate(np.minimum(self.calibrator.proba_many(X), p_best))
+        total = float(rest.sum())
+        if total > 1.0 - p_best:
+            rest *= (1.0 - p_best) / total
+        conf[1:] = rest
         return conf
 
     def _candidate(self, ranking: Ranking, i: int, confidence: np.ndarray) -> Candidate:
