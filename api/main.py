@@ -10,7 +10,7 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI, Request, Response
 from fastapi.responses import JSONResponse
 from starlette.concurrency import run_in_threadpool
-from starlette.routing import Match
+from starlette.types import Scope
 
 import engine
 from api.metrics import REQUEST_LATENCY, REQUESTS
@@ -37,12 +37,21 @@ def _configure_logging(level: str) -> None:
         kefu.addHandler(handler)
 
 
-def _route_template(request: Request) -> str:
-    """The matched path template (bounded label values), not the raw path."""
-    for route in request.app.router.routes:
-        if route.matches(request.scope)[0] == Match.FULL:
-            return str(getattr(route, "path", "unmatched"))
-    return "unmatched"
+UNMATCHED_ROUTE = "unmatched"
+
+
+def _route_template(scope: Scope) -> str:
+    """The path template the router matched ("/v1/shops/{shop}/messages"), so label values stay bounded.
+
+    Read from the ASGI scope after the request was handled: the router records the route it chose there
+    (also for a 405 on a known path), whereas scanning the app's routes misses the included routers,
+    which have no path of their own. Routers are included without an extra prefix (their prefix is set
+    on the APIRouter), so the route's own template is the full one. Paths no route matched share one
+    label rather than one per scanned URL.
+    """
+    route = scope.get("route")
+    template = getattr(route, "path_format", None) or getattr(route, "path", None)
+    return template if isinstance(template, str) and template else UNMATCHED_ROUTE
 
 
 def create_app(
@@ -93,13 +102,13 @@ def create_app(
         request: Request, call_next: Callable[[Request], Awaitable[Response]]
     ) -> Response:
         t0 = time.perf_counter()
-        route = _route_template(request)
         status = 500
         try:
             response = await call_next(request)
             status = response.status_code
             return response
         finally:
+            route = _route_template(request.scope)  # set by the router while handling the request
             REQUESTS.labels(route, request.method, str(status)).inc()
             REQUEST_LATENCY.labels(route).observe(time.perf_counter() - t0)
 

@@ -47,6 +47,9 @@ BUILD_SECONDS = Histogram(
     ["outcome"],
     buckets=(0.5, 1, 2, 5, 10, 30, 60, 120, 300, 600),
 )
+FEEDBACK = Counter(
+    "kefu_feedback_total", "Feedback on replies: thumbs up, thumbs down, corrections", ["shop", "kind"]
+)
 JOS_ERRORS = Counter("kefu_jos_errors_total", "JOS call errors", ["kind"])
 AUTH_FAILURES = Counter("kefu_auth_failures_total", "Refused requests", ["reason"])
 

@@ -158,7 +158,7 @@ def test_clarify_then_choice_answers_the_chosen_entry(
     assert 2 <= len(first.options) <= 3
     assert first.text.startswith(CLARIFY_HEAD + "\n1. ")
     assert f"\n2. {first.options[1].question}" in first.text
-    assert state.clarify_options == first.options and state.misses == 1
+    assert state.clarify_options == first.options and state.misses == 0  # a first list is not a miss
 
     picked = first.options[1]
     text = picked.question if choice == "<question text>" else choice
@@ -185,19 +185,45 @@ def test_a_choice_carries_the_question_the_list_was_offered_for(matcher: Matcher
     assert "question" not in reply.to_dict() and after.clarify_question is None
 
 
+def test_an_unrecognised_reply_to_a_list_gets_one_more_chance(clarifying_bot: ConversationPolicy) -> None:
+    """A clarify answered with nonsense is the first miss, not a handoff: the bot offers a list again."""
+    (first, second), state = run(clarifying_bot, "那发票应该怎么开呀", "都不是，我想问别的")
+    assert first.kind == "clarify" and second.kind == "clarify"
+    assert state.misses == 1 and state.clarify_options == second.options
+    third, after = clarifying_bot.step(state, "1")
+    assert third.kind == "answer" and third.entry_id == second.options[0].entry_id
+    assert after.misses == 0
+
+
 def test_two_misses_in_a_row_hand_off_with_what_was_tried(clarifying_bot: ConversationPolicy) -> None:
-    """A clarify answered with nonsense is the second miss: the agent gets the options already tried."""
-    (first, second), state = run(clarifying_bot, "那发票应该怎么开呀", "嗯嗯嗯随便")
-    assert first.kind == "clarify"
-    assert second.kind == "handoff"
-    assert second.text == HANDOFF_TEXT
-    assert second.handoff is not None
-    assert "misses" in second.handoff.reason and second.reason == second.handoff.reason
-    tried = [o.entry_id for o in second.handoff.candidates_tried]
+    """After a list, two replies in a row that pick nothing and cannot be answered hand off."""
+    messages = ["那发票应该怎么开呀", "都不是，我想问别的", "还是不太清楚"]
+    (first, second, third), state = run(clarifying_bot, *messages)
+    assert [first.kind, second.kind] == ["clarify", "clarify"]
+    assert third.kind == "handoff"
+    assert third.text == HANDOFF_TEXT
+    assert third.handoff is not None
+    assert "2 misses" in third.handoff.reason and third.reason == third.handoff.reason
+    tried = [o.entry_id for o in third.handoff.candidates_tried]
     assert tried and tried[: len(first.options)] == [o.entry_id for o in first.options]
     assert len(tried) == len(set(tried))
-    assert second.handoff.last_messages == ["那发票应该怎么开呀", "嗯嗯嗯随便"]
+    assert third.handoff.last_messages == messages
     assert state.clarify_options == []
+
+
+def test_fresh_lists_are_not_misses_but_rephrase_requests_are(matcher: Matcher) -> None:
+    """A clarify list for a new question never counts; asking to rephrase always does."""
+    clarifying = policy_for(with_thresholds(matcher, t_answer=1.01, t_clarify=0.0))
+    _, state = clarifying.step(None, "那发票应该怎么开呀")
+    assert state.misses == 0
+    unsure = policy_for(with_thresholds(matcher, t_answer=1.01, t_clarify=1.01))
+    first, state = unsure.step(None, "那发票应该怎么开呀")
+    assert first.text.startswith(REPHRASE_TEXT) and state.misses == 1
+    # after a request to rephrase, a list for the new wording is free; a miss on that list is the second
+    replies, state = run(clarifying, "😀", "那发票应该怎么开呀")
+    assert [r.text.startswith(REPHRASE_TEXT) for r in replies] == [True, False] and state.misses == 1
+    last, _ = clarifying.step(state, "还是不太清楚")
+    assert last.kind == "handoff" and last.handoff is not None and "2 misses" in last.handoff.reason
 
 
 def test_low_confidence_asks_to_rephrase_and_offers_candidates(unsure_bot: ConversationPolicy) -> None:
@@ -225,13 +251,12 @@ def test_a_choice_whose_entry_vanished_is_a_miss(matcher: Matcher) -> None:
     policy = ConversationPolicy(
         match=lambda t: forced.match(t, top_k=5),
         get_entry=lambda e: None if e in gone else get_entry(e),
-        max_misses=3,
     )
     first, state = policy.step(None, "那发票应该怎么开呀")
     gone.add(first.options[0].entry_id)
     reply, after = policy.step(state, "1")
     assert reply.kind == "clarify"
-    assert after.misses == 2
+    assert after.misses == 1
     assert first.options[0].entry_id not in {o.entry_id for o in reply.options}
 
 

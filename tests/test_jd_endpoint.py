@@ -157,6 +157,22 @@ def test_evaluations_pulled_through_jos_with_faults(jd_client: Any, settings: Se
     assert 'kefu_jos_errors_total{kind="JosAuthError"}' in c.get("/metrics").text
 
 
+def test_pull_without_access_token_says_so_before_calling_jos(jd_client: Any, settings: Settings) -> None:
+    """Without a token JOS answers "bad credentials": the merchant is told what is missing instead."""
+    c, key = jd_client
+    creds = {"app_key": APP_KEY, "app_secret": SECRET}
+    assert c.put("/v1/shops/shop-a/jd-credentials", headers=key, json=creds).status_code == 200
+    with FakeJos(APP_KEY, SECRET, TOKEN) as fake:
+        fake.handle(METHOD, lambda biz: {"code": "0", "result": {"list": []}})
+        settings.jos_url = fake.url
+        r = c.post("/v1/shops/shop-a/jd/evaluations/pull", headers=key)
+    assert r.status_code == 409, r.text
+    assert r.json()["detail"] == (
+        "shop 'shop-a' has no JD access token; set it with PUT /v1/shops/shop-a/jd-credentials"
+    )
+    assert fake.requests == []
+
+
 def test_evaluations_are_pulled_on_a_schedule(settings: Settings) -> None:
     """With a pull interval set, evaluations arrive without anyone asking."""
     with FakeJos(APP_KEY, SECRET, TOKEN) as fake:

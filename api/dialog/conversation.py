@@ -5,6 +5,12 @@ list with "2" or "第二个", asks the same thing again when an answer did not h
 misses twice in a row. `ConversationPolicy.step` turns (state, message) into (reply, new state);
 `Conversations` keeps the state per shop and conversation in a shared store so any replica can take
 the next message.
+
+What counts as a miss: a turn the bot cannot answer (it asks to rephrase, or the message is a reply to
+an offered list that picks none and is again not answerable when matched afresh, or picks an entry that
+left the KB). Offering a clarify list to a message that was not itself a reply to a list is not a miss:
+the bot understood enough to narrow it down, and the customer's unrecognised reply to that list then
+gets one more chance before the second miss hands off.
 """
 
 from __future__ import annotations
@@ -52,6 +58,16 @@ class Option:
 
 
 @dataclass
+class Suggestion:
+    """An answer the bot proposes to the human agent, with its estimated P(right) (Candidate.confidence)."""
+
+    entry_id: str
+    question: str
+    answer: str
+    confidence: float
+
+
+@dataclass
 class Handoff:
     """What the human agent receives: why, the recent (masked) messages and what the bot already tried."""
 
@@ -59,6 +75,7 @@ class Handoff:
     last_messages: list[str]  # masked customer messages, oldest first, at most 10
     candidates_tried: list[Option]
     mood: str | None = None  # "angry" when detected
+    suggestions: list[Suggestion] = field(default_factory=list)  # assist mode: answers to pick from
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -86,7 +103,7 @@ class Reply:
 @dataclass
 class ConversationState:
     clarify_options: list[Option] = field(default_factory=list)  # pending: what the last clarify offered
-    misses: int = 0  # turns in a row the bot could not answer
+    misses: int = 0  # misses in a row (see the module docstring: a first clarify list is not one)
     history: list[str] = field(default_factory=list)  # masked customer messages, oldest first
     tried: list[Option] = field(default_factory=list)  # candidates offered or considered, deduplicated
     # fingerprint of the last message that went to the matcher (see `_fingerprint`), never its text
@@ -332,8 +349,19 @@ class ConversationPolicy:
         offered = r.options if r.decision is Decision.CLARIFY and r.options else r.candidates
         options = [Option.of(c) for c in offered[:MAX_OPTIONS]]
         rephrase = r.decision is not Decision.CLARIFY or not options
+        # a list offered to a fresh message narrows it down; only a reply to a list that is again not
+        # answerable, or a request to rephrase, counts against the customer
+        counts = rephrase or bool(prev.clarify_options)
         return self._miss(
-            st, angry, r.reason, options, r.confidence, rephrase=rephrase, result=r, question=st.history[-1]
+            st,
+            angry,
+            r.reason,
+            options,
+            r.confidence,
+            rephrase=rephrase,
+            result=r,
+            question=st.history[-1],
+            counts=counts,
         )
 
     def _miss(
@@ -347,13 +375,15 @@ class ConversationPolicy:
         rephrase: bool = True,
         result: MatchResult | None = None,
         question: str | None = None,
+        counts: bool = True,
     ) -> tuple[Reply, ConversationState]:
         """A turn the bot could not answer: clarify (or ask to rephrase) until too many misses in a row.
 
         `question` is the (masked) customer question the options are offered for: a choice among them
-        answers that question, not the words "第二个".
+        answers that question, not the words "第二个". `counts` is False for a clarify list offered to a
+        fresh message, which is not a miss.
         """
-        misses = st.misses + 1
+        misses = st.misses + int(counts)
         st = replace(st, misses=misses)
         if misses >= self.max_misses:
             return self._handoff(st, f"{misses} misses in a row ({why})", result)

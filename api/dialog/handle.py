@@ -10,7 +10,7 @@ import time
 from typing import Any
 
 from api.db.models import Shop
-from api.dialog.conversation import ConversationPolicy, Handoff, Reply
+from api.dialog.conversation import ConversationPolicy, Handoff, Reply, Suggestion
 from api.dialog.privacy import mask_pii
 from api.metrics import MATCH_LATENCY, record_reply
 from api.service import Service
@@ -20,15 +20,22 @@ from engine.results import MatchResult
 HANDOFF_TEXT = "正在为您转接人工客服，请稍候。"
 
 
-def _handoff(reason: str, text: str) -> Reply:
+def _handoff(reason: str, text: str, suggested: list[Suggestion] | None = None) -> Reply:
+    suggested = suggested or []
     return Reply(
         kind="handoff",
         text=HANDOFF_TEXT,
         entry_id=None,
-        confidence=0.0,
+        confidence=suggested[0].confidence if suggested else 0.0,
         options=[],
         reason=reason,
-        handoff=Handoff(reason=reason, last_messages=[mask_pii(text)], candidates_tried=[], mood=None),
+        handoff=Handoff(
+            reason=reason,
+            last_messages=[mask_pii(text)],
+            candidates_tried=[],
+            mood=None,
+            suggestions=suggested,
+        ),
     )
 
 
@@ -41,7 +48,9 @@ def handle_message(
     if shop.mode == "off":
         reply = _handoff("the bot is off for this shop: a human agent answers", text)
     elif shop.mode == "assist":
-        reply = _handoff("assist mode: a human agent answers, with suggestions from the bot", text)
+        # the agent who takes the message gets the bot's suggestions with it, not in a second call
+        suggested, version = suggestions(service, shop, text)
+        reply = _handoff("assist mode: a human agent answers, with suggestions from the bot", text, suggested)
     else:
         served = service.served(shop.id, shop.active_version)
         if served is None:
@@ -89,10 +98,12 @@ def handle_message(
     return out
 
 
-def suggestions(
-    service: Service, shop: Shop, text: str, k: int = 3
-) -> tuple[list[dict[str, Any]], int | None]:
-    """Assist mode: up to k answers for the human agent; nothing is matched when the bot is off."""
+def suggestions(service: Service, shop: Shop, text: str, k: int = 3) -> tuple[list[Suggestion], int | None]:
+    """Assist mode: up to k answers for the human agent; nothing is matched when the bot is off.
+
+    Each carries the engine's estimated P(right): calibrated for the first, an estimate bounded by the
+    ranking for the others (Candidate.confidence), so the agent can weigh a runner-up too.
+    """
     if shop.mode == "off":
         return [], None
     served = service.served(shop.id, shop.active_version)
@@ -100,14 +111,7 @@ def suggestions(
         return [], None
     r = served.matcher.match(text, top_k=k)
     entries = {e.id: e for e in served.matcher.entries}
-    out = []
-    for i, c in enumerate(r.candidates[:k]):
-        out.append(
-            {
-                "entry_id": c.entry_id,
-                "question": c.question,
-                "answer": entries[c.entry_id].answer,
-                "confidence": r.confidence if i == 0 else 0.0,
-            }
-        )
-    return out, served.version
+    found = [
+        Suggestion(c.entry_id, c.question, entries[c.entry_id].answer, c.confidence) for c in r.candidates[:k]
+    ]
+    return found, served.version

@@ -177,11 +177,25 @@ class OptionOut(BaseModel):
     question: str
 
 
+class Suggestion(BaseModel):
+    entry_id: str
+    question: str
+    answer: str
+    confidence: float = Field(
+        description="estimated probability that this entry is right: calibrated for the first suggestion, "
+        "for the others an estimate no higher than the one above it"
+    )
+
+
 class HandoffOut(BaseModel):
     reason: str
     last_messages: list[str]
     candidates_tried: list[OptionOut]
     mood: str | None
+    suggestions: list[Suggestion] = Field(
+        default_factory=list,
+        description="assist mode: answers the bot proposes to the agent taking over, best first",
+    )
 
 
 class ReplyOut(BaseModel):
@@ -194,13 +208,6 @@ class ReplyOut(BaseModel):
     handoff: HandoffOut | None
     exchange_id: int | None = Field(default=None, description="for feedback on this reply")
     model_version: int | None
-
-
-class Suggestion(BaseModel):
-    entry_id: str
-    question: str
-    answer: str
-    confidence: float
 
 
 class AssistOut(BaseModel):
