@@ -15,10 +15,10 @@ from fastapi import APIRouter, File, HTTPException, Query, UploadFile, status
 from fastapi import Path as PathParam
 from fastapi.responses import JSONResponse
 
-from api.db.models import KBVersion
+from api.db.models import KBVersion, Shop
 from api.kb import repo as kb_repo
 from api.web.deps import SHOP_AUTH_RESPONSES, ServiceDep, ShopDep
-from api.web.schemas import DB_INT_MAX, EntryIn, EntryOut, UploadOut, VersionOut
+from api.web.schemas import DB_INT_MAX, EntryIn, EntryOut, PublishOut, UploadOut, VersionOut
 from engine.kb import SUPPORTED_SUFFIXES, KBValidationError
 
 router = APIRouter(prefix="/v1/shops/{shop}", responses=SHOP_AUTH_RESPONSES, tags=["kb"])
@@ -101,12 +101,12 @@ async def upload_kb(
             entries = kb_repo.check_sizes(load_kb(path, source_name=name), name)
         except KBValidationError as e:
             return issues_response(e)
-    with service.db.session() as s:
+    with service.db.session(write_lock=True) as s:
         kb_repo.replace_all(s, shop.id, entries)
-    version = None
-    if publish:
-        version, _ = service.publisher.publish(shop.id)
-    return UploadOut(entries=len(entries), version=version)
+    if not publish:
+        return UploadOut(entries=len(entries))
+    published = service.publisher.publish(shop.id)
+    return UploadOut(entries=len(entries), version=published.version, reused=published.reused)
 
 
 @router.get("/entries", response_model=list[EntryOut])
@@ -139,7 +139,7 @@ def put_entry(entry_id: str, body: EntryIn, shop: ShopDep, service: ServiceDep) 
     record = body.model_dump()
     record["id"] = entry_id
     try:
-        with service.db.session() as s:
+        with service.db.session(write_lock=True) as s:
             kept = kb_repo.upsert_entry(s, shop.id, record)
             saved = kb_repo.get_entry(s, shop.id, kept.id)  # the id as stored: stripped, no control chars
     except KBValidationError as e:
@@ -150,7 +150,7 @@ def put_entry(entry_id: str, body: EntryIn, shop: ShopDep, service: ServiceDep) 
 
 @router.delete("/entries/{entry_id}", status_code=status.HTTP_204_NO_CONTENT)
 def delete_entry(entry_id: str, shop: ShopDep, service: ServiceDep) -> None:
-    with service.db.session() as s:
+    with service.db.session(write_lock=True) as s:
         if not kb_repo.delete_entry(s, shop.id, entry_id):
             raise HTTPException(status.HTTP_404_NOT_FOUND, f"no entry {entry_id!r} in shop {shop.id!r}")
 
@@ -158,19 +158,27 @@ def delete_entry(entry_id: str, shop: ShopDep, service: ServiceDep) -> None:
 @router.post(
     "/kb/publish",
     status_code=status.HTTP_202_ACCEPTED,
-    response_model=VersionOut,
+    response_model=PublishOut,
     responses={422: {"description": "the editable KB has problems (or is empty)"}},
 )
 def publish(shop: ShopDep, service: ServiceDep) -> Any:
-    """Freeze the editable KB as a new version and build it in the background."""
+    """Freeze the editable KB as a new version and build it in the background.
+
+    The same KB published twice builds once: when the KB (its kb_hash) and the engine options equal
+    those of the shop's latest version that is building or ready, no version is made and that one is
+    returned with `reused: true` (still 202); if it is ready but not active (after a rollback), it is
+    activated. Concurrent publishes of a shop are serialized, so they never get the same number.
+    """
     try:
-        version, _ = service.publisher.publish(shop.id)
+        published = service.publisher.publish(shop.id)
     except KBValidationError as e:
         return issues_response(e)
     with service.db.session() as s:
-        row = kb_repo.get_version(s, shop.id, version)
-        assert row is not None
-        return version_out(row, shop.active_version)
+        row = kb_repo.get_version(s, shop.id, published.version)
+        shop_row = s.get(Shop, shop.id)
+        assert row is not None and shop_row is not None
+        out = version_out(row, shop_row.active_version)
+    return PublishOut(**out.model_dump(), reused=published.reused)
 
 
 @router.get("/kb/versions", response_model=list[VersionOut])
