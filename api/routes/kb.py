@@ -26,6 +26,27 @@ MAX_UPLOAD_BYTES = 20 * 1024 * 1024
 VersionNumber = Annotated[int, PathParam(ge=1, le=DB_INT_MAX)]
 
 
+def _ref(path: str, method: str) -> str:
+    """An OpenAPI operationRef to one of this router's operations (a JSON pointer: / is ~1)."""
+    return f"#/paths/{('/v1/shops/{shop}' + path).replace('~', '~0').replace('/', '~1')}/{method}"
+
+
+# OpenAPI links: what a client (and schemathesis's stateful tests) can call next with a response's ids
+_ENTRY = {"shop": "$request.path.shop", "entry_id": "$response.body#/id"}
+_VERSION = {"shop": "$request.path.shop", "version": "$response.body#/version"}
+ENTRY_LINKS = {
+    "GetEntry": {"operationRef": _ref("/entries/{entry_id}", "get"), "parameters": _ENTRY},
+    "DeleteEntry": {"operationRef": _ref("/entries/{entry_id}", "delete"), "parameters": _ENTRY},
+}
+VERSION_LINKS = {
+    "GetVersion": {"operationRef": _ref("/kb/versions/{version}", "get"), "parameters": _VERSION},
+    "ActivateVersion": {
+        "operationRef": _ref("/kb/versions/{version}/activate", "post"),
+        "parameters": _VERSION,
+    },
+}
+
+
 def issues_response(err: KBValidationError) -> JSONResponse:
     return JSONResponse(
         status_code=422,
@@ -132,7 +153,10 @@ def get_entry(entry_id: str, shop: ShopDep, service: ServiceDep) -> EntryOut:
 @router.put(
     "/entries/{entry_id}",
     response_model=EntryOut,
-    responses={422: {"description": "the entry (with the rest of the KB) has problems"}},
+    responses={
+        200: {"description": "the entry as stored", "links": ENTRY_LINKS},
+        422: {"description": "the entry (with the rest of the KB) has problems"},
+    },
 )
 def put_entry(entry_id: str, body: EntryIn, shop: ShopDep, service: ServiceDep) -> Any:
     """Add or replace an entry; checked together with the rest of the KB (duplicates included)."""
@@ -159,7 +183,10 @@ def delete_entry(entry_id: str, shop: ShopDep, service: ServiceDep) -> None:
     "/kb/publish",
     status_code=status.HTTP_202_ACCEPTED,
     response_model=PublishOut,
-    responses={422: {"description": "the editable KB has problems (or is empty)"}},
+    responses={
+        202: {"description": "the version being built (or reused)", "links": VERSION_LINKS},
+        422: {"description": "the editable KB has problems (or is empty)"},
+    },
 )
 def publish(shop: ShopDep, service: ServiceDep) -> Any:
     """Freeze the editable KB as a new version and build it in the background.
