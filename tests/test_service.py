@@ -585,3 +585,180 @@ def test_shop_settings_shape_the_next_publish(client: TestClient) -> None:
     assert version["options"]["synonyms"] == {"白条": ["京东信用付"]}
     bad = client.put("/v1/shops/shop-a/settings", headers=key, json={"target_precision": 2})
     assert bad.status_code == 422
+
+
+# ---------------------------------------------------------------- concurrent publishes
+
+RETRY_MESSAGE = "numbering again"  # logged when the IntegrityError guard had to act
+
+
+def _publish_at_once(client: TestClient, key: dict[str, str], n: int, before: Any = None) -> list[Any]:
+    """`n` threads released together, each POSTing kb/publish (after `before(i)`); their responses."""
+    barrier = threading.Barrier(n)
+    responses: list[Any] = [None] * n
+
+    def one(i: int) -> None:
+        barrier.wait(timeout=30)
+        if before is not None:
+            before(i)
+        responses[i] = client.post("/v1/shops/shop-a/kb/publish", headers=key)
+
+    threads = [threading.Thread(target=one, args=(i,)) for i in range(n)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    return responses
+
+
+def test_the_same_kb_published_at_once_makes_one_version(
+    client: TestClient, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Was a 500 on SQLite (UNIQUE constraint failed: kb_versions.shop_id, kb_versions.version), and a
+    build per publish everywhere."""
+    key = new_shop(client)
+    r = client.post("/v1/shops/shop-a/kb", headers=key, files={"file": ("kb.csv", kb_csv())})
+    assert r.status_code == 200, r.text
+    responses = _publish_at_once(client, key, 6)
+    assert [r.status_code for r in responses] == [202] * 6, [r.text for r in responses]
+    bodies = [r.json() for r in responses]
+    assert {b["version"] for b in bodies} == {1}
+    assert sorted(b["reused"] for b in bodies) == [False] + [True] * 5
+    assert [v["version"] for v in client.get("/v1/shops/shop-a/kb/versions", headers=key).json()] == [1]
+    wait_for(lambda: client.get("/v1/shops/shop-a", headers=key).json()["served_version"] == 1)
+    # once ready and served, publishing it again still builds nothing
+    again = client.post("/v1/shops/shop-a/kb/publish", headers=key).json()
+    assert (again["version"], again["reused"], again["status"], again["active"]) == (1, True, "ready", True)
+    file = {"file": ("kb.csv", kb_csv())}
+    upload = client.post("/v1/shops/shop-a/kb?publish=true", headers=key, files=file)
+    assert upload.json() == {"entries": len(KB), "version": 1, "reused": True}
+    assert len(client.get("/v1/shops/shop-a/kb/versions", headers=key).json()) == 1
+    assert RETRY_MESSAGE not in caplog.text
+
+
+def test_concurrent_publishes_of_changing_kbs_number_versions_in_turn(
+    client: TestClient, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Threads released at once each edit the KB and publish: every publish is answered, and new versions
+    get consecutive numbers without ever colliding (the IntegrityError guard never acts)."""
+    key = new_shop(client)
+    publish_and_wait(client, "shop-a", key, kb_csv())
+
+    for round_ in range(2):
+
+        def edit(i: int, round_: int = round_) -> None:
+            body = {"question": f"第{round_}轮第{i}个新问题是什么", "answer": f"答案{i}"}
+            assert client.put(f"/v1/shops/shop-a/entries/new{i}", headers=key, json=body).status_code == 200
+
+        responses = _publish_at_once(client, key, 6, before=edit)
+        assert [r.status_code for r in responses] == [202] * 6, [r.text for r in responses]
+    rows = client.get("/v1/shops/shop-a/kb/versions", headers=key).json()
+    numbers = sorted(v["version"] for v in rows)
+    assert numbers == list(range(1, len(numbers) + 1))
+    assert len(numbers) >= 3  # each round changed the KB before its first publish
+    assert RETRY_MESSAGE not in caplog.text
+
+
+def test_a_publish_that_loses_its_number_is_numbered_again(
+    client: TestClient, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The last guard: a version number taken in between (IntegrityError) gets one more try, not a 500."""
+    from api.kb import repo
+
+    key = new_shop(client)
+    publish_and_wait(client, "shop-a", key, kb_csv())
+    real, calls = repo.latest_version, []
+
+    def stale_once(s: Any, shop: str) -> int:
+        calls.append(shop)
+        return 0 if len(calls) == 1 else real(s, shop)  # as if version 1 were not there yet
+
+    monkeypatch.setattr(repo, "latest_version", stale_once)
+    client.put("/v1/shops/shop-a/entries/gift", headers=key, json={"question": "有没有赠品", "answer": "有"})
+    r = client.post("/v1/shops/shop-a/kb/publish", headers=key)
+    assert r.status_code == 202 and r.json()["version"] == 2 and not r.json()["reused"], r.text
+    assert RETRY_MESSAGE in caplog.text
+
+
+def test_republishing_a_rolled_back_kb_activates_its_version(client: TestClient) -> None:
+    """v1 and v2 ready, rolled back to v1, the KB edited back to v2's: the publish serves v2, no build."""
+    key = new_shop(client)
+    v1 = publish_and_wait(client, "shop-a", key, kb_csv())
+    body = {"question": "有没有赠品", "answer": "送鼠标。"}
+    client.put("/v1/shops/shop-a/entries/gift", headers=key, json=body)
+    v2 = publish_and_wait(client, "shop-a", key)
+    assert client.post(f"/v1/shops/shop-a/kb/versions/{v1}/activate", headers=key).status_code == 200
+    # the rollback made v1's KB the draft: publishing it now repeats v1, the served version
+    r = client.post("/v1/shops/shop-a/kb/publish", headers=key)
+    assert r.status_code == 202 and r.json()["version"] == v1 and r.json()["reused"], r.text
+    client.put("/v1/shops/shop-a/entries/gift", headers=key, json=body)  # the KB edited back to v2's
+    r = client.post("/v1/shops/shop-a/kb/publish", headers=key)
+    assert r.status_code == 202 and r.json()["version"] == v2 and r.json()["reused"], r.text
+    assert r.json()["active"]
+    wait_for(lambda: client.get("/v1/shops/shop-a", headers=key).json()["served_version"] == v2)
+    assert len(client.get("/v1/shops/shop-a/kb/versions", headers=key).json()) == 2
+
+
+def _number_versions_in_another_process(url: str, proc: int, rounds: int, barrier: Any) -> None:
+    """One replica (its own process and engine) numbering versions in a tight loop, as publish does."""
+    from api.db.session import Database
+    from api.kb import repo
+    from engine.kb import load_kb
+
+    entries = load_kb([{"id": "a", "question": "问题", "answer": "答"}], source_name="test")
+    db = Database(url)
+    barrier.wait(timeout=60)
+    for i in range(rounds):
+        with db.session(write_lock=True) as s:
+            repo.create_version(s, "shop-a", entries, {"process": proc, "round": i})
+    db.dispose()
+
+
+def test_two_processes_number_versions_in_turn(client: TestClient, settings: Settings) -> None:
+    """Two replicas (processes, as two uvicorn workers sharing one SQLite file) numbering at once: on
+    SQLite only a lock taken at BEGIN keeps them apart (without it: UNIQUE constraint failed)."""
+    import multiprocessing
+
+    key = new_shop(client)
+    ctx = multiprocessing.get_context("spawn")
+    barrier = ctx.Barrier(2)
+    rounds = 40
+    procs = [
+        ctx.Process(
+            target=_number_versions_in_another_process, args=(settings.database_url, p, rounds, barrier)
+        )
+        for p in range(2)
+    ]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(120)
+    assert [p.exitcode for p in procs] == [0, 0]
+    numbers = sorted(v["version"] for v in client.get("/v1/shops/shop-a/kb/versions", headers=key).json())
+    assert numbers == list(range(1, 2 * rounds + 1))
+
+
+def test_concurrent_kb_edits_are_all_answered(client: TestClient) -> None:
+    """Were 500s on PostgreSQL: two uploads at once both deleted, then both inserted the same ids."""
+    key = new_shop(client)
+    barrier = threading.Barrier(6)
+    statuses: list[int] = []
+
+    def edit(i: int) -> None:
+        barrier.wait(timeout=30)
+        if i % 2:
+            extra = [(f"x{i}", f"第{i}个额外问题", "", "答")]
+            r = client.post(
+                "/v1/shops/shop-a/kb", headers=key, files={"file": ("kb.csv", kb_csv(KB + extra))}
+            )
+        else:
+            body = {"question": "有没有赠品", "answer": f"送鼠标{i}。"}
+            r = client.put("/v1/shops/shop-a/entries/gift", headers=key, json=body)
+        statuses.append(r.status_code)
+
+    threads = [threading.Thread(target=edit, args=(i,)) for i in range(6)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert sorted(statuses) == [200] * 6

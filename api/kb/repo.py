@@ -51,13 +51,20 @@ def validated(entries: Iterable[dict[str, Any] | KBEntry], source: str) -> list[
 
 
 def replace_all(s: Session, shop: str, entries: Sequence[KBEntry]) -> None:
-    """Swap the shop's whole editable KB for validated entries, in the caller's transaction."""
+    """Swap the shop's whole editable KB for validated entries, in the caller's transaction.
+
+    Like every edit it locks the shop row first: two uploads at once would otherwise both delete, then
+    both insert the same ids (a unique violation on PostgreSQL). On SQLite the caller's transaction
+    holds the write lock (`Database.session(write_lock=True)`).
+    """
+    lock_shop(s, shop)
     s.execute(delete(Entry).where(Entry.shop_id == shop))
     s.add_all(_entry_row(shop, e, i) for i, e in enumerate(entries))
 
 
 def upsert_entry(s: Session, shop: str, entry: dict[str, Any]) -> KBEntry:
     """Add or replace one entry, validated together with the rest of the KB (duplicates included)."""
+    lock_shop(s, shop)  # as in replace_all: the KB it validates against stays as read
     current = list_entries(s, shop)
     ids = [e["id"] for e in current]
     new_id = str(entry.get("id", "")).strip()
@@ -80,6 +87,7 @@ def upsert_entry(s: Session, shop: str, entry: dict[str, Any]) -> KBEntry:
 def delete_entry(s: Session, shop: str, entry_id: str) -> bool:
     if "\x00" in entry_id:  # as in get_entry
         return False
+    lock_shop(s, shop)
     return bool(
         s.execute(delete(Entry).where(Entry.shop_id == shop, Entry.entry_id == entry_id)).rowcount  # type: ignore[attr-defined]
     )
@@ -105,19 +113,47 @@ def snapshot(s: Session, shop: str) -> list[KBEntry]:
     return validated(list_entries(s, shop), f"shop {shop}")
 
 
+def lock_shop(s: Session, shop: str) -> Shop | None:
+    """The shop row, locked until the transaction ends: publishes and activations of a shop queue here.
+
+    That is SELECT ... FOR UPDATE on PostgreSQL; SQLite ignores it, so there the transaction must have
+    been opened with `Database.session(write_lock=True)` (BEGIN IMMEDIATE) to be serialized.
+    """
+    return s.get(Shop, shop, with_for_update=True, populate_existing=True)
+
+
+def reusable_version(s: Session, shop: str, digest: str, options: dict[str, Any]) -> KBVersion | None:
+    """The shop's latest building-or-ready version that froze this very KB with these engine options.
+
+    Publishing it again would build the same model: the publish returns that version instead (a rollback
+    makes an older version's KB the draft, so the match need not be the latest version). None when a newer
+    version is still building: its build would overtake the reused one, so a new version is numbered.
+    """
+    rows = s.scalars(
+        select(KBVersion)
+        .where(KBVersion.shop_id == shop, KBVersion.status.in_(("building", "ready")))
+        .order_by(KBVersion.version.desc())
+    )
+    for row in rows:
+        if row.kb_hash == digest and dict(row.options or {}) == options:
+            return row
+        if row.status == "building":
+            return None
+    return None
+
+
 def create_version(
     s: Session, shop: str, entries: Sequence[KBEntry], options: dict[str, Any] | None = None
 ) -> KBVersion:
     """A new version row in state `building`, numbered after the shop's last one.
 
-    The shop row is locked first, so concurrent publishes (on any replica) number their versions one
-    after the other instead of colliding on the same number.
+    The shop row is locked first (and the caller's transaction holds SQLite's write lock), so
+    concurrent publishes (on any replica) number their versions one after the other.
     """
-    s.get(Shop, shop, with_for_update=True)
-    last = s.scalar(select(func.max(KBVersion.version)).where(KBVersion.shop_id == shop)) or 0
+    lock_shop(s, shop)
     row = KBVersion(
         shop_id=shop,
-        version=last + 1,
+        version=latest_version(s, shop) + 1,
         status="building",
         kb_hash=kb_hash(entries),
         entries=len(entries),

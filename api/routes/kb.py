@@ -18,15 +18,36 @@ from fastapi import Path as PathParam
 from fastapi.responses import JSONResponse, Response
 from sqlalchemy.orm import Session
 
-from api.db.models import KBVersion
+from api.db.models import KBVersion, Shop
 from api.kb import repo as kb_repo
 from api.web.deps import SHOP_AUTH_RESPONSES, ServiceDep, ShopDep
-from api.web.schemas import DB_INT_MAX, ActivateOut, EntryIn, EntryOut, UploadOut, VersionOut
+from api.web.schemas import DB_INT_MAX, ActivateOut, EntryIn, EntryOut, PublishOut, UploadOut, VersionOut
 from engine.kb import SUPPORTED_SUFFIXES, KBEntry, KBValidationError, dump_kb
 
 router = APIRouter(prefix="/v1/shops/{shop}", responses=SHOP_AUTH_RESPONSES, tags=["kb"])
 MAX_UPLOAD_BYTES = 20 * 1024 * 1024
 VersionNumber = Annotated[int, PathParam(ge=1, le=DB_INT_MAX)]
+
+
+def _ref(path: str, method: str) -> str:
+    """An OpenAPI operationRef to one of this router's operations (a JSON pointer: / is ~1)."""
+    return f"#/paths/{('/v1/shops/{shop}' + path).replace('~', '~0').replace('/', '~1')}/{method}"
+
+
+# OpenAPI links: what a client (and schemathesis's stateful tests) can call next with a response's ids
+_ENTRY = {"shop": "$request.path.shop", "entry_id": "$response.body#/id"}
+_VERSION = {"shop": "$request.path.shop", "version": "$response.body#/version"}
+ENTRY_LINKS = {
+    "GetEntry": {"operationRef": _ref("/entries/{entry_id}", "get"), "parameters": _ENTRY},
+    "DeleteEntry": {"operationRef": _ref("/entries/{entry_id}", "delete"), "parameters": _ENTRY},
+}
+VERSION_LINKS = {
+    "GetVersion": {"operationRef": _ref("/kb/versions/{version}", "get"), "parameters": _VERSION},
+    "ActivateVersion": {
+        "operationRef": _ref("/kb/versions/{version}/activate", "post"),
+        "parameters": _VERSION,
+    },
+}
 
 
 def issues_response(err: KBValidationError) -> JSONResponse:
@@ -104,12 +125,12 @@ async def upload_kb(
             entries = load_kb(path, source_name=name)  # sizes are checked there too (FIELD_LIMITS)
         except KBValidationError as e:
             return issues_response(e)
-    with service.db.session() as s:
+    with service.db.session(write_lock=True) as s:
         kb_repo.replace_all(s, shop.id, entries)
-    version = None
-    if publish:
-        version, _ = service.publisher.publish(shop.id)
-    return UploadOut(entries=len(entries), version=version)
+    if not publish:
+        return UploadOut(entries=len(entries))
+    published = service.publisher.publish(shop.id)
+    return UploadOut(entries=len(entries), version=published.version, reused=published.reused)
 
 
 @router.get("/entries", response_model=list[EntryOut])
@@ -135,14 +156,17 @@ def get_entry(entry_id: str, shop: ShopDep, service: ServiceDep) -> EntryOut:
 @router.put(
     "/entries/{entry_id}",
     response_model=EntryOut,
-    responses={422: {"description": "the entry (with the rest of the KB) has problems"}},
+    responses={
+        200: {"description": "the entry as stored", "links": ENTRY_LINKS},
+        422: {"description": "the entry (with the rest of the KB) has problems"},
+    },
 )
 def put_entry(entry_id: str, body: EntryIn, shop: ShopDep, service: ServiceDep) -> Any:
     """Add or replace an entry; checked together with the rest of the KB (duplicates included)."""
     record = body.model_dump()
     record["id"] = entry_id
     try:
-        with service.db.session() as s:
+        with service.db.session(write_lock=True) as s:
             kept = kb_repo.upsert_entry(s, shop.id, record)
             saved = kb_repo.get_entry(s, shop.id, kept.id)  # the id as stored: stripped, no control chars
     except KBValidationError as e:
@@ -153,7 +177,7 @@ def put_entry(entry_id: str, body: EntryIn, shop: ShopDep, service: ServiceDep) 
 
 @router.delete("/entries/{entry_id}", status_code=status.HTTP_204_NO_CONTENT)
 def delete_entry(entry_id: str, shop: ShopDep, service: ServiceDep) -> None:
-    with service.db.session() as s:
+    with service.db.session(write_lock=True) as s:
         if not kb_repo.delete_entry(s, shop.id, entry_id):
             raise HTTPException(status.HTTP_404_NOT_FOUND, f"no entry {entry_id!r} in shop {shop.id!r}")
 
@@ -161,19 +185,30 @@ def delete_entry(entry_id: str, shop: ShopDep, service: ServiceDep) -> None:
 @router.post(
     "/kb/publish",
     status_code=status.HTTP_202_ACCEPTED,
-    response_model=VersionOut,
-    responses={422: {"description": "the editable KB has problems (or is empty)"}},
+    response_model=PublishOut,
+    responses={
+        202: {"description": "the version being built (or reused)", "links": VERSION_LINKS},
+        422: {"description": "the editable KB has problems (or is empty)"},
+    },
 )
 def publish(shop: ShopDep, service: ServiceDep) -> Any:
-    """Freeze the editable KB as a new version and build it in the background."""
+    """Freeze the editable KB as a new version and build it in the background.
+
+    The same KB published twice builds once: when the KB (its kb_hash) and the engine options equal
+    those of the shop's latest version that is building or ready, no version is made and that one is
+    returned with `reused: true` (still 202); if it is ready but not active (after a rollback), it is
+    activated. Concurrent publishes of a shop are serialized, so they never get the same number.
+    """
     try:
-        version, _ = service.publisher.publish(shop.id)
+        published = service.publisher.publish(shop.id)
     except KBValidationError as e:
         return issues_response(e)
     with service.db.session() as s:
-        row = kb_repo.get_version(s, shop.id, version)
-        assert row is not None
-        return version_out(row, shop.active_version)
+        row = kb_repo.get_version(s, shop.id, published.version)
+        shop_row = s.get(Shop, shop.id)
+        assert row is not None and shop_row is not None
+        out = version_out(row, shop_row.active_version)
+    return PublishOut(**out.model_dump(), reused=published.reused)
 
 
 @router.get("/kb/versions", response_model=list[VersionOut])

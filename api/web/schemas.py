@@ -159,9 +159,20 @@ class ActivateOut(VersionOut):
     draft_note: str = Field(description="what happened to the editable KB, in words")
 
 
+class PublishOut(VersionOut):
+    reused: bool = Field(
+        default=False,
+        description="true: the KB and engine options equal this building or ready version's, so no new "
+        "version was made and nothing is rebuilt (a ready one that was not active is activated)",
+    )
+
+
 class UploadOut(BaseModel):
     entries: int
-    version: int | None = Field(default=None, description="the version being built, when publish=true")
+    version: int | None = Field(
+        default=None, description="the version being built (or reused, see `reused`), when publish=true"
+    )
+    reused: bool = Field(default=False, description="as in the publish response")
 
 
 # ---------------------------------------------------------------- conversations
