@@ -503,5 +503,24 @@ def loadtest(
     raise typer.Exit(main(config))
 
 
+# --------------------------------------------------------------------------- hostile
+
+
+@app.command()
+def hostile(
+    workers: Annotated[int, typer.Option(help="uvicorn worker processes")] = 2,
+    scale: Annotated[float, typer.Option(help="Payload size factor (1: the sizes in the issue)")] = 1.0,
+    rss_ceiling_mb: Annotated[float, typer.Option(help="Peak RSS no worker may reach")] = 600.0,
+    healthz_p99_ms: Annotated[float, typer.Option(help="/healthz p99 no worker may reach")] = 100.0,
+) -> None:
+    """Hostile uploads and bodies against real workers while /healthz and RSS are measured."""
+    from training.hostile import HostileConfig, main
+
+    config = HostileConfig(
+        workers=workers, scale=scale, rss_ceiling_mb=rss_ceiling_mb, healthz_p99_ms=healthz_p99_ms
+    )
+    raise typer.Exit(main(config))
+
+
 if __name__ == "__main__":
     app()
