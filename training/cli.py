@@ -29,7 +29,7 @@ from rich.table import Table
 
 from engine.artifacts import ModelLoadError, read_manifest
 from engine.build import recalibrate
-from engine.kb import KBEntry, KBValidationError, load_kb
+from engine.kb import KBEntry, KBTooLarge, KBValidationError, ReadLimits, load_kb
 from engine.matcher import Matcher
 from engine.results import Decision, MatchResult
 from training.evaluate import EvalReport, QueryFileError, evaluate, plot_precision_coverage, read_queries
@@ -56,6 +56,7 @@ DECISION_STYLE = {
     Decision.HANDOFF: "bold red",
 }
 EXIT_WORDS = frozenset({"exit", "quit"})
+KB_LIMITS = ReadLimits()  # what `kefu build` reads of a KB file by default, as the service does
 
 
 # --------------------------------------------------------------------------- helpers
@@ -77,6 +78,8 @@ def _user_errors() -> Iterator[None]:
         _fail("\n  ".join([f"{count} in the knowledge base:", *map(str, e.issues)]))
     except (ModelLoadError, QueryFileError) as e:
         _fail(str(e))
+    except KBTooLarge as e:
+        _fail(f"{e}; see --max-rows, --max-cells, --max-inflated-mb")
     except FileNotFoundError as e:
         _fail(f"file not found: {e.filename or e}")
     except OSError as e:
@@ -150,14 +153,25 @@ def build(
     target_precision: Annotated[
         float, typer.Option(help="Precision the answer threshold must reach on held-out questions")
     ] = 0.95,
+    max_rows: Annotated[
+        int | None, typer.Option(help="Refuse a KB file with more rows")
+    ] = KB_LIMITS.max_rows,
+    max_cells: Annotated[
+        int | None, typer.Option(help="Refuse a KB file with more cells")
+    ] = KB_LIMITS.max_cells,
+    max_inflated_mb: Annotated[
+        float, typer.Option(help="Refuse a KB file larger than this once decompressed (.xlsx) or read")
+    ] = (KB_LIMITS.max_inflated_bytes or 0) / 2**20,
 ) -> None:
     """Validate a KB, fit a model on it and save the model directory."""
     _check_precision(target_precision)
     out = output or Path("models") / kb.stem
+    limits = ReadLimits(max_rows, max_cells, int(max_inflated_mb * 2**20))
     with _user_errors():
         if not kb.is_file():
             raise FileNotFoundError(2, "not found", str(kb))
-        entries = load_kb(kb)  # validated before the progress bar starts, so issues print cleanly
+        # validated before the progress bar starts, so issues print cleanly
+        entries = load_kb(kb, limits=limits)
     try:
         m = _build_with_progress(entries, dense=not fast, target_precision=target_precision)
     except ValueError as e:  # the engine's way of refusing a KB it cannot fit (e.g. far too small)
