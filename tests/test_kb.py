@@ -7,6 +7,7 @@ import io
 import json
 import pickle
 import tempfile
+import zipfile
 from collections.abc import Callable, Sequence
 from datetime import UTC, date, datetime
 from pathlib import Path
@@ -614,7 +615,48 @@ def test_row_limit_stops_every_format(tmp_path: Path, suffix: str) -> None:
     with pytest.raises(KBTooLarge) as caught:
         load_kb(path, limits=ReadLimits(max_rows=20))
     assert caught.value.what == "rows" and caught.value.limit == 20
-    assert str(caught.value).startswith(f"kb{suffix}: it has more than 20 rows")
+    sheet = "xl/worksheets/sheet1.xml" if suffix == ".xlsx" else "it"
+    assert str(caught.value).startswith(f"kb{suffix}: {sheet} has more than 20 rows")
+
+
+def test_xlsx_rows_are_counted_before_openpyxl_whatever_the_namespace_prefix(tmp_path: Path) -> None:
+    path = tmp_path / "kb.xlsx"
+    dump_kb(many_entries(30), path)
+    with zipfile.ZipFile(path) as z:
+        parts = {i.filename: z.read(i) for i in z.infolist()}
+    sheet = parts["xl/worksheets/sheet1.xml"].decode()
+    sheet = sheet.replace(
+        "<worksheet ", '<x:worksheet xmlns:x="http://schemas.openxmlformats.org/spreadsheetml/2006/main" '
+    )
+    for tag in (
+        "sheetData",
+        "row",
+        "c",
+        "v",
+        "is",
+        "t",
+        "dimension",
+        "sheetViews",
+        "sheetView",
+        "selection",
+        "sheetFormatPr",
+        "pageMargins",
+        "cols",
+        "col",
+        "sheetPr",
+        "outlinePr",
+        "pageSetUpPr",
+    ):
+        sheet = sheet.replace(f"<{tag}>", f"<x:{tag}>").replace(f"<{tag} ", f"<x:{tag} ")
+        sheet = sheet.replace(f"</{tag}>", f"</x:{tag}>")
+    sheet = sheet.replace("</worksheet>", "</x:worksheet>")
+    parts["xl/worksheets/sheet1.xml"] = sheet.encode()
+    with zipfile.ZipFile(path, "w") as z:
+        for name, data in parts.items():
+            z.writestr(name, data)
+    assert len(load_kb(path)) == 30  # still a workbook openpyxl reads
+    with pytest.raises(KBTooLarge, match=r"sheet1\.xml has more than 20 rows"):
+        load_kb(path, limits=ReadLimits(max_rows=20))
 
 
 @pytest.mark.parametrize("suffix", [".csv", ".xlsx"])
@@ -623,7 +665,7 @@ def test_cell_limit_counts_cells_as_they_stream(tmp_path: Path, suffix: str) -> 
     dump_kb(many_entries(30), path)  # 8 columns a row
     with pytest.raises(KBTooLarge) as caught:
         load_kb(path, limits=ReadLimits(max_rows=None, max_cells=100))
-    assert caught.value.what == "cells" and "more than 100 cells" in str(caught.value)
+    assert caught.value.what == "cells" and "has more than 100 cells" in str(caught.value)
 
 
 def test_xlsx_is_refused_on_its_declared_inflated_size_before_parsing(tmp_path: Path) -> None:

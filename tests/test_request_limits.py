@@ -97,7 +97,8 @@ def test_route_limits_override_the_default() -> None:
     from api.web.limits import RouteLimit
 
     seen: list[int] = []
-    app = BodySizeLimit(counting_app(seen), default=100, routes=[RouteLimit("POST", re.compile(r"/big"), 5000)])
+    big = RouteLimit("POST", re.compile(r"/big"), 5000)
+    app = BodySizeLimit(counting_app(seen), default=100, routes=[big])
     c = TestClient(app)
     assert c.post("/big", content=b"x" * 4000).status_code == 200
     assert c.put("/big", content=b"x" * 4000).status_code == 413
@@ -129,12 +130,16 @@ def test_kb_upload_route_gets_the_upload_limit_not_the_json_one(client: TestClie
 
 def test_upload_over_the_row_limit_is_413_naming_the_limit(client: TestClient) -> None:
     key = new_shop(client)
-    for name, data in [("rows.csv", csv_rows(500)), ("rows.xlsx", xlsx_bomb(500, wide=False))]:
+    cases = [
+        ("rows.csv", csv_rows(500), "it"),
+        ("rows.xlsx", xlsx_bomb(500, wide=False), "xl/worksheets/sheet1.xml"),
+    ]
+    for name, data, where in cases:
         r = upload(client, key, name, data)
         assert r.status_code == 413, r.text
         body = r.json()
         assert body["limit"] == {"setting": "KEFU_KB_MAX_ROWS", "value": 100}
-        assert body["detail"].startswith(f"{name}: it has more than 100 rows")
+        assert body["detail"].startswith(f"{name}: {where} has more than 100 rows")
     assert client.get("/v1/shops/shop-a/entries", headers=key).json() == []
 
 
