@@ -70,6 +70,8 @@ class Outcome:
     sent_bytes: int
     detail: str
     expect_4xx: bool = True
+    window: tuple[float, float] = (0.0, 0.0)  # wall-clock start and end
+    healthz_max_ms: float | None = None  # slowest /healthz poll (any worker) overlapping the request
 
     @property
     def ok(self) -> bool:
@@ -491,6 +493,11 @@ class HealthPoller:
         errors = {pid: sum(start <= t <= end for t in v) for pid, v in self.errors.items()}
         return latencies, errors
 
+    def slowest_overlapping(self, start: float, end: float) -> float | None:
+        """The slowest poll (ms, any worker) that was in flight at some point between two wall-clock times."""
+        hits = [ms for v in self.samples.values() for t, ms in v if t <= end and t + ms / 1000 >= start]
+        return max(hits, default=None)
+
     def __exit__(self, *exc: object) -> None:
         self.stop.set()
         if self.results.poll(60):
@@ -701,12 +708,16 @@ def run(cfg: HostileConfig, say: Say = print) -> HostileReport:
             time.sleep(cfg.idle_seconds)
             hostile_start = time.time()
             for outcome in hostile_requests(server.url, shop, key, cfg, uploads):
+                ended = time.time()
+                outcome.window = (ended - outcome.seconds, ended)
                 report.outcomes.append(outcome)
                 say(f"  {outcome.name}: {outcome.status} in {outcome.seconds:.2f} s")
             hostile_end = time.time()
             report.load_average = os.getloadavg()
         report.idle_ms, _ = poller.window(idle_start, hostile_start)
         report.healthz_ms, report.healthz_errors = poller.window(hostile_start, hostile_end)
+        for o in report.outcomes:
+            o.healthz_max_ms = poller.slowest_overlapping(*o.window)
         report.rss_start_mb, report.rss_peak_mb = rss.start, rss.peak
         log = server.log_path.read_text("utf-8", errors="replace").splitlines()
         report.log_errors = [line for line in log if " ERROR " in line or "CRITICAL" in line]
@@ -717,10 +728,14 @@ def run(cfg: HostileConfig, say: Say = print) -> HostileReport:
 
 def print_report(report: HostileReport, cfg: HostileConfig, say: Say) -> None:
     say("")
-    say(f"{'request':<34} {'status':>6} {'seconds':>8} {'sent':>12}  answer")
+    say(f"{'request':<32} {'status':>6} {'seconds':>7} {'sent':>12} {'healthz max':>11}  answer")
     for o in report.outcomes:
         mark = "" if o.ok else "  <-- FAIL"
-        say(f"{o.name:<34} {o.status!s:>6} {o.seconds:>8.2f} {o.sent_bytes:>12,}  {o.detail}{mark}")
+        slowest = "-" if o.healthz_max_ms is None else f"{o.healthz_max_ms:.0f} ms"
+        say(
+            f"{o.name:<32} {o.status!s:>6} {o.seconds:>7.2f} {o.sent_bytes:>12,} {slowest:>11}  "
+            f"{o.detail[:90]}{mark}"
+        )
     say("")
     say(f"/healthz every {cfg.poll_every * 1000:.0f} ms on a connection pinned to each worker:")
     for pid, values in report.healthz_ms.items():
