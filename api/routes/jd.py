@@ -69,12 +69,7 @@ async def _params(request: Request) -> dict[str, str]:
                     f"file parts are not accepted ({', '.join(files)}); send the parameters as form fields",
                 )
             raw = dict(form.items())
-    try:
-        return {
-            str(k): v if isinstance(v, str) else json.dumps(v, ensure_ascii=False) for k, v in raw.items()
-        }
-    except RecursionError as e:  # a value nested deep enough that re-encoding it overflows
-        raise HTTPException(status.HTTP_400_BAD_REQUEST, "body JSON is nested too deeply") from e
+    return {str(k): v if isinstance(v, str) else json.dumps(v, ensure_ascii=False) for k, v in raw.items()}
 
 
 @router.post("/{shop}/messages")
