@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import re
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
@@ -17,6 +18,8 @@ from api.metrics import REQUEST_LATENCY, REQUESTS
 from api.routes import health, jd, kb, match, messages, metrics, shops
 from api.settings import Settings, get_settings
 from api.store.secrets import SecretKeyError
+from api.web.errors import RequestErrors
+from api.web.limits import BodySizeLimit, RouteLimit
 from api.web.state import ModelHolder, load_or_build
 from engine import Matcher
 
@@ -52,6 +55,17 @@ def _route_template(scope: Scope) -> str:
     route = scope.get("route")
     template = getattr(route, "path_format", None) or getattr(route, "path", None)
     return template if isinstance(template, str) and template else UNMATCHED_ROUTE
+
+
+def _route_limits(settings: Settings) -> list[RouteLimit]:
+    """Routes whose bodies may be larger than the JSON/form default."""
+    multipart_overhead = 64 * 1024  # boundaries, part headers and the form's other fields
+    return [
+        RouteLimit(
+            "POST", re.compile(r"/v1/shops/[^/]+/kb"), settings.kb_max_upload_bytes + multipart_overhead
+        ),
+        RouteLimit("PUT", re.compile(r"/v1/shops/[^/]+/settings"), settings.max_settings_body_bytes),
+    ]
 
 
 def create_app(
@@ -96,6 +110,11 @@ def create_app(
         """JD credentials cannot be read or stored without the key: a configuration problem, not a crash."""
         log.error("JD credentials unavailable: %s", exc)
         return JSONResponse(status_code=503, content={"detail": str(exc)})
+
+    # Pure ASGI middlewares, innermost first; count_requests (added last) is outermost, so it counts the
+    # 413s and 500s they answer.
+    app.add_middleware(BodySizeLimit, default=settings.max_body_bytes, routes=_route_limits(settings))
+    app.add_middleware(RequestErrors)
 
     @app.middleware("http")
     async def count_requests(

@@ -25,6 +25,16 @@ class Settings(BaseSettings):
     max_top_k: int = Field(default=20, ge=1)
     max_text_chars: int = Field(default=2000, ge=1)
     log_level: LogLevel = "INFO"
+    # ---- request sizes: refused with 413 before the body is read whole (api/web/limits.py)
+    # JSON and form bodies; an entry with a 20,000-character answer fits
+    max_body_bytes: int = Field(default=256 * 1024, ge=1024)
+    # PUT /v1/shops/{shop}/settings: up to 20,000 segmenter words plus synonyms
+    max_settings_body_bytes: int = Field(default=8 * 1024 * 1024, ge=1024)
+    # ---- KB uploads: the file, then what reading it may take (engine.kb.ReadLimits)
+    kb_max_upload_bytes: int = Field(default=20 * 1024 * 1024, ge=1024)
+    kb_max_rows: int = Field(default=50_000, ge=1)
+    kb_max_cells: int = Field(default=1_000_000, ge=1)
+    kb_max_inflated_bytes: int = Field(default=64 * 1024 * 1024, ge=1024)
 
     # ---- the multi-shop service
     # SQLite embedded by default; postgresql+psycopg://... for several replicas

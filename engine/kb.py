@@ -19,6 +19,7 @@ import os
 import re
 import shutil
 import tempfile
+import zipfile
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, time, timedelta, timezone, tzinfo
@@ -42,7 +43,9 @@ __all__ = [
     "MAX_QUESTION_CHARS",
     "KBEntry",
     "KBIssue",
+    "KBTooLarge",
     "KBValidationError",
+    "ReadLimits",
     "dump_kb",
     "kb_hash",
     "load_kb",
@@ -207,6 +210,33 @@ class KBValidationError(ValueError):
         return "\n".join(lines)
 
 
+@dataclass(frozen=True, slots=True)
+class ReadLimits:
+    """How much of a KB file is read before giving up; None means no limit.
+
+    A merchant FAQ has hundreds to a few thousand entries. The limits stop a hostile or mistaken file
+    (an .xlsx that inflates to gigabytes, a CSV with millions of rows) while it is streamed, before the
+    records it would take are built, so one upload cannot exhaust a shared process's memory or time.
+    `max_inflated_bytes` bounds the bytes parsed: the file itself for text formats, the sum of the
+    members' uncompressed sizes for .xlsx.
+    """
+
+    max_rows: int | None = 50_000
+    max_cells: int | None = 1_000_000
+    max_inflated_bytes: int | None = 64 * 1024 * 1024
+
+
+NO_LIMITS = ReadLimits(max_rows=None, max_cells=None, max_inflated_bytes=None)
+
+
+class KBTooLarge(ValueError):
+    """A KB file exceeds one of its ReadLimits: a refusal of the size, not a list of content issues."""
+
+    def __init__(self, source: str, what: str, limit: int, found: str) -> None:
+        self.source, self.what, self.limit = source, what, limit
+        super().__init__(f"{source}: {found}; the limit is {limit:,} {what}")
+
+
 class _Problem(Exception):
     """Internal: a value or file is unusable; turned into a KBIssue by the caller."""
 
@@ -231,12 +261,16 @@ def load_kb(
     source: str | os.PathLike[str] | Iterable[Mapping[str, Any] | KBEntry],
     *,
     source_name: str | None = None,
+    limits: ReadLimits = NO_LIMITS,
 ) -> list[KBEntry]:
-    """Load and validate a whole KB; raise KBValidationError listing every problem."""
+    """Load and validate a whole KB; raise KBValidationError listing every problem.
+
+    A file beyond `limits` raises KBTooLarge as soon as the reader gets there.
+    """
     if isinstance(source, (str, os.PathLike)):
         path = Path(source)
         name = source_name or path.name
-        table = _read_file(path, name)
+        table = _read_file(path, name, limits)
     elif isinstance(source, (Mapping, bytes, bytearray)):
         raise TypeError(
             "load_kb expects a file path or an iterable of entries, not a single mapping or bytes"
@@ -250,10 +284,12 @@ def load_kb(
     return entries
 
 
-def read_rows(path: str | os.PathLike[str]) -> tuple[list[dict[str, Any]], list[int]]:
+def read_rows(
+    path: str | os.PathLike[str], *, limits: ReadLimits = NO_LIMITS
+) -> tuple[list[dict[str, Any]], list[int]]:
     """Raw records (keyed by the file's own headers) and their merchant-visible row numbers."""
     file_path = Path(path)
-    table = _read_file(file_path, file_path.name)
+    table = _read_file(file_path, file_path.name, limits)
     if table.issues:
         raise KBValidationError(table.issues)
     return table.records, table.rows
@@ -294,7 +330,7 @@ def dump_kb(entries: Iterable[KBEntry], path: str | os.PathLike[str]) -> None:
 # --------------------------------------------------------------------------- reading
 
 
-def _read_file(path: Path, source: str) -> _Table:
+def _read_file(path: Path, source: str, limits: ReadLimits) -> _Table:
     """Read any supported file; format problems become issues, a missing file raises."""
     reader = _READERS.get(path.suffix.lower())
     if reader is None:
@@ -302,7 +338,7 @@ def _read_file(path: Path, source: str) -> _Table:
     if not path.exists():
         raise FileNotFoundError(errno.ENOENT, "knowledge base file not found", str(path))
     try:
-        return reader(path, source)
+        return reader(path, source, limits)
     except _Problem as problem:
         return _Table(issues=[KBIssue(source, None, None, problem.message)])
 
@@ -347,13 +383,25 @@ def _codec_name(name: str) -> str:
         return name.lower()
 
 
-def _read_csv(path: Path, source: str) -> _Table:
-    text = _decode(path.read_bytes())
+def _read_bytes(path: Path, source: str, limits: ReadLimits) -> bytes:
+    """The whole (text) file, refused before reading when it is larger than the limit."""
+    _check_inflated(path.stat().st_size, source, limits)
+    return path.read_bytes()
+
+
+def _check_inflated(size: int, source: str, limits: ReadLimits) -> None:
+    limit = limits.max_inflated_bytes
+    if limit is not None and size > limit:
+        raise KBTooLarge(source, "bytes", limit, f"its content is {size:,} bytes")
+
+
+def _read_csv(path: Path, source: str, limits: ReadLimits) -> _Table:
+    text = _decode(_read_bytes(path, source, limits))
     reader = csv.reader(io.StringIO(text, newline=""))
-    rows: list[tuple[int, list[str]]] = []
+    rows: list[tuple[int, Sequence[str]]] = []
     try:
         # Records, not physical lines: a quoted newline stays inside one spreadsheet row.
-        for number, cells in enumerate(reader, start=1):
+        for number, cells in _limited(enumerate(reader, start=1), source, limits):
             rows.append((number, [unescape_cell(cell) for cell in cells]))
     except csv.Error as exc:
         table = _tabulate(rows, source)
@@ -362,7 +410,36 @@ def _read_csv(path: Path, source: str) -> _Table:
     return _tabulate(rows, source)
 
 
-def _read_xlsx(path: Path, source: str) -> _Table:
+class _SizeGuard:
+    """Counts rows and cells as a reader produces them; raises KBTooLarge at the first limit crossed.
+
+    Row numbers are the reader's own, blank rows included: parsing them costs time too.
+    """
+
+    def __init__(self, source: str, limits: ReadLimits) -> None:
+        self.source, self.limits, self.cells = source, limits, 0
+
+    def row(self, number: int, cells: int) -> None:
+        max_rows, max_cells = self.limits.max_rows, self.limits.max_cells
+        if max_rows is not None and number > max_rows:
+            raise KBTooLarge(self.source, "rows", max_rows, f"it has more than {max_rows:,} rows")
+        self.cells += cells
+        if max_cells is not None and self.cells > max_cells:
+            raise KBTooLarge(self.source, "cells", max_cells, f"it has more than {max_cells:,} cells")
+
+
+def _limited(
+    rows: Iterable[tuple[int, Sequence[Any]]], source: str, limits: ReadLimits
+) -> Iterator[tuple[int, Sequence[Any]]]:
+    """Pass spreadsheet rows through a _SizeGuard."""
+    guard = _SizeGuard(source, limits)
+    for number, cells in rows:
+        guard.row(number, len(cells))
+        yield number, cells
+
+
+def _read_xlsx(path: Path, source: str, limits: ReadLimits) -> _Table:
+    _check_xlsx_inflated(path, source, limits)
     try:
         workbook = openpyxl.load_workbook(path, read_only=True, data_only=True)
     except Exception as exc:  # openpyxl raises many unrelated types for damaged files
@@ -372,13 +449,78 @@ def _read_xlsx(path: Path, source: str) -> _Table:
             raise _Problem("the workbook has no worksheet")
         sheet = workbook.worksheets[0]
         sheet.reset_dimensions()  # some exporters write wrong dimensions; read every row
-        return _tabulate(_xlsx_rows(sheet), source)
+        return _tabulate(_limited(_xlsx_rows(sheet), source, limits), source)
     finally:
         workbook.close()
 
 
+def _check_xlsx_inflated(path: Path, source: str, limits: ReadLimits) -> None:
+    """Refuse a workbook over the limits before openpyxl parses it.
+
+    First on the members' declared uncompressed sizes; then every member is inflated a chunk at a time
+    and its row and cell elements counted (a C-speed scan, far cheaper than openpyxl, which without a
+    <dimension> element parses a whole sheet just to size it). A member with more rows or cells than
+    the limits refuses the workbook whichever sheet it is. zipfile never inflates past a declared size:
+    a member that understates it stops there and fails its CRC check, reported as a damaged file.
+    """
+    limit = limits.max_inflated_bytes
+    try:
+        with zipfile.ZipFile(path) as archive:
+            members = archive.infolist()
+            size = sum(member.file_size for member in members)
+            if limit is not None and size > limit:
+                raise KBTooLarge(source, "bytes", limit, f"the workbook inflates to {size:,} bytes")
+            if limits.max_rows is None and limits.max_cells is None:
+                return
+            for member in members:
+                with archive.open(member) as stream:
+                    _count_elements(stream, source, member.filename, limits)
+    except (zipfile.BadZipFile, OSError, ValueError, EOFError) as exc:
+        if isinstance(exc, KBTooLarge):
+            raise
+        raise _Problem(f"could not open the file as an .xlsx workbook ({type(exc).__name__}: {exc})") from exc
+
+
+_ROW_TAG = re.compile(rb"<(?:[\w.-]+:)?row[\s/>]")
+_CELL_TAG = re.compile(rb"<(?:[\w.-]+:)?c[\s/>]")
+
+
+def _count_elements(stream: Any, source: str, member: str, limits: ReadLimits) -> None:
+    """Count <row> and <c> elements (any namespace prefix) in a member; KBTooLarge past a limit."""
+    rows = cells = 0
+    carry = b""
+    while chunk := stream.read(1 << 20):
+        data = carry + chunk
+        cut = data.rfind(b"<")  # a tag is never split: the part from the last "<" waits for the next chunk
+        if cut == -1:
+            cut = len(data)
+        data, carry = data[:cut], data[cut:]
+        rows += len(_ROW_TAG.findall(data))
+        cells += len(_CELL_TAG.findall(data))
+        _check_counts(rows, cells, source, member, limits)
+    rows += len(_ROW_TAG.findall(carry + b" "))
+    cells += len(_CELL_TAG.findall(carry + b" "))
+    _check_counts(rows, cells, source, member, limits)
+
+
+def _check_counts(rows: int, cells: int, source: str, member: str, limits: ReadLimits) -> None:
+    if limits.max_rows is not None and rows > limits.max_rows:
+        raise KBTooLarge(source, "rows", limits.max_rows, f"{member} has more than {limits.max_rows:,} rows")
+    if limits.max_cells is not None and cells > limits.max_cells:
+        raise KBTooLarge(
+            source, "cells", limits.max_cells, f"{member} has more than {limits.max_cells:,} cells"
+        )
+
+
 def _xlsx_rows(sheet: Any) -> Iterator[tuple[int, list[Any]]]:
-    for number, cells in enumerate(sheet.iter_rows(), start=1):
+    rows = enumerate(sheet.iter_rows(), start=1)
+    while True:
+        try:
+            number, cells = next(rows)
+        except StopIteration:
+            return
+        except Exception as exc:  # damaged sheet XML or a member failing its CRC: a file problem
+            raise _Problem(f"could not read the worksheet ({type(exc).__name__}: {exc})") from exc
         yield number, [_xlsx_value(cell) for cell in cells]
 
 
@@ -474,35 +616,47 @@ def _read_header(cells: Sequence[Any], number: int, source: str, issues: list[KB
     return names
 
 
-def _read_json(path: Path, source: str) -> _Table:
-    text = _decode(path.read_bytes())
+_TOO_DEEP = "the JSON is nested too deeply to be a knowledge base (expected flat objects)"
+
+
+def _read_json(path: Path, source: str, limits: ReadLimits) -> _Table:
+    text = _decode(_read_bytes(path, source, limits))
     try:
         data = json.loads(text)
     except json.JSONDecodeError as exc:
         raise _Problem(f"invalid JSON at line {exc.lineno}, column {exc.colno}: {exc.msg}") from exc
+    except RecursionError as exc:  # e.g. "[" x 200,000: the parser's recursion, not a crash
+        raise _Problem(_TOO_DEEP) from exc
     if isinstance(data, dict) and "entries" in data:
         data = data["entries"]
     if not isinstance(data, list):
         raise _Problem(f'expected a JSON array of objects or {{"entries": [...]}}, got {_json_type(data)}')
     table = _Table()
+    guard = _SizeGuard(source, limits)
     for number, item in enumerate(data, start=1):
+        guard.row(number, len(item) if isinstance(item, dict) else 1)
         _add_object(table, item, number, source)
     return table
 
 
-def _read_jsonl(path: Path, source: str) -> _Table:
-    text = _decode(path.read_bytes())
+def _read_jsonl(path: Path, source: str, limits: ReadLimits) -> _Table:
+    text = _decode(_read_bytes(path, source, limits))
     table = _Table()
+    guard = _SizeGuard(source, limits)
     # Split on "\n" only: str.splitlines() would also split on U+2028 inside strings.
     for number, line in enumerate(text.split("\n"), start=1):
         line = line.lstrip("\ufeff")  # concatenated files: each part may start with its own BOM
         if not line.strip():
             continue
+        guard.row(number, 1)
         try:
             item = json.loads(line)
         except json.JSONDecodeError as exc:
             message = f"invalid JSON ({exc.msg} at column {exc.colno})"
             table.issues.append(KBIssue(source, number, None, message))
+            continue
+        except RecursionError:
+            table.issues.append(KBIssue(source, number, None, _TOO_DEEP))
             continue
         _add_object(table, item, number, source)
     return table
@@ -533,7 +687,7 @@ def _read_items(items: Iterable[Mapping[str, Any] | KBEntry], source: str) -> _T
     return table
 
 
-_READERS: dict[str, Callable[[Path, str], _Table]] = {
+_READERS: dict[str, Callable[[Path, str, ReadLimits], _Table]] = {
     ".csv": _read_csv,
     ".xlsx": _read_xlsx,
     ".json": _read_json,

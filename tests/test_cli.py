@@ -180,6 +180,12 @@ def test_build_bad_kb_lists_every_issue(tmp_path: Path) -> None:
     assert not (tmp_path / "m").exists()
 
 
+def test_build_refuses_a_kb_over_the_row_limit(tmp_path: Path) -> None:
+    result = invoke("build", write_kb(tmp_path / "kb.csv"), "-o", tmp_path / "m", "--fast", "--max-rows", "3")
+    assert_clean_failure(result, "kb.csv: it has more than 3 rows", "--max-rows")
+    assert not (tmp_path / "m").exists()
+
+
 def test_build_rejects_bad_target_precision(tmp_path: Path) -> None:
     result = invoke("build", write_kb(tmp_path / "kb.csv"), "--fast", "--target-precision", "1.5")
     assert_clean_failure(result, "--target-precision")

@@ -25,7 +25,9 @@ from engine.kb import (
     KB_COLUMNS,
     KBEntry,
     KBIssue,
+    KBTooLarge,
     KBValidationError,
+    ReadLimits,
     dump_kb,
     kb_hash,
     load_kb,
@@ -782,3 +784,117 @@ def test_api_schemas_use_the_engine_limits() -> None:
     fields = EntryIn.model_fields
     for column in ("question", "answer", "category"):
         assert any(getattr(m, "max_length", None) == FIELD_LIMITS[column] for m in fields[column].metadata)
+
+
+# ---------------------------------------------------------------- read limits (hostile or mistaken files)
+
+
+def many_entries(n: int) -> list[KBEntry]:
+    return [KBEntry(f"e{i}", f"第{i}个问题", f"第{i}个答案") for i in range(n)]
+
+
+@pytest.mark.parametrize("suffix", [".csv", ".xlsx", ".json", ".jsonl"])
+def test_row_limit_stops_every_format(tmp_path: Path, suffix: str) -> None:
+    path = tmp_path / f"kb{suffix}"
+    dump_kb(many_entries(30), path)
+    assert len(load_kb(path, limits=ReadLimits(max_rows=31))) == 30  # header row + 30 fits
+    with pytest.raises(KBTooLarge) as caught:
+        load_kb(path, limits=ReadLimits(max_rows=20))
+    assert caught.value.what == "rows" and caught.value.limit == 20
+    sheet = "xl/worksheets/sheet1.xml" if suffix == ".xlsx" else "it"
+    assert str(caught.value).startswith(f"kb{suffix}: {sheet} has more than 20 rows")
+
+
+def test_xlsx_rows_are_counted_before_openpyxl_whatever_the_namespace_prefix(tmp_path: Path) -> None:
+    path = tmp_path / "kb.xlsx"
+    dump_kb(many_entries(30), path)
+    with zipfile.ZipFile(path) as z:
+        parts = {i.filename: z.read(i) for i in z.infolist()}
+    sheet = parts["xl/worksheets/sheet1.xml"].decode()
+    sheet = sheet.replace(
+        "<worksheet ", '<x:worksheet xmlns:x="http://schemas.openxmlformats.org/spreadsheetml/2006/main" '
+    )
+    for tag in (
+        "sheetData",
+        "row",
+        "c",
+        "v",
+        "is",
+        "t",
+        "dimension",
+        "sheetViews",
+        "sheetView",
+        "selection",
+        "sheetFormatPr",
+        "pageMargins",
+        "cols",
+        "col",
+        "sheetPr",
+        "outlinePr",
+        "pageSetUpPr",
+    ):
+        sheet = sheet.replace(f"<{tag}>", f"<x:{tag}>").replace(f"<{tag} ", f"<x:{tag} ")
+        sheet = sheet.replace(f"</{tag}>", f"</x:{tag}>")
+    sheet = sheet.replace("</worksheet>", "</x:worksheet>")
+    parts["xl/worksheets/sheet1.xml"] = sheet.encode()
+    with zipfile.ZipFile(path, "w") as z:
+        for name, data in parts.items():
+            z.writestr(name, data)
+    assert len(load_kb(path)) == 30  # still a workbook openpyxl reads
+    with pytest.raises(KBTooLarge, match=r"sheet1\.xml has more than 20 rows"):
+        load_kb(path, limits=ReadLimits(max_rows=20))
+
+
+@pytest.mark.parametrize("suffix", [".csv", ".xlsx"])
+def test_cell_limit_counts_cells_as_they_stream(tmp_path: Path, suffix: str) -> None:
+    path = tmp_path / f"kb{suffix}"
+    dump_kb(many_entries(30), path)  # 8 columns a row
+    with pytest.raises(KBTooLarge) as caught:
+        load_kb(path, limits=ReadLimits(max_rows=None, max_cells=100))
+    assert caught.value.what == "cells" and "has more than 100 cells" in str(caught.value)
+
+
+def test_xlsx_is_refused_on_its_declared_inflated_size_before_parsing(tmp_path: Path) -> None:
+    from training.hostile import xlsx_bomb
+
+    path = tmp_path / "bomb.xlsx"
+    path.write_bytes(xlsx_bomb(20_000))  # ~4.7 MB of sheet XML in ~30 KB
+    assert path.stat().st_size < 100_000
+    with pytest.raises(KBTooLarge) as caught:
+        load_kb(path, limits=ReadLimits(max_rows=None, max_cells=None, max_inflated_bytes=1_000_000))
+    assert caught.value.what == "bytes" and "the workbook inflates to" in str(caught.value)
+
+
+def test_xlsx_whose_headers_understate_sizes_is_a_damaged_file_not_a_bomb(tmp_path: Path) -> None:
+    from training.hostile import understate_sizes, xlsx_bomb
+
+    path = tmp_path / "liar.xlsx"
+    path.write_bytes(understate_sizes(xlsx_bomb(20_000)))
+    with pytest.raises(KBValidationError) as caught:
+        load_kb(path, limits=ReadLimits(max_inflated_bytes=1_000_000))
+    [issue] = caught.value.issues
+    assert "BadZipFile" in issue.message
+
+
+def test_text_file_over_the_byte_limit_is_refused_before_reading(tmp_path: Path) -> None:
+    path = tmp_path / "kb.csv"
+    dump_kb(many_entries(50), path)
+    with pytest.raises(KBTooLarge) as caught:
+        load_kb(path, limits=ReadLimits(max_inflated_bytes=1024))
+    assert caught.value.what == "bytes"
+
+
+def test_deeply_nested_json_is_a_kb_issue_not_a_crash(tmp_path: Path) -> None:
+    deep = tmp_path / "deep.json"
+    deep.write_text("[" * 200_000)
+    with pytest.raises(KBValidationError) as caught:
+        load_kb(deep)
+    assert [i.message for i in caught.value.issues] == [
+        "the JSON is nested too deeply to be a knowledge base (expected flat objects)"
+    ]
+    lines = tmp_path / "deep.jsonl"
+    lines.write_text('{"id": "1", "question": "问", "answer": "答"}\n' + "[" * 200_000 + "\n")
+    with pytest.raises(KBValidationError) as caught:
+        load_kb(lines)
+    [issue] = caught.value.issues
+    assert issue.row == 2 and "nested too deeply" in issue.message

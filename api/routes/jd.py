@@ -66,17 +66,29 @@ def _unauthorized(reason: str) -> HTTPException:
 
 
 async def _params(request: Request) -> dict[str, str]:
-    """Form fields (as JOS sends them) or a flat JSON object; every value as a string."""
+    """Form fields (as JOS sends them) or a flat JSON object; every value as a string.
+
+    Anything else (a file part, JSON nested past the parser's depth) is the sender's mistake: 400.
+    """
     if request.headers.get("content-type", "").startswith("application/json"):
         try:
             body = await request.json()
         except (json.JSONDecodeError, UnicodeDecodeError) as e:
             raise HTTPException(status.HTTP_400_BAD_REQUEST, "body is not valid JSON") from e
+        except RecursionError as e:
+            raise HTTPException(status.HTTP_400_BAD_REQUEST, "body JSON is nested too deeply") from e
         if not isinstance(body, dict):
             raise HTTPException(status.HTTP_400_BAD_REQUEST, "body must be a JSON object")
         raw: dict[str, Any] = body
     else:
-        raw = dict((await request.form()).items())
+        async with request.form() as form:
+            files = sorted({k for k, v in form.multi_items() if not isinstance(v, str)})
+            if files:
+                raise HTTPException(
+                    status.HTTP_400_BAD_REQUEST,
+                    f"file parts are not accepted ({', '.join(files)}); send the parameters as form fields",
+                )
+            raw = dict(form.items())
     return {str(k): v if isinstance(v, str) else json.dumps(v, ensure_ascii=False) for k, v in raw.items()}
 
 

@@ -17,15 +17,23 @@ from fastapi import APIRouter, File, HTTPException, Query, UploadFile, status
 from fastapi import Path as PathParam
 from fastapi.responses import JSONResponse, Response
 from sqlalchemy.orm import Session
+from starlette.concurrency import run_in_threadpool
 
 from api.db.models import KBVersion, Shop
 from api.kb import repo as kb_repo
+from api.service import Service
+from api.settings import Settings
 from api.web.deps import SHOP_AUTH_RESPONSES, ServiceDep, ShopDep
 from api.web.schemas import DB_INT_MAX, ActivateOut, EntryIn, EntryOut, PublishOut, UploadOut, VersionOut
-from engine.kb import SUPPORTED_SUFFIXES, KBEntry, KBValidationError, dump_kb
+from engine.kb import SUPPORTED_SUFFIXES, KBEntry, KBTooLarge, KBValidationError, ReadLimits, dump_kb, load_kb
 
 router = APIRouter(prefix="/v1/shops/{shop}", responses=SHOP_AUTH_RESPONSES, tags=["kb"])
-MAX_UPLOAD_BYTES = 20 * 1024 * 1024
+# the setting behind each engine.kb.KBTooLarge limit, named in the 413 answer
+LIMIT_SETTINGS = {
+    "rows": "KEFU_KB_MAX_ROWS",
+    "cells": "KEFU_KB_MAX_CELLS",
+    "bytes": "KEFU_KB_MAX_INFLATED_BYTES",
+}
 VersionNumber = Annotated[int, PathParam(ge=1, le=DB_INT_MAX)]
 
 
@@ -97,7 +105,10 @@ def version_out(row: KBVersion, active: int | None) -> VersionOut:
 @router.post(
     "/kb",
     response_model=UploadOut,
-    responses={422: {"description": "the file has problems; every one is listed with row and column"}},
+    responses={
+        413: {"description": "the file, or what it inflates to (rows, cells, bytes), is over a limit"},
+        422: {"description": "the file has problems; every one is listed with row and column"},
+    },
 )
 async def upload_kb(
     shop: ShopDep,
@@ -105,7 +116,11 @@ async def upload_kb(
     file: Annotated[UploadFile, File(description="the KB: .csv, .xlsx, .json or .jsonl")],
     publish: Annotated[bool, Query(description="also publish it as a new version")] = False,
 ) -> Any:
-    """Replace the shop's editable KB with a file (all or nothing)."""
+    """Replace the shop's editable KB with a file (all or nothing).
+
+    Reading, validating and storing run in a worker thread: a large or hostile file must not stall the
+    event loop that answers every other shop.
+    """
     name = Path(file.filename or "kb.csv").name
     suffix = Path(name).suffix.lower()
     if suffix not in SUPPORTED_SUFFIXES:
@@ -113,23 +128,49 @@ async def upload_kb(
             422,
             f"{name}: unsupported file type {suffix or '(none)'}; use one of {', '.join(SUPPORTED_SUFFIXES)}",
         )
-    data = await file.read(MAX_UPLOAD_BYTES + 1)
-    if len(data) > MAX_UPLOAD_BYTES:
-        raise HTTPException(status.HTTP_413_REQUEST_ENTITY_TOO_LARGE, f"{name} is larger than 20 MB")
+    settings = service.settings
+    max_bytes = settings.kb_max_upload_bytes
+    data = await file.read(max_bytes + 1)
+    if len(data) > max_bytes:
+        raise HTTPException(
+            status.HTTP_413_CONTENT_TOO_LARGE,
+            f"{name} is larger than the limit of {max_bytes:,} bytes (KEFU_KB_MAX_UPLOAD_BYTES)",
+        )
+    try:
+        return await run_in_threadpool(_store_upload, service, shop.id, name, suffix, data, publish)
+    except KBValidationError as e:
+        return issues_response(e)
+    except KBTooLarge as e:
+        setting = LIMIT_SETTINGS[e.what]
+        return JSONResponse(
+            status_code=status.HTTP_413_CONTENT_TOO_LARGE,
+            content={"detail": f"{e} ({setting})", "limit": {"setting": setting, "value": e.limit}},
+        )
+
+
+def read_limits(settings: Settings) -> ReadLimits:
+    """What reading an uploaded KB may take, from the KEFU_KB_MAX_* settings."""
+    return ReadLimits(
+        max_rows=settings.kb_max_rows,
+        max_cells=settings.kb_max_cells,
+        max_inflated_bytes=settings.kb_max_inflated_bytes,
+    )
+
+
+def _store_upload(
+    service: Service, shop: str, name: str, suffix: str, data: bytes, publish: bool
+) -> UploadOut:
+    """Blocking part of an upload: parse within the limits, replace the entries, maybe publish."""
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / f"upload{suffix}"
         path.write_bytes(data)
-        try:
-            from engine.kb import load_kb
-
-            entries = load_kb(path, source_name=name)  # sizes are checked there too (FIELD_LIMITS)
-        except KBValidationError as e:
-            return issues_response(e)
+        # sizes are checked there too (FIELD_LIMITS)
+        entries = load_kb(path, source_name=name, limits=read_limits(service.settings))
     with service.db.session(write_lock=True) as s:
-        kb_repo.replace_all(s, shop.id, entries)
+        kb_repo.replace_all(s, shop, entries)
     if not publish:
         return UploadOut(entries=len(entries))
-    published = service.publisher.publish(shop.id)
+    published = service.publisher.publish(shop)
     return UploadOut(entries=len(entries), version=published.version, reused=published.reused)
 
 
