@@ -16,7 +16,7 @@ from api.jd import sign
 from api.main import create_app
 from api.settings import Settings
 from api.web.ratelimit import client_ip
-from tests.test_service import ADMIN, new_shop
+from tests.test_service import new_shop
 from tests.test_service import settings as settings
 
 PROXY = "10.0.0.1"
@@ -163,6 +163,15 @@ def test_without_trusted_proxies_x_forwarded_for_does_not_evade_the_limit(tmp_pa
         assert codes[-1].json()["detail"].endswith(f"for client {PROXY} exceeded")
 
 
+def test_probes_are_not_limited_under_a_root_path(tmp_path: Path) -> None:
+    settings = bare_settings(tmp_path, rate_limit_client="1/minute", rate_limit_shop="1/minute")
+    # as behind a proxy serving the app under /kefu (uvicorn --root-path): the path keeps the prefix
+    with TestClient(create_app(settings, shops_service=False), root_path="/kefu") as c:
+        assert [c.get("/kefu/healthz").status_code for _ in range(3)] == [200] * 3
+        assert [c.get("/kefu/v1/shops/shop-a").status_code for _ in range(2)] == [503, 429]
+        assert c.get("/kefu/metrics").status_code == 200
+
+
 def test_disabled_limits_never_refuse(tmp_path: Path) -> None:
     with TestClient(create_app(bare_settings(tmp_path), shops_service=False)) as c:
         assert {c.get("/openapi.json").status_code for _ in range(20)} == {200}
@@ -197,13 +206,14 @@ def test_429_is_documented_on_limited_routes_only(tmp_path: Path) -> None:
     assert "429" not in paths["/healthz"]["get"]["responses"]
 
 
-def test_admin_token_is_not_needed_for_a_refusal(settings: Settings) -> None:
-    """The admin API is limited per client too: guessing tokens costs a counter, not a comparison."""
+def test_admin_token_guessing_is_limited_per_client(settings: Settings) -> None:
+    """Guessing the operator's token costs a counter increment once over the limit, not a comparison."""
     settings = settings.model_copy(update={"rate_limit_shop": None, "rate_limit_client": "2/minute"})
     with TestClient(create_app(settings)) as c:
+        refused = sample("kefu_auth_failures_total", reason="bad_admin_token")
         codes = [
             c.post("/v1/admin/shops", json={"id": "x"}, headers={"X-Admin-Token": "guess"}).status_code
-            for _ in range(3)
+            for _ in range(4)
         ]
-        assert codes == [401, 401, 429]
-        assert ADMIN  # the real token was never sent
+        assert codes == [401, 401, 429, 429]
+        assert sample("kefu_auth_failures_total", reason="bad_admin_token") == refused + 2

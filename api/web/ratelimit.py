@@ -253,7 +253,9 @@ class RateLimitMiddleware:
         if scope["type"] != "http" or not self.limiter.enabled:
             await self.app(scope, receive, send)
             return
-        path = scope["path"]
+        path, root = scope["path"], scope.get("root_path", "")
+        if root and path.startswith(root):  # mounted under a prefix (--root-path): routes are below it
+            path = path[len(root) :] or "/"
         if path in EXEMPT_PATHS:
             await self.app(scope, receive, send)
             return
