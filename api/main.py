@@ -20,6 +20,7 @@ from api.settings import Settings, get_settings
 from api.store.secrets import SecretKeyError
 from api.web.errors import RequestErrors
 from api.web.limits import BodySizeLimit, RouteLimit
+from api.web.ratelimit import RATE_LIMIT_RESPONSES, RateLimiter, RateLimitMiddleware
 from api.web.state import ModelHolder, load_or_build
 from engine import Matcher
 
@@ -78,6 +79,7 @@ def create_app(
     settings = settings or get_settings()
     _configure_logging(settings.log_level)
     holder = ModelHolder(matcher)
+    limiter = RateLimiter.from_settings(settings)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -96,6 +98,7 @@ def create_app(
         try:
             yield
         finally:
+            await limiter.aclose()
             service = getattr(app.state, "service", None)
             if service is not None:
                 service.close()
@@ -104,6 +107,9 @@ def create_app(
     app.state.settings = settings
     app.state.model_holder = holder
     app.state.service = None
+    app.state.rate_limiter = limiter
+    # added before count_requests, so it runs inside it: refused requests are counted as 429s
+    app.add_middleware(RateLimitMiddleware, limiter=limiter)
 
     @app.exception_handler(SecretKeyError)
     async def secrets_unavailable(request: Request, exc: SecretKeyError) -> JSONResponse:
@@ -131,9 +137,10 @@ def create_app(
             REQUESTS.labels(route, request.method, str(status)).inc()
             REQUEST_LATENCY.labels(route).observe(time.perf_counter() - t0)
 
-    for module in (health, match, shops, kb, messages, jd, metrics):
+    for module in (health, metrics):  # never rate limited
         app.include_router(module.router)
-    app.include_router(jd.shop_router)
+    for router in (match.router, shops.router, kb.router, messages.router, jd.router, jd.shop_router):
+        app.include_router(router, responses=RATE_LIMIT_RESPONSES)
     return app
 
 

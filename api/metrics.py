@@ -52,6 +52,10 @@ FEEDBACK = Counter(
 )
 JOS_ERRORS = Counter("kefu_jos_errors_total", "JOS call errors", ["kind"])
 AUTH_FAILURES = Counter("kefu_auth_failures_total", "Refused requests", ["reason"])
+RATE_LIMITED = Counter("kefu_rate_limited_total", "Requests refused by a rate limit", ["scope", "route"])
+RATE_LIMIT_ERRORS = Counter(
+    "kefu_rate_limit_errors_total", "Rate limit checks skipped because the counter store failed"
+)
 
 _recent: dict[str, deque[bool]] = {}
 _recent_lock = threading.Lock()

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import ipaddress
 from functools import lru_cache
 from pathlib import Path
 from typing import Literal
 
+from limits import parse_many
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 LogLevel = Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"]
 
 
@@ -55,6 +58,44 @@ class Settings(BaseSettings):
     jos_url: str = "https://api.jd.com/routerjson"
     jos_evaluation_method: str | None = None  # the JOS method that lists customer-service evaluations
     evaluation_pull_interval: int = Field(default=3600, ge=0)  # seconds; 0: only on demand
+    # ---- rate limits (api/web/ratelimit.py): "50/second", "50/second;1000/minute", a bare number is per
+    # minute; "0", "off" or empty disables. Shared by replicas through Redis when redis_url is set.
+    rate_limit_shop: str | None = "50/second"  # per shop id in the path: /v1/shops/{shop}/, /jd/{shop}/
+    rate_limit_client: str | None = "100/second"  # per client IP, every route but /healthz and /metrics
+    # proxies (IPs or CIDRs, comma-separated) whose X-Forwarded-For is believed; empty: the header is ignored
+    trusted_proxies: str = ""
+
+    @field_validator("rate_limit_shop", "rate_limit_client")
+    @classmethod
+    def _rate_limit(cls, v: str | None) -> str | None:
+        """None when disabled; a malformed limit fails at startup, not on the first request."""
+        if v is None or v.strip().lower() in {"", "0", "off", "none"}:
+            return None
+        text = v.strip()
+        if text.isdigit():
+            text = f"{text}/minute"
+        try:
+            items = parse_many(text)
+        except ValueError as e:
+            raise ValueError(f"not a rate limit: {v!r} (e.g. '50/second', '50/second;1000/minute')") from e
+        if any(item.amount < 1 for item in items):
+            raise ValueError(f"{v!r}: a limit must allow at least 1 request (disable it with 0)")
+        return text
+
+    @field_validator("trusted_proxies")
+    @classmethod
+    def _proxies(cls, v: str) -> str:
+        cls.networks(v)  # refuse a malformed address at startup
+        return v
+
+    @staticmethod
+    def networks(text: str) -> tuple[IPNetwork, ...]:
+        """Comma-separated IPs or CIDRs as networks (an IP is a /32 or /128)."""
+        return tuple(ipaddress.ip_network(p.strip(), strict=False) for p in text.split(",") if p.strip())
+
+    @property
+    def trusted_proxy_networks(self) -> tuple[IPNetwork, ...]:
+        return self.networks(self.trusted_proxies)
 
     @model_validator(mode="after")
     def _retention_outlasts_window(self) -> Settings:
