@@ -1,25 +1,39 @@
-# Two commands on a fresh machine: `make run` (venv, install, demo model, serve) and `make test`.
+# Two commands on a fresh machine: `make run` (venv, runtime install, demo model, serve) and `make test`.
+# `make run` installs the runtime only; `make test` adds the test tools (extra `dev`). WITH_ST=1 also
+# installs the optional sentence-transformers backend (extra `st`, torch): .ci/run sets it.
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
-STAMP := $(VENV)/.installed-$(shell cksum pyproject.toml | cut -d' ' -f1)
+DEPS := $(shell cksum pyproject.toml | cut -d' ' -f1)
+WITH_ST ?=
+comma := ,
+TEST_EXTRAS := dev$(if $(WITH_ST),$(comma)st)
+# a stamp per install set, named after pyproject.toml's checksum: an edited pyproject installs again
+RUNTIME_STAMP := $(VENV)/.installed-runtime-$(DEPS)
+TEST_STAMP := $(VENV)/.installed-test-$(DEPS)$(if $(WITH_ST),-st)
 HOST ?= 127.0.0.1
 PORT ?= 8000
 DEMO_KB := models/demo-shop-kb.csv
 DEMO_MODEL := models/demo
 DATA ?= ../shared/data
 
-.PHONY: install run demo test lint format bench clean
+.PHONY: install install-test run demo test lint format bench clean
 
-$(STAMP):
+$(RUNTIME_STAMP):
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
-	$(BIN)/python -m pip install -q -e '.[dev,st]'
-	rm -f $(VENV)/.installed-* && touch $(STAMP)
+	$(BIN)/python -m pip install -q -e .
+	rm -f $(VENV)/.installed-* && touch $(RUNTIME_STAMP)
 
-install: $(STAMP)
+$(TEST_STAMP): $(RUNTIME_STAMP)
+	$(BIN)/python -m pip install -q -e '.[$(TEST_EXTRAS)]'
+	touch $(TEST_STAMP)
 
-$(DEMO_MODEL)/manifest.json: $(STAMP) $(DEMO_KB)
+install: $(RUNTIME_STAMP)
+
+install-test: $(TEST_STAMP)
+
+$(DEMO_MODEL)/manifest.json: $(RUNTIME_STAMP) $(DEMO_KB)
 	$(BIN)/kefu build $(DEMO_KB) -o $(DEMO_MODEL)
 
 demo: $(DEMO_MODEL)/manifest.json
@@ -27,12 +41,12 @@ demo: $(DEMO_MODEL)/manifest.json
 run: demo
 	$(BIN)/kefu serve --model $(DEMO_MODEL) --host $(HOST) --port $(PORT)
 
-lint: $(STAMP)
+lint: $(TEST_STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
 
-format: $(STAMP)
+format: $(TEST_STAMP)
 	$(BIN)/ruff format .
 	$(BIN)/ruff check --fix .
 
@@ -40,7 +54,7 @@ test: lint
 	$(BIN)/pytest
 
 # the issues' quality and speed bars, peers computed in the same run
-bench: $(STAMP)
+bench: $(TEST_STAMP)
 	$(BIN)/python ../shared/bench/quality.py $(DATA)/smp2017
 	$(BIN)/python ../shared/bench/quality.py $(DATA)/afqmc
 	$(BIN)/python ../shared/bench/speed.py $(DATA)/afqmc

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import re
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
@@ -10,13 +11,16 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI, Request, Response
 from fastapi.responses import JSONResponse
 from starlette.concurrency import run_in_threadpool
-from starlette.routing import Match
+from starlette.types import Scope
 
 import engine
 from api.metrics import REQUEST_LATENCY, REQUESTS
 from api.routes import health, jd, kb, match, messages, metrics, shops
 from api.settings import Settings, get_settings
 from api.store.secrets import SecretKeyError
+from api.web.errors import RequestErrors
+from api.web.limits import BodySizeLimit, RouteLimit
+from api.web.ratelimit import RATE_LIMIT_RESPONSES, RateLimiter, RateLimitMiddleware
 from api.web.state import ModelHolder, load_or_build
 from engine import Matcher
 
@@ -37,12 +41,32 @@ def _configure_logging(level: str) -> None:
         kefu.addHandler(handler)
 
 
-def _route_template(request: Request) -> str:
-    """The matched path template (bounded label values), not the raw path."""
-    for route in request.app.router.routes:
-        if route.matches(request.scope)[0] == Match.FULL:
-            return str(getattr(route, "path", "unmatched"))
-    return "unmatched"
+UNMATCHED_ROUTE = "unmatched"
+
+
+def _route_template(scope: Scope) -> str:
+    """The path template the router matched ("/v1/shops/{shop}/messages"), so label values stay bounded.
+
+    Read from the ASGI scope after the request was handled: the router records the route it chose there
+    (also for a 405 on a known path), whereas scanning the app's routes misses the included routers,
+    which have no path of their own. Routers are included without an extra prefix (their prefix is set
+    on the APIRouter), so the route's own template is the full one. Paths no route matched share one
+    label rather than one per scanned URL.
+    """
+    route = scope.get("route")
+    template = getattr(route, "path_format", None) or getattr(route, "path", None)
+    return template if isinstance(template, str) and template else UNMATCHED_ROUTE
+
+
+def _route_limits(settings: Settings) -> list[RouteLimit]:
+    """Routes whose bodies may be larger than the JSON/form default."""
+    multipart_overhead = 64 * 1024  # boundaries, part headers and the form's other fields
+    return [
+        RouteLimit(
+            "POST", re.compile(r"/v1/shops/[^/]+/kb"), settings.kb_max_upload_bytes + multipart_overhead
+        ),
+        RouteLimit("PUT", re.compile(r"/v1/shops/[^/]+/settings"), settings.max_settings_body_bytes),
+    ]
 
 
 def create_app(
@@ -55,6 +79,7 @@ def create_app(
     settings = settings or get_settings()
     _configure_logging(settings.log_level)
     holder = ModelHolder(matcher)
+    limiter = RateLimiter.from_settings(settings)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -73,6 +98,7 @@ def create_app(
         try:
             yield
         finally:
+            await limiter.aclose()
             service = getattr(app.state, "service", None)
             if service is not None:
                 service.close()
@@ -81,6 +107,9 @@ def create_app(
     app.state.settings = settings
     app.state.model_holder = holder
     app.state.service = None
+    app.state.rate_limiter = limiter
+    # added before count_requests, so it runs inside it: refused requests are counted as 429s
+    app.add_middleware(RateLimitMiddleware, limiter=limiter)
 
     @app.exception_handler(SecretKeyError)
     async def secrets_unavailable(request: Request, exc: SecretKeyError) -> JSONResponse:
@@ -88,24 +117,30 @@ def create_app(
         log.error("JD credentials unavailable: %s", exc)
         return JSONResponse(status_code=503, content={"detail": str(exc)})
 
+    # Pure ASGI middlewares, innermost first; count_requests (added last) is outermost, so it counts the
+    # 413s and 500s they answer.
+    app.add_middleware(BodySizeLimit, default=settings.max_body_bytes, routes=_route_limits(settings))
+    app.add_middleware(RequestErrors)
+
     @app.middleware("http")
     async def count_requests(
         request: Request, call_next: Callable[[Request], Awaitable[Response]]
     ) -> Response:
         t0 = time.perf_counter()
-        route = _route_template(request)
         status = 500
         try:
             response = await call_next(request)
             status = response.status_code
             return response
         finally:
+            route = _route_template(request.scope)  # set by the router while handling the request
             REQUESTS.labels(route, request.method, str(status)).inc()
             REQUEST_LATENCY.labels(route).observe(time.perf_counter() - t0)
 
-    for module in (health, match, shops, kb, messages, jd, metrics):
+    for module in (health, metrics):  # never rate limited
         app.include_router(module.router)
-    app.include_router(jd.shop_router)
+    for router in (match.router, shops.router, kb.router, messages.router, jd.router, jd.shop_router):
+        app.include_router(router, responses=RATE_LIMIT_RESPONSES)
     return app
 
 

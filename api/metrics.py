@@ -47,8 +47,15 @@ BUILD_SECONDS = Histogram(
     ["outcome"],
     buckets=(0.5, 1, 2, 5, 10, 30, 60, 120, 300, 600),
 )
+FEEDBACK = Counter(
+    "kefu_feedback_total", "Feedback on replies: thumbs up, thumbs down, corrections", ["shop", "kind"]
+)
 JOS_ERRORS = Counter("kefu_jos_errors_total", "JOS call errors", ["kind"])
 AUTH_FAILURES = Counter("kefu_auth_failures_total", "Refused requests", ["reason"])
+RATE_LIMITED = Counter("kefu_rate_limited_total", "Requests refused by a rate limit", ["scope", "route"])
+RATE_LIMIT_ERRORS = Counter(
+    "kefu_rate_limit_errors_total", "Rate limit checks skipped because the counter store failed"
+)
 
 _recent: dict[str, deque[bool]] = {}
 _recent_lock = threading.Lock()

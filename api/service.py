@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
+from datetime import timedelta
 from functools import partial
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import delete, select, tuple_
 
 from api.db.migrate import upgrade
-from api.db.models import Shop
+from api.db.models import JdMessage, Shop, utcnow
 from api.db.session import Database
 from api.kb import repo as kb_repo
 from api.kb.publisher import CHANNEL, Publisher
@@ -20,6 +22,8 @@ from api.settings import Settings
 from api.store.kv import make_store
 
 log = logging.getLogger("kefu.service")
+
+PRUNE_BATCH = 1000  # rows per delete: short transactions, no long lock on a big backlog
 
 
 class Service:
@@ -61,11 +65,20 @@ class Service:
         t.start()
         return t
 
-    def start_reconciler(self, every: float = 5.0) -> threading.Thread:
-        """Catch up with activations this replica missed (pub/sub is a notification, not a queue)."""
+    def start_reconciler(self, every: float = 5.0, prune_every: float = 600.0) -> threading.Thread:
+        """Catch up with activations this replica missed (pub/sub is a notification, not a queue), and
+        prune expired JD message ids every `prune_every` seconds."""
+        next_prune = time.monotonic()
 
         def run() -> None:
+            nonlocal next_prune
             while not self._stopping.wait(every):
+                if time.monotonic() >= next_prune:
+                    next_prune = time.monotonic() + prune_every
+                    try:
+                        self.prune_jd_messages()
+                    except Exception as e:  # as below: retried at the next turn
+                        log.warning("pruning JD message ids failed: %s", e)
                 try:
                     with self.db.session() as s:
                         active = {sh.id: sh.active_version for sh in s.scalars(select(Shop))}
@@ -79,6 +92,31 @@ class Service:
         t = threading.Thread(target=run, name="kefu-reconcile", daemon=True)
         t.start()
         return t
+
+    def prune_jd_messages(self, batch: int = PRUNE_BATCH) -> int:
+        """Forget JD message ids older than `jd_message_retention`, in batches; returns how many.
+
+        Safe on every replica at once: each batch deletes whatever rows are still there.
+        """
+        cutoff = utcnow() - timedelta(seconds=self.settings.jd_message_retention)
+        key = tuple_(JdMessage.shop_id, JdMessage.message_digest)
+        total = 0
+        while not self._stopping.is_set():
+            with self.db.session() as s:
+                old = (
+                    select(JdMessage.shop_id, JdMessage.message_digest)
+                    .where(JdMessage.created_at < cutoff)
+                    .limit(batch)
+                )
+                keys = s.execute(old).all()
+                if keys:
+                    s.execute(delete(JdMessage).where(key.in_([tuple(k) for k in keys])))
+            total += len(keys)
+            if len(keys) < batch:
+                break
+        if total:
+            log.info("pruned %d expired JD message ids", total)
+        return total
 
     def start_schedules(self) -> threading.Thread | None:
         """Pull every configured shop's JD evaluations every `evaluation_pull_interval` seconds."""

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import ipaddress
 from functools import lru_cache
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, SecretStr, field_validator
+from limits import parse_many
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 LogLevel = Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"]
 
 
@@ -25,6 +28,16 @@ class Settings(BaseSettings):
     max_top_k: int = Field(default=20, ge=1)
     max_text_chars: int = Field(default=2000, ge=1)
     log_level: LogLevel = "INFO"
+    # ---- request sizes: refused with 413 before the body is read whole (api/web/limits.py)
+    # JSON and form bodies; an entry with a 20,000-character answer fits
+    max_body_bytes: int = Field(default=256 * 1024, ge=1024)
+    # PUT /v1/shops/{shop}/settings: up to 20,000 segmenter words plus synonyms
+    max_settings_body_bytes: int = Field(default=8 * 1024 * 1024, ge=1024)
+    # ---- KB uploads: the file, then what reading it may take (engine.kb.ReadLimits)
+    kb_max_upload_bytes: int = Field(default=20 * 1024 * 1024, ge=1024)
+    kb_max_rows: int = Field(default=50_000, ge=1)
+    kb_max_cells: int = Field(default=1_000_000, ge=1)
+    kb_max_inflated_bytes: int = Field(default=64 * 1024 * 1024, ge=1024)
 
     # ---- the multi-shop service
     # SQLite embedded by default; postgresql+psycopg://... for several replicas
@@ -40,9 +53,60 @@ class Settings(BaseSettings):
     min_cv_top1: float = Field(default=0.3, ge=0, le=1)
     # ---- JD / JOS
     jd_timestamp_window: int = Field(default=300, ge=1, description="seconds a signed JD message stays valid")
+    # seconds a JD message id is remembered (replays refused); must outlast the timestamp window
+    jd_message_retention: int = Field(default=3 * 86400, ge=1)
     jos_url: str = "https://api.jd.com/routerjson"
     jos_evaluation_method: str | None = None  # the JOS method that lists customer-service evaluations
     evaluation_pull_interval: int = Field(default=3600, ge=0)  # seconds; 0: only on demand
+    # ---- rate limits (api/web/ratelimit.py): "50/second", "50/second;1000/minute", a bare number is per
+    # minute; "0", "off" or empty disables. Shared by replicas through Redis when redis_url is set.
+    rate_limit_shop: str | None = "50/second"  # per shop id in the path: /v1/shops/{shop}/, /jd/{shop}/
+    rate_limit_client: str | None = "100/second"  # per client IP, every route but /healthz and /metrics
+    # proxies (IPs or CIDRs, comma-separated) whose X-Forwarded-For is believed; empty: the header is ignored
+    trusted_proxies: str = ""
+
+    @field_validator("rate_limit_shop", "rate_limit_client")
+    @classmethod
+    def _rate_limit(cls, v: str | None) -> str | None:
+        """None when disabled; a malformed limit fails at startup, not on the first request."""
+        if v is None or v.strip().lower() in {"", "0", "off", "none"}:
+            return None
+        text = v.strip()
+        if text.isdigit():
+            text = f"{text}/minute"
+        try:
+            items = parse_many(text)
+        except ValueError as e:
+            raise ValueError(f"not a rate limit: {v!r} (e.g. '50/second', '50/second;1000/minute')") from e
+        if any(item.amount < 1 for item in items):
+            raise ValueError(f"{v!r}: a limit must allow at least 1 request (disable it with 0)")
+        return text
+
+    @field_validator("trusted_proxies")
+    @classmethod
+    def _proxies(cls, v: str) -> str:
+        cls.networks(v)  # refuse a malformed address at startup
+        return v
+
+    @staticmethod
+    def networks(text: str) -> tuple[IPNetwork, ...]:
+        """Comma-separated IPs or CIDRs as networks (an IP is a /32 or /128)."""
+        return tuple(ipaddress.ip_network(p.strip(), strict=False) for p in text.split(",") if p.strip())
+
+    @property
+    def trusted_proxy_networks(self) -> tuple[IPNetwork, ...]:
+        return self.networks(self.trusted_proxies)
+
+    @model_validator(mode="after")
+    def _retention_outlasts_window(self) -> Settings:
+        """A pruned message id could be replayed while its signature is still accepted: a timestamp up to
+        one window ahead is accepted, and stays acceptable for two windows, so the id must outlive both."""
+        if self.jd_message_retention <= 2 * self.jd_timestamp_window:
+            raise ValueError(
+                f"jd_message_retention ({self.jd_message_retention}s) must exceed twice "
+                f"jd_timestamp_window ({self.jd_timestamp_window}s), or replays of pruned ids are accepted"
+            )
+        return self
 
     @field_validator("log_level", mode="before")
     @classmethod

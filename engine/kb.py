@@ -19,6 +19,7 @@ import os
 import re
 import shutil
 import tempfile
+import zipfile
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, time, timedelta, timezone, tzinfo
@@ -28,14 +29,23 @@ from zoneinfo import ZoneInfo
 
 import charset_normalizer
 import openpyxl
-from openpyxl.styles.numbers import is_datetime
 from openpyxl.utils import get_column_letter
+from openpyxl.utils.datetime import from_excel
+
+from engine.cells import escape_cell, unescape_cell
 
 __all__ = [
+    "FIELD_LIMITS",
     "KB_COLUMNS",
+    "MAX_ANSWER_CHARS",
+    "MAX_CATEGORY_CHARS",
+    "MAX_ID_CHARS",
+    "MAX_QUESTION_CHARS",
     "KBEntry",
     "KBIssue",
+    "KBTooLarge",
     "KBValidationError",
+    "ReadLimits",
     "dump_kb",
     "kb_hash",
     "load_kb",
@@ -53,6 +63,20 @@ KB_COLUMNS = (
     "enabled",
 )
 REQUIRED_COLUMNS = ("id", "question", "answer")
+# The one source of the size limits, whichever way a KB comes in (file upload of any format, the entry
+# API, `kefu build`); the API schemas use the same constants. A question longer than a customer message
+# can never be matched whole, and the id/category limits are the database column sizes.
+MAX_ID_CHARS = 200
+MAX_QUESTION_CHARS = 2000  # the standard question and each paraphrase
+MAX_ANSWER_CHARS = 20000
+MAX_CATEGORY_CHARS = 200
+FIELD_LIMITS = {
+    "id": MAX_ID_CHARS,
+    "question": MAX_QUESTION_CHARS,
+    "similar": MAX_QUESTION_CHARS,
+    "answer": MAX_ANSWER_CHARS,
+    "category": MAX_CATEGORY_CHARS,
+}
 SUPPORTED_SUFFIXES = (".csv", ".xlsx", ".json", ".jsonl")
 SHANGHAI = ZoneInfo("Asia/Shanghai")
 
@@ -83,12 +107,24 @@ _GB_CODECS = frozenset({"gb2312", "gbk", "gb18030"})
 _SIMILAR_SEPARATORS = re.compile(r"\r\n|[\r\n|｜]")
 # Control characters are invisible in a spreadsheet and cannot be stored in .xlsx.
 _CONTROL_CHARS = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f]")
+# Invisible characters dropped from every cell: a byte-order mark in the middle of a file (concatenated
+# exports) or pasted zero-width spaces would otherwise sit inside ids and questions, where nobody sees
+# them and nothing matches them. (Zero-width joiners stay: emoji sequences in answers need them.)
+_INVISIBLE = re.compile("[\ufeff\u200b\u2060\u180e]")
+# Ids and categories are keys, not prose: every format character (joiners, bidi marks) goes.
+_FORMAT_CHARS = re.compile("[\u00ad\u061c\u180e\u200b-\u200f\u202a-\u202e\u2060-\u2064\u2066-\u206f\ufeff]")
 _CHINESE_DATE = re.compile(r"(\d{4})年(\d{1,2})月(\d{1,2})日")
 _DATE_TEXT = re.compile(
     r"(?P<y>\d{4})(?P<sep>[-/])(?P<mo>\d{1,2})(?P=sep)(?P<d>\d{1,2})"
     r"(?:(?:T|\s+)(?P<h>\d{1,2}):(?P<mi>\d{2})(?::(?P<s>\d{2})(?:\.(?P<f>\d{1,6}))?)?"
     r"\s*(?P<tz>Z|[+-]\d{2}(?::?\d{2}){1,2})?)?"
 )
+# Number-format parts that display no field: quoted text, [colour]/[$-locale]/[DBNum1] tags (not the
+# elapsed-time [h] [mm] [ss]), backslash-escaped characters and _x/*x padding.
+_FORMAT_LITERALS = re.compile(r'"[^"]*"|\[(?![hms]+\])[^\]]*\]|\\.|[_*].', re.IGNORECASE)
+_FORMAT_TIME = re.compile(r"[hs]", re.IGNORECASE)
+# Built-in number formats of Chinese, Japanese and Korean Excel that show dates (ECMA-376 18.8.30).
+_EAST_ASIAN_DATE_FORMAT_IDS = frozenset({27, 28, 29, 30, 31, 36, 50, 51, 52, 53, 54, 57, 58})
 _DATE_FORMATS_HINT = "expected YYYY-MM-DD or YYYY-MM-DD HH:MM[:SS]"
 _ENABLED_HINT = "expected true/false, 1/0, yes/no, y/n, 是/否 or 启用/停用/禁用"
 
@@ -174,6 +210,33 @@ class KBValidationError(ValueError):
         return "\n".join(lines)
 
 
+@dataclass(frozen=True, slots=True)
+class ReadLimits:
+    """How much of a KB file is read before giving up; None means no limit.
+
+    A merchant FAQ has hundreds to a few thousand entries. The limits stop a hostile or mistaken file
+    (an .xlsx that inflates to gigabytes, a CSV with millions of rows) while it is streamed, before the
+    records it would take are built, so one upload cannot exhaust a shared process's memory or time.
+    `max_inflated_bytes` bounds the bytes parsed: the file itself for text formats, the sum of the
+    members' uncompressed sizes for .xlsx.
+    """
+
+    max_rows: int | None = 50_000
+    max_cells: int | None = 1_000_000
+    max_inflated_bytes: int | None = 64 * 1024 * 1024
+
+
+NO_LIMITS = ReadLimits(max_rows=None, max_cells=None, max_inflated_bytes=None)
+
+
+class KBTooLarge(ValueError):
+    """A KB file exceeds one of its ReadLimits: a refusal of the size, not a list of content issues."""
+
+    def __init__(self, source: str, what: str, limit: int, found: str) -> None:
+        self.source, self.what, self.limit = source, what, limit
+        super().__init__(f"{source}: {found}; the limit is {limit:,} {what}")
+
+
 class _Problem(Exception):
     """Internal: a value or file is unusable; turned into a KBIssue by the caller."""
 
@@ -198,12 +261,16 @@ def load_kb(
     source: str | os.PathLike[str] | Iterable[Mapping[str, Any] | KBEntry],
     *,
     source_name: str | None = None,
+    limits: ReadLimits = NO_LIMITS,
 ) -> list[KBEntry]:
-    """Load and validate a whole KB; raise KBValidationError listing every problem."""
+    """Load and validate a whole KB; raise KBValidationError listing every problem.
+
+    A file beyond `limits` raises KBTooLarge as soon as the reader gets there.
+    """
     if isinstance(source, (str, os.PathLike)):
         path = Path(source)
         name = source_name or path.name
-        table = _read_file(path, name)
+        table = _read_file(path, name, limits)
     elif isinstance(source, (Mapping, bytes, bytearray)):
         raise TypeError(
             "load_kb expects a file path or an iterable of entries, not a single mapping or bytes"
@@ -217,10 +284,12 @@ def load_kb(
     return entries
 
 
-def read_rows(path: str | os.PathLike[str]) -> tuple[list[dict[str, Any]], list[int]]:
+def read_rows(
+    path: str | os.PathLike[str], *, limits: ReadLimits = NO_LIMITS
+) -> tuple[list[dict[str, Any]], list[int]]:
     """Raw records (keyed by the file's own headers) and their merchant-visible row numbers."""
     file_path = Path(path)
-    table = _read_file(file_path, file_path.name)
+    table = _read_file(file_path, file_path.name, limits)
     if table.issues:
         raise KBValidationError(table.issues)
     return table.records, table.rows
@@ -261,7 +330,7 @@ def dump_kb(entries: Iterable[KBEntry], path: str | os.PathLike[str]) -> None:
 # --------------------------------------------------------------------------- reading
 
 
-def _read_file(path: Path, source: str) -> _Table:
+def _read_file(path: Path, source: str, limits: ReadLimits) -> _Table:
     """Read any supported file; format problems become issues, a missing file raises."""
     reader = _READERS.get(path.suffix.lower())
     if reader is None:
@@ -269,7 +338,7 @@ def _read_file(path: Path, source: str) -> _Table:
     if not path.exists():
         raise FileNotFoundError(errno.ENOENT, "knowledge base file not found", str(path))
     try:
-        return reader(path, source)
+        return reader(path, source, limits)
     except _Problem as problem:
         return _Table(issues=[KBIssue(source, None, None, problem.message)])
 
@@ -314,14 +383,26 @@ def _codec_name(name: str) -> str:
         return name.lower()
 
 
-def _read_csv(path: Path, source: str) -> _Table:
-    text = _decode(path.read_bytes())
+def _read_bytes(path: Path, source: str, limits: ReadLimits) -> bytes:
+    """The whole (text) file, refused before reading when it is larger than the limit."""
+    _check_inflated(path.stat().st_size, source, limits)
+    return path.read_bytes()
+
+
+def _check_inflated(size: int, source: str, limits: ReadLimits) -> None:
+    limit = limits.max_inflated_bytes
+    if limit is not None and size > limit:
+        raise KBTooLarge(source, "bytes", limit, f"its content is {size:,} bytes")
+
+
+def _read_csv(path: Path, source: str, limits: ReadLimits) -> _Table:
+    text = _decode(_read_bytes(path, source, limits))
     reader = csv.reader(io.StringIO(text, newline=""))
-    rows: list[tuple[int, list[str]]] = []
+    rows: list[tuple[int, Sequence[str]]] = []
     try:
         # Records, not physical lines: a quoted newline stays inside one spreadsheet row.
-        for number, cells in enumerate(reader, start=1):
-            rows.append((number, cells))
+        for number, cells in _limited(enumerate(reader, start=1), source, limits):
+            rows.append((number, [unescape_cell(cell) for cell in cells]))
     except csv.Error as exc:
         table = _tabulate(rows, source)
         table.issues.append(KBIssue(source, len(rows) + 1, None, f"unreadable CSV row: {exc}"))
@@ -329,7 +410,36 @@ def _read_csv(path: Path, source: str) -> _Table:
     return _tabulate(rows, source)
 
 
-def _read_xlsx(path: Path, source: str) -> _Table:
+class _SizeGuard:
+    """Counts rows and cells as a reader produces them; raises KBTooLarge at the first limit crossed.
+
+    Row numbers are the reader's own, blank rows included: parsing them costs time too.
+    """
+
+    def __init__(self, source: str, limits: ReadLimits) -> None:
+        self.source, self.limits, self.cells = source, limits, 0
+
+    def row(self, number: int, cells: int) -> None:
+        max_rows, max_cells = self.limits.max_rows, self.limits.max_cells
+        if max_rows is not None and number > max_rows:
+            raise KBTooLarge(self.source, "rows", max_rows, f"it has more than {max_rows:,} rows")
+        self.cells += cells
+        if max_cells is not None and self.cells > max_cells:
+            raise KBTooLarge(self.source, "cells", max_cells, f"it has more than {max_cells:,} cells")
+
+
+def _limited(
+    rows: Iterable[tuple[int, Sequence[Any]]], source: str, limits: ReadLimits
+) -> Iterator[tuple[int, Sequence[Any]]]:
+    """Pass spreadsheet rows through a _SizeGuard."""
+    guard = _SizeGuard(source, limits)
+    for number, cells in rows:
+        guard.row(number, len(cells))
+        yield number, cells
+
+
+def _read_xlsx(path: Path, source: str, limits: ReadLimits) -> _Table:
+    _check_xlsx_inflated(path, source, limits)
     try:
         workbook = openpyxl.load_workbook(path, read_only=True, data_only=True)
     except Exception as exc:  # openpyxl raises many unrelated types for damaged files
@@ -339,23 +449,124 @@ def _read_xlsx(path: Path, source: str) -> _Table:
             raise _Problem("the workbook has no worksheet")
         sheet = workbook.worksheets[0]
         sheet.reset_dimensions()  # some exporters write wrong dimensions; read every row
-        return _tabulate(_xlsx_rows(sheet), source)
+        return _tabulate(_limited(_xlsx_rows(sheet), source, limits), source)
     finally:
         workbook.close()
 
 
+def _check_xlsx_inflated(path: Path, source: str, limits: ReadLimits) -> None:
+    """Refuse a workbook over the limits before openpyxl parses it.
+
+    First on the members' declared uncompressed sizes; then every member is inflated a chunk at a time
+    and its row and cell elements counted (a C-speed scan, far cheaper than openpyxl, which without a
+    <dimension> element parses a whole sheet just to size it). A member with more rows or cells than
+    the limits refuses the workbook whichever sheet it is. zipfile never inflates past a declared size:
+    a member that understates it stops there and fails its CRC check, reported as a damaged file.
+    """
+    limit = limits.max_inflated_bytes
+    try:
+        with zipfile.ZipFile(path) as archive:
+            members = archive.infolist()
+            size = sum(member.file_size for member in members)
+            if limit is not None and size > limit:
+                raise KBTooLarge(source, "bytes", limit, f"the workbook inflates to {size:,} bytes")
+            if limits.max_rows is None and limits.max_cells is None:
+                return
+            for member in members:
+                with archive.open(member) as stream:
+                    _count_elements(stream, source, member.filename, limits)
+    except (zipfile.BadZipFile, OSError, ValueError, EOFError) as exc:
+        if isinstance(exc, KBTooLarge):
+            raise
+        raise _Problem(f"could not open the file as an .xlsx workbook ({type(exc).__name__}: {exc})") from exc
+
+
+_ROW_TAG = re.compile(rb"<(?:[\w.-]+:)?row[\s/>]")
+_CELL_TAG = re.compile(rb"<(?:[\w.-]+:)?c[\s/>]")
+
+
+def _count_elements(stream: Any, source: str, member: str, limits: ReadLimits) -> None:
+    """Count <row> and <c> elements (any namespace prefix) in a member; KBTooLarge past a limit."""
+    rows = cells = 0
+    carry = b""
+    while chunk := stream.read(1 << 20):
+        data = carry + chunk
+        cut = data.rfind(b"<")  # a tag is never split: the part from the last "<" waits for the next chunk
+        if cut == -1:
+            cut = len(data)
+        data, carry = data[:cut], data[cut:]
+        rows += len(_ROW_TAG.findall(data))
+        cells += len(_CELL_TAG.findall(data))
+        _check_counts(rows, cells, source, member, limits)
+    rows += len(_ROW_TAG.findall(carry + b" "))
+    cells += len(_CELL_TAG.findall(carry + b" "))
+    _check_counts(rows, cells, source, member, limits)
+
+
+def _check_counts(rows: int, cells: int, source: str, member: str, limits: ReadLimits) -> None:
+    if limits.max_rows is not None and rows > limits.max_rows:
+        raise KBTooLarge(source, "rows", limits.max_rows, f"{member} has more than {limits.max_rows:,} rows")
+    if limits.max_cells is not None and cells > limits.max_cells:
+        raise KBTooLarge(
+            source, "cells", limits.max_cells, f"{member} has more than {limits.max_cells:,} cells"
+        )
+
+
 def _xlsx_rows(sheet: Any) -> Iterator[tuple[int, list[Any]]]:
-    for number, cells in enumerate(sheet.iter_rows(), start=1):
+    rows = enumerate(sheet.iter_rows(), start=1)
+    while True:
+        try:
+            number, cells = next(rows)
+        except StopIteration:
+            return
+        except Exception as exc:  # damaged sheet XML or a member failing its CRC: a file problem
+            raise _Problem(f"could not read the worksheet ({type(exc).__name__}: {exc})") from exc
         yield number, [_xlsx_value(cell) for cell in cells]
 
 
 def _xlsx_value(cell: Any) -> Any:
-    """Excel has no date type: a date-formatted midnight is a date, which matters
-    because a date-only valid_to means the end of that day."""
+    """A cell's value, with dates told apart from date-times as the merchant sees them.
+
+    Excel has no date type, only numbers shown through a number format. A midnight whose format shows
+    no time of day is a date, as the same text in a CSV is, so a date-only valid_to means the end of
+    that day. A format that shows a time (even 0:00) gives an exact moment, like "2026-12-13 00:00"
+    in a CSV; a value with a real time of day keeps it whatever the format shows.
+    """
     value = cell.value
-    if isinstance(value, datetime) and value.time() == time.min and is_datetime(cell.number_format) == "date":
+    if isinstance(value, (int, float)) and not isinstance(value, bool) and _east_asian_date(cell):
+        try:
+            value = from_excel(value, cell.parent.parent.epoch)
+        except (OverflowError, ValueError):
+            return cell.value  # reported as a bad date by the field parser
+    midnight = isinstance(value, datetime) and value.time() == time.min
+    if midnight and not _format_shows_time(cell.number_format):
         return value.date()
     return value
+
+
+def _east_asian_date(cell: Any) -> bool:
+    """Whether the cell uses a built-in Chinese/Japanese/Korean date format (ids 27-31, 36, 50-58).
+
+    Chinese Excel saves 'yyyy"年"m"月"d"日"' as built-in id 31 without writing the format out, and
+    openpyxl, which knows only the locale-neutral built-ins, hands such dates over as day numbers.
+    """
+    try:
+        return int(cell.style_array.numFmtId) in _EAST_ASIAN_DATE_FORMAT_IDS
+    except (AttributeError, IndexError, TypeError):  # empty cells have no style
+        return False
+
+
+def _format_shows_time(number_format: Any) -> bool:
+    """Whether a number format displays a time of day (hours or seconds).
+
+    openpyxl's is_datetime looks for lower-case letters in the raw format, so 'YYYY-MM-DD' counts as
+    a time and '[$-x-sysdate]dddd, mmmm dd, yyyy' or '[$-zh-CN]yyyy"年"m"月"d"日"' (an "s" or "h"
+    in a locale tag) as a date-time; dates in those formats ended a day early.
+    """
+    if not isinstance(number_format, str):
+        return False
+    code = _FORMAT_LITERALS.sub("", number_format).split(";", 1)[0]
+    return _FORMAT_TIME.search(code) is not None
 
 
 def _tabulate(rows: Iterable[tuple[int, Sequence[Any]]], source: str) -> _Table:
@@ -405,34 +616,47 @@ def _read_header(cells: Sequence[Any], number: int, source: str, issues: list[KB
     return names
 
 
-def _read_json(path: Path, source: str) -> _Table:
-    text = _decode(path.read_bytes())
+_TOO_DEEP = "the JSON is nested too deeply to be a knowledge base (expected flat objects)"
+
+
+def _read_json(path: Path, source: str, limits: ReadLimits) -> _Table:
+    text = _decode(_read_bytes(path, source, limits))
     try:
         data = json.loads(text)
     except json.JSONDecodeError as exc:
         raise _Problem(f"invalid JSON at line {exc.lineno}, column {exc.colno}: {exc.msg}") from exc
+    except RecursionError as exc:  # e.g. "[" x 200,000: the parser's recursion, not a crash
+        raise _Problem(_TOO_DEEP) from exc
     if isinstance(data, dict) and "entries" in data:
         data = data["entries"]
     if not isinstance(data, list):
         raise _Problem(f'expected a JSON array of objects or {{"entries": [...]}}, got {_json_type(data)}')
     table = _Table()
+    guard = _SizeGuard(source, limits)
     for number, item in enumerate(data, start=1):
+        guard.row(number, len(item) if isinstance(item, dict) else 1)
         _add_object(table, item, number, source)
     return table
 
 
-def _read_jsonl(path: Path, source: str) -> _Table:
-    text = _decode(path.read_bytes())
+def _read_jsonl(path: Path, source: str, limits: ReadLimits) -> _Table:
+    text = _decode(_read_bytes(path, source, limits))
     table = _Table()
+    guard = _SizeGuard(source, limits)
     # Split on "\n" only: str.splitlines() would also split on U+2028 inside strings.
     for number, line in enumerate(text.split("\n"), start=1):
+        line = line.lstrip("\ufeff")  # concatenated files: each part may start with its own BOM
         if not line.strip():
             continue
+        guard.row(number, 1)
         try:
             item = json.loads(line)
         except json.JSONDecodeError as exc:
             message = f"invalid JSON ({exc.msg} at column {exc.colno})"
             table.issues.append(KBIssue(source, number, None, message))
+            continue
+        except RecursionError:
+            table.issues.append(KBIssue(source, number, None, _TOO_DEEP))
             continue
         _add_object(table, item, number, source)
     return table
@@ -463,7 +687,7 @@ def _read_items(items: Iterable[Mapping[str, Any] | KBEntry], source: str) -> _T
     return table
 
 
-_READERS: dict[str, Callable[[Path, str], _Table]] = {
+_READERS: dict[str, Callable[[Path, str, ReadLimits], _Table]] = {
     ".csv": _read_csv,
     ".xlsx": _read_xlsx,
     ".json": _read_json,
@@ -522,7 +746,7 @@ def _canonical_record(
 
 
 def _canonical_column(name: str) -> str | None:
-    key = name.strip().lower()
+    key = _INVISIBLE.sub("", name).strip().lower()
     return key if key in KB_COLUMNS else _ALIASES.get(key)
 
 
@@ -551,6 +775,7 @@ def _parse_record(
             continue
         if column in REQUIRED_COLUMNS and not fields[column]:
             issues.append(KBIssue(source, row, column, f"{column} is blank; every entry needs one"))
+        issues += _check_length(column, fields[column], row, source)
     if "question" in fields and "similar" in fields:
         fields["similar"] = _dedupe_similar(fields["question"], fields["similar"])
     start, end = fields.get("valid_from"), fields.get("valid_to")
@@ -559,6 +784,19 @@ def _parse_record(
         message = f"valid_to {end_text} is before valid_from {start_text}"
         issues.append(KBIssue(source, row, "valid_to", message))
     return fields, issues
+
+
+def _check_length(column: str, value: Any, row: int, source: str) -> list[KBIssue]:
+    """Values over FIELD_LIMITS, one issue each (a paraphrase is checked on its own)."""
+    limit = FIELD_LIMITS.get(column)
+    if limit is None:
+        return []
+    texts = value if isinstance(value, (list, tuple)) else [value]
+    return [
+        KBIssue(source, row, column, f"{_quote(text)} is {len(text)} characters long; the limit is {limit}")
+        for text in texts
+        if isinstance(text, str) and len(text) > limit
+    ]
 
 
 def _check_duplicate_id(
@@ -629,7 +867,7 @@ def _text(value: Any) -> str:
     if value is None:
         return ""
     if isinstance(value, str):
-        return _CONTROL_CHARS.sub("", value).strip()
+        return _INVISIBLE.sub("", _CONTROL_CHARS.sub("", value)).strip()
     if isinstance(value, bool):
         return "true" if value else "false"
     if isinstance(value, int):
@@ -639,6 +877,11 @@ def _text(value: Any) -> str:
     if isinstance(value, (date, time)):
         return value.isoformat()
     raise _Problem(f"expected text, got {_json_type(value)} {_quote(value)}")
+
+
+def _key_text(value: Any) -> str:
+    """An id or category: text without any invisible format character."""
+    return _FORMAT_CHARS.sub("", _text(value)).strip()
 
 
 def _similar(value: Any) -> list[str]:
@@ -662,7 +905,7 @@ def _enabled(value: Any) -> bool:
     if isinstance(value, (int, float)) and value in (0, 1):
         return bool(value)
     if isinstance(value, str):
-        word = value.strip().casefold()
+        word = _INVISIBLE.sub("", value).strip().casefold()
         if not word or word in _TRUE_WORDS:
             return True
         if word in _FALSE_WORDS:
@@ -681,6 +924,8 @@ def _valid_to(value: Any) -> datetime | None:
 def _moment(value: Any, *, end_of_day: bool) -> datetime | None:
     """A date/time cell as an aware Beijing-time datetime; a bare date covers the whole day."""
     raw = value
+    if isinstance(value, str):
+        value = _INVISIBLE.sub("", value)
     if value is None or (isinstance(value, str) and not value.strip()):
         return None
     if isinstance(value, str):
@@ -727,11 +972,11 @@ def _offset(text: str | None) -> tzinfo | None:
 
 
 _FIELD_PARSERS: dict[str, Callable[[Any], Any]] = {
-    "id": _text,
+    "id": _key_text,
     "question": _text,
     "similar": _similar,
     "answer": _text,
-    "category": _text,
+    "category": _key_text,
     "valid_from": _valid_from,
     "valid_to": _valid_to,
     "enabled": _enabled,
@@ -772,14 +1017,18 @@ def _format_moment(value: datetime | None, *, end_of_day: bool) -> str:
 
 
 def _write_csv(entries: Sequence[KBEntry], path: Path) -> None:
+    """CSV whose cells never run as formulas in Excel (see engine.cells); _read_csv undoes the escaping."""
     # BOM: Chinese Excel reads BOM-less CSV as GBK and shows mojibake.
     with path.open("w", encoding="utf-8-sig", newline="") as handle:
         writer = csv.writer(handle)
         writer.writerow(KB_COLUMNS)
-        writer.writerows(_flat_row(entry) for entry in entries)
+        writer.writerows([escape_cell(cell) for cell in _flat_row(entry)] for entry in entries)
 
 
 def _write_xlsx(entries: Sequence[KBEntry], path: Path) -> None:
+    """XLSX whose cells are all text: in a workbook a cell's type, not a quote, keeps it from being a
+    formula, so values are stored unchanged and a formula-like one is also marked quote-prefixed
+    (Excel keeps it text even after the merchant edits it)."""
     workbook = openpyxl.Workbook()
     sheet = workbook.active
     sheet.title = "KB"
@@ -787,8 +1036,9 @@ def _write_xlsx(entries: Sequence[KBEntry], path: Path) -> None:
     for entry in entries:
         sheet.append(_flat_row(entry))
         for cell in sheet[sheet.max_row]:
-            if cell.data_type == "f":  # text starting with "=" must not become a formula
-                cell.data_type = "s"
+            cell.data_type = "s"  # openpyxl makes text starting with "=" a formula
+            if isinstance(cell.value, str) and cell.value != escape_cell(cell.value):
+                cell.quotePrefix = True
     workbook.save(path)
 
 
@@ -817,7 +1067,7 @@ def _is_blank(value: Any) -> bool:
     if value is None:
         return True
     if isinstance(value, str):
-        return not value.strip()
+        return not _INVISIBLE.sub("", value).strip()
     return isinstance(value, (list, tuple)) and not value
 
 

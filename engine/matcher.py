@@ -288,7 +288,9 @@ class Matcher:
                 confidence=EXACT_CONFIDENCE,
                 entry_id=entry.id,
                 answer=entry.answer,
-                candidates=[self._candidate(e, 1.0)],
+                candidates=[
+                    Candidate(entry.id, entry.question, 1.0, entry.answer, entry.category, EXACT_CONFIDENCE)
+                ],
                 normalized=norm,
                 smalltalk=intent,
             )
@@ -317,9 +319,6 @@ class Matcher:
                 Decision.HANDOFF, "no entry of the knowledge base is active now", normalized=rep.normalized
             )
         p = self.calibrator.proba(ranking.calib)
-        candidates = [
-            self._candidate(e, s) for e, s in zip(ranking.cands[:top_k], ranking.fused[:top_k], strict=False)
-        ]
         pol = self.policy
         best = self.entries[ranking.cands[0]]
         exact = ranking.evidence[:, 0] >= EXACT_COSINE
@@ -338,6 +337,9 @@ class Matcher:
             )
         else:
             decision, reason = Decision.HANDOFF, f"confidence {p:.2f} < clarify threshold {pol.t_clarify:.2f}"
+        shown = min(ranking.cands.size, max(top_k, pol.clarify_k))
+        conf = self._candidate_confidences(rep, ranking, shown, p)
+        candidates = [self._candidate(ranking, i, conf) for i in range(min(top_k, shown))]
         return MatchResult(
             decision,
             reason,
@@ -345,18 +347,55 @@ class Matcher:
             entry_id=best.id,
             answer=best.answer if decision is Decision.ANSWER else None,
             candidates=candidates,
-            options=[
-                self._candidate(e, s)
-                for e, s in zip(ranking.cands[: pol.clarify_k], ranking.fused, strict=False)
-            ]
+            options=[self._candidate(ranking, i, conf) for i in range(min(pol.clarify_k, shown))]
             if decision is Decision.CLARIFY
             else [],
             normalized=rep.normalized,
         )
 
-    def _candidate(self, e: int, score: float) -> Candidate:
-        entry = self.entries[e]
-        return Candidate(entry.id, entry.question, float(score), entry.answer, entry.category)
+    def _candidate_confidences(self, rep: QueryRep, ranking: Ranking, n: int, p_best: float) -> np.ndarray:
+        """An estimated P(right) for each of the first n candidates, so no runner-up shows a bare 0.
+
+        The best candidate keeps the calibrated confidence p_best. Each runner-up is scored by the same
+        calibrator on the features it would have as the winner (its evidence, its negative margin to the
+        best, whether each channel ranks it first); the calibrator was fitted on winners only, so this is
+        an estimate, kept coherent with the ranking: no higher than the candidate above it, and the
+        runners-up together at most 1 - p_best (at most one entry is right). Costs one small matrix.
+        """
+        conf = np.full(n, p_best)
+        if n <= 1:
+            return conf
+        # the winner's calibration row, with each runner-up's own evidence, margin and agreement in it
+        X = np.tile(ranking.calib, (n - 1, 1))
+        fused = ranking.fused[1:n]
+        X[:, 0] = fused
+        X[:, 1] = fused - ranking.fused[0]
+        X[:, 2:6] = ranking.evidence[1:n]
+        X[:, 6:8] = 0.0
+        s_best = int(np.argmax(ranking.evidence[:, 0]))
+        if 0 < s_best < n:
+            X[s_best - 1, 6] = 1.0
+        if rep.dense is not None:
+            d_best = int(np.argmax(ranking.evidence[:, 1]))
+            if 0 < d_best < n:
+                X[d_best - 1, 7] = 1.0
+        rest = np.minimum.accumulate(np.minimum(self.calibrator.proba_many(X), p_best))
+        total = float(rest.sum())
+        if total > 1.0 - p_best:
+            rest *= (1.0 - p_best) / total
+        conf[1:] = rest
+        return conf
+
+    def _candidate(self, ranking: Ranking, i: int, confidence: np.ndarray) -> Candidate:
+        entry = self.entries[ranking.cands[i]]
+        return Candidate(
+            entry.id,
+            entry.question,
+            float(ranking.fused[i]),
+            entry.answer,
+            entry.category,
+            float(confidence[i]),
+        )
 
     def __len__(self) -> int:
         return len(self.entries)

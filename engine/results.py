@@ -21,6 +21,9 @@ class Candidate:
     score: float  # fused ranking score (higher is better; not a probability)
     answer: str = ""
     category: str = ""
+    # estimated P(this entry is right): the calibrated confidence for the best candidate; for the others
+    # the same calibrator with the candidate in first place, capped by rank (see Matcher.match)
+    confidence: float = 0.0
 
 
 @dataclass(slots=True)

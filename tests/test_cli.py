@@ -180,6 +180,12 @@ def test_build_bad_kb_lists_every_issue(tmp_path: Path) -> None:
     assert not (tmp_path / "m").exists()
 
 
+def test_build_refuses_a_kb_over_the_row_limit(tmp_path: Path) -> None:
+    result = invoke("build", write_kb(tmp_path / "kb.csv"), "-o", tmp_path / "m", "--fast", "--max-rows", "3")
+    assert_clean_failure(result, "kb.csv: it has more than 3 rows", "--max-rows")
+    assert not (tmp_path / "m").exists()
+
+
 def test_build_rejects_bad_target_precision(tmp_path: Path) -> None:
     result = invoke("build", write_kb(tmp_path / "kb.csv"), "--fast", "--target-precision", "1.5")
     assert_clean_failure(result, "--target-precision")
@@ -268,9 +274,19 @@ def test_calibrate_too_few_messages(built: Built, tmp_path: Path) -> None:
     assert_clean_failure(invoke("calibrate", built.path, labelled), "cannot calibrate", "at least 50")
 
 
-def test_calibrate_unknown_expected_id(built: Built, tmp_path: Path) -> None:
-    labelled = write_queries(tmp_path / "bad.csv", [*labelled_rows(), ("保修多久", "no-such-entry")])
-    assert_clean_failure(invoke("calibrate", built.path, labelled), "no-such-entry")
+def test_calibrate_skips_and_reports_unknown_expected_ids(built: Built, tmp_path: Path) -> None:
+    """An id the model does not know (deleted entry, another version's feedback) is listed, not fatal."""
+    rows = [*labelled_rows(), ("保修多久", "no-such-entry"), ("能开发票吗", "gone")]
+    labelled = write_queries(tmp_path / "bad.csv", rows)
+    out = tmp_path / "recalibrated"
+    result = invoke("calibrate", built.path, labelled, "-o", out)
+    assert result.exit_code == 0, result.output
+    first = len(labelled_rows()) + 2  # after the header row
+    output = " ".join(result.output.split())
+    assert f"skipped 2 rows of {labelled}" in output
+    assert f"row {first} ('no-such-entry'), row {first + 1} ('gone')" in output
+    logs = json.loads((out / "manifest.json").read_text(encoding="utf-8"))["info"]["calibration_logs"]
+    assert logs["examples"] == len(labelled_rows())
 
 
 # --------------------------------------------------------------------------- shell, match, serve

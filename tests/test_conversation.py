@@ -158,7 +158,7 @@ def test_clarify_then_choice_answers_the_chosen_entry(
     assert 2 <= len(first.options) <= 3
     assert first.text.startswith(CLARIFY_HEAD + "\n1. ")
     assert f"\n2. {first.options[1].question}" in first.text
-    assert state.clarify_options == first.options and state.misses == 1
+    assert state.clarify_options == first.options and state.misses == 0  # a first list is not a miss
 
     picked = first.options[1]
     text = picked.question if choice == "<question text>" else choice
@@ -170,19 +170,60 @@ def test_clarify_then_choice_answers_the_chosen_entry(
     assert after.last_answered_entry == picked.entry_id
 
 
+def test_a_choice_carries_the_question_the_list_was_offered_for(matcher: Matcher) -> None:
+    """Labelled data needs the real question, not "第二个"; the masked one, kept in the state."""
+    bot = ConversationPolicy(
+        match=lambda t: with_thresholds(matcher, 1.01, 0.0).match(t, top_k=5),
+        get_entry=get_entry,
+        mask=lambda t: t.replace("13812345678", "[手机号]"),
+    )
+    first, state = bot.step(None, "13812345678 那发票应该怎么开呀")
+    assert first.question is None and state.clarify_question == "[手机号] 那发票应该怎么开呀"
+    restored = ConversationState.from_dict(json.loads(json.dumps(state.to_dict())))
+    reply, after = bot.step(restored, "第二个")
+    assert reply.kind == "answer" and reply.question == "[手机号] 那发票应该怎么开呀"
+    assert "question" not in reply.to_dict() and after.clarify_question is None
+
+
+def test_an_unrecognised_reply_to_a_list_gets_one_more_chance(clarifying_bot: ConversationPolicy) -> None:
+    """A clarify answered with nonsense is the first miss, not a handoff: the bot offers a list again."""
+    (first, second), state = run(clarifying_bot, "那发票应该怎么开呀", "都不是，我想问别的")
+    assert first.kind == "clarify" and second.kind == "clarify"
+    assert state.misses == 1 and state.clarify_options == second.options
+    third, after = clarifying_bot.step(state, "1")
+    assert third.kind == "answer" and third.entry_id == second.options[0].entry_id
+    assert after.misses == 0
+
+
 def test_two_misses_in_a_row_hand_off_with_what_was_tried(clarifying_bot: ConversationPolicy) -> None:
-    """A clarify answered with nonsense is the second miss: the agent gets the options already tried."""
-    (first, second), state = run(clarifying_bot, "那发票应该怎么开呀", "嗯嗯嗯随便")
-    assert first.kind == "clarify"
-    assert second.kind == "handoff"
-    assert second.text == HANDOFF_TEXT
-    assert second.handoff is not None
-    assert "misses" in second.handoff.reason and second.reason == second.handoff.reason
-    tried = [o.entry_id for o in second.handoff.candidates_tried]
+    """After a list, two replies in a row that pick nothing and cannot be answered hand off."""
+    messages = ["那发票应该怎么开呀", "都不是，我想问别的", "还是不太清楚"]
+    (first, second, third), state = run(clarifying_bot, *messages)
+    assert [first.kind, second.kind] == ["clarify", "clarify"]
+    assert third.kind == "handoff"
+    assert third.text == HANDOFF_TEXT
+    assert third.handoff is not None
+    assert "2 misses" in third.handoff.reason and third.reason == third.handoff.reason
+    tried = [o.entry_id for o in third.handoff.candidates_tried]
     assert tried and tried[: len(first.options)] == [o.entry_id for o in first.options]
     assert len(tried) == len(set(tried))
-    assert second.handoff.last_messages == ["那发票应该怎么开呀", "嗯嗯嗯随便"]
+    assert third.handoff.last_messages == messages
     assert state.clarify_options == []
+
+
+def test_fresh_lists_are_not_misses_but_rephrase_requests_are(matcher: Matcher) -> None:
+    """A clarify list for a new question never counts; asking to rephrase always does."""
+    clarifying = policy_for(with_thresholds(matcher, t_answer=1.01, t_clarify=0.0))
+    _, state = clarifying.step(None, "那发票应该怎么开呀")
+    assert state.misses == 0
+    unsure = policy_for(with_thresholds(matcher, t_answer=1.01, t_clarify=1.01))
+    first, state = unsure.step(None, "那发票应该怎么开呀")
+    assert first.text.startswith(REPHRASE_TEXT) and state.misses == 1
+    # after a request to rephrase, a list for the new wording is free; a miss on that list is the second
+    replies, state = run(clarifying, "😀", "那发票应该怎么开呀")
+    assert [r.text.startswith(REPHRASE_TEXT) for r in replies] == [True, False] and state.misses == 1
+    last, _ = clarifying.step(state, "还是不太清楚")
+    assert last.kind == "handoff" and last.handoff is not None and "2 misses" in last.handoff.reason
 
 
 def test_low_confidence_asks_to_rephrase_and_offers_candidates(unsure_bot: ConversationPolicy) -> None:
@@ -210,13 +251,12 @@ def test_a_choice_whose_entry_vanished_is_a_miss(matcher: Matcher) -> None:
     policy = ConversationPolicy(
         match=lambda t, **kw: forced.match(t, top_k=5, **kw),
         get_entry=lambda e: None if e in gone else get_entry(e),
-        max_misses=3,
     )
     first, state = policy.step(None, "那发票应该怎么开呀")
     gone.add(first.options[0].entry_id)
     reply, after = policy.step(state, "1")
     assert reply.kind == "clarify"
-    assert after.misses == 2
+    assert after.misses == 1
     assert first.options[0].entry_id not in {o.entry_id for o in reply.options}
 
 
@@ -297,6 +337,30 @@ def test_history_is_masked_and_capped(matcher: Matcher) -> None:
     first, state1 = policy.step(None, messages[0])
     assert (first.entry_id or first.options[0].entry_id) == "tracking"  # masking does not change matching
     assert state1.history == ["我的手机号***********，快递到哪了"]
+
+
+def _raw_value(store: MemoryStore | RedisStore, key: str) -> str:
+    """The stored bytes themselves, not a decoded view."""
+    if isinstance(store, RedisStore):
+        return str(store.client.get(store.key(key)))
+    return str(store._data[key][0])
+
+
+def test_no_address_reaches_the_stored_state(store: MemoryStore | RedisStore, matcher: Matcher) -> None:
+    """The state kept the normalized last question, in which phones are masked but an address is not."""
+    from api.dialog.privacy import mask_pii
+
+    policy = policy_for(matcher, mask=mask_pii)
+    convs = Conversations(store, ttl_seconds=60)
+    text = "快递寄到北京市朝阳区建国路88号，电话13812345678，到哪了"
+    _, state = policy.step(None, text)
+    convs.save("shop-1", "c-addr", state)
+    raw = _raw_value(store, Conversations.key("shop-1", "c-addr"))
+    for secret in ("建国路", "朝阳区", "88号", "13812345678"):
+        assert secret not in raw
+    # the same message again is still recognised as a repeat
+    again, _ = policy.step(convs.load("shop-1", "c-addr"), text)
+    assert again.kind == "handoff" and again.reason == REASON_REPEATED
 
 
 def test_step_does_not_mutate_the_input_state(clarifying_bot: ConversationPolicy) -> None:

@@ -89,13 +89,30 @@ def test_forged_or_stale_messages_are_refused_and_counted(
     c, key = jd_client
     r = c.post("/jd/shop-a/messages", data=make())
     assert r.status_code == status
+    if reason != "stale_timestamp":  # (a stale timestamp is only seen by someone who can sign)
+        assert r.json() == {"detail": "invalid app_key or signature"}
     assert f'kefu_auth_failures_total{{reason="{reason}"}}' in c.get("/metrics").text
     assert all(e["channel"] != "jd" for e in c.get("/v1/shops/shop-a/exchanges", headers=key).json())
 
 
-def test_unknown_shop_and_missing_parameters(jd_client: Any) -> None:
+def test_refusals_do_not_tell_which_shops_exist(jd_client: Any) -> None:
+    """Unknown shop (404) and shop without JD credentials (403) were told apart from a bad signature."""
     c, _ = jd_client
-    assert c.post("/jd/nope/messages", data=signed("m-7", "hi")).status_code == 404
+    new_shop(c, "shop-nojd")
+    forged = signed("m-7", "hi", secret="wrong-secret")
+    answers = {
+        shop: c.post(f"/jd/{shop}/messages", data=forged) for shop in ("shop-a", "nope", "shop-nojd", "Bad!")
+    }
+    assert {(r.status_code, r.text) for r in answers.values()} == {
+        (401, '{"detail":"invalid app_key or signature"}')
+    }
+    metrics = c.get("/metrics").text
+    for reason in ("unknown_shop", "jd_not_configured", "bad_signature"):
+        assert f'kefu_auth_failures_total{{reason="{reason}"}}' in metrics
+
+
+def test_missing_parameters(jd_client: Any) -> None:
+    c, _ = jd_client
     partial = signed("m-8", "hi")
     del partial["message_id"]
     r = c.post("/jd/shop-a/messages", data=partial)
@@ -140,6 +157,22 @@ def test_evaluations_pulled_through_jos_with_faults(jd_client: Any, settings: Se
     assert 'kefu_jos_errors_total{kind="JosAuthError"}' in c.get("/metrics").text
 
 
+def test_pull_without_access_token_says_so_before_calling_jos(jd_client: Any, settings: Settings) -> None:
+    """Without a token JOS answers "bad credentials": the merchant is told what is missing instead."""
+    c, key = jd_client
+    creds = {"app_key": APP_KEY, "app_secret": SECRET}
+    assert c.put("/v1/shops/shop-a/jd-credentials", headers=key, json=creds).status_code == 200
+    with FakeJos(APP_KEY, SECRET, TOKEN) as fake:
+        fake.handle(METHOD, lambda biz: {"code": "0", "result": {"list": []}})
+        settings.jos_url = fake.url
+        r = c.post("/v1/shops/shop-a/jd/evaluations/pull", headers=key)
+    assert r.status_code == 409, r.text
+    assert r.json()["detail"] == (
+        "shop 'shop-a' has no JD access token; set it with PUT /v1/shops/shop-a/jd-credentials"
+    )
+    assert fake.requests == []
+
+
 def test_evaluations_are_pulled_on_a_schedule(settings: Settings) -> None:
     """With a pull interval set, evaluations arrive without anyone asking."""
     with FakeJos(APP_KEY, SECRET, TOKEN) as fake:
@@ -180,3 +213,104 @@ def test_a_message_that_failed_can_be_retried(jd_client: Any, monkeypatch: pytes
     again = c.post("/jd/shop-a/messages", data=signed("m-retry", "质保几年"))
     assert again.status_code == 200 and "X-Kefu-Replay" not in again.headers
     assert again.json()["reply"]["entry_id"] == "warranty"
+
+
+def test_text_longer_than_the_limit_is_refused(jd_client: Any, settings: Settings) -> None:
+    """A signed text is capped like the shop API's: nothing of an oversized one is processed or stored."""
+    c, key = jd_client
+    limit = settings.max_text_chars
+    r = c.post("/jd/shop-a/messages", data=signed("m-long", "包" * (limit + 1)))
+    assert r.status_code == 413 and str(limit) in r.text
+    assert all(e["channel"] != "jd" for e in c.get("/v1/shops/shop-a/exchanges", headers=key).json())
+    assert c.post("/jd/shop-a/messages", data=signed("m-at-limit", "包" * limit)).status_code == 200
+
+
+def test_message_ids_sharing_a_long_prefix_do_not_collide(jd_client: Any) -> None:
+    """Ids were cut to 200 characters: the second of two ids with a common prefix got the first's reply."""
+    c, _ = jd_client
+    prefix = "m" * 250
+    first = c.post("/jd/shop-a/messages", data=signed(prefix + "-1", "质保几年"))
+    second = c.post("/jd/shop-a/messages", data=signed(prefix + "-2", "包邮吗"))
+    assert first.status_code == 200 and second.status_code == 200
+    assert "X-Kefu-Replay" not in second.headers
+    assert second.json()["reply"]["entry_id"] == "shipping-fee"
+    assert second.json()["message_id"] == prefix + "-2"  # echoed whole, as given
+    replay = c.post("/jd/shop-a/messages", data=signed(prefix + "-1", "质保几年"))
+    assert replay.headers["X-Kefu-Replay"] == "true" and replay.json() == first.json()
+
+
+def test_message_id_is_not_stored_readable(jd_client: Any) -> None:
+    """Personal data inside a message id must not reach the database (neither the key nor the reply)."""
+    from sqlalchemy import select
+
+    from api.db.models import JdMessage
+
+    c, _ = jd_client
+    message_id = "order-13812345678-110101199003071234"
+    assert c.post("/jd/shop-a/messages", data=signed(message_id, "质保几年")).status_code == 200
+    with c.app.state.service.db.session() as s:
+        rows = [(m.message_digest, m.reply) for m in s.scalars(select(JdMessage))]
+    assert rows and "13812345678" not in repr(rows) and "110101199003071234" not in repr(rows)
+
+
+def test_absurdly_long_message_id_is_refused(jd_client: Any) -> None:
+    c, _ = jd_client
+    r = c.post("/jd/shop-a/messages", data=signed("m" * 1001, "质保几年"))
+    assert r.status_code == 400 and "1000" in r.text
+
+
+def _jd_rows(service: Any) -> set[str]:
+    from sqlalchemy import select
+
+    from api.db.models import JdMessage
+
+    with service.db.session() as s:
+        return set(s.scalars(select(JdMessage.message_digest)))
+
+
+def _service_with_old_and_fresh_ids(settings: Settings, old: int) -> Any:
+    """A service whose jd_messages holds `old` ids past the retention and one fresh id."""
+    from api.db.models import JdMessage, Shop, utcnow
+    from api.service import Service
+
+    service = Service(settings)
+    expired = utcnow() - timedelta(seconds=settings.jd_message_retention + 60)
+    with service.db.session() as s:
+        s.add(Shop(id="shop-p", api_key_hash="h"))
+        s.flush()
+        s.add_all(
+            JdMessage(shop_id="shop-p", message_digest=f"old{i}", created_at=expired) for i in range(old)
+        )
+        s.add(JdMessage(shop_id="shop-p", message_digest="fresh", reply={"code": 0}))
+    return service
+
+
+def test_expired_message_ids_are_pruned_in_batches(settings: Settings) -> None:
+    """jd_messages grew forever: ids older than the retention are deleted, newer ones kept."""
+    service = _service_with_old_and_fresh_ids(settings, old=5)
+    try:
+        assert service.prune_jd_messages(batch=2) == 5
+        assert _jd_rows(service) == {"fresh"}
+        assert service.prune_jd_messages() == 0
+    finally:
+        service.close()
+
+
+def test_the_reconciler_prunes_expired_message_ids(settings: Settings) -> None:
+    from tests.test_service import wait_for
+
+    service = _service_with_old_and_fresh_ids(settings, old=3)
+    try:
+        service.start_reconciler(every=0.05, prune_every=0.05)
+        wait_for(lambda: _jd_rows(service) == {"fresh"}, timeout=20)
+    finally:
+        service.close()
+
+
+def test_retention_must_outlast_the_replay_window() -> None:
+    """An id pruned while its signed timestamp is still accepted could be replayed."""
+    from pydantic import ValidationError
+
+    with pytest.raises(ValidationError, match="jd_message_retention"):
+        Settings(jd_timestamp_window=300, jd_message_retention=600)
+    assert Settings(jd_timestamp_window=300, jd_message_retention=601).jd_message_retention == 601

@@ -6,7 +6,9 @@ import csv
 import io
 import json
 import pickle
+import re
 import tempfile
+import zipfile
 from collections.abc import Callable, Sequence
 from datetime import UTC, date, datetime
 from pathlib import Path
@@ -17,12 +19,15 @@ import openpyxl
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from openpyxl.utils.datetime import to_excel
 
 from engine.kb import (
     KB_COLUMNS,
     KBEntry,
     KBIssue,
+    KBTooLarge,
     KBValidationError,
+    ReadLimits,
     dump_kb,
     kb_hash,
     load_kb,
@@ -218,6 +223,78 @@ def test_xlsx_with_integer_id_and_real_datetime_cells(tmp_path: Path) -> None:
     assert second.valid_to == datetime(2025, 6, 30, 0, 0, tzinfo=SH)  # an explicit datetime is exact
     assert (first.enabled, second.enabled) == (True, False)
     assert read_rows(tmp_path / "kb.xlsx")[1] == [3, 5]
+
+
+END_OF_PROMO = datetime(2026, 12, 13, 23, 59, 59, 999999, tzinfo=SH)
+# date formats as Excel, WPS and Chinese Excel write them; openpyxl's own is_datetime misreads the last
+# three (upper case; an "s"/"h" inside a locale tag) as formats with a time of day
+XLSX_DATE_FORMATS = [
+    "yyyy-mm-dd",
+    "yyyy/m/d",
+    "yyyy/m/d;@",
+    "mm-dd-yy",
+    "d-mmm-yy",
+    'yyyy"年"m"月"d"日"',
+    '[DBNum1][$-804]yyyy"年"m"月"d"日"',
+    "YYYY-MM-DD",
+    "[$-x-sysdate]dddd, mmmm dd, yyyy",
+    '[$-zh-CN]yyyy"年"m"月"d"日";@',
+]
+
+
+def _promo_xlsx(path: Path, value: Any, number_format: str) -> Path:
+    workbook = openpyxl.Workbook()
+    sheet = workbook.active
+    sheet.append(["id", "question", "answer", "valid_to"])
+    sheet.append(["promo", "双十二有活动吗", "满300减40", value])
+    sheet["D2"].number_format = number_format
+    workbook.save(path)
+    return path
+
+
+def _with_builtin_format(path: Path, number_format_id: int) -> Path:
+    """Rewrite a workbook's one custom number format as a built-in id, as Chinese Excel saves it.
+
+    The cell must hold a day number (a datetime gets openpyxl's own default format as well)."""
+    with zipfile.ZipFile(path) as source:
+        parts = {name: source.read(name) for name in source.namelist()}
+    styles = parts["xl/styles.xml"].decode("utf-8")
+    styles = re.sub(r"<numFmts[^>]*>.*?</numFmts>", "", styles, flags=re.S)
+    parts["xl/styles.xml"] = styles.replace('numFmtId="164"', f'numFmtId="{number_format_id}"').encode()
+    with zipfile.ZipFile(path, "w") as target:
+        for name, data in parts.items():
+            target.writestr(name, data)
+    return path
+
+
+@pytest.mark.parametrize("number_format", XLSX_DATE_FORMATS)
+def test_xlsx_date_cell_means_the_whole_day_like_csv(tmp_path: Path, number_format: str) -> None:
+    csv_entry = load_kb([{"id": "p", "question": "q", "answer": "a", "valid_to": "2026-12-13"}])
+    xlsx = _promo_xlsx(tmp_path / "kb.xlsx", datetime(2026, 12, 13), number_format)
+    assert load_kb(xlsx)[0].valid_to == csv_entry[0].valid_to == END_OF_PROMO
+
+
+@pytest.mark.parametrize("number_format_id", [14, 31, 57, 58])
+def test_xlsx_builtin_date_formats_of_chinese_excel(tmp_path: Path, number_format_id: int) -> None:
+    # 31 = yyyy"年"m"月"d"日", 57/58 = 年月 / 月日 in Chinese Excel: openpyxl gives their cells as day numbers
+    xlsx = _promo_xlsx(tmp_path / "kb.xlsx", to_excel(datetime(2026, 12, 13)), 'yyyy"年"m"月"d"日"')
+    _with_builtin_format(xlsx, number_format_id)
+    assert load_kb(xlsx)[0].valid_to == END_OF_PROMO
+
+
+@pytest.mark.parametrize("number_format", ["yyyy-mm-dd h:mm", "yyyy/m/d h:mm:ss", "YYYY-MM-DD HH:MM"])
+def test_xlsx_midnight_shown_with_a_time_is_that_moment(tmp_path: Path, number_format: str) -> None:
+    """A cell that shows "2026-12-13 0:00" means that minute, as the same text in a CSV does."""
+    xlsx = _promo_xlsx(tmp_path / "kb.xlsx", datetime(2026, 12, 13), number_format)
+    csv_entry = load_kb([{"id": "p", "question": "q", "answer": "a", "valid_to": "2026-12-13 00:00"}])
+    assert load_kb(xlsx)[0].valid_to == csv_entry[0].valid_to == datetime(2026, 12, 13, tzinfo=SH)
+
+
+def test_xlsx_real_time_is_kept_even_in_a_date_format(tmp_path: Path) -> None:
+    xlsx = _promo_xlsx(tmp_path / "kb.xlsx", datetime(2026, 12, 13, 18, 30), "yyyy/m/d")
+    assert load_kb(xlsx)[0].valid_to == datetime(2026, 12, 13, 18, 30, tzinfo=SH)
+    _with_builtin_format(_promo_xlsx(xlsx, to_excel(datetime(2026, 12, 13, 18, 30)), "yyyy/m/d"), 31)
+    assert load_kb(xlsx)[0].valid_to == datetime(2026, 12, 13, 18, 30, tzinfo=SH)
 
 
 def test_xlsx_issue_rows_count_blank_rows(tmp_path: Path) -> None:
@@ -534,8 +611,9 @@ def _question_key(text: str) -> str:
     return "".join(text.casefold().split())
 
 
+# format characters (Cf: BOM, zero-width, bidi marks) are dropped by the loader, so not round-tripped
 _clean_text = (
-    st.text(st.characters(exclude_categories=("Cs", "Cc")), min_size=1, max_size=12)
+    st.text(st.characters(exclude_categories=("Cs", "Cc", "Cf")), min_size=1, max_size=12)
     .map(str.strip)
     .filter(bool)
 )
@@ -579,6 +657,38 @@ def test_property_csv_round_trip(entries: list[KBEntry]) -> None:
         assert load_kb(path) == entries
 
 
+_formula_text = st.tuples(st.text("'", max_size=2), st.sampled_from("=+-@"), _phrase).map("".join)
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.lists(_formula_text, min_size=3, max_size=3, unique=True), st.sampled_from([".csv", ".xlsx"]))
+def test_property_formula_like_text_is_inert_and_round_trips(texts: list[str], suffix: str) -> None:
+    """Excel runs a CSV cell starting with = + - @ as a formula: exports quote it, load_kb unquotes."""
+    record = {"id": texts[0], "question": texts[1], "answer": texts[2], "similar": texts[1] + "吗"}
+    [entry] = load_kb([{**record, "category": texts[2]}])
+    with tempfile.TemporaryDirectory() as directory:
+        path = Path(directory) / f"kb{suffix}"
+        dump_kb([entry], path)
+        assert load_kb(path) == [entry]
+        if suffix == ".csv":
+            rows = csv.reader(io.StringIO(path.read_text("utf-8-sig"), newline=""))
+            cells = [cell for row in rows for cell in row]
+            assert cells and not any(cell[:1] in ("=", "+", "-", "@", "\t", "\r") for cell in cells)
+        else:
+            workbook = openpyxl.load_workbook(path)
+            cells = [cell for row in workbook.active.iter_rows(min_row=2) for cell in row if cell.value]
+            assert all(cell.data_type == "s" for cell in cells)  # text, never a formula
+            assert all(cell.quotePrefix for cell in cells[:4])  # id, question, similar, answer
+
+
+def test_csv_exports_quote_formula_cells(tmp_path: Path) -> None:
+    entry = KBEntry("=1+1", "@SUM(A1) 是什么", "-5元券", similar=("+86 的电话",))
+    dump_kb([entry], tmp_path / "kb.csv")
+    text = (tmp_path / "kb.csv").read_text("utf-8-sig")
+    assert text.splitlines()[1] == "'=1+1,'@SUM(A1) 是什么,'+86 的电话,'-5元券,,,,true"
+    assert load_kb(tmp_path / "kb.csv") == [entry]
+
+
 PINNED_HASH = "fc2c24834c2f881c11c13ff0726ad0eb6b39704c49b96290201179753cbf3a20"
 
 
@@ -595,3 +705,196 @@ def test_kb_hash_is_stable_and_content_sensitive() -> None:
 
 def _fields(entry: KBEntry) -> dict[str, Any]:
     return {name: getattr(entry, name) for name in KB_COLUMNS}
+
+
+# --------------------------------------------------------------------------- invisible characters, sizes
+
+
+def test_bom_in_the_middle_of_a_csv_never_reaches_ids_or_questions(tmp_path: Path) -> None:
+    """Two exports concatenated: the second file's BOM starts a data row and sat inside its id."""
+    path = tmp_path / "kb.csv"
+    first = csv_text(KB_COLUMNS, SAMPLE_ROWS[:2])
+    row = "\ufeffA3,\ufeff可以开发票吗\u200b,,可以开电子发票,,,,\ufeff否\r\n"
+    path.write_bytes(("\ufeff" + first + row).encode("utf-8"))
+    entries = load_kb(path)
+    assert entries == EXPECTED
+    assert all("\ufeff" not in repr(e.to_dict()) and "\u200b" not in repr(e.to_dict()) for e in entries)
+
+
+def test_bom_before_the_header_of_a_later_part_and_in_jsonl_lines(tmp_path: Path) -> None:
+    """A header cell with a BOM is still the header's column; a JSONL line may start with a BOM."""
+    path = write_csv(tmp_path / "kb.csv", SAMPLE_ROWS, header=["\ufeffid", *KB_COLUMNS[1:]])
+    assert load_kb(path) == EXPECTED
+    lines = ["\ufeff" + json.dumps(record, ensure_ascii=False) for record in sample_records()]
+    jsonl = tmp_path / "kb.jsonl"
+    jsonl.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    assert load_kb(jsonl) == EXPECTED
+
+
+def test_ids_and_categories_lose_every_format_character() -> None:
+    entries = load_kb(
+        [{"id": "\u200eA\u200d1\u202e", "question": "怎么退货", "answer": "退", "category": "售\u2066后"}]
+    )
+    assert (entries[0].id, entries[0].category) == ("A1", "售后")
+    # an invisible-only id is blank, not an id nobody can see
+    assert where(issues_of([{"id": "\ufeff\u200b", "question": "q", "answer": "a"}])) == [(1, "id")]
+
+
+@pytest.mark.parametrize(
+    ("column", "value", "limit"),
+    [
+        ("question", "问" * 2001, 2000),
+        ("similar", "短的|" + "问" * 2001, 2000),
+        ("answer", "答" * 20001, 20000),
+        ("id", "i" * 201, 200),
+        ("category", "c" * 201, 200),
+    ],
+)
+@pytest.mark.parametrize("suffix", [".csv", ".xlsx", ".json", ".jsonl", "memory"])
+def test_every_way_in_has_the_same_size_limits(
+    tmp_path: Path, column: str, value: str, limit: int, suffix: str
+) -> None:
+    """A 20 MB JSONL answer passed while the entry API capped answers at 20,000 characters."""
+    record = {**sample_records()[0], column: value}
+    good = {**sample_records()[1]}
+    if suffix == "memory":
+        source: Any = [good, record]
+    elif suffix in (".csv", ".xlsx"):
+        rows = [[r[c] for c in KB_COLUMNS] for r in (good, record)]
+        source = (write_csv if suffix == ".csv" else write_xlsx)(tmp_path / f"kb{suffix}", rows)
+    elif suffix == ".json":
+        source = tmp_path / "kb.json"
+        source.write_text(json.dumps([good, record], ensure_ascii=False), encoding="utf-8")
+    else:
+        source = tmp_path / "kb.jsonl"
+        lines = [json.dumps(r, ensure_ascii=False) for r in (good, record)]
+        source.write_text("\n".join(lines), encoding="utf-8")
+    issues = issues_of(source)
+    row = {".csv": 3, ".xlsx": 3}.get(suffix, 2)
+    assert where(issues) == [(row, column)]
+    assert f"limit is {limit}" in issues[0].message
+    at_limit = {**record, column: value[: limit if column != "similar" else len("短的|") + limit]}
+    assert len(load_kb([good, at_limit])) == 2
+
+
+def test_api_schemas_use_the_engine_limits() -> None:
+    from api.web.schemas import EntryIn
+    from engine.kb import FIELD_LIMITS
+
+    fields = EntryIn.model_fields
+    for column in ("question", "answer", "category"):
+        assert any(getattr(m, "max_length", None) == FIELD_LIMITS[column] for m in fields[column].metadata)
+
+
+# ---------------------------------------------------------------- read limits (hostile or mistaken files)
+
+
+def many_entries(n: int) -> list[KBEntry]:
+    return [KBEntry(f"e{i}", f"第{i}个问题", f"第{i}个答案") for i in range(n)]
+
+
+@pytest.mark.parametrize("suffix", [".csv", ".xlsx", ".json", ".jsonl"])
+def test_row_limit_stops_every_format(tmp_path: Path, suffix: str) -> None:
+    path = tmp_path / f"kb{suffix}"
+    dump_kb(many_entries(30), path)
+    assert len(load_kb(path, limits=ReadLimits(max_rows=31))) == 30  # header row + 30 fits
+    with pytest.raises(KBTooLarge) as caught:
+        load_kb(path, limits=ReadLimits(max_rows=20))
+    assert caught.value.what == "rows" and caught.value.limit == 20
+    sheet = "xl/worksheets/sheet1.xml" if suffix == ".xlsx" else "it"
+    assert str(caught.value).startswith(f"kb{suffix}: {sheet} has more than 20 rows")
+
+
+def test_xlsx_rows_are_counted_before_openpyxl_whatever_the_namespace_prefix(tmp_path: Path) -> None:
+    path = tmp_path / "kb.xlsx"
+    dump_kb(many_entries(30), path)
+    with zipfile.ZipFile(path) as z:
+        parts = {i.filename: z.read(i) for i in z.infolist()}
+    sheet = parts["xl/worksheets/sheet1.xml"].decode()
+    sheet = sheet.replace(
+        "<worksheet ", '<x:worksheet xmlns:x="http://schemas.openxmlformats.org/spreadsheetml/2006/main" '
+    )
+    for tag in (
+        "sheetData",
+        "row",
+        "c",
+        "v",
+        "is",
+        "t",
+        "dimension",
+        "sheetViews",
+        "sheetView",
+        "selection",
+        "sheetFormatPr",
+        "pageMargins",
+        "cols",
+        "col",
+        "sheetPr",
+        "outlinePr",
+        "pageSetUpPr",
+    ):
+        sheet = sheet.replace(f"<{tag}>", f"<x:{tag}>").replace(f"<{tag} ", f"<x:{tag} ")
+        sheet = sheet.replace(f"</{tag}>", f"</x:{tag}>")
+    sheet = sheet.replace("</worksheet>", "</x:worksheet>")
+    parts["xl/worksheets/sheet1.xml"] = sheet.encode()
+    with zipfile.ZipFile(path, "w") as z:
+        for name, data in parts.items():
+            z.writestr(name, data)
+    assert len(load_kb(path)) == 30  # still a workbook openpyxl reads
+    with pytest.raises(KBTooLarge, match=r"sheet1\.xml has more than 20 rows"):
+        load_kb(path, limits=ReadLimits(max_rows=20))
+
+
+@pytest.mark.parametrize("suffix", [".csv", ".xlsx"])
+def test_cell_limit_counts_cells_as_they_stream(tmp_path: Path, suffix: str) -> None:
+    path = tmp_path / f"kb{suffix}"
+    dump_kb(many_entries(30), path)  # 8 columns a row
+    with pytest.raises(KBTooLarge) as caught:
+        load_kb(path, limits=ReadLimits(max_rows=None, max_cells=100))
+    assert caught.value.what == "cells" and "has more than 100 cells" in str(caught.value)
+
+
+def test_xlsx_is_refused_on_its_declared_inflated_size_before_parsing(tmp_path: Path) -> None:
+    from training.hostile import xlsx_bomb
+
+    path = tmp_path / "bomb.xlsx"
+    path.write_bytes(xlsx_bomb(20_000))  # ~4.7 MB of sheet XML in ~30 KB
+    assert path.stat().st_size < 100_000
+    with pytest.raises(KBTooLarge) as caught:
+        load_kb(path, limits=ReadLimits(max_rows=None, max_cells=None, max_inflated_bytes=1_000_000))
+    assert caught.value.what == "bytes" and "the workbook inflates to" in str(caught.value)
+
+
+def test_xlsx_whose_headers_understate_sizes_is_a_damaged_file_not_a_bomb(tmp_path: Path) -> None:
+    from training.hostile import understate_sizes, xlsx_bomb
+
+    path = tmp_path / "liar.xlsx"
+    path.write_bytes(understate_sizes(xlsx_bomb(20_000)))
+    with pytest.raises(KBValidationError) as caught:
+        load_kb(path, limits=ReadLimits(max_inflated_bytes=1_000_000))
+    [issue] = caught.value.issues
+    assert "BadZipFile" in issue.message
+
+
+def test_text_file_over_the_byte_limit_is_refused_before_reading(tmp_path: Path) -> None:
+    path = tmp_path / "kb.csv"
+    dump_kb(many_entries(50), path)
+    with pytest.raises(KBTooLarge) as caught:
+        load_kb(path, limits=ReadLimits(max_inflated_bytes=1024))
+    assert caught.value.what == "bytes"
+
+
+def test_deeply_nested_json_is_a_kb_issue_not_a_crash(tmp_path: Path) -> None:
+    deep = tmp_path / "deep.json"
+    deep.write_text("[" * 200_000)
+    with pytest.raises(KBValidationError) as caught:
+        load_kb(deep)
+    assert [i.message for i in caught.value.issues] == [
+        "the JSON is nested too deeply to be a knowledge base (expected flat objects)"
+    ]
+    lines = tmp_path / "deep.jsonl"
+    lines.write_text('{"id": "1", "question": "问", "answer": "答"}\n' + "[" * 200_000 + "\n")
+    with pytest.raises(KBValidationError) as caught:
+        load_kb(lines)
+    [issue] = caught.value.issues
+    assert issue.row == 2 and "nested too deeply" in issue.message

@@ -7,10 +7,11 @@ demo KB takes ~20 s per build): versions must be built, swapped in on both worke
 from __future__ import annotations
 
 import csv
+import json
 from pathlib import Path
 
-from engine.kb import load_kb
-from training.loadtest import LoadConfig, run
+from engine.kb import KBEntry, load_kb
+from training.loadtest import LoadConfig, _legacy_kb, run
 
 
 def small_kb(src: Path, dest: Path, n: int = 12) -> Path:
@@ -21,6 +22,15 @@ def small_kb(src: Path, dest: Path, n: int = 12) -> Path:
         for e in entries:
             w.writerow([e.id, e.question, "|".join(e.similar), e.answer])
     return dest
+
+
+def test_legacy_kb_quotes_formula_cells_and_loads_back(tmp_path: Path) -> None:
+    entries = [KBEntry("=1", "'=2 是什么", "-3元", ("@4 呢",)), KBEntry("b", "+5", "'+6")]
+    (tmp_path / "kb.json").write_text(json.dumps([e.to_dict() for e in entries]), encoding="utf-8")
+    legacy = _legacy_kb(tmp_path / "kb.json", tmp_path / "legacy.csv")
+    cells = [cell for row in csv.reader(legacy.open(encoding="utf-8", newline="")) for cell in row]
+    assert not [cell for cell in cells if cell[:1] in ("=", "+", "-", "@")]
+    assert load_kb(legacy) == entries
 
 
 def test_hot_swaps_under_load_on_two_workers(

@@ -188,3 +188,24 @@ def test_large_kb_index_is_approximate_and_survives_save_load(demo_kb, tmp_path)
         a, b = m.match(text), loaded.match(text)
         assert (a.decision, a.entry_id) == (b.decision, b.entry_id)
     assert m.match("笔记本能开专票吗").entry_id == "invoice-special"
+
+
+@pytest.mark.parametrize("profile", ["demo_matcher", "fast_matcher"])
+def test_every_candidate_carries_an_estimated_confidence(profile, request):
+    """The best keeps the calibrated confidence; runners-up get estimates ordered like the ranking,
+    never a bare 0, and together no more than what the best leaves (at most one entry is right)."""
+    m = request.getfixturevalue(profile)
+    runner_up_seen = 0.0
+    texts = ["保修", "发票", "多久发货", "能便宜点吗", "屏幕坏了怎么办", "今天天气怎么样", "笔记本能开专票吗"]
+    for text in texts:
+        r = m.match(text, top_k=5)
+        conf = [c.confidence for c in r.candidates]
+        assert len(conf) == 5, text
+        assert conf[0] == pytest.approx(r.confidence), text
+        assert all(0.0 < x <= 1.0 for x in conf), (text, conf)
+        assert conf == sorted(conf, reverse=True), (text, conf)
+        assert sum(conf[1:]) <= 1.0 - conf[0] + 1e-6, (text, conf)
+        runner_up_seen = max(runner_up_seen, conf[1])
+        options = {o.entry_id: o.confidence for o in r.options}
+        assert all(options[c.entry_id] == c.confidence for c in r.candidates if c.entry_id in options)
+    assert runner_up_seen > 0.05  # on vague messages a runner-up is a real possibility, and says so

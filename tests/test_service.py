@@ -6,7 +6,9 @@ Every test runs against both backends: the embedded default and the multi-replic
 from __future__ import annotations
 
 import csv
+import dataclasses
 import io
+import json
 import threading
 import time
 import uuid
@@ -19,6 +21,8 @@ from fastapi.testclient import TestClient
 
 from api.main import create_app
 from api.settings import Settings
+from engine.kb import load_kb
+from training.evaluate import read_queries
 
 ADMIN = "admin-secret-token"
 
@@ -69,6 +73,9 @@ def settings(request: pytest.FixtureRequest, tmp_path: Path) -> Settings:
         "kb_path": None,
         "model_path": tmp_path / "no-model",
         "evaluation_pull_interval": 0,
+        # one test client hammers one shop here: limits stay in the request path, far above this traffic
+        "rate_limit_shop": "100000/second",
+        "rate_limit_client": "100000/second",
     }
     if request.param == "sqlite+memory":
         return Settings(database_url=f"sqlite:///{tmp_path}/kefu.db", redis_url=None, **common)
@@ -149,6 +156,21 @@ def test_bad_upload_lists_every_problem_and_changes_nothing(client: TestClient) 
     assert len(entries) == len(KB)
 
 
+def test_an_upload_has_the_entry_api_size_limits(client: TestClient) -> None:
+    """A JSONL answer of any size was accepted by upload while the entry API capped answers at 20,000."""
+    key = new_shop(client)
+    big = {"id": "big", "question": "说明书", "answer": "长" * 20001}
+    data = (json.dumps(big, ensure_ascii=False) + "\n").encode()
+    r = client.post("/v1/shops/shop-a/kb", headers=key, files={"file": ("kb.jsonl", data)})
+    assert r.status_code == 422, r.text
+    assert [(i["row"], i["column"]) for i in r.json()["issues"]] == [(1, "answer")]
+    r = client.put(
+        "/v1/shops/shop-a/entries/big", headers=key, json={"question": "说明书", "answer": "长" * 20001}
+    )
+    assert r.status_code == 422
+    assert client.get("/v1/shops/shop-a/entries", headers=key).json() == []
+
+
 def test_entry_crud_versions_and_rollback(client: TestClient) -> None:
     key = new_shop(client)
     v1 = publish_and_wait(client, "shop-a", key, kb_csv())
@@ -167,8 +189,116 @@ def test_entry_crud_versions_and_rollback(client: TestClient) -> None:
     assert r.status_code == 200 and r.json()["active"]
     wait_for(lambda: client.get("/v1/shops/shop-a", headers=key).json()["served_version"] == v1)
     assert say(client, "shop-a", key, "买电脑送鼠标吗", conv="g2")["entry_id"] != "gift"
-    assert client.delete("/v1/shops/shop-a/entries/gift", headers=key).status_code == 204
+    assert r.json()["draft"] == "replaced"  # the rollback reached the editable KB too
     assert client.get("/v1/shops/shop-a/entries/gift", headers=key).status_code == 404
+    assert client.delete("/v1/shops/shop-a/entries/invoice", headers=key).status_code == 204
+    assert client.get("/v1/shops/shop-a/entries/invoice", headers=key).status_code == 404
+
+
+def answer_of(client: TestClient, key: dict[str, str], entry_id: str) -> str:
+    r = client.get(f"/v1/shops/shop-a/entries/{entry_id}", headers=key)
+    assert r.status_code == 200, r.text
+    return str(r.json()["answer"])
+
+
+def served_version(client: TestClient, key: dict[str, str]) -> int:
+    return int(client.get("/v1/shops/shop-a", headers=key).json()["served_version"])
+
+
+def v2_kb() -> bytes:
+    return kb_csv([(*r[:3], "整机保修三年。") if r[0] == "warranty" else r for r in KB])
+
+
+def test_rollback_makes_that_version_the_kb_edits_start_from(client: TestClient) -> None:
+    """Activate v1, edit one entry, publish: the new version is v1 plus the edit, not v2's content."""
+    key = new_shop(client)
+    v1 = publish_and_wait(client, "shop-a", key, kb_csv())
+    publish_and_wait(client, "shop-a", key, v2_kb())
+    r = client.post(f"/v1/shops/shop-a/kb/versions/{v1}/activate", headers=key)
+    assert r.status_code == 200, r.text
+    assert (r.json()["version"], r.json()["draft"]) == (v1, "replaced")
+    assert f"version {v1}'s KB" in r.json()["draft_note"]
+    assert answer_of(client, key, "warranty") == "整机保修两年。"
+    edit = {"question": "可以分期付款吗", "similar": "支持白条吗", "answer": "支持白条12期免息。"}
+    assert client.put("/v1/shops/shop-a/entries/payment", headers=key, json=edit).status_code == 200
+    v3 = publish_and_wait(client, "shop-a", key)
+    assert say(client, "shop-a", key, "保修多久", conv="r1")["text"] == "整机保修两年。"
+    assert say(client, "shop-a", key, "支持白条吗", conv="r2")["text"] == "支持白条12期免息。"
+    versions = {v["version"]: v for v in client.get("/v1/shops/shop-a/kb/versions", headers=key).json()}
+    assert versions[v3]["entries"] == len(KB)
+
+
+def test_rollback_never_drops_unpublished_edits_silently(client: TestClient) -> None:
+    key = new_shop(client)
+    v1 = publish_and_wait(client, "shop-a", key, kb_csv())
+    v2 = publish_and_wait(client, "shop-a", key, v2_kb())
+    edit = {"question": "保修多久", "answer": "整机保修五年。"}
+    assert client.put("/v1/shops/shop-a/entries/warranty", headers=key, json=edit).status_code == 200
+    before = client.get("/v1/shops/shop-a/entries", headers=key).json()
+
+    refused = client.post(f"/v1/shops/shop-a/kb/versions/{v1}/activate", headers=key)
+    assert refused.status_code == 409, refused.text
+    detail = refused.json()["detail"]
+    for words in ("unpublished edits", "nothing was changed", "kb/publish", "kb/export", "draft=discard"):
+        assert words in detail
+    assert "draft=keep" in detail
+    assert client.get("/v1/shops/shop-a", headers=key).json()["active_version"] == v2
+    assert client.get("/v1/shops/shop-a/entries", headers=key).json() == before
+
+    kept = client.post(f"/v1/shops/shop-a/kb/versions/{v1}/activate?draft=keep", headers=key)
+    assert kept.status_code == 200 and kept.json()["draft"] == "kept"
+    wait_for(lambda: served_version(client, key) == v1)
+    assert client.get("/v1/shops/shop-a/entries", headers=key).json() == before
+
+    # v1 is active, the draft still differs from it: refused again until the edits are discarded
+    assert client.post(f"/v1/shops/shop-a/kb/versions/{v2}/activate", headers=key).status_code == 409
+    dropped = client.post(f"/v1/shops/shop-a/kb/versions/{v2}/activate?draft=discard", headers=key)
+    assert dropped.status_code == 200 and dropped.json()["draft"] == "replaced"
+    assert "unpublished edits were discarded" in dropped.json()["draft_note"]
+    assert answer_of(client, key, "warranty") == "整机保修三年。"
+    assert (
+        client.post("/v1/shops/shop-a/kb/versions/99/activate?draft=discard", headers=key).status_code == 404
+    )
+    bad = client.post(f"/v1/shops/shop-a/kb/versions/{v1}/activate?draft=maybe", headers=key)
+    assert bad.status_code == 422
+
+
+@pytest.mark.parametrize("fmt", ["csv", "xlsx"])
+def test_versions_and_the_draft_export_as_files_that_load_back(
+    client: TestClient, tmp_path: Path, fmt: str
+) -> None:
+    key = new_shop(client)
+    formula = ("formula", "=1+1 是什么", "@SUM(A1)|-5元券", "+86 热线。")
+    v1 = publish_and_wait(client, "shop-a", key, kb_csv([*KB, formula]))
+    promo = {"question": "双十二有活动吗", "answer": "满300减40", "valid_to": "2026-12-13"}
+    assert client.put("/v1/shops/shop-a/entries/promo", headers=key, json=promo).status_code == 200
+
+    r = client.get(f"/v1/shops/shop-a/kb/versions/{v1}/export?format={fmt}", headers=key)
+    assert r.status_code == 200, r.text
+    assert r.headers["content-disposition"] == f'attachment; filename="shop-a-kb-v{v1}.{fmt}"'
+    (tmp_path / f"v1.{fmt}").write_bytes(r.content)
+    exported = load_kb(tmp_path / f"v1.{fmt}")
+    assert [e.id for e in exported] == [*(row[0] for row in KB), "formula"]
+    assert exported[-1].question == "=1+1 是什么" and exported[-1].similar == ("@SUM(A1)", "-5元券")
+
+    r = client.get(f"/v1/shops/shop-a/kb/export?format={fmt}", headers=key)
+    assert r.status_code == 200 and 'filename="shop-a-kb-draft.' in r.headers["content-disposition"]
+    (tmp_path / f"draft.{fmt}").write_bytes(r.content)
+    draft = load_kb(tmp_path / f"draft.{fmt}")
+    assert draft[:-1] == exported and draft[-1].id == "promo"
+    assert draft[-1].valid_to is not None and draft[-1].valid_to.isoformat().startswith("2026-12-13T23:59:59")
+
+    # uploading the export back changes nothing: the same KB, entry for entry
+    with (tmp_path / f"draft.{fmt}").open("rb") as f:
+        assert (
+            client.post("/v1/shops/shop-a/kb", headers=key, files={"file": (f"kb.{fmt}", f)}).status_code
+            == 200
+        )
+    r = client.get(f"/v1/shops/shop-a/kb/export?format={fmt}", headers=key)
+    (tmp_path / f"again.{fmt}").write_bytes(r.content)
+    assert load_kb(tmp_path / f"again.{fmt}") == draft
+    assert client.get("/v1/shops/shop-a/kb/versions/9/export", headers=key).status_code == 404
+    assert client.get("/v1/shops/shop-a/kb/export?format=xls", headers=key).status_code == 422
 
 
 def test_auth_refusals_and_isolation(client: TestClient) -> None:
@@ -180,9 +310,9 @@ def test_auth_refusals_and_isolation(client: TestClient) -> None:
         client.post("/v1/admin/shops", json={"id": "shop-a"}, headers={"X-Admin-Token": ADMIN}).status_code
         == 409
     )
-    assert client.get("/v1/shops/nope", headers=a).status_code == 404
     assert client.get("/v1/shops/shop-a").status_code == 401
     assert client.get("/v1/shops/shop-a", headers={"X-API-Key": "kf_wrong"}).status_code == 401
+    assert client.get("/v1/shops/no-such-shop", headers={"X-API-Key": "kf_wrong"}).status_code == 401
     assert client.get("/v1/shops/shop-b/entries", headers=a).status_code == 403
     assert client.get("/v1/shops/shop-b/entries", headers=b).json() == []
     say(client, "shop-a", a, "保修多久")
@@ -190,6 +320,47 @@ def test_auth_refusals_and_isolation(client: TestClient) -> None:
     metrics = client.get("/metrics").text
     for reason in ("unknown_shop", "bad_api_key", "other_shop_key", "bad_admin_token"):
         assert f'kefu_auth_failures_total{{reason="{reason}"}}' in metrics
+
+
+def test_status_codes_do_not_tell_which_shops_exist(client: TestClient) -> None:
+    """An unknown shop got 404 where an existing one got 401/403: shop ids could be enumerated."""
+    a = new_shop(client, "shop-a")
+    new_shop(client, "shop-b")
+    for headers in ({}, {"X-API-Key": "kf_wrong"}):
+        existing = client.get("/v1/shops/shop-b/entries", headers=headers)
+        for path in ("/v1/shops/nope/entries", "/v1/shops/NOT_A_SHOP/entries"):
+            missing = client.get(path, headers=headers)
+            assert (
+                (missing.status_code, missing.json())
+                == (existing.status_code, existing.json())
+                == (
+                    401,
+                    {"detail": "a valid X-API-Key header is required"},
+                )
+            )
+    existing = client.get("/v1/shops/shop-b/entries", headers=a)
+    missing = client.get("/v1/shops/nope/entries", headers=a)
+    assert (missing.status_code, missing.json()) == (existing.status_code, existing.json())
+    assert existing.status_code == 403
+    assert client.get("/v1/shops/shop-a/entries", headers=a).status_code == 200
+
+
+def test_no_address_is_stored_anywhere(client: TestClient) -> None:
+    """An address with a phone: neither may reach the conversation state, the exchange log or a handoff."""
+    from api.dialog.conversation import Conversations
+
+    key = new_shop(client)
+    publish_and_wait(client, "shop-a", key, kb_csv())
+    text = "寄到北京市朝阳区建国路88号，电话13812345678，什么时候发货"
+    say(client, "shop-a", key, text, conv="c-addr")
+    handoff = say(client, "shop-a", key, text, conv="c-addr")  # the repeat hands off with the history
+    assert handoff["kind"] == "handoff" and handoff["handoff"]["last_messages"]
+    store = client.app.state.service.store  # type: ignore[attr-defined]
+    state = store.get_json(Conversations.key("shop-a", "c-addr"))
+    logged = client.get("/v1/shops/shop-a/exchanges", headers=key).json()
+    for where in (state, handoff, logged):
+        stored = json.dumps(where, ensure_ascii=False)
+        assert "建国路" not in stored and "13812345678" not in stored, stored
 
 
 def test_modes_off_assist_auto(client: TestClient) -> None:
@@ -201,13 +372,19 @@ def test_modes_off_assist_auto(client: TestClient) -> None:
     r = client.post("/v1/shops/shop-a/assist", headers=key, json={"conversation_id": "c", "text": "保修多久"})
     assert r.json()["suggestions"] == []
     client.put("/v1/shops/shop-a/mode", headers=key, json={"mode": "assist"})
-    assert say(client, "shop-a", key, "保修多久", conv="c2")["kind"] == "handoff"
+    handed = say(client, "shop-a", key, "保修多久", conv="c2")
+    assert handed["kind"] == "handoff" and handed["model_version"] is not None
+    # the agent taking over gets the suggestions with the handoff
+    with_handoff = handed["handoff"]["suggestions"]
+    assert with_handoff[0]["entry_id"] == "warranty" and with_handoff[0]["answer"] == "整机保修两年。"
     r = client.post(
         "/v1/shops/shop-a/assist", headers=key, json={"conversation_id": "c2", "text": "质保几年"}
     )
     suggestions = r.json()["suggestions"]
-    assert 1 <= len(suggestions) <= 3 and suggestions[0]["entry_id"] == "warranty"
+    assert len(suggestions) == 3 and suggestions[0]["entry_id"] == "warranty"
     assert suggestions[0]["answer"] == "整机保修两年。"
+    confidences = [s["confidence"] for s in suggestions]
+    assert all(c > 0 for c in confidences) and confidences == sorted(confidences, reverse=True)
     client.put("/v1/shops/shop-a/mode", headers=key, json={"mode": "auto"})
     assert say(client, "shop-a", key, "保修多久", conv="c3")["kind"] == "answer"
     assert client.put("/v1/shops/shop-a/mode", headers=key, json={"mode": "sometimes"}).status_code == 422
@@ -250,6 +427,64 @@ def test_feedback_becomes_labelled_data(client: TestClient) -> None:
     )
     assert rows[0] == ["query", "expected_id"]
     assert sorted(rows[1:]) == sorted([["质保几年", "warranty"], ["邮费谁出", "payment"]])
+
+
+def test_correction_must_name_an_entry_of_the_version_that_answered(client: TestClient) -> None:
+    key = new_shop(client)
+    publish_and_wait(client, "shop-a", key, kb_csv())
+    asked = say(client, "shop-a", key, "邮费谁出", conv="v1")
+    assert asked["model_version"] == 1
+    fix = {"exchange_id": asked["exchange_id"], "kind": "correction", "correct_entry_id": "shipping-fee"}
+    assert client.post("/v1/shops/shop-a/feedback", headers=key, json=fix).status_code == 201
+    # v2 drops "payment" and adds "gift": labels of v1's exchanges are checked against v1
+    gift = ("gift", "有赠品吗", "送什么赠品|有没有礼品", "下单送鼠标。")
+    publish_and_wait(client, "shop-a", key, kb_csv([r for r in KB if r[0] != "payment"] + [gift]))
+    for wrong in ("no-such-entry", "gift"):
+        bad = {**fix, "correct_entry_id": wrong}
+        r = client.post("/v1/shops/shop-a/feedback", headers=key, json=bad)
+        assert r.status_code == 422, r.text
+        [error] = r.json()["detail"]
+        assert error["loc"] == ["body", "correct_entry_id"]
+        assert f"{wrong!r} is not an entry of KB version 1" in error["msg"]
+    ok = {**fix, "correct_entry_id": "payment"}  # gone from v2, but v1 answered
+    assert client.post("/v1/shops/shop-a/feedback", headers=key, json=ok).status_code == 201
+    labelled = client.get("/v1/shops/shop-a/feedback/labelled.csv", headers=key).text
+    assert list(csv.reader(io.StringIO(labelled)))[1:] == [["邮费谁出", "payment"]]
+
+
+def test_clarify_choice_is_labelled_with_the_real_question(client: TestClient) -> None:
+    """A thumbs-up on the answer to "第二个" labels the question the list was offered for."""
+    key = new_shop(client)
+    publish_and_wait(client, "shop-a", key, kb_csv())
+    served = client.app.state.service.registry.get("shop-a")  # type: ignore[attr-defined]
+    served.matcher.policy = dataclasses.replace(served.matcher.policy, t_answer=1.01, t_clarify=0.0)
+    offered = say(client, "shop-a", key, "那发票应该怎么开呀", conv="k1")
+    assert offered["kind"] == "clarify" and len(offered["options"]) >= 2
+    chosen = say(client, "shop-a", key, "第二个", conv="k1")
+    assert chosen["kind"] == "answer" and chosen["entry_id"] == offered["options"][1]["entry_id"]
+    assert "question" not in chosen  # internal: logged, not sent
+    up = {"exchange_id": chosen["exchange_id"], "kind": "up"}
+    assert client.post("/v1/shops/shop-a/feedback", headers=key, json=up).status_code == 201
+    labelled = client.get("/v1/shops/shop-a/feedback/labelled.csv", headers=key).text
+    assert list(csv.reader(io.StringIO(labelled)))[1:] == [["那发票应该怎么开呀", chosen["entry_id"]]]
+
+
+FORMULAS = ["=cmd|' /C calc'!A0", "+1+cmd|' /C calc'!A0", "-2+3 能分期吗", "@SUM(1+1)*cmd|' /C calc'!A0"]
+
+
+def test_labelled_csv_cells_never_run_as_formulas(client: TestClient, tmp_path: Path) -> None:
+    """Customer text in labelled.csv is quoted for Excel, and `kefu calibrate` reads it back unchanged."""
+    key = new_shop(client)
+    publish_and_wait(client, "shop-a", key, kb_csv())
+    for i, text in enumerate(FORMULAS):
+        exchange_id = say(client, "shop-a", key, text, conv=f"x{i}")["exchange_id"]
+        fix = {"exchange_id": exchange_id, "kind": "correction", "correct_entry_id": "payment"}
+        assert client.post("/v1/shops/shop-a/feedback", headers=key, json=fix).status_code == 201
+    text = client.get("/v1/shops/shop-a/feedback/labelled.csv", headers=key).text
+    cells = [cell for row in csv.reader(io.StringIO(text)) for cell in row]
+    assert not [cell for cell in cells if cell[:1] in ("=", "+", "-", "@", "\t", "\r")]
+    (tmp_path / "labelled.csv").write_text(text, encoding="utf-8")
+    assert read_queries(tmp_path / "labelled.csv") == [(t, "payment") for t in FORMULAS]
 
 
 def test_promotion_window_switches_by_clock_without_rebuild(client: TestClient) -> None:
@@ -353,3 +588,180 @@ def test_shop_settings_shape_the_next_publish(client: TestClient) -> None:
     assert version["options"]["synonyms"] == {"白条": ["京东信用付"]}
     bad = client.put("/v1/shops/shop-a/settings", headers=key, json={"target_precision": 2})
     assert bad.status_code == 422
+
+
+# ---------------------------------------------------------------- concurrent publishes
+
+RETRY_MESSAGE = "numbering again"  # logged when the IntegrityError guard had to act
+
+
+def _publish_at_once(client: TestClient, key: dict[str, str], n: int, before: Any = None) -> list[Any]:
+    """`n` threads released together, each POSTing kb/publish (after `before(i)`); their responses."""
+    barrier = threading.Barrier(n)
+    responses: list[Any] = [None] * n
+
+    def one(i: int) -> None:
+        barrier.wait(timeout=30)
+        if before is not None:
+            before(i)
+        responses[i] = client.post("/v1/shops/shop-a/kb/publish", headers=key)
+
+    threads = [threading.Thread(target=one, args=(i,)) for i in range(n)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    return responses
+
+
+def test_the_same_kb_published_at_once_makes_one_version(
+    client: TestClient, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Was a 500 on SQLite (UNIQUE constraint failed: kb_versions.shop_id, kb_versions.version), and a
+    build per publish everywhere."""
+    key = new_shop(client)
+    r = client.post("/v1/shops/shop-a/kb", headers=key, files={"file": ("kb.csv", kb_csv())})
+    assert r.status_code == 200, r.text
+    responses = _publish_at_once(client, key, 6)
+    assert [r.status_code for r in responses] == [202] * 6, [r.text for r in responses]
+    bodies = [r.json() for r in responses]
+    assert {b["version"] for b in bodies} == {1}
+    assert sorted(b["reused"] for b in bodies) == [False] + [True] * 5
+    assert [v["version"] for v in client.get("/v1/shops/shop-a/kb/versions", headers=key).json()] == [1]
+    wait_for(lambda: client.get("/v1/shops/shop-a", headers=key).json()["served_version"] == 1)
+    # once ready and served, publishing it again still builds nothing
+    again = client.post("/v1/shops/shop-a/kb/publish", headers=key).json()
+    assert (again["version"], again["reused"], again["status"], again["active"]) == (1, True, "ready", True)
+    file = {"file": ("kb.csv", kb_csv())}
+    upload = client.post("/v1/shops/shop-a/kb?publish=true", headers=key, files=file)
+    assert upload.json() == {"entries": len(KB), "version": 1, "reused": True}
+    assert len(client.get("/v1/shops/shop-a/kb/versions", headers=key).json()) == 1
+    assert RETRY_MESSAGE not in caplog.text
+
+
+def test_concurrent_publishes_of_changing_kbs_number_versions_in_turn(
+    client: TestClient, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Threads released at once each edit the KB and publish: every publish is answered, and new versions
+    get consecutive numbers without ever colliding (the IntegrityError guard never acts)."""
+    key = new_shop(client)
+    publish_and_wait(client, "shop-a", key, kb_csv())
+
+    for round_ in range(2):
+
+        def edit(i: int, round_: int = round_) -> None:
+            body = {"question": f"第{round_}轮第{i}个新问题是什么", "answer": f"答案{i}"}
+            assert client.put(f"/v1/shops/shop-a/entries/new{i}", headers=key, json=body).status_code == 200
+
+        responses = _publish_at_once(client, key, 6, before=edit)
+        assert [r.status_code for r in responses] == [202] * 6, [r.text for r in responses]
+    rows = client.get("/v1/shops/shop-a/kb/versions", headers=key).json()
+    numbers = sorted(v["version"] for v in rows)
+    assert numbers == list(range(1, len(numbers) + 1))
+    assert len(numbers) >= 3  # each round changed the KB before its first publish
+    assert RETRY_MESSAGE not in caplog.text
+
+
+def test_a_publish_that_loses_its_number_is_numbered_again(
+    client: TestClient, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The last guard: a version number taken in between (IntegrityError) gets one more try, not a 500."""
+    from api.kb import repo
+
+    key = new_shop(client)
+    publish_and_wait(client, "shop-a", key, kb_csv())
+    real, calls = repo.latest_version, []
+
+    def stale_once(s: Any, shop: str) -> int:
+        calls.append(shop)
+        return 0 if len(calls) == 1 else real(s, shop)  # as if version 1 were not there yet
+
+    monkeypatch.setattr(repo, "latest_version", stale_once)
+    client.put("/v1/shops/shop-a/entries/gift", headers=key, json={"question": "有没有赠品", "answer": "有"})
+    r = client.post("/v1/shops/shop-a/kb/publish", headers=key)
+    assert r.status_code == 202 and r.json()["version"] == 2 and not r.json()["reused"], r.text
+    assert RETRY_MESSAGE in caplog.text
+
+
+def test_republishing_a_rolled_back_kb_activates_its_version(client: TestClient) -> None:
+    """v1 and v2 ready, rolled back to v1, the KB edited back to v2's: the publish serves v2, no build."""
+    key = new_shop(client)
+    v1 = publish_and_wait(client, "shop-a", key, kb_csv())
+    body = {"question": "有没有赠品", "answer": "送鼠标。"}
+    client.put("/v1/shops/shop-a/entries/gift", headers=key, json=body)
+    v2 = publish_and_wait(client, "shop-a", key)
+    assert client.post(f"/v1/shops/shop-a/kb/versions/{v1}/activate", headers=key).status_code == 200
+    # the rollback made v1's KB the draft: publishing it now repeats v1, the served version
+    r = client.post("/v1/shops/shop-a/kb/publish", headers=key)
+    assert r.status_code == 202 and r.json()["version"] == v1 and r.json()["reused"], r.text
+    client.put("/v1/shops/shop-a/entries/gift", headers=key, json=body)  # the KB edited back to v2's
+    r = client.post("/v1/shops/shop-a/kb/publish", headers=key)
+    assert r.status_code == 202 and r.json()["version"] == v2 and r.json()["reused"], r.text
+    assert r.json()["active"]
+    wait_for(lambda: client.get("/v1/shops/shop-a", headers=key).json()["served_version"] == v2)
+    assert len(client.get("/v1/shops/shop-a/kb/versions", headers=key).json()) == 2
+
+
+def _number_versions_in_another_process(url: str, proc: int, rounds: int, barrier: Any) -> None:
+    """One replica (its own process and engine) numbering versions in a tight loop, as publish does."""
+    from api.db.session import Database
+    from api.kb import repo
+    from engine.kb import load_kb
+
+    entries = load_kb([{"id": "a", "question": "问题", "answer": "答"}], source_name="test")
+    db = Database(url)
+    barrier.wait(timeout=60)
+    for i in range(rounds):
+        with db.session(write_lock=True) as s:
+            repo.create_version(s, "shop-a", entries, {"process": proc, "round": i})
+    db.dispose()
+
+
+def test_two_processes_number_versions_in_turn(client: TestClient, settings: Settings) -> None:
+    """Two replicas (processes, as two uvicorn workers sharing one SQLite file) numbering at once: on
+    SQLite only a lock taken at BEGIN keeps them apart (without it: UNIQUE constraint failed)."""
+    import multiprocessing
+
+    key = new_shop(client)
+    ctx = multiprocessing.get_context("spawn")
+    barrier = ctx.Barrier(2)
+    rounds = 40
+    procs = [
+        ctx.Process(
+            target=_number_versions_in_another_process, args=(settings.database_url, p, rounds, barrier)
+        )
+        for p in range(2)
+    ]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(120)
+    assert [p.exitcode for p in procs] == [0, 0]
+    numbers = sorted(v["version"] for v in client.get("/v1/shops/shop-a/kb/versions", headers=key).json())
+    assert numbers == list(range(1, 2 * rounds + 1))
+
+
+def test_concurrent_kb_edits_are_all_answered(client: TestClient) -> None:
+    """Were 500s on PostgreSQL: two uploads at once both deleted, then both inserted the same ids."""
+    key = new_shop(client)
+    barrier = threading.Barrier(6)
+    statuses: list[int] = []
+
+    def edit(i: int) -> None:
+        barrier.wait(timeout=30)
+        if i % 2:
+            extra = [(f"x{i}", f"第{i}个额外问题", "", "答")]
+            r = client.post(
+                "/v1/shops/shop-a/kb", headers=key, files={"file": ("kb.csv", kb_csv(KB + extra))}
+            )
+        else:
+            body = {"question": "有没有赠品", "answer": f"送鼠标{i}。"}
+            r = client.put("/v1/shops/shop-a/entries/gift", headers=key, json=body)
+        statuses.append(r.status_code)
+
+    threads = [threading.Thread(target=edit, args=(i,)) for i in range(6)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert sorted(statuses) == [200] * 6

@@ -29,10 +29,17 @@ from rich.table import Table
 
 from engine.artifacts import ModelLoadError, read_manifest
 from engine.build import recalibrate
-from engine.kb import KBEntry, KBValidationError, load_kb
+from engine.kb import KBEntry, KBTooLarge, KBValidationError, ReadLimits, load_kb
 from engine.matcher import Matcher
 from engine.results import Decision, MatchResult
-from training.evaluate import EvalReport, QueryFileError, evaluate, plot_precision_coverage, read_queries
+from training.evaluate import (
+    EvalReport,
+    QueryFileError,
+    evaluate,
+    plot_precision_coverage,
+    read_labelled,
+    read_queries,
+)
 
 app = typer.Typer(
     help="Kefu: FAQ intent matching for JD merchants' customer service.",
@@ -57,6 +64,7 @@ DECISION_STYLE = {
     Decision.SMALLTALK: "bold cyan",
 }
 EXIT_WORDS = frozenset({"exit", "quit"})
+KB_LIMITS = ReadLimits()  # what `kefu build` reads of a KB file by default, as the service does
 
 
 # --------------------------------------------------------------------------- helpers
@@ -78,6 +86,8 @@ def _user_errors() -> Iterator[None]:
         _fail("\n  ".join([f"{count} in the knowledge base:", *map(str, e.issues)]))
     except (ModelLoadError, QueryFileError) as e:
         _fail(str(e))
+    except KBTooLarge as e:
+        _fail(f"{e}; see --max-rows, --max-cells, --max-inflated-mb")
     except FileNotFoundError as e:
         _fail(f"file not found: {e.filename or e}")
     except OSError as e:
@@ -151,14 +161,25 @@ def build(
     target_precision: Annotated[
         float, typer.Option(help="Precision the answer threshold must reach on held-out questions")
     ] = 0.95,
+    max_rows: Annotated[
+        int | None, typer.Option(help="Refuse a KB file with more rows")
+    ] = KB_LIMITS.max_rows,
+    max_cells: Annotated[
+        int | None, typer.Option(help="Refuse a KB file with more cells")
+    ] = KB_LIMITS.max_cells,
+    max_inflated_mb: Annotated[
+        float, typer.Option(help="Refuse a KB file larger than this once decompressed (.xlsx) or read")
+    ] = (KB_LIMITS.max_inflated_bytes or 0) / 2**20,
 ) -> None:
     """Validate a KB, fit a model on it and save the model directory."""
     _check_precision(target_precision)
     out = output or Path("models") / kb.stem
+    limits = ReadLimits(max_rows, max_cells, int(max_inflated_mb * 2**20))
     with _user_errors():
         if not kb.is_file():
             raise FileNotFoundError(2, "not found", str(kb))
-        entries = load_kb(kb)  # validated before the progress bar starts, so issues print cleanly
+        # validated before the progress bar starts, so issues print cleanly
+        entries = load_kb(kb, limits=limits)
     try:
         m = _build_with_progress(entries, dense=not fast, target_precision=target_precision)
     except ValueError as e:  # the engine's way of refusing a KB it cannot fit (e.g. far too small)
@@ -365,10 +386,27 @@ def calibrate(
         Path | None, typer.Option("-o", "--output", help="Save here (default: in place)")
     ] = None,
 ) -> None:
-    """Refit confidence and thresholds on labelled real messages and save the model."""
+    """Refit confidence and thresholds on labelled real messages and save the model.
+
+    Rows whose expected_id the model's KB does not have (an entry deleted since, or feedback for another
+    version) are listed and skipped: they cannot be scored, and the rest is still worth using.
+    """
     _check_precision(target_precision)
     m = _load_model(model)
-    pairs = _load_queries(labelled)
+    with _user_errors():
+        rows = read_labelled(labelled)
+    known = {e.id for e in m.entries}
+    unknown = [(row, expected) for row, _, expected in rows if expected and expected not in known]
+    if unknown:
+        listed = ", ".join(f"row {row} ({expected!r})" for row, expected in unknown[:20])
+        more = f" and {len(unknown) - 20} more" if len(unknown) > 20 else ""
+        err_console.print(
+            f"[yellow]warning:[/] skipped {len(unknown)} row{'s' if len(unknown) > 1 else ''} of "
+            f"{escape(str(labelled))} whose expected_id is not an entry of the model's KB: "
+            f"{escape(listed)}{more}",
+            soft_wrap=True,
+        )
+    pairs = [(query, expected) for _, query, expected in rows if not expected or expected in known]
     texts, expected = [q for q, _ in pairs], [e for _, e in pairs]
     before = (m.policy.t_answer, m.policy.t_clarify)
     try:
@@ -554,6 +592,25 @@ def loadtest(
         pg_url=pg_url or DEFAULT_PG,
         redis_url=redis_url or DEFAULT_REDIS,
         min_versions=min_versions,
+    )
+    raise typer.Exit(main(config))
+
+
+# --------------------------------------------------------------------------- hostile
+
+
+@app.command()
+def hostile(
+    workers: Annotated[int, typer.Option(help="uvicorn worker processes")] = 2,
+    scale: Annotated[float, typer.Option(help="Payload size factor (1: the sizes in the issue)")] = 1.0,
+    rss_ceiling_mb: Annotated[float, typer.Option(help="Peak RSS no worker may reach")] = 600.0,
+    healthz_p99_ms: Annotated[float, typer.Option(help="/healthz p99 no worker may reach")] = 100.0,
+) -> None:
+    """Hostile uploads and bodies against real workers while /healthz and RSS are measured."""
+    from training.hostile import HostileConfig, main
+
+    config = HostileConfig(
+        workers=workers, scale=scale, rss_ceiling_mb=rss_ceiling_mb, healthz_p99_ms=healthz_p99_ms
     )
     raise typer.Exit(main(config))
 

@@ -49,10 +49,16 @@ class SupportsMatch(Protocol):
 
 
 def read_queries(path: str | os.PathLike[str]) -> list[tuple[str, str | None]]:
-    """(query, expected_id) pairs from a CSV (or xlsx) file; an empty expected_id means out of scope.
+    """(query, expected_id) pairs from a CSV (or xlsx) file; an empty expected_id means out of scope."""
+    return [(query, expected) for _, query, expected in read_labelled(path)]
+
+
+def read_labelled(path: str | os.PathLike[str]) -> list[tuple[int, str, str | None]]:
+    """(row, query, expected_id) from a CSV (or xlsx) file, row as the spreadsheet numbers it.
 
     Reading goes through engine.kb.read_rows so query files get the same encoding handling as KBs
-    (UTF-8 with or without BOM, GB18030 from Chinese Excel) and the same row numbers.
+    (UTF-8 with or without BOM, GB18030 from Chinese Excel), the same row numbers and the same
+    unquoting of formula-like cells (engine.cells).
     """
     file = Path(path)
     if not file.is_file():
@@ -66,14 +72,14 @@ def read_queries(path: str | os.PathLike[str]) -> list[tuple[str, str | None]]:
             f"{file} has no queries (expected a header row 'query,expected_id' and data rows)"
         )
     columns = _find_columns(file, records[0])
-    pairs: list[tuple[str, str | None]] = []
+    pairs: list[tuple[int, str, str | None]] = []
     blank_rows: list[int] = []
     for record, row in zip(records, rows, strict=True):
         query = _cell_text(record.get(columns["query"]))
         if not query:
             blank_rows.append(row)
             continue
-        pairs.append((query, _cell_text(record.get(columns["expected_id"])) or None))
+        pairs.append((row, query, _cell_text(record.get(columns["expected_id"])) or None))
     if blank_rows:
         listed = ", ".join(map(str, blank_rows[:20])) + (" ..." if len(blank_rows) > 20 else "")
         raise QueryFileError(f"{file} row{'s' if len(blank_rows) > 1 else ''} {listed}: query is blank")

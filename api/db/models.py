@@ -96,6 +96,9 @@ class Exchange(Base):
     conversation_id: Mapped[str] = mapped_column(String(200))
     channel: Mapped[str] = mapped_column(String(20), default="api")
     text_masked: Mapped[str] = mapped_column(Text)
+    # the question the reply answered when the message is not it (a clarify choice such as "第二个"):
+    # labelled data must pair the entry with the customer's real question
+    question_masked: Mapped[str | None] = mapped_column(Text, nullable=True)
     decision: Mapped[str] = mapped_column(String(10))
     entry_id: Mapped[str | None] = mapped_column(String(200), nullable=True)
     confidence: Mapped[float] = mapped_column(Float, default=0.0)
@@ -135,11 +138,16 @@ class JdEvaluation(Base):
 
 
 class JdMessage(Base):
-    """Idempotency of the JD-facing endpoint: a message id is processed once, its reply kept."""
+    """Idempotency of the JD-facing endpoint: a message id is processed once, its reply kept.
+
+    The key is the SHA-256 of the whole message id, not the id: a fixed length means no two ids collide
+    by truncation, and an id that carries personal data is not stored readable. The stored reply holds
+    no message id either. Rows older than KEFU_JD_MESSAGE_RETENTION are pruned (hence the index).
+    """
 
     __tablename__ = "jd_messages"
 
     shop_id: Mapped[str] = mapped_column(ForeignKey("shops.id", ondelete="CASCADE"), primary_key=True)
-    message_id: Mapped[str] = mapped_column(String(200), primary_key=True)
+    message_digest: Mapped[str] = mapped_column(String(64), primary_key=True)
     reply: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
-    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow, index=True)

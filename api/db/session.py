@@ -39,9 +39,19 @@ class Database:
         self.sessions = sessionmaker(self.engine, expire_on_commit=False)
 
     @contextmanager
-    def session(self) -> Iterator[Session]:
-        """A transaction: committed when the block ends, rolled back on error."""
+    def session(self, *, write_lock: bool = False) -> Iterator[Session]:
+        """A transaction: committed when the block ends, rolled back on error.
+
+        `write_lock`: on SQLite, start with BEGIN IMMEDIATE, taking the database's write lock before the
+        first read, so a read-then-write transaction (numbering a version) runs alone across threads and
+        processes sharing the file; SQLite ignores SELECT ... FOR UPDATE and would otherwise let two of
+        them read the same state. On PostgreSQL nothing changes: such transactions lock rows FOR UPDATE.
+        """
         with self.sessions() as s, s.begin():
+            if write_lock and self.engine.dialect.name == "sqlite":
+                # pysqlite opens transactions lazily (before the first write), so this is the first
+                # statement of the connection's transaction; it waits up to busy_timeout for the lock
+                s.connection().exec_driver_sql("BEGIN IMMEDIATE")
             yield s
 
     def dispose(self) -> None:

@@ -5,10 +5,17 @@ list with "2" or "第二个", asks the same thing again when an answer did not h
 misses twice in a row. `ConversationPolicy.step` turns (state, message) into (reply, new state);
 `Conversations` keeps the state per shop and conversation in a shared store so any replica can take
 the next message.
+
+What counts as a miss: a turn the bot cannot answer (it asks to rephrase, or the message is a reply to
+an offered list that picks none and is again not answerable when matched afresh, or picks an entry that
+left the KB). Offering a clarify list to a message that was not itself a reply to a list is not a miss:
+the bot understood enough to narrow it down, and the customer's unrecognised reply to that list then
+gets one more chance before the second miss hands off.
 """
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import re
 import unicodedata
@@ -53,6 +60,8 @@ HandoffCode = Literal[
     "no_model",
 ]
 MAX_QUESTIONS = 2  # questions of one message answered at most
+FOLLOW_UP_REASON = "follow-up to the previous question"
+CHOICE_REASON = "customer chose option"  # followed by the option's number
 # engine reasons after which rephrasing cannot help: there is nothing to match against
 _NOTHING_TO_MATCH = ("empty knowledge base", "no entry of the knowledge base")
 
@@ -68,6 +77,16 @@ class Option:
 
 
 @dataclass
+class Suggestion:
+    """An answer the bot proposes to the human agent, with its estimated P(right) (Candidate.confidence)."""
+
+    entry_id: str
+    question: str
+    answer: str
+    confidence: float
+
+
+@dataclass
 class Handoff:
     """What the human agent receives: why, the recent (masked) messages and what the bot already tried."""
 
@@ -76,6 +95,7 @@ class Handoff:
     candidates_tried: list[Option]
     mood: str | None = None  # "angry" or "upset" when detected
     code: HandoffCode = "low_confidence"
+    suggestions: list[Suggestion] = field(default_factory=list)  # assist mode: answers to pick from
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -92,9 +112,14 @@ class Reply:
     handoff: Handoff | None = None
     smalltalk: str | None = None  # on kind "smalltalk": the intent replied to
     answers: list[PartAnswer] = field(default_factory=list)  # one per question when a message held several
+    # the customer's (masked) question this reply answers when the message is not it: a clarify choice
+    # like "第二个" answers the question the list was offered for. Logged for labelled data, not sent.
+    question: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        out = asdict(self)
+        del out["question"]
+        return out
 
 
 @dataclass
@@ -110,15 +135,19 @@ class PartAnswer:
 @dataclass
 class ConversationState:
     clarify_options: list[Option] = field(default_factory=list)  # pending: what the last clarify offered
-    misses: int = 0  # turns in a row the bot could not answer
+    misses: int = 0  # misses in a row (see the module docstring: a first clarify list is not one)
     history: list[str] = field(default_factory=list)  # masked customer messages, oldest first
     tried: list[Option] = field(default_factory=list)  # candidates offered or considered, deduplicated
-    last_question: str | None = None  # normalized text of the last message that went to the matcher
+    # fingerprint of the last message that went to the matcher (see `_fingerprint`), never its text
+    last_question: str | None = None
     last_answered_entry: str | None = None
     mood: str | None = None  # "upset" after venting, until the bot answers something
     sku_id: str | None = None  # the product the conversation is about (catalog skill)
     # what a skill waits for from the customer (a product to pick, an order number), owned by that skill
     pending: dict[str, Any] | None = None
+    clarify_question: str | None = None  # masked message the pending clarify list was offered for
+    # the masked question of the last turn that went to the matcher: what a follow-up is read with
+    topic: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -140,6 +169,8 @@ class ConversationState:
             mood=d.get("mood"),
             sku_id=d.get("sku_id"),
             pending=d.get("pending") if isinstance(d.get("pending"), dict) else None,
+            clarify_question=d.get("clarify_question"),
+            topic=d.get("topic"),
         )
 
 
@@ -289,6 +320,15 @@ def _identity(text: str) -> str:
     return text
 
 
+def _fingerprint(normalized: str) -> str:
+    """What the state keeps of the last question: enough to spot a repeat, nothing to read.
+
+    The normalized text masks digit runs (phones, IDs) but keeps an address whole, so storing it put
+    addresses into the shared store in clear.
+    """
+    return hashlib.sha256(normalized.encode("utf-8")).hexdigest()
+
+
 # ------------------------------------------------------------------------------------------- follow-ups
 _FOLLOW_UP_HEAD = r"(?:那么|那|那个|那这个|还有|这款|这个|那款|这台|那台|它的|它|换成|如果是|要是)"
 _FOLLOW_UP = re.compile(rf"^{_FOLLOW_UP_HEAD}|(?:呢|的呢|咋样|怎么样)$")
@@ -357,17 +397,25 @@ class ConversationPolicy:
         if choice is not None:
             entry = self.get_entry(choice.entry_id)
             if entry is not None:
-                st = replace(st, clarify_options=[], misses=0, last_answered_entry=choice.entry_id)
+                st = replace(
+                    st,
+                    clarify_options=[],
+                    clarify_question=None,
+                    misses=0,
+                    last_answered_entry=choice.entry_id,
+                )
                 return Reply(
                     "answer",
                     entry[1],
                     entry_id=choice.entry_id,
                     confidence=1.0,
-                    reason=f"customer chose option {prev.clarify_options.index(choice) + 1}",
+                    reason=f"{CHOICE_REASON} {prev.clarify_options.index(choice) + 1}",
+                    question=prev.clarify_question,
                 ), st
             # the entry left the KB since the list was shown: a miss; offer what is still there
             left = [o for o in prev.clarify_options if o is not choice and self.get_entry(o.entry_id)]
-            return self._miss(st, angry, f"chosen entry {choice.entry_id} no longer exists", left, 0.0)
+            why = f"chosen entry {choice.entry_id} no longer exists"
+            return self._miss(st, angry, why, left, 0.0, question=prev.clarify_question)
 
         # 2. what is not a question: a picture, a sticker, bare contact details
         kind = non_text_kind(text)
@@ -390,9 +438,11 @@ class ConversationPolicy:
         if r.decision is Decision.SMALLTALK and r.smalltalk:
             return self._on_smalltalk(prev, st, r.smalltalk)
         norm = r.normalized or normalize(text)
-        repeated = bool(norm) and norm == prev.last_question
-        if norm:
-            st.last_question = norm
+        fingerprint = _fingerprint(norm) if norm else None
+        repeated = fingerprint is not None and fingerprint == prev.last_question
+        if fingerprint is not None:
+            st.last_question = fingerprint
+        st.topic = "，".join(questions)  # already masked; a follow-up is read with it
         considered = [Option.of(c) for c in r.options[:MAX_OPTIONS]] + [
             Option.of(c) for c in r.candidates[:MAX_OPTIONS]
         ]
@@ -400,8 +450,10 @@ class ConversationPolicy:
 
         if r.decision is Decision.HANDOFF and "human" in r.reason:
             return self._handoff(st, REASON_HUMAN, r, code="explicit_request")
-        if r.decision is not Decision.ANSWER and prev.last_question and looks_like_follow_up(norm):
+        if r.decision is not Decision.ANSWER and prev.topic and looks_like_follow_up(norm):
             r = self._follow_up(prev, "，".join(questions), r)
+            if r.reason.startswith(FOLLOW_UP_REASON):  # the next follow-up reads on from both
+                st.topic = f"{prev.topic} {strip_follow_up_words('，'.join(questions))}"
         if repeated or (
             r.decision is Decision.ANSWER and r.entry_id and r.entry_id == prev.last_answered_entry
         ):
@@ -422,7 +474,14 @@ class ConversationPolicy:
                 entry = self.get_entry(r.entry_id)
                 answer = entry[1] if entry else None
             if answer is not None:
-                st = replace(st, clarify_options=[], misses=0, last_answered_entry=r.entry_id, mood=None)
+                st = replace(
+                    st,
+                    clarify_options=[],
+                    clarify_question=None,
+                    misses=0,
+                    last_answered_entry=r.entry_id,
+                    mood=None,
+                )
                 return Reply("answer", answer, r.entry_id, r.confidence, reason=r.reason), st
 
         if r.decision is Decision.HANDOFF and r.reason.startswith(_NOTHING_TO_MATCH):
@@ -431,7 +490,20 @@ class ConversationPolicy:
         offered = r.options if r.decision is Decision.CLARIFY and r.options else r.candidates
         options = [Option.of(c) for c in offered[:MAX_OPTIONS]]
         rephrase = r.decision is not Decision.CLARIFY or not options
-        return self._miss(st, angry, r.reason, options, r.confidence, rephrase=rephrase, result=r)
+        # a list offered to a fresh message narrows it down; only a reply to a list that is again not
+        # answerable, or a request to rephrase, counts against the customer
+        counts = rephrase or bool(prev.clarify_options)
+        return self._miss(
+            st,
+            angry,
+            r.reason,
+            options,
+            r.confidence,
+            rephrase=rephrase,
+            result=r,
+            question=st.history[-1],
+            counts=counts,
+        )
 
     def _miss(
         self,
@@ -443,9 +515,16 @@ class ConversationPolicy:
         *,
         rephrase: bool = True,
         result: MatchResult | None = None,
+        question: str | None = None,
+        counts: bool = True,
     ) -> tuple[Reply, ConversationState]:
-        """A turn the bot could not answer: clarify (or ask to rephrase) until too many misses in a row."""
-        misses = st.misses + 1
+        """A turn the bot could not answer: clarify (or ask to rephrase) until too many misses in a row.
+
+        `question` is the (masked) customer question the options are offered for: a choice among them
+        answers that question, not the words "第二个". `counts` is False for a clarify list offered to a
+        fresh message, which is not a miss.
+        """
+        misses = st.misses + int(counts)
         st = replace(st, misses=misses)
         if misses >= self.max_misses:
             return self._handoff(st, f"{misses} misses in a row ({why})", result, code="repeated_miss")
@@ -455,7 +534,12 @@ class ConversationPolicy:
             text = REPHRASE_TEXT + (f"\n{REPHRASE_OPTIONS_HEAD}\n{_numbered(options)}" if options else "")
         else:
             text = f"{CLARIFY_HEAD}\n{_numbered(options)}"
-        st = replace(st, clarify_options=list(options), tried=_add_tried(st.tried, options))
+        st = replace(
+            st,
+            clarify_options=list(options),
+            clarify_question=question if options else None,
+            tried=_add_tried(st.tried, options),
+        )
         reply = Reply("clarify", text, None, confidence, options=list(options), reason=why)
         return reply, st
 
@@ -467,7 +551,7 @@ class ConversationPolicy:
         answered; else the combined clarify list is offered. The reason says that context was used.
         """
         exclude = [prev.last_answered_entry] if prev.last_answered_entry else []
-        context = prev.last_question or ""
+        context = prev.topic or ""
         tries = [self.match(question, exclude=exclude)] if exclude else [alone]
         tries.append(self.match(f"{context} {strip_follow_up_words(question)}", exclude=exclude))
         chosen = next((t for t in tries if t.decision is Decision.ANSWER), None)
@@ -475,7 +559,7 @@ class ConversationPolicy:
             chosen = tries[-1] if tries[-1].decision is Decision.CLARIFY else None
         if chosen is None:
             return alone
-        chosen.reason = f"follow-up to the previous question '{context}': {chosen.reason}"
+        chosen.reason = f"{FOLLOW_UP_REASON} '{context}': {chosen.reason}"
         chosen.normalized = alone.normalized
         return chosen
 
@@ -533,7 +617,8 @@ class ConversationPolicy:
         st.tried = _add_tried(
             st.tried, [*(Option.of(c) for _, r in asked for c in r.candidates[:1]), *pending]
         )
-        st.last_question = normalize(" ".join(q for q, _ in asked))
+        st.last_question = _fingerprint(normalize(" ".join(q for q, _ in asked)))
+        st.topic = asked[-1][0]
         st = replace(
             st, clarify_options=pending, misses=0, last_answered_entry=answered[-1].entry_id, mood=None
         )
@@ -567,7 +652,7 @@ class ConversationPolicy:
             reason, list(last), [Option(o.entry_id, o.question) for o in st.tried], mood, code=code
         )
         # the human takes over: nothing is pending and the miss count starts again if the bot resumes
-        st = replace(st, clarify_options=[], misses=0)
+        st = replace(st, clarify_options=[], clarify_question=None, misses=0)
         confidence = result.confidence if result is not None else 0.0
         return Reply("handoff", HANDOFF_TEXT, None, confidence, reason=reason, handoff=handoff), st
 

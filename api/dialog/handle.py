@@ -11,7 +11,7 @@ from collections.abc import Collection
 from typing import Any
 
 from api.db.models import Shop
-from api.dialog.conversation import ConversationPolicy, Handoff, HandoffCode, Reply, TurnContext
+from api.dialog.conversation import ConversationPolicy, Handoff, HandoffCode, Reply, Suggestion, TurnContext
 from api.dialog.privacy import mask_pii
 from api.dialog.replies import Replies
 from api.metrics import MATCH_LATENCY, record_reply
@@ -22,16 +22,22 @@ from engine.results import MatchResult
 HANDOFF_TEXT = "正在为您转接人工客服，请稍候。"
 
 
-def _handoff(reason: str, text: str, code: HandoffCode) -> Reply:
+def _handoff(reason: str, text: str, code: HandoffCode, suggested: list[Suggestion] | None = None) -> Reply:
+    suggested = suggested or []
     return Reply(
         kind="handoff",
         text=HANDOFF_TEXT,
         entry_id=None,
-        confidence=0.0,
+        confidence=suggested[0].confidence if suggested else 0.0,
         options=[],
         reason=reason,
         handoff=Handoff(
-            reason=reason, last_messages=[mask_pii(text)], candidates_tried=[], mood=None, code=code
+            reason=reason,
+            last_messages=[mask_pii(text)],
+            candidates_tried=[],
+            mood=None,
+            code=code,
+            suggestions=suggested,
         ),
     )
 
@@ -50,8 +56,13 @@ def handle_message(
     if shop.mode == "off":
         reply = _handoff("the bot is off for this shop: a human agent answers", text, "mode_off")
     elif shop.mode == "assist":
+        # the agent who takes the message gets the bot's suggestions with it, not in a second call
+        suggested, version = suggestions(service, shop, text)
         reply = _handoff(
-            "assist mode: a human agent answers, with suggestions from the bot", text, "mode_assist"
+            "assist mode: a human agent answers, with suggestions from the bot",
+            text,
+            "mode_assist",
+            suggested,
         )
     else:
         served = service.served(shop.id, shop.active_version)
@@ -92,6 +103,7 @@ def handle_message(
             reason=reply.reason,
             model_version=version,
             latency_ms=latency_ms,
+            question=reply.question,
         )
     record_reply(shop.id, reply.kind, reply.handoff.code if reply.handoff else None)
     out = reply.to_dict()
@@ -100,10 +112,12 @@ def handle_message(
     return out
 
 
-def suggestions(
-    service: Service, shop: Shop, text: str, k: int = 3
-) -> tuple[list[dict[str, Any]], int | None]:
-    """Assist mode: up to k answers for the human agent; nothing is matched when the bot is off."""
+def suggestions(service: Service, shop: Shop, text: str, k: int = 3) -> tuple[list[Suggestion], int | None]:
+    """Assist mode: up to k answers for the human agent; nothing is matched when the bot is off.
+
+    Each carries the engine's estimated P(right): calibrated for the first, an estimate bounded by the
+    ranking for the others (Candidate.confidence), so the agent can weigh a runner-up too.
+    """
     if shop.mode == "off":
         return [], None
     served = service.served(shop.id, shop.active_version)
@@ -111,14 +125,7 @@ def suggestions(
         return [], None
     r = served.matcher.match(text, top_k=k)
     entries = {e.id: e for e in served.matcher.entries}
-    out = []
-    for i, c in enumerate(r.candidates[:k]):
-        out.append(
-            {
-                "entry_id": c.entry_id,
-                "question": c.question,
-                "answer": entries[c.entry_id].answer,
-                "confidence": r.confidence if i == 0 else 0.0,
-            }
-        )
-    return out, served.version
+    found = [
+        Suggestion(c.entry_id, c.question, entries[c.entry_id].answer, c.confidence) for c in r.candidates[:k]
+    ]
+    return found, served.version

@@ -77,8 +77,12 @@ def pull(service: Any, shop_id: str, page_size: int = 50, max_pages: int = 20) -
         )
     with service.db.session() as s:
         shop = s.get(Shop, shop_id)
+        where = f"PUT /v1/shops/{shop_id}/jd-credentials"
         if shop is None or not shop.jd_app_key or not shop.jd_app_secret:
-            raise EvaluationsNotConfigured(f"shop {shop_id!r} has no JD credentials")
+            raise EvaluationsNotConfigured(f"shop {shop_id!r} has no JD credentials; set them with {where}")
+        if not shop.jd_access_token:
+            # JOS would refuse the call as bad credentials, which reads as a wrong AppKey or AppSecret
+            raise EvaluationsNotConfigured(f"shop {shop_id!r} has no JD access token; set it with {where}")
         box = service.secret_box
         creds = (
             box.decrypt(shop.jd_app_key),

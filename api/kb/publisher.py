@@ -12,19 +12,23 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
 from functools import partial
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
 
-from api.db.models import Shop
+from api.db.models import KBVersion, Shop
 from api.db.session import Database
 from api.kb import repo as kb_repo
 from api.kb.registry import ModelRegistry
 from api.metrics import BUILD_SECONDS, MODEL_VERSION
 from engine import Matcher
-from engine.kb import KBEntry
+from engine.kb import KBEntry, kb_hash
 
 log = logging.getLogger("kefu.publish")
 
@@ -38,6 +42,23 @@ ENGINE_OPTIONS = ("user_words", "synonyms", "stopwords", "human_phrases", "targe
 def engine_options(settings: dict[str, Any] | None) -> dict[str, Any]:
     """The part of a shop's settings that shapes its model (passed to Matcher.build)."""
     return {k: v for k, v in (settings or {}).items() if k in ENGINE_OPTIONS and v is not None}
+
+
+@dataclass(frozen=True)
+class Publication:
+    """What a publish did: `version` is new and building (`build`), or an existing one (`reused`)."""
+
+    version: int
+    reused: bool  # the KB and options equal this building or ready version's: nothing new was made
+    build: Future[None] | None  # None when reused
+
+
+class _Frozen(NamedTuple):
+    version: int
+    entries: list[KBEntry]
+    options: dict[str, Any]
+    reused_status: str | None  # the status of the version this publish repeats; None: a new version
+    active: int | None
 
 
 class BuildRejected(Exception):
@@ -101,14 +122,43 @@ class Publisher:
         self._pending: set[tuple[str, int]] = set()
         self._pending_lock = threading.Lock()
 
-    def publish(self, shop: str) -> tuple[int, Future[None]]:
-        """Freeze the shop's KB as a new version and build it in the background."""
-        with self.db.session() as s:
+    def publish(self, shop: str) -> Publication:
+        """Freeze the shop's KB as a new version and build it in the background.
+
+        If the shop's latest building-or-ready version froze the same KB (kb_hash) with the same engine
+        options, that version is returned instead (`reused`): no row, no build. A ready one that is not
+        the active version (the merchant rolled back) is activated, so a publish always ends with this
+        KB served. Publishes of one shop run one at a time on every backend and across processes: the
+        shop row is locked (PostgreSQL) or the transaction holds SQLite's write lock from its start.
+        """
+        for attempt in (1, 2):
+            try:
+                frozen = self._freeze(shop)
+                break
+            except IntegrityError:  # the locks make this unreachable; a last guard, not the mechanism
+                if attempt == 2:
+                    raise
+                log.warning("version number of shop %s taken by a concurrent publish; numbering again", shop)
+        if frozen.reused_status is None:
+            build = self._pool.submit(self._build, shop, frozen.version, frozen.entries, frozen.options)
+            return Publication(frozen.version, False, build)
+        log.info("publish of shop %s repeats version %d (%s)", shop, frozen.version, frozen.reused_status)
+        if frozen.reused_status == "ready" and frozen.active != frozen.version:
+            self.activate(shop, frozen.version)
+        return Publication(frozen.version, True, None)
+
+    def _freeze(self, shop: str) -> _Frozen:
+        """The numbering transaction of a publish: a new version row, or the version it would repeat."""
+        with self.db.session(write_lock=True) as s:
+            shop_row = kb_repo.lock_shop(s, shop)  # before reading: a concurrent publish waits here
             entries = kb_repo.snapshot(s, shop)  # raises KBValidationError: nothing is created
-            shop_row = s.get(Shop, shop)
             options = engine_options(shop_row.settings if shop_row else None)
-            version = kb_repo.create_version(s, shop, entries, options).version
-        return version, self._pool.submit(self._build, shop, version, entries, options)
+            active = shop_row.active_version if shop_row else None
+            same = kb_repo.reusable_version(s, shop, kb_hash(entries), options)
+            if same is not None:
+                return _Frozen(same.version, entries, options, same.status, active)
+            row = kb_repo.create_version(s, shop, entries, options)
+            return _Frozen(row.version, entries, options, None, active)
 
     def _build(self, shop: str, version: int, entries: list[KBEntry], options: dict[str, Any]) -> None:
         t0 = time.perf_counter()
@@ -138,24 +188,35 @@ class Publisher:
         self.activate(shop, version, matcher, forward_only=True)
 
     def activate(
-        self, shop: str, version: int, matcher: Matcher | None = None, *, forward_only: bool = False
+        self,
+        shop: str,
+        version: int,
+        matcher: Matcher | None = None,
+        *,
+        forward_only: bool = False,
+        with_locked: Callable[[Session, KBVersion, int | None], None] | None = None,
     ) -> bool:
         """Make `version` the shop's served version everywhere (also used for rollback).
 
         `forward_only` (a finished build): do nothing when a later version is already active. Replicas
         build in parallel and finish out of order; an older build finishing last must not bring its
-        KB back. The shop row is locked, so two replicas activating at once cannot both pass the check.
+        KB back. The shop row is locked (SQLite: the write lock), so two replicas activating at once
+        cannot both pass the check. `with_locked(session, version row, active version)` runs in the same
+        transaction with the shop row locked (a rollback restores the editable KB there); if it raises,
+        nothing changes.
         """
-        with self.db.session() as s:
+        with self.db.session(write_lock=True) as s:
             row = kb_repo.get_version(s, shop, version)
             if row is None or row.status != "ready":
                 raise ValueError(f"version {version} of shop {shop} is not a ready version")
-            shop_row = s.get(Shop, shop, with_for_update=True, populate_existing=True)
+            shop_row = kb_repo.lock_shop(s, shop)
             assert shop_row is not None
             active = shop_row.active_version
             if forward_only and active is not None and active > version:
                 log.info("version %d of shop %s is ready; not activated, %d is newer", version, shop, active)
                 return False
+            if with_locked is not None:
+                with_locked(s, row, active)
             shop_row.active_version = version
         if matcher is not None:
             self.registry.swap(shop, version, matcher)

@@ -14,10 +14,7 @@ from sqlalchemy import delete, func, select
 from sqlalchemy.orm import Session
 
 from api.db.models import Entry, KBVersion, Shop, utcnow
-from engine.kb import KBEntry, KBIssue, KBValidationError, kb_hash, load_kb
-
-# Sizes of the kb_entries columns the KB format itself does not limit (PostgreSQL refuses longer values).
-COLUMN_LIMITS = {"id": 200, "category": 200}
+from engine.kb import KBEntry, KBValidationError, kb_hash, load_kb
 
 
 def _row_to_entry_dict(row: Entry) -> dict[str, Any]:
@@ -48,31 +45,26 @@ def get_entry(s: Session, shop: str, entry_id: str) -> dict[str, Any] | None:
 
 
 def validated(entries: Iterable[dict[str, Any] | KBEntry], source: str) -> list[KBEntry]:
-    """The whole KB through the engine's validator (raises KBValidationError listing every issue)."""
-    return check_sizes(load_kb(list(entries), source_name=source), source)
-
-
-def check_sizes(entries: list[KBEntry], source: str) -> list[KBEntry]:
-    """The entries, if every value fits its column; else KBValidationError listing those that do not."""
-    issues = [
-        KBIssue(source, None, column, f"{column} {value[:30]!r}... is longer than {limit} characters")
-        for e in entries
-        for column, limit in COLUMN_LIMITS.items()
-        if len(value := getattr(e, column)) > limit
-    ]
-    if issues:
-        raise KBValidationError(issues)
-    return entries
+    """The whole KB through the engine's validator (raises KBValidationError listing every issue,
+    sizes included: engine.kb.FIELD_LIMITS fit the kb_entries columns)."""
+    return load_kb(list(entries), source_name=source)
 
 
 def replace_all(s: Session, shop: str, entries: Sequence[KBEntry]) -> None:
-    """Swap the shop's whole editable KB for validated entries, in the caller's transaction."""
+    """Swap the shop's whole editable KB for validated entries, in the caller's transaction.
+
+    Like every edit it locks the shop row first: two uploads at once would otherwise both delete, then
+    both insert the same ids (a unique violation on PostgreSQL). On SQLite the caller's transaction
+    holds the write lock (`Database.session(write_lock=True)`).
+    """
+    lock_shop(s, shop)
     s.execute(delete(Entry).where(Entry.shop_id == shop))
     s.add_all(_entry_row(shop, e, i) for i, e in enumerate(entries))
 
 
 def upsert_entry(s: Session, shop: str, entry: dict[str, Any]) -> KBEntry:
     """Add or replace one entry, validated together with the rest of the KB (duplicates included)."""
+    lock_shop(s, shop)  # as in replace_all: the KB it validates against stays as read
     current = list_entries(s, shop)
     ids = [e["id"] for e in current]
     new_id = str(entry.get("id", "")).strip()
@@ -95,6 +87,7 @@ def upsert_entry(s: Session, shop: str, entry: dict[str, Any]) -> KBEntry:
 def delete_entry(s: Session, shop: str, entry_id: str) -> bool:
     if "\x00" in entry_id:  # as in get_entry
         return False
+    lock_shop(s, shop)
     return bool(
         s.execute(delete(Entry).where(Entry.shop_id == shop, Entry.entry_id == entry_id)).rowcount  # type: ignore[attr-defined]
     )
@@ -120,19 +113,47 @@ def snapshot(s: Session, shop: str) -> list[KBEntry]:
     return validated(list_entries(s, shop), f"shop {shop}")
 
 
+def lock_shop(s: Session, shop: str) -> Shop | None:
+    """The shop row, locked until the transaction ends: publishes and activations of a shop queue here.
+
+    That is SELECT ... FOR UPDATE on PostgreSQL; SQLite ignores it, so there the transaction must have
+    been opened with `Database.session(write_lock=True)` (BEGIN IMMEDIATE) to be serialized.
+    """
+    return s.get(Shop, shop, with_for_update=True, populate_existing=True)
+
+
+def reusable_version(s: Session, shop: str, digest: str, options: dict[str, Any]) -> KBVersion | None:
+    """The shop's latest building-or-ready version that froze this very KB with these engine options.
+
+    Publishing it again would build the same model: the publish returns that version instead (a rollback
+    makes an older version's KB the draft, so the match need not be the latest version). None when a newer
+    version is still building: its build would overtake the reused one, so a new version is numbered.
+    """
+    rows = s.scalars(
+        select(KBVersion)
+        .where(KBVersion.shop_id == shop, KBVersion.status.in_(("building", "ready")))
+        .order_by(KBVersion.version.desc())
+    )
+    for row in rows:
+        if row.kb_hash == digest and dict(row.options or {}) == options:
+            return row
+        if row.status == "building":
+            return None
+    return None
+
+
 def create_version(
     s: Session, shop: str, entries: Sequence[KBEntry], options: dict[str, Any] | None = None
 ) -> KBVersion:
     """A new version row in state `building`, numbered after the shop's last one.
 
-    The shop row is locked first, so concurrent publishes (on any replica) number their versions one
-    after the other instead of colliding on the same number.
+    The shop row is locked first (and the caller's transaction holds SQLite's write lock), so
+    concurrent publishes (on any replica) number their versions one after the other.
     """
-    s.get(Shop, shop, with_for_update=True)
-    last = s.scalar(select(func.max(KBVersion.version)).where(KBVersion.shop_id == shop)) or 0
+    lock_shop(s, shop)
     row = KBVersion(
         shop_id=shop,
-        version=last + 1,
+        version=latest_version(s, shop) + 1,
         status="building",
         kb_hash=kb_hash(entries),
         entries=len(entries),
@@ -169,6 +190,46 @@ def finish_version(
 
 def version_entries(row: KBVersion) -> list[KBEntry]:
     return load_kb(row.snapshot, source_name=f"version {row.version}")
+
+
+def draft_entries(s: Session, shop: str) -> list[KBEntry]:
+    """The editable KB as entries (empty when it has none), e.g. to export it."""
+    rows = list_entries(s, shop)
+    return validated(rows, f"shop {shop}") if rows else []
+
+
+class DraftConflict(Exception):
+    """Activating would replace an editable KB that holds edits no version has."""
+
+
+def restore_draft(s: Session, shop: str, target: KBVersion, active: int | None, discard: bool) -> str:
+    """Make `target`'s KB the editable KB, in the caller's transaction (the shop row locked); a note.
+
+    Edits nobody published are not dropped silently: the draft may be replaced when it is empty, equals
+    the KB of the version that was active or of `target`, or when `discard` says so; else
+    DraftConflict, and nothing has changed.
+    """
+    current = list_entries(s, shop)
+    try:
+        current_hash = kb_hash(validated(current, f"shop {shop}")) if current else None
+    except KBValidationError:
+        current_hash = "invalid"  # cannot equal any version's KB: it holds edits
+    published = {target.kb_hash}
+    active_row = get_version(s, shop, active) if active is not None else None
+    if active_row is not None:
+        published.add(active_row.kb_hash)
+    unpublished = current_hash is not None and current_hash not in published
+    if unpublished and not discard:
+        since = f"version {active}, the one active," if active_row is not None else "every version"
+        raise DraftConflict(
+            f"the editable KB has unpublished edits (it differs from {since}); nothing was changed. "
+            f"Publish them first (POST kb/publish), or save them (GET kb/export?format=csv|xlsx), then "
+            f"repeat with ?draft=discard to replace them with version {target.version}'s KB, or with "
+            f"?draft=keep to serve version {target.version} and leave the editable KB as it is"
+        )
+    replace_all(s, shop, version_entries(target))
+    note = f"the editable KB is now version {target.version}'s KB ({target.entries} entries)"
+    return note + ("; its unpublished edits were discarded" if unpublished else "")
 
 
 def snapshot_of_version(db: Any, shop: str, version: int) -> tuple[list[KBEntry], dict[str, Any]]:

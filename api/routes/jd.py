@@ -3,10 +3,12 @@
 A message is accepted only with a valid JOS signature made with the shop's AppSecret, a timestamp within
 the configured window, and the shop's AppKey. Each message id is processed once: a replay of an id
 gets the reply stored the first time (and is counted as a replay), whichever replica it reaches.
+Ids are remembered by their SHA-256 (see `JdMessage`) for KEFU_JD_MESSAGE_RETENTION seconds.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import time
 from datetime import timedelta
@@ -29,16 +31,28 @@ router = APIRouter(
     prefix="/jd",
     tags=["jd"],
     responses={
-        400: {"description": "a missing or malformed parameter"},
-        401: {"description": "bad signature, wrong app_key or a timestamp outside the window"},
-        403: {"description": "the shop has no JD credentials"},
-        404: {"description": "no such shop"},
+        400: {"description": "a missing or malformed parameter, or a message id over 1000 characters"},
+        401: {
+            "description": "invalid app_key or signature (also for an unknown shop or one without JD "
+            "credentials: the answer does not tell which shop ids exist), or a timestamp outside the window"
+        },
         409: {"description": "the same message id is still being processed"},
+        413: {"description": "the text is longer than KEFU_MAX_TEXT_CHARS"},
     },
 )
 
 REQUIRED = ("app_key", "timestamp", "sign", "message_id", "conversation_id", "text")
 REPLAY_WAIT_SECONDS = 10.0
+# JD's ids are short; a longer one is garbage or an attack, and is refused rather than stored or hashed
+MAX_MESSAGE_ID_CHARS = 1000
+
+
+def message_digest(message_id: str) -> str:
+    """The key a message id is remembered by: fixed length, whole id, and not readable."""
+    return hashlib.sha256(message_id.encode("utf-8")).hexdigest()
+
+
+INVALID_CREDENTIALS = "invalid app_key or signature"
 
 
 def _refuse(code: int, reason: str, detail: str) -> HTTPException:
@@ -46,18 +60,36 @@ def _refuse(code: int, reason: str, detail: str) -> HTTPException:
     return HTTPException(code, detail)
 
 
+def _unauthorized(reason: str) -> HTTPException:
+    """One answer for an unknown shop, a shop without JD credentials, a wrong app_key and a bad
+    signature, so an outsider learns nothing about which shops exist; the metric keeps the reason."""
+    return _refuse(status.HTTP_401_UNAUTHORIZED, reason, INVALID_CREDENTIALS)
+
+
 async def _params(request: Request) -> dict[str, str]:
-    """Form fields (as JOS sends them) or a flat JSON object; every value as a string."""
+    """Form fields (as JOS sends them) or a flat JSON object; every value as a string.
+
+    Anything else (a file part, JSON nested past the parser's depth) is the sender's mistake: 400.
+    """
     if request.headers.get("content-type", "").startswith("application/json"):
         try:
             body = await request.json()
         except (json.JSONDecodeError, UnicodeDecodeError) as e:
             raise HTTPException(status.HTTP_400_BAD_REQUEST, "body is not valid JSON") from e
+        except RecursionError as e:
+            raise HTTPException(status.HTTP_400_BAD_REQUEST, "body JSON is nested too deeply") from e
         if not isinstance(body, dict):
             raise HTTPException(status.HTTP_400_BAD_REQUEST, "body must be a JSON object")
         raw: dict[str, Any] = body
     else:
-        raw = dict((await request.form()).items())
+        async with request.form() as form:
+            files = sorted({k for k, v in form.multi_items() if not isinstance(v, str)})
+            if files:
+                raise HTTPException(
+                    status.HTTP_400_BAD_REQUEST,
+                    f"file parts are not accepted ({', '.join(files)}); send the parameters as form fields",
+                )
+            raw = dict(form.items())
     return {str(k): v if isinstance(v, str) else json.dumps(v, ensure_ascii=False) for k, v in raw.items()}
 
 
@@ -75,35 +107,41 @@ def _process(service: Any, shop: str, params: dict[str, str]) -> Any:
         raise HTTPException(status.HTTP_400_BAD_REQUEST, f"missing parameter(s): {', '.join(missing)}")
     if any("\x00" in v for v in params.values()):  # the database cannot store them (message id, text)
         raise HTTPException(status.HTTP_400_BAD_REQUEST, "parameters must not contain NUL characters")
+    if len(params["message_id"]) > MAX_MESSAGE_ID_CHARS:
+        raise HTTPException(
+            status.HTTP_400_BAD_REQUEST, f"message_id is longer than {MAX_MESSAGE_ID_CHARS} characters"
+        )
+    max_text = service.settings.max_text_chars
+    if len(params["text"]) > max_text:  # the same limit as the shop API's messages
+        raise HTTPException(status.HTTP_413_CONTENT_TOO_LARGE, f"text is longer than {max_text} characters")
     if not SHOP_ID.match(shop):
-        raise _refuse(status.HTTP_404_NOT_FOUND, "unknown_shop", f"no shop {shop!r}")
+        raise _unauthorized("unknown_shop")
     with service.db.session() as s:
         row = s.get(Shop, shop)
         if row is not None:
             s.expunge(row)
     if row is None:
-        raise _refuse(status.HTTP_404_NOT_FOUND, "unknown_shop", f"no shop {shop!r}")
+        raise _unauthorized("unknown_shop")
     if not row.jd_app_key or not row.jd_app_secret:
-        raise _refuse(
-            status.HTTP_403_FORBIDDEN, "jd_not_configured", "JD credentials are not set for this shop"
-        )
+        raise _unauthorized("jd_not_configured")
     box = service.secret_box
     if params["app_key"] != box.decrypt(row.jd_app_key):
-        raise _refuse(status.HTTP_401_UNAUTHORIZED, "bad_app_key", "app_key does not belong to this shop")
+        raise _unauthorized("bad_app_key")
     if not verify(params, box.decrypt(row.jd_app_secret)):
-        raise _refuse(status.HTTP_401_UNAUTHORIZED, "bad_signature", "invalid signature")
+        raise _unauthorized("bad_signature")
     try:
         check_timestamp(params["timestamp"], window=timedelta(seconds=service.settings.jd_timestamp_window))
     except StaleTimestamp as e:
         raise _refuse(status.HTTP_401_UNAUTHORIZED, "stale_timestamp", f"timestamp refused: {e}") from e
 
-    message_id = params["message_id"][:200]
+    message_id = params["message_id"]
+    digest = message_digest(message_id)
     try:
         with service.db.session() as s:
-            s.add(JdMessage(shop_id=shop, message_id=message_id, reply=None))
+            s.add(JdMessage(shop_id=shop, message_digest=digest, reply=None))
     except IntegrityError:
         AUTH_FAILURES.labels("replay").inc()
-        return _stored_reply(service, shop, message_id)
+        return _stored_reply(service, shop, digest, message_id)
     try:
         context = TurnContext(
             sku_id=params.get("sku_id") or None, customer_pin=params.get("customer_pin") or None
@@ -114,25 +152,26 @@ def _process(service: Any, shop: str, params: dict[str, str]) -> Any:
     except Exception:
         # release the claim, or every retry of this message id would wait for a reply that never comes
         with service.db.session() as s:
-            s.execute(delete(JdMessage).where(JdMessage.shop_id == shop, JdMessage.message_id == message_id))
+            s.execute(delete(JdMessage).where(JdMessage.shop_id == shop, JdMessage.message_digest == digest))
         raise
-    body = {"code": 0, "message_id": message_id, "reply": reply}
+    body = {"code": 0, "reply": reply}  # stored without the id, which may carry personal data
     with service.db.session() as s:
-        stored = s.get(JdMessage, (shop, message_id))
+        stored = s.get(JdMessage, (shop, digest))
         assert stored is not None
         stored.reply = body
-    return body
+    return {"code": 0, "message_id": message_id, "reply": reply}
 
 
-def _stored_reply(service: Any, shop: str, message_id: str) -> JSONResponse:
+def _stored_reply(service: Any, shop: str, digest: str, message_id: str) -> JSONResponse:
     """The reply given to the first delivery of this message id (waiting while it is still in work)."""
     deadline = time.monotonic() + REPLAY_WAIT_SECONDS
     while True:
         with service.db.session() as s:
-            stored = s.get(JdMessage, (shop, message_id))
+            stored = s.get(JdMessage, (shop, digest))
             reply = stored.reply if stored is not None else None
         if reply is not None:
-            return JSONResponse(reply, headers={"X-Kefu-Replay": "true"})
+            body = {"code": reply.get("code", 0), "message_id": message_id, "reply": reply.get("reply")}
+            return JSONResponse(body, headers={"X-Kefu-Replay": "true"})
         if time.monotonic() > deadline:
             raise HTTPException(status.HTTP_409_CONFLICT, "this message id is still being processed")
         time.sleep(0.05)

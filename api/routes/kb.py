@@ -1,29 +1,61 @@
-"""A shop's KB: upload (CSV/XLSX/JSON/JSONL), entry CRUD, publish, versions and rollback.
+"""A shop's KB: upload (CSV/XLSX/JSON/JSONL), entry CRUD, publish, versions, rollback and export.
 
 A bad upload or edit answers 422 with every problem (file, row, column) and leaves what was stored as
 it was. Publishing answers 202 at once; the build runs in the background and only a model that
-passes its own evaluation is swapped in.
+passes its own evaluation is swapped in. A rollback (activate) also makes that version's KB the
+editable one, refusing with 409 rather than silently dropping edits nobody published. The editable KB
+and every version export as CSV or XLSX that upload back unchanged.
 """
 
 from __future__ import annotations
 
 import tempfile
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, File, HTTPException, Query, UploadFile, status
 from fastapi import Path as PathParam
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
+from sqlalchemy.orm import Session
+from starlette.concurrency import run_in_threadpool
 
-from api.db.models import KBVersion
+from api.db.models import KBVersion, Shop
 from api.kb import repo as kb_repo
+from api.service import Service
+from api.settings import Settings
 from api.web.deps import SHOP_AUTH_RESPONSES, ServiceDep, ShopDep
-from api.web.schemas import DB_INT_MAX, EntryIn, EntryOut, UploadOut, VersionOut
-from engine.kb import SUPPORTED_SUFFIXES, KBValidationError
+from api.web.schemas import DB_INT_MAX, ActivateOut, EntryIn, EntryOut, PublishOut, UploadOut, VersionOut
+from engine.kb import SUPPORTED_SUFFIXES, KBEntry, KBTooLarge, KBValidationError, ReadLimits, dump_kb, load_kb
 
 router = APIRouter(prefix="/v1/shops/{shop}", responses=SHOP_AUTH_RESPONSES, tags=["kb"])
-MAX_UPLOAD_BYTES = 20 * 1024 * 1024
+# the setting behind each engine.kb.KBTooLarge limit, named in the 413 answer
+LIMIT_SETTINGS = {
+    "rows": "KEFU_KB_MAX_ROWS",
+    "cells": "KEFU_KB_MAX_CELLS",
+    "bytes": "KEFU_KB_MAX_INFLATED_BYTES",
+}
 VersionNumber = Annotated[int, PathParam(ge=1, le=DB_INT_MAX)]
+
+
+def _ref(path: str, method: str) -> str:
+    """An OpenAPI operationRef to one of this router's operations (a JSON pointer: / is ~1)."""
+    return f"#/paths/{('/v1/shops/{shop}' + path).replace('~', '~0').replace('/', '~1')}/{method}"
+
+
+# OpenAPI links: what a client (and schemathesis's stateful tests) can call next with a response's ids
+_ENTRY = {"shop": "$request.path.shop", "entry_id": "$response.body#/id"}
+_VERSION = {"shop": "$request.path.shop", "version": "$response.body#/version"}
+ENTRY_LINKS = {
+    "GetEntry": {"operationRef": _ref("/entries/{entry_id}", "get"), "parameters": _ENTRY},
+    "DeleteEntry": {"operationRef": _ref("/entries/{entry_id}", "delete"), "parameters": _ENTRY},
+}
+VERSION_LINKS = {
+    "GetVersion": {"operationRef": _ref("/kb/versions/{version}", "get"), "parameters": _VERSION},
+    "ActivateVersion": {
+        "operationRef": _ref("/kb/versions/{version}/activate", "post"),
+        "parameters": _VERSION,
+    },
+}
 
 
 def issues_response(err: KBValidationError) -> JSONResponse:
@@ -73,7 +105,10 @@ def version_out(row: KBVersion, active: int | None) -> VersionOut:
 @router.post(
     "/kb",
     response_model=UploadOut,
-    responses={422: {"description": "the file has problems; every one is listed with row and column"}},
+    responses={
+        413: {"description": "the file, or what it inflates to (rows, cells, bytes), is over a limit"},
+        422: {"description": "the file has problems; every one is listed with row and column"},
+    },
 )
 async def upload_kb(
     shop: ShopDep,
@@ -81,7 +116,11 @@ async def upload_kb(
     file: Annotated[UploadFile, File(description="the KB: .csv, .xlsx, .json or .jsonl")],
     publish: Annotated[bool, Query(description="also publish it as a new version")] = False,
 ) -> Any:
-    """Replace the shop's editable KB with a file (all or nothing)."""
+    """Replace the shop's editable KB with a file (all or nothing).
+
+    Reading, validating and storing run in a worker thread: a large or hostile file must not stall the
+    event loop that answers every other shop.
+    """
     name = Path(file.filename or "kb.csv").name
     suffix = Path(name).suffix.lower()
     if suffix not in SUPPORTED_SUFFIXES:
@@ -89,24 +128,50 @@ async def upload_kb(
             422,
             f"{name}: unsupported file type {suffix or '(none)'}; use one of {', '.join(SUPPORTED_SUFFIXES)}",
         )
-    data = await file.read(MAX_UPLOAD_BYTES + 1)
-    if len(data) > MAX_UPLOAD_BYTES:
-        raise HTTPException(status.HTTP_413_REQUEST_ENTITY_TOO_LARGE, f"{name} is larger than 20 MB")
+    settings = service.settings
+    max_bytes = settings.kb_max_upload_bytes
+    data = await file.read(max_bytes + 1)
+    if len(data) > max_bytes:
+        raise HTTPException(
+            status.HTTP_413_CONTENT_TOO_LARGE,
+            f"{name} is larger than the limit of {max_bytes:,} bytes (KEFU_KB_MAX_UPLOAD_BYTES)",
+        )
+    try:
+        return await run_in_threadpool(_store_upload, service, shop.id, name, suffix, data, publish)
+    except KBValidationError as e:
+        return issues_response(e)
+    except KBTooLarge as e:
+        setting = LIMIT_SETTINGS[e.what]
+        return JSONResponse(
+            status_code=status.HTTP_413_CONTENT_TOO_LARGE,
+            content={"detail": f"{e} ({setting})", "limit": {"setting": setting, "value": e.limit}},
+        )
+
+
+def read_limits(settings: Settings) -> ReadLimits:
+    """What reading an uploaded KB may take, from the KEFU_KB_MAX_* settings."""
+    return ReadLimits(
+        max_rows=settings.kb_max_rows,
+        max_cells=settings.kb_max_cells,
+        max_inflated_bytes=settings.kb_max_inflated_bytes,
+    )
+
+
+def _store_upload(
+    service: Service, shop: str, name: str, suffix: str, data: bytes, publish: bool
+) -> UploadOut:
+    """Blocking part of an upload: parse within the limits, replace the entries, maybe publish."""
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / f"upload{suffix}"
         path.write_bytes(data)
-        try:
-            from engine.kb import load_kb
-
-            entries = kb_repo.check_sizes(load_kb(path, source_name=name), name)
-        except KBValidationError as e:
-            return issues_response(e)
-    with service.db.session() as s:
-        kb_repo.replace_all(s, shop.id, entries)
-    version = None
-    if publish:
-        version, _ = service.publisher.publish(shop.id)
-    return UploadOut(entries=len(entries), version=version)
+        # sizes are checked there too (FIELD_LIMITS)
+        entries = load_kb(path, source_name=name, limits=read_limits(service.settings))
+    with service.db.session(write_lock=True) as s:
+        kb_repo.replace_all(s, shop, entries)
+    if not publish:
+        return UploadOut(entries=len(entries))
+    published = service.publisher.publish(shop)
+    return UploadOut(entries=len(entries), version=published.version, reused=published.reused)
 
 
 @router.get("/entries", response_model=list[EntryOut])
@@ -132,14 +197,17 @@ def get_entry(entry_id: str, shop: ShopDep, service: ServiceDep) -> EntryOut:
 @router.put(
     "/entries/{entry_id}",
     response_model=EntryOut,
-    responses={422: {"description": "the entry (with the rest of the KB) has problems"}},
+    responses={
+        200: {"description": "the entry as stored", "links": ENTRY_LINKS},
+        422: {"description": "the entry (with the rest of the KB) has problems"},
+    },
 )
 def put_entry(entry_id: str, body: EntryIn, shop: ShopDep, service: ServiceDep) -> Any:
     """Add or replace an entry; checked together with the rest of the KB (duplicates included)."""
     record = body.model_dump()
     record["id"] = entry_id
     try:
-        with service.db.session() as s:
+        with service.db.session(write_lock=True) as s:
             kept = kb_repo.upsert_entry(s, shop.id, record)
             saved = kb_repo.get_entry(s, shop.id, kept.id)  # the id as stored: stripped, no control chars
     except KBValidationError as e:
@@ -150,7 +218,7 @@ def put_entry(entry_id: str, body: EntryIn, shop: ShopDep, service: ServiceDep) 
 
 @router.delete("/entries/{entry_id}", status_code=status.HTTP_204_NO_CONTENT)
 def delete_entry(entry_id: str, shop: ShopDep, service: ServiceDep) -> None:
-    with service.db.session() as s:
+    with service.db.session(write_lock=True) as s:
         if not kb_repo.delete_entry(s, shop.id, entry_id):
             raise HTTPException(status.HTTP_404_NOT_FOUND, f"no entry {entry_id!r} in shop {shop.id!r}")
 
@@ -158,19 +226,30 @@ def delete_entry(entry_id: str, shop: ShopDep, service: ServiceDep) -> None:
 @router.post(
     "/kb/publish",
     status_code=status.HTTP_202_ACCEPTED,
-    response_model=VersionOut,
-    responses={422: {"description": "the editable KB has problems (or is empty)"}},
+    response_model=PublishOut,
+    responses={
+        202: {"description": "the version being built (or reused)", "links": VERSION_LINKS},
+        422: {"description": "the editable KB has problems (or is empty)"},
+    },
 )
 def publish(shop: ShopDep, service: ServiceDep) -> Any:
-    """Freeze the editable KB as a new version and build it in the background."""
+    """Freeze the editable KB as a new version and build it in the background.
+
+    The same KB published twice builds once: when the KB (its kb_hash) and the engine options equal
+    those of the shop's latest version that is building or ready, no version is made and that one is
+    returned with `reused: true` (still 202); if it is ready but not active (after a rollback), it is
+    activated. Concurrent publishes of a shop are serialized, so they never get the same number.
+    """
     try:
-        version, _ = service.publisher.publish(shop.id)
+        published = service.publisher.publish(shop.id)
     except KBValidationError as e:
         return issues_response(e)
     with service.db.session() as s:
-        row = kb_repo.get_version(s, shop.id, version)
-        assert row is not None
-        return version_out(row, shop.active_version)
+        row = kb_repo.get_version(s, shop.id, published.version)
+        shop_row = s.get(Shop, shop.id)
+        assert row is not None and shop_row is not None
+        out = version_out(row, shop_row.active_version)
+    return PublishOut(**out.model_dump(), reused=published.reused)
 
 
 @router.get("/kb/versions", response_model=list[VersionOut])
@@ -192,13 +271,94 @@ def version(version: VersionNumber, shop: ShopDep, service: ServiceDep) -> Versi
         return version_out(_version_or_404(s, shop.id, version), shop.active_version)
 
 
-@router.post("/kb/versions/{version}/activate", response_model=VersionOut)
-def activate(version: VersionNumber, shop: ShopDep, service: ServiceDep) -> VersionOut:
-    """Serve an earlier (or any ready) version: rollback without a rebuild."""
+@router.post(
+    "/kb/versions/{version}/activate",
+    response_model=ActivateOut,
+    responses={
+        409: {
+            "description": "the version is not ready, or the editable KB has unpublished edits "
+            "(publish or export them, or repeat with draft=discard or draft=keep); nothing was changed"
+        }
+    },
+)
+def activate(
+    version: VersionNumber,
+    shop: ShopDep,
+    service: ServiceDep,
+    draft: Annotated[
+        Literal["discard", "keep"] | None,
+        Query(
+            description="what to do with an editable KB that has unpublished edits: discard them (it "
+            "becomes this version's KB) or keep it as it is (only the served model rolls back); "
+            "without it such an activation is refused with 409"
+        ),
+    ] = None,
+) -> ActivateOut:
+    """Serve an earlier (or any ready) version without a rebuild, and make its KB the editable KB.
+
+    Edits then start from the KB being served, so the next publish does not bring back what was rolled
+    back. An editable KB with unpublished edits is not replaced silently: see `draft`.
+    """
     with service.db.session() as s:
         row = _version_or_404(s, shop.id, version)
         if row.status != "ready":
             raise HTTPException(status.HTTP_409_CONFLICT, f"version {version} is {row.status}, not ready")
-    service.publisher.activate(shop.id, version)
+    notes: list[str] = []
+
+    def restore(s: Session, target: KBVersion, active: int | None) -> None:
+        notes.append(kb_repo.restore_draft(s, shop.id, target, active, discard=draft == "discard"))
+
+    try:
+        service.publisher.activate(shop.id, version, with_locked=None if draft == "keep" else restore)
+    except kb_repo.DraftConflict as e:
+        raise HTTPException(status.HTTP_409_CONFLICT, str(e)) from e
     with service.db.session() as s:
-        return version_out(_version_or_404(s, shop.id, version), version)
+        out = version_out(_version_or_404(s, shop.id, version), version)
+    if draft == "keep":
+        note = f"the editable KB was left as it was: the next publish serves it instead of version {version}"
+        return ActivateOut(**out.model_dump(), draft="kept", draft_note=note)
+    return ActivateOut(**out.model_dump(), draft="replaced", draft_note=notes[0])
+
+
+EXPORT_TYPES = {
+    "csv": "text/csv; charset=utf-8",
+    "xlsx": "application/vnd.openxmlformats-officedocument.spreadsheetml.sheet",
+}
+ExportFormat = Annotated[Literal["csv", "xlsx"], Query(description="csv (UTF-8 with BOM, for Excel) or xlsx")]
+EXPORT_RESPONSES: dict[int | str, dict[str, Any]] = {
+    200: {
+        "description": "the KB as a file download, in the upload format (it uploads back unchanged)",
+        "content": {
+            "text/csv": {"schema": {"type": "string"}},
+            EXPORT_TYPES["xlsx"]: {"schema": {"type": "string", "format": "binary"}},
+        },
+    }
+}
+
+
+def _download(entries: list[KBEntry], name: str, fmt: str) -> Response:
+    """The entries written by engine.kb (so load_kb reads them back unchanged) as an attachment."""
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / f"kb.{fmt}"
+        dump_kb(entries, path)
+        data = path.read_bytes()
+    disposition = f'attachment; filename="{name}.{fmt}"'
+    return Response(data, media_type=EXPORT_TYPES[fmt], headers={"Content-Disposition": disposition})
+
+
+@router.get("/kb/export", response_class=Response, responses=EXPORT_RESPONSES)
+def export_draft(shop: ShopDep, service: ServiceDep, format: ExportFormat = "csv") -> Response:
+    """The editable KB (what the next publish freezes), e.g. to keep edits before a rollback."""
+    with service.db.session() as s:
+        entries = kb_repo.draft_entries(s, shop.id)
+    return _download(entries, f"{shop.id}-kb-draft", format)
+
+
+@router.get("/kb/versions/{version}/export", response_class=Response, responses=EXPORT_RESPONSES)
+def export_version(
+    version: VersionNumber, shop: ShopDep, service: ServiceDep, format: ExportFormat = "csv"
+) -> Response:
+    """The KB a version was published from, any status."""
+    with service.db.session() as s:
+        entries = kb_repo.version_entries(_version_or_404(s, shop.id, version))
+    return _download(entries, f"{shop.id}-kb-v{version}", format)

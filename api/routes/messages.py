@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import asdict
 from typing import Annotated, Any
 
 from fastapi import APIRouter, HTTPException, Query, status
@@ -10,6 +11,7 @@ from fastapi.responses import PlainTextResponse
 
 from api.dialog.conversation import TurnContext
 from api.dialog.handle import handle_message, suggestions
+from api.metrics import FEEDBACK
 from api.store import exchanges
 from api.web.deps import SHOP_AUTH_RESPONSES, ServiceDep, ShopDep
 from api.web.schemas import DB_INT_MAX, AssistOut, ExchangeOut, FeedbackIn, MessageIn, ReplyOut, Suggestion
@@ -36,14 +38,14 @@ def assist(body: MessageIn, shop: ShopDep, service: ServiceDep) -> AssistOut:
             channel="assist",
             text=body.text,
             decision="assist",
-            entry_id=found[0]["entry_id"] if found else None,
-            confidence=found[0]["confidence"] if found else 0.0,
+            entry_id=found[0].entry_id if found else None,
+            confidence=found[0].confidence if found else 0.0,
             reason=f"{len(found)} suggestion(s)",
             model_version=version,
             latency_ms=0.0,
         )
     return AssistOut(
-        suggestions=[Suggestion(**x) for x in found], model_version=version, exchange_id=exchange_id
+        suggestions=[Suggestion(**asdict(x)) for x in found], model_version=version, exchange_id=exchange_id
     )
 
 
@@ -67,9 +69,22 @@ def feedback(body: FeedbackIn, shop: ShopDep, service: ServiceDep) -> dict[str, 
             fb = exchanges.add_feedback(
                 s, shop.id, body.exchange_id, body.kind, body.correct_entry_id, body.out_of_scope
             )
-            return {"id": fb.id, "exchange_id": fb.exchange_id, "kind": fb.kind}
+            out: dict[str, Any] = {"id": fb.id, "exchange_id": fb.exchange_id, "kind": fb.kind}
     except LookupError as e:
         raise HTTPException(status.HTTP_404_NOT_FOUND, str(e)) from e
+    except exchanges.UnknownEntryError as e:
+        raise RequestValidationError(
+            [
+                {
+                    "type": "value_error",
+                    "loc": ("body", "correct_entry_id"),
+                    "msg": str(e),
+                    "input": body.correct_entry_id,
+                }
+            ]
+        ) from e
+    FEEDBACK.labels(shop.id, body.kind).inc()  # counted once stored: refused feedback is not feedback
+    return out
 
 
 @router.get("/exchanges", response_model=list[ExchangeOut])

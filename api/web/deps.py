@@ -40,23 +40,24 @@ def require_shop(
     shop: Annotated[str, Path(description="shop id", max_length=64)],
     x_api_key: Annotated[str | None, Header(description="the shop's API key")] = None,
 ) -> Shop:
-    """The shop, if the key is its own: 404 unknown shop, 401 no/invalid key, 403 another shop's key."""
-    if not SHOP_ID.match(shop):
-        AUTH_FAILURES.labels("unknown_shop").inc()
-        raise HTTPException(status.HTTP_404_NOT_FOUND, f"no shop {shop!r}")
+    """The shop, if the key is its own: 401 no/invalid key, 403 another shop's key.
+
+    Neither answer depends on whether the shop in the path exists, so an outsider cannot probe for shop
+    ids; only the metric's reason tells the cases apart.
+    """
+    owner = None
+    exists = False
     with service.db.session() as s:
-        row = s.get(Shop, shop)
-        if row is None:
-            AUTH_FAILURES.labels("unknown_shop").inc()
-            raise HTTPException(status.HTTP_404_NOT_FOUND, f"no shop {shop!r}")
-        if key_matches(x_api_key, row.api_key_hash):
-            s.expunge(row)
-            return row
-        other = x_api_key and s.scalar(select(Shop.id).where(Shop.api_key_hash == hash_key(x_api_key)))
-    if other:
-        AUTH_FAILURES.labels("other_shop_key").inc()
+        if x_api_key:
+            owner = s.scalar(select(Shop).where(Shop.api_key_hash == hash_key(x_api_key)))
+        if owner is not None and owner.id == shop and key_matches(x_api_key, owner.api_key_hash):
+            s.expunge(owner)
+            return owner
+        exists = bool(SHOP_ID.match(shop)) and s.get(Shop, shop) is not None
+    if owner is not None:
+        AUTH_FAILURES.labels("other_shop_key" if exists else "unknown_shop").inc()
         raise HTTPException(status.HTTP_403_FORBIDDEN, "this API key belongs to another shop")
-    AUTH_FAILURES.labels("bad_api_key").inc()
+    AUTH_FAILURES.labels("bad_api_key" if exists else "unknown_shop").inc()
     raise HTTPException(status.HTTP_401_UNAUTHORIZED, "a valid X-API-Key header is required")
 
 
@@ -64,8 +65,8 @@ ShopDep = Annotated[Shop, Depends(require_shop)]
 
 # documented on every route that takes the shop's key, so clients (and schema checkers) know them
 SHOP_AUTH_RESPONSES: dict[int | str, dict[str, Any]] = {
-    401: {"description": "no X-API-Key, or not a valid key"},
-    403: {"description": "the key belongs to another shop"},
-    404: {"description": "no such shop (or no such entry, version or exchange in it)"},
+    401: {"description": "no X-API-Key, or not a valid key (whether or not the shop exists)"},
+    403: {"description": "the key belongs to another shop (whether or not the shop in the path exists)"},
+    404: {"description": "no such entry, version or exchange in the shop"},
 }
 AdminDep = Annotated[None, Depends(require_admin)]

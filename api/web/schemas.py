@@ -6,6 +6,8 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, Field
 
+from engine.kb import MAX_ANSWER_CHARS, MAX_CATEGORY_CHARS, MAX_QUESTION_CHARS
+
 # The largest value an INTEGER column holds (PostgreSQL's is 32-bit): ids, versions and offsets above it are
 # refused with a 422 instead of failing in the database driver.
 DB_INT_MAX = 2**31 - 1
@@ -115,10 +117,11 @@ class ModeIn(BaseModel):
 
 
 class EntryIn(BaseModel):
-    question: str = Field(max_length=2000)
-    similar: list[str] | str = Field(default_factory=list)
-    answer: str = Field(max_length=20000)
-    category: str = Field(default="", max_length=200)
+    # the engine's limits (engine.kb.FIELD_LIMITS), so the entry API refuses what an upload would
+    question: str = Field(max_length=MAX_QUESTION_CHARS)
+    similar: list[Annotated[str, Field(max_length=MAX_QUESTION_CHARS)]] | str = Field(default_factory=list)
+    answer: str = Field(max_length=MAX_ANSWER_CHARS)
+    category: str = Field(default="", max_length=MAX_CATEGORY_CHARS)
     valid_from: str | None = None
     valid_to: str | None = None
     enabled: bool = True
@@ -155,9 +158,28 @@ class VersionOut(BaseModel):
     finished_at: str | None
 
 
+class ActivateOut(VersionOut):
+    draft: Literal["replaced", "kept"] = Field(
+        description="replaced: the editable KB is now this version's KB, edits start from it; "
+        "kept: the editable KB was left as it was (draft=keep)"
+    )
+    draft_note: str = Field(description="what happened to the editable KB, in words")
+
+
+class PublishOut(VersionOut):
+    reused: bool = Field(
+        default=False,
+        description="true: the KB and engine options equal this building or ready version's, so no new "
+        "version was made and nothing is rebuilt (a ready one that was not active is activated)",
+    )
+
+
 class UploadOut(BaseModel):
     entries: int
-    version: int | None = Field(default=None, description="the version being built, when publish=true")
+    version: int | None = Field(
+        default=None, description="the version being built (or reused, see `reused`), when publish=true"
+    )
+    reused: bool = Field(default=False, description="as in the publish response")
 
 
 # ---------------------------------------------------------------- conversations
@@ -185,6 +207,16 @@ class OptionOut(BaseModel):
     question: str
 
 
+class Suggestion(BaseModel):
+    entry_id: str
+    question: str
+    answer: str
+    confidence: float = Field(
+        description="estimated probability that this entry is right: calibrated for the first suggestion, "
+        "for the others an estimate no higher than the one above it"
+    )
+
+
 class HandoffOut(BaseModel):
     reason: str
     code: Literal[
@@ -202,6 +234,10 @@ class HandoffOut(BaseModel):
     last_messages: list[str]
     candidates_tried: list[OptionOut]
     mood: str | None
+    suggestions: list[Suggestion] = Field(
+        default_factory=list,
+        description="assist mode: answers the bot proposes to the agent taking over, best first",
+    )
 
 
 class PartAnswerOut(BaseModel):
@@ -225,13 +261,6 @@ class ReplyOut(BaseModel):
     )
     exchange_id: int | None = Field(default=None, description="for feedback on this reply")
     model_version: int | None
-
-
-class Suggestion(BaseModel):
-    entry_id: str
-    question: str
-    answer: str
-    confidence: float
 
 
 class AssistOut(BaseModel):

@@ -1,0 +1,40 @@
+"""What the Makefile installs: `make run` the runtime, `make test` the test tools, the backend on demand."""
+
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def installs(target: str, venv: Path, *args: str) -> list[str]:
+    """The `pip install -e ...` requirement each step of `make -n TARGET` would install, in order."""
+    if shutil.which("make") is None:
+        pytest.skip("make is not installed")
+    out = subprocess.run(
+        ["make", "-n", "-C", str(ROOT), target, f"VENV={venv}", *args],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    return [m.strip("'\"") for m in re.findall(r"pip install -q -e (\S+)", out)]
+
+
+def test_make_run_installs_the_runtime_only(tmp_path: Path) -> None:
+    assert installs("run", tmp_path / "venv") == ["."]
+
+
+def test_make_test_adds_the_dev_extra_and_the_backend_only_when_asked(tmp_path: Path) -> None:
+    assert installs("test", tmp_path / "venv") == [".", ".[dev]"]
+    assert installs("test", tmp_path / "venv", "WITH_ST=1") == [".", ".[dev,st]"]
+
+
+def test_ci_installs_the_backend_and_requires_its_tests() -> None:
+    ci = (ROOT / ".ci" / "run").read_text(encoding="utf-8")
+    assert re.search(r"^export KEFU_TEST_REQUIRE_ST=1$", ci, re.M)
+    assert re.search(r"^make test WITH_ST=1$", ci, re.M)
