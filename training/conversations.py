@@ -263,6 +263,8 @@ def evaluate_with_service(
             kb_path=None,
             model_path=Path(tmp) / "no-model",
             evaluation_pull_interval=0,
+            rate_limit_shop=None,  # one client replaying a whole set is not a flood
+            rate_limit_client=None,
         )
         with TestClient(create_app(settings, shops_service=True)) as client:
             r = client.post("/v1/admin/shops", json={"id": "eval"}, headers={"X-Admin-Token": admin})
