@@ -14,7 +14,7 @@ from starlette.routing import Match
 
 import engine
 from api.metrics import REQUEST_LATENCY, REQUESTS
-from api.routes import health, jd, kb, match, messages, metrics, shops
+from api.routes import catalog, health, jd, kb, match, messages, metrics, shops
 from api.settings import Settings, get_settings
 from api.store.secrets import SecretKeyError
 from api.web.state import ModelHolder, load_or_build
@@ -65,6 +65,10 @@ def create_app(
             install_masking()
             app.state.service = await run_in_threadpool(Service, settings)
             app.state.service.warm_up()
+            if settings.demo_shop:
+                from api.demo import seed_demo_shop
+
+                await run_in_threadpool(seed_demo_shop, app.state.service)
             app.state.service.start_schedules()
             app.state.service.start_reconciler()
         if holder.current is None:
@@ -103,7 +107,7 @@ def create_app(
             REQUESTS.labels(route, request.method, str(status)).inc()
             REQUEST_LATENCY.labels(route).observe(time.perf_counter() - t0)
 
-    for module in (health, match, shops, kb, messages, jd, metrics):
+    for module in (health, match, shops, kb, catalog, messages, jd, metrics):
         app.include_router(module.router)
     app.include_router(jd.shop_router)
     return app

@@ -143,3 +143,7 @@ class JdMessage(Base):
     message_id: Mapped[str] = mapped_column(String(200), primary_key=True)
     reply: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+# tables of other packages share this metadata (Alembic and the schema checks see every table)
+import api.catalog.models  # noqa: E402, F401

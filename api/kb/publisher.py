@@ -18,6 +18,7 @@ from typing import Any
 
 import numpy as np
 
+from api.catalog import repo as catalog_repo
 from api.db.models import Shop
 from api.db.session import Database
 from api.kb import repo as kb_repo
@@ -38,6 +39,15 @@ ENGINE_OPTIONS = ("user_words", "synonyms", "stopwords", "human_phrases", "targe
 def engine_options(settings: dict[str, Any] | None) -> dict[str, Any]:
     """The part of a shop's settings that shapes its model (passed to Matcher.build)."""
     return {k: v for k, v in (settings or {}).items() if k in ENGINE_OPTIONS and v is not None}
+
+
+def with_catalog_words(options: dict[str, Any], words: list[str]) -> dict[str, Any]:
+    """The options with the catalog's model and product names added to the segmenter's dictionary, so a
+    model name ("星曜14") is one word of the FAQ's index and of the customer's message."""
+    if not words:
+        return options
+    own = list(options.get("user_words") or [])
+    return {**options, "user_words": own + [w for w in words if w not in own]}
 
 
 class BuildRejected(Exception):
@@ -107,6 +117,7 @@ class Publisher:
             entries = kb_repo.snapshot(s, shop)  # raises KBValidationError: nothing is created
             shop_row = s.get(Shop, shop)
             options = engine_options(shop_row.settings if shop_row else None)
+            options = with_catalog_words(options, catalog_repo.dictionary_words(s, shop))
             version = kb_repo.create_version(s, shop, entries, options).version
         return version, self._pool.submit(self._build, shop, version, entries, options)
 
