@@ -13,6 +13,7 @@ from fastapi.testclient import TestClient
 
 from api.settings import Settings
 from tests.jos_fake import FakeJos
+from tests.jos_wares import ware_page
 from tests.test_service import client as client
 from tests.test_service import kb_csv, new_shop, publish_and_wait, wait_for
 from tests.test_service import settings as settings
@@ -31,28 +32,6 @@ def catalog_csv(rows: list[list[Any]]) -> bytes:
 
 def upload(client: TestClient, shop: str, key: dict[str, str], data: bytes, name: str = "catalog.csv") -> Any:
     return client.post(f"/v1/shops/{shop}/catalog", headers=key, files={"file": (name, data)})
-
-
-# ---------------------------------------------------------------- JOS ware fixtures (FakeJos handlers)
-def ware_page(biz: dict[str, Any], total: int = 7) -> dict[str, Any]:
-    """A searchSkuList-like answer: page/pageSize paging, attributes as saleAttrs name/value pairs."""
-    page, size = int(biz.get("page", 1)), int(biz.get("pageSize", 50))
-    ids = range((page - 1) * size + 1, min(page * size, total) + 1)
-    data = [
-        {
-            "skuId": 200000 + i,
-            "skuName": f"云岫 测试本{i}号",
-            "model": f"测试本{i}",
-            "jdPrice": f"{3000 + i}.00",
-            "saleCount": 1000 - i,
-            "saleAttrs": [
-                {"attrName": "颜色", "attrValue": ["银", "灰"]},
-                {"attrName": "内存", "attrValue": f"{8 * i}GB"},
-            ],
-        }
-        for i in ids
-    ]
-    return {"page": {"data": data, "totalItem": total, "pageNo": page}}
 
 
 def jd_shop(client: TestClient) -> dict[str, str]:
