@@ -49,6 +49,7 @@ from api.main import create_app
 from api.settings import Settings
 from engine import Matcher
 from tests.jos_fake import FakeJos
+from tests.jos_wares import DEFAULT_WARE_METHOD, ware_page
 from tests.test_service import ADMIN, KB, kb_csv, new_shop, publish_and_wait
 from tests.test_service import client as client
 from tests.test_service import settings as settings
@@ -105,6 +106,7 @@ def fake_jos() -> Iterator[FakeJos]:
                 }
             },
         )
+        fake.handle(DEFAULT_WARE_METHOD, ware_page)  # POST /v1/shops/{shop}/catalog/pull
         yield fake
 
 

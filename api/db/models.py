@@ -151,3 +151,7 @@ class JdMessage(Base):
     message_digest: Mapped[str] = mapped_column(String(64), primary_key=True)
     reply: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow, index=True)
+
+
+# tables of other packages share this metadata (Alembic and the schema checks see every table)
+import api.catalog.models  # noqa: E402, F401

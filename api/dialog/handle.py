@@ -11,7 +11,15 @@ from collections.abc import Collection
 from typing import Any
 
 from api.db.models import Shop
-from api.dialog.conversation import ConversationPolicy, Handoff, HandoffCode, Reply, Suggestion, TurnContext
+from api.dialog.conversation import (
+    ConversationPolicy,
+    Handoff,
+    HandoffCode,
+    Reply,
+    Skill,
+    Suggestion,
+    TurnContext,
+)
 from api.dialog.privacy import mask_pii
 from api.dialog.replies import Replies
 from api.metrics import MATCH_LATENCY, record_reply
@@ -40,6 +48,15 @@ def _handoff(reason: str, text: str, code: HandoffCode, suggested: list[Suggesti
             suggestions=suggested,
         ),
     )
+
+
+def _skills(service: Service, shop: Shop) -> list[Skill]:
+    """The skills that get each question before the KB answers it: the shop's catalog, if it has one."""
+    from api.catalog.skill import CatalogSkill
+
+    settings = shop.settings or {}
+    catalog = service.catalogs.get(shop.id, float(settings.get("target_precision") or 0.95))
+    return [CatalogSkill(catalog)] if catalog is not None else []
 
 
 def handle_message(
@@ -85,7 +102,10 @@ def handle_message(
                 e = entries.get(entry_id)
                 return (e.question, e.answer) if e else None
 
-            policy = ConversationPolicy(match=match, get_entry=get_entry, mask=mask_pii, replies=replies)
+            skills = _skills(service, shop)
+            policy = ConversationPolicy(
+                match=match, get_entry=get_entry, mask=mask_pii, replies=replies, skills=skills
+            )
             state = service.conversations.load(shop.id, conversation_id)
             reply, state = policy.step(state, text, context)
             service.conversations.save(shop.id, conversation_id, state)

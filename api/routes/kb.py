@@ -141,11 +141,16 @@ async def upload_kb(
     except KBValidationError as e:
         return issues_response(e)
     except KBTooLarge as e:
-        setting = LIMIT_SETTINGS[e.what]
-        return JSONResponse(
-            status_code=status.HTTP_413_CONTENT_TOO_LARGE,
-            content={"detail": f"{e} ({setting})", "limit": {"setting": setting, "value": e.limit}},
-        )
+        return too_large_response(e)
+
+
+def too_large_response(e: KBTooLarge) -> JSONResponse:
+    """413 naming the read limit a file went over and the setting that raises it."""
+    setting = LIMIT_SETTINGS[e.what]
+    return JSONResponse(
+        status_code=status.HTTP_413_CONTENT_TOO_LARGE,
+        content={"detail": f"{e} ({setting})", "limit": {"setting": setting, "value": e.limit}},
+    )
 
 
 def read_limits(settings: Settings) -> ReadLimits:
