@@ -14,7 +14,7 @@ from starlette.routing import Match
 
 import engine
 from api.metrics import REQUEST_LATENCY, REQUESTS
-from api.routes import health, jd, kb, match, messages, metrics, shops
+from api.routes import health, jd, kb, match, messages, metrics, shops, tasks
 from api.settings import Settings, get_settings
 from api.store.secrets import SecretKeyError
 from api.web.state import ModelHolder, load_or_build
@@ -103,7 +103,7 @@ def create_app(
             REQUESTS.labels(route, request.method, str(status)).inc()
             REQUEST_LATENCY.labels(route).observe(time.perf_counter() - t0)
 
-    for module in (health, match, shops, kb, messages, jd, metrics):
+    for module in (health, match, shops, kb, messages, tasks, jd, metrics):
         app.include_router(module.router)
     app.include_router(jd.shop_router)
     return app

@@ -48,6 +48,12 @@ BUILD_SECONDS = Histogram(
     buckets=(0.5, 1, 2, 5, 10, 30, 60, 120, 300, 600),
 )
 JOS_ERRORS = Counter("kefu_jos_errors_total", "JOS call errors", ["kind"])
+ORDER_LOOKUPS = Counter(
+    "kefu_order_lookups_total",
+    "Order questions (dynamic entries) by outcome: ok, refused (not the customer's order), or the failure",
+    ["outcome"],
+)
+AGENT_TASKS = Counter("kefu_agent_tasks_total", "Tasks raised for agents beside an answer", ["shop"])
 AUTH_FAILURES = Counter("kefu_auth_failures_total", "Refused requests", ["reason"])
 
 _recent: dict[str, deque[bool]] = {}

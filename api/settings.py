@@ -43,6 +43,12 @@ class Settings(BaseSettings):
     jos_url: str = "https://api.jd.com/routerjson"
     jos_evaluation_method: str | None = None  # the JOS method that lists customer-service evaluations
     evaluation_pull_interval: int = Field(default=3600, ge=0)  # seconds; 0: only on demand
+    # dynamic entries (orders, logistics, refunds): the JOS methods read (see api/jd/orders.py) and the time
+    # a whole lookup may take before the conversation goes to a person
+    jos_order_method: str = "jingdong.pop.order.get"
+    jos_logistics_method: str = "jingdong.ldop.receive.trace.get"
+    jos_refund_method: str = "jingdong.pop.afs.soa.refundapply.queryPageList"
+    order_lookup_budget: float = Field(default=1.5, gt=0, le=30, description="seconds")
 
     @field_validator("log_level", mode="before")
     @classmethod

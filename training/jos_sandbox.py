@@ -1,4 +1,5 @@
-"""A real HTTP fake of the JOS router gateway (京东开放平台 routerjson), for tests that need JD on a socket.
+"""A real HTTP fake of the JOS router gateway (京东开放平台 routerjson): the tests' JD on a socket, and the
+JD side of `kefu sandbox` (a sandbox: demo orders of made-up customers, nothing reaches JD).
 
 Usage::
 
@@ -21,6 +22,11 @@ Fault specs, consumed one per request from `fake.faults`:
     "jos:CODE"     200 with an `error_response` carrying CODE
     "slow:S"       answer correctly after S seconds
     None           answer normally
+
+Orders, logistics and refunds: `install_orders(fake, DEMO_ORDERS, ...)` serves the order detail, logistics
+trace and refund list methods from `SandboxOrder` fixtures, in the response shapes api/jd/orders.py reads
+(written out here independently). Two demo orders misbehave on purpose: SLOW_ORDER answers after
+`slow_seconds` (past any lookup budget) and ERROR_ORDER gets JOS error 3.
 """
 
 from __future__ import annotations
@@ -36,7 +42,19 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
-__all__ = ["ERROR_DESCRIPTIONS", "FakeJos", "FakeJosError", "RecordedRequest", "fake_sign"]
+__all__ = [
+    "DEMO_ORDERS",
+    "ERROR_DESCRIPTIONS",
+    "ERROR_ORDER",
+    "SLOW_ORDER",
+    "FakeJos",
+    "FakeJosError",
+    "RecordedRequest",
+    "SandboxOrder",
+    "SandboxRefund",
+    "fake_sign",
+    "install_orders",
+]
 
 _BEIJING = timezone(timedelta(hours=8))
 _SYSTEM_PARAMS = ("method", "app_key", "timestamp", "v", "sign")
@@ -326,3 +344,170 @@ class _Handler(BaseHTTPRequestHandler):
             self.wfile.write(body)
         except (BrokenPipeError, ConnectionResetError):
             pass  # the client timed out and went away
+
+
+# ------------------------------------------------------------------------------------ order fixtures
+@dataclass(frozen=True)
+class SandboxRefund:
+    refund_id: str
+    amount_fen: int  # JD gives refund sums in fen
+    status: int  # refund-apply status code (0 待审核, 1 审核通过, 2 审核不通过, ...)
+    apply_time: str
+    check_time: str = ""
+
+
+@dataclass(frozen=True)
+class SandboxOrder:
+    order_id: str
+    pin: str  # the buyer's JD pin
+    state: str  # JD orderState code
+    state_remark: str  # its Chinese wording
+    payment: str  # yuan, as JD writes it
+    created: str  # Beijing time
+    waybill: str = ""  # "" while not shipped
+    carrier: str = ""
+    traces: tuple[tuple[str, str], ...] = ()  # (time, what happened), oldest first
+    refunds: tuple[SandboxRefund, ...] = ()
+
+
+DEMO_PINS = ("jd_demo_alice", "jd_demo_bob", "jd_demo_carol")
+DEMO_ORDERS: tuple[SandboxOrder, ...] = (
+    SandboxOrder(
+        "300012345601", "jd_demo_alice", "WAIT_SELLER_STOCK_OUT", "等待出库", "5999.00", "2026-11-20 10:21:33"
+    ),
+    SandboxOrder(
+        "300012345602",
+        "jd_demo_alice",
+        "WAIT_GOODS_RECEIVE_CONFIRM",
+        "等待确认收货",
+        "6499.00",
+        "2026-11-18 21:05:10",
+        waybill="JDVA20261118001",
+        carrier="京东快递",
+        traces=(
+            ("2026-11-19 08:12:00", "您的订单已出库"),
+            ("2026-11-19 20:40:00", "您的快件已到达【北京通州分拣中心】"),
+            ("2026-11-20 07:55:00", "您的快件正在派送中，请保持电话畅通"),
+        ),
+    ),
+    SandboxOrder(
+        "300012345603",
+        "jd_demo_bob",
+        "FINISHED_L",
+        "完成",
+        "4299.00",
+        "2026-11-02 14:30:00",
+        waybill="JDVA20261102007",
+        carrier="京东快递",
+        traces=(("2026-11-03 09:00:00", "您的订单已出库"), ("2026-11-04 11:20:00", "您的快件已签收")),
+        refunds=(SandboxRefund("RF7001", 19900, 1, "2026-11-10 16:00:00", "2026-11-11 10:00:00"),),
+    ),
+    SandboxOrder(
+        "300012345604",
+        "jd_demo_bob",
+        "TRADE_CANCELED",
+        "已取消",
+        "3899.00",
+        "2026-11-21 09:10:00",
+        refunds=(SandboxRefund("RF7002", 389900, 0, "2026-11-21 09:12:00"),),
+    ),
+    SandboxOrder(
+        "300012345605",
+        "jd_demo_carol",
+        "WAIT_GOODS_RECEIVE_CONFIRM",
+        "等待确认收货",
+        "7999.00",
+        "2026-11-19 12:00:00",
+        waybill="SF1400123456789",
+        carrier="顺丰速运",
+        traces=(
+            ("2026-11-20 18:30:00", "快件已发车"),
+            ("2026-11-21 06:10:00", "快件到达【上海浦东集散中心】"),
+        ),
+    ),
+    SandboxOrder(
+        "300012345606",
+        "jd_demo_carol",
+        "LOCKED",
+        "已锁定（售后处理中）",
+        "499.00",
+        "2026-11-15 19:45:00",
+        waybill="JDVA20261115033",
+        carrier="京东快递",
+        traces=(("2026-11-16 10:00:00", "您的快件已签收"),),
+        refunds=(SandboxRefund("RF7003", 49900, 2, "2026-11-17 08:00:00", "2026-11-17 15:30:00"),),
+    ),
+)
+SLOW_ORDER = "300012345698"  # the order call answers after `slow_seconds`
+ERROR_ORDER = "300012345699"  # the order call fails with JOS error 3
+
+
+def install_orders(
+    fake: FakeJos,
+    orders: Iterable[SandboxOrder] = DEMO_ORDERS,
+    *,
+    order_method: str,
+    logistics_method: str,
+    refund_method: str,
+    slow_seconds: float = 5.0,
+) -> dict[str, SandboxOrder]:
+    """Serve order detail, logistics trace and refund list for `orders` on `fake`; returns them by id."""
+    by_id = {o.order_id: o for o in orders}
+
+    def order(biz: Any) -> dict[str, Any]:
+        order_id = str(biz.get("order_id") or "")
+        if order_id == SLOW_ORDER:
+            fake._wait(slow_seconds)
+        if order_id == ERROR_ORDER:
+            raise FakeJosError("3")
+        o = by_id.get(order_id)
+        if o is None:
+            return {
+                "orderDetailInfo": {
+                    "apiResult": {
+                        "success": False,
+                        "chineseErrCode": "订单不存在",
+                        "englishErrCode": "no order",
+                    },
+                    "orderInfo": None,
+                }
+            }
+        info = {
+            "orderId": o.order_id,
+            "pin": o.pin,
+            "orderState": o.state,
+            "orderStateRemark": o.state_remark,
+            "orderTotalPrice": o.payment,
+            "orderPayment": o.payment,
+            "orderStartTime": o.created,
+            "waybill": o.waybill,
+            "logisticsId": "2087" if o.waybill else "",
+        }
+        return {"orderDetailInfo": {"apiResult": {"success": True}, "orderInfo": info}}
+
+    def logistics(biz: Any) -> dict[str, Any]:
+        o = by_id.get(str(biz.get("orderId") or ""))
+        if o is None:
+            raise FakeJosError("31", en_desc="unknown orderId")
+        traces = [{"opeTime": t, "opeTitle": "运输中", "opeRemark": text} for t, text in o.traces]
+        return {"response": {"waybillCode": o.waybill, "carrierName": o.carrier, "traces": traces}}
+
+    def refunds(biz: Any) -> dict[str, Any]:
+        o = by_id.get(str(biz.get("orderId") or ""))
+        rows = [
+            {
+                "id": r.refund_id,
+                "orderId": o.order_id,
+                "applyRefundSum": r.amount_fen,
+                "status": r.status,
+                "applyTime": r.apply_time,
+                "checkTime": r.check_time,
+            }
+            for r in (o.refunds if o else ())
+        ]
+        return {"queryResult": {"success": True, "totalCount": len(rows), "result": rows}}
+
+    fake.handle(order_method, order)
+    fake.handle(logistics_method, logistics)
+    fake.handle(refund_method, refunds)
+    return by_id

@@ -17,7 +17,7 @@ from api.db.models import Entry, KBVersion, Shop, utcnow
 from engine.kb import KBEntry, KBIssue, KBValidationError, kb_hash, load_kb
 
 # Sizes of the kb_entries columns the KB format itself does not limit (PostgreSQL refuses longer values).
-COLUMN_LIMITS = {"id": 200, "category": 200}
+COLUMN_LIMITS = {"id": 200, "category": 200, "action": 40}
 
 
 def _row_to_entry_dict(row: Entry) -> dict[str, Any]:
@@ -30,6 +30,9 @@ def _row_to_entry_dict(row: Entry) -> dict[str, Any]:
         "valid_from": row.valid_from,
         "valid_to": row.valid_to,
         "enabled": row.enabled,
+        "action": row.action or "",
+        "notify": bool(row.notify),
+        "answer_variants": list(row.answer_variants or []),
     }
 
 
@@ -112,6 +115,9 @@ def _entry_row(shop: str, e: KBEntry, position: int) -> Entry:
         valid_from=e.valid_from,
         valid_to=e.valid_to,
         enabled=e.enabled,
+        action=e.action,
+        notify=e.notify,
+        answer_variants=list(e.answer_variants),
     )
 
 
