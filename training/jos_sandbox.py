@@ -493,11 +493,12 @@ def install_orders(
         return {"response": {"waybillCode": o.waybill, "carrierName": o.carrier, "traces": traces}}
 
     def refunds(biz: Any) -> dict[str, Any]:
-        o = by_id.get(str(biz.get("orderId") or ""))
+        order_id = str(biz.get("orderId") or "")
+        o = by_id.get(order_id)
         rows = [
             {
                 "id": r.refund_id,
-                "orderId": o.order_id,
+                "orderId": order_id,
                 "applyRefundSum": r.amount_fen,
                 "status": r.status,
                 "applyTime": r.apply_time,
