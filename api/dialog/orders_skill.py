@@ -54,7 +54,7 @@ _BARE_RUN = re.compile(r"(?<!\d)\d{10,13}(?!\d)")
 _ABOUT_ORDER = re.compile(r"订单|物流|快递|包裹|到哪|发货|退款|退钱|运单|单号|签收|派送")
 _BY_KEYWORD = (
     (re.compile(r"退款|退钱|退的钱"), "refund_status"),
-    (re.compile(r"物流|快递|包裹|到哪|发货|运单|签收|派送"), "logistics"),
+    (re.compile(r"物流|快递|包裹|发货|运单|签收|派送"), "logistics"),  # not 到哪: "处理到哪一步了"
 )
 _PLACEHOLDER = re.compile(r"\{([A-Za-z_]+\.[A-Za-z_]+)\}")
 
@@ -131,16 +131,23 @@ class OrdersSkill:
         """The dynamic entry this turn asks about, or None when the turn is not the skill's."""
         r = turn.result
         if r.decision is Decision.ANSWER:
-            return self._dynamic(r.entry_id)  # a static answer stays the KB's
+            return self._specific(self._dynamic(r.entry_id), turn.text)  # a static answer stays the KB's
         if pending is not None and said:
-            return self._dynamic(str(pending.get("entry_id")))
+            return self._specific(self._dynamic(str(pending.get("entry_id"))), turn.text)
         top = (r.options or r.candidates)[:1] if r.decision is Decision.CLARIFY else []
         if top and (entry := self._dynamic(top[0].entry_id)):
-            return entry
+            return self._specific(entry, turn.text)
         if said and _ABOUT_ORDER.search(turn.text):
-            action = next((a for pattern, a in _BY_KEYWORD if pattern.search(turn.text)), "order_status")
-            return self._by_action.get(action) or self._by_action.get("order_status")
+            return self._specific(self._by_action.get("order_status"), turn.text)
         return None
+
+    def _specific(self, entry: KBEntry | None, text: str) -> KBEntry | None:
+        """An order-status entry gives way to the logistics or refund entry the words ask for
+        ("订单…退款到哪一步了" is about the refund, however close it is to "订单处理到哪一步了")."""
+        if entry is not None and entry.action != "order_status":
+            return entry
+        action = next((a for pattern, a in _BY_KEYWORD if pattern.search(text)), None)
+        return (self._by_action.get(action) if action else None) or entry
 
     def _answer(self, turn: Turn, entry: KBEntry, order_id: str, pending: dict[str, Any] | None) -> Reply:
         lookup = self._lookup_factory()
