@@ -15,7 +15,7 @@ from starlette.types import Scope
 
 import engine
 from api.metrics import REQUEST_LATENCY, REQUESTS
-from api.routes import catalog, health, jd, kb, match, messages, metrics, shops
+from api.routes import catalog, health, jd, kb, match, messages, metrics, shops, tasks
 from api.settings import Settings, get_settings
 from api.store.secrets import SecretKeyError
 from api.web.errors import RequestErrors
@@ -145,16 +145,8 @@ def create_app(
 
     for module in (health, metrics):  # never rate limited
         app.include_router(module.router)
-    routers = (
-        match.router,
-        shops.router,
-        kb.router,
-        catalog.router,
-        messages.router,
-        jd.router,
-        jd.shop_router,
-    )
-    for router in routers:
+    limited = (match, shops, kb, catalog, messages, tasks, jd)
+    for router in (*(m.router for m in limited), jd.shop_router):
         app.include_router(router, responses=RATE_LIMIT_RESPONSES)
     return app
 

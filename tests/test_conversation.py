@@ -173,7 +173,7 @@ def test_clarify_then_choice_answers_the_chosen_entry(
 def test_a_choice_carries_the_question_the_list_was_offered_for(matcher: Matcher) -> None:
     """Labelled data needs the real question, not "第二个"; the masked one, kept in the state."""
     bot = ConversationPolicy(
-        match=lambda t: with_thresholds(matcher, 1.01, 0.0).match(t, top_k=5),
+        match=lambda t, **kw: with_thresholds(matcher, 1.01, 0.0).match(t, top_k=5, **kw),
         get_entry=get_entry,
         mask=lambda t: t.replace("13812345678", "[手机号]"),
     )

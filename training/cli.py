@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -555,6 +556,86 @@ def serve(
 
     console.print(f"serving {escape(str(model))} on http://{host}:{port}")
     uvicorn.run("api.main:app", host=host, port=port)
+
+
+# --------------------------------------------------------------------------- sandbox
+
+
+@app.command()
+def sandbox(
+    port: Annotated[int, typer.Option(help="Port of the service (0: any free port)")] = 8010,
+    once: Annotated[
+        bool, typer.Option(help="Play the demo conversation, measure order answers and exit")
+    ] = False,
+    kb: Annotated[Path, typer.Option(help="KB of the demo shop (with dynamic entries)")] = Path(
+        "models/demo-shop-kb-orders.csv"
+    ),
+) -> None:
+    """SANDBOX: the service against a fake JD (JOS) with made-up orders; nothing reaches JD.
+
+    Starts the fake JOS gateway with the demo orders, the service (uvicorn api.main:app) pointed at it with
+    a throw-away database and key, and a demo shop whose KB has order, logistics and refund entries.
+    """
+    from training import sandbox as sb
+
+    with _user_errors():
+        load_kb(kb)
+    console.print("[bold yellow]SANDBOX[/]: fake JD orders, throw-away database; nothing reaches JD")
+    try:
+        with sb.running_sandbox(port, kb) as (url, key, fake):
+            send = sb.sender(url, key)
+            console.print(f"service {url}, fake JOS {fake.url}, shop {sb.SHOP}")
+            if not once:
+                _print_sandbox_help(url, key, sb)
+                console.print("Ctrl-C stops the sandbox")
+                try:
+                    while True:
+                        time.sleep(3600)
+                except KeyboardInterrupt:
+                    return
+            _play_demo(send, sb)
+            m = sb.measure(send)
+            console.print(
+                f"\norder questions answered from the fake JOS: {m.answered}/{m.asked} "
+                f"({m.answered_share:.1%}); "
+                f"another customer's order: {m.foreign_asked} asked, {m.leaks} replies with any of its data"
+            )
+            for miss in m.misses:
+                console.print(f"  missed: {escape(miss)}", soft_wrap=True)
+    except RuntimeError as e:
+        _fail(str(e))
+
+
+def _play_demo(send: Any, sb: Any) -> None:
+    for pin, card, text in sb.DEMO_SCRIPT:
+        r = send(f"demo-{pin}", text, pin, card)
+        extra = f" task {r['task_id']}" if r.get("task_id") else ""
+        if r.get("handoff"):
+            extra += f" ({r['handoff']['code']}: {r['handoff']['reason']})"
+        console.print(f"[bold]{escape(str(pin))}[/]: {escape(text)}")
+        label = escape(f"[{r['kind']}{extra}]")
+        console.print(f"  bot {label}: {escape(r['text'])}", soft_wrap=True)
+
+
+def _print_sandbox_help(url: str, key: dict[str, str], sb: Any) -> None:
+    api_key = key["X-API-Key"]
+    console.print(
+        f"customers: {', '.join(sb.DEMO_PINS)}; orders: "
+        + ", ".join(f"{o.order_id} ({o.pin[8:]}, {o.state_remark})" for o in sb.DEMO_ORDERS)
+        + f"; {sb.SLOW_ORDER} is too slow, {sb.ERROR_ORDER} fails"
+    )
+    body = '{"conversation_id":"c1","customer_pin":"jd_demo_alice","text":"订单300012345602的快递到哪了"}'
+    console.print("send a message:", soft_wrap=True)
+    console.print(
+        escape(
+            f"  curl -s {url}/v1/shops/{sb.SHOP}/messages -H 'X-API-Key: {api_key}' "
+            f"-H 'Content-Type: application/json' -d '{body}'"
+        ),
+        soft_wrap=True,
+    )
+    console.print(
+        escape(f"  tasks: curl -s {url}/v1/shops/{sb.SHOP}/tasks -H 'X-API-Key: {api_key}'"), soft_wrap=True
+    )
 
 
 # --------------------------------------------------------------------------- loadtest

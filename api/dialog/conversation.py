@@ -115,6 +115,7 @@ class Reply:
     # the customer's (masked) question this reply answers when the message is not it: a clarify choice
     # like "第二个" answers the question the list was offered for. Logged for labelled data, not sent.
     question: str | None = None
+    task_id: int | None = None  # a task raised for the agents beside this answer (an entry marked notify)
 
     def to_dict(self) -> dict[str, Any]:
         out = asdict(self)
@@ -148,6 +149,9 @@ class ConversationState:
     clarify_question: str | None = None  # masked message the pending clarify list was offered for
     # the masked question of the last turn that went to the matcher: what a follow-up is read with
     topic: str | None = None
+    turns: int = 0  # messages so far: seeds the choice among an entry's answer variants
+    # the order the conversation is about, encrypted (Fernet): never in clear in the shared store
+    order_ref: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -171,6 +175,8 @@ class ConversationState:
             pending=d.get("pending") if isinstance(d.get("pending"), dict) else None,
             clarify_question=d.get("clarify_question"),
             topic=d.get("topic"),
+            turns=int(d.get("turns") or 0),
+            order_ref=d.get("order_ref") if isinstance(d.get("order_ref"), str) else None,
         )
 
 
@@ -365,6 +371,7 @@ class ConversationPolicy:
         history: int = 10,
         replies: Replies | None = None,
         skills: Sequence[Skill] = (),
+        dynamic: Callable[[str], bool] | None = None,
     ) -> None:
         if max_misses < 1 or history < 1:
             raise ValueError("max_misses and history must be at least 1")
@@ -375,6 +382,9 @@ class ConversationPolicy:
         self.history = history
         self.replies = replies or Replies()
         self.skills = list(skills)
+        # entries whose answer only a skill can give (an order template): never answered as one part of a
+        # message holding several questions, where no skill sees them
+        self.dynamic = dynamic or (lambda entry_id: False)
 
     def step(
         self, state: ConversationState | None, text: str, context: TurnContext | None = None
@@ -397,21 +407,16 @@ class ConversationPolicy:
         if choice is not None:
             entry = self.get_entry(choice.entry_id)
             if entry is not None:
-                st = replace(
-                    st,
-                    clarify_options=[],
-                    clarify_question=None,
-                    misses=0,
-                    last_answered_entry=choice.entry_id,
-                )
-                return Reply(
-                    "answer",
-                    entry[1],
-                    entry_id=choice.entry_id,
-                    confidence=1.0,
-                    reason=f"{CHOICE_REASON} {prev.clarify_options.index(choice) + 1}",
-                    question=prev.clarify_question,
-                ), st
+                why = f"{CHOICE_REASON} {prev.clarify_options.index(choice) + 1}"
+                chosen = MatchResult(Decision.ANSWER, why, 1.0, choice.entry_id, entry[1])
+                st = replace(st, clarify_options=[], clarify_question=None)
+                by_skill = self._skills(Turn(text, self.mask(text), context, prev, st, chosen))
+                if by_skill is not None:  # a dynamic entry (an order question) is answered by its skill
+                    return by_skill
+                st = replace(st, misses=0, last_answered_entry=choice.entry_id)
+                reply = Reply("answer", entry[1], entry_id=choice.entry_id, confidence=1.0, reason=why)
+                reply.question = prev.clarify_question
+                return reply, st
             # the entry left the KB since the list was shown: a miss; offer what is still there
             left = [o for o in prev.clarify_options if o is not choice and self.get_entry(o.entry_id)]
             why = f"chosen entry {choice.entry_id} no longer exists"
@@ -460,13 +465,9 @@ class ConversationPolicy:
             return self._handoff(st, REASON_REPEATED, r, code="repeated_question")
 
         # 5. skills (catalog, orders) before the KB's own answer
-        turn = Turn(text, "，".join(questions), context, prev, st, r)
-        for skill in self.skills:
-            reply = skill.respond(turn)
-            if reply is not None:
-                if reply.kind == "handoff" and reply.handoff is None:
-                    return self._handoff(turn.state, reply.reason, r, code="dynamic_failure")
-                return reply, turn.state
+        by_skill = self._skills(Turn(text, "，".join(questions), context, prev, st, r))
+        if by_skill is not None:
+            return by_skill
 
         if r.decision is Decision.ANSWER and r.entry_id:
             answer = r.answer
@@ -543,6 +544,16 @@ class ConversationPolicy:
         reply = Reply("clarify", text, None, confidence, options=list(options), reason=why)
         return reply, st
 
+    def _skills(self, turn: Turn) -> tuple[Reply, ConversationState] | None:
+        """The first skill's reply to the turn, or None when every skill leaves it to the KB."""
+        for skill in self.skills:
+            reply = skill.respond(turn)
+            if reply is not None:
+                if reply.kind == "handoff" and reply.handoff is None:
+                    return self._handoff(turn.state, reply.reason, turn.result, code="dynamic_failure")
+                return reply, turn.state
+        return None
+
     def _follow_up(self, prev: ConversationState, question: str, alone: MatchResult) -> MatchResult:
         """A short message leaning on the previous turn (那保修呢, 拆封了呢): matched again with that turn's
         question, not offering the entry just answered (the customer asks about something else).
@@ -591,7 +602,9 @@ class ConversationPolicy:
         message is then matched whole)."""
         matched = [(q, self.match(q)) for q in questions]
         asked = [(q, r) for q, r in matched if r.decision is not Decision.SMALLTALK][:MAX_QUESTIONS]
-        if len(asked) < 2:
+        if len(asked) < 2 or any(
+            r.decision is Decision.ANSWER and r.entry_id and self.dynamic(r.entry_id) for _, r in asked
+        ):
             return None
         parts: list[PartAnswer] = []
         texts: list[str] = []

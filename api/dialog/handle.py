@@ -7,10 +7,12 @@ behave the same way.
 from __future__ import annotations
 
 import time
+import zlib
 from collections.abc import Collection
+from dataclasses import replace
 from typing import Any
 
-from api.db.models import Shop
+from api.db.models import AgentTask, Shop
 from api.dialog.conversation import (
     ConversationPolicy,
     Handoff,
@@ -20,11 +22,14 @@ from api.dialog.conversation import (
     Suggestion,
     TurnContext,
 )
+from api.dialog.orders_skill import OrdersSkill
 from api.dialog.privacy import mask_pii
 from api.dialog.replies import Replies
-from api.metrics import MATCH_LATENCY, record_reply
+from api.jd.orders import OrderLookup
+from api.metrics import AGENT_TASKS, MATCH_LATENCY, record_reply
 from api.service import Service
 from api.store import exchanges
+from engine.kb import KBEntry
 from engine.results import MatchResult
 
 HANDOFF_TEXT = "正在为您转接人工客服，请稍候。"
@@ -48,6 +53,54 @@ def _handoff(reason: str, text: str, code: HandoffCode, suggested: list[Suggesti
             suggestions=suggested,
         ),
     )
+
+
+def pick_answer(entry: KBEntry, conversation_id: str, turn: int) -> str:
+    """One of the entry's answer and its variants: random-looking across conversations and turns, but
+    seeded by (conversation, turn) so a replayed turn says the same thing."""
+    answers = entry.answers()
+    if len(answers) == 1:
+        return entry.answer
+    return answers[zlib.crc32(f"{conversation_id}\x00{turn}".encode()) % len(answers)]
+
+
+def _secret_box(service: Service) -> Any:
+    """The service's key, if one is configured (it encrypts the order number a conversation remembers)."""
+    if service.settings.secret_key is None:
+        return None
+    return service.secret_box
+
+
+def _raise_tasks(
+    service: Service,
+    shop: Shop,
+    conversation_id: str,
+    reply: Reply,
+    entries: dict[str, KBEntry],
+    history: list[str],
+) -> None:
+    """An answer from an entry marked notify also becomes a task for the agents (not a handoff)."""
+    if reply.kind != "answer":
+        return
+    answered = [a.entry_id for a in reply.answers if a.kind == "answer"] or [reply.entry_id]
+    notify = [e for e in dict.fromkeys(answered) if e and e in entries and entries[e].notify]
+    if not notify:
+        return
+    with service.db.session() as s:
+        tasks = [
+            AgentTask(
+                shop_id=shop.id,
+                conversation_id=conversation_id,
+                entry_id=e,
+                context=list(history),
+                status="open",
+            )
+            for e in notify
+        ]
+        s.add_all(tasks)
+        s.flush()
+        reply.task_id = tasks[0].id
+    AGENT_TASKS.labels(shop.id).inc(len(tasks))
 
 
 def _skills(service: Service, shop: Shop) -> list[Skill]:
@@ -90,25 +143,40 @@ def handle_message(
             matcher = served.matcher
             entries = {e.id: e for e in matcher.entries}
             replies = Replies.from_settings(shop.settings)
+            state = service.conversations.load(shop.id, conversation_id)
+            turn = state.turns if state is not None else 0
+
+            def choose(e: KBEntry) -> str:
+                return pick_answer(e, conversation_id, turn)
 
             def match(t: str, exclude: Collection[str] = ()) -> MatchResult:
                 m0 = time.perf_counter()
                 try:
-                    return matcher.match(t, top_k=5, smalltalk=replies.enabled, exclude=exclude)
+                    r = matcher.match(t, top_k=5, smalltalk=replies.enabled, exclude=exclude)
                 finally:
                     MATCH_LATENCY.observe(time.perf_counter() - m0)
+                e = entries.get(r.entry_id) if r.entry_id and r.answer is not None else None
+                return replace(r, answer=choose(e)) if e is not None and e.answer_variants else r
 
             def get_entry(entry_id: str) -> tuple[str, str] | None:
                 e = entries.get(entry_id)
-                return (e.question, e.answer) if e else None
+                return (e.question, choose(e)) if e else None
 
-            skills = _skills(service, shop)
-            policy = ConversationPolicy(
-                match=match, get_entry=get_entry, mask=mask_pii, replies=replies, skills=skills
+            orders = OrdersSkill(
+                entries, lambda: OrderLookup.for_shop(service, shop), box=_secret_box(service), choose=choose
             )
-            state = service.conversations.load(shop.id, conversation_id)
+            policy = ConversationPolicy(
+                match=match,
+                get_entry=get_entry,
+                mask=mask_pii,
+                replies=replies,
+                skills=[orders, *_skills(service, shop)],
+                dynamic=lambda entry_id: bool(entry_id in entries and entries[entry_id].action),
+            )
             reply, state = policy.step(state, text, context)
+            state.turns = turn + 1
             service.conversations.save(shop.id, conversation_id, state)
+            _raise_tasks(service, shop, conversation_id, reply, entries, state.history)
     latency_ms = (time.perf_counter() - t0) * 1000
     with service.db.session() as s:
         exchange_id = exchanges.log_exchange(

@@ -22,7 +22,7 @@ router = APIRouter(prefix="/v1/shops/{shop}", responses=SHOP_AUTH_RESPONSES, tag
 @router.post("/messages", response_model=ReplyOut)
 def message(body: MessageIn, shop: ShopDep, service: ServiceDep) -> Any:
     """A customer message in a conversation: answer, clarify (up to 3 questions) or hand off."""
-    context = TurnContext(sku_id=body.sku_id, customer_pin=body.customer_pin)
+    context = TurnContext(sku_id=body.sku_id, customer_pin=body.customer_pin, order_id=body.order_id)
     return handle_message(service, shop, body.conversation_id, body.text, channel="api", context=context)
 
 

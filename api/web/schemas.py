@@ -125,6 +125,16 @@ class EntryIn(BaseModel):
     valid_from: str | None = None
     valid_to: str | None = None
     enabled: bool = True
+    action: str = Field(
+        default="",
+        max_length=40,
+        description="dynamic entry: order_status, logistics or refund_status; the answer is then a template "
+        "({order.state}, {logistics.latest}, {refund.amount} ...) filled from JD's order APIs",
+    )
+    notify: bool = Field(default=False, description="answer and also raise a task for the agents")
+    answer_variants: list[str] | str = Field(
+        default_factory=list, description='more wordings of the answer, rotated (a list, or "||"-separated)'
+    )
 
 
 class EntryOut(BaseModel):
@@ -136,6 +146,9 @@ class EntryOut(BaseModel):
     valid_from: str | None
     valid_to: str | None
     enabled: bool
+    action: str = ""
+    notify: bool = False
+    answer_variants: list[str] = Field(default_factory=list)
 
 
 class IssueOut(BaseModel):
@@ -200,6 +213,12 @@ class MessageIn(BaseModel):
         pattern=NO_NUL,
         description="the customer's JD pin (orders are shown to them only)",
     )
+    order_id: str | None = Field(
+        default=None,
+        max_length=32,
+        pattern=r"^[0-9A-Za-z_-]+$",
+        description="an order card the customer sent: the order an order question is about",
+    )
 
 
 class OptionOut(BaseModel):
@@ -259,8 +278,23 @@ class ReplyOut(BaseModel):
     answers: list[PartAnswerOut] = Field(
         default_factory=list, description="when the message held several questions: one per question"
     )
+    task_id: int | None = Field(
+        default=None, description="a task raised for the agents beside this answer (entry marked notify)"
+    )
     exchange_id: int | None = Field(default=None, description="for feedback on this reply")
     model_version: int | None
+
+
+class TaskOut(BaseModel):
+    """Something an agent must do after the bot answered (改地址, 修改订单 ...)."""
+
+    id: int
+    conversation_id: str
+    entry_id: str
+    context: list[str] = Field(description="the customer's last messages, masked")
+    status: Literal["open", "done"]
+    created_at: str
+    done_at: str | None
 
 
 class AssistOut(BaseModel):
