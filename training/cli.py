@@ -328,6 +328,9 @@ def eval_conversations(
     kb: Annotated[Path, typer.Option(help="the shop's KB, published in a temporary service")] = Path(
         "models/demo-shop-kb.csv"
     ),
+    catalog: Annotated[Path | None, typer.Option(help="the shop's product catalog (CSV/XLSX)")] = Path(
+        "models/demo-catalog.csv"
+    ),
     dense: Annotated[bool, typer.Option(help="default channels (on) or the fast profile")] = True,
     show_wrong: Annotated[bool, typer.Option(help="list every wrong or unresolved turn")] = False,
     json_out: Annotated[Path | None, typer.Option("--json", help="also write the figures as JSON")] = None,
@@ -346,7 +349,7 @@ def eval_conversations(
         except ConversationFileError as e:
             _fail(str(e))
         with console.status("publishing the KB and running the conversations"):
-            outcomes = evaluate_with_service(convs, kb, dense=dense)
+            outcomes = evaluate_with_service(convs, kb, catalog=catalog, dense=dense)
     figures = summarize(outcomes)
     table = Table("category", "turns", "right", "handoff", "wrong")
     for name, f in figures.items():

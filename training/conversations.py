@@ -240,10 +240,15 @@ def summarize(outcomes: Iterable[TurnOutcome]) -> dict[str, CategoryFigures]:
 
 
 def evaluate_with_service(
-    conversations: list[Conversation], kb: Path, *, dense: bool = True, timeout: float = 600.0
+    conversations: list[Conversation],
+    kb: Path,
+    *,
+    catalog: Path | None = None,
+    dense: bool = True,
+    timeout: float = 600.0,
 ) -> list[TurnOutcome]:
-    """Stand the service up in process on a temporary SQLite database, publish `kb` for one shop and run
-    the conversations through its HTTP API."""
+    """Stand the service up in process on a temporary SQLite database, import `catalog` (if any), publish
+    `kb` for one shop and run the conversations through its HTTP API."""
     import tempfile
     import time
 
@@ -270,6 +275,11 @@ def evaluate_with_service(
             r = client.post("/v1/admin/shops", json={"id": "eval"}, headers={"X-Admin-Token": admin})
             r.raise_for_status()
             key = {"X-API-Key": r.json()["api_key"]}
+            if catalog is not None:  # first: its model names join the segmenter's dictionary at publish
+                with catalog.open("rb") as f:
+                    r = client.post("/v1/shops/eval/catalog", headers=key, files={"file": (catalog.name, f)})
+                if r.status_code != 200:
+                    raise ConversationFileError(f"{catalog}: the service refused the catalog: {r.text[:500]}")
             with kb.open("rb") as f:
                 r = client.post("/v1/shops/eval/kb?publish=true", headers=key, files={"file": (kb.name, f)})
             if r.status_code != 200:
