@@ -17,8 +17,10 @@ def installs(target: str, venv: Path, *args: str) -> list[str]:
     """The `pip install -e ...` requirement each step of `make -n TARGET` would install, in order."""
     if shutil.which("make") is None:
         pytest.skip("make is not installed")
-    # under `make test WITH_ST=1` (CI) MAKEFLAGS carries WITH_ST=1 into every make started below it
-    env = {k: v for k, v in os.environ.items() if k not in ("MAKEFLAGS", "MFLAGS", "MAKELEVEL")}
+    # under `make test WITH_ST=1` (CI) the variable reaches every make started below it, both as itself
+    # and in MAKEFLAGS: the make run here sees only what this test passes
+    dropped = ("MAKEFLAGS", "MFLAGS", "MAKELEVEL", "WITH_ST")
+    env = {k: v for k, v in os.environ.items() if k not in dropped}
     out = subprocess.run(
         ["make", "-n", "-C", str(ROOT), target, f"VENV={venv}", *args],
         capture_output=True,
