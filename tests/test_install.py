@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 import shutil
 import subprocess
@@ -16,11 +17,16 @@ def installs(target: str, venv: Path, *args: str) -> list[str]:
     """The `pip install -e ...` requirement each step of `make -n TARGET` would install, in order."""
     if shutil.which("make") is None:
         pytest.skip("make is not installed")
+    # under `make test WITH_ST=1` (CI) the variable reaches every make started below it, both as itself
+    # and in MAKEFLAGS: the make run here sees only what this test passes
+    dropped = ("MAKEFLAGS", "MFLAGS", "MAKELEVEL", "WITH_ST")
+    env = {k: v for k, v in os.environ.items() if k not in dropped}
     out = subprocess.run(
         ["make", "-n", "-C", str(ROOT), target, f"VENV={venv}", *args],
         capture_output=True,
         text=True,
         check=True,
+        env=env,
     ).stdout
     return [m.strip("'\"") for m in re.findall(r"pip install -q -e (\S+)", out)]
 
