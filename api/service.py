@@ -15,6 +15,7 @@ from api.db.migrate import upgrade
 from api.db.models import JdMessage, Shop, utcnow
 from api.db.session import Database
 from api.kb import repo as kb_repo
+from api.kb.parsing import UploadParser
 from api.kb.publisher import CHANNEL, Publisher
 from api.kb.registry import ModelRegistry, ServedModel
 from api.metrics import MODEL_VERSION
@@ -49,6 +50,7 @@ class Service:
         self.catalogs = Catalogs(self.db)
         self._subscription = self.store.subscribe(CHANNEL, self.publisher.on_notice)
         self._secret_box: Any = None
+        self.upload_parser = UploadParser()
         self._stopping = threading.Event()
 
     def warm_up(self) -> threading.Thread:
@@ -175,4 +177,5 @@ class Service:
         if close:
             close()
         self.publisher.shutdown()
+        self.upload_parser.close()
         self.db.dispose()

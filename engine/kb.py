@@ -289,8 +289,12 @@ class KBTooLarge(ValueError):
     """A KB file exceeds one of its ReadLimits: a refusal of the size, not a list of content issues."""
 
     def __init__(self, source: str, what: str, limit: int, found: str) -> None:
-        self.source, self.what, self.limit = source, what, limit
+        self.source, self.what, self.limit, self.found = source, what, limit, found
         super().__init__(f"{source}: {found}; the limit is {limit:,} {what}")
+
+    def __reduce__(self) -> tuple[type[KBTooLarge], tuple[str, str, int, str]]:
+        # picklable with its fields: a KB may be read in another process (api.kb.parsing)
+        return (KBTooLarge, (self.source, self.what, self.limit, self.found))
 
 
 class _Problem(Exception):

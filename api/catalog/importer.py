@@ -13,6 +13,7 @@ from __future__ import annotations
 import math
 import os
 import re
+import tempfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import date, datetime
@@ -86,6 +87,14 @@ def load_catalog(
     except KBValidationError as e:  # the reader names the file it read: give the merchant's name
         raise KBValidationError(KBIssue(source, i.row, i.column, i.message) for i in e.issues) from None
     return validate_records(records, rows, source)
+
+
+def parse_catalog_file(name: str, suffix: str, data: bytes, limits: ReadLimits) -> list[Sku]:
+    """An uploaded catalog file's SKUs (run in the upload parsing process, see api.kb.parsing)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / f"upload{suffix}"
+        path.write_bytes(data)
+        return load_catalog(path, source_name=name, limits=limits)
 
 
 def validate_records(records: Sequence[Mapping[str, Any]], rows: Sequence[int], source: str) -> list[Sku]:

@@ -6,21 +6,21 @@ Conversations see a change at their next message.
 
 from __future__ import annotations
 
-import tempfile
 from pathlib import Path
 from typing import Annotated, Any
 
-from fastapi import APIRouter, File, HTTPException, Query, UploadFile, status
+from fastapi import APIRouter, HTTPException, Query, Request, status
 from fastapi import Path as PathParam
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
 from starlette.concurrency import run_in_threadpool
 
 from api.catalog import repo
-from api.catalog.importer import Sku, load_catalog
+from api.catalog.importer import Sku, parse_catalog_file
 from api.routes.kb import read_limits, too_large_response
 from api.web.deps import SHOP_AUTH_RESPONSES, ServiceDep, ShopDep
 from api.web.schemas import DB_INT_MAX
+from api.web.uploads import read_upload, upload_body
 from engine.kb import SUPPORTED_SUFFIXES, KBTooLarge, KBValidationError
 
 router = APIRouter(prefix="/v1/shops/{shop}/catalog", responses=SHOP_AUTH_RESPONSES, tags=["catalog"])
@@ -71,47 +71,41 @@ def _warm(service: Any, shop: Any) -> None:
 @router.post(
     "",
     response_model=CatalogImported,
-    responses={422: {"description": "the file has problems; every one is listed with row and column"}},
+    responses={
+        413: {"description": "the file, or what it inflates to (rows, cells, bytes), is over a limit"},
+        422: {"description": "the file has problems; every one is listed with row and column"},
+    },
+    openapi_extra=upload_body("file", "the catalog: .csv, .xlsx, .json or .jsonl, one SKU a row"),
 )
-async def upload_catalog(
-    shop: ShopDep,
-    service: ServiceDep,
-    file: Annotated[UploadFile, File(description="the catalog: .csv, .xlsx, .json or .jsonl, one SKU a row")],
-) -> Any:
-    """Replace the shop's catalog with a file (all or nothing)."""
-    name = Path(file.filename or "catalog.csv").name or "catalog.csv"
+async def upload_catalog(request: Request, shop: ShopDep, service: ServiceDep) -> Any:
+    """Replace the shop's catalog with a file (all or nothing).
+
+    As for the KB: the form is parsed in a thread and the file read in the parsing child process, within
+    the KB's read limits, so a large file never stalls the worker's other requests.
+    """
+    filename, data = await read_upload(request, "file", service.settings.kb_max_upload_bytes)
+    name = Path(filename or "catalog.csv").name or "catalog.csv"
     suffix = Path(name).suffix.lower()
     if suffix not in SUPPORTED_SUFFIXES:
         raise HTTPException(
             422,
             f"{name}: unsupported file type {suffix or '(none)'}; use one of {', '.join(SUPPORTED_SUFFIXES)}",
         )
-    max_bytes = service.settings.kb_max_upload_bytes
-    data = await file.read(max_bytes + 1)
-    if len(data) > max_bytes:
-        raise HTTPException(
-            status.HTTP_413_CONTENT_TOO_LARGE,
-            f"{name} is larger than the limit of {max_bytes:,} bytes (KEFU_KB_MAX_UPLOAD_BYTES)",
-        )
+    limits = read_limits(service.settings)
     try:
-        # reading and storing are blocking work: off the event loop, within the KB's read limits
-        skus = await run_in_threadpool(_store, service, shop.id, name, suffix, data)
+        skus = await service.upload_parser.run(parse_catalog_file, name, suffix, data, limits)
     except KBValidationError as e:
         return issues_response(e)
     except KBTooLarge as e:
         return too_large_response(e)
+    await run_in_threadpool(_store, service, shop.id, skus)
     _warm(service, shop)
     return CatalogImported(skus=len(skus))
 
 
-def _store(service: ServiceDep, shop: str, name: str, suffix: str, data: bytes) -> list[Sku]:
-    with tempfile.TemporaryDirectory() as tmp:
-        path = Path(tmp) / f"upload{suffix}"
-        path.write_bytes(data)
-        skus = load_catalog(path, source_name=name, limits=read_limits(service.settings))
+def _store(service: ServiceDep, shop: str, skus: list[Sku]) -> None:
     with service.db.session() as s:
         repo.replace_all(s, shop, skus)
-    return skus
 
 
 @router.get("", response_model=CatalogPage)

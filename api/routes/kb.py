@@ -13,7 +13,7 @@ import tempfile
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, File, HTTPException, Query, UploadFile, status
+from fastapi import APIRouter, HTTPException, Query, Request, status
 from fastapi import Path as PathParam
 from fastapi.responses import JSONResponse, Response
 from sqlalchemy.orm import Session
@@ -25,7 +25,8 @@ from api.service import Service
 from api.settings import Settings
 from api.web.deps import SHOP_AUTH_RESPONSES, ServiceDep, ShopDep
 from api.web.schemas import DB_INT_MAX, ActivateOut, EntryIn, EntryOut, PublishOut, UploadOut, VersionOut
-from engine.kb import SUPPORTED_SUFFIXES, KBEntry, KBTooLarge, KBValidationError, ReadLimits, dump_kb, load_kb
+from api.web.uploads import read_upload, upload_body
+from engine.kb import SUPPORTED_SUFFIXES, KBEntry, KBTooLarge, KBValidationError, ReadLimits, dump_kb
 
 router = APIRouter(prefix="/v1/shops/{shop}", responses=SHOP_AUTH_RESPONSES, tags=["kb"])
 # the setting behind each engine.kb.KBTooLarge limit, named in the 413 answer
@@ -112,39 +113,35 @@ def version_out(row: KBVersion, active: int | None) -> VersionOut:
         413: {"description": "the file, or what it inflates to (rows, cells, bytes), is over a limit"},
         422: {"description": "the file has problems; every one is listed with row and column"},
     },
+    openapi_extra=upload_body("file", "the KB: .csv, .xlsx, .json or .jsonl"),
 )
 async def upload_kb(
+    request: Request,
     shop: ShopDep,
     service: ServiceDep,
-    file: Annotated[UploadFile, File(description="the KB: .csv, .xlsx, .json or .jsonl")],
     publish: Annotated[bool, Query(description="also publish it as a new version")] = False,
 ) -> Any:
     """Replace the shop's editable KB with a file (all or nothing).
 
-    Reading, validating and storing run in a worker thread: a large or hostile file must not stall the
-    event loop that answers every other shop.
+    Only the shop's own key gets the body read; parsing the form, reading, validating and storing run in
+    worker threads: a large or hostile file must not stall the event loop that answers every other shop.
     """
-    name = Path(file.filename or "kb.csv").name
+    max_bytes = service.settings.kb_max_upload_bytes
+    filename, data = await read_upload(request, "file", max_bytes)
+    name = Path(filename or "kb.csv").name or "kb.csv"
     suffix = Path(name).suffix.lower()
     if suffix not in SUPPORTED_SUFFIXES:
         raise HTTPException(
             422,
             f"{name}: unsupported file type {suffix or '(none)'}; use one of {', '.join(SUPPORTED_SUFFIXES)}",
         )
-    settings = service.settings
-    max_bytes = settings.kb_max_upload_bytes
-    data = await file.read(max_bytes + 1)
-    if len(data) > max_bytes:
-        raise HTTPException(
-            status.HTTP_413_CONTENT_TOO_LARGE,
-            f"{name} is larger than the limit of {max_bytes:,} bytes (KEFU_KB_MAX_UPLOAD_BYTES)",
-        )
     try:
-        return await run_in_threadpool(_store_upload, service, shop.id, name, suffix, data, publish)
+        entries = await service.upload_parser.parse(name, suffix, data, read_limits(service.settings))
     except KBValidationError as e:
         return issues_response(e)
     except KBTooLarge as e:
         return too_large_response(e)
+    return await run_in_threadpool(_store_upload, service, shop.id, entries, publish)
 
 
 def too_large_response(e: KBTooLarge) -> JSONResponse:
@@ -165,15 +162,8 @@ def read_limits(settings: Settings) -> ReadLimits:
     )
 
 
-def _store_upload(
-    service: Service, shop: str, name: str, suffix: str, data: bytes, publish: bool
-) -> UploadOut:
-    """Blocking part of an upload: parse within the limits, replace the entries, maybe publish."""
-    with tempfile.TemporaryDirectory() as tmp:
-        path = Path(tmp) / f"upload{suffix}"
-        path.write_bytes(data)
-        # sizes are checked there too (FIELD_LIMITS)
-        entries = load_kb(path, source_name=name, limits=read_limits(service.settings))
+def _store_upload(service: Service, shop: str, entries: list[KBEntry], publish: bool) -> UploadOut:
+    """Blocking part of an upload once parsed: replace the entries, maybe publish."""
     with service.db.session(write_lock=True) as s:
         kb_repo.replace_all(s, shop, entries)
     if not publish:
