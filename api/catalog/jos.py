@@ -17,6 +17,7 @@ from api.catalog import repo
 from api.catalog.importer import Sku, validate_records
 from api.db.models import Shop
 from api.jd import JosClient, JosError
+from api.jd.records import first_records, first_value
 from api.metrics import JOS_ERRORS
 
 log = logging.getLogger("kefu.catalog")
@@ -35,24 +36,6 @@ class CatalogNotConfigured(RuntimeError):
     pass
 
 
-def _records(result: Any) -> list[dict[str, Any]]:
-    """The first list of objects anywhere in the JOS result (breadth first)."""
-    queue = [result]
-    while queue:
-        node = queue.pop(0)
-        if isinstance(node, list) and node and all(isinstance(x, dict) for x in node):
-            return node
-        if isinstance(node, dict):
-            queue.extend(node.values())
-        elif isinstance(node, list):
-            queue.extend(node)
-    return []
-
-
-def _first(record: Mapping[str, Any], keys: tuple[str, ...]) -> Any:
-    return next((record[k] for k in keys if record.get(k) not in (None, "")), None)
-
-
 def _value_text(value: Any) -> str:
     if isinstance(value, list):
         return "/".join(str(v) for v in value if v not in (None, ""))
@@ -60,7 +43,7 @@ def _value_text(value: Any) -> str:
 
 
 def _attributes(record: Mapping[str, Any]) -> dict[str, str]:
-    raw = _first(record, ATTRIBUTE_KEYS)
+    raw = first_value(record, ATTRIBUTE_KEYS)
     out: dict[str, str] = {}
     if isinstance(raw, Mapping):
         for k, v in raw.items():
@@ -68,7 +51,7 @@ def _attributes(record: Mapping[str, Any]) -> dict[str, str]:
     elif isinstance(raw, list):
         for item in raw:
             if isinstance(item, Mapping):
-                name, value = _first(item, ATTR_NAME_KEYS), _first(item, ATTR_VALUE_KEYS)
+                name, value = first_value(item, ATTR_NAME_KEYS), first_value(item, ATTR_VALUE_KEYS)
                 if name is not None and value is not None:
                     text = _value_text(value)
                     out[str(name)] = f"{out[str(name)]}/{text}" if str(name) in out else text
@@ -78,11 +61,11 @@ def _attributes(record: Mapping[str, Any]) -> dict[str, str]:
 def to_record(record: Mapping[str, Any]) -> dict[str, Any]:
     """A JOS SKU as a catalog row (validated like a file's row)."""
     return {
-        "sku_id": _first(record, ID_KEYS),
-        "name": _first(record, NAME_KEYS),
-        "model": _first(record, MODEL_KEYS),
-        "price": _first(record, PRICE_KEYS),
-        "sales": _first(record, SALES_KEYS),
+        "sku_id": first_value(record, ID_KEYS),
+        "name": first_value(record, NAME_KEYS),
+        "model": first_value(record, MODEL_KEYS),
+        "price": first_value(record, PRICE_KEYS),
+        "sales": first_value(record, SALES_KEYS),
         "attributes": _attributes(record),
     }
 
@@ -97,7 +80,7 @@ def fetch(client: JosClient, method: str, page_size: int = 50, max_pages: int = 
         except JosError as e:
             JOS_ERRORS.labels(type(e).__name__).inc()
             raise
-        found = _records(result)
+        found = first_records(result)
         records += [to_record(r) for r in found]
         rows += [(page - 1) * page_size + i for i in range(1, len(found) + 1)]
         if len(found) < page_size:
