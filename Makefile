@@ -38,7 +38,10 @@ $(DEMO_MODEL)/manifest.json: $(RUNTIME_STAMP) $(DEMO_KB)
 
 demo: $(DEMO_MODEL)/manifest.json
 
+# the demo shop "demo" (FAQ published, catalog imported) is created on first start; see README
+DEMO_API_KEY ?= kf_demo_local_only
 run: demo
+	KEFU_DEMO_SHOP=demo KEFU_DEMO_API_KEY=$(DEMO_API_KEY) \
 	$(BIN)/kefu serve --model $(DEMO_MODEL) --host $(HOST) --port $(PORT)
 
 lint: $(TEST_STAMP)

@@ -15,7 +15,7 @@ from starlette.types import Scope
 
 import engine
 from api.metrics import REQUEST_LATENCY, REQUESTS
-from api.routes import health, jd, kb, match, messages, metrics, shops
+from api.routes import catalog, health, jd, kb, match, messages, metrics, shops, tasks
 from api.settings import Settings, get_settings
 from api.store.secrets import SecretKeyError
 from api.web.errors import RequestErrors
@@ -63,7 +63,9 @@ def _route_limits(settings: Settings) -> list[RouteLimit]:
     multipart_overhead = 64 * 1024  # boundaries, part headers and the form's other fields
     return [
         RouteLimit(
-            "POST", re.compile(r"/v1/shops/[^/]+/kb"), settings.kb_max_upload_bytes + multipart_overhead
+            "POST",
+            re.compile(r"/v1/shops/[^/]+/(?:kb|catalog)"),
+            settings.kb_max_upload_bytes + multipart_overhead,
         ),
         RouteLimit("PUT", re.compile(r"/v1/shops/[^/]+/settings"), settings.max_settings_body_bytes),
     ]
@@ -90,6 +92,10 @@ def create_app(
             install_masking()
             app.state.service = await run_in_threadpool(Service, settings)
             app.state.service.warm_up()
+            if settings.demo_shop:
+                from api.demo import seed_demo_shop
+
+                await run_in_threadpool(seed_demo_shop, app.state.service)
             app.state.service.start_schedules()
             app.state.service.start_reconciler()
         if holder.current is None:
@@ -139,7 +145,8 @@ def create_app(
 
     for module in (health, metrics):  # never rate limited
         app.include_router(module.router)
-    for router in (match.router, shops.router, kb.router, messages.router, jd.router, jd.shop_router):
+    limited = (match, shops, kb, catalog, messages, tasks, jd)
+    for router in (*(m.router for m in limited), jd.shop_router):
         app.include_router(router, responses=RATE_LIMIT_RESPONSES)
     return app
 

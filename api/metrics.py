@@ -51,6 +51,12 @@ FEEDBACK = Counter(
     "kefu_feedback_total", "Feedback on replies: thumbs up, thumbs down, corrections", ["shop", "kind"]
 )
 JOS_ERRORS = Counter("kefu_jos_errors_total", "JOS call errors", ["kind"])
+ORDER_LOOKUPS = Counter(
+    "kefu_order_lookups_total",
+    "Order questions (dynamic entries) by outcome: ok, refused (not the customer's order), or the failure",
+    ["outcome"],
+)
+AGENT_TASKS = Counter("kefu_agent_tasks_total", "Tasks raised for agents beside an answer", ["shop"])
 AUTH_FAILURES = Counter("kefu_auth_failures_total", "Refused requests", ["reason"])
 RATE_LIMITED = Counter("kefu_rate_limited_total", "Requests refused by a rate limit", ["scope", "route"])
 RATE_LIMIT_ERRORS = Counter(
@@ -61,8 +67,18 @@ _recent: dict[str, deque[bool]] = {}
 _recent_lock = threading.Lock()
 
 
-def record_reply(shop: str, decision: str) -> None:
+HANDOFFS = Counter(
+    "kefu_handoffs_total",
+    "Replies handing the conversation to a human, by reason",
+    ["shop", "reason"],
+)
+
+
+def record_reply(shop: str, decision: str, handoff_reason: str | None = None) -> None:
+    """Count a reply (small talk apart from answers) and, for a handoff, its reason code."""
     DECISIONS.labels(shop, decision).inc()
+    if decision == "handoff":
+        HANDOFFS.labels(shop, handoff_reason or "low_confidence").inc()
     with _recent_lock:
         window = _recent.setdefault(shop, deque(maxlen=500))
         window.append(decision == "handoff")

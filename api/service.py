@@ -31,6 +31,7 @@ class Service:
     """Everything a shop request needs; created in the app's lifespan."""
 
     def __init__(self, settings: Settings) -> None:
+        from api.catalog.skill import Catalogs
         from api.dialog.conversation import Conversations
 
         self.settings = settings
@@ -46,6 +47,7 @@ class Service:
             min_cv_top1=settings.min_cv_top1,
         )
         self.conversations = Conversations(self.store, ttl_seconds=settings.conversation_ttl)
+        self.catalogs = Catalogs(self.db)
         self._subscription = self.store.subscribe(CHANNEL, self.publisher.on_notice)
         self._secret_box: Any = None
         self.upload_parser = UploadParser()

@@ -58,6 +58,20 @@ class Settings(BaseSettings):
     jos_url: str = "https://api.jd.com/routerjson"
     jos_evaluation_method: str | None = None  # the JOS method that lists customer-service evaluations
     evaluation_pull_interval: int = Field(default=3600, ge=0)  # seconds; 0: only on demand
+    # dynamic entries (orders, logistics, refunds): the JOS methods read (see api/jd/orders.py) and the time
+    # a whole lookup may take before the conversation goes to a person
+    jos_order_method: str = "jingdong.pop.order.get"
+    jos_logistics_method: str = "jingdong.ldop.receive.trace.get"
+    jos_refund_method: str = "jingdong.pop.afs.soa.refundapply.queryPageList"
+    order_lookup_budget: float = Field(default=1.5, gt=0, le=30, description="seconds")
+    # the JOS method that lists the shop's SKUs (商品), paged with page/pageSize; the records are the first
+    # list of objects in its answer (see api.catalog.jos for the field names understood)
+    jos_ware_method: str = "jingdong.sku.read.searchSkuList"
+    # ---- the demo shop (`make run`): created with this id and API key if missing, KB and catalog loaded
+    demo_shop: str | None = None
+    demo_api_key: SecretStr | None = None
+    demo_kb: Path = Path("models/demo-shop-kb.csv")
+    demo_catalog: Path = Path("models/demo-catalog.csv")
     # ---- rate limits (api/web/ratelimit.py): "50/second", "50/second;1000/minute", a bare number is per
     # minute; "0", "off" or empty disables. Shared by replicas through Redis when redis_url is set.
     rate_limit_shop: str | None = "50/second"  # per shop id in the path: /v1/shops/{shop}/, /jd/{shop}/

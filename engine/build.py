@@ -54,6 +54,7 @@ def build_matcher(
     max_examples: int = 1500,
     ann_threshold: int = 20_000,
     seed: int = 0,
+    smalltalk: bool = True,
     progress: Progress | None = None,
 ) -> Matcher:
     """Fit a Matcher; the KB is validated first and nothing is built from a bad file."""
@@ -103,7 +104,7 @@ def build_matcher(
     m.ranker = LinearModel(fusion.DEFAULT_WEIGHTS_DENSE if dense else fusion.DEFAULT_WEIGHTS_SPARSE)
     m.calibrator = LinearModel(np.zeros(len(fusion.CALIBRATION_FEATURES), np.float32), -5.0)
     m.policy = DecisionPolicy(human_phrases=list(human_phrases))
-    m.info = {}
+    m.info = {"smalltalk": smalltalk}
     m._finalize()
 
     say("calibrate", 0.7)
@@ -121,6 +122,7 @@ def build_matcher(
         "target_precision": target_precision,
         "calibration": report,
         "build_seconds": round(time.perf_counter() - t0, 3),
+        "smalltalk": smalltalk,
     }
     say("done", 1.0)
     return m

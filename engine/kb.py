@@ -35,6 +35,8 @@ from openpyxl.utils.datetime import from_excel
 from engine.cells import escape_cell, unescape_cell
 
 __all__ = [
+    "ACTIONS",
+    "EXTRA_COLUMNS",
     "FIELD_LIMITS",
     "KB_COLUMNS",
     "MAX_ANSWER_CHARS",
@@ -62,6 +64,9 @@ KB_COLUMNS = (
     "valid_to",
     "enabled",
 )
+# Optional columns for conversations beyond the FAQ. They are written (files) and hashed (to_dict) only when
+# an entry uses them, so a KB without them keeps its files and its kb_hash.
+EXTRA_COLUMNS = ("action", "notify", "answer_variants")
 REQUIRED_COLUMNS = ("id", "question", "answer")
 # The one source of the size limits, whichever way a KB comes in (file upload of any format, the entry
 # API, `kefu build`); the API schemas use the same constants. A question longer than a customer message
@@ -77,6 +82,34 @@ FIELD_LIMITS = {
     "answer": MAX_ANSWER_CHARS,
     "category": MAX_CATEGORY_CHARS,
 }
+
+# Dynamic entries: an action names a lookup (api/jd/orders.py) and the answer is a template whose
+# {placeholders} are filled from it. Every action reads the order first (its owner is checked).
+ORDER_FIELDS = ("order.id", "order.state", "order.amount", "order.created")
+ACTIONS: dict[str, tuple[str, ...]] = {
+    "order_status": ORDER_FIELDS,
+    "logistics": (
+        *ORDER_FIELDS,
+        "logistics.company",
+        "logistics.waybill",
+        "logistics.latest",
+        "logistics.time",
+    ),
+    "refund_status": (*ORDER_FIELDS, "refund.state", "refund.amount", "refund.time"),
+}
+# what merchants may type instead of an action's name
+_ACTION_ALIASES = {
+    "订单状态": "order_status",
+    "订单查询": "order_status",
+    "物流": "logistics",
+    "物流查询": "logistics",
+    "退款": "refund_status",
+    "退款进度": "refund_status",
+}
+_PLACEHOLDER = re.compile(r"\{([A-Za-z_]+)\.([A-Za-z_]+)\}")
+_PLACEHOLDER_FAMILIES = frozenset({"order", "logistics", "refund"})
+# answer variants in one cell: "||" (or the full-width ｜｜ a Chinese IME types); a single "|" stays text
+_VARIANT_SEPARATORS = re.compile(r"\|\||｜｜")
 SUPPORTED_SUFFIXES = (".csv", ".xlsx", ".json", ".jsonl")
 SHANGHAI = ZoneInfo("Asia/Shanghai")
 
@@ -99,6 +132,11 @@ _ALIASES = {
     "结束时间": "valid_to",
     "启用": "enabled",
     "是否启用": "enabled",
+    "动作": "action",
+    "动态查询": "action",
+    "通知人工": "notify",
+    "备选答案": "answer_variants",
+    "答案变体": "answer_variants",
 }
 _TRUE_WORDS = frozenset({"true", "1", "yes", "y", "是", "启用"})
 _FALSE_WORDS = frozenset({"false", "0", "no", "n", "否", "停用", "禁用"})
@@ -127,6 +165,7 @@ _FORMAT_TIME = re.compile(r"[hs]", re.IGNORECASE)
 _EAST_ASIAN_DATE_FORMAT_IDS = frozenset({27, 28, 29, 30, 31, 36, 50, 51, 52, 53, 54, 57, 58})
 _DATE_FORMATS_HINT = "expected YYYY-MM-DD or YYYY-MM-DD HH:MM[:SS]"
 _ENABLED_HINT = "expected true/false, 1/0, yes/no, y/n, 是/否 or 启用/停用/禁用"
+_NOTIFY_HINT = "expected true/false, 1/0, yes/no, y/n or 是/否"
 
 
 @dataclass(frozen=True, slots=True)
@@ -141,6 +180,13 @@ class KBEntry:
     valid_from: datetime | None = None
     valid_to: datetime | None = None
     enabled: bool = True
+    action: str = ""  # a key of ACTIONS: the answer is a template filled from that lookup
+    notify: bool = False  # answer, and raise a task for the agents (改地址, 修改订单 ...)
+    answer_variants: tuple[str, ...] = ()  # more wordings of the answer, rotated with it
+
+    def answers(self) -> tuple[str, ...]:
+        """The answer and its variants: what the bot may say for this entry."""
+        return (self.answer, *self.answer_variants)
 
     def questions(self) -> tuple[str, ...]:
         """Every phrasing the matcher should index for this entry."""
@@ -161,8 +207,11 @@ class KBEntry:
         return self.valid_to is None or now <= self.valid_to
 
     def to_dict(self) -> dict[str, Any]:
-        """JSON-able form, in KB_COLUMNS order; also the canonical form for kb_hash."""
-        return {
+        """JSON-able form, in KB_COLUMNS order; also the canonical form for kb_hash.
+
+        The EXTRA_COLUMNS appear only when set, so entries that do not use them hash as before.
+        """
+        data: dict[str, Any] = {
             "id": self.id,
             "question": self.question,
             "similar": list(self.similar),
@@ -172,6 +221,13 @@ class KBEntry:
             "valid_to": _iso(self.valid_to),
             "enabled": self.enabled,
         }
+        if self.action:
+            data["action"] = self.action
+        if self.notify:
+            data["notify"] = True
+        if self.answer_variants:
+            data["answer_variants"] = list(self.answer_variants)
+        return data
 
 
 @dataclass(frozen=True, slots=True)
@@ -678,7 +734,7 @@ def _read_items(items: Iterable[Mapping[str, Any] | KBEntry], source: str) -> _T
     table = _Table()
     for number, item in enumerate(items, start=1):
         if isinstance(item, KBEntry):
-            record: dict[str, Any] = {name: getattr(item, name) for name in KB_COLUMNS}
+            record: dict[str, Any] = {name: getattr(item, name) for name in (*KB_COLUMNS, *EXTRA_COLUMNS)}
         elif isinstance(item, Mapping):
             record = dict(item)
         else:
@@ -751,7 +807,7 @@ def _canonical_record(
 
 def _canonical_column(name: str) -> str | None:
     key = _INVISIBLE.sub("", name).strip().lower()
-    return key if key in KB_COLUMNS else _ALIASES.get(key)
+    return key if key in KB_COLUMNS or key in EXTRA_COLUMNS else _ALIASES.get(key)
 
 
 def _missing_column_issue(column: str, source: str) -> KBIssue:
@@ -782,6 +838,9 @@ def _parse_record(
         issues += _check_length(column, fields[column], row, source)
     if "question" in fields and "similar" in fields:
         fields["similar"] = _dedupe_similar(fields["question"], fields["similar"])
+    if "answer" in fields and "answer_variants" in fields:
+        fields["answer_variants"] = _dedupe_variants(fields["answer"], fields["answer_variants"])
+    issues += [KBIssue(source, row, column, message) for column, message in _template_problems(fields)]
     start, end = fields.get("valid_from"), fields.get("valid_to")
     if start is not None and end is not None and start > end:
         start_text, end_text = _quote(record.get("valid_from")), _quote(record.get("valid_to"))
@@ -852,6 +911,44 @@ def _question_key(text: str) -> str:
     return " ".join(text.casefold().split())
 
 
+def _dedupe_variants(answer: str, variants: Sequence[str]) -> tuple[str, ...]:
+    kept: list[str] = []
+    for text in variants:
+        if text != answer and text not in kept:
+            kept.append(text)
+    return tuple(kept)
+
+
+def _template_problems(fields: Mapping[str, Any]) -> list[tuple[str, str]]:
+    """(column, message) for placeholders a dynamic entry cannot fill, or used by a static entry."""
+    action = fields.get("action")
+    if action is None:  # the action itself is unusable: reported by its parser
+        return []
+    texts = [
+        ("answer", fields.get("answer") or ""),
+        *(("answer_variants", v) for v in fields.get("answer_variants", ())),
+    ]
+    problems: list[tuple[str, str]] = []
+    for column, text in texts:
+        for match in _PLACEHOLDER.finditer(text):
+            name = f"{match[1]}.{match[2]}"
+            if action:
+                if name not in ACTIONS[action]:
+                    allowed = ", ".join(f"{{{f}}}" for f in ACTIONS[action])
+                    problems.append(
+                        (column, f"unknown placeholder {{{name}}} for action {action} (allowed: {allowed})")
+                    )
+            elif match[1] in _PLACEHOLDER_FAMILIES:
+                problems.append(
+                    (
+                        "action",
+                        f"{column} uses {{{name}}} but the entry has no action to fill it "
+                        f"(set action to one of: {', '.join(ACTIONS)})",
+                    )
+                )
+    return problems
+
+
 def _dedupe_similar(question: str, similar: Sequence[str]) -> tuple[str, ...]:
     seen = {_question_key(question)}
     kept: list[str] = []
@@ -915,6 +1012,39 @@ def _enabled(value: Any) -> bool:
         if word in _FALSE_WORDS:
             return False
     raise _Problem(f"bad enabled value {_quote(value)} ({_ENABLED_HINT})")
+
+
+def _notify(value: Any) -> bool:
+    if value is None:
+        return False
+    if isinstance(value, str) and not value.strip():
+        return False
+    try:
+        return _enabled(value)
+    except _Problem:
+        raise _Problem(f"bad notify value {_quote(value)} ({_NOTIFY_HINT})") from None
+
+
+def _action(value: Any) -> str:
+    text = _text(value)
+    if not text:
+        return ""
+    key = text.casefold()
+    if key in ACTIONS:
+        return key
+    if text in _ACTION_ALIASES:
+        return _ACTION_ALIASES[text]
+    allowed = ", ".join([*ACTIONS, *_ACTION_ALIASES])
+    raise _Problem(f"unknown action {_quote(value)} (allowed: {allowed}; blank for a plain answer)")
+
+
+def _answer_variants(value: Any) -> list[str]:
+    """Answer wordings from a "||"-separated cell or a JSON list (items are split too, for round trips)."""
+    if value is None:
+        return []
+    parts = value if isinstance(value, (list, tuple)) else [value]
+    texts = (piece.strip() for part in parts for piece in _VARIANT_SEPARATORS.split(_text(part)))
+    return [text for text in texts if text]
 
 
 def _valid_from(value: Any) -> datetime | None:
@@ -984,14 +1114,36 @@ _FIELD_PARSERS: dict[str, Callable[[Any], Any]] = {
     "valid_from": _valid_from,
     "valid_to": _valid_to,
     "enabled": _enabled,
+    "action": _action,
+    "notify": _notify,
+    "answer_variants": _answer_variants,
 }
 
 
 # --------------------------------------------------------------------------- writing
 
 
-def _flat_row(entry: KBEntry) -> list[str]:
-    """Spreadsheet cells for an entry, in KB_COLUMNS order."""
+def _columns(entries: Sequence[KBEntry]) -> tuple[str, ...]:
+    """KB_COLUMNS, plus the optional columns some entry uses (files without them stay as they were)."""
+    used = {
+        "action": any(e.action for e in entries),
+        "notify": any(e.notify for e in entries),
+        "answer_variants": any(e.answer_variants for e in entries),
+    }
+    return (*KB_COLUMNS, *(c for c in EXTRA_COLUMNS if used[c]))
+
+
+def _flat_row(entry: KBEntry, columns: Sequence[str] = KB_COLUMNS) -> list[str]:
+    """Spreadsheet cells for an entry, in `columns` order."""
+    extra = {
+        "action": entry.action,
+        "notify": "true" if entry.notify else "false",
+        "answer_variants": "||".join(entry.answer_variants),
+    }
+    return [*_base_row(entry), *(extra[c] for c in columns[len(KB_COLUMNS) :])]
+
+
+def _base_row(entry: KBEntry) -> list[str]:
     return [
         entry.id,
         entry.question,
@@ -1025,8 +1177,9 @@ def _write_csv(entries: Sequence[KBEntry], path: Path) -> None:
     # BOM: Chinese Excel reads BOM-less CSV as GBK and shows mojibake.
     with path.open("w", encoding="utf-8-sig", newline="") as handle:
         writer = csv.writer(handle)
-        writer.writerow(KB_COLUMNS)
-        writer.writerows([escape_cell(cell) for cell in _flat_row(entry)] for entry in entries)
+        columns = _columns(entries)
+        writer.writerow(columns)
+        writer.writerows([escape_cell(cell) for cell in _flat_row(entry, columns)] for entry in entries)
 
 
 def _write_xlsx(entries: Sequence[KBEntry], path: Path) -> None:
@@ -1036,9 +1189,10 @@ def _write_xlsx(entries: Sequence[KBEntry], path: Path) -> None:
     workbook = openpyxl.Workbook()
     sheet = workbook.active
     sheet.title = "KB"
-    sheet.append(list(KB_COLUMNS))
+    columns = _columns(entries)
+    sheet.append(list(columns))
     for entry in entries:
-        sheet.append(_flat_row(entry))
+        sheet.append(_flat_row(entry, columns))
         for cell in sheet[sheet.max_row]:
             cell.data_type = "s"  # openpyxl makes text starting with "=" a formula
             if isinstance(cell.value, str) and cell.value != escape_cell(cell.value):

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -25,6 +25,7 @@ from engine.fusion import LinearModel
 from engine.kb import KBEntry
 from engine.normalize import normalize, strip_placeholders
 from engine.results import Candidate, Decision, MatchResult
+from engine.smalltalk import INTENTS, SmallTalk, SmallTalkDetector
 from engine.sparse import SparseIndex, query_terms
 from engine.supervised import EntryClassifier
 from engine.tokenize import Tokenizer, char_ngrams
@@ -113,6 +114,15 @@ class Matcher:
         self._to = np.array([e.valid_to.timestamp() if e.valid_to else inf for e in self.entries])
         self._windowed = bool(np.isfinite(self._from).any() or np.isfinite(self._to).any())
         self._all_ok = self._enabled.copy()
+        self._index = {e.id: i for i, e in enumerate(self.entries)}
+        # small talk: on unless the model was built without it; a KB entry whose question is pure small
+        # talk of an intent (the merchant's own "你好" entry) answers that intent instead of the default
+        self.smalltalk_ = SmallTalkDetector() if self.info.get("smalltalk", True) else None
+        self.smalltalk_entries_: dict[str, int] = {}
+        if self.smalltalk_ is not None:
+            for e, entry in enumerate(self.entries):
+                for intent in self.smalltalk_.intents_of(normalize(q) for q in entry.questions()):
+                    self.smalltalk_entries_.setdefault(intent, e)
 
     @property
     def dense_enabled(self) -> bool:
@@ -123,7 +133,9 @@ class Matcher:
         """Normalize, tokenize and vectorize a message for every channel."""
         if isinstance(text, str) and len(text) > MAX_MESSAGE_CHARS:
             text = text[:MAX_MESSAGE_CHARS]
-        norm = normalize(text)
+        return self._vectorize(normalize(text))
+
+    def _vectorize(self, norm: str) -> QueryRep:
         canon = self.tokenizer.canonical(norm)
         terms = query_terms(self.tokenizer.words(canon), char_ngrams(canon))
         ids, weights, unknown = self.sparse.vectorize(terms)
@@ -224,19 +236,75 @@ class Matcher:
         norms[norms == 0] = 1.0
         return d_max, (cen @ q) / norms
 
-    def match(self, text: Any, top_k: int = 5, now: datetime | float | None = None) -> MatchResult:
-        """Rank the KB for one customer message and decide what to do with it."""
+    def match(
+        self,
+        text: Any,
+        top_k: int = 5,
+        now: datetime | float | None = None,
+        smalltalk: bool | Collection[str] = True,
+        exclude: Collection[str] = (),
+    ) -> MatchResult:
+        """Rank the KB for one customer message and decide what to do with it.
+
+        `smalltalk`: recognise the built-in small-talk intents (all, none, or the ones named): a message
+        that is only small talk gets Decision.SMALLTALK, and small talk around a question is taken off
+        before the question is matched. `exclude`: entry ids not to offer (a follow-up asks about
+        something else than the entry just answered).
+        """
         top_k = max(1, int(top_k))
-        rep = self.represent(text)
-        if not rep.normalized:
+        if isinstance(text, str) and len(text) > MAX_MESSAGE_CHARS:
+            text = text[:MAX_MESSAGE_CHARS]
+        norm = normalize(text)
+        if not norm:
             return MatchResult(Decision.HANDOFF, "empty message: nothing to match after normalization")
-        phrase = self.policy.human_request(rep.normalized)
+        st = self._smalltalk(norm, smalltalk)
+        if st.pure and st.intent is not None:
+            return self._smalltalk_result(norm, st.intent, now)
+        phrase = self.policy.human_request(norm)
         if phrase:
             return MatchResult(
-                Decision.HANDOFF,
-                f"explicit request for a human agent ('{phrase}')",
-                normalized=rep.normalized,
+                Decision.HANDOFF, f"explicit request for a human agent ('{phrase}')", normalized=norm
             )
+        result = self._match_question(st.rest if st.intents else norm, top_k, now, exclude)
+        result.normalized = norm
+        result.smalltalk_around = list(st.intents)
+        return result
+
+    def _smalltalk(self, norm: str, enabled: bool | Collection[str]) -> SmallTalk:
+        if self.smalltalk_ is None or enabled is False:
+            return SmallTalk((), norm)
+        if enabled is True or set(enabled) >= set(INTENTS):
+            return self.smalltalk_.parse(norm)
+        return SmallTalkDetector(enabled=enabled).parse(norm)
+
+    def _smalltalk_result(self, norm: str, intent: str, now: datetime | float | None) -> MatchResult:
+        """Pure small talk: the merchant's own entry for the intent if the KB has one, else SMALLTALK."""
+        e = self.smalltalk_entries_.get(intent)
+        if e is not None and self.entry_ok(now)[e]:
+            entry = self.entries[e]
+            return MatchResult(
+                Decision.ANSWER,
+                f"small talk ({intent}) answered by the KB's own entry",
+                confidence=EXACT_CONFIDENCE,
+                entry_id=entry.id,
+                answer=entry.answer,
+                candidates=[
+                    Candidate(entry.id, entry.question, 1.0, entry.answer, entry.category, EXACT_CONFIDENCE)
+                ],
+                normalized=norm,
+                smalltalk=intent,
+            )
+        return MatchResult(Decision.SMALLTALK, f"small talk: {intent}", normalized=norm, smalltalk=intent)
+
+    def _match_question(
+        self, norm: str, top_k: int, now: datetime | float | None, exclude: Collection[str] = ()
+    ) -> MatchResult:
+        """Rank and decide for a normalized question (small talk and human requests already handled)."""
+        rep = self._vectorize(norm)
+        ok = self.entry_ok(now)
+        if exclude:
+            ok = ok.copy()
+            ok[[self._index[i] for i in exclude if i in self._index]] = False
         if not self.entries:
             return MatchResult(Decision.HANDOFF, "empty knowledge base", normalized=rep.normalized)
         if rep.ids.size == 0 and rep.dense is None:
@@ -245,7 +313,7 @@ class Matcher:
                 "no word of the message occurs in the knowledge base",
                 normalized=rep.normalized,
             )
-        ranking = self.rank(rep, self.entry_ok(now))
+        ranking = self.rank(rep, ok)
         if ranking.cands.size == 0:
             return MatchResult(
                 Decision.HANDOFF, "no entry of the knowledge base is active now", normalized=rep.normalized

@@ -11,6 +11,7 @@ class Decision(StrEnum):
     ANSWER = "answer"
     CLARIFY = "clarify"
     HANDOFF = "handoff"
+    SMALLTALK = "smalltalk"  # greeting, thanks, goodbye ...: the reply comes from the caller's settings
 
 
 @dataclass(slots=True)
@@ -35,6 +36,9 @@ class MatchResult:
     candidates: list[Candidate] = field(default_factory=list)
     options: list[Candidate] = field(default_factory=list)  # on clarify: the questions to offer, best first
     normalized: str = ""
+    smalltalk: str | None = None  # on SMALLTALK: the intent to reply to (engine.smalltalk.INTENTS)
+    # small talk taken off around the question that was matched ("在吗 能开专票吗" -> ["greeting"])
+    smalltalk_around: list[str] = field(default_factory=list)
     features: dict[str, float] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:

@@ -105,7 +105,7 @@ def with_thresholds(m: Matcher, t_answer: float, t_clarify: float) -> Matcher:
 
 
 def policy_for(m: Matcher, **kw: Any) -> ConversationPolicy:
-    return ConversationPolicy(match=lambda t: m.match(t, top_k=5), get_entry=get_entry, **kw)
+    return ConversationPolicy(match=lambda t, **kw: m.match(t, top_k=5, **kw), get_entry=get_entry, **kw)
 
 
 @pytest.fixture
@@ -173,7 +173,7 @@ def test_clarify_then_choice_answers_the_chosen_entry(
 def test_a_choice_carries_the_question_the_list_was_offered_for(matcher: Matcher) -> None:
     """Labelled data needs the real question, not "第二个"; the masked one, kept in the state."""
     bot = ConversationPolicy(
-        match=lambda t: with_thresholds(matcher, 1.01, 0.0).match(t, top_k=5),
+        match=lambda t, **kw: with_thresholds(matcher, 1.01, 0.0).match(t, top_k=5, **kw),
         get_entry=get_entry,
         mask=lambda t: t.replace("13812345678", "[手机号]"),
     )
@@ -249,7 +249,7 @@ def test_a_choice_whose_entry_vanished_is_a_miss(matcher: Matcher) -> None:
     forced = with_thresholds(matcher, t_answer=1.01, t_clarify=0.0)
     gone: set[str] = set()
     policy = ConversationPolicy(
-        match=lambda t: forced.match(t, top_k=5),
+        match=lambda t, **kw: forced.match(t, top_k=5, **kw),
         get_entry=lambda e: None if e in gone else get_entry(e),
     )
     first, state = policy.step(None, "那发票应该怎么开呀")

@@ -44,11 +44,13 @@ from schemathesis.core.result import Ok
 from schemathesis.python import asgi
 from schemathesis.specs.openapi.checks import response_schema_conformance
 
+from api.db.models import AgentTask
 from api.jd import BEIJING, beijing_timestamp, sign
 from api.main import create_app
 from api.settings import Settings
 from engine import Matcher
 from tests.jos_fake import FakeJos
+from tests.jos_wares import DEFAULT_WARE_METHOD, ware_page
 from tests.test_service import ADMIN, KB, kb_csv, new_shop, publish_and_wait
 from tests.test_service import client as client
 from tests.test_service import settings as settings
@@ -105,6 +107,7 @@ def fake_jos() -> Iterator[FakeJos]:
                 }
             },
         )
+        fake.handle(DEFAULT_WARE_METHOD, ware_page)  # POST /v1/shops/{shop}/catalog/pull
         yield fake
 
 
@@ -115,6 +118,7 @@ class Run:
     client: asgi.ASGIClient
     keys: dict[str, str]  # shop id -> its current API key (rotated keys are picked up from responses)
     exchange_ids: list[int] = field(default_factory=lambda: [1])
+    task_id: int = 1  # an agent task of SHOP
     cases: Counter[str] = field(default_factory=Counter)
     statuses: Counter[tuple[str, int]] = field(default_factory=Counter)
     failures: dict[tuple[str, str], str] = field(default_factory=dict)
@@ -143,7 +147,12 @@ def start_app(fast_matcher: Matcher) -> Iterator[Callable[[Settings], tuple[sche
         publish_and_wait(c, SHOP, {"X-API-Key": key}, kb_csv())
         creds = {"app_key": APP_KEY, "app_secret": APP_SECRET, "access_token": TOKEN}
         assert client.put(f"/v1/shops/{SHOP}/jd-credentials", headers={"X-API-Key": key}, json=creds).ok
-        return schema, Run(client=client, keys={SHOP: key, OTHER: other})
+        with app.state.service.db.session() as s:  # a task for the agents, as a notify entry raises one
+            task = AgentTask(shop_id=SHOP, conversation_id="c-1", entry_id="address", context=["改地址"])
+            s.add(task)
+            s.flush()
+            task_id = task.id
+        return schema, Run(client=client, keys={SHOP: key, OTHER: other}, task_id=task_id)
 
     try:
         yield start
@@ -171,6 +180,8 @@ def _steer(case: Case, run: Run, data: st.DataObject) -> dict[str, Any]:
             params["entry_id"] = data.draw(st.one_of(st.just(params["entry_id"]), real, HOSTILE))
         if "version" in params and data.draw(st.booleans(), label="real version"):
             params["version"] = data.draw(st.integers(1, 4), label="version")
+        if "task_id" in params and data.draw(st.booleans(), label="real task"):
+            params["task_id"] = run.task_id
     header_names = {p.name.lower() for p in case.operation.headers}
     if "x-api-key" in header_names:
         who = data.draw(st.sampled_from([SHOP] * 8 + [OTHER, ""]), label="api key of")

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -61,6 +62,7 @@ DECISION_STYLE = {
     Decision.ANSWER: "bold green",
     Decision.CLARIFY: "bold yellow",
     Decision.HANDOFF: "bold red",
+    Decision.SMALLTALK: "bold cyan",
 }
 EXIT_WORDS = frozenset({"exit", "quit"})
 KB_LIMITS = ReadLimits()  # what `kefu build` reads of a KB file by default, as the service does
@@ -318,6 +320,63 @@ def _print_eval(report: EvalReport, model: Path, queries: Path) -> None:
 # --------------------------------------------------------------------------- calibrate
 
 
+@app.command("eval-conversations")
+def eval_conversations(
+    conversations: Annotated[
+        Path, typer.Argument(help="conversation set (.jsonl), e.g. models/demo-conversations.jsonl")
+    ],
+    kb: Annotated[Path, typer.Option(help="the shop's KB, published in a temporary service")] = Path(
+        "models/demo-shop-kb.csv"
+    ),
+    catalog: Annotated[Path | None, typer.Option(help="the shop's product catalog (CSV/XLSX)")] = Path(
+        "models/demo-catalog.csv"
+    ),
+    dense: Annotated[bool, typer.Option(help="default channels (on) or the fast profile")] = True,
+    show_wrong: Annotated[bool, typer.Option(help="list every wrong or unresolved turn")] = False,
+    json_out: Annotated[Path | None, typer.Option("--json", help="also write the figures as JSON")] = None,
+) -> None:
+    """Whole conversations through the service: handoff rate, right answers and wrong answers per category."""
+    from training.conversations import (
+        ConversationFileError,
+        evaluate_with_service,
+        load_conversations,
+        summarize,
+    )
+
+    with _user_errors():
+        try:
+            convs = load_conversations(conversations)
+        except ConversationFileError as e:
+            _fail(str(e))
+        with console.status("publishing the KB and running the conversations"):
+            outcomes = evaluate_with_service(convs, kb, catalog=catalog, dense=dense)
+    figures = summarize(outcomes)
+    table = Table("category", "turns", "right", "handoff", "wrong")
+    for name, f in figures.items():
+        table.add_row(name, str(f.turns), _pct(f.right_rate), _pct(f.handoff_rate), str(f.wrong))
+    console.print(table)
+    if show_wrong:
+        for o in outcomes:
+            if o.verdict != "right":
+                style = "red" if o.verdict == "wrong" else "yellow"
+                got = f"{o.kind} {o.entry_id or ''} {o.why}"
+                console.print(
+                    f"[{style}]{o.verdict}[/] {escape(o.conversation)}#{o.turn} [{escape(o.category)}] "
+                    f"{escape(o.text)!r}: expected {o.expect}, got {escape(got)}"
+                )
+    if json_out:
+        _write_json(
+            {
+                "figures": {
+                    k: {**vars(v), "right_rate": v.right_rate, "handoff_rate": v.handoff_rate}
+                    for k, v in figures.items()
+                },
+                "turns": [vars(o) for o in outcomes],
+            },
+            json_out,
+        )
+
+
 @app.command()
 def calibrate(
     model: Annotated[Path, typer.Argument(help="Model directory")],
@@ -500,6 +559,86 @@ def serve(
 
     console.print(f"serving {escape(str(model))} on http://{host}:{port}")
     uvicorn.run("api.main:app", host=host, port=port)
+
+
+# --------------------------------------------------------------------------- sandbox
+
+
+@app.command()
+def sandbox(
+    port: Annotated[int, typer.Option(help="Port of the service (0: any free port)")] = 8010,
+    once: Annotated[
+        bool, typer.Option(help="Play the demo conversation, measure order answers and exit")
+    ] = False,
+    kb: Annotated[Path, typer.Option(help="KB of the demo shop (with dynamic entries)")] = Path(
+        "models/demo-shop-kb-orders.csv"
+    ),
+) -> None:
+    """SANDBOX: the service against a fake JD (JOS) with made-up orders; nothing reaches JD.
+
+    Starts the fake JOS gateway with the demo orders, the service (uvicorn api.main:app) pointed at it with
+    a throw-away database and key, and a demo shop whose KB has order, logistics and refund entries.
+    """
+    from training import sandbox as sb
+
+    with _user_errors():
+        load_kb(kb)
+    console.print("[bold yellow]SANDBOX[/]: fake JD orders, throw-away database; nothing reaches JD")
+    try:
+        with sb.running_sandbox(port, kb) as (url, key, fake):
+            send = sb.sender(url, key)
+            console.print(f"service {url}, fake JOS {fake.url}, shop {sb.SHOP}")
+            if not once:
+                _print_sandbox_help(url, key, sb)
+                console.print("Ctrl-C stops the sandbox")
+                try:
+                    while True:
+                        time.sleep(3600)
+                except KeyboardInterrupt:
+                    return
+            _play_demo(send, sb)
+            m = sb.measure(send)
+            console.print(
+                f"\norder questions answered from the fake JOS: {m.answered}/{m.asked} "
+                f"({m.answered_share:.1%}); "
+                f"another customer's order: {m.foreign_asked} asked, {m.leaks} replies with any of its data"
+            )
+            for miss in m.misses:
+                console.print(f"  missed: {escape(miss)}", soft_wrap=True)
+    except RuntimeError as e:
+        _fail(str(e))
+
+
+def _play_demo(send: Any, sb: Any) -> None:
+    for pin, card, text in sb.DEMO_SCRIPT:
+        r = send(f"demo-{pin}", text, pin, card)
+        extra = f" task {r['task_id']}" if r.get("task_id") else ""
+        if r.get("handoff"):
+            extra += f" ({r['handoff']['code']}: {r['handoff']['reason']})"
+        console.print(f"[bold]{escape(str(pin))}[/]: {escape(text)}")
+        label = escape(f"[{r['kind']}{extra}]")
+        console.print(f"  bot {label}: {escape(r['text'])}", soft_wrap=True)
+
+
+def _print_sandbox_help(url: str, key: dict[str, str], sb: Any) -> None:
+    api_key = key["X-API-Key"]
+    console.print(
+        f"customers: {', '.join(sb.DEMO_PINS)}; orders: "
+        + ", ".join(f"{o.order_id} ({o.pin[8:]}, {o.state_remark})" for o in sb.DEMO_ORDERS)
+        + f"; {sb.SLOW_ORDER} is too slow, {sb.ERROR_ORDER} fails"
+    )
+    body = '{"conversation_id":"c1","customer_pin":"jd_demo_alice","text":"订单300012345602的快递到哪了"}'
+    console.print("send a message:", soft_wrap=True)
+    console.print(
+        escape(
+            f"  curl -s {url}/v1/shops/{sb.SHOP}/messages -H 'X-API-Key: {api_key}' "
+            f"-H 'Content-Type: application/json' -d '{body}'"
+        ),
+        soft_wrap=True,
+    )
+    console.print(
+        escape(f"  tasks: curl -s {url}/v1/shops/{sb.SHOP}/tasks -H 'X-API-Key: {api_key}'"), soft_wrap=True
+    )
 
 
 # --------------------------------------------------------------------------- loadtest

@@ -59,6 +59,9 @@ class Entry(Base):
     valid_from: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
     valid_to: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
     enabled: Mapped[bool] = mapped_column(Boolean, default=True)
+    action: Mapped[str] = mapped_column(String(40), default="")  # a dynamic entry's lookup (kb.ACTIONS)
+    notify: Mapped[bool] = mapped_column(Boolean, default=False)  # answer and raise a task for the agents
+    answer_variants: Mapped[list[Any]] = mapped_column(JSON, default=list)
     updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow, onupdate=utcnow)
 
 
@@ -151,3 +154,23 @@ class JdMessage(Base):
     message_digest: Mapped[str] = mapped_column(String(64), primary_key=True)
     reply: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow, index=True)
+
+
+class AgentTask(Base):
+    """Something a person must do after the bot answered (改地址, 修改订单, 备注发票信息): not a handoff."""
+
+    __tablename__ = "agent_tasks"
+    __table_args__ = (Index("ix_agent_tasks_shop_status", "shop_id", "status", "id"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    shop_id: Mapped[str] = mapped_column(ForeignKey("shops.id", ondelete="CASCADE"))
+    conversation_id: Mapped[str] = mapped_column(String(200))
+    entry_id: Mapped[str] = mapped_column(String(200))
+    context: Mapped[list[Any]] = mapped_column(JSON, default=list)  # the last customer messages, masked
+    status: Mapped[str] = mapped_column(String(8), default="open")  # open | done
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    done_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+
+
+# tables of other packages share this metadata (Alembic and the schema checks see every table)
+import api.catalog.models  # noqa: E402, F401

@@ -21,16 +21,19 @@ import re
 import unicodedata
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass, field, replace
-from typing import Any, Literal
+from typing import Any, Literal, Protocol
 from urllib.parse import quote
 
+from api.dialog.nontext import non_text_kind, strip_stickers
+from api.dialog.replies import Replies
+from api.dialog.split import split_questions
 from api.store.kv import KeyValueStore
 from engine.normalize import normalize
 from engine.results import Candidate, Decision, MatchResult
 
 log = logging.getLogger("kefu.conversation")
 
-Kind = Literal["answer", "clarify", "handoff"]
+Kind = Literal["answer", "clarify", "handoff", "smalltalk"]
 
 HANDOFF_TEXT = "正在为您转接人工客服，请稍候"
 CLARIFY_HEAD = "您是想问："
@@ -42,6 +45,22 @@ MAX_HANDOFF_MESSAGES = 10
 REASON_HUMAN = "customer asked for a human agent"
 REASON_REPEATED = "repeated question"
 REASON_ANGRY = "angry customer and no confident answer"
+REASON_VENTING = "the customer is upset and the bot has not helped yet"
+# why a conversation went to a human, as a bounded label for metrics and the exchange log
+HandoffCode = Literal[
+    "explicit_request",
+    "low_confidence",
+    "repeated_miss",
+    "repeated_question",
+    "mood",
+    "dynamic_failure",
+    "non_text",
+    "mode_off",
+    "mode_assist",
+    "no_model",
+]
+MAX_QUESTIONS = 2  # questions of one message answered at most
+FOLLOW_UP_REASON = "follow-up to the previous question"
 CHOICE_REASON = "customer chose option"  # followed by the option's number
 # engine reasons after which rephrasing cannot help: there is nothing to match against
 _NOTHING_TO_MATCH = ("empty knowledge base", "no entry of the knowledge base")
@@ -74,7 +93,8 @@ class Handoff:
     reason: str
     last_messages: list[str]  # masked customer messages, oldest first, at most 10
     candidates_tried: list[Option]
-    mood: str | None = None  # "angry" when detected
+    mood: str | None = None  # "angry" or "upset" when detected
+    code: HandoffCode = "low_confidence"
     suggestions: list[Suggestion] = field(default_factory=list)  # assist mode: answers to pick from
 
     def to_dict(self) -> dict[str, Any]:
@@ -90,14 +110,27 @@ class Reply:
     options: list[Option] = field(default_factory=list)
     reason: str = ""
     handoff: Handoff | None = None
+    smalltalk: str | None = None  # on kind "smalltalk": the intent replied to
+    answers: list[PartAnswer] = field(default_factory=list)  # one per question when a message held several
     # the customer's (masked) question this reply answers when the message is not it: a clarify choice
     # like "第二个" answers the question the list was offered for. Logged for labelled data, not sent.
     question: str | None = None
+    task_id: int | None = None  # a task raised for the agents beside this answer (an entry marked notify)
 
     def to_dict(self) -> dict[str, Any]:
         out = asdict(self)
         del out["question"]
         return out
+
+
+@dataclass
+class PartAnswer:
+    """One question of a message that held several, and what the bot did with it."""
+
+    question: str  # masked
+    kind: Kind
+    entry_id: str | None
+    confidence: float
 
 
 @dataclass
@@ -109,7 +142,16 @@ class ConversationState:
     # fingerprint of the last message that went to the matcher (see `_fingerprint`), never its text
     last_question: str | None = None
     last_answered_entry: str | None = None
+    mood: str | None = None  # "upset" after venting, until the bot answers something
+    sku_id: str | None = None  # the product the conversation is about (catalog skill)
+    # what a skill waits for from the customer (a product to pick, an order number), owned by that skill
+    pending: dict[str, Any] | None = None
     clarify_question: str | None = None  # masked message the pending clarify list was offered for
+    # the masked question of the last turn that went to the matcher: what a follow-up is read with
+    topic: str | None = None
+    turns: int = 0  # messages so far: seeds the choice among an entry's answer variants
+    # the order the conversation is about, encrypted (Fernet): never in clear in the shared store
+    order_ref: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -128,8 +170,49 @@ class ConversationState:
             tried=options(d.get("tried")),
             last_question=d.get("last_question"),
             last_answered_entry=d.get("last_answered_entry"),
+            mood=d.get("mood"),
+            sku_id=d.get("sku_id"),
+            pending=d.get("pending") if isinstance(d.get("pending"), dict) else None,
             clarify_question=d.get("clarify_question"),
+            topic=d.get("topic"),
+            turns=int(d.get("turns") or 0),
+            order_ref=d.get("order_ref") if isinstance(d.get("order_ref"), str) else None,
         )
+
+
+@dataclass(frozen=True)
+class TurnContext:
+    """What the channel knows beside the text: the product page the customer is on, who they are."""
+
+    sku_id: str | None = None
+    customer_pin: str | None = (
+        None  # JD's buyer pin: orders are only described to the customer who placed them
+    )
+    order_id: str | None = None  # an order card the customer sent
+
+
+@dataclass
+class Turn:
+    """One message as a skill sees it; a skill that replies may update `state` (the new state)."""
+
+    text: str  # as the customer typed it
+    question: str  # masked, without contact details and stickers
+    context: TurnContext
+    prev: ConversationState
+    state: ConversationState
+    result: MatchResult  # the KB's decision for `question`
+
+
+class Skill(Protocol):
+    """Knowledge beyond the FAQ (the catalog, orders): gets each question before the KB's answer is given.
+
+    `respond` returns the reply, or None to leave the turn to the KB. It sees the KB's result, so it can
+    take over a dynamic entry (an order question) or a spec question about a known product.
+    """
+
+    name: str
+
+    def respond(self, turn: Turn) -> Reply | None: ...
 
 
 # ----------------------------------------------------------------------------------- choosing an option
@@ -252,21 +335,43 @@ def _fingerprint(normalized: str) -> str:
     return hashlib.sha256(normalized.encode("utf-8")).hexdigest()
 
 
+# ------------------------------------------------------------------------------------------- follow-ups
+_FOLLOW_UP_HEAD = r"(?:那么|那|那个|那这个|还有|这款|这个|那款|这台|那台|它的|它|换成|如果是|要是)"
+_FOLLOW_UP = re.compile(rf"^{_FOLLOW_UP_HEAD}|(?:呢|的呢|咋样|怎么样)$")
+_FOLLOW_UP_WORDS = re.compile(rf"^{_FOLLOW_UP_HEAD}|(?:呢)+$")
+_SHORT = 4  # characters: a message this short says little on its own
+
+
+def looks_like_follow_up(normalized: str) -> bool:
+    """A message that only makes sense after the previous turn: 那保修呢, 这款呢, 多少钱, 拆封了呢."""
+    compact = normalized.replace(" ", "")
+    return bool(compact) and (len(compact) <= _SHORT or bool(_FOLLOW_UP.search(compact)))
+
+
+def strip_follow_up_words(text: str) -> str:
+    """The message without its 那 ... 呢 frame, to be read after the previous question."""
+    compact = normalize(text).replace(" ", "")
+    return _FOLLOW_UP_WORDS.sub("", compact) or compact
+
+
 class ConversationPolicy:
     """answer / clarify / hand off over a conversation, on top of one-message engine decisions.
 
-    `match` is the engine (message -> MatchResult); `get_entry` gives (question, answer) of an entry
-    id or None when it no longer exists (a KB can change between two turns); `mask` removes personal
-    data from what is kept in the state and handed to the agent.
+    `match` is the engine (message, exclude=entry ids -> MatchResult); `get_entry` gives (question,
+    answer) of an entry id or None when it no longer exists (a KB can change between two turns);
+    `mask` removes personal data from what is kept in the state and handed to the agent.
     """
 
     def __init__(
         self,
-        match: Callable[[str], MatchResult],
+        match: Callable[..., MatchResult],
         get_entry: Callable[[str], tuple[str, str] | None],
         mask: Callable[[str], str] = _identity,
         max_misses: int = 2,
         history: int = 10,
+        replies: Replies | None = None,
+        skills: Sequence[Skill] = (),
+        dynamic: Callable[[str], bool] | None = None,
     ) -> None:
         if max_misses < 1 or history < 1:
             raise ValueError("max_misses and history must be at least 1")
@@ -275,16 +380,25 @@ class ConversationPolicy:
         self.mask = mask
         self.max_misses = max_misses
         self.history = history
+        self.replies = replies or Replies()
+        self.skills = list(skills)
+        # entries whose answer only a skill can give (an order template): never answered as one part of a
+        # message holding several questions, where no skill sees them
+        self.dynamic = dynamic or (lambda entry_id: False)
 
-    def step(self, state: ConversationState | None, text: str) -> tuple[Reply, ConversationState]:
+    def step(
+        self, state: ConversationState | None, text: str, context: TurnContext | None = None
+    ) -> tuple[Reply, ConversationState]:
         """The reply to one customer message and the conversation's new state (the input is not changed)."""
         prev = state or ConversationState()
+        context = context or TurnContext()
         text = text if isinstance(text, str) else ("" if text is None else str(text))
         st = replace(
             prev,
             clarify_options=list(prev.clarify_options),
             history=[*prev.history, self.mask(text)][-self.history :],
             tried=list(prev.tried),
+            sku_id=context.sku_id or prev.sku_id,
         )
         angry = detect_mood(text) == "angry"
 
@@ -293,44 +407,67 @@ class ConversationPolicy:
         if choice is not None:
             entry = self.get_entry(choice.entry_id)
             if entry is not None:
-                st = replace(
-                    st,
-                    clarify_options=[],
-                    clarify_question=None,
-                    misses=0,
-                    last_answered_entry=choice.entry_id,
-                )
-                return Reply(
-                    "answer",
-                    entry[1],
-                    entry_id=choice.entry_id,
-                    confidence=1.0,
-                    reason=f"{CHOICE_REASON} {prev.clarify_options.index(choice) + 1}",
-                    question=prev.clarify_question,
-                ), st
+                why = f"{CHOICE_REASON} {prev.clarify_options.index(choice) + 1}"
+                chosen = MatchResult(Decision.ANSWER, why, 1.0, choice.entry_id, entry[1])
+                st = replace(st, clarify_options=[], clarify_question=None)
+                by_skill = self._skills(Turn(text, self.mask(text), context, prev, st, chosen))
+                if by_skill is not None:  # a dynamic entry (an order question) is answered by its skill
+                    return by_skill
+                st = replace(st, misses=0, last_answered_entry=choice.entry_id)
+                reply = Reply("answer", entry[1], entry_id=choice.entry_id, confidence=1.0, reason=why)
+                reply.question = prev.clarify_question
+                return reply, st
             # the entry left the KB since the list was shown: a miss; offer what is still there
             left = [o for o in prev.clarify_options if o is not choice and self.get_entry(o.entry_id)]
             why = f"chosen entry {choice.entry_id} no longer exists"
             return self._miss(st, angry, why, left, 0.0, question=prev.clarify_question)
 
-        # 2. the engine
-        r = self.match(text)
+        # 2. what is not a question: a picture, a sticker, bare contact details
+        kind = non_text_kind(text)
+        if kind is not None:
+            if self.replies.non_text == "handoff":
+                return self._handoff(st, f"non-text message ({kind})", None, code="non_text")
+            return self._smalltalk(st, f"non-text message ({kind})", self.replies.non_text_reply, None)
+        questions = split_questions(strip_stickers(self.mask(text)))
+        if not questions:
+            return self._smalltalk(st, "contact details only", self.replies.contact_only, None)
+
+        # 3. several questions in one message: each from its own entry
+        if len(questions) > 1:
+            several = self._several(prev, st, questions, angry)
+            if several is not None:
+                return several
+
+        # 4. the engine
+        r = self.match("，".join(questions))
+        if r.decision is Decision.SMALLTALK and r.smalltalk:
+            return self._on_smalltalk(prev, st, r.smalltalk)
         norm = r.normalized or normalize(text)
         fingerprint = _fingerprint(norm) if norm else None
         repeated = fingerprint is not None and fingerprint == prev.last_question
         if fingerprint is not None:
             st.last_question = fingerprint
-        turn = [Option.of(c) for c in r.options[:MAX_OPTIONS]] + [
+        st.topic = "，".join(questions)  # already masked; a follow-up is read with it
+        considered = [Option.of(c) for c in r.options[:MAX_OPTIONS]] + [
             Option.of(c) for c in r.candidates[:MAX_OPTIONS]
         ]
-        st.tried = _add_tried(st.tried, turn)
+        st.tried = _add_tried(st.tried, considered)
 
         if r.decision is Decision.HANDOFF and "human" in r.reason:
-            return self._handoff(st, REASON_HUMAN, r)
+            return self._handoff(st, REASON_HUMAN, r, code="explicit_request")
+        if r.decision is not Decision.ANSWER and prev.topic and looks_like_follow_up(norm):
+            r = self._follow_up(prev, "，".join(questions), r)
+            if r.reason.startswith(FOLLOW_UP_REASON):  # the next follow-up reads on from both
+                st.topic = f"{prev.topic} {strip_follow_up_words('，'.join(questions))}"
         if repeated or (
             r.decision is Decision.ANSWER and r.entry_id and r.entry_id == prev.last_answered_entry
         ):
-            return self._handoff(st, REASON_REPEATED, r)
+            return self._handoff(st, REASON_REPEATED, r, code="repeated_question")
+
+        # 5. skills (catalog, orders) before the KB's own answer
+        by_skill = self._skills(Turn(text, "，".join(questions), context, prev, st, r))
+        if by_skill is not None:
+            return by_skill
 
         if r.decision is Decision.ANSWER and r.entry_id:
             answer = r.answer
@@ -339,12 +476,17 @@ class ConversationPolicy:
                 answer = entry[1] if entry else None
             if answer is not None:
                 st = replace(
-                    st, clarify_options=[], clarify_question=None, misses=0, last_answered_entry=r.entry_id
+                    st,
+                    clarify_options=[],
+                    clarify_question=None,
+                    misses=0,
+                    last_answered_entry=r.entry_id,
+                    mood=None,
                 )
                 return Reply("answer", answer, r.entry_id, r.confidence, reason=r.reason), st
 
         if r.decision is Decision.HANDOFF and r.reason.startswith(_NOTHING_TO_MATCH):
-            return self._handoff(st, f"bot cannot answer: {r.reason}", r)
+            return self._handoff(st, f"bot cannot answer: {r.reason}", r, code="low_confidence")
 
         offered = r.options if r.decision is Decision.CLARIFY and r.options else r.candidates
         options = [Option.of(c) for c in offered[:MAX_OPTIONS]]
@@ -386,9 +528,9 @@ class ConversationPolicy:
         misses = st.misses + int(counts)
         st = replace(st, misses=misses)
         if misses >= self.max_misses:
-            return self._handoff(st, f"{misses} misses in a row ({why})", result)
+            return self._handoff(st, f"{misses} misses in a row ({why})", result, code="repeated_miss")
         if angry:  # an angry customer is not made to pick from a list
-            return self._handoff(st, REASON_ANGRY, result)
+            return self._handoff(st, REASON_ANGRY, result, code="mood")
         if rephrase:
             text = REPHRASE_TEXT + (f"\n{REPHRASE_OPTIONS_HEAD}\n{_numbered(options)}" if options else "")
         else:
@@ -402,12 +544,126 @@ class ConversationPolicy:
         reply = Reply("clarify", text, None, confidence, options=list(options), reason=why)
         return reply, st
 
+    def _skills(self, turn: Turn) -> tuple[Reply, ConversationState] | None:
+        """The first skill's reply to the turn, or None when every skill leaves it to the KB."""
+        for skill in self.skills:
+            reply = skill.respond(turn)
+            if reply is not None:
+                if reply.kind == "handoff" and reply.handoff is None:
+                    return self._handoff(turn.state, reply.reason, turn.result, code="dynamic_failure")
+                return reply, turn.state
+        return None
+
+    def _follow_up(self, prev: ConversationState, question: str, alone: MatchResult) -> MatchResult:
+        """A short message leaning on the previous turn (那保修呢, 拆封了呢): matched again with that turn's
+        question, not offering the entry just answered (the customer asks about something else).
+
+        The first confident result of (the message alone, the message with the previous question) is
+        answered; else the combined clarify list is offered. The reason says that context was used.
+        """
+        exclude = [prev.last_answered_entry] if prev.last_answered_entry else []
+        context = prev.topic or ""
+        tries = [self.match(question, exclude=exclude)] if exclude else [alone]
+        tries.append(self.match(f"{context} {strip_follow_up_words(question)}", exclude=exclude))
+        chosen = next((t for t in tries if t.decision is Decision.ANSWER), None)
+        if chosen is None:
+            chosen = tries[-1] if tries[-1].decision is Decision.CLARIFY else None
+        if chosen is None:
+            return alone
+        chosen.reason = f"{FOLLOW_UP_REASON} '{context}': {chosen.reason}"
+        chosen.normalized = alone.normalized
+        return chosen
+
+    def _on_smalltalk(
+        self, prev: ConversationState, st: ConversationState, intent: str
+    ) -> tuple[Reply, ConversationState]:
+        """Small talk is never a miss: it neither counts nor clears the misses, and a pending list stays.
+
+        Venting sets the mood; venting again before the bot has helped goes to a person.
+        """
+        if intent == "venting":
+            if prev.mood == "upset" or prev.misses:
+                return self._handoff(st, REASON_VENTING, None, code="mood")
+            st = replace(st, mood="upset")
+        after_answer = prev.last_answered_entry is not None and not prev.clarify_options
+        text = self.replies.text(intent, after_answer=after_answer)
+        return self._smalltalk(st, f"small talk: {intent}", text, intent)
+
+    def _smalltalk(
+        self, st: ConversationState, reason: str, text: str, intent: str | None
+    ) -> tuple[Reply, ConversationState]:
+        return Reply("smalltalk", text, reason=reason, smalltalk=intent), st
+
+    def _several(
+        self, prev: ConversationState, st: ConversationState, questions: list[str], angry: bool
+    ) -> tuple[Reply, ConversationState] | None:
+        """Answer up to two questions of one message, each from its own entry; if only one is confident,
+        answer it and offer the closest entries for the other. None: no question was confident (the
+        message is then matched whole)."""
+        matched = [(q, self.match(q)) for q in questions]
+        asked = [(q, r) for q, r in matched if r.decision is not Decision.SMALLTALK][:MAX_QUESTIONS]
+        if len(asked) < 2 or any(
+            r.decision is Decision.ANSWER and r.entry_id and self.dynamic(r.entry_id) for _, r in asked
+        ):
+            return None
+        parts: list[PartAnswer] = []
+        texts: list[str] = []
+        seen: set[str] = set()
+        pending: list[Option] = []
+        for q, r in asked:
+            entry = self.get_entry(r.entry_id) if r.decision is Decision.ANSWER and r.entry_id else None
+            if entry is not None and r.entry_id not in seen:
+                seen.add(r.entry_id)  # type: ignore[arg-type]
+                parts.append(PartAnswer(q, "answer", r.entry_id, r.confidence))
+                texts.append(f"关于“{q}”：{r.answer or entry[1]}")
+                continue
+            parts.append(PartAnswer(q, "clarify", None, r.confidence))
+            options = [Option.of(c) for c in (r.options or r.candidates)[:MAX_OPTIONS]]
+            if options and not pending:
+                pending = options
+                texts.append(f"关于“{q}”，{CLARIFY_HEAD}\n{_numbered(options)}")
+            else:
+                texts.append(f"关于“{q}”，能再具体描述一下吗？")
+        answered = [p for p in parts if p.kind == "answer"]
+        if not answered:
+            return None
+        st.tried = _add_tried(
+            st.tried, [*(Option.of(c) for _, r in asked for c in r.candidates[:1]), *pending]
+        )
+        st.last_question = _fingerprint(normalize(" ".join(q for q, _ in asked)))
+        st.topic = asked[-1][0]
+        st = replace(
+            st, clarify_options=pending, misses=0, last_answered_entry=answered[-1].entry_id, mood=None
+        )
+        reason = f"{len(asked)} questions in one message, {len(answered)} answered"
+        first = answered[0]
+        reply = Reply(
+            "answer",
+            "\n\n".join(texts),
+            first.entry_id,
+            first.confidence,
+            options=pending,
+            reason=reason,
+            answers=parts,
+        )
+        return reply, st
+
     def _handoff(
-        self, st: ConversationState, reason: str, result: MatchResult | None
+        self,
+        st: ConversationState,
+        reason: str,
+        result: MatchResult | None,
+        *,
+        code: HandoffCode = "low_confidence",
     ) -> tuple[Reply, ConversationState]:
         last = st.history[-MAX_HANDOFF_MESSAGES:]
-        mood = "angry" if any(detect_mood(m) == "angry" for m in last) else None
-        handoff = Handoff(reason, list(last), [Option(o.entry_id, o.question) for o in st.tried], mood)
+        if any(detect_mood(m) == "angry" for m in last):
+            mood: str | None = "angry"
+        else:
+            mood = st.mood
+        handoff = Handoff(
+            reason, list(last), [Option(o.entry_id, o.question) for o in st.tried], mood, code=code
+        )
         # the human takes over: nothing is pending and the miss count starts again if the bot resumes
         st = replace(st, clarify_options=[], clarify_question=None, misses=0)
         confidence = result.confidence if result is not None else 0.0

@@ -7,20 +7,35 @@ behave the same way.
 from __future__ import annotations
 
 import time
+import zlib
+from collections.abc import Collection
+from dataclasses import replace
 from typing import Any
 
-from api.db.models import Shop
-from api.dialog.conversation import ConversationPolicy, Handoff, Reply, Suggestion
+from api.db.models import AgentTask, Shop
+from api.dialog.conversation import (
+    ConversationPolicy,
+    Handoff,
+    HandoffCode,
+    Reply,
+    Skill,
+    Suggestion,
+    TurnContext,
+)
+from api.dialog.orders_skill import OrdersSkill
 from api.dialog.privacy import mask_pii
-from api.metrics import MATCH_LATENCY, record_reply
+from api.dialog.replies import Replies
+from api.jd.orders import OrderLookup
+from api.metrics import AGENT_TASKS, MATCH_LATENCY, record_reply
 from api.service import Service
 from api.store import exchanges
+from engine.kb import KBEntry
 from engine.results import MatchResult
 
 HANDOFF_TEXT = "正在为您转接人工客服，请稍候。"
 
 
-def _handoff(reason: str, text: str, suggested: list[Suggestion] | None = None) -> Reply:
+def _handoff(reason: str, text: str, code: HandoffCode, suggested: list[Suggestion] | None = None) -> Reply:
     suggested = suggested or []
     return Reply(
         kind="handoff",
@@ -34,47 +49,134 @@ def _handoff(reason: str, text: str, suggested: list[Suggestion] | None = None) 
             last_messages=[mask_pii(text)],
             candidates_tried=[],
             mood=None,
+            code=code,
             suggestions=suggested,
         ),
     )
 
 
+def pick_answer(entry: KBEntry, conversation_id: str, turn: int) -> str:
+    """One of the entry's answer and its variants: random-looking across conversations and turns, but
+    seeded by (conversation, turn) so a replayed turn says the same thing."""
+    answers = entry.answers()
+    if len(answers) == 1:
+        return entry.answer
+    return answers[zlib.crc32(f"{conversation_id}\x00{turn}".encode()) % len(answers)]
+
+
+def _secret_box(service: Service) -> Any:
+    """The service's key, if one is configured (it encrypts the order number a conversation remembers)."""
+    if service.settings.secret_key is None:
+        return None
+    return service.secret_box
+
+
+def _raise_tasks(
+    service: Service,
+    shop: Shop,
+    conversation_id: str,
+    reply: Reply,
+    entries: dict[str, KBEntry],
+    history: list[str],
+) -> None:
+    """An answer from an entry marked notify also becomes a task for the agents (not a handoff)."""
+    if reply.kind != "answer":
+        return
+    answered = [a.entry_id for a in reply.answers if a.kind == "answer"] or [reply.entry_id]
+    notify = [e for e in dict.fromkeys(answered) if e and e in entries and entries[e].notify]
+    if not notify:
+        return
+    with service.db.session() as s:
+        tasks = [
+            AgentTask(
+                shop_id=shop.id,
+                conversation_id=conversation_id,
+                entry_id=e,
+                context=list(history),
+                status="open",
+            )
+            for e in notify
+        ]
+        s.add_all(tasks)
+        s.flush()
+        reply.task_id = tasks[0].id
+    AGENT_TASKS.labels(shop.id).inc(len(tasks))
+
+
+def _skills(service: Service, shop: Shop) -> list[Skill]:
+    """The skills that get each question before the KB answers it: the shop's catalog, if it has one."""
+    from api.catalog.skill import CatalogSkill
+
+    settings = shop.settings or {}
+    catalog = service.catalogs.get(shop.id, float(settings.get("target_precision") or 0.95))
+    return [CatalogSkill(catalog)] if catalog is not None else []
+
+
 def handle_message(
-    service: Service, shop: Shop, conversation_id: str, text: str, channel: str
+    service: Service,
+    shop: Shop,
+    conversation_id: str,
+    text: str,
+    channel: str,
+    context: TurnContext | None = None,
 ) -> dict[str, Any]:
     """The reply to one message, as the JSON the channels send back (with its exchange id)."""
     t0 = time.perf_counter()
     version: int | None = None
     if shop.mode == "off":
-        reply = _handoff("the bot is off for this shop: a human agent answers", text)
+        reply = _handoff("the bot is off for this shop: a human agent answers", text, "mode_off")
     elif shop.mode == "assist":
         # the agent who takes the message gets the bot's suggestions with it, not in a second call
         suggested, version = suggestions(service, shop, text)
-        reply = _handoff("assist mode: a human agent answers, with suggestions from the bot", text, suggested)
+        reply = _handoff(
+            "assist mode: a human agent answers, with suggestions from the bot",
+            text,
+            "mode_assist",
+            suggested,
+        )
     else:
         served = service.served(shop.id, shop.active_version)
         if served is None:
-            reply = _handoff("no KB version is published for this shop yet", text)
+            reply = _handoff("no KB version is published for this shop yet", text, "no_model")
         else:
             version = served.version
             matcher = served.matcher
             entries = {e.id: e for e in matcher.entries}
+            replies = Replies.from_settings(shop.settings)
+            state = service.conversations.load(shop.id, conversation_id)
+            turn = state.turns if state is not None else 0
 
-            def match(t: str) -> MatchResult:
+            def choose(e: KBEntry) -> str:
+                return pick_answer(e, conversation_id, turn)
+
+            def match(t: str, exclude: Collection[str] = ()) -> MatchResult:
                 m0 = time.perf_counter()
                 try:
-                    return matcher.match(t, top_k=5)
+                    r = matcher.match(t, top_k=5, smalltalk=replies.enabled, exclude=exclude)
                 finally:
                     MATCH_LATENCY.observe(time.perf_counter() - m0)
+                e = entries.get(r.entry_id) if r.entry_id and r.answer is not None else None
+                return replace(r, answer=choose(e)) if e is not None and e.answer_variants else r
 
             def get_entry(entry_id: str) -> tuple[str, str] | None:
                 e = entries.get(entry_id)
-                return (e.question, e.answer) if e else None
+                return (e.question, choose(e)) if e else None
 
-            policy = ConversationPolicy(match=match, get_entry=get_entry, mask=mask_pii)
-            state = service.conversations.load(shop.id, conversation_id)
-            reply, state = policy.step(state, text)
+            orders = OrdersSkill(
+                entries, lambda: OrderLookup.for_shop(service, shop), box=_secret_box(service), choose=choose
+            )
+            policy = ConversationPolicy(
+                match=match,
+                get_entry=get_entry,
+                mask=mask_pii,
+                replies=replies,
+                skills=[orders, *_skills(service, shop)],
+                dynamic=lambda entry_id: bool(entry_id in entries and entries[entry_id].action),
+            )
+            reply, state = policy.step(state, text, context)
+            state.turns = turn + 1
             service.conversations.save(shop.id, conversation_id, state)
+            _raise_tasks(service, shop, conversation_id, reply, entries, state.history)
     latency_ms = (time.perf_counter() - t0) * 1000
     with service.db.session() as s:
         exchange_id = exchanges.log_exchange(
@@ -91,7 +193,7 @@ def handle_message(
             latency_ms=latency_ms,
             question=reply.question,
         )
-    record_reply(shop.id, reply.kind)
+    record_reply(shop.id, reply.kind, reply.handoff.code if reply.handoff else None)
     out = reply.to_dict()
     out["exchange_id"] = exchange_id
     out["model_version"] = version

@@ -16,6 +16,7 @@ from sqlalchemy import select
 from api.db.models import JdEvaluation, Shop
 from api.dialog.privacy import mask_pii
 from api.jd import JosClient, JosError, parse_beijing_timestamp
+from api.jd.records import first_records, first_value
 from api.metrics import JOS_ERRORS
 
 log = logging.getLogger("kefu.evaluations")
@@ -28,24 +29,6 @@ TIME_KEYS = ("time", "created", "createTime", "create_time", "evaluationTime", "
 
 class EvaluationsNotConfigured(RuntimeError):
     pass
-
-
-def _records(result: Any) -> list[dict[str, Any]]:
-    """The first list of objects anywhere in the JOS result (breadth first)."""
-    queue = [result]
-    while queue:
-        node = queue.pop(0)
-        if isinstance(node, list) and node and all(isinstance(x, dict) for x in node):
-            return node
-        if isinstance(node, dict):
-            queue.extend(node.values())
-        elif isinstance(node, list):
-            queue.extend(node)
-    return []
-
-
-def _first(record: dict[str, Any], keys: tuple[str, ...]) -> Any:
-    return next((record[k] for k in keys if record.get(k) not in (None, "")), None)
 
 
 def _when(value: Any) -> datetime | None:
@@ -97,7 +80,7 @@ def pull(service: Any, shop_id: str, page_size: int = 50, max_pages: int = 20) -
             except JosError as e:
                 JOS_ERRORS.labels(type(e).__name__).inc()
                 raise
-            records = _records(result)
+            records = first_records(result)
             seen += len(records)
             new += _store(service, shop_id, records)
             if len(records) < page_size:
@@ -111,7 +94,7 @@ def _store(service: Any, shop_id: str, records: list[dict[str, Any]]) -> int:
     with service.db.session() as s:
         known = set(s.scalars(select(JdEvaluation.jd_id).where(JdEvaluation.shop_id == shop_id)))
         for r in records:
-            jd_id = _first(r, ID_KEYS)
+            jd_id = first_value(r, ID_KEYS)
             if jd_id is None or str(jd_id) in known:
                 continue
             known.add(str(jd_id))
@@ -119,9 +102,9 @@ def _store(service: Any, shop_id: str, records: list[dict[str, Any]]) -> int:
                 JdEvaluation(
                     shop_id=shop_id,
                     jd_id=str(jd_id)[:100],
-                    score=_score(_first(r, SCORE_KEYS)),
-                    content_masked=mask_pii(str(_first(r, CONTENT_KEYS) or "")),
-                    evaluated_at=_when(_first(r, TIME_KEYS)),
+                    score=_score(first_value(r, SCORE_KEYS)),
+                    content_masked=mask_pii(str(first_value(r, CONTENT_KEYS) or "")),
+                    evaluated_at=_when(first_value(r, TIME_KEYS)),
                 )
             )
             new += 1

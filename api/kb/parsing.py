@@ -12,11 +12,15 @@ import asyncio
 import multiprocessing
 import tempfile
 import threading
+from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
+from typing import Any, TypeVar
 
 from engine.kb import KBEntry, ReadLimits, load_kb
+
+T = TypeVar("T")
 
 
 def parse_file(name: str, suffix: str, data: bytes, limits: ReadLimits) -> list[KBEntry]:
@@ -44,11 +48,14 @@ class UploadParser:
             return self._pool
 
     async def parse(self, name: str, suffix: str, data: bytes, limits: ReadLimits) -> list[KBEntry]:
+        """An uploaded KB file's validated entries, read in the child."""
+        return await self.run(parse_file, name, suffix, data, limits)
+
+    async def run(self, fn: Callable[..., T], *args: Any) -> T:
+        """`fn(*args)` in the child (a module-level function: it is pickled by name, as are its args)."""
         pool = self._executor()
         try:
-            return await asyncio.get_running_loop().run_in_executor(
-                pool, parse_file, name, suffix, data, limits
-            )
+            return await asyncio.get_running_loop().run_in_executor(pool, fn, *args)
         except BrokenProcessPool:
             with self._lock:
                 if self._pool is pool:

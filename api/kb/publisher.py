@@ -22,6 +22,7 @@ import numpy as np
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
+from api.catalog import repo as catalog_repo
 from api.db.models import KBVersion, Shop
 from api.db.session import Database
 from api.kb import repo as kb_repo
@@ -59,6 +60,15 @@ class _Frozen(NamedTuple):
     options: dict[str, Any]
     reused_status: str | None  # the status of the version this publish repeats; None: a new version
     active: int | None
+
+
+def with_catalog_words(options: dict[str, Any], words: list[str]) -> dict[str, Any]:
+    """The options with the catalog's model and product names added to the segmenter's dictionary, so a
+    model name ("星曜14") is one word of the FAQ's index and of the customer's message."""
+    if not words:
+        return options
+    own = list(options.get("user_words") or [])
+    return {**options, "user_words": own + [w for w in words if w not in own]}
 
 
 class BuildRejected(Exception):
@@ -153,6 +163,7 @@ class Publisher:
             shop_row = kb_repo.lock_shop(s, shop)  # before reading: a concurrent publish waits here
             entries = kb_repo.snapshot(s, shop)  # raises KBValidationError: nothing is created
             options = engine_options(shop_row.settings if shop_row else None)
+            options = with_catalog_words(options, catalog_repo.dictionary_words(s, shop))
             active = shop_row.active_version if shop_row else None
             same = kb_repo.reusable_version(s, shop, kb_hash(entries), options)
             if same is not None:

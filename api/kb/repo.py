@@ -27,6 +27,9 @@ def _row_to_entry_dict(row: Entry) -> dict[str, Any]:
         "valid_from": row.valid_from,
         "valid_to": row.valid_to,
         "enabled": row.enabled,
+        "action": row.action or "",
+        "notify": bool(row.notify),
+        "answer_variants": list(row.answer_variants or []),
     }
 
 
@@ -105,6 +108,9 @@ def _entry_row(shop: str, e: KBEntry, position: int) -> Entry:
         valid_from=e.valid_from,
         valid_to=e.valid_to,
         enabled=e.enabled,
+        action=e.action,
+        notify=e.notify,
+        answer_variants=list(e.answer_variants),
     )
 
 

@@ -21,7 +21,9 @@ from sqlalchemy.exc import IntegrityError
 from starlette.concurrency import run_in_threadpool
 
 from api.db.models import JdMessage, Shop
+from api.dialog.conversation import TurnContext
 from api.dialog.handle import handle_message
+from api.dialog.privacy import mask_pii
 from api.jd import StaleTimestamp, check_timestamp, verify
 from api.metrics import AUTH_FAILURES
 from api.web.deps import SHOP_AUTH_RESPONSES, SHOP_ID, ServiceDep, ShopDep
@@ -142,7 +144,14 @@ def _process(service: Any, shop: str, params: dict[str, str]) -> Any:
         AUTH_FAILURES.labels("replay").inc()
         return _stored_reply(service, shop, digest, message_id)
     try:
-        reply = handle_message(service, row, params["conversation_id"], params["text"], channel="jd")
+        context = TurnContext(
+            sku_id=params.get("sku_id") or None,
+            customer_pin=params.get("customer_pin") or None,
+            order_id=params.get("order_id") or None,
+        )
+        reply = handle_message(
+            service, row, params["conversation_id"], params["text"], channel="jd", context=context
+        )
     except Exception:
         # release the claim, or every retry of this message id would wait for a reply that never comes
         with service.db.session() as s:
@@ -152,7 +161,8 @@ def _process(service: Any, shop: str, params: dict[str, str]) -> Any:
     with service.db.session() as s:
         stored = s.get(JdMessage, (shop, digest))
         assert stored is not None
-        stored.reply = body
+        # kept for replays, masked: an order answer carries the order number (a replay gets [订单号])
+        stored.reply = {**body, "reply": {**reply, "text": mask_pii(str(reply.get("text", "")))}}
     return {"code": 0, "message_id": message_id, "reply": reply}
 
 

@@ -85,6 +85,9 @@ def entry_out(e: dict[str, Any]) -> EntryOut:
         valid_from=iso(e["valid_from"]),
         valid_to=iso(e["valid_to"]),
         enabled=e["enabled"],
+        action=e.get("action") or "",
+        notify=bool(e.get("notify")),
+        answer_variants=list(e.get("answer_variants") or []),
     )
 
 

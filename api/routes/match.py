@@ -82,5 +82,7 @@ def match(body: MatchRequest, matcher: MatcherDep, settings: SettingsDep) -> Mat
             CandidateOut(entry_id=c.entry_id, question=c.question, score=float(c.score)) for c in r.options
         ],
         reason=r.reason,
+        smalltalk=r.smalltalk,
+        smalltalk_around=r.smalltalk_around,
         model=ModelRef(kb_hash=matcher.info.get("kb_hash"), entries=len(matcher)),
     )

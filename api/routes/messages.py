@@ -9,6 +9,7 @@ from fastapi import APIRouter, HTTPException, Query, status
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import PlainTextResponse
 
+from api.dialog.conversation import TurnContext
 from api.dialog.handle import handle_message, suggestions
 from api.metrics import FEEDBACK
 from api.store import exchanges
@@ -21,7 +22,8 @@ router = APIRouter(prefix="/v1/shops/{shop}", responses=SHOP_AUTH_RESPONSES, tag
 @router.post("/messages", response_model=ReplyOut)
 def message(body: MessageIn, shop: ShopDep, service: ServiceDep) -> Any:
     """A customer message in a conversation: answer, clarify (up to 3 questions) or hand off."""
-    return handle_message(service, shop, body.conversation_id, body.text, channel="api")
+    context = TurnContext(sku_id=body.sku_id, customer_pin=body.customer_pin, order_id=body.order_id)
+    return handle_message(service, shop, body.conversation_id, body.text, channel="api", context=context)
 
 
 @router.post("/assist", response_model=AssistOut)

@@ -42,7 +42,7 @@ class ModelRef(BaseModel):
 
 
 class MatchResponse(BaseModel):
-    decision: Literal["answer", "clarify", "handoff"]
+    decision: Literal["answer", "clarify", "handoff", "smalltalk"]
     entry_id: str | None = Field(description="best entry; also set on a low-confidence handoff")
     answer: str | None = Field(description="the entry's answer, only when decision is answer")
     confidence: float = Field(description="calibrated probability that entry_id is right")
@@ -52,6 +52,13 @@ class MatchResponse(BaseModel):
         description="On clarify: the closest questions to offer the customer, best first",
     )
     reason: str
+    smalltalk: str | None = Field(
+        default=None,
+        description="on smalltalk: the intent (greeting, thanks, goodbye, ack, robot, praise, venting)",
+    )
+    smalltalk_around: list[str] = Field(
+        default_factory=list, description="small-talk intents taken off around the question that was matched"
+    )
     model: ModelRef
 
 
@@ -118,6 +125,16 @@ class EntryIn(BaseModel):
     valid_from: str | None = None
     valid_to: str | None = None
     enabled: bool = True
+    action: str = Field(
+        default="",
+        max_length=40,
+        description="dynamic entry: order_status, logistics or refund_status; the answer is then a template "
+        "({order.state}, {logistics.latest}, {refund.amount} ...) filled from JD's order APIs",
+    )
+    notify: bool = Field(default=False, description="answer and also raise a task for the agents")
+    answer_variants: list[str] | str = Field(
+        default_factory=list, description='more wordings of the answer, rotated (a list, or "||"-separated)'
+    )
 
 
 class EntryOut(BaseModel):
@@ -129,6 +146,9 @@ class EntryOut(BaseModel):
     valid_from: str | None
     valid_to: str | None
     enabled: bool
+    action: str = ""
+    notify: bool = False
+    answer_variants: list[str] = Field(default_factory=list)
 
 
 class IssueOut(BaseModel):
@@ -181,6 +201,24 @@ class UploadOut(BaseModel):
 class MessageIn(BaseModel):
     conversation_id: str = Field(min_length=1, max_length=200)
     text: str = Field(max_length=2000)
+    sku_id: str | None = Field(
+        default=None,
+        max_length=32,
+        pattern=r"^[0-9A-Za-z_-]+$",
+        description="the product page the customer is on",
+    )
+    customer_pin: str | None = Field(
+        default=None,
+        max_length=100,
+        pattern=NO_NUL,
+        description="the customer's JD pin (orders are shown to them only)",
+    )
+    order_id: str | None = Field(
+        default=None,
+        max_length=32,
+        pattern=r"^[0-9A-Za-z_-]+$",
+        description="an order card the customer sent: the order an order question is about",
+    )
 
 
 class OptionOut(BaseModel):
@@ -200,6 +238,18 @@ class Suggestion(BaseModel):
 
 class HandoffOut(BaseModel):
     reason: str
+    code: Literal[
+        "explicit_request",
+        "low_confidence",
+        "repeated_miss",
+        "repeated_question",
+        "mood",
+        "dynamic_failure",
+        "non_text",
+        "mode_off",
+        "mode_assist",
+        "no_model",
+    ] = Field(description="why, as a fixed label (also in /metrics and the exchange log)")
     last_messages: list[str]
     candidates_tried: list[OptionOut]
     mood: str | None
@@ -209,16 +259,42 @@ class HandoffOut(BaseModel):
     )
 
 
+class PartAnswerOut(BaseModel):
+    question: str
+    kind: Literal["answer", "clarify", "handoff", "smalltalk"]
+    entry_id: str | None
+    confidence: float
+
+
 class ReplyOut(BaseModel):
-    kind: Literal["answer", "clarify", "handoff"]
+    kind: Literal["answer", "clarify", "handoff", "smalltalk"]
     text: str
     entry_id: str | None
     confidence: float
     options: list[OptionOut]
     reason: str
     handoff: HandoffOut | None
+    smalltalk: str | None = Field(default=None, description="on smalltalk: the intent replied to")
+    answers: list[PartAnswerOut] = Field(
+        default_factory=list, description="when the message held several questions: one per question"
+    )
+    task_id: int | None = Field(
+        default=None, description="a task raised for the agents beside this answer (entry marked notify)"
+    )
     exchange_id: int | None = Field(default=None, description="for feedback on this reply")
     model_version: int | None
+
+
+class TaskOut(BaseModel):
+    """Something an agent must do after the bot answered (改地址, 修改订单 ...)."""
+
+    id: int
+    conversation_id: str
+    entry_id: str
+    context: list[str] = Field(description="the customer's last messages, masked")
+    status: Literal["open", "done"]
+    created_at: str
+    done_at: str | None
 
 
 class AssistOut(BaseModel):
@@ -250,6 +326,14 @@ class ExchangeOut(BaseModel):
     created_at: str
 
 
+SmallTalkIntent = Literal["greeting", "thanks", "goodbye", "ack", "robot", "praise", "venting"]
+
+
+class SmallTalkSetting(BaseModel):
+    enabled: bool = True
+    reply: str | None = Field(default=None, max_length=500, pattern=NO_NUL, description="None: the default")
+
+
 class ShopSettings(BaseModel):
     """The shop's engine options, used by its next publish (a published version keeps its own)."""
 
@@ -266,3 +350,11 @@ class ShopSettings(BaseModel):
         default=None, description="phrases that hand off at once (default: 转人工, 人工客服, 投诉, ...)"
     )
     target_precision: float = Field(default=0.95, ge=0.5, le=0.999, description="answer precision to aim for")
+    smalltalk: dict[SmallTalkIntent, SmallTalkSetting] = Field(
+        default_factory=dict,
+        description="per small-talk intent: switch it off or word its reply (defaults apply to the rest)",
+    )
+    non_text: Literal["ask", "handoff"] = Field(
+        default="ask", description="pictures, voice, stickers: ask for text, or hand off to a person"
+    )
+    non_text_reply: str | None = Field(default=None, max_length=500, pattern=NO_NUL)
