@@ -243,13 +243,16 @@ class Matcher:
         now: datetime | float | None = None,
         smalltalk: bool | Collection[str] = True,
         exclude: Collection[str] = (),
+        candidate_confidence: bool = False,
     ) -> MatchResult:
         """Rank the KB for one customer message and decide what to do with it.
 
         `smalltalk`: recognise the built-in small-talk intents (all, none, or the ones named): a message
         that is only small talk gets Decision.SMALLTALK, and small talk around a question is taken off
         before the question is matched. `exclude`: entry ids not to offer (a follow-up asks about
-        something else than the entry just answered).
+        something else than the entry just answered). `candidate_confidence`: estimate P(right) for every
+        runner-up too (assist suggestions); otherwise only the best candidate and clarify options carry one,
+        which keeps the estimate off the hot path.
         """
         top_k = max(1, int(top_k))
         if isinstance(text, str) and len(text) > MAX_MESSAGE_CHARS:
@@ -265,7 +268,9 @@ class Matcher:
             return MatchResult(
                 Decision.HANDOFF, f"explicit request for a human agent ('{phrase}')", normalized=norm
             )
-        result = self._match_question(st.rest if st.intents else norm, top_k, now, exclude)
+        result = self._match_question(
+            st.rest if st.intents else norm, top_k, now, exclude, candidate_confidence
+        )
         result.normalized = norm
         result.smalltalk_around = list(st.intents)
         return result
@@ -297,7 +302,12 @@ class Matcher:
         return MatchResult(Decision.SMALLTALK, f"small talk: {intent}", normalized=norm, smalltalk=intent)
 
     def _match_question(
-        self, norm: str, top_k: int, now: datetime | float | None, exclude: Collection[str] = ()
+        self,
+        norm: str,
+        top_k: int,
+        now: datetime | float | None,
+        exclude: Collection[str] = (),
+        candidate_confidence: bool = False,
     ) -> MatchResult:
         """Rank and decide for a normalized question (small talk and human requests already handled)."""
         rep = self._vectorize(norm)
@@ -338,7 +348,11 @@ class Matcher:
         else:
             decision, reason = Decision.HANDOFF, f"confidence {p:.2f} < clarify threshold {pol.t_clarify:.2f}"
         shown = min(ranking.cands.size, max(top_k, pol.clarify_k))
-        conf = self._candidate_confidences(rep, ranking, shown, p)
+        if candidate_confidence or decision is Decision.CLARIFY:
+            conf = self._candidate_confidences(rep, ranking, shown, p)
+        else:  # the best only: runners-up are estimated on request (see `match`)
+            conf = np.zeros(shown)
+            conf[0] = p
         candidates = [self._candidate(ranking, i, conf) for i in range(min(top_k, shown))]
         return MatchResult(
             decision,

@@ -198,9 +198,12 @@ def test_every_candidate_carries_an_estimated_confidence(profile, request):
     runner_up_seen = 0.0
     texts = ["保修", "发票", "多久发货", "能便宜点吗", "屏幕坏了怎么办", "今天天气怎么样", "笔记本能开专票吗"]
     for text in texts:
-        r = m.match(text, top_k=5)
+        r = m.match(text, top_k=5, candidate_confidence=True)
         conf = [c.confidence for c in r.candidates]
         assert len(conf) == 5, text
+        plain = m.match(text, top_k=5)  # the default path estimates the best only (and clarify options)
+        assert plain.candidates[0].confidence == pytest.approx(r.confidence)
+        assert [c.entry_id for c in plain.candidates] == [c.entry_id for c in r.candidates]
         assert conf[0] == pytest.approx(r.confidence), text
         assert all(0.0 < x <= 1.0 for x in conf), (text, conf)
         assert conf == sorted(conf, reverse=True), (text, conf)

@@ -211,7 +211,7 @@ def suggestions(service: Service, shop: Shop, text: str, k: int = 3) -> tuple[li
     served = service.served(shop.id, shop.active_version)
     if served is None:
         return [], None
-    r = served.matcher.match(text, top_k=k)
+    r = served.matcher.match(text, top_k=k, candidate_confidence=True)
     entries = {e.id: e for e in served.matcher.entries}
     found = [
         Suggestion(c.entry_id, c.question, entries[c.entry_id].answer, c.confidence) for c in r.candidates[:k]
