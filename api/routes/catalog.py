@@ -6,22 +6,20 @@ Conversations see a change at their next message.
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Annotated, Any
 
 from fastapi import APIRouter, HTTPException, Query, Request, status
 from fastapi import Path as PathParam
-from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
 from starlette.concurrency import run_in_threadpool
 
 from api.catalog import repo
 from api.catalog.importer import Sku, parse_catalog_file
-from api.routes.kb import read_limits, too_large_response
+from api.routes.kb import issues_response, read_limits, too_large_response
 from api.web.deps import SHOP_AUTH_RESPONSES, ServiceDep, ShopDep
 from api.web.schemas import DB_INT_MAX
-from api.web.uploads import read_upload, upload_body
-from engine.kb import SUPPORTED_SUFFIXES, KBTooLarge, KBValidationError
+from api.web.uploads import read_upload, upload_body, upload_name
+from engine.kb import KBTooLarge, KBValidationError
 
 router = APIRouter(prefix="/v1/shops/{shop}/catalog", responses=SHOP_AUTH_RESPONSES, tags=["catalog"])
 SkuId = Annotated[str, PathParam(pattern=r"^[0-9A-Za-z_-]{1,64}$", description="the SKU id (商品编号)")]
@@ -44,19 +42,6 @@ class CatalogPage(BaseModel):
 
 class CatalogImported(BaseModel):
     skus: int = Field(description="SKUs in the catalog now")
-
-
-def issues_response(err: KBValidationError) -> JSONResponse:
-    return JSONResponse(
-        status_code=422,
-        content={
-            "detail": f"{len(err.issues)} problem(s) in the catalog; nothing was changed",
-            "issues": [
-                {"source": i.source, "row": i.row, "column": i.column, "message": i.message}
-                for i in err.issues
-            ],
-        },
-    )
 
 
 def _out(sku: Sku) -> SkuOut:
@@ -84,18 +69,12 @@ async def upload_catalog(request: Request, shop: ShopDep, service: ServiceDep) -
     the KB's read limits, so a large file never stalls the worker's other requests.
     """
     filename, data = await read_upload(request, "file", service.settings.kb_max_upload_bytes)
-    name = Path(filename or "catalog.csv").name or "catalog.csv"
-    suffix = Path(name).suffix.lower()
-    if suffix not in SUPPORTED_SUFFIXES:
-        raise HTTPException(
-            422,
-            f"{name}: unsupported file type {suffix or '(none)'}; use one of {', '.join(SUPPORTED_SUFFIXES)}",
-        )
+    name, suffix = upload_name(filename, "catalog.csv")
     limits = read_limits(service.settings)
     try:
         skus = await service.upload_parser.run(parse_catalog_file, name, suffix, data, limits)
     except KBValidationError as e:
-        return issues_response(e)
+        return issues_response(e, "catalog")
     except KBTooLarge as e:
         return too_large_response(e)
     await run_in_threadpool(_store, service, shop.id, skus)
@@ -155,7 +134,7 @@ def pull_catalog(shop: ShopDep, service: ServiceDep) -> Any:
     except CatalogNotConfigured as e:
         raise HTTPException(status.HTTP_409_CONFLICT, str(e)) from e
     except KBValidationError as e:
-        return issues_response(e)
+        return issues_response(e, "catalog")
     except JosAuthError as e:
         raise HTTPException(status.HTTP_502_BAD_GATEWAY, f"JOS refused the shop's credentials: {e}") from e
     except JosError as e:

@@ -25,8 +25,8 @@ from api.service import Service
 from api.settings import Settings
 from api.web.deps import SHOP_AUTH_RESPONSES, ServiceDep, ShopDep
 from api.web.schemas import DB_INT_MAX, ActivateOut, EntryIn, EntryOut, PublishOut, UploadOut, VersionOut
-from api.web.uploads import read_upload, upload_body
-from engine.kb import SUPPORTED_SUFFIXES, KBEntry, KBTooLarge, KBValidationError, ReadLimits, dump_kb
+from api.web.uploads import read_upload, upload_body, upload_name
+from engine.kb import KBEntry, KBTooLarge, KBValidationError, ReadLimits, dump_kb
 
 router = APIRouter(prefix="/v1/shops/{shop}", responses=SHOP_AUTH_RESPONSES, tags=["kb"])
 # the setting behind each engine.kb.KBTooLarge limit, named in the 413 answer
@@ -59,11 +59,12 @@ VERSION_LINKS = {
 }
 
 
-def issues_response(err: KBValidationError) -> JSONResponse:
+def issues_response(err: KBValidationError, what: str = "knowledge base") -> JSONResponse:
+    """422 listing every problem of an uploaded file or edit (file, row, column); nothing was stored."""
     return JSONResponse(
         status_code=422,
         content={
-            "detail": f"{len(err.issues)} problem(s) in the knowledge base; nothing was changed",
+            "detail": f"{len(err.issues)} problem(s) in the {what}; nothing was changed",
             "issues": [
                 {"source": i.source, "row": i.row, "column": i.column, "message": i.message}
                 for i in err.issues
@@ -128,13 +129,7 @@ async def upload_kb(
     """
     max_bytes = service.settings.kb_max_upload_bytes
     filename, data = await read_upload(request, "file", max_bytes)
-    name = Path(filename or "kb.csv").name or "kb.csv"
-    suffix = Path(name).suffix.lower()
-    if suffix not in SUPPORTED_SUFFIXES:
-        raise HTTPException(
-            422,
-            f"{name}: unsupported file type {suffix or '(none)'}; use one of {', '.join(SUPPORTED_SUFFIXES)}",
-        )
+    name, suffix = upload_name(filename, "kb.csv")
     try:
         entries = await service.upload_parser.parse(name, suffix, data, read_limits(service.settings))
     except KBValidationError as e:

@@ -6,6 +6,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, Field
 
+from api.dialog.conversation import HandoffCode
 from engine.kb import MAX_ANSWER_CHARS, MAX_CATEGORY_CHARS, MAX_QUESTION_CHARS
 
 # The largest value an INTEGER column holds (PostgreSQL's is 32-bit): ids, versions and offsets above it are
@@ -238,18 +239,7 @@ class Suggestion(BaseModel):
 
 class HandoffOut(BaseModel):
     reason: str
-    code: Literal[
-        "explicit_request",
-        "low_confidence",
-        "repeated_miss",
-        "repeated_question",
-        "mood",
-        "dynamic_failure",
-        "non_text",
-        "mode_off",
-        "mode_assist",
-        "no_model",
-    ] = Field(description="why, as a fixed label (also in /metrics and the exchange log)")
+    code: HandoffCode = Field(description="why, as a fixed label (also in /metrics and the exchange log)")
     last_messages: list[str]
     candidates_tried: list[OptionOut]
     mood: str | None

@@ -16,6 +16,8 @@ from fastapi import HTTPException, Request, status
 from fastapi.exceptions import RequestValidationError
 from starlette.concurrency import run_in_threadpool
 
+from engine.kb import SUPPORTED_SUFFIXES
+
 SPOOL_IN_MEMORY = 1 << 20  # bytes of a body kept in memory before it spills to a temporary file
 
 
@@ -66,6 +68,18 @@ def _file_part(
     if not found:
         raise _missing(field, f"a file in the multipart field '{field}' is required")
     return found[0]
+
+
+def upload_name(filename: str, default: str) -> tuple[str, str]:
+    """(file name, lower-case suffix) of an upload; 422 when its type is not one the KB reader takes."""
+    name = Path(filename or default).name or default
+    suffix = Path(name).suffix.lower()
+    if suffix not in SUPPORTED_SUFFIXES:
+        raise HTTPException(
+            422,
+            f"{name}: unsupported file type {suffix or '(none)'}; use one of {', '.join(SUPPORTED_SUFFIXES)}",
+        )
+    return name, suffix
 
 
 async def read_upload(request: Request, field: str, max_bytes: int) -> tuple[str, bytes]:
