@@ -140,6 +140,7 @@ def _write(m: Matcher, d: Path) -> None:
         },
         "ranker": m.ranker.to_dict(),
         "calibrator": m.calibrator.to_dict(),
+        "follow_up_calibrator": None if m.follow_up_ is None else m.follow_up_.to_dict(),
         "policy": m.policy.to_dict(),
         "info": m.info,
     }
@@ -245,8 +246,12 @@ def _read(d: Path, manifest: dict[str, Any], embedder: Embedder | None) -> Match
         m.classifier = c
     m.ranker = LinearModel.from_dict(manifest["ranker"])
     m.calibrator = LinearModel.from_dict(manifest["calibrator"])
+    fu = manifest.get("follow_up_calibrator")  # models built before follow-ups were calibrated have none
+    m.follow_up_ = None if fu is None else LinearModel.from_dict(fu)
     pol = manifest["policy"]
-    m.policy = DecisionPolicy(pol["t_answer"], pol["t_clarify"], pol["clarify_k"], pol["human_phrases"])
+    m.policy = DecisionPolicy(
+        pol["t_answer"], pol["t_clarify"], pol["clarify_k"], pol["human_phrases"], pol.get("t_follow_up")
+    )
     m.info = manifest["info"]
     m._finalize()
     return m

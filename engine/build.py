@@ -22,6 +22,7 @@ from engine import fusion
 from engine.decide import DEFAULT_HUMAN_PHRASES, DecisionPolicy, choose_thresholds
 from engine.dense import DenseIndex
 from engine.embed import CachedEmbedder, Embedder, make_embedder
+from engine.followup import calibrate_follow_ups
 from engine.fusion import LinearModel
 from engine.kb import KBEntry, kb_hash, load_kb
 from engine.matcher import Matcher, QueryRep, Ranking
@@ -110,6 +111,8 @@ def build_matcher(
     say("calibrate", 0.7)
     rng = np.random.default_rng(seed)
     report = calibrate_on_kb(m, say, X_sparse, owner, multi, rng, max_examples, target_precision)
+    say("follow-ups", 0.95)
+    follow_ups = calibrate_follow_ups(m, X_sparse, vectors, rng, target_precision, OOS_SHARE)
     m.info = {
         "kb_hash": kb_hash(entries),
         "entries": len(entries),
@@ -121,11 +124,18 @@ def build_matcher(
         "tokenizer": m.tokenizer.backend_,
         "target_precision": target_precision,
         "calibration": report,
+        "follow_up": follow_ups,
         "build_seconds": round(time.perf_counter() - t0, 3),
         "smalltalk": smalltalk,
     }
     say("done", 1.0)
     return m
+
+
+def _row_matrix(m: Matcher) -> Any:
+    """The KB questions' sparse rows, as the build computed them (for a model loaded from disk)."""
+    canons = [m.tokenizer.canonical(normalize(t)) for t in m.row_texts]
+    return m.sparse.transform([query_terms(m.tokenizer.words(c), char_ngrams(c)) for c in canons])
 
 
 def _classifier_worthwhile(multi: np.ndarray) -> bool:
@@ -449,6 +459,12 @@ def recalibrate(
         "answer_coverage": float(answered.mean()),
         "target_precision": target,
     }
+    # the follow-up threshold is a threshold on the calibrator's output: choose it again for the new one
+    vectors = m.dense_index.vectors_ if m.dense_index is not None else None
+    m.info["follow_up"] = calibrate_follow_ups(
+        m, _row_matrix(m), vectors, np.random.default_rng(0), target, OOS_SHARE
+    )
+    report["t_follow_up"] = m.policy.t_follow_up
     m.info["calibration_logs"] = report
     m.info["target_precision"] = target
     m.info.setdefault("calibration", {}).update(t_answer=m.policy.t_answer, t_clarify=m.policy.t_clarify)

@@ -31,6 +31,8 @@ class DecisionPolicy:
     t_clarify: float = 0.3
     clarify_k: int = 3
     human_phrases: Sequence[str] = field(default_factory=lambda: list(DEFAULT_HUMAN_PHRASES))
+    # answer threshold for a follow-up read with the previous question (engine.followup); None: t_answer
+    t_follow_up: float | None = None
 
     def __post_init__(self) -> None:
         words = sorted({normalize(p) for p in self.human_phrases if normalize(p)}, key=len, reverse=True)
@@ -49,6 +51,7 @@ class DecisionPolicy:
             "t_clarify": self.t_clarify,
             "clarify_k": self.clarify_k,
             "human_phrases": list(self.human_phrases),
+            "t_follow_up": self.t_follow_up,
         }
 
 

@@ -77,6 +77,8 @@ class Matcher:
 
     def __init__(self) -> None:
         self.embedder: CachedEmbedder | None = None
+        # P(right) of a follow-up read with the previous question (engine.followup); None: not fitted
+        self.follow_up_: LinearModel | None = None
 
     # ------------------------------------------------------------------ construction
     @classmethod
@@ -329,21 +331,72 @@ class Matcher:
                 Decision.HANDOFF, "no entry of the knowledge base is active now", normalized=rep.normalized
             )
         p = self.calibrator.proba(ranking.calib)
+        exact = ranking.evidence[:, 0] >= EXACT_COSINE
+        # the merchant's own question for this entry: held-out calibration never sees such a message
+        # (the question is hidden), so the rule answers it rather than the calibrator
+        verbatim = bool(exact[0] and not exact[1:].any())
+        return self._decide(rep, ranking, p, self.policy.t_answer, top_k, candidate_confidence, verbatim)
+
+    def match_follow_up(
+        self,
+        context: str,
+        text: Any,
+        top_k: int = 5,
+        now: datetime | float | None = None,
+        exclude: Collection[str] = (),
+    ) -> MatchResult:
+        """A short message read after the previous question `context` (那保修呢 after 电池能用多久).
+
+        The previous question plus the message is ranked (the entries in `exclude`, the one just answered,
+        left out) and the follow-up calibrator fitted at build time on simulated follow-ups gives P(right),
+        from that reading, the message's own reading and how well the winner covers the message's words.
+        A model without that calibrator reads the combined text as any message.
+        """
+        from engine.followup import compose, follow_up_features
+
+        norm = normalize(text)
+        combined = compose(context, norm)
+        if self.follow_up_ is None or not norm or self.policy.t_follow_up is None:
+            return self.match(combined, top_k=top_k, now=now, exclude=exclude, smalltalk=False)
+        ok = self.entry_ok(now)
+        if exclude:
+            ok = ok.copy()
+            ok[[self._index[i] for i in exclude if i in self._index]] = False
+        rep_c = self._vectorize(normalize(combined))
+        rep_f = self._vectorize(norm)
+        ranking, x = follow_up_features(self, rep_c, rep_f, ok)
+        if x is None:
+            return MatchResult(
+                Decision.HANDOFF, "nothing in the knowledge base matches the follow-up", normalized=norm
+            )
+        p = self.follow_up_.proba(x)
+        result = self._decide(rep_c, ranking, p, self.policy.t_follow_up, top_k, False, False)
+        result.normalized = norm
+        return result
+
+    def _decide(
+        self,
+        rep: QueryRep,
+        ranking: Ranking,
+        p: float,
+        t_answer: float,
+        top_k: int,
+        candidate_confidence: bool,
+        verbatim: bool,
+    ) -> MatchResult:
+        """The decision for a ranking with calibrated confidence p, and its candidates and options."""
         pol = self.policy
         best = self.entries[ranking.cands[0]]
-        exact = ranking.evidence[:, 0] >= EXACT_COSINE
-        if exact[0] and not exact[1:].any():
-            # the merchant's own question for this entry: held-out calibration never sees such a message
-            # (the question is hidden), so the rule answers it rather than the calibrator
+        if verbatim:
             p = max(p, EXACT_CONFIDENCE)
             decision, reason = Decision.ANSWER, "the message is one of this entry's KB questions"
-        elif p >= pol.t_answer:
-            decision, reason = Decision.ANSWER, f"confidence {p:.2f} >= answer threshold {pol.t_answer:.2f}"
+        elif p >= t_answer:
+            decision, reason = Decision.ANSWER, f"confidence {p:.2f} >= answer threshold {t_answer:.2f}"
         elif p >= pol.t_clarify:
             decision = Decision.CLARIFY
             reason = (
                 f"confidence {p:.2f} between the clarify ({pol.t_clarify:.2f}) "
-                f"and answer ({pol.t_answer:.2f}) thresholds"
+                f"and answer ({t_answer:.2f}) thresholds"
             )
         else:
             decision, reason = Decision.HANDOFF, f"confidence {p:.2f} < clarify threshold {pol.t_clarify:.2f}"
