@@ -9,6 +9,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -178,14 +179,18 @@ def catalog() -> Catalog:
     return Catalog.of(load_catalog(DEMO_CATALOG))
 
 
-@pytest.fixture
-def policy(fast_matcher: Matcher, catalog: Catalog) -> ConversationPolicy:
-    entries = {e.id: e for e in fast_matcher.entries}
+def policy_for(matcher: Matcher, catalog: Catalog) -> ConversationPolicy:
+    entries = {e.id: e for e in matcher.entries}
     return ConversationPolicy(
-        match=lambda t, **kw: fast_matcher.match(t, top_k=5, **kw),
+        match=lambda t, **kw: matcher.match(t, top_k=5, **kw),
         get_entry=lambda i: (entries[i].question, entries[i].answer) if i in entries else None,
         skills=[CatalogSkill(catalog)],
     )
+
+
+@pytest.fixture
+def policy(fast_matcher: Matcher, catalog: Catalog) -> ConversationPolicy:
+    return policy_for(fast_matcher, catalog)
 
 
 def talk(
@@ -262,6 +267,29 @@ def test_a_model_sold_in_several_configurations_is_asked_about(policy: Conversat
     assert state.sku_id == "100087650002"
     assert ask.kind == "clarify" and len(ask.options) == 2 and "32G" in ask.options[1].question
     assert chosen.entry_id == "sku:100087650002:内存" and "32GB" in chosen.text
+
+
+def test_configurations_that_agree_are_answered_without_asking(policy: ConversationPolicy) -> None:
+    # both 星曜14 Pro configurations have the same keyboard: nothing to ask; their memory differs: ask
+    (backlight, memory), state = talk(policy, ["星曜14 Pro键盘有背光吗", "星曜14 Pro 内存多大"])
+    assert backlight.kind == "answer" and backlight.entry_id == "sku:100087650001:键盘背光"
+    assert "白色背光" in backlight.text and memory.kind == "clarify" and state.sku_id is None
+
+
+def test_a_shop_wide_spec_question_goes_to_the_faq_only_when_all_products_agree(
+    fast_matcher: Matcher, catalog: Catalog
+) -> None:
+    win = "Windows 11 家庭中文版"
+    same = [replace(s, attributes={**s.attributes, "操作系统": win}) for s in catalog.skus]
+    uniform = policy_for(fast_matcher, Catalog.of(same))
+    assert fast_matcher.match("预装什么系统").entry_id == "spec-windows"
+    (faq,), _ = talk(uniform, ["预装什么系统"])
+    assert faq.kind == "answer" and faq.entry_id == "spec-windows"
+    (this_one,), _ = talk(uniform, ["这款预装什么系统"])  # 这款: the customer means one product
+    assert this_one.kind == "clarify" and this_one.options[0].entry_id.startswith("sku:")
+    # the demo catalog sells 专业版 on some models: which one is asked
+    (differs,), _ = talk(policy_for(fast_matcher, catalog), ["预装什么系统"])
+    assert differs.kind == "clarify" and differs.options[0].entry_id.startswith("sku:")
 
 
 # ------------------------------------------------------------------------------------------- figures

@@ -47,6 +47,12 @@ KB = [
     KBEntry("fee", "包邮吗", "全国包邮。", similar=("运费多少", "要邮费吗", "免运费吗")),
     KBEntry("warranty", "保修多久", "整机保修两年。", similar=("质保几年", "保修期多长", "坏了保修吗")),
     KBEntry("pay", "可以分期吗", "支持白条分期。", similar=("能用白条吗", "分期免息吗", "信用卡可以吗")),
+    KBEntry(
+        "refund-time",
+        "退款多久到账",
+        "原路退回，1-7个工作日到账。",
+        similar=("钱什么时候退回来", "退款几天到"),
+    ),
 ]
 
 
@@ -105,6 +111,16 @@ def talk(
         reply, state = p.step(state, text, TurnContext(customer_pin=pin, order_id=order_card))
         replies.append(reply)
     assert state is not None
+    return replies, state
+
+
+def talk_on(
+    p: ConversationPolicy, state: ConversationState, pin: str | None, *messages: str
+) -> tuple[list[Reply], ConversationState]:
+    replies = []
+    for text in messages:
+        reply, state = p.step(state, text, TurnContext(customer_pin=pin))
+        replies.append(reply)
     return replies, state
 
 
@@ -276,9 +292,41 @@ def test_choosing_a_dynamic_option_is_answered_by_the_skill(matcher: Matcher, fa
     assert chosen.kind == "answer" and chosen.entry_id == "track" and "{" not in chosen.text
 
 
-def test_two_questions_with_an_order_question_never_show_a_template(matcher: Matcher, fake: FakeJos) -> None:
+def test_two_questions_with_an_order_question_answer_both(matcher: Matcher, fake: FakeJos) -> None:
     (r,), _ = talk(policy(matcher, fake), ALICE, f"包邮吗？还有订单{SHIPPED}现在什么状态")
-    assert "{" not in r.text
+    assert r.kind == "answer" and "{" not in r.text
+    assert [(a.kind, a.entry_id) for a in r.answers] == [("answer", "fee"), ("answer", "order-status")]
+    assert "全国包邮" in r.text and "等待确认收货" in r.text
+
+
+def test_an_order_question_without_a_number_in_two_questions_asks_for_it(
+    matcher: Matcher, fake: FakeJos
+) -> None:
+    (r,), state = talk(policy(matcher, fake), ALICE, "包邮吗？还有我的快递到哪了")
+    assert [a.kind for a in r.answers] == ["answer", "clarify"] and ASK_TEXT in r.text
+    (later,), _ = talk_on(policy(matcher, fake), state, ALICE, SHIPPED)
+    assert later.kind == "answer" and later.entry_id == "track"
+
+
+def test_a_failed_lookup_in_two_questions_hands_the_whole_message_off(
+    matcher: Matcher, fake: FakeJos
+) -> None:
+    (r,), _ = talk(policy(matcher, fake), ALICE, f"包邮吗？还有订单{ERROR_ORDER}什么状态")
+    assert r.kind == "handoff" and r.handoff is not None and r.handoff.code == "dynamic_failure"
+    assert "one of 2 questions" in r.handoff.reason
+
+
+def test_a_static_question_sharing_an_order_word_is_the_kbs(matcher: Matcher, fake: FakeJos) -> None:
+    # 退款 is a refund-lookup word, but 退款多久到账 has its own static answer: no order number asked,
+    # and without a pin no refusal either
+    for pin in (ALICE, None):
+        (r,), _ = talk(policy(matcher, fake), pin, "退款多久到账")
+        assert r.kind == "answer" and r.entry_id == "refund-time", (pin, r)
+
+
+def test_where_is_my_order_is_a_logistics_question(matcher: Matcher, fake: FakeJos) -> None:
+    (r,), _ = talk(policy(matcher, fake), ALICE, f"订单{SHIPPED}什么时候能到")
+    assert r.kind == "answer" and r.entry_id == "track" and "{" not in r.text
 
 
 @pytest.mark.parametrize(

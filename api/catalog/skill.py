@@ -25,6 +25,7 @@ from api.catalog.spec import (
     concept_of,
     spec_concepts,
     spec_matcher,
+    value_of,
 )
 from api.dialog.conversation import Option, Reply, Turn, resolve_choice
 from engine.results import Decision
@@ -40,6 +41,8 @@ _SKU_WORD = re.compile(
 _DIGITS = re.compile(r"(?<![0-9A-Za-z])(\d{6,20})(?![0-9A-Za-z])")
 _URL = re.compile(r"https?://\S+|(?:item(?:\.m)?\.jd\.com|3\.cn)/\S*", re.IGNORECASE)
 _INTRO_HINTS = 4
+# "这款…" points at one product: asked without a known product, it asks which
+_THIS_PRODUCT = re.compile(r"这款|这个|这台|这部|这一款|该款|此款|它")
 
 
 @dataclass(frozen=True)
@@ -125,6 +128,14 @@ class Catalog:
         price = f"，{sku.price:g}元" if sku.price is not None else ""
         return Option(f"sku:{sku.sku_id}", f"{label}{price}")
 
+    def uniform(self, concept_key: str, skus: Sequence[Sku] | None = None) -> bool:
+        """Whether all these products (default: the whole catalog) have the same value for a concept:
+        asking which of them then helps nobody."""
+        concept = self.spec.concepts.get(concept_key) or concept_of(concept_key)
+        pool = self.skus if skus is None else skus
+        values = {(found[1] if (found := value_of(s, concept)) else None) for s in pool}
+        return len(values) == 1 and None not in values
+
     def ranked(self, skus: Sequence[Sku]) -> list[Sku]:
         order = {s.sku_id: i for i, s in enumerate(self.best_sellers)}
         return sorted(skus, key=lambda s: order.get(s.sku_id, len(order)))
@@ -172,6 +183,17 @@ class CatalogSkill:
                 only = cat.skus[0]
                 turn.state.sku_id = only.sku_id
                 return self._answer(turn, only, spec.concept.key, question, spec.confidence, spec.reason)
+            if (
+                mention is None
+                and turn.result.decision is Decision.ANSWER
+                and not _THIS_PRODUCT.search(question)
+                and cat.uniform(spec.concept.key)
+            ):
+                return None  # "预装的是什么系统", the same for every product: the merchant's FAQ answers
+            if mention is not None and cat.uniform(spec.concept.key, mention.skus):
+                # "星曜14 Pro有背光吗": two configurations of one model, the same keyboard: no need to ask
+                first = cat.ranked(mention.skus)[0]
+                return self._answer(turn, first, spec.concept.key, question, spec.confidence, spec.reason)
             offered = cat.ranked(mention.skus) if mention else cat.best_sellers
             key = spec.concept.key
             return self._which(turn, offered[:MAX_OFFERED], key, question, spec.confidence, spec.reason)

@@ -25,9 +25,11 @@ from typing import Any, Literal, Protocol
 from urllib.parse import quote
 
 from api.dialog.nontext import non_text_kind, strip_stickers
+from api.dialog.privacy import ORDER as ORDER_MASK
 from api.dialog.replies import Replies
 from api.dialog.split import split_questions
 from api.store.kv import KeyValueStore
+from engine.followup import compose
 from engine.normalize import normalize
 from engine.results import Candidate, Decision, MatchResult
 
@@ -335,10 +337,27 @@ def _fingerprint(normalized: str) -> str:
     return hashlib.sha256(normalized.encode("utf-8")).hexdigest()
 
 
+def _raw_parts(parts: Sequence[str], text: str, mask: Callable[[str], str]) -> list[str]:
+    """The masked parts of a message with its order numbers put back, for the skills to read: masking
+    replaces an order number with a placeholder, and the orders skill needs the number itself."""
+    numbers = [
+        m.group()
+        for m in _DIGIT_RUN.finditer(unicodedata.normalize("NFKC", text))
+        if mask(m.group()) == ORDER_MASK
+    ]
+    out = []
+    for part in parts:
+        while ORDER_MASK in part and numbers:
+            part = part.replace(ORDER_MASK, numbers.pop(0), 1)
+        out.append(part)
+    return out
+
+
 # ------------------------------------------------------------------------------------------- follow-ups
 _FOLLOW_UP_HEAD = r"(?:那么|那|那个|那这个|还有|这款|这个|那款|这台|那台|它的|它|换成|如果是|要是)"
 _FOLLOW_UP = re.compile(rf"^{_FOLLOW_UP_HEAD}|(?:呢|的呢|咋样|怎么样)$")
 _FOLLOW_UP_WORDS = re.compile(rf"^{_FOLLOW_UP_HEAD}|(?:呢)+$")
+_DIGIT_RUN = re.compile(r"(?<!\d)\d{10,13}(?!\d)")
 _SHORT = 4  # characters: a message this short says little on its own
 
 
@@ -359,7 +378,8 @@ class ConversationPolicy:
 
     `match` is the engine (message, exclude=entry ids -> MatchResult); `get_entry` gives (question,
     answer) of an entry id or None when it no longer exists (a KB can change between two turns);
-    `mask` removes personal data from what is kept in the state and handed to the agent.
+    `mask` removes personal data from what is kept in the state and handed to the agent;
+    `match_follow_up` reads a short message with the previous question (engine's calibrated reading).
     """
 
     def __init__(
@@ -372,6 +392,7 @@ class ConversationPolicy:
         replies: Replies | None = None,
         skills: Sequence[Skill] = (),
         dynamic: Callable[[str], bool] | None = None,
+        match_follow_up: Callable[..., MatchResult] | None = None,
     ) -> None:
         if max_misses < 1 or history < 1:
             raise ValueError("max_misses and history must be at least 1")
@@ -385,6 +406,8 @@ class ConversationPolicy:
         # entries whose answer only a skill can give (an order template): never answered as one part of a
         # message holding several questions, where no skill sees them
         self.dynamic = dynamic or (lambda entry_id: False)
+        # (previous question, message, exclude=ids) -> MatchResult: Matcher.match_follow_up
+        self.match_follow_up = match_follow_up
 
     def step(
         self, state: ConversationState | None, text: str, context: TurnContext | None = None
@@ -434,7 +457,7 @@ class ConversationPolicy:
 
         # 3. several questions in one message: each from its own entry
         if len(questions) > 1:
-            several = self._several(prev, st, questions, angry)
+            several = self._several(prev, st, questions, text, context)
             if several is not None:
                 return several
 
@@ -564,7 +587,11 @@ class ConversationPolicy:
         exclude = [prev.last_answered_entry] if prev.last_answered_entry else []
         context = prev.topic or ""
         tries = [self.match(question, exclude=exclude)] if exclude else [alone]
-        tries.append(self.match(f"{context} {strip_follow_up_words(question)}", exclude=exclude))
+        # read with the previous question, by the engine's follow-up calibration when it has one
+        if self.match_follow_up is not None:
+            tries.append(self.match_follow_up(context, strip_follow_up_words(question), exclude=exclude))
+        else:
+            tries.append(self.match(compose(context, strip_follow_up_words(question)), exclude=exclude))
         chosen = next((t for t in tries if t.decision is Decision.ANSWER), None)
         if chosen is None:
             chosen = tries[-1] if tries[-1].decision is Decision.CLARIFY else None
@@ -595,24 +622,43 @@ class ConversationPolicy:
         return Reply("smalltalk", text, reason=reason, smalltalk=intent), st
 
     def _several(
-        self, prev: ConversationState, st: ConversationState, questions: list[str], angry: bool
+        self,
+        prev: ConversationState,
+        st: ConversationState,
+        questions: list[str],
+        text: str,
+        context: TurnContext,
     ) -> tuple[Reply, ConversationState] | None:
-        """Answer up to two questions of one message, each from its own entry; if only one is confident,
-        answer it and offer the closest entries for the other. None: no question was confident (the
-        message is then matched whole)."""
+        """Answer up to two questions of one message, each from its own entry or skill (an order, a
+        product's spec); if only one is confident, answer it and offer the closest entries for the other.
+        None: no question was answered (the message is then matched whole).
+
+        A skill that hands off (an order lookup failed) hands off the whole message: the agent reads both.
+        """
         matched = [(q, self.match(q)) for q in questions]
         asked = [(q, r) for q, r in matched if r.decision is not Decision.SMALLTALK][:MAX_QUESTIONS]
-        if len(asked) < 2 or any(
-            r.decision is Decision.ANSWER and r.entry_id and self.dynamic(r.entry_id) for _, r in asked
-        ):
+        if len(asked) < 2:
             return None
+        raw = _raw_parts([q for q, _ in asked], text, self.mask)
         parts: list[PartAnswer] = []
         texts: list[str] = []
         seen: set[str] = set()
         pending: list[Option] = []
-        for q, r in asked:
+        for (q, r), q_raw in zip(asked, raw, strict=True):
+            by_skill = self._skill_reply(Turn(q_raw, q, context, prev, st, r)) if self.skills else None
+            if by_skill is not None and by_skill.kind == "handoff":
+                why = f"{by_skill.reason} (one of {len(asked)} questions in the message)"
+                return self._handoff(st, why, r, code="dynamic_failure")
+            if by_skill is not None and by_skill.kind == "answer":
+                parts.append(PartAnswer(q, "answer", by_skill.entry_id, by_skill.confidence))
+                texts.append(f"关于“{q}”：{by_skill.text}")
+                continue
+            if by_skill is not None:  # the skill asks (which order, which product)
+                parts.append(PartAnswer(q, "clarify", None, by_skill.confidence or r.confidence))
+                texts.append(f"关于“{q}”，{by_skill.text}")
+                continue
             entry = self.get_entry(r.entry_id) if r.decision is Decision.ANSWER and r.entry_id else None
-            if entry is not None and r.entry_id not in seen:
+            if entry is not None and r.entry_id not in seen and not self.dynamic(r.entry_id or ""):
                 seen.add(r.entry_id)  # type: ignore[arg-type]
                 parts.append(PartAnswer(q, "answer", r.entry_id, r.confidence))
                 texts.append(f"关于“{q}”：{r.answer or entry[1]}")
@@ -647,6 +693,14 @@ class ConversationPolicy:
             answers=parts,
         )
         return reply, st
+
+    def _skill_reply(self, turn: Turn) -> Reply | None:
+        """The first skill's reply to one question, as the skill gave it (None: the KB's)."""
+        for skill in self.skills:
+            reply = skill.respond(turn)
+            if reply is not None:
+                return reply
+        return None
 
     def _handoff(
         self,

@@ -158,6 +158,11 @@ def handle_message(
                 e = entries.get(r.entry_id) if r.entry_id and r.answer is not None else None
                 return replace(r, answer=choose(e)) if e is not None and e.answer_variants else r
 
+            def match_follow_up(context: str, t: str, exclude: Collection[str] = ()) -> MatchResult:
+                r = matcher.match_follow_up(context, t, top_k=5, exclude=exclude)
+                e = entries.get(r.entry_id) if r.entry_id and r.answer is not None else None
+                return replace(r, answer=choose(e)) if e is not None and e.answer_variants else r
+
             def get_entry(entry_id: str) -> tuple[str, str] | None:
                 e = entries.get(entry_id)
                 return (e.question, choose(e)) if e else None
@@ -172,6 +177,7 @@ def handle_message(
                 replies=replies,
                 skills=[orders, *_skills(service, shop)],
                 dynamic=lambda entry_id: bool(entry_id in entries and entries[entry_id].action),
+                match_follow_up=match_follow_up,
             )
             reply, state = policy.step(state, text, context)
             state.turns = turn + 1

@@ -54,7 +54,11 @@ _BARE_RUN = re.compile(r"(?<!\d)\d{10,13}(?!\d)")
 _ABOUT_ORDER = re.compile(r"订单|物流|快递|包裹|到哪|发货|退款|退钱|运单|单号|签收|派送")
 _BY_KEYWORD = (
     (re.compile(r"退款|退钱|退的钱"), "refund_status"),
-    (re.compile(r"物流|快递|包裹|发货|运单|签收|派送"), "logistics"),  # not 到哪: "处理到哪一步了"
+    # not a bare 到哪: "处理到哪一步了" asks for the order's state
+    (
+        re.compile(r"物流|快递|包裹|发货|运单|签收|派送|到哪了|到哪儿|(?:什么时候|几时|多久|几天)能?到"),
+        "logistics",
+    ),
 )
 _PLACEHOLDER = re.compile(r"\{([A-Za-z_]+\.[A-Za-z_]+)\}")
 
@@ -130,10 +134,14 @@ class OrdersSkill:
     def _entry_for(self, turn: Turn, said: str | None, pending: dict[str, Any] | None) -> KBEntry | None:
         """The dynamic entry this turn asks about, or None when the turn is not the skill's."""
         r = turn.result
-        if r.decision is Decision.ANSWER:
-            return self._specific(self._dynamic(r.entry_id), turn.text)  # a static answer stays the KB's
-        if pending is not None and said:
+        static = r.decision is Decision.ANSWER and self._dynamic(r.entry_id) is None
+        asked = self._dynamic(r.entry_id) if r.decision is Decision.ANSWER else None
+        if pending is not None and said and not static and (asked is None or asked.action == "order_status"):
+            # the number the bot asked for ("300012345602", "订单号是…") is for the question that waits,
+            # not for the order-status entry the digits alone look like
             return self._specific(self._dynamic(str(pending.get("entry_id"))), turn.text)
+        if r.decision is Decision.ANSWER:
+            return self._specific(asked, turn.text)  # a static answer stays the KB's
         top = (r.options or r.candidates)[:1] if r.decision is Decision.CLARIFY else []
         if top and (entry := self._dynamic(top[0].entry_id)):
             return self._specific(entry, turn.text)
@@ -143,8 +151,9 @@ class OrdersSkill:
 
     def _specific(self, entry: KBEntry | None, text: str) -> KBEntry | None:
         """An order-status entry gives way to the logistics or refund entry the words ask for
-        ("订单…退款到哪一步了" is about the refund, however close it is to "订单处理到哪一步了")."""
-        if entry is not None and entry.action != "order_status":
+        ("订单…退款到哪一步了" is about the refund, however close it is to "订单处理到哪一步了").
+        None stays None: a static answer (退款多久到账) is the KB's, whatever words it shares."""
+        if entry is None or entry.action != "order_status":
             return entry
         action = next((a for pattern, a in _BY_KEYWORD if pattern.search(text)), None)
         return (self._by_action.get(action) if action else None) or entry
