@@ -326,12 +326,15 @@ def eval_conversations(
         Path, typer.Argument(help="conversation set (.jsonl), e.g. models/demo-conversations.jsonl")
     ],
     kb: Annotated[Path, typer.Option(help="the shop's KB, published in a temporary service")] = Path(
-        "models/demo-shop-kb.csv"
+        "models/demo-shop-kb-orders.csv"
     ),
     catalog: Annotated[Path | None, typer.Option(help="the shop's product catalog (CSV/XLSX)")] = Path(
         "models/demo-catalog.csv"
     ),
     dense: Annotated[bool, typer.Option(help="default channels (on) or the fast profile")] = True,
+    jos: Annotated[
+        bool, typer.Option(help="answer order questions from the sandbox's fake JOS gateway (made-up orders)")
+    ] = True,
     show_wrong: Annotated[bool, typer.Option(help="list every wrong or unresolved turn")] = False,
     json_out: Annotated[Path | None, typer.Option("--json", help="also write the figures as JSON")] = None,
 ) -> None:
@@ -349,7 +352,7 @@ def eval_conversations(
         except ConversationFileError as e:
             _fail(str(e))
         with console.status("publishing the KB and running the conversations"):
-            outcomes = evaluate_with_service(convs, kb, catalog=catalog, dense=dense)
+            outcomes = evaluate_with_service(convs, kb, catalog=catalog, dense=dense, jos=jos)
     figures = summarize(outcomes)
     table = Table("category", "turns", "right", "handoff", "wrong")
     for name, f in figures.items():

@@ -193,6 +193,8 @@ def run(
         for i, turn in enumerate(c.turns, start=1):
             reply = send(c.id, turn.text, c.context)
             verdict, why = judge(turn, reply)
+            if verdict != "right" and reply.get("reason"):
+                why = f"{why} ({reply['reason']})"
             outcomes.append(
                 TurnOutcome(
                     c.id,
@@ -246,20 +248,40 @@ def evaluate_with_service(
     catalog: Path | None = None,
     dense: bool = True,
     timeout: float = 600.0,
+    jos: bool = True,
 ) -> list[TurnOutcome]:
     """Stand the service up in process on a temporary SQLite database, import `catalog` (if any), publish
-    `kb` for one shop and run the conversations through its HTTP API."""
+    `kb` for one shop and run the conversations through its HTTP API.
+
+    With `jos` the shop's JD credentials point at the fake JOS gateway of the sandbox (training/
+    jos_sandbox.py, made-up orders of made-up customers), so order, logistics and refund questions are
+    answered from it, as `kefu sandbox` shows them.
+    """
     import tempfile
     import time
+    from contextlib import ExitStack
 
+    from cryptography.fernet import Fernet
     from fastapi.testclient import TestClient
     from pydantic import SecretStr
 
     from api.main import create_app
     from api.settings import Settings
+    from training.jos_sandbox import FakeJos, install_orders
+    from training.sandbox import ACCESS_TOKEN, APP_KEY, APP_SECRET, METHODS
 
     admin = "eval-admin-token"
-    with tempfile.TemporaryDirectory(prefix="kefu-conv-") as tmp:
+    with tempfile.TemporaryDirectory(prefix="kefu-conv-") as tmp, ExitStack() as stack:
+        jd: dict[str, Any] = {}
+        if jos:
+            fake = stack.enter_context(FakeJos(APP_KEY, APP_SECRET, ACCESS_TOKEN))
+            install_orders(
+                fake,
+                order_method=METHODS["jos_order_method"],
+                logistics_method=METHODS["jos_logistics_method"],
+                refund_method=METHODS["jos_refund_method"],
+            )
+            jd = {"jos_url": fake.url, "secret_key": SecretStr(Fernet.generate_key().decode()), **METHODS}
         settings = Settings(
             database_url=f"sqlite:///{tmp}/kefu.db",
             data_dir=Path(tmp) / "data",
@@ -270,11 +292,15 @@ def evaluate_with_service(
             evaluation_pull_interval=0,
             rate_limit_shop=None,  # one client replaying a whole set is not a flood
             rate_limit_client=None,
+            **jd,
         )
         with TestClient(create_app(settings, shops_service=True)) as client:
             r = client.post("/v1/admin/shops", json={"id": "eval"}, headers={"X-Admin-Token": admin})
             r.raise_for_status()
             key = {"X-API-Key": r.json()["api_key"]}
+            if jos:
+                creds = {"app_key": APP_KEY, "app_secret": APP_SECRET, "access_token": ACCESS_TOKEN}
+                client.put("/v1/shops/eval/jd-credentials", json=creds, headers=key).raise_for_status()
             if catalog is not None:  # first: its model names join the segmenter's dictionary at publish
                 with catalog.open("rb") as f:
                     r = client.post("/v1/shops/eval/catalog", headers=key, files={"file": (catalog.name, f)})
