@@ -125,7 +125,7 @@ class Service:
     def start_schedules(self) -> threading.Thread | None:
         """Pull every configured shop's JD evaluations every `evaluation_pull_interval` seconds."""
         interval = self.settings.evaluation_pull_interval
-        if not interval or not self.settings.jos_evaluation_method:
+        if not interval:
             return None
 
         def run() -> None:
@@ -170,6 +170,13 @@ class Service:
                 )
             self._secret_box = SecretBox(key.get_secret_value())
         return self._secret_box
+
+    def customer_hash(self, pin: str | None) -> str | None:
+        """The keyed hash a customer's pin is stored as (exchanges, evaluations, chat logs); None without a
+        pin or without KEFU_SECRET_KEY (then nothing about the customer is stored at all)."""
+        if not pin or self.settings.secret_key is None:
+            return None
+        return str(self.secret_box.keyed_hash(pin))
 
     def close(self) -> None:
         self._stopping.set()

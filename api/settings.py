@@ -56,8 +56,21 @@ class Settings(BaseSettings):
     # seconds a JD message id is remembered (replays refused); must outlast the timestamp window
     jd_message_retention: int = Field(default=3 * 86400, ge=1)
     jos_url: str = "https://api.jd.com/routerjson"
-    jos_evaluation_method: str | None = None  # the JOS method that lists customer-service evaluations
+    # JD's customer-service methods (api/jd/methods.py); None: JD's name for it
+    jos_evaluation_method: str | None = None  # jingdong.im.pop.evaluationlist.get
+    jos_evaluation_stat_method: str | None = None  # jingdong.im.pop.evaluationstat.get
+    jos_chatlog_method: str | None = None
+    jos_sessionlist_method: str | None = None
+    jos_unreply_method: str | None = None
+    jos_avgwait_method: str | None = None
+    jos_askrate_method: str | None = None
+    jos_online_method: str | None = None
+    jos_groupinfo_method: str | None = None
+    jos_chat_push_method: str | None = None
     evaluation_pull_interval: int = Field(default=3600, ge=0)  # seconds; 0: only on demand
+    # the first pull of a shop reaches back this far; later pulls continue where the last one ended
+    evaluation_backfill_days: int = Field(default=7, ge=1, le=366)
+    evaluation_window_hours: int = Field(default=24, ge=1, le=24 * 31)  # one call's time window
     # dynamic entries (orders, logistics, refunds): the JOS methods read (see api/jd/orders.py) and the time
     # a whole lookup may take before the conversation goes to a person
     jos_order_method: str = "jingdong.pop.order.get"

@@ -143,9 +143,10 @@ def test_evaluations_pulled_through_jos_with_faults(jd_client: Any, settings: Se
         )
         fake.faults = ["500", "jos:66"]  # retried by the client, then answered
         settings.jos_url = fake.url
+        settings.evaluation_backfill_days = 1  # one window: this handler answers every window alike
         r = c.post("/v1/shops/shop-a/jd/evaluations/pull", headers=key)
         assert r.status_code == 200, r.text
-        assert r.json() == {"seen": 2, "new": 2}
+        assert (r.json()["seen"], r.json()["new"]) == (2, 2)
         again = c.post("/v1/shops/shop-a/jd/evaluations/pull", headers=key)
         assert again.json()["new"] == 0
         fake.faults = ["jos:19"]

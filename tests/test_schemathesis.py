@@ -54,6 +54,7 @@ from tests.jos_wares import DEFAULT_WARE_METHOD, ware_page
 from tests.test_service import ADMIN, KB, kb_csv, new_shop, publish_and_wait
 from tests.test_service import client as client
 from tests.test_service import settings as settings
+from training.jos_sandbox import install_evaluations, install_service_stats
 
 SHOP, OTHER = "shop-a", "shop-b"  # SHOP has a published KB and JD credentials; OTHER has neither
 APP_KEY, APP_SECRET, TOKEN = "JDAPPKEY0001", "jd-secret-0123456789", "jd-token-abcdef"
@@ -92,6 +93,8 @@ def _settings(tmp_path: Path, jos_url: str, **backend: Any) -> Settings:
 @pytest.fixture
 def fake_jos() -> Iterator[FakeJos]:
     with FakeJos(APP_KEY, APP_SECRET, TOKEN) as fake:
+        install_evaluations(fake, [], list_method="jingdong.unused.list")  # the statistics method
+        install_service_stats(fake, [])
         fake.handle(
             EVAL_METHOD,
             lambda biz: {

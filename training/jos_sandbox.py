@@ -512,3 +512,129 @@ def install_orders(
     fake.handle(logistics_method, logistics)
     fake.handle(refund_method, refunds)
     return by_id
+
+
+# ------------------------------------------------------------------------------------------ evaluations
+@dataclass(frozen=True)
+class SandboxEvaluation:
+    """A made-up customer's rating of a made-up chat, as jingdong.im.pop.evaluationlist.get lists it."""
+
+    evaluation_id: str
+    customer: str  # pin
+    waiter: str
+    sid: str  # JD's session id of the rated chat
+    score: int  # 1-5
+    content: str
+    time: str  # Beijing time, YYYY-MM-DD HH:MM:SS
+
+
+def install_evaluations(
+    fake: FakeJos,
+    evaluations: Iterable[SandboxEvaluation],
+    *,
+    list_method: str = "jingdong.im.pop.evaluationlist.get",
+    stat_method: str = "jingdong.im.pop.evaluationstat.get",
+    max_window: timedelta = timedelta(days=31),
+) -> list[SandboxEvaluation]:
+    """Serve the evaluation list (its time window, waiter filter and paging, as JD does) and its
+    statistics for `evaluations` on `fake`. A window longer than `max_window` is refused, as JOS refuses
+    over-long queries; a malformed time is JOS error 31."""
+    rows = sorted(evaluations, key=lambda e: (e.time, e.evaluation_id))
+
+    def window(biz: Any) -> list[SandboxEvaluation]:
+        try:
+            start = datetime.strptime(str(biz.get("startTime")), "%Y-%m-%d %H:%M:%S")
+            end = datetime.strptime(str(biz.get("endTime")), "%Y-%m-%d %H:%M:%S")
+        except ValueError:
+            raise FakeJosError("31", en_desc="startTime/endTime: yyyy-MM-dd HH:mm:ss") from None
+        if end - start > max_window:
+            raise FakeJosError("31", en_desc="time window too long")
+        waiter = biz.get("waiter")
+        return [
+            e
+            for e in rows
+            if start <= datetime.strptime(e.time, "%Y-%m-%d %H:%M:%S") < end
+            and (not waiter or e.waiter == waiter)
+        ]
+
+    def listing(biz: Any) -> dict[str, Any]:
+        found = window(biz)
+        page, size = int(biz.get("page") or 1), int(biz.get("pageSize") or 20)
+        chunk = found[(page - 1) * size : page * size]
+        records = [
+            {
+                "id": e.evaluation_id,
+                "customer": e.customer,
+                "waiter": e.waiter,
+                "sid": e.sid,
+                "score": e.score,
+                "content": e.content,
+                "time": e.time,
+            }
+            for e in chunk
+        ]
+        return {"result": {"success": True, "total": len(found), "evaluationList": records}}
+
+    def stat(biz: Any) -> dict[str, Any]:
+        found = window(biz)
+        scores = [e.score for e in found]
+        return {
+            "result": {
+                "success": True,
+                "evaluationNum": len(found),
+                "satisfiedNum": sum(s >= 4 for s in scores),
+                "dissatisfiedNum": sum(s <= 2 for s in scores),
+                "avgScore": round(sum(scores) / len(scores), 2) if scores else 0,
+            }
+        }
+
+    fake.handle(list_method, listing)
+    fake.handle(stat_method, stat)
+    return rows
+
+
+# ------------------------------------------------------------------------------------- service statistics
+@dataclass(frozen=True)
+class SandboxServiceDay:
+    """One day of a made-up shop's customer service, as JD's statistics methods report it."""
+
+    day: str  # YYYY-MM-DD (Beijing)
+    unreplied: int
+    avg_wait_seconds: float
+    ask_rate: float
+    online_seconds: dict[str, int] = field(default_factory=dict)  # agent pin -> seconds online
+
+
+def install_service_stats(
+    fake: FakeJos,
+    days: Iterable[SandboxServiceDay],
+    *,
+    unreply_method: str = "jingdong.im.pop.unreplystat.get",
+    avgwait_method: str = "jingdong.im.pop.consult.avgwaittime.get",
+    askrate_method: str = "jingdong.im.pop.askRate.get",
+    online_method: str = "jingdong.im.pop.waiter.onlinetime.stat.get",
+) -> dict[str, SandboxServiceDay]:
+    """Serve the four daily statistics for `days` on `fake` (a day without a fixture reports zeros)."""
+    by_day = {d.day: d for d in days}
+    empty = SandboxServiceDay("", 0, 0.0, 0.0)
+
+    def day_of(biz: Any, key: str = "startTime") -> SandboxServiceDay:
+        value = str(biz.get(key) or "")
+        try:
+            datetime.strptime(value[:10], "%Y-%m-%d")
+        except ValueError:
+            raise FakeJosError("31", en_desc=f"{key}: yyyy-MM-dd") from None
+        return by_day.get(value[:10], empty)
+
+    fake.handle(unreply_method, lambda biz: {"result": {"unReplyNum": day_of(biz).unreplied}})
+    fake.handle(avgwait_method, lambda biz: {"result": {"avgWaitTime": day_of(biz, "date").avg_wait_seconds}})
+    fake.handle(askrate_method, lambda biz: {"result": {"askRate": day_of(biz).ask_rate}})
+    fake.handle(
+        online_method,
+        lambda biz: {
+            "result": {
+                "list": [{"waiter": w, "onlineTime": s} for w, s in day_of(biz).online_seconds.items()]
+            }
+        },
+    )
+    return by_day

@@ -92,7 +92,10 @@ class Exchange(Base):
     """One customer message and what the bot did with it (the text is stored masked)."""
 
     __tablename__ = "exchanges"
-    __table_args__ = (Index("ix_exchanges_shop_time", "shop_id", "created_at"),)
+    __table_args__ = (
+        Index("ix_exchanges_shop_time", "shop_id", "created_at"),
+        Index("ix_exchanges_shop_customer", "shop_id", "customer_hash"),
+    )
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
     shop_id: Mapped[str] = mapped_column(ForeignKey("shops.id", ondelete="CASCADE"))
@@ -109,6 +112,8 @@ class Exchange(Base):
     model_version: Mapped[int | None] = mapped_column(Integer, nullable=True)
     latency_ms: Mapped[float] = mapped_column(Float, default=0.0)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    # the customer as a keyed hash of the pin JD pushed (None: no pin): joins JD's evaluations
+    customer_hash: Mapped[str | None] = mapped_column(String(64), nullable=True)
 
 
 class Feedback(Base):
@@ -138,6 +143,22 @@ class JdEvaluation(Base):
     content_masked: Mapped[str] = mapped_column(Text, default="")
     evaluated_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
     pulled_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    # who rated which chat: the customer only as a keyed hash (SecretBox.keyed_hash), the agent's pin, the
+    # JD session; they join the rating to the conversation and what the bot did in it
+    customer_hash: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    waiter: Mapped[str | None] = mapped_column(String(100), nullable=True)
+    session_id: Mapped[str | None] = mapped_column(String(200), nullable=True)
+
+
+class JdPullCursor(Base):
+    """Where the last incremental pull of a JOS list ended, per shop and kind ("evaluations" ...)."""
+
+    __tablename__ = "jd_pull_cursors"
+
+    shop_id: Mapped[str] = mapped_column(ForeignKey("shops.id", ondelete="CASCADE"), primary_key=True)
+    kind: Mapped[str] = mapped_column(String(32), primary_key=True)
+    until: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
 
 
 class JdMessage(Base):

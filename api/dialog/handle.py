@@ -198,6 +198,7 @@ def handle_message(
             model_version=version,
             latency_ms=latency_ms,
             question=reply.question,
+            customer_hash=service.customer_hash(context.customer_pin if context else None),
         )
     record_reply(shop.id, reply.kind, reply.handoff.code if reply.handoff else None)
     out = reply.to_dict()

@@ -1,34 +1,41 @@
-"""Customers' evaluations of customer service (评价详情, 分数, 时间), pulled from JOS into the feedback store.
+"""Customers' evaluations of customer service (评价详情, 分数, 时间), pulled from JOS and joined to chats.
 
-The JOS method is configuration (KEFU_JOS_EVALUATION_METHOD), and so is the shape of its answer: the
-records are the first list of objects in the result, and each field is looked up under the names JD
-APIs commonly use for it.
+`jingdong.im.pop.evaluationlist.get` (api.jd.methods.EVALUATION_LIST; KEFU_JOS_EVALUATION_METHOD names
+another) is called window by window (KEFU_EVALUATION_WINDOW_HOURS each, page by page). A pull continues
+where the shop's last one ended (a cursor per shop, moved after each whole window, so a failed pull resumes
+rather than restarts), reaching back KEFU_EVALUATION_BACKFILL_DAYS the first time; a backfill pulls a
+chosen period without moving the cursor. Evaluations are stored once (JD's id), masked, the customer only
+as a keyed hash of the pin.
+
+Each evaluation is joined to the conversation it rates (JD's session id, else the same customer's last
+conversation in the day before the rating), and that conversation to what the bot did in it, so the
+report tells how customers rate chats the bot handled alone from those a person took over.
 """
 
 from __future__ import annotations
 
 import logging
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from sqlalchemy import select
 
-from api.db.models import JdEvaluation, Shop
+from api.db.models import Exchange, JdEvaluation, JdPullCursor
 from api.dialog.privacy import mask_pii
-from api.jd import JosClient, JosError, parse_beijing_timestamp
-from api.jd.records import first_records, first_value
-from api.metrics import JOS_ERRORS
+from api.jd import JosClient, beijing_timestamp, parse_beijing_timestamp
+from api.jd.methods import EVALUATION_LIST, EVALUATION_STAT, field_value, fields_of
+from api.jd.records import first_records
+from api.jd.shop import JdNotConfigured, counted_call, shop_credentials
+
+EvaluationsNotConfigured = JdNotConfigured  # the name callers knew
 
 log = logging.getLogger("kefu.evaluations")
 
-ID_KEYS = ("id", "evaluationId", "evaluation_id", "commentId", "comment_id", "evaId")
-SCORE_KEYS = ("score", "grade", "star", "evaluationScore", "分数")
-CONTENT_KEYS = ("content", "evaluationContent", "detail", "comment", "评价详情")
-TIME_KEYS = ("time", "created", "createTime", "create_time", "evaluationTime", "evaluateTime", "时间")
-
-
-class EvaluationsNotConfigured(RuntimeError):
-    pass
+KIND = "evaluations"
+OVERLAP = timedelta(hours=1)  # an evaluation JD lists late is still found by the next pull
+JOIN_WINDOW = timedelta(hours=24)  # a rating without a session id: the customer's chat in the day before
+LOW_SCORE = 2  # 1-5: this or less is a dissatisfied customer
+MAX_BACKFILL = timedelta(days=366)  # one call per day of it: a year at most
 
 
 def _when(value: Any) -> datetime | None:
@@ -36,10 +43,9 @@ def _when(value: Any) -> datetime | None:
         return None
     try:
         if isinstance(value, int | float):  # epoch milliseconds, as JD APIs often give
-            from datetime import UTC
-
             return datetime.fromtimestamp(value / 1000 if value > 1e11 else value, UTC)
-        return parse_beijing_timestamp(str(value)[:19])
+        # stored in UTC: SQLite keeps the wall time only, and exchanges are in UTC
+        return parse_beijing_timestamp(str(value)[:19]).astimezone(UTC)
     except (ValueError, OverflowError, OSError):
         return None
 
@@ -47,85 +53,209 @@ def _when(value: Any) -> datetime | None:
 def _score(value: Any) -> int | None:
     try:
         return int(float(value))
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):
         return None
 
 
-def pull(service: Any, shop_id: str, page_size: int = 50, max_pages: int = 20) -> dict[str, int]:
-    """Fetch evaluations for one shop and store the new ones; returns counts."""
-    method = service.settings.jos_evaluation_method
-    if not method:
-        raise EvaluationsNotConfigured(
-            "set KEFU_JOS_EVALUATION_METHOD to the JOS method that lists evaluations"
-        )
+def _aware(d: datetime) -> datetime:
+    """In UTC; a naive value (SQLite gives them back so) is UTC."""
+    return d.astimezone(UTC) if d.tzinfo is not None else d.replace(tzinfo=UTC)
+
+
+def _cursor(service: Any, shop_id: str) -> datetime | None:
     with service.db.session() as s:
-        shop = s.get(Shop, shop_id)
-        where = f"PUT /v1/shops/{shop_id}/jd-credentials"
-        if shop is None or not shop.jd_app_key or not shop.jd_app_secret:
-            raise EvaluationsNotConfigured(f"shop {shop_id!r} has no JD credentials; set them with {where}")
-        if not shop.jd_access_token:
-            # JOS would refuse the call as bad credentials, which reads as a wrong AppKey or AppSecret
-            raise EvaluationsNotConfigured(f"shop {shop_id!r} has no JD access token; set it with {where}")
-        box = service.secret_box
-        creds = (
-            box.decrypt(shop.jd_app_key),
-            box.decrypt(shop.jd_app_secret),
-            box.decrypt(shop.jd_access_token) if shop.jd_access_token else None,
-        )
-    seen = new = 0
-    with JosClient(*creds, base_url=service.settings.jos_url) as client:
-        for page in range(1, max_pages + 1):
-            try:
-                result = client.call(method, {"page": page, "pageSize": page_size})
-            except JosError as e:
-                JOS_ERRORS.labels(type(e).__name__).inc()
-                raise
-            records = first_records(result)
-            seen += len(records)
-            new += _store(service, shop_id, records)
-            if len(records) < page_size:
-                break
-    log.info("shop %s: %d evaluations seen, %d new", shop_id, seen, new)
-    return {"seen": seen, "new": new}
+        row = s.get(JdPullCursor, (shop_id, KIND))
+        return _aware(row.until) if row is not None else None
+
+
+def _advance(service: Any, shop_id: str, until: datetime) -> None:
+    with service.db.session() as s:
+        row = s.get(JdPullCursor, (shop_id, KIND))
+        if row is None:
+            s.add(JdPullCursor(shop_id=shop_id, kind=KIND, until=until))
+        elif _aware(row.until) < until:
+            row.until, row.updated_at = until, datetime.now(UTC)
+
+
+def pull(
+    service: Any,
+    shop_id: str,
+    since: datetime | None = None,
+    until: datetime | None = None,
+    page_size: int = 50,
+    max_pages: int = 200,
+    now: datetime | None = None,
+) -> dict[str, Any]:
+    """Fetch the shop's evaluations and store the new ones; returns counts and the period covered.
+
+    Without `since`: from the shop's cursor (less an hour's overlap) or the backfill period, to now, and
+    the cursor moves. With `since` (a backfill): that period only; the cursor stays where it is.
+    """
+    creds = shop_credentials(service, shop_id)
+    settings = service.settings
+    now = _aware(now or datetime.now(UTC))
+    backfill = since is not None
+    if since is not None and _aware(since) < now - MAX_BACKFILL:
+        raise ValueError(f"a backfill reaches back at most {MAX_BACKFILL.days} days")
+    if since is None:
+        cursor = _cursor(service, shop_id)
+        since = cursor - OVERLAP if cursor else now - timedelta(days=settings.evaluation_backfill_days)
+    since, end = _aware(since), min(_aware(until), now) if until else now
+    name = EVALUATION_LIST.configured_name(settings)
+    window = timedelta(hours=settings.evaluation_window_hours)
+    seen = new = windows = 0
+    start = since
+    with JosClient(*creds, base_url=settings.jos_url) as client:
+        while start < end:
+            stop = min(start + window, end)
+            for page in range(1, max_pages + 1):
+                biz = EVALUATION_LIST.request(
+                    startTime=beijing_timestamp(start),
+                    endTime=beijing_timestamp(stop),
+                    page=page,
+                    pageSize=page_size,
+                )
+                records = first_records(counted_call(client, name, biz))
+                seen += len(records)
+                new += _store(service, shop_id, records)
+                if len(records) < page_size:
+                    break
+            windows += 1
+            if not backfill:  # resumable: a pull that fails later starts again from here
+                _advance(service, shop_id, stop)
+            start = stop
+    log.info("shop %s: %d evaluations seen, %d new (%d windows)", shop_id, seen, new, windows)
+    return {"seen": seen, "new": new, "since": since.isoformat(), "until": end.isoformat()}
 
 
 def _store(service: Any, shop_id: str, records: list[dict[str, Any]]) -> int:
     new = 0
+    m = EVALUATION_LIST
+    ids = [str(i)[:100] for r in records if (i := field_value(r, m, "id")) is not None]
     with service.db.session() as s:
-        known = set(s.scalars(select(JdEvaluation.jd_id).where(JdEvaluation.shop_id == shop_id)))
+        known = set(
+            s.scalars(
+                select(JdEvaluation.jd_id).where(JdEvaluation.shop_id == shop_id, JdEvaluation.jd_id.in_(ids))
+            )
+        )
         for r in records:
-            jd_id = first_value(r, ID_KEYS)
-            if jd_id is None or str(jd_id) in known:
+            jd_id = field_value(r, m, "id")
+            if jd_id is None or str(jd_id)[:100] in known:
                 continue
-            known.add(str(jd_id))
+            known.add(str(jd_id)[:100])
+            customer = field_value(r, m, "customer")
+            waiter, session = field_value(r, m, "waiter"), field_value(r, m, "session")
             s.add(
                 JdEvaluation(
                     shop_id=shop_id,
                     jd_id=str(jd_id)[:100],
-                    score=_score(first_value(r, SCORE_KEYS)),
-                    content_masked=mask_pii(str(first_value(r, CONTENT_KEYS) or "")),
-                    evaluated_at=_when(first_value(r, TIME_KEYS)),
+                    score=_score(field_value(r, m, "score")),
+                    content_masked=mask_pii(str(field_value(r, m, "content") or "")),
+                    evaluated_at=_when(field_value(r, m, "time")),
+                    customer_hash=service.customer_hash(str(customer)) if customer else None,
+                    waiter=str(waiter)[:100] if waiter else None,
+                    session_id=mask_pii(str(session))[:200] if session else None,
                 )
             )
             new += 1
     return new
 
 
+def stats(service: Any, shop_id: str, since: datetime, until: datetime) -> dict[str, Any]:
+    """JD's own statistics of the evaluations in a period (evaluationstat), read live."""
+    creds = shop_credentials(service, shop_id)
+    name = EVALUATION_STAT.configured_name(service.settings)
+    biz = EVALUATION_STAT.request(
+        startTime=beijing_timestamp(_aware(since)), endTime=beijing_timestamp(_aware(until))
+    )
+    with JosClient(*creds, base_url=service.settings.jos_url) as client:
+        result = counted_call(client, name, biz)
+    return {"method": name, **fields_of(result, EVALUATION_STAT)}
+
+
+# ------------------------------------------------------------------------------------------- joining
+def _handled_by(s: Any, shop_id: str, ev: JdEvaluation) -> tuple[str, str | None]:
+    """("bot" | "human" | "unmatched", conversation id) of the chat an evaluation rates."""
+    at = _aware(ev.evaluated_at) if ev.evaluated_at else None
+    conversation = None
+    if ev.session_id:
+        conversation = s.scalar(
+            select(Exchange.conversation_id)
+            .where(Exchange.shop_id == shop_id, Exchange.conversation_id == ev.session_id)
+            .limit(1)
+        )
+    if conversation is None and ev.customer_hash and at is not None:
+        conversation = s.scalar(
+            select(Exchange.conversation_id)
+            .where(
+                Exchange.shop_id == shop_id,
+                Exchange.customer_hash == ev.customer_hash,
+                Exchange.created_at <= at,
+                Exchange.created_at >= at - JOIN_WINDOW,
+            )
+            .order_by(Exchange.created_at.desc())
+            .limit(1)
+        )
+    if conversation is None:
+        return "unmatched", None
+    q = select(Exchange.decision).where(Exchange.shop_id == shop_id, Exchange.conversation_id == conversation)
+    if at is not None:
+        q = q.where(Exchange.created_at <= at)
+    decisions = set(s.scalars(q))
+    return ("human" if "handoff" in decisions else "bot"), conversation
+
+
 def list_evaluations(service: Any, shop_id: str, limit: int = 100) -> list[dict[str, Any]]:
     with service.db.session() as s:
-        rows = s.scalars(
-            select(JdEvaluation)
-            .where(JdEvaluation.shop_id == shop_id)
-            .order_by(JdEvaluation.id.desc())
-            .limit(limit)
+        rows = list(
+            s.scalars(
+                select(JdEvaluation)
+                .where(JdEvaluation.shop_id == shop_id)
+                .order_by(JdEvaluation.id.desc())
+                .limit(limit)
+            )
         )
-        return [
-            {
-                "jd_id": r.jd_id,
-                "score": r.score,
-                "content": r.content_masked,
-                "evaluated_at": r.evaluated_at.isoformat() if r.evaluated_at else None,
-                "pulled_at": r.pulled_at.isoformat(),
-            }
-            for r in rows
-        ]
+        out = []
+        for r in rows:
+            handled_by, conversation = _handled_by(s, shop_id, r)
+            out.append(
+                {
+                    "jd_id": r.jd_id,
+                    "score": r.score,
+                    "content": r.content_masked,
+                    "evaluated_at": r.evaluated_at.isoformat() if r.evaluated_at else None,
+                    "pulled_at": r.pulled_at.isoformat(),
+                    "waiter": r.waiter,
+                    "handled_by": handled_by,
+                    "conversation_id": conversation,
+                }
+            )
+        return out
+
+
+def summary(
+    service: Any, shop_id: str, since: datetime | None = None, until: datetime | None = None
+) -> dict[str, Any]:
+    """How customers rate chats the bot handled alone ("bot") and chats a person took over ("human");
+    "unmatched": ratings of chats the bot never saw (or that cannot be told apart)."""
+    groups: dict[str, list[int]] = {"bot": [], "human": [], "unmatched": []}
+    with service.db.session() as s:
+        q = select(JdEvaluation).where(JdEvaluation.shop_id == shop_id)
+        if since is not None:
+            q = q.where(JdEvaluation.evaluated_at >= _aware(since))
+        if until is not None:
+            q = q.where(JdEvaluation.evaluated_at < _aware(until))
+        for ev in s.scalars(q):
+            handled_by, _ = _handled_by(s, shop_id, ev)
+            if ev.score is not None:
+                groups[handled_by].append(ev.score)
+    return {
+        name: {
+            "evaluations": len(scores),
+            "average_score": round(sum(scores) / len(scores), 3) if scores else None,
+            "dissatisfied_share": round(sum(x <= LOW_SCORE for x in scores) / len(scores), 3)
+            if scores
+            else None,
+        }
+        for name, scores in groups.items()
+    }

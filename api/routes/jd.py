@@ -11,7 +11,9 @@ from __future__ import annotations
 import hashlib
 import json
 import time
-from datetime import timedelta
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import date, datetime, timedelta
 from typing import Annotated, Any
 
 from fastapi import APIRouter, HTTPException, Query, Request, status
@@ -24,7 +26,9 @@ from api.db.models import JdMessage, Shop
 from api.dialog.conversation import TurnContext
 from api.dialog.handle import handle_message
 from api.dialog.privacy import mask_pii
-from api.jd import StaleTimestamp, check_timestamp, verify
+from api.jd import BEIJING, JosAuthError, JosError, StaleTimestamp, check_timestamp, verify
+from api.jd.evaluations import EvaluationsNotConfigured, list_evaluations, pull, stats, summary
+from api.jd.service_stats import daily
 from api.metrics import AUTH_FAILURES
 from api.web.deps import SHOP_AUTH_RESPONSES, SHOP_ID, ServiceDep, ShopDep
 
@@ -184,14 +188,11 @@ def _stored_reply(service: Any, shop: str, digest: str, message_id: str) -> JSON
 shop_router = APIRouter(prefix="/v1/shops/{shop}/jd", responses=SHOP_AUTH_RESPONSES, tags=["jd"])
 
 
-@shop_router.post("/evaluations/pull")
-def pull_evaluations(shop: ShopDep, service: ServiceDep) -> dict[str, int]:
-    """Fetch the shop's customer-service evaluations from JOS now (also done on a schedule)."""
-    from api.jd import JosAuthError, JosError
-    from api.jd.evaluations import EvaluationsNotConfigured, pull
-
+@contextmanager
+def _jos_errors() -> Iterator[None]:
+    """JOS failures as the merchant should read them: missing setup 409, JD refusing or failing 502."""
     try:
-        return pull(service, shop.id)
+        yield
     except EvaluationsNotConfigured as e:
         raise HTTPException(status.HTTP_409_CONFLICT, str(e)) from e
     except JosAuthError as e:
@@ -200,10 +201,80 @@ def pull_evaluations(shop: ShopDep, service: ServiceDep) -> dict[str, int]:
         raise HTTPException(status.HTTP_502_BAD_GATEWAY, f"JOS call failed: {e}") from e
 
 
+def _period(since: datetime | None, until: datetime | None) -> tuple[datetime | None, datetime | None]:
+    """Query-string times: a time without a zone is Beijing time, as JD shows it to merchants."""
+    since, until = (
+        t.replace(tzinfo=BEIJING) if t is not None and t.tzinfo is None else t for t in (since, until)
+    )
+    for name, t in (("since", since), ("until", until)):
+        if t is not None and not 2000 <= t.year <= 2100:
+            raise HTTPException(status.HTTP_400_BAD_REQUEST, f"{name} must be a time between 2000 and 2100")
+    if since is not None and until is not None and since >= until:
+        raise HTTPException(status.HTTP_400_BAD_REQUEST, "since must be before until")
+    return since, until
+
+
+@shop_router.post("/evaluations/pull")
+def pull_evaluations(
+    shop: ShopDep,
+    service: ServiceDep,
+    since: Annotated[datetime | None, Query(description="backfill from (the cursor is left alone)")] = None,
+    until: Annotated[datetime | None, Query(description="backfill to (default: now)")] = None,
+) -> dict[str, Any]:
+    """Fetch the shop's customer-service evaluations from JOS now (also done on a schedule): new ones
+    since the last pull, or with `since` a chosen period (a backfill)."""
+    if until is not None and since is None:
+        raise HTTPException(status.HTTP_400_BAD_REQUEST, "until needs since (a backfill period)")
+    since, until = _period(since, until)
+    try:
+        with _jos_errors():
+            return pull(service, shop.id, since=since, until=until)
+    except ValueError as e:  # a backfill reaching back too far
+        raise HTTPException(status.HTTP_400_BAD_REQUEST, str(e)) from e
+
+
 @shop_router.get("/evaluations")
 def evaluations(
     shop: ShopDep, service: ServiceDep, limit: Annotated[int, Query(ge=1, le=1000)] = 100
 ) -> list[dict[str, Any]]:
-    from api.jd.evaluations import list_evaluations
-
+    """The latest evaluations, each with the conversation it rates and who handled it (bot or human)."""
     return list_evaluations(service, shop.id, limit)
+
+
+@shop_router.get("/evaluations/summary")
+def evaluations_summary(
+    shop: ShopDep, service: ServiceDep, since: datetime | None = None, until: datetime | None = None
+) -> dict[str, Any]:
+    """How customers rate chats the bot handled alone and chats a person took over."""
+    since, until = _period(since, until)
+    return summary(service, shop.id, since, until)
+
+
+@shop_router.get("/evaluations/stats")
+def evaluations_stats(
+    shop: ShopDep,
+    service: ServiceDep,
+    since: Annotated[datetime, Query(description="period start (Beijing time without a zone)")],
+    until: Annotated[datetime, Query(description="period end")],
+) -> dict[str, Any]:
+    """JD's statistics of the shop's evaluations in a period, read from JOS now."""
+    start, end = _period(since, until)
+    assert start is not None and end is not None
+    with _jos_errors():
+        return stats(service, shop.id, start, end)
+
+
+@shop_router.get("/service-stats")
+def service_stats(
+    shop: ShopDep,
+    service: ServiceDep,
+    since: Annotated[date, Query(description="first day (Beijing time)")],
+    until: Annotated[date, Query(description="last day, included")],
+) -> dict[str, Any]:
+    """Per day: JD's service statistics (unreplied sessions, average wait, ask rate, agents' online time)
+    beside the bot's messages, answer rate and handoff rate."""
+    try:
+        with _jos_errors():
+            return daily(service, shop.id, since, until)
+    except ValueError as e:
+        raise HTTPException(status.HTTP_400_BAD_REQUEST, str(e)) from e

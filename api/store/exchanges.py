@@ -35,8 +35,10 @@ def log_exchange(
     model_version: int | None,
     latency_ms: float,
     question: str | None = None,
+    customer_hash: str | None = None,
 ) -> int:
-    """Store one exchange masked; `question` is the customer question it answered if not `text`."""
+    """Store one exchange masked; `question` is the customer question it answered if not `text`;
+    `customer_hash` is the keyed hash of the customer's pin (never the pin)."""
     row = Exchange(
         shop_id=shop,
         conversation_id=_storable(mask_pii(conversation_id))[:200],  # a VARCHAR(200) column
@@ -49,6 +51,7 @@ def log_exchange(
         reason=_storable(mask_pii(reason)),
         model_version=model_version,
         latency_ms=float(latency_ms),
+        customer_hash=customer_hash,
     )
     s.add(row)
     s.flush()
