@@ -86,10 +86,10 @@ async def _params(request: Request) -> dict[str, str]:
     if request.headers.get("content-type", "").startswith("application/json"):
         try:
             body = await request.json()
-        except (json.JSONDecodeError, UnicodeDecodeError) as e:
-            raise HTTPException(status.HTTP_400_BAD_REQUEST, "body is not valid JSON") from e
         except RecursionError as e:
             raise HTTPException(status.HTTP_400_BAD_REQUEST, "body JSON is nested too deeply") from e
+        except ValueError as e:  # not JSON, not UTF-8, or an integer too long for int() (> 4300 digits)
+            raise HTTPException(status.HTTP_400_BAD_REQUEST, "body is not valid JSON") from e
         if not isinstance(body, dict):
             raise HTTPException(status.HTTP_400_BAD_REQUEST, "body must be a JSON object")
         raw: dict[str, Any] = body
