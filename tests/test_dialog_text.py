@@ -42,6 +42,8 @@ def test_split_keeps_at_most_max_parts() -> None:
         ("[语音]", "voice"),
         ("[视频]", "video"),
         ("[文件]", "file"),
+        ("[商品]", "product"),  # the JD push's product card that the catalog cannot place
+        ("[未知消息]", "unknown"),
         ("[微笑]", "sticker"),
         ("[表情][表情]", "sticker"),
         ("/:) /:D", "sticker"),

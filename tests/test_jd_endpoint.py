@@ -65,6 +65,14 @@ def test_json_body_is_accepted_too(jd_client: Any) -> None:
     assert r.status_code == 200 and r.json()["reply"]["entry_id"] == "shipping-fee"
 
 
+def test_json_body_with_an_overlong_number_is_a_400(jd_client: Any) -> None:
+    """json.loads refuses integers over 4300 digits with a plain ValueError: that was a 500."""
+    c, _ = jd_client
+    body = '{"message_id": "m-big", "text": ' + "1" * 5000 + "}"
+    r = c.post("/jd/shop-a/messages", content=body, headers={"content-type": "application/json"})
+    assert r.status_code == 400 and r.json() == {"detail": "body is not valid JSON"}
+
+
 @pytest.mark.parametrize(
     ("make", "status", "reason"),
     [

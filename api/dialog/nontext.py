@@ -1,6 +1,7 @@
 """Messages that are not text: pictures, voice, video, stickers, files and cards, as JD's chat shows them.
 
-JD's customer-service channel renders what it cannot pass as text as a bracketed tag ("[图片]", "[语音]"),
+JD's customer-service channel renders what it cannot pass as text as a bracketed tag ("[图片]", "[语音]";
+the JD push shape uses "[商品]" for a product card it cannot place and "[未知消息]" for an unknown type),
 sends stickers as emoticon codes ("/:)", "[微笑]") and links pictures by URL. Matching such a message can
 only go wrong; the policy answers it with the shop's request for text, or hands it off, by setting.
 """
@@ -22,6 +23,8 @@ _TAGS = {
     "自定义表情": "sticker",
     "位置": "location",
     "链接": "link",
+    "商品": "product",  # a product card the channel could not pass on as a product we know
+    "未知消息": "unknown",  # a message type the channel does not know
 }
 # JD / QQ-style emoticon names customers' clients send as text: [微笑], [大哭] ...
 _EMOTICON_NAMES = (

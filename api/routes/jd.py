@@ -1,5 +1,10 @@
 """The JD-facing endpoint: signed customer messages pushed from the JD customer-service channel.
 
+Two shapes are accepted, as form fields or a flat JSON object: our flat fields (message_id,
+conversation_id, text, optional sku_id / customer_pin / order_id), or JD's own, the business payload as
+the JSON string `jd_param_json` (msgId, sid, fromPin, msgType, content ...; read in api/jd/push.py, and
+only after its signature holds). Both go through the same checks, replay protection and dialog.
+
 A message is accepted only with a valid JOS signature made with the shop's AppSecret, a timestamp within
 the configured window, and the shop's AppKey. Each message id is processed once: a replay of an id
 gets the reply stored the first time (and is counted as a replay), whichever replica it reaches.
@@ -13,6 +18,7 @@ import json
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from datetime import date, datetime, timedelta
 from typing import Annotated, Any
 
@@ -26,7 +32,7 @@ from api.db.models import JdMessage, Shop
 from api.dialog.conversation import TurnContext
 from api.dialog.handle import handle_message
 from api.dialog.privacy import mask_pii
-from api.jd import BEIJING, JosAuthError, JosError, StaleTimestamp, check_timestamp, verify
+from api.jd import BEIJING, JosAuthError, JosError, StaleTimestamp, check_timestamp, push, verify
 from api.jd.evaluations import EvaluationsNotConfigured, list_evaluations, pull, stats, summary
 from api.jd.service_stats import daily
 from api.metrics import AUTH_FAILURES
@@ -36,7 +42,10 @@ router = APIRouter(
     prefix="/jd",
     tags=["jd"],
     responses={
-        400: {"description": "a missing or malformed parameter, or a message id over 1000 characters"},
+        400: {
+            "description": "a missing or malformed parameter (a field of jd_param_json is named as "
+            "jd_param_json.<field>), or a message id over 1000 characters"
+        },
         401: {
             "description": "invalid app_key or signature (also for an unknown shop or one without JD "
             "credentials: the answer does not tell which shop ids exist), or a timestamp outside the window"
@@ -46,7 +55,9 @@ router = APIRouter(
     },
 )
 
-REQUIRED = ("app_key", "timestamp", "sign", "message_id", "conversation_id", "text")
+SYSTEM = ("app_key", "timestamp", "sign")  # JOS's system parameters, in both shapes
+FLAT_MESSAGE = ("message_id", "conversation_id", "text")
+REQUIRED = (*SYSTEM, *FLAT_MESSAGE)  # the flat shape
 REPLAY_WAIT_SECONDS = 10.0
 # JD's ids are short; a longer one is garbage or an attack, and is refused rather than stored or hashed
 MAX_MESSAGE_ID_CHARS = 1000
@@ -79,10 +90,10 @@ async def _params(request: Request) -> dict[str, str]:
     if request.headers.get("content-type", "").startswith("application/json"):
         try:
             body = await request.json()
-        except (json.JSONDecodeError, UnicodeDecodeError) as e:
-            raise HTTPException(status.HTTP_400_BAD_REQUEST, "body is not valid JSON") from e
         except RecursionError as e:
             raise HTTPException(status.HTTP_400_BAD_REQUEST, "body JSON is nested too deeply") from e
+        except ValueError as e:  # not JSON, not UTF-8, or an integer too long for int() (> 4300 digits)
+            raise HTTPException(status.HTTP_400_BAD_REQUEST, "body is not valid JSON") from e
         if not isinstance(body, dict):
             raise HTTPException(status.HTTP_400_BAD_REQUEST, "body must be a JSON object")
         raw: dict[str, Any] = body
@@ -106,19 +117,66 @@ async def jd_message(shop: str, request: Request, service: ServiceDep) -> Any:
     return await run_in_threadpool(_process, service, shop, params)
 
 
+@dataclass(frozen=True)
+class _Inbound:
+    """One customer message, whichever shape it came in: what the claim, the dialog and the reply need."""
+
+    message_id: str
+    conversation_id: str
+    text: str
+    context: TurnContext
+
+
 def _process(service: Any, shop: str, params: dict[str, str]) -> Any:
-    missing = [k for k in REQUIRED if not params.get(k)]
+    jd_shape = push.PARAM in params
+    if jd_shape:
+        flat = sorted(k for k in FLAT_MESSAGE if params.get(k))
+        if flat:
+            raise HTTPException(
+                status.HTTP_400_BAD_REQUEST,
+                f"send the message either in {push.PARAM} or as flat fields, not both ({', '.join(flat)})",
+            )
+    required = (*SYSTEM, push.PARAM) if jd_shape else REQUIRED
+    missing = [k for k in required if not params.get(k)]
     if missing:
         raise HTTPException(status.HTTP_400_BAD_REQUEST, f"missing parameter(s): {', '.join(missing)}")
     if any("\x00" in v for v in params.values()):  # the database cannot store them (message id, text)
         raise HTTPException(status.HTTP_400_BAD_REQUEST, "parameters must not contain NUL characters")
-    if len(params["message_id"]) > MAX_MESSAGE_ID_CHARS:
+    if not jd_shape:
+        _check_sizes(service, "message_id", params["message_id"], "text", params["text"])
+    row = _authenticate(service, shop, params)
+    if jd_shape:
+        # the payload is read only once its signature holds: nobody unsigned reaches the parser
+        inbound = _from_jd_payload(service, row, params[push.PARAM])
+    else:
+        inbound = _Inbound(
+            params["message_id"],
+            params["conversation_id"],
+            params["text"],
+            TurnContext(
+                sku_id=params.get("sku_id") or None,
+                customer_pin=params.get("customer_pin") or None,
+                order_id=params.get("order_id") or None,
+            ),
+        )
+    return _answer_once(service, row, inbound)
+
+
+def _check_sizes(service: Any, id_name: str, message_id: str, text_name: str, text: str) -> None:
+    """The caps on the message id (400) and the text (413, the same as the shop API's messages)."""
+    if len(message_id) > MAX_MESSAGE_ID_CHARS:
         raise HTTPException(
-            status.HTTP_400_BAD_REQUEST, f"message_id is longer than {MAX_MESSAGE_ID_CHARS} characters"
+            status.HTTP_400_BAD_REQUEST, f"{id_name} is longer than {MAX_MESSAGE_ID_CHARS} characters"
         )
     max_text = service.settings.max_text_chars
-    if len(params["text"]) > max_text:  # the same limit as the shop API's messages
-        raise HTTPException(status.HTTP_413_CONTENT_TOO_LARGE, f"text is longer than {max_text} characters")
+    if len(text) > max_text:
+        raise HTTPException(
+            status.HTTP_413_CONTENT_TOO_LARGE, f"{text_name} is longer than {max_text} characters"
+        )
+
+
+def _authenticate(service: Any, shop: str, params: dict[str, str]) -> Shop:
+    """The shop, once the app_key, the JOS signature over every form field and the timestamp hold."""
     if not SHOP_ID.match(shop):
         raise _unauthorized("unknown_shop")
     with service.db.session() as s:
@@ -138,8 +196,35 @@ def _process(service: Any, shop: str, params: dict[str, str]) -> Any:
         check_timestamp(params["timestamp"], window=timedelta(seconds=service.settings.jd_timestamp_window))
     except StaleTimestamp as e:
         raise _refuse(status.HTTP_401_UNAUTHORIZED, "stale_timestamp", f"timestamp refused: {e}") from e
+    return row
 
-    message_id = params["message_id"]
+
+def _from_jd_payload(service: Any, row: Shop, raw: str) -> _Inbound:
+    """The message of a JD-shaped push (api/jd/push.py); a bad payload is a 400 naming the field."""
+    try:
+        message = push.parse(raw)
+    except push.PushError as e:
+        raise HTTPException(status.HTTP_400_BAD_REQUEST, str(e)) from e
+    _check_sizes(
+        service,
+        f"{push.PARAM}.{push.FIELDS['message_id']}",
+        message.message_id,
+        f"{push.PARAM}.{push.FIELDS['content']}",
+        message.content or "",
+    )
+    catalog = None
+    if message.sku_id is not None:  # the card reads as the product's name when the catalog has it
+        settings = row.settings or {}
+        catalog = service.catalogs.get(row.id, float(settings.get("target_precision") or 0.95))
+    return _Inbound(
+        message.message_id, message.session_id, push.turn_text(message, catalog), push.turn_context(message)
+    )
+
+
+def _answer_once(service: Any, row: Shop, inbound: _Inbound) -> Any:
+    """The reply to a message id, made once: a replay gets the stored reply (see the module docstring)."""
+    shop = row.id
+    message_id = inbound.message_id
     digest = message_digest(message_id)
     try:
         with service.db.session() as s:
@@ -148,13 +233,8 @@ def _process(service: Any, shop: str, params: dict[str, str]) -> Any:
         AUTH_FAILURES.labels("replay").inc()
         return _stored_reply(service, shop, digest, message_id)
     try:
-        context = TurnContext(
-            sku_id=params.get("sku_id") or None,
-            customer_pin=params.get("customer_pin") or None,
-            order_id=params.get("order_id") or None,
-        )
         reply = handle_message(
-            service, row, params["conversation_id"], params["text"], channel="jd", context=context
+            service, row, inbound.conversation_id, inbound.text, channel="jd", context=inbound.context
         )
     except Exception:
         # release the claim, or every retry of this message id would wait for a reply that never comes
