@@ -338,6 +338,8 @@ def test_where_is_my_order_is_a_logistics_question(matcher: Matcher, fake: FakeJ
         ("我的手机13812345678", None),
         ("300012345601", "300012345601"),
         ("型号i7-13700H", None),
+        ("商品编号：100087650001", None),  # a product's number, as a SKU card without a name reads
+        ("https://item.jd.com/100087650001.html 这款有货吗", None),
     ],
 )
 def test_order_numbers_in_messages(text: str, expected: str | None) -> None:

@@ -61,6 +61,7 @@ _BY_KEYWORD = (
     ),
 )
 _PLACEHOLDER = re.compile(r"\{([A-Za-z_]+\.[A-Za-z_]+)\}")
+_PRODUCT_BEFORE = re.compile(r"(?:商品编号|商品号|商品ID|SKU|sku|skuId|jd\.com/(?:product/)?)[:：\s]*$")
 
 
 def find_order_id(text: str) -> str | None:
@@ -70,6 +71,8 @@ def find_order_id(text: str) -> str | None:
     if m := _AFTER_KEYWORD.search(t):
         return m.group(1)
     for m in _BARE_RUN.finditer(t):
+        if _PRODUCT_BEFORE.search(t[: m.start()]):
+            continue  # a product's number (商品编号 100012345678, a product link): not an order
         if mask_pii(m.group()) == ORDER:
             return m.group()
     return None
