@@ -447,6 +447,82 @@ def _print_calibration(before: tuple[float, float], report: dict[str, Any], save
 
 
 @app.command()
+def mine(
+    model: Annotated[Path | None, typer.Argument(help="Model directory (not with --evaluate)")] = None,
+    messages: Annotated[
+        Path | None,
+        typer.Argument(help="Messages the bot did not answer: CSV/XLSX/JSON with a text column"),
+    ] = None,
+    output: Annotated[
+        Path, typer.Option("-o", "--output", help="Proposals, .csv or .xlsx, in the KB's columns")
+    ] = Path("proposals.csv"),
+    evaluate_on: Annotated[
+        Path | None,
+        typer.Option(
+            "--evaluate", help="Measure mining on a labelled set (a directory with kb.csv, queries.csv)"
+        ),
+    ] = None,
+    dense: Annotated[bool, typer.Option(help="With --evaluate: default channels (slower) or sparse")] = False,
+    max_queries: Annotated[int, typer.Option(help="With --evaluate: first N queries of the set")] = 3000,
+) -> None:
+    """Cluster what the bot could not answer and propose new entries or paraphrases, in the KB's format.
+
+    With --evaluate DATA: hide a fifth of the set's entries, send their queries with the rest as traffic,
+    mine what was not answered, add the proposals back and print what came back and what it gained.
+    """
+    from training.mining import (
+        MessageFileError,
+        evaluate_mining,
+        mine,
+        proposal_rows,
+        read_messages,
+        write_proposals,
+    )
+
+    if evaluate_on is not None:
+        with _user_errors():
+            entries = load_kb(evaluate_on / "kb.csv")
+            queries = read_queries(evaluate_on / "queries.csv")[:max_queries]
+        with console.status("hiding entries, mining the traffic, rebuilding"):
+            f = evaluate_mining(entries, queries, dense=dense)
+        console.print(
+            f"{evaluate_on.name}: {f.recovered}/{f.hidden} hidden entries recovered as clusters; "
+            f"{f.clusters} clusters, purity {f.purity:.3f}, from {f.mined_messages} unanswered messages"
+        )
+        table = Table("held-out queries", "top-1", "answered", "precision", "coverage at 0.9 precision")
+        for name, figs in (
+            ("KB without the hidden entries", f.before),
+            ("with the proposals added", f.after),
+        ):
+            table.add_row(
+                name,
+                _pct(figs["top1"]),
+                _pct(figs["answered"]),
+                _pct(figs["precision"]),
+                _pct(figs["coverage_at_0.9"]),
+            )
+        console.print(table)
+        return
+    if model is None or messages is None:
+        _fail("give a model directory and a message file, or --evaluate DATA")
+    m = _load_model(model)
+    try:
+        msgs = read_messages(messages)
+    except MessageFileError as e:
+        _fail(str(e))
+    with console.status(f"clustering {len(msgs)} messages"):
+        proposals = mine(m, msgs)
+    with _user_errors():
+        saved = write_proposals(proposal_rows(proposals, m.entries), output)
+    new = sum(p.kind == "new_entry" for p in proposals)
+    console.print(
+        f"{len(proposals)} clusters from {len(msgs)} messages: {new} new entries, "
+        f"{len(proposals) - new} paraphrase sets; written to {escape(str(saved))} "
+        "(write the new entries' answers, then merge the rows into the KB and upload it)"
+    )
+
+
+@app.command()
 def shell(
     model: Annotated[Path, typer.Argument(help="Model directory")],
     top_k: Annotated[int, typer.Option(help="Candidates to show")] = 5,
