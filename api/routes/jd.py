@@ -27,6 +27,7 @@ from api.dialog.conversation import TurnContext
 from api.dialog.handle import handle_message
 from api.dialog.privacy import mask_pii
 from api.jd import BEIJING, JosAuthError, JosError, StaleTimestamp, check_timestamp, verify
+from api.jd import queue as jd_queue
 from api.jd.evaluations import EvaluationsNotConfigured, list_evaluations, pull, stats, summary
 from api.jd.service_stats import daily
 from api.metrics import AUTH_FAILURES
@@ -141,6 +142,8 @@ def _process(service: Any, shop: str, params: dict[str, str]) -> Any:
 
     message_id = params["message_id"]
     digest = message_digest(message_id)
+    if jd_queue.async_replies(service, row, params):  # acknowledged now, answered through JOS later
+        return jd_queue.accept(service, row, params, message_id, digest)
     try:
         with service.db.session() as s:
             s.add(JdMessage(shop_id=shop, message_digest=digest, reply=None))
