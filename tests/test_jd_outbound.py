@@ -3,7 +3,11 @@ threads, or Redis on the PostgreSQL variant) and sent back through a fake JOS on
 
 from __future__ import annotations
 
+import os
 import re
+import signal
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -17,6 +21,7 @@ from api.jd.outbound import chat_push_params, upid_for
 from api.main import create_app
 from api.routes.jd import message_digest
 from api.settings import Settings
+from tests.conftest import ROOT
 from tests.jos_fake import FakeJos
 from tests.test_service import KB, kb_csv, new_shop, publish_and_wait, wait_for
 from tests.test_service import settings as settings
@@ -199,3 +204,52 @@ def test_immediate_mode_runs_the_tasks_inline(settings: Settings) -> None:
             r = c.post("/jd/shop-a/messages", data=signed("i-1", "质保几年"))
             assert r.json()["queued"] is True
             assert [(m.from_pin, m.body) for m in sent] == [("shop_bot", WARRANTY)]
+
+
+def test_a_separate_worker_process_sends_the_replies(settings: Settings) -> None:
+    """`kefu worker` beside a service started with KEFU_QUEUE_WORKERS=0: the same queue, another process."""
+    with FakeJos(APP_KEY, SECRET, TOKEN) as fake:
+        sent = install_chat_push(fake)
+        settings.jos_url, settings.jd_bot_pin, settings.queue_workers = fake.url, BOT, 0
+        settings.queue_url = settings.redis_url or f"sqlite:///{settings.data_dir}/queue.db"
+        assert settings.secret_key is not None
+        env = {
+            **os.environ,
+            "KEFU_DATABASE_URL": settings.database_url,
+            "KEFU_DATA_DIR": str(settings.data_dir),
+            "KEFU_QUEUE_URL": settings.queue_url,
+            "KEFU_REDIS_PREFIX": settings.redis_prefix,
+            "KEFU_SECRET_KEY": settings.secret_key.get_secret_value(),
+            "KEFU_JOS_URL": fake.url,
+            "KEFU_JD_BOT_PIN": BOT,
+            "KEFU_DENSE": "false",
+            "KEFU_EVALUATION_PULL_INTERVAL": "0",
+        }
+        if settings.redis_url:
+            env["KEFU_REDIS_URL"] = settings.redis_url
+        with TestClient(create_app(settings)) as c:
+            key = new_shop(c)
+            publish_and_wait(c, "shop-a", key, kb_csv(KB))
+            creds = {"app_key": APP_KEY, "app_secret": SECRET, "access_token": TOKEN}
+            assert c.put("/v1/shops/shop-a/jd-credentials", headers=key, json=creds).status_code == 200
+            assert (
+                c.put("/v1/shops/shop-a/settings", headers=key, json={"jd_reply_mode": "async"}).status_code
+                == 200
+            )
+            assert c.post("/jd/shop-a/messages", data=signed("w-1", "质保几年")).json()["queued"] is True
+            time.sleep(0.5)
+            assert sent == []  # nobody in this process consumes the queue
+            worker = subprocess.Popen(
+                [sys.executable, "-m", "training.cli", "worker", "--threads", "1"],
+                cwd=ROOT,
+                env=env,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.PIPE,
+            )
+            try:
+                wait_for(lambda: sent or worker.poll() is not None, timeout=60)
+                assert [(m.to_pin, m.body) for m in sent] == [(BUYER, WARRANTY)], worker.stderr
+            finally:
+                worker.send_signal(signal.SIGINT)
+                worker.wait(timeout=20)
+            wait_for(lambda: status(c, "w-1")["status"] == "sent", timeout=10)

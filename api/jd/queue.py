@@ -101,7 +101,10 @@ def replay_status(service: Any, shop_id: str, digest: str, message_id: str) -> J
     with service.db.session() as s:
         row = s.get(JdMessage, (shop_id, digest))
         delivery, stored = (row.delivery, row.reply) if row is not None else ("failed", None)
-    status = PUBLIC_STATUS.get(delivery or "sent", "failed")
+    if delivery is None:  # a message answered in the HTTP response (the shop was sync then)
+        status = "sent" if stored is not None else "queued"
+    else:
+        status = PUBLIC_STATUS.get(delivery, "failed")
     body: dict[str, Any] = {
         "code": 0,
         "message_id": message_id,
