@@ -98,6 +98,7 @@ def create_app(
                 await run_in_threadpool(seed_demo_shop, app.state.service)
             app.state.service.start_schedules()
             app.state.service.start_reconciler()
+            await run_in_threadpool(app.state.service.start_jd_queue)
         if holder.current is None:
             # loading or building is blocking work (a dense build takes tens of seconds)
             holder.swap(await run_in_threadpool(load_or_build, settings))

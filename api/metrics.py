@@ -57,6 +57,17 @@ ORDER_LOOKUPS = Counter(
     ["outcome"],
 )
 AGENT_TASKS = Counter("kefu_agent_tasks_total", "Tasks raised for agents beside an answer", ["shop"])
+JD_OUTBOUND = Counter(
+    "kefu_jd_outbound_total",
+    "Async JD replies by send outcome: sent, retry (a failed attempt to be repeated), expired (not sent "
+    "within KEFU_JD_REPLY_DEADLINE), failed (JD refused it for good)",
+    ["outcome"],
+)
+JD_DELIVERY_LATENCY = Histogram(
+    "kefu_jd_delivery_latency_seconds",
+    "From JD's push to the reply sent back through JOS (async replies)",
+    buckets=(0.1, 0.25, 0.5, 1, 2, 3, 5, 10, 20, 30, 60),
+)
 AUTH_FAILURES = Counter("kefu_auth_failures_total", "Refused requests", ["reason"])
 RATE_LIMITED = Counter("kefu_rate_limited_total", "Requests refused by a rate limit", ["scope", "route"])
 RATE_LIMIT_ERRORS = Counter(

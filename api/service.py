@@ -52,6 +52,22 @@ class Service:
         self._secret_box: Any = None
         self.upload_parser = UploadParser()
         self._stopping = threading.Event()
+        self._jd_queue: Any = None
+        self._jd_queue_lock = threading.Lock()
+
+    @property
+    def jd_queue(self) -> Any:
+        """The queue of async JD replies (api.jd.queue.JdQueue), opened on first use."""
+        with self._jd_queue_lock:
+            if self._jd_queue is None:
+                from api.jd.queue import JdQueue
+
+                self._jd_queue = JdQueue(self)
+            return self._jd_queue
+
+    def start_jd_queue(self) -> None:
+        """Run the reply queue's workers in this process (KEFU_QUEUE_WORKERS threads; 0: none)."""
+        self.jd_queue.start(self.settings.queue_workers)
 
     def warm_up(self) -> threading.Thread:
         """Load every shop's active model in the background, so first requests find it ready."""
@@ -180,6 +196,8 @@ class Service:
 
     def close(self) -> None:
         self._stopping.set()
+        if self._jd_queue is not None:
+            self._jd_queue.stop()
         close = getattr(self._subscription, "close", None)
         if close:
             close()

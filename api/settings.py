@@ -67,6 +67,24 @@ class Settings(BaseSettings):
     jos_online_method: str | None = None
     jos_groupinfo_method: str | None = None
     jos_chat_push_method: str | None = None
+    # ---- async JD replies (a shop's jd_reply_mode "async": api/jd/outbound.py, api/jd/queue.py)
+    # the task queue: None is a SQLite file under data_dir (one host); redis://... is shared by replicas
+    queue_url: str | None = None
+    queue_workers: int = Field(default=2, ge=0, le=64)  # in-process worker threads; 0: a separate worker
+    # a reply not sent this many seconds after JD pushed the message is not sent late: it becomes a handoff
+    jd_reply_deadline: float = Field(default=30.0, gt=0, le=3600)
+    jd_send_backoff: float = Field(default=0.5, gt=0, le=60)  # first retry's delay; doubled each retry
+    # the chat push's fields (api.jd.methods.CHAT_PUSH_*): the waiter account the bot speaks as (a shop's
+    # jd_bot_pin setting overrides it), the apps and client types, the access signature
+    jd_bot_pin: str | None = None
+    jd_chat_from_app: str = "im.waiter"
+    jd_chat_to_app: str = "im.customer"
+    jd_chat_client_type: str = "pc"
+    jd_chat_ver: str = "4.3"
+    jd_chat_aspid: str = "jos"
+    jd_chat_accessid: str = ""
+    jd_chat_source: str = "kefu"
+    jd_chat_version: str = "1.0"
     evaluation_pull_interval: int = Field(default=3600, ge=0)  # seconds; 0: only on demand
     # the first pull of a shop reaches back this far; later pulls continue where the last one ended
     evaluation_backfill_days: int = Field(default=7, ge=1, le=366)

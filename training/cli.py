@@ -640,6 +640,29 @@ def serve(
     uvicorn.run("api.main:app", host=host, port=port)
 
 
+@app.command()
+def worker(
+    threads: Annotated[int, typer.Option(help="Worker threads")] = 2,
+) -> None:
+    """Run the queue of async JD replies in this process, beside services started with
+    KEFU_QUEUE_WORKERS=0 (same KEFU_* settings: database, KEFU_QUEUE_URL, KEFU_SECRET_KEY). Ctrl-C stops."""
+    import logging
+
+    from api.service import Service
+    from api.settings import get_settings
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    service = Service(get_settings())
+    try:
+        consumer = service.jd_queue.huey.create_consumer(
+            workers=threads, worker_type="thread", periodic=False, max_delay=0.5, shutdown_timeout=5.0
+        )
+        console.print(f"JD reply queue: {threads} worker thread(s); Ctrl-C stops")
+        consumer.run()  # the main thread: huey's own signal handling (SIGINT / SIGTERM)
+    finally:
+        service.close()
+
+
 # --------------------------------------------------------------------------- sandbox
 
 

@@ -23,6 +23,9 @@ Fault specs, consumed one per request from `fake.faults`:
     "slow:S"       answer correctly after S seconds
     None           answer normally
 
+Chat messages sent to customers: `install_chat_push(fake)` serves jingdong.dongdong.packet.josChatMessage.push
+and returns the list of messages it accepted (one per upid: JD drops a repeated upid), with the faults above.
+
 Orders, logistics and refunds: `install_orders(fake, DEMO_ORDERS, ...)` serves the order detail, logistics
 trace and refund list methods from `SandboxOrder` fixtures, in the response shapes api/jd/orders.py reads
 (written out here independently). Two demo orders misbehave on purpose: SLOW_ORDER answers after
@@ -52,7 +55,9 @@ __all__ = [
     "RecordedRequest",
     "SandboxOrder",
     "SandboxRefund",
+    "SentChatMessage",
     "fake_sign",
+    "install_chat_push",
     "install_orders",
 ]
 
@@ -638,3 +643,49 @@ def install_service_stats(
         },
     )
     return by_day
+
+
+# ------------------------------------------------------------------------------------------- chat push
+@dataclass(frozen=True)
+class SentChatMessage:
+    """One chat message the fake accepted (param2 of the chat push, as JD reads it)."""
+
+    upid: str
+    from_pin: str
+    to_pin: str
+    body: str
+    fields: dict[str, Any]
+
+
+def install_chat_push(
+    fake: FakeJos, *, method: str = "jingdong.dongdong.packet.josChatMessage.push"
+) -> list[SentChatMessage]:
+    """Serve the chat push on `fake`; returns the list the accepted messages are appended to. The two
+    objects are checked as JD would (written out here independently of api.jd.methods): a missing
+    object, toPin, fromPin or body is JOS error 31, and a repeated upid is accepted without a second
+    message (JD's idempotency)."""
+    sent: list[SentChatMessage] = []
+    lock = threading.Lock()
+
+    def push(biz: Any) -> dict[str, Any]:
+        access, message = biz.get("param1"), biz.get("param2")
+        if not isinstance(access, dict) or not isinstance(message, dict):
+            raise FakeJosError("31", en_desc="param1 and param2 must be objects")
+        missing = [k for k in ("upid", "fromPin", "toPin", "body") if not message.get(k)]
+        if missing or not access.get("accessToken"):
+            raise FakeJosError("31", en_desc=f"missing {', '.join(missing) or 'accessToken'}")
+        with lock:
+            if all(m.upid != message["upid"] for m in sent):
+                sent.append(
+                    SentChatMessage(
+                        str(message["upid"]),
+                        str(message["fromPin"]),
+                        str(message["toPin"]),
+                        str(message["body"]),
+                        dict(message),
+                    )
+                )
+        return {"result": {"success": True, "upid": message["upid"]}}
+
+    fake.handle(method, push)
+    return sent

@@ -175,6 +175,12 @@ class JdMessage(Base):
     message_digest: Mapped[str] = mapped_column(String(64), primary_key=True)
     reply: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow, index=True)
+    # async replies (api.jd.queue): None for a reply given in the HTTP response; else queued | answering |
+    # sending | sent | failed. The send is recorded so that a task running twice sends once.
+    delivery: Mapped[str | None] = mapped_column(String(10), nullable=True)
+    sent_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    send_attempts: Mapped[int] = mapped_column(Integer, default=0)
+    send_error: Mapped[str | None] = mapped_column(Text, nullable=True)
 
 
 class AgentTask(Base):

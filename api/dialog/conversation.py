@@ -60,6 +60,7 @@ HandoffCode = Literal[
     "mode_off",
     "mode_assist",
     "no_model",
+    "not_delivered",  # an async JD reply that could not be sent in time (api.jd.queue)
 ]
 MAX_QUESTIONS = 2  # questions of one message answered at most
 FOLLOW_UP_REASON = "follow-up to the previous question"

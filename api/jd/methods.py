@@ -139,8 +139,27 @@ GROUP_INFO = CsMethod(
 CHAT_PUSH = CsMethod(
     "jingdong.dongdong.packet.josChatMessage.push",
     "jos_chat_push_method",
-    ("param1", "param2"),  # (accessid, aspid, source, accessToken, version); (upid, ver, ..., body, ...)
-    "sends a chat message to a customer",
+    # the public SDKs really call them param1 and param2: two JSON objects, described below
+    ("param1", "param2"),
+    "sends a chat message to a customer (async replies, api.jd.outbound)",
+)
+# CHAT_PUSH's objects as the public SDKs build them: their Java type (sent as "@type", as the PHP SDK does)
+# and their fields. api.jd.outbound fills them by these names: a field JD renames is a one-line change here.
+CHAT_PUSH_ACCESS = ("param1", "com.jd.dd.open.gw.api.domain.AccessSignature")
+CHAT_PUSH_ACCESS_FIELDS = ("accessid", "aspid", "source", "accessToken", "version")
+CHAT_PUSH_MESSAGE = ("param2", "com.jd.dd.open.gw.api.domain.jos.ChatMessageJos")
+CHAT_PUSH_MESSAGE_FIELDS = (
+    "upid",  # the message's unique id: JD drops a second message with the same upid
+    "ver",
+    "fromApp",
+    "fromClientType",
+    "fromPin",  # the shop's waiter (bot) account
+    "toApp",
+    "toClientType",
+    "toPin",  # the customer
+    "body",  # the text
+    "open_id_buyer",
+    "xid_buyer",
 )
 
 METHODS = (

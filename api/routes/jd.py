@@ -33,6 +33,7 @@ from api.dialog.conversation import TurnContext
 from api.dialog.handle import handle_message
 from api.dialog.privacy import mask_pii
 from api.jd import BEIJING, JosAuthError, JosError, StaleTimestamp, check_timestamp, push, verify
+from api.jd import queue as jd_queue
 from api.jd.evaluations import EvaluationsNotConfigured, list_evaluations, pull, stats, summary
 from api.jd.service_stats import daily
 from api.metrics import AUTH_FAILURES
@@ -226,6 +227,15 @@ def _answer_once(service: Any, row: Shop, inbound: _Inbound) -> Any:
     shop = row.id
     message_id = inbound.message_id
     digest = message_digest(message_id)
+    job = {
+        "conversation_id": inbound.conversation_id,
+        "text": inbound.text,
+        "customer_pin": inbound.context.customer_pin,
+        "sku_id": inbound.context.sku_id,
+        "order_id": inbound.context.order_id,
+    }
+    if jd_queue.async_replies(service, row, job):  # acknowledged now, answered through JOS later
+        return jd_queue.accept(service, row, job, message_id, digest)
     try:
         with service.db.session() as s:
             s.add(JdMessage(shop_id=shop, message_digest=digest, reply=None))

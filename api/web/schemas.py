@@ -348,3 +348,14 @@ class ShopSettings(BaseModel):
         default="ask", description="pictures, voice, stickers: ask for text, or hand off to a person"
     )
     non_text_reply: str | None = Field(default=None, max_length=500, pattern=NO_NUL)
+    jd_reply_mode: Literal["sync", "async"] = Field(
+        default="sync",
+        description="JD pushes: sync answers in the HTTP response; async acknowledges at once and sends the "
+        "reply through JOS (needs the push's customer_pin and a bot pin)",
+    )
+    jd_bot_pin: str | None = Field(
+        default=None,
+        max_length=100,
+        pattern=NO_NUL,
+        description="the waiter account async replies are sent from (default KEFU_JD_BOT_PIN)",
+    )
