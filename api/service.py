@@ -97,6 +97,8 @@ class Service:
                     next_prune = time.monotonic() + prune_every
                     try:
                         self.prune_jd_messages()
+                        if self._jd_queue is not None:
+                            self._jd_queue.sweep()
                     except Exception as e:  # as below: retried at the next turn
                         log.warning("pruning JD message ids failed: %s", e)
                 try:

@@ -253,3 +253,28 @@ def test_a_separate_worker_process_sends_the_replies(settings: Settings) -> None
                 worker.send_signal(signal.SIGINT)
                 worker.wait(timeout=20)
             wait_for(lambda: status(c, "w-1")["status"] == "sent", timeout=10)
+
+
+def test_a_reply_left_in_work_by_a_lost_worker_is_swept_into_a_handoff(jd: Any, settings: Settings) -> None:
+    from datetime import timedelta
+
+    from sqlalchemy import update
+
+    from api.db.models import JdMessage, utcnow
+
+    c, _, _, sent = jd
+    service = c.app.state.service  # type: ignore[attr-defined]
+    service.jd_queue.stop()  # no worker: the message stays queued, as if its worker died
+    assert c.post("/jd/shop-a/messages", data=signed("a-9", "质保几年")).json()["queued"] is True
+    assert service.jd_queue.sweep() == 0  # within its deadline: left alone
+    digest = message_digest("a-9")
+    with service.db.session() as s:
+        s.execute(
+            update(JdMessage)
+            .where(JdMessage.message_digest == digest)
+            .values(created_at=utcnow() - timedelta(seconds=settings.jd_reply_deadline + 120))
+        )
+    assert service.jd_queue.sweep() == 1
+    final = status(c, "a-9")
+    assert final["status"] == "failed" and final["reply"]["handoff"]["code"] == "not_delivered"
+    assert service.jd_queue.sweep() == 0 and sent == []

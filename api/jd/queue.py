@@ -22,13 +22,13 @@ import json
 import logging
 import threading
 from collections.abc import Mapping
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 from fastapi.responses import JSONResponse
 from huey import Huey, MemoryHuey, RedisHuey, SqliteHuey
-from sqlalchemy import delete, update
+from sqlalchemy import delete, select, update
 from sqlalchemy.exc import IntegrityError
 
 from api.db.models import Exchange, JdMessage, Shop, utcnow
@@ -269,6 +269,23 @@ class JdQueue:
         if self._move(shop_id, digest, "sending", "sent", sent_at=utcnow(), send_error=None):
             JD_OUTBOUND.labels("sent").inc()
             JD_DELIVERY_LATENCY.observe(max(0.0, (utcnow() - _aware(received)).total_seconds()))
+
+    def sweep(self, grace: float = 60.0) -> int:
+        """Give up on replies still in work well past their deadline (a worker that died mid-step, a queue
+        lost with its host): each becomes the same recorded handoff as a reply that expired, so a person
+        picks the conversation up instead of it waiting for ever. Returns how many."""
+        limit = utcnow() - timedelta(seconds=float(self.service.settings.jd_reply_deadline) + grace)
+        with self.service.db.session() as s:
+            stuck = s.execute(
+                select(JdMessage.shop_id, JdMessage.message_digest).where(
+                    JdMessage.delivery.in_(("queued", "answering", "sending")), JdMessage.created_at < limit
+                )
+            ).all()
+        for shop_id, digest in stuck:
+            self._give_up(shop_id, digest, "expired", "still in work past the deadline (worker lost)")
+        if stuck:
+            log.warning("gave up on %d JD replies stuck past their deadline", len(stuck))
+        return len(stuck)
 
     def _give_up(self, shop_id: str, digest: str, outcome: str, error: str) -> None:
         """The reply will not reach the customer: record it as a handoff (stored reply, exchange log,
