@@ -89,6 +89,7 @@ class Settings(BaseSettings):
     # the first pull of a shop reaches back this far; later pulls continue where the last one ended
     evaluation_backfill_days: int = Field(default=7, ge=1, le=366)
     evaluation_window_hours: int = Field(default=24, ge=1, le=24 * 31)  # one call's time window
+    jos_rate_per_second: float = Field(default=10.0, gt=0)  # calls per second a pull makes at most
     # dynamic entries (orders, logistics, refunds): the JOS methods read (see api/jd/orders.py) and the time
     # a whole lookup may take before the conversation goes to a person
     jos_order_method: str = "jingdong.pop.order.get"

@@ -523,6 +523,77 @@ def mine(
 
 
 @app.command()
+def coldstart(
+    chats: Annotated[
+        Path, typer.Argument(help="Chat history, JSONL as jingdong.im.pop.chatlog.get lists it")
+    ],
+    kb: Annotated[
+        Path | None, typer.Option(help="The shop's KB, if it has one (paraphrases, labels)")
+    ] = None,
+    output: Annotated[
+        Path, typer.Option("-o", "--output", help="Proposals, .csv or .xlsx, in the KB's columns")
+    ] = Path("coldstart.csv"),
+    labelled: Annotated[
+        Path | None, typer.Option(help="Also write labelled traffic (query,expected_id) for kefu calibrate")
+    ] = None,
+    evaluate_it: Annotated[
+        bool,
+        typer.Option("--evaluate", help="Measure it against --kb: entries recovered, coverage calibrated"),
+    ] = False,
+) -> None:
+    """A first KB (or paraphrases and labelled traffic for an existing one) from a shop's chat history."""
+    import csv
+
+    from engine.coldstart import cold_start
+    from training.coldstart import ChatFileError, chat_pairs, evaluate_cold_start, read_chat_records
+    from training.mining import write_proposals
+
+    try:
+        records = read_chat_records(chats)
+    except ChatFileError as e:
+        _fail(str(e))
+    entries: list[KBEntry] = []
+    if kb is not None:
+        with _user_errors():
+            entries = load_kb(kb)
+    if evaluate_it:
+        if not entries:
+            _fail("--evaluate needs --kb: the KB the chats are measured against")
+        with console.status("grouping the chats, calibrating on half the sessions"):
+            f = evaluate_cold_start(records, entries)
+        console.print(
+            f"{f['customer_turns_with_replies']} customer turns with agents' replies; a shop without a KB "
+            f"gets {f['first_kb']['new_entries']} proposed entries back, recovering {f['recovered']} of the "
+            f"{f['entries_answered_in_chats']} KB entries the agents answered "
+            f"({f['recovered_of_asked_two_ways']} of the {f['entries_asked_two_ways']} asked in two ways "
+            f"or more; {f['kb_entries']} in the KB)"
+        )
+        table = Table("held-out sessions", "answered", "precision", "out of scope protected")
+        for name, key in (
+            ("model as built", "before"),
+            (f"after calibrating on {f['labelled_calibrate']}", "after"),
+        ):
+            g = f[key]
+            table.add_row(name, _pct(g["answered"]), _pct(g["precision"]), _pct(g["out_of_scope_protected"]))
+        console.print(table)
+        return
+    result = cold_start([(q, a) for _, q, a in chat_pairs(records)], entries)
+    with _user_errors():
+        saved = write_proposals(result.rows, output)
+        if labelled is not None:
+            with labelled.open("w", encoding="utf-8-sig", newline="") as fh:
+                writer = csv.writer(fh)
+                writer.writerow(["query", "expected_id"])
+                writer.writerows([(q, e or "") for q, e in result.labelled])
+    fig = result.figures
+    console.print(
+        f"{fig['pairs_used']} of {fig['pairs']} customer turns used: {fig['new_entries']} proposed entries, "
+        f"{fig['paraphrase_sets']} paraphrase sets -> {escape(str(saved))}"
+        + (f"; {len(result.labelled)} labelled -> {escape(str(labelled))}" if labelled is not None else "")
+    )
+
+
+@app.command()
 def shell(
     model: Annotated[Path, typer.Argument(help="Model directory")],
     top_k: Annotated[int, typer.Option(help="Candidates to show")] = 5,

@@ -42,6 +42,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta, timezone
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
@@ -689,3 +690,52 @@ def install_chat_push(
 
     fake.handle(method, push)
     return sent
+
+
+# ------------------------------------------------------------------------------------------- chat logs
+DEMO_CHATLOG = Path(__file__).resolve().parent.parent / "models" / "demo-chatlog.jsonl"
+
+
+def load_chatlog(path: Path = DEMO_CHATLOG) -> list[dict[str, Any]]:
+    """The demo shop's chat history as jingdong.im.pop.chatlog.get lists it (made-up customers and
+    agents; customer turns from the demo conversation set, agents' replies around the KB's answers)."""
+    with path.open(encoding="utf-8") as f:
+        return [json.loads(line) for line in f if line.strip()]
+
+
+def install_chatlog(
+    fake: FakeJos,
+    messages: Iterable[dict[str, Any]],
+    *,
+    method: str = "jingdong.im.pop.chatlog.get",
+    max_window: timedelta = timedelta(days=31),
+) -> list[dict[str, Any]]:
+    """Serve chat messages by time window (and optional waiter / customer), page by page, as JD does."""
+    rows = sorted(messages, key=lambda r: (r["time"], r["msgId"]))
+
+    def listing(biz: Any) -> dict[str, Any]:
+        try:
+            start = datetime.strptime(str(biz.get("startTime")), "%Y-%m-%d %H:%M:%S")
+            end = datetime.strptime(str(biz.get("endTime")), "%Y-%m-%d %H:%M:%S")
+        except ValueError:
+            raise FakeJosError("31", en_desc="startTime/endTime: yyyy-MM-dd HH:mm:ss") from None
+        if end - start > max_window:
+            raise FakeJosError("31", en_desc="time window too long")
+        found = [
+            r
+            for r in rows
+            if start <= datetime.strptime(r["time"], "%Y-%m-%d %H:%M:%S") < end
+            and (not biz.get("waiter") or r["waiter"] == biz["waiter"])
+            and (not biz.get("customer") or r["customer"] == biz["customer"])
+        ]
+        page, size = int(biz.get("page") or 1), int(biz.get("pageSize") or 20)
+        return {
+            "result": {
+                "success": True,
+                "total": len(found),
+                "chatLogList": found[(page - 1) * size : page * size],
+            }
+        }
+
+    fake.handle(method, listing)
+    return rows

@@ -150,6 +150,30 @@ class JdEvaluation(Base):
     session_id: Mapped[str | None] = mapped_column(String(200), nullable=True)
 
 
+class JdChatMessage(Base):
+    """One message of a shop's chat history with its customers and agents, pulled from JOS (cold start).
+
+    Stored masked, the customer only as a keyed hash of the pin; `digest` (JD's message id, or the
+    session, time, sender and text when JD gives none) keeps a message from being stored twice."""
+
+    __tablename__ = "jd_chat_messages"
+    __table_args__ = (
+        UniqueConstraint("shop_id", "digest"),
+        Index("ix_jd_chat_shop_session", "shop_id", "session_id", "at"),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    shop_id: Mapped[str] = mapped_column(ForeignKey("shops.id", ondelete="CASCADE"))
+    digest: Mapped[str] = mapped_column(String(64))
+    session_id: Mapped[str] = mapped_column(String(200))
+    role: Mapped[str] = mapped_column(String(10))  # customer | agent
+    text_masked: Mapped[str] = mapped_column(Text)
+    at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    customer_hash: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    waiter: Mapped[str | None] = mapped_column(String(100), nullable=True)
+    pulled_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
 class JdPullCursor(Base):
     """Where the last incremental pull of a JOS list ended, per shop and kind ("evaluations" ...)."""
 

@@ -20,11 +20,11 @@ from typing import Any
 
 from sqlalchemy import select
 
-from api.db.models import Exchange, JdEvaluation, JdPullCursor
+from api.db.models import Exchange, JdEvaluation
 from api.dialog.privacy import mask_pii
 from api.jd import JosClient, beijing_timestamp, parse_beijing_timestamp
 from api.jd.methods import EVALUATION_LIST, EVALUATION_STAT, field_value, fields_of
-from api.jd.records import first_records
+from api.jd.pulls import aware, pull_windows
 from api.jd.shop import JdNotConfigured, counted_call, shop_credentials
 
 EvaluationsNotConfigured = JdNotConfigured  # the name callers knew
@@ -32,10 +32,8 @@ EvaluationsNotConfigured = JdNotConfigured  # the name callers knew
 log = logging.getLogger("kefu.evaluations")
 
 KIND = "evaluations"
-OVERLAP = timedelta(hours=1)  # an evaluation JD lists late is still found by the next pull
 JOIN_WINDOW = timedelta(hours=24)  # a rating without a session id: the customer's chat in the day before
 LOW_SCORE = 2  # 1-5: this or less is a dissatisfied customer
-MAX_BACKFILL = timedelta(days=366)  # one call per day of it: a year at most
 
 
 def _when(value: Any) -> datetime | None:
@@ -57,75 +55,27 @@ def _score(value: Any) -> int | None:
         return None
 
 
-def _aware(d: datetime) -> datetime:
-    """In UTC; a naive value (SQLite gives them back so) is UTC."""
-    return d.astimezone(UTC) if d.tzinfo is not None else d.replace(tzinfo=UTC)
-
-
-def _cursor(service: Any, shop_id: str) -> datetime | None:
-    with service.db.session() as s:
-        row = s.get(JdPullCursor, (shop_id, KIND))
-        return _aware(row.until) if row is not None else None
-
-
-def _advance(service: Any, shop_id: str, until: datetime) -> None:
-    with service.db.session() as s:
-        row = s.get(JdPullCursor, (shop_id, KIND))
-        if row is None:
-            s.add(JdPullCursor(shop_id=shop_id, kind=KIND, until=until))
-        elif _aware(row.until) < until:
-            row.until, row.updated_at = until, datetime.now(UTC)
-
-
 def pull(
     service: Any,
     shop_id: str,
     since: datetime | None = None,
     until: datetime | None = None,
     page_size: int = 50,
-    max_pages: int = 200,
     now: datetime | None = None,
 ) -> dict[str, Any]:
-    """Fetch the shop's evaluations and store the new ones; returns counts and the period covered.
-
-    Without `since`: from the shop's cursor (less an hour's overlap) or the backfill period, to now, and
-    the cursor moves. With `since` (a backfill): that period only; the cursor stays where it is.
-    """
-    creds = shop_credentials(service, shop_id)
-    settings = service.settings
-    now = _aware(now or datetime.now(UTC))
-    backfill = since is not None
-    if since is not None and _aware(since) < now - MAX_BACKFILL:
-        raise ValueError(f"a backfill reaches back at most {MAX_BACKFILL.days} days")
-    if since is None:
-        cursor = _cursor(service, shop_id)
-        since = cursor - OVERLAP if cursor else now - timedelta(days=settings.evaluation_backfill_days)
-    since, end = _aware(since), min(_aware(until), now) if until else now
-    name = EVALUATION_LIST.configured_name(settings)
-    window = timedelta(hours=settings.evaluation_window_hours)
-    seen = new = windows = 0
-    start = since
-    with JosClient(*creds, base_url=settings.jos_url) as client:
-        while start < end:
-            stop = min(start + window, end)
-            for page in range(1, max_pages + 1):
-                biz = EVALUATION_LIST.request(
-                    startTime=beijing_timestamp(start),
-                    endTime=beijing_timestamp(stop),
-                    page=page,
-                    pageSize=page_size,
-                )
-                records = first_records(counted_call(client, name, biz))
-                seen += len(records)
-                new += _store(service, shop_id, records)
-                if len(records) < page_size:
-                    break
-            windows += 1
-            if not backfill:  # resumable: a pull that fails later starts again from here
-                _advance(service, shop_id, stop)
-            start = stop
-    log.info("shop %s: %d evaluations seen, %d new (%d windows)", shop_id, seen, new, windows)
-    return {"seen": seen, "new": new, "since": since.isoformat(), "until": end.isoformat()}
+    """Fetch the shop's evaluations and store the new ones (api.jd.pulls: incremental, resumable, or a
+    backfill of a chosen period); returns counts and the period covered."""
+    return pull_windows(
+        service,
+        shop_id,
+        kind=KIND,
+        method=EVALUATION_LIST,
+        store=_store,
+        since=since,
+        until=until,
+        page_size=page_size,
+        now=now,
+    )
 
 
 def _store(service: Any, shop_id: str, records: list[dict[str, Any]]) -> int:
@@ -166,7 +116,7 @@ def stats(service: Any, shop_id: str, since: datetime, until: datetime) -> dict[
     creds = shop_credentials(service, shop_id)
     name = EVALUATION_STAT.configured_name(service.settings)
     biz = EVALUATION_STAT.request(
-        startTime=beijing_timestamp(_aware(since)), endTime=beijing_timestamp(_aware(until))
+        startTime=beijing_timestamp(aware(since)), endTime=beijing_timestamp(aware(until))
     )
     with JosClient(*creds, base_url=service.settings.jos_url) as client:
         result = counted_call(client, name, biz)
@@ -176,7 +126,7 @@ def stats(service: Any, shop_id: str, since: datetime, until: datetime) -> dict[
 # ------------------------------------------------------------------------------------------- joining
 def _handled_by(s: Any, shop_id: str, ev: JdEvaluation) -> tuple[str, str | None]:
     """("bot" | "human" | "unmatched", conversation id) of the chat an evaluation rates."""
-    at = _aware(ev.evaluated_at) if ev.evaluated_at else None
+    at = aware(ev.evaluated_at) if ev.evaluated_at else None
     conversation = None
     if ev.session_id:
         conversation = s.scalar(
@@ -242,9 +192,9 @@ def summary(
     with service.db.session() as s:
         q = select(JdEvaluation).where(JdEvaluation.shop_id == shop_id)
         if since is not None:
-            q = q.where(JdEvaluation.evaluated_at >= _aware(since))
+            q = q.where(JdEvaluation.evaluated_at >= aware(since))
         if until is not None:
-            q = q.where(JdEvaluation.evaluated_at < _aware(until))
+            q = q.where(JdEvaluation.evaluated_at < aware(until))
         for ev in s.scalars(q):
             handled_by, _ = _handled_by(s, shop_id, ev)
             if ev.score is not None:

@@ -77,6 +77,7 @@ CHAT_LOG = CsMethod(
     ("waiter", "customer", "skuId", "startTime", "endTime", "page", "pageSize"),
     "the messages of chats",
     {
+        "id": ("msgId", "id", "messageId"),
         "session": ("sid", "sessionId"),
         "from": ("fromPin", "from", "sender"),
         "to": ("toPin", "to", "receiver"),

@@ -32,12 +32,14 @@ from api.db.models import JdMessage, Shop
 from api.dialog.conversation import TurnContext
 from api.dialog.handle import handle_message
 from api.dialog.privacy import mask_pii
-from api.jd import BEIJING, JosAuthError, JosError, StaleTimestamp, check_timestamp, push, verify
+from api.jd import BEIJING, JosAuthError, JosError, StaleTimestamp, chatlog, check_timestamp, push, verify
 from api.jd import queue as jd_queue
 from api.jd.evaluations import EvaluationsNotConfigured, list_evaluations, pull, stats, summary
 from api.jd.service_stats import daily
+from api.kb import repo as kb_repo
 from api.metrics import AUTH_FAILURES
 from api.web.deps import SHOP_AUTH_RESPONSES, SHOP_ID, ServiceDep, ShopDep
+from engine.coldstart import cold_start
 
 router = APIRouter(
     prefix="/jd",
@@ -368,3 +370,40 @@ def service_stats(
             return daily(service, shop.id, since, until)
     except ValueError as e:
         raise HTTPException(status.HTTP_400_BAD_REQUEST, str(e)) from e
+
+
+@shop_router.post("/chatlog/pull")
+def pull_chatlog(
+    shop: ShopDep,
+    service: ServiceDep,
+    since: Annotated[datetime | None, Query(description="backfill from (the cursor is left alone)")] = None,
+    until: Annotated[datetime | None, Query(description="backfill to (default: now)")] = None,
+) -> dict[str, Any]:
+    """Fetch the shop's chat history from JOS (jingdong.im.pop.chatlog.get), masked before it is stored:
+    new messages since the last pull, or with `since` a chosen period."""
+    if until is not None and since is None:
+        raise HTTPException(status.HTTP_400_BAD_REQUEST, "until needs since (a backfill period)")
+    since, until = _period(since, until)
+    try:
+        with _jos_errors():
+            return chatlog.pull(service, shop.id, since=since, until=until)
+    except ValueError as e:
+        raise HTTPException(status.HTTP_400_BAD_REQUEST, str(e)) from e
+
+
+@shop_router.get("/chatlog/coldstart")
+def chatlog_coldstart(
+    shop: ShopDep, service: ServiceDep, since: datetime | None = None, until: datetime | None = None
+) -> dict[str, Any]:
+    """From the pulled chat history: proposed entries (a first KB, or new entries and paraphrases for the
+    shop's KB) in the KB's columns, and labelled traffic for `kefu calibrate` (query, expected_id)."""
+    since, until = _period(since, until)
+    pairs = [(p.question, p.answer) for p in chatlog.pairs(service, shop.id, since, until)]
+    with service.db.session() as s:
+        entries = kb_repo.draft_entries(s, shop.id)
+    result = cold_start(pairs, entries)
+    return {
+        "figures": result.figures,
+        "proposals": result.rows,
+        "labelled": [{"query": q, "expected_id": e} for q, e in result.labelled],
+    }
