@@ -23,7 +23,14 @@ from tests.test_service import KB, kb_csv, new_shop, publish_and_wait
 from tests.test_service import settings as settings
 from training.cli import app
 from training.coldstart import ChatFileError, chat_pairs, evaluate_cold_start, read_chat_records
-from training.jos_sandbox import DEMO_CHATLOG, FakeJos, install_chatlog, load_chatlog
+from training.jos_sandbox import (
+    DEMO_CHATLOG,
+    DEMO_GROUPS,
+    FakeJos,
+    install_chatlog,
+    install_groups,
+    load_chatlog,
+)
 
 APP_KEY, SECRET, TOKEN = "JDAPPKEY0001", "jd-secret-0123456789", "jd-token-abcdef"
 DEMO_KB = ROOT / "models" / "demo-shop-kb-orders.csv"
@@ -87,6 +94,7 @@ def test_calibrating_on_the_chats_protects_out_of_scope_questions() -> None:
 def client(settings: Settings) -> Iterator[tuple[TestClient, dict[str, str], FakeJos]]:
     with FakeJos(APP_KEY, SECRET, TOKEN) as fake:
         install_chatlog(fake, load_chatlog())
+        install_groups(fake)
         settings.jos_url = fake.url
         with TestClient(create_app(settings)) as c:
             key = new_shop(c)
@@ -104,10 +112,11 @@ def test_the_service_pulls_the_chat_history_masked_and_proposes_from_it(
     r = c.post(f"/v1/shops/shop-a/jd/chatlog/pull?{period}", headers=key)
     assert r.status_code == 200, r.text
     assert (r.json()["seen"], r.json()["new"]) == (600, 600)
+    assert r.json()["sessions"] == {"seen": 148, "new": 148}
     sent = [q.biz_params for q in fake.requests if q.jos_method == CHAT_LOG.name]
     assert all(set(b) <= set(CHAT_LOG.params) for b in sent) and len(sent) >= 27  # a window a day
     again = c.post(f"/v1/shops/shop-a/jd/chatlog/pull?{period}", headers=key)
-    assert again.json()["new"] == 0  # stored once
+    assert again.json()["new"] == 0 and again.json()["sessions"]["new"] == 0  # stored once
     out = c.get("/v1/shops/shop-a/jd/chatlog/coldstart", headers=key).json()
     assert out["figures"]["pairs"] == 300 and out["figures"]["new_entries"] >= 30
     assert {"id", "question", "similar", "answer", "category", "proposal"} <= set(out["proposals"][0])
@@ -136,3 +145,17 @@ def test_kefu_coldstart_writes_proposals_and_labels(tmp_path: Path) -> None:
     bad.write_text('{"sid": "s1", "from": "a", "content": "x"}\nnot json\n', "utf-8")
     with pytest.raises(ChatFileError, match="line 2"):
         read_chat_records(bad)
+
+
+def test_a_failed_chat_pull_resumes_and_agent_groups_are_listed(client: Any) -> None:
+    c, key, fake = client
+    fake.faults = [None, None, "jos:19"]  # two windows answer, the third is refused
+    first = c.post("/v1/shops/shop-a/jd/chatlog/pull?since=2026-11-01T00:00:00", headers=key)
+    fake.faults = []
+    assert first.status_code == 502
+    c.post("/v1/shops/shop-a/jd/chatlog/pull?since=2026-11-01T00:00:00", headers=key)  # a backfill
+    groups = c.get("/v1/shops/shop-a/jd/groups", headers=key)
+    assert groups.status_code == 200, groups.text
+    assert [(g["name"], g["waiters"]) for g in groups.json()] == [
+        (g["groupName"], g["waiters"]) for g in DEMO_GROUPS
+    ]

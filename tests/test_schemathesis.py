@@ -54,7 +54,12 @@ from tests.jos_wares import DEFAULT_WARE_METHOD, ware_page
 from tests.test_service import ADMIN, KB, kb_csv, new_shop, publish_and_wait
 from tests.test_service import client as client
 from tests.test_service import settings as settings
-from training.jos_sandbox import install_evaluations, install_service_stats
+from training.jos_sandbox import (
+    install_chatlog,
+    install_evaluations,
+    install_groups,
+    install_service_stats,
+)
 
 SHOP, OTHER = "shop-a", "shop-b"  # SHOP has a published KB and JD credentials; OTHER has neither
 APP_KEY, APP_SECRET, TOKEN = "JDAPPKEY0001", "jd-secret-0123456789", "jd-token-abcdef"
@@ -95,6 +100,8 @@ def fake_jos() -> Iterator[FakeJos]:
     with FakeJos(APP_KEY, APP_SECRET, TOKEN) as fake:
         install_evaluations(fake, [], list_method="jingdong.unused.list")  # the statistics method
         install_service_stats(fake, [])
+        install_chatlog(fake, [])
+        install_groups(fake)
         fake.handle(
             EVAL_METHOD,
             lambda biz: {

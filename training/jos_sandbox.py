@@ -708,9 +708,11 @@ def install_chatlog(
     messages: Iterable[dict[str, Any]],
     *,
     method: str = "jingdong.im.pop.chatlog.get",
+    session_method: str = "jingdong.im.pop.sessionlist.get",
     max_window: timedelta = timedelta(days=31),
 ) -> list[dict[str, Any]]:
-    """Serve chat messages by time window (and optional waiter / customer), page by page, as JD does."""
+    """Serve chat messages by time window (and optional waiter / customer), page by page, as JD does, and
+    the sessions they belong to (by their first message's time)."""
     rows = sorted(messages, key=lambda r: (r["time"], r["msgId"]))
 
     def listing(biz: Any) -> dict[str, Any]:
@@ -737,5 +739,53 @@ def install_chatlog(
             }
         }
 
+    def sessions(biz: Any) -> dict[str, Any]:
+        try:
+            start = datetime.strptime(str(biz.get("startTime")), "%Y-%m-%d %H:%M:%S")
+            end = datetime.strptime(str(biz.get("endTime")), "%Y-%m-%d %H:%M:%S")
+        except ValueError:
+            raise FakeJosError("31", en_desc="startTime/endTime: yyyy-MM-dd HH:mm:ss") from None
+        by_sid: dict[str, list[dict[str, Any]]] = {}
+        for r in rows:
+            by_sid.setdefault(r["sid"], []).append(r)
+        found = [
+            {
+                "sid": sid,
+                "customer": msgs[0]["customer"],
+                "waiter": msgs[0]["waiter"],
+                "startTime": msgs[0]["time"],
+                "endTime": msgs[-1]["time"],
+            }
+            for sid, msgs in by_sid.items()
+            if start <= datetime.strptime(msgs[0]["time"], "%Y-%m-%d %H:%M:%S") < end
+            and (not biz.get("waiter") or msgs[0]["waiter"] == biz["waiter"])
+        ]
+        page, size = int(biz.get("page") or 1), int(biz.get("pageSize") or 20)
+        return {
+            "result": {
+                "success": True,
+                "total": len(found),
+                "sessionList": found[(page - 1) * size : page * size],
+            }
+        }
+
     fake.handle(method, listing)
+    fake.handle(session_method, sessions)
     return rows
+
+
+DEMO_GROUPS = [
+    {"groupId": 1, "groupName": "售前咨询", "waiters": ["xingchen_kf01", "xingchen_kf02"]},
+    {"groupId": 2, "groupName": "售后服务", "waiters": ["xingchen_kf03"]},
+]
+
+
+def install_groups(
+    fake: FakeJos,
+    groups: Iterable[dict[str, Any]] = DEMO_GROUPS,
+    *,
+    method: str = "jingdong.im.pop.groupinfo.get",
+) -> None:
+    """Serve the shop's agent groups (made up)."""
+    listed = list(groups)
+    fake.handle(method, lambda biz: {"result": {"success": True, "groupList": listed}})

@@ -174,6 +174,21 @@ class JdChatMessage(Base):
     pulled_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
 
 
+class JdChatSession(Base):
+    """A chat session of the shop (jingdong.im.pop.sessionlist.get): who, which agent, when."""
+
+    __tablename__ = "jd_chat_sessions"
+    __table_args__ = (UniqueConstraint("shop_id", "session_id"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    shop_id: Mapped[str] = mapped_column(ForeignKey("shops.id", ondelete="CASCADE"), index=True)
+    session_id: Mapped[str] = mapped_column(String(200))
+    customer_hash: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    waiter: Mapped[str | None] = mapped_column(String(100), nullable=True)
+    started_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    ended_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+
+
 class JdPullCursor(Base):
     """Where the last incremental pull of a JOS list ended, per shop and kind ("evaluations" ...)."""
 

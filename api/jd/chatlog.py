@@ -13,12 +13,12 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import func, select
 
-from api.db.models import JdChatMessage
+from api.db.models import JdChatMessage, JdChatSession
 from api.dialog.privacy import mask_pii
 from api.jd import parse_beijing_timestamp
-from api.jd.methods import CHAT_LOG, field_value
+from api.jd.methods import CHAT_LOG, SESSION_LIST, field_value
 from api.jd.pulls import aware, pull_windows
 
 KIND = "chatlog"
@@ -135,3 +135,61 @@ def pairs(
                 out += [ChatPair(w.text_masked, row.text_masked, w.session_id, w.at) for w in waiting]
                 waiting = []
     return out
+
+
+# -------------------------------------------------------------------------------------------- sessions
+def pull_sessions(
+    service: Any,
+    shop_id: str,
+    since: datetime | None = None,
+    until: datetime | None = None,
+    page_size: int = 100,
+) -> dict[str, Any]:
+    """Fetch the shop's chat sessions (jingdong.im.pop.sessionlist.get) and store the new ones."""
+    return pull_windows(
+        service,
+        shop_id,
+        kind="sessions",
+        method=SESSION_LIST,
+        store=_store_sessions,
+        since=since,
+        until=until,
+        page_size=page_size,
+    )
+
+
+def _store_sessions(service: Any, shop_id: str, records: list[dict[str, Any]]) -> int:
+    rows = {
+        mask_pii(str(sid))[:200]: r
+        for r in records
+        if (sid := field_value(r, SESSION_LIST, "session")) not in (None, "")
+    }
+    with service.db.session() as s:
+        known = set(
+            s.scalars(
+                select(JdChatSession.session_id).where(
+                    JdChatSession.shop_id == shop_id, JdChatSession.session_id.in_(list(rows))
+                )
+            )
+        )
+        for session_id, r in rows.items():
+            if session_id in known:
+                continue
+            customer = field_value(r, SESSION_LIST, "customer")
+            waiter = field_value(r, SESSION_LIST, "waiter")
+            s.add(
+                JdChatSession(
+                    shop_id=shop_id,
+                    session_id=session_id,
+                    customer_hash=service.customer_hash(str(customer)) if customer else None,
+                    waiter=str(waiter)[:100] if waiter else None,
+                    started_at=_when(field_value(r, SESSION_LIST, "start")),
+                    ended_at=_when(field_value(r, SESSION_LIST, "end")),
+                )
+            )
+    return len(set(rows) - known)
+
+
+def session_count(service: Any, shop_id: str) -> int:
+    with service.db.session() as s:
+        return int(s.scalar(select(func.count()).where(JdChatSession.shop_id == shop_id)) or 0)

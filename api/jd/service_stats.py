@@ -17,7 +17,7 @@ from sqlalchemy import select
 
 from api.db.models import Exchange
 from api.jd import BEIJING, JosClient, beijing_timestamp
-from api.jd.methods import ASK_RATE, AVG_WAIT, UNREPLY_STAT, WAITER_ONLINE, field_value, fields_of
+from api.jd.methods import ASK_RATE, AVG_WAIT, GROUP_INFO, UNREPLY_STAT, WAITER_ONLINE, field_value, fields_of
 from api.jd.records import first_records
 from api.jd.shop import counted_call, shop_credentials
 
@@ -110,3 +110,21 @@ def _bot_figures(counts: Counter[str]) -> dict[str, Any]:
         "answer_rate": round(counts["answer"] / messages, 4) if messages else None,
         "handoff_rate": round(counts["handoff"] / messages, 4) if messages else None,
     }
+
+
+def groups(service: Any, shop_id: str) -> list[dict[str, Any]]:
+    """The shop's agent groups: id, name and the agents' pins."""
+    creds = shop_credentials(service, shop_id)
+    with JosClient(*creds, base_url=service.settings.jos_url) as client:
+        result = counted_call(client, GROUP_INFO.configured_name(service.settings), GROUP_INFO.request())
+    out = []
+    for r in first_records(result):
+        waiters = field_value(r, GROUP_INFO, "waiters") or []
+        out.append(
+            {
+                "group": field_value(r, GROUP_INFO, "group"),
+                "name": field_value(r, GROUP_INFO, "name"),
+                "waiters": [str(w) for w in waiters] if isinstance(waiters, list) else [str(waiters)],
+            }
+        )
+    return out

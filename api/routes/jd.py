@@ -35,7 +35,7 @@ from api.dialog.privacy import mask_pii
 from api.jd import BEIJING, JosAuthError, JosError, StaleTimestamp, chatlog, check_timestamp, push, verify
 from api.jd import queue as jd_queue
 from api.jd.evaluations import EvaluationsNotConfigured, list_evaluations, pull, stats, summary
-from api.jd.service_stats import daily
+from api.jd.service_stats import daily, groups
 from api.kb import repo as kb_repo
 from api.metrics import AUTH_FAILURES
 from api.web.deps import SHOP_AUTH_RESPONSES, SHOP_ID, ServiceDep, ShopDep
@@ -379,16 +379,18 @@ def pull_chatlog(
     since: Annotated[datetime | None, Query(description="backfill from (the cursor is left alone)")] = None,
     until: Annotated[datetime | None, Query(description="backfill to (default: now)")] = None,
 ) -> dict[str, Any]:
-    """Fetch the shop's chat history from JOS (jingdong.im.pop.chatlog.get), masked before it is stored:
-    new messages since the last pull, or with `since` a chosen period."""
+    """Fetch the shop's chat history and sessions from JOS (jingdong.im.pop.chatlog.get, …sessionlist.get),
+    masked before it is stored: new ones since the last pull, or with `since` a chosen period."""
     if until is not None and since is None:
         raise HTTPException(status.HTTP_400_BAD_REQUEST, "until needs since (a backfill period)")
     since, until = _period(since, until)
     try:
         with _jos_errors():
-            return chatlog.pull(service, shop.id, since=since, until=until)
+            messages = chatlog.pull(service, shop.id, since=since, until=until)
+            sessions = chatlog.pull_sessions(service, shop.id, since=since, until=until)
     except ValueError as e:
         raise HTTPException(status.HTTP_400_BAD_REQUEST, str(e)) from e
+    return {**messages, "sessions": {k: sessions[k] for k in ("seen", "new")}}
 
 
 @shop_router.get("/chatlog/coldstart")
@@ -407,3 +409,10 @@ def chatlog_coldstart(
         "proposals": result.rows,
         "labelled": [{"query": q, "expected_id": e} for q, e in result.labelled],
     }
+
+
+@shop_router.get("/groups")
+def agent_groups(shop: ShopDep, service: ServiceDep) -> list[dict[str, Any]]:
+    """The shop's agent groups (jingdong.im.pop.groupinfo.get), read from JOS now."""
+    with _jos_errors():
+        return groups(service, shop.id)
