@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 
 from engine import fusion
-from engine.decide import DEFAULT_HUMAN_PHRASES, DecisionPolicy, choose_thresholds
+from engine.decide import DEFAULT_HUMAN_PHRASES, DecisionPolicy, choose_thresholds, precision_interval
 from engine.dense import DenseIndex
 from engine.embed import CachedEmbedder, Embedder, make_embedder
 from engine.followup import calibrate_follow_ups
@@ -27,6 +27,7 @@ from engine.fusion import LinearModel
 from engine.kb import KBEntry, kb_hash, load_kb
 from engine.matcher import Matcher, QueryRep, Ranking
 from engine.normalize import normalize, strip_placeholders
+from engine.paraphrase import ParaphraseGenerator
 from engine.sparse import SparseIndex, query_terms
 from engine.supervised import EntryClassifier
 from engine.tokenize import Tokenizer, char_ngrams
@@ -39,6 +40,11 @@ MIN_REAL_EXAMPLES = 40  # fewer held-out paraphrases than this: use default fusi
 OOS_SHARE = 0.3  # assumed share of out-of-scope messages when choosing thresholds
 MAX_CLASSIFIER_ENTRIES = 3000
 MIN_LABELLED = 50  # labelled messages needed before they may replace the KB's own calibration
+# the answer threshold must meet the target precision with this confidence (a Clopper-Pearson lower bound)
+THRESHOLD_CONFIDENCE = 0.8
+# a held-out paraphrase takes its near copies in its entry along (sparse cosine at least this): a message
+# is never a near copy of a KB question the way paraphrases written together are of each other
+CLUSTER_COSINE = 0.8
 
 
 def build_matcher(
@@ -168,7 +174,20 @@ def _centroids(vectors: np.ndarray, ptr: np.ndarray) -> np.ndarray:
     return (c / n).astype(np.float32)
 
 
-def _row_rep(m: Matcher, X_sparse: Any, vectors: np.ndarray | None, r: int, hidden: slice) -> QueryRep:
+def _cluster_of(X_sparse: Any, r: int, lo: int, hi: int) -> np.ndarray:
+    """Row r and its near copies among its entry's rows lo:hi, leaving at least one other row visible."""
+    if CLUSTER_COSINE >= 1.0 or hi - lo <= 2:
+        return np.array([r])
+    sims = np.asarray((X_sparse[lo:hi] @ X_sparse[r].T).todense()).ravel()
+    sims[r - lo] = 2.0
+    near = np.flatnonzero(sims >= CLUSTER_COSINE)
+    if near.size >= hi - lo:  # all near copies: keep the least similar visible
+        far = int(np.argsort(sims, kind="stable")[0])
+        near = near[near != far]
+    return lo + near
+
+
+def _row_rep(m: Matcher, X_sparse: Any, vectors: np.ndarray | None, r: int, hidden: np.ndarray) -> QueryRep:
     """A KB question as a message would look with rows `hidden` gone from the index.
 
     Terms that occur only in hidden rows become unknown words: they are dropped and counted, exactly as
@@ -188,16 +207,14 @@ def _row_rep(m: Matcher, X_sparse: Any, vectors: np.ndarray | None, r: int, hidd
     return QueryRep(text, ids[known], weights, float(unknown), len(text), dense)
 
 
-def _synthetic_rep(m: Matcher, text: str, rng: np.random.Generator) -> QueryRep | None:
-    """A copy of a KB question with one content word dropped: a stand-in paraphrase."""
-    norm = normalize(text)
-    canon = m.tokenizer.canonical(norm)
-    words = m.tokenizer.segment(canon)
-    if len(words) < 3:
-        return None
-    drop = int(rng.integers(len(words)))
-    variant = "".join(w for i, w in enumerate(words) if i != drop)
-    return m.represent(variant)
+def _synthetic_rep(
+    m: Matcher, gen: ParaphraseGenerator, text: str, rng: np.random.Generator
+) -> QueryRep | None:
+    """A stand-in paraphrase of a KB question (engine.paraphrase): synonyms, drops, reordering,
+    particles and homophone typos, as customers change a question."""
+    words = m.tokenizer.segment(m.tokenizer.canonical(normalize(text)))
+    variant = gen.generate(words, rng)
+    return None if variant is None else m.represent(variant)
 
 
 @dataclass
@@ -229,16 +246,23 @@ def held_out_examples(
     all_ok = np.ones(len(m.entries), bool)
     in_rows = rng.permutation(np.flatnonzero(multi[owner]))[:max_examples]
     oos_rows = rng.permutation(n_rows)[:max_examples]
-    fold_probs = _out_of_fold_probs(m, X_sparse, vectors, owner, in_rows, rng) if m.classifier else {}
+    ptr = m.row_ptr
+    clusters = {
+        int(r): _cluster_of(X_sparse, int(r), int(ptr[owner[r]]), int(ptr[owner[r] + 1])) for r in in_rows
+    }
+    fold_probs = (
+        _out_of_fold_probs(m, X_sparse, vectors, owner, in_rows, rng, clusters) if m.classifier else {}
+    )
 
     def examples(rows: np.ndarray, hide_entry: bool) -> list[Example]:
         out = []
         for r in rows:
             e = int(owner[r])
-            lo, hi = (int(m.row_ptr[e]), int(m.row_ptr[e + 1])) if hide_entry else (int(r), int(r) + 1)
-            rep = _row_rep(m, X_sparse, vectors, int(r), slice(lo, hi))
+            lo, hi = int(m.row_ptr[e]), int(m.row_ptr[e + 1])
+            hidden = np.arange(lo, hi) if hide_entry else clusters[int(r)]
+            rep = _row_rep(m, X_sparse, vectors, int(r), hidden)
             row_ok = np.ones(n_rows, bool)
-            row_ok[lo:hi] = False
+            row_ok[hidden] = False
             entry_ok, probs = all_ok, fold_probs.get(int(r))
             if hide_entry:
                 entry_ok = all_ok.copy()
@@ -251,8 +275,9 @@ def held_out_examples(
     in_ex = examples(in_rows, hide_entry=False)
     synthetic = len(in_ex) < MIN_REAL_EXAMPLES
     if synthetic:
+        gen = ParaphraseGenerator(m.tokenizer.synonyms).fit(normalize(t) for t in m.row_texts)
         for r in rng.permutation(n_rows)[:max_examples]:
-            rep = _synthetic_rep(m, m.row_texts[r], rng)
+            rep = _synthetic_rep(m, gen, m.row_texts[r], rng)
             if rep is not None:
                 in_ex.append(Example(rep, all_ok, None, None, int(owner[r])))
     oos_ex = examples(oos_rows, hide_entry=True) if len(m.entries) > 1 else []
@@ -316,6 +341,7 @@ def calibrate_on_kb(
     )
     in_mask = np.asarray(is_in)
     return {
+        "calibrated_on": "held-out KB questions (paraphrases hidden with their near copies, entries hidden)",
         "examples_in_scope": int(in_mask.sum()),
         "examples_out_of_scope": int((~in_mask).sum()),
         "synthetic_paraphrases": synthetic,
@@ -325,7 +351,23 @@ def calibrate_on_kb(
         "t_clarify": m.policy.t_clarify,
         "cv_top1_in_scope": float(y[in_mask].mean()) if in_mask.any() else None,
         "cv_answer_precision": float((w * y * answered).sum() / max(1e-9, (w * answered).sum())),
+        **_guarantee(y, w, answered),
         "cv_answer_coverage": float((w * answered).sum() / w.sum()),
+    }
+
+
+def _guarantee(y: np.ndarray, w: np.ndarray, answered: np.ndarray) -> dict[str, Any]:
+    """The answer threshold's promise, as the manifest states it: how it was chosen and the 90% interval
+    of the precision its answers had on the (out-of-fold) calibration examples."""
+    lo, hi = precision_interval(y[answered].astype(float), w[answered], 0.9)
+    return {
+        "threshold_rule": (
+            f"lowest threshold whose precision's Clopper-Pearson lower bound meets the target "
+            f"with {THRESHOLD_CONFIDENCE:.0%} confidence"
+            if THRESHOLD_CONFIDENCE
+            else "lowest threshold whose precision meets the target"
+        ),
+        "answer_precision_interval_90": [round(lo, 4), round(hi, 4)],
     }
 
 
@@ -336,6 +378,7 @@ def _out_of_fold_probs(
     owner: np.ndarray,
     rows: np.ndarray,
     rng: np.random.Generator,
+    clusters: Mapping[int, np.ndarray] | None = None,
     folds: int = 0,
 ) -> dict[int, np.ndarray]:
     """Classifier probabilities for held-out rows from models that never saw them.
@@ -353,6 +396,9 @@ def _out_of_fold_probs(
             continue
         train = np.ones(n_rows, bool)
         train[test] = False
+        for r in test:
+            if clusters is not None:  # the held-out row's near copies are hidden with it
+                train[clusters[int(r)]] = False
         clf = EntryClassifier().fit(
             X_sparse[train],
             None if vectors is None else vectors[train],
@@ -409,7 +455,9 @@ def fit_calibration(
             train, test = folds != f, folds == f
             if test.any() and y[train].min() != y[train].max():
                 p[test] = fusion.fit_logistic(X[train], y[train], sample_weight=w[train]).proba_many(X[test])
-    m.policy.t_answer, m.policy.t_clarify = choose_thresholds(p, correct, top3, w, target_precision)
+    m.policy.t_answer, m.policy.t_clarify = choose_thresholds(
+        p, correct, top3, w, target_precision, confidence=THRESHOLD_CONFIDENCE
+    )
     return p, correct, w, p >= m.policy.t_answer
 
 
@@ -448,14 +496,16 @@ def recalibrate(
             f"{len(feats)} usable labelled messages ({n_right} matched right, {len(feats) - n_right} not): "
             f"calibration needs at least {MIN_LABELLED}, with 5 or more of each kind"
         )
-    _, y, _, answered = fit_calibration(
+    _, y, w, answered = fit_calibration(
         m, np.vstack(feats), np.asarray(correct), np.asarray(top3), np.ones(len(feats)), target
     )
     report = {
+        "calibrated_on": "labelled messages",
         "examples": len(feats),
         "t_answer": m.policy.t_answer,
         "t_clarify": m.policy.t_clarify,
         "answer_precision": float(y[answered].mean()) if answered.any() else None,
+        **_guarantee(y, w, answered),
         "answer_coverage": float(answered.mean()),
         "target_precision": target,
     }

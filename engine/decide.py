@@ -55,6 +55,39 @@ class DecisionPolicy:
         }
 
 
+def precision_bound(hits: np.ndarray, weights: np.ndarray, confidence: float) -> np.ndarray:
+    """One-sided Clopper-Pearson lower bounds on precision, one per prefix of weighted examples.
+
+    Weighted examples carry less information than as many unweighted ones: the bound uses Kish's
+    effective sample size (sum w)^2 / sum w^2 of each prefix, so a threshold chosen on a handful of
+    heavy examples is not trusted as if they were many.
+    """
+    from scipy.stats import beta
+
+    w_sum = np.cumsum(weights)
+    w2_sum = np.cumsum(weights * weights)
+    n_eff = w_sum * w_sum / np.maximum(w2_sum, 1e-12)
+    prec = np.cumsum(weights * hits) / np.maximum(w_sum, 1e-12)
+    k = prec * n_eff
+    lower = beta.ppf(1.0 - confidence, np.maximum(k, 1e-9), n_eff - k + 1.0)
+    return np.where(k > 0, np.nan_to_num(lower), 0.0)
+
+
+def precision_interval(hits: np.ndarray, weights: np.ndarray, level: float = 0.9) -> tuple[float, float]:
+    """Two-sided Clopper-Pearson interval of a weighted precision (Kish effective sample size)."""
+    from scipy.stats import beta
+
+    if hits.size == 0:
+        return 0.0, 1.0
+    w_sum, w2_sum = float(weights.sum()), float((weights * weights).sum())
+    n = w_sum * w_sum / max(w2_sum, 1e-12)
+    k = float((weights * hits).sum()) / max(w_sum, 1e-12) * n
+    alpha = (1.0 - level) / 2
+    lo = float(beta.ppf(alpha, k, n - k + 1)) if k > 0 else 0.0
+    hi = float(beta.ppf(1 - alpha, k + 1, n - k)) if k < n else 1.0
+    return lo, hi
+
+
 def choose_thresholds(
     p: np.ndarray,
     correct: np.ndarray,
@@ -62,24 +95,30 @@ def choose_thresholds(
     weights: np.ndarray,
     target_precision: float = 0.95,
     target_top3: float = 0.8,
+    confidence: float | None = None,
 ) -> tuple[float, float]:
     """Lowest thresholds whose weighted precision on the calibration set meets the targets.
 
-    t_answer: answered examples (P >= t) are right at least `target_precision` of the time.
+    t_answer: answered examples (P >= t) are right at least `target_precision` of the time; with
+    `confidence` (say 0.8), the Clopper-Pearson lower bound of that precision must meet the target, so
+    a small calibration set yields a cautious threshold instead of a lucky one.
     t_clarify: among examples with P >= t, the right entry is in the offered top 3 at least
     `target_top3` of the time (so a clarify list is worth showing).
     """
 
-    def lowest(ok: np.ndarray, target: float) -> float:
+    def lowest(ok: np.ndarray, target: float, bound: float | None) -> float:
         order = np.argsort(-p, kind="stable")
         w = weights[order]
-        prec = np.cumsum(w * ok[order]) / np.cumsum(w)
+        if bound is None:
+            prec = np.cumsum(w * ok[order]) / np.cumsum(w)
+        else:
+            prec = precision_bound(ok[order], w, bound)
         good = np.flatnonzero(prec >= target)
         if good.size == 0:
             return 1.0 + 1e-9  # never reached: nothing met the target
         # the largest prefix that still meets the target; its last score is the threshold
         return float(p[order][good[-1]])
 
-    t_answer = lowest(correct.astype(float), target_precision)
-    t_clarify = min(lowest(in_top3.astype(float), target_top3), t_answer)
+    t_answer = lowest(correct.astype(float), target_precision, confidence)
+    t_clarify = min(lowest(in_top3.astype(float), target_top3, None), t_answer)
     return t_answer, t_clarify

@@ -13,8 +13,10 @@ from engine import Matcher
 
 
 @pytest.fixture(scope="module")
-def demo(fast_matcher: Matcher) -> Matcher:
-    return fast_matcher
+def demo(demo_matcher: Matcher) -> Matcher:
+    # the default profile, as shops are served: on the demo KB the sparse-only profile cannot promise the
+    # target precision with the threshold's confidence, so it offers options where this one answers
+    return demo_matcher
 
 
 def policy(m: Matcher, replies: Replies | None = None) -> ConversationPolicy:
@@ -190,7 +192,8 @@ def test_follow_ups_are_read_with_the_previous_question(
     assert b.kind == "answer" and b.entry_id == expected
 
 
-def test_a_follow_up_that_needs_the_context_says_so(demo: Matcher) -> None:
+def test_a_follow_up_that_needs_the_context_says_so(fast_matcher: Matcher) -> None:
+    demo = fast_matcher  # on its own "那怎么申请" points nowhere for the sparse channel
     alone, _ = talk(policy(demo), "那怎么申请")
     assert alone[0].kind != "clarify" or alone[0].options[0].entry_id != "price-protect-apply"
     (_, b), _ = talk(policy(demo), "价保有多少天", "那怎么申请")

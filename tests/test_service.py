@@ -353,8 +353,8 @@ def test_no_address_is_stored_anywhere(client: TestClient) -> None:
     publish_and_wait(client, "shop-a", key, kb_csv())
     text = "寄到北京市朝阳区建国路88号，电话13812345678，什么时候发货"
     say(client, "shop-a", key, text, conv="c-addr")
-    handoff = say(client, "shop-a", key, text, conv="c-addr")  # the repeat hands off with the history
-    assert handoff["kind"] == "handoff" and handoff["handoff"]["last_messages"]
+    handoff = say(client, "shop-a", key, "转人工", conv="c-addr")  # the handoff carries the history
+    assert handoff["kind"] == "handoff" and len(handoff["handoff"]["last_messages"]) >= 2
     store = client.app.state.service.store  # type: ignore[attr-defined]
     state = store.get_json(Conversations.key("shop-a", "c-addr"))
     logged = client.get("/v1/shops/shop-a/exchanges", headers=key).json()
@@ -581,8 +581,11 @@ def test_shop_settings_shape_the_next_publish(client: TestClient) -> None:
     assert client.get("/v1/shops/shop-a/settings", headers=key).json()["synonyms"] == {"白条": ["京东信用付"]}
     v2 = publish_and_wait(client, "shop-a", key)
     after = say(client, "shop-a", key, "京东信用付", conv="s1")
-    assert (after["kind"], after["entry_id"]) == ("answer", "payment")
-    assert after["confidence"] > before["confidence"]  # the variant now reads as the KB's own word
+    # the variant now reads as the KB's own word: first, and far more confident (this KB is too small for
+    # an answer threshold at 95% with 80% confidence, so the bot offers it rather than answers it)
+    assert after["kind"] in ("answer", "clarify")
+    assert (after["entry_id"] or after["options"][0]["entry_id"]) == "payment"
+    assert after["confidence"] > before["confidence"] + 0.2
     assert say(client, "shop-a", key, "我要找店长", conv="s2")["kind"] == "handoff"
     version = client.get(f"/v1/shops/shop-a/kb/versions/{v2}", headers=key).json()
     assert version["options"]["synonyms"] == {"白条": ["京东信用付"]}

@@ -210,6 +210,11 @@ def _channels(info: dict[str, Any]) -> str:
     return " + ".join(parts)
 
 
+def _interval(cal: dict[str, Any]) -> str:
+    iv = cal.get("answer_precision_interval_90")
+    return f" (90% interval {_pct(iv[0])} - {_pct(iv[1])})" if iv else ""
+
+
 def _print_build_summary(m: Matcher, kb: Path, saved: Path) -> None:
     info = m.info
     cal: dict[str, Any] = info.get("calibration", {})
@@ -230,7 +235,7 @@ def _print_build_summary(m: Matcher, kb: Path, saved: Path) -> None:
             f"{cal.get('examples_in_scope')} in scope, {cal.get('examples_out_of_scope')} out of scope",
         ),
         ("CV top-1 (in scope)", _pct(cal.get("cv_top1_in_scope"))),
-        ("CV answer precision", _pct(cal.get("cv_answer_precision"))),
+        ("CV answer precision", _pct(cal.get("cv_answer_precision")) + _interval(cal)),
         ("CV answer coverage", _pct(cal.get("cv_answer_coverage"))),
         ("build seconds", f"{info.get('build_seconds', 0.0):.1f}"),
         ("saved to", str(saved)),
@@ -244,8 +249,10 @@ def _print_build_summary(m: Matcher, kb: Path, saved: Path) -> None:
         )
     if (cal.get("t_answer") or 0.0) > 1.0:
         console.print(
-            "[yellow]warning:[/] no confidence level reached the target precision: this model never answers "
-            "directly. Add similar questions to the KB or lower --target-precision."
+            "[yellow]warning:[/] no confidence level reached the target precision with the threshold's "
+            "confidence on these calibration examples: this model answers only a KB question asked word for "
+            "word and offers the closest questions otherwise. Add similar questions to the KB, calibrate on "
+            "labelled messages (kefu calibrate) or lower --target-precision."
         )
 
 
@@ -437,8 +444,8 @@ def _print_calibration(before: tuple[float, float], report: dict[str, Any], save
     console.print(table)
     console.print(
         f"{report['examples']} labelled messages used; on them: answer precision "
-        f"{_pct(report['answer_precision'])}, coverage {_pct(report['answer_coverage'])} "
-        f"(target {_pct(report['target_precision'])})"
+        f"{_pct(report['answer_precision'])}{_interval(report)}, coverage {_pct(report['answer_coverage'])} "
+        f"(target {_pct(report['target_precision'])}; {report.get('threshold_rule', '')})"
     )
     console.print(f"saved to {escape(str(saved))}")
 
