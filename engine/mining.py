@@ -8,15 +8,19 @@ existing entry (the model's first candidate for most of them, confidently enough
 paraphrases for that entry, any other cluster a new entry (its medoid as the question, the others as
 paraphrases, the answer left for the merchant). Clusters rank by size, then recency.
 
-Files, the CLI and the measurement (hidden entries found again) are in training/mining.py.
+The proposals' file (CSV/XLSX in the KB's columns) is written here, for `kefu mine` and the service alike;
+reading message files, the CLI and the measurement (hidden entries found again) are in training/mining.py.
 """
 
 from __future__ import annotations
 
+import csv
+import io
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -24,6 +28,7 @@ import scipy.sparse as sp
 from sklearn.cluster import AgglomerativeClustering
 from sklearn.feature_extraction.text import TfidfVectorizer
 
+from engine.cells import escape_cell
 from engine.kb import KBEntry
 from engine.normalize import normalize, strip_placeholders
 from engine.results import Decision
@@ -35,6 +40,19 @@ MIN_BAR, MAX_BAR = 0.15, 0.8
 MIN_CLUSTER = 2
 MAX_EXAMPLES = 12  # paraphrases proposed per cluster
 EXISTING_SHARE = 0.6  # this share of a cluster's messages offered one entry first: paraphrases of it
+# a proposals file: the KB's own columns first (what an upload reads), then what the merchant reviews by
+PROPOSAL_COLUMNS = (
+    "id",
+    "question",
+    "similar",
+    "answer",
+    "category",
+    "proposal",
+    "cluster_size",
+    "new_paraphrases",
+    "closest_entry",
+    "last_seen",
+)
 
 
 @dataclass
@@ -187,3 +205,35 @@ def mine(
 def proposal_rows(proposals: Sequence[Proposal], entries: Sequence[KBEntry]) -> list[dict[str, str]]:
     by_id = {e.id: e for e in entries}
     return [p.to_row(i, by_id) for i, p in enumerate(proposals, start=1)]
+
+
+def proposals_file(rows: Sequence[dict[str, str]], fmt: str) -> bytes:
+    """The proposals as a "csv" (UTF-8 with BOM, for Excel) or "xlsx" file, PROPOSAL_COLUMNS in order;
+    no cell can run as a formula (customer text goes to a merchant's spreadsheet)."""
+    table = [[escape_cell(str(r.get(c, ""))) for c in PROPOSAL_COLUMNS] for r in rows]
+    if fmt == "xlsx":
+        import openpyxl
+
+        book = openpyxl.Workbook()
+        sheet = book.active
+        assert sheet is not None
+        sheet.append(list(PROPOSAL_COLUMNS))
+        for row in table:
+            sheet.append(row)
+        out = io.BytesIO()
+        book.save(out)
+        return out.getvalue()
+    if fmt != "csv":
+        raise ValueError(f"unknown proposals format {fmt!r} (csv or xlsx)")
+    text = io.StringIO()
+    writer = csv.writer(text)
+    writer.writerow(PROPOSAL_COLUMNS)
+    writer.writerows(table)
+    return text.getvalue().encode("utf-8-sig")
+
+
+def write_proposals(rows: Sequence[dict[str, str]], path: str | Path) -> Path:
+    """The proposals file at `path`: XLSX for a .xlsx suffix, else CSV."""
+    out = Path(path)
+    out.write_bytes(proposals_file(rows, "xlsx" if out.suffix.lower() == ".xlsx" else "csv"))
+    return out

@@ -1,10 +1,11 @@
-"""`kefu mine`: reading message files, writing proposals, and measuring mining honestly.
+"""`kefu mine`: reading message files, and measuring mining honestly.
 
-The clustering itself is engine.mining (the service mines a shop's log with it too). `evaluate_mining`
-measures it on a labelled set: entries are hidden from the KB, their queries sent as traffic with the
-rest, the unanswered ones mined, and the figures say how many hidden entries come back as clusters, how
-pure the clusters are, and how much coverage at the target precision rises on other queries once the
-proposals (answered by the "merchant", here with the hidden entry's answer) are added.
+The clustering itself and the proposals file it writes are engine.mining (the service mines a shop's log
+with them too). `evaluate_mining` measures it on a labelled set: entries are hidden from the KB, their
+queries sent as traffic with the rest, the unanswered ones mined, and the figures say how many hidden
+entries come back as clusters, how pure the clusters are, and how much coverage at the target precision
+rises on other queries once the proposals (answered by the "merchant", here with the hidden entry's
+answer) are added.
 """
 
 from __future__ import annotations
@@ -18,9 +19,8 @@ from typing import Any
 
 import numpy as np
 
-from engine.cells import escape_cell
 from engine.kb import KBEntry, KBValidationError, read_rows
-from engine.mining import Message, Proposal, mine, proposal_rows
+from engine.mining import PROPOSAL_COLUMNS, Message, Proposal, mine, proposal_rows, write_proposals
 from engine.results import Decision
 
 __all__ = [
@@ -38,18 +38,7 @@ __all__ = [
 
 TEXT_COLUMNS = ("text", "text_masked", "message", "query", "question", "消息", "内容", "问题")
 TIME_COLUMNS = ("created_at", "time", "at", "时间")
-ROW_COLUMNS = (
-    "id",
-    "question",
-    "similar",
-    "answer",
-    "category",
-    "proposal",
-    "cluster_size",
-    "new_paraphrases",
-    "closest_entry",
-    "last_seen",
-)
+ROW_COLUMNS = PROPOSAL_COLUMNS  # the name this module gave them
 
 
 class MessageFileError(ValueError):
@@ -91,28 +80,6 @@ def read_messages(path: str | Path) -> list[Message]:
             except ValueError:
                 raise MessageFileError(f"{file} row {row}, column {time_key}: not a time: {raw!r}") from None
         out.append(Message(text, at.replace(tzinfo=None) if at else None))
-    return out
-
-
-def write_proposals(rows: Sequence[dict[str, str]], path: str | Path) -> Path:
-    """The proposals as CSV (UTF-8 with BOM, for Excel) or XLSX, in the KB's own columns first."""
-    import csv
-
-    out = Path(path)
-    if out.suffix.lower() == ".xlsx":
-        import openpyxl
-
-        book = openpyxl.Workbook()
-        sheet = book.active
-        sheet.append(list(ROW_COLUMNS))
-        for r in rows:
-            sheet.append([escape_cell(r[c]) for c in ROW_COLUMNS])
-        book.save(out)
-        return out
-    with out.open("w", encoding="utf-8-sig", newline="") as f:
-        writer = csv.writer(f)
-        writer.writerow(ROW_COLUMNS)
-        writer.writerows([escape_cell(r[c]) for c in ROW_COLUMNS] for r in rows)
     return out
 
 

@@ -48,6 +48,11 @@ REASON_HUMAN = "customer asked for a human agent"
 REASON_REPEATED = "repeated question"
 REASON_ANGRY = "angry customer and no confident answer"
 REASON_VENTING = "the customer is upset and the bot has not helped yet"
+REASON_NON_TEXT = "non-text message"  # followed by the kind in brackets
+# handoffs in which the bot did not match the message (api.dialog.handle)
+REASON_MODE_OFF = "the bot is off for this shop: a human agent answers"
+REASON_MODE_ASSIST = "assist mode: a human agent answers, with suggestions from the bot"
+REASON_NO_MODEL = "no KB version is published for this shop yet"
 # why a conversation went to a human, as a bounded label for metrics and the exchange log
 HandoffCode = Literal[
     "explicit_request",
@@ -450,7 +455,7 @@ class ConversationPolicy:
         kind = non_text_kind(text)
         if kind is not None:
             if self.replies.non_text == "handoff":
-                return self._handoff(st, f"non-text message ({kind})", None, code="non_text")
+                return self._handoff(st, f"{REASON_NON_TEXT} ({kind})", None, code="non_text")
             return self._smalltalk(st, f"non-text message ({kind})", self.replies.non_text_reply, None)
         questions = split_questions(strip_stickers(self.mask(text)))
         if not questions:

@@ -14,6 +14,9 @@ from typing import Any
 
 from api.db.models import AgentTask, Shop
 from api.dialog.conversation import (
+    REASON_MODE_ASSIST,
+    REASON_MODE_OFF,
+    REASON_NO_MODEL,
     ConversationPolicy,
     Handoff,
     HandoffCode,
@@ -124,20 +127,15 @@ def handle_message(
     t0 = time.perf_counter()
     version: int | None = None
     if shop.mode == "off":
-        reply = _handoff("the bot is off for this shop: a human agent answers", text, "mode_off")
+        reply = _handoff(REASON_MODE_OFF, text, "mode_off")
     elif shop.mode == "assist":
         # the agent who takes the message gets the bot's suggestions with it, not in a second call
         suggested, version = suggestions(service, shop, text)
-        reply = _handoff(
-            "assist mode: a human agent answers, with suggestions from the bot",
-            text,
-            "mode_assist",
-            suggested,
-        )
+        reply = _handoff(REASON_MODE_ASSIST, text, "mode_assist", suggested)
     else:
         served = service.served(shop.id, shop.active_version)
         if served is None:
-            reply = _handoff("no KB version is published for this shop yet", text, "no_model")
+            reply = _handoff(REASON_NO_MODEL, text, "no_model")
         else:
             version = served.version
             matcher = served.matcher

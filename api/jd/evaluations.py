@@ -18,7 +18,7 @@ import logging
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import and_, or_, select
 
 from api.db.models import Exchange, JdEvaluation
 from api.dialog.privacy import mask_pii
@@ -153,6 +153,28 @@ def _handled_by(s: Any, shop_id: str, ev: JdEvaluation) -> tuple[str, str | None
         q = q.where(Exchange.created_at <= at)
     decisions = set(s.scalars(q))
     return ("human" if "handoff" in decisions else "bot"), conversation
+
+
+def low_rated_conversations(s: Any, shop_id: str, since: datetime, until: datetime) -> set[str]:
+    """The conversations customers rated LOW_SCORE or less, by ratings made in the period or up to a day
+    after it (a rating follows its chat); ratings without a time count when they name their session."""
+    q = select(JdEvaluation).where(
+        JdEvaluation.shop_id == shop_id,
+        JdEvaluation.score <= LOW_SCORE,
+        or_(
+            JdEvaluation.evaluated_at.is_(None),
+            and_(
+                JdEvaluation.evaluated_at >= aware(since),
+                JdEvaluation.evaluated_at < aware(until) + JOIN_WINDOW,
+            ),
+        ),
+    )
+    out = set()
+    for ev in s.scalars(q):
+        _, conversation = _handled_by(s, shop_id, ev)
+        if conversation is not None:
+            out.add(conversation)
+    return out
 
 
 def list_evaluations(service: Any, shop_id: str, limit: int = 100) -> list[dict[str, Any]]:

@@ -41,6 +41,7 @@ from api.metrics import AUTH_FAILURES, HANDOFFS, JD_DELIVERY_LATENCY, JD_OUTBOUN
 log = logging.getLogger("kefu.jd.queue")
 
 NOT_DELIVERED = "reply not delivered in time"
+NOT_DELIVERABLE = "reply could not be delivered"  # JOS refused it for good
 SEND_TIMEOUT = 10.0  # one chat push at most (less when the deadline is nearer)
 PUBLIC_STATUS = {"queued": "queued", "answering": "queued", "sending": "queued", "sent": "sent"}
 
@@ -290,7 +291,7 @@ class JdQueue:
     def _give_up(self, shop_id: str, digest: str, outcome: str, error: str) -> None:
         """The reply will not reach the customer: record it as a handoff (stored reply, exchange log,
         handoff metric) so that a person picks the conversation up."""
-        reason = NOT_DELIVERED if outcome == "expired" else "reply could not be delivered"
+        reason = NOT_DELIVERED if outcome == "expired" else NOT_DELIVERABLE
         with self.service.db.session() as s:
             row = s.get(JdMessage, (shop_id, digest))
             if row is None or row.delivery in ("sent", "failed"):

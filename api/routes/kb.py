@@ -4,12 +4,14 @@ A bad upload or edit answers 422 with every problem (file, row, column) and leav
 it was. Publishing answers 202 at once; the build runs in the background and only a model that
 passes its own evaluation is swapped in. A rollback (activate) also makes that version's KB the
 editable one, refusing with 409 rather than silently dropping edits nobody published. The editable KB
-and every version export as CSV or XLSX that upload back unchanged.
+and every version export as CSV or XLSX that upload back unchanged. `kb/mining` proposes what to add to the
+KB from the shop's log (api/kb/mining.py), as JSON or as a file in the KB's columns.
 """
 
 from __future__ import annotations
 
 import tempfile
+from datetime import datetime
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -20,13 +22,24 @@ from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
 
 from api.db.models import KBVersion, Shop
+from api.kb import mining
 from api.kb import repo as kb_repo
 from api.service import Service
 from api.settings import Settings
 from api.web.deps import SHOP_AUTH_RESPONSES, ServiceDep, ShopDep
-from api.web.schemas import DB_INT_MAX, ActivateOut, EntryIn, EntryOut, PublishOut, UploadOut, VersionOut
+from api.web.schemas import (
+    DB_INT_MAX,
+    ActivateOut,
+    EntryIn,
+    EntryOut,
+    MiningOut,
+    PublishOut,
+    UploadOut,
+    VersionOut,
+)
 from api.web.uploads import read_upload, upload_body, upload_name
 from engine.kb import KBEntry, KBTooLarge, KBValidationError, ReadLimits, dump_kb
+from engine.mining import proposals_file
 
 router = APIRouter(prefix="/v1/shops/{shop}", responses=SHOP_AUTH_RESPONSES, tags=["kb"])
 # the setting behind each engine.kb.KBTooLarge limit, named in the 413 answer
@@ -355,3 +368,49 @@ def export_version(
     with service.db.session() as s:
         entries = kb_repo.version_entries(_version_or_404(s, shop.id, version))
     return _download(entries, f"{shop.id}-kb-v{version}", format)
+
+
+MINING_RESPONSES: dict[int | str, dict[str, Any]] = {
+    200: {
+        "description": "the proposals and figures (json), or the proposals as a file in the KB's columns",
+        "content": {
+            "text/csv": {"schema": {"type": "string"}},
+            EXPORT_TYPES["xlsx"]: {"schema": {"type": "string", "format": "binary"}},
+        },
+    },
+    400: {"description": "a bad period (the parameter is named): reversed, out of range or too long"},
+}
+
+
+@router.get("/kb/mining", response_model=MiningOut, responses=MINING_RESPONSES)
+def kb_mining(
+    shop: ShopDep,
+    service: ServiceDep,
+    since: Annotated[
+        datetime | None, Query(description="from (Beijing time without a zone; default: until - 30 days)")
+    ] = None,
+    until: Annotated[datetime | None, Query(description="to, excluded (default: now)")] = None,
+    format: Annotated[
+        Literal["json", "csv", "xlsx"],
+        Query(description="json (proposals and figures), or csv / xlsx to edit and upload back"),
+    ] = "json",
+) -> Any:
+    """What the bot did not answer well in a period (at most 92 days), clustered with the served model:
+    each cluster proposed as a new entry or as paraphrases of the entry it is closest to, in the KB's
+    columns. Mined: messages handed off or clarified, corrected by an agent or thumbed down, and those
+    answered in conversations the customer rated badly on JD (see api/kb/mining.py). Texts are as logged,
+    masked. A new entry's answer is left blank: fill it in, then upload the rows with your KB."""
+    try:
+        start, end = mining.period(since, until)
+    except mining.PeriodError as e:
+        raise HTTPException(status.HTTP_400_BAD_REQUEST, str(e)) from e
+    result = mining.mine_shop(service, shop, start, end)
+    if format == "json":
+        return result.to_dict()
+    name = f"{shop.id}-mined-{start:%Y%m%d}-{end:%Y%m%d}.{format}"
+    disposition = f'attachment; filename="{name}"'
+    return Response(
+        proposals_file(result.rows, format),
+        media_type=EXPORT_TYPES[format],
+        headers={"Content-Disposition": disposition},
+    )

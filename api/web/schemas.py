@@ -196,6 +196,28 @@ class UploadOut(BaseModel):
     reused: bool = Field(default=False, description="as in the publish response")
 
 
+class MiningFigures(BaseModel):
+    messages: int = Field(description="logged messages mined (each counted once, under its first reason)")
+    by_reason: dict[str, int] = Field(
+        description="messages by why they were mined: correction, thumbs_down, handoff, clarify, low_rating"
+    )
+    clusters: int = Field(description="clusters proposed (one row each)")
+    clustered_messages: int
+    new_entries: int
+    paraphrases: int
+
+
+class MiningOut(BaseModel):
+    since: str
+    until: str
+    model_version: int | None = Field(description="the served version the messages were clustered with")
+    figures: MiningFigures
+    proposals: list[dict[str, str]] = Field(
+        description="one row per cluster in the KB's columns (id, question, similar, answer, category) and "
+        "proposal, cluster_size, new_paraphrases, closest_entry, last_seen; largest and most recent first"
+    )
+
+
 # ---------------------------------------------------------------- conversations
 
 

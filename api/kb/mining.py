@@ -1,0 +1,182 @@
+"""Mining a shop's exchange log: what the bot did not answer well, proposed as new KB entries or as
+paraphrases of existing ones (engine.mining), in the KB's own columns.
+
+A logged customer message (already masked when stored) is mined when, in the period:
+- the bot handed it off after trying to answer it (not: the customer asked for a person, was venting or
+  sent a picture; the shop's mode was off or assist, or it had no model; a reply that was not delivered);
+- the bot asked which entry was meant (clarify);
+- an agent corrected the reply (feedback `correction`, unless it names the entry that answered), or it
+  got a thumbs-down (feedback `down`); the latest label of an exchange counts, as in labelled.csv;
+- the bot answered it in a conversation the customer rated badly on JD (api.jd.evaluations: score
+  LOW_SCORE or less, joined to the conversation by JD's session, else the customer's last chat that day).
+
+Each message is counted once, under the first of REASONS that applies. The clarify choice ("第二个") is
+mined as the question it answered. Clustering uses the shop's served model (its normalization, synonyms
+and vectors), so a shop with no published version has nothing to mine against.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from sqlalchemy import select
+
+from api.db.models import Exchange, Feedback
+from api.dialog.conversation import (
+    CHOICE_REASON,
+    REASON_HUMAN,
+    REASON_MODE_ASSIST,
+    REASON_MODE_OFF,
+    REASON_NO_MODEL,
+    REASON_NON_TEXT,
+    REASON_VENTING,
+)
+from api.jd import BEIJING
+from api.jd.evaluations import low_rated_conversations
+from api.jd.queue import NOT_DELIVERABLE, NOT_DELIVERED
+from engine.mining import MAX_MESSAGES, Message, mine, proposal_rows
+
+DEFAULT_PERIOD = timedelta(days=30)
+MAX_PERIOD = timedelta(days=92)
+REASONS = ("correction", "thumbs_down", "handoff", "clarify", "low_rating")  # most specific first
+# handoffs that say nothing about what the KB lacks: the bot did not try, or there was no question
+NOT_A_MISS = (
+    REASON_HUMAN,
+    REASON_VENTING,
+    REASON_NON_TEXT,
+    REASON_MODE_OFF,
+    REASON_MODE_ASSIST,
+    REASON_NO_MODEL,
+    NOT_DELIVERED,
+    NOT_DELIVERABLE,
+)
+
+
+class PeriodError(ValueError):
+    """A period the caller must fix; `param` names the query parameter at fault."""
+
+    def __init__(self, param: str, message: str) -> None:
+        super().__init__(message)
+        self.param = param
+
+
+def period(
+    since: datetime | None, until: datetime | None, now: datetime | None = None
+) -> tuple[datetime, datetime]:
+    """[since, until) in UTC: times without a zone are Beijing time (as JD shows them to merchants);
+    until defaults to now, since to DEFAULT_PERIOD before until; at most MAX_PERIOD long."""
+    for name, t in (("since", since), ("until", until)):
+        if t is not None and not 2000 <= t.year <= 2100:
+            raise PeriodError(name, f"{name} must be a time between 2000 and 2100")
+    end = (until.replace(tzinfo=BEIJING) if until.tzinfo is None else until) if until else now
+    end = (end or datetime.now(UTC)).astimezone(UTC)
+    start = (since.replace(tzinfo=BEIJING) if since.tzinfo is None else since) if since else None
+    start = start.astimezone(UTC) if start is not None else end - DEFAULT_PERIOD
+    if start >= end:
+        raise PeriodError("since", "since must be before until (until defaults to now)")
+    if end - start > MAX_PERIOD:
+        days = (end - start) / timedelta(days=1)
+        raise PeriodError(
+            "since",
+            f"since..until spans {days:.1f} days; at most {MAX_PERIOD.days} days are mined at once",
+        )
+    return start, end
+
+
+@dataclass
+class MiningResult:
+    since: datetime
+    until: datetime
+    model_version: int | None
+    messages: int = 0
+    by_reason: dict[str, int] = field(default_factory=lambda: dict.fromkeys(REASONS, 0))
+    rows: list[dict[str, str]] = field(default_factory=list)
+    clustered: int = 0  # messages in a proposed cluster
+
+    def figures(self) -> dict[str, Any]:
+        kinds = Counter(r["proposal"] for r in self.rows)
+        return {
+            "messages": self.messages,
+            "by_reason": self.by_reason,
+            "clusters": len(self.rows),
+            "clustered_messages": self.clustered,
+            "new_entries": kinds["new_entry"],
+            "paraphrases": kinds["paraphrases"],
+        }
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "since": self.since.isoformat(),
+            "until": self.until.isoformat(),
+            "model_version": self.model_version,
+            "figures": self.figures(),
+            "proposals": self.rows,
+        }
+
+
+def _utc(t: datetime) -> datetime:
+    return t.astimezone(UTC) if t.tzinfo is not None else t.replace(tzinfo=UTC)  # SQLite: naive UTC
+
+
+def _is_miss(ex: Exchange) -> bool:
+    return not any(ex.reason.startswith(r) for r in NOT_A_MISS)
+
+
+def mined_messages(s: Any, shop_id: str, since: datetime, until: datetime) -> list[Message]:
+    """The shop's logged messages of the period worth mining, each with why (see the module)."""
+    in_period = (Exchange.shop_id == shop_id, Exchange.created_at >= since, Exchange.created_at < until)
+    why: dict[int, str] = {}
+    rows: dict[int, Exchange] = {}
+
+    def keep(ex: Exchange, reason: str) -> None:
+        rows[ex.id] = ex
+        if ex.id not in why or REASONS.index(reason) < REASONS.index(why[ex.id]):
+            why[ex.id] = reason
+
+    newest = Exchange.created_at.desc()
+    q = select(Exchange).where(*in_period, Exchange.decision.in_(("handoff", "clarify")))
+    for ex in s.scalars(q.order_by(newest).limit(MAX_MESSAGES)):
+        if ex.decision == "clarify" or _is_miss(ex):
+            keep(ex, ex.decision)
+    latest: dict[int, tuple[Feedback, Exchange]] = {}
+    q2 = select(Feedback, Exchange).join(Exchange, Feedback.exchange_id == Exchange.id)
+    for fb, ex in s.execute(q2.where(Feedback.shop_id == shop_id, *in_period).order_by(Feedback.id)).all():
+        latest[ex.id] = (fb, ex)
+    for fb, ex in latest.values():
+        if fb.kind == "down":
+            keep(ex, "thumbs_down")
+        elif fb.kind == "correction" and (fb.out_of_scope or fb.correct_entry_id != ex.entry_id):
+            keep(ex, "correction")
+    conversations = sorted(low_rated_conversations(s, shop_id, since, until))
+    if conversations:
+        q3 = select(Exchange).where(
+            *in_period, Exchange.decision == "answer", Exchange.conversation_id.in_(conversations)
+        )
+        for ex in s.scalars(q3.order_by(newest).limit(MAX_MESSAGES)):
+            keep(ex, "low_rating")
+    out = []
+    for exchange_id, ex in rows.items():
+        if ex.question_masked is None and ex.reason.startswith(CHOICE_REASON):
+            continue  # "第二个" without the question it chose for (logged before that was kept)
+        out.append(Message(ex.question_masked or ex.text_masked, _utc(ex.created_at), why[exchange_id]))
+    return out
+
+
+def mine_shop(service: Any, shop: Any, since: datetime, until: datetime) -> MiningResult:
+    """Mine the shop's log of [since, until) with the model it is served by now."""
+    served = service.served(shop.id, shop.active_version)
+    result = MiningResult(since, until, served.version if served is not None else None)
+    with service.db.session() as s:
+        messages = mined_messages(s, shop.id, since, until)
+    result.messages = len(messages)
+    for m in messages:
+        result.by_reason[m.why] += 1
+    if served is None or not messages:
+        return result
+    proposals = mine(served.matcher, messages)
+    result.rows = proposal_rows(proposals, served.matcher.entries)
+    result.clustered = sum(p.size for p in proposals)
+    return result
