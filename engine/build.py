@@ -62,9 +62,15 @@ def build_matcher(
     ann_threshold: int = 20_000,
     seed: int = 0,
     smalltalk: bool = True,
+    threshold_confidence: float = THRESHOLD_CONFIDENCE,
     progress: Progress | None = None,
 ) -> Matcher:
-    """Fit a Matcher; the KB is validated first and nothing is built from a bad file."""
+    """Fit a Matcher; the KB is validated first and nothing is built from a bad file.
+
+    `threshold_confidence`: the confidence with which answers must meet `target_precision` on the
+    calibration examples (a Clopper-Pearson lower bound); 0 takes the examples' own precision."""
+    if not 0.0 <= threshold_confidence < 1.0:
+        raise ValueError(f"threshold_confidence must be in [0, 1), got {threshold_confidence}")
     t0 = time.perf_counter()
     say = progress or (lambda stage, frac: None)
     entries = load_kb(kb)
@@ -111,7 +117,7 @@ def build_matcher(
     m.ranker = LinearModel(fusion.DEFAULT_WEIGHTS_DENSE if dense else fusion.DEFAULT_WEIGHTS_SPARSE)
     m.calibrator = LinearModel(np.zeros(len(fusion.CALIBRATION_FEATURES), np.float32), -5.0)
     m.policy = DecisionPolicy(human_phrases=list(human_phrases))
-    m.info = {"smalltalk": smalltalk}
+    m.info = {"smalltalk": smalltalk, "threshold_confidence": threshold_confidence}
     m._finalize()
 
     say("calibrate", 0.7)
@@ -129,6 +135,7 @@ def build_matcher(
         "dense_index": m.dense_index.kind_ if m.dense_index else None,
         "tokenizer": m.tokenizer.backend_,
         "target_precision": target_precision,
+        "threshold_confidence": threshold_confidence,
         "calibration": report,
         "follow_up": follow_ups,
         "build_seconds": round(time.perf_counter() - t0, 3),
@@ -351,20 +358,25 @@ def calibrate_on_kb(
         "t_clarify": m.policy.t_clarify,
         "cv_top1_in_scope": float(y[in_mask].mean()) if in_mask.any() else None,
         "cv_answer_precision": float((w * y * answered).sum() / max(1e-9, (w * answered).sum())),
-        **_guarantee(y, w, answered),
+        **_guarantee(m, y, w, answered),
         "cv_answer_coverage": float((w * answered).sum() / w.sum()),
     }
 
 
-def _guarantee(y: np.ndarray, w: np.ndarray, answered: np.ndarray) -> dict[str, Any]:
+def _confidence(m: Matcher) -> float | None:
+    """The model's threshold confidence (older models: the default); None for the point estimate."""
+    return float(m.info.get("threshold_confidence", THRESHOLD_CONFIDENCE)) or None
+
+
+def _guarantee(m: Matcher, y: np.ndarray, w: np.ndarray, answered: np.ndarray) -> dict[str, Any]:
     """The answer threshold's promise, as the manifest states it: how it was chosen and the 90% interval
     of the precision its answers had on the (out-of-fold) calibration examples."""
     lo, hi = precision_interval(y[answered].astype(float), w[answered], 0.9)
     return {
         "threshold_rule": (
             f"lowest threshold whose precision's Clopper-Pearson lower bound meets the target "
-            f"with {THRESHOLD_CONFIDENCE:.0%} confidence"
-            if THRESHOLD_CONFIDENCE
+            f"with {_confidence(m):.0%} confidence"
+            if _confidence(m)
             else "lowest threshold whose precision meets the target"
         ),
         "answer_precision_interval_90": [round(lo, 4), round(hi, 4)],
@@ -456,7 +468,7 @@ def fit_calibration(
             if test.any() and y[train].min() != y[train].max():
                 p[test] = fusion.fit_logistic(X[train], y[train], sample_weight=w[train]).proba_many(X[test])
     m.policy.t_answer, m.policy.t_clarify = choose_thresholds(
-        p, correct, top3, w, target_precision, confidence=THRESHOLD_CONFIDENCE
+        p, correct, top3, w, target_precision, confidence=_confidence(m)
     )
     return p, correct, w, p >= m.policy.t_answer
 
@@ -505,7 +517,7 @@ def recalibrate(
         "t_answer": m.policy.t_answer,
         "t_clarify": m.policy.t_clarify,
         "answer_precision": float(y[answered].mean()) if answered.any() else None,
-        **_guarantee(y, w, answered),
+        **_guarantee(m, y, w, answered),
         "answer_coverage": float(answered.mean()),
         "target_precision": target,
     }

@@ -37,7 +37,14 @@ CHANNEL = "models"
 SELF_CHECK_SAMPLE = 500
 
 
-ENGINE_OPTIONS = ("user_words", "synonyms", "stopwords", "human_phrases", "target_precision")
+ENGINE_OPTIONS = (
+    "user_words",
+    "synonyms",
+    "stopwords",
+    "human_phrases",
+    "target_precision",
+    "threshold_confidence",
+)
 
 
 def engine_options(settings: dict[str, Any] | None) -> dict[str, Any]:

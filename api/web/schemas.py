@@ -362,6 +362,13 @@ class ShopSettings(BaseModel):
         default=None, description="phrases that hand off at once (default: 转人工, 人工客服, 投诉, ...)"
     )
     target_precision: float = Field(default=0.95, ge=0.5, le=0.999, description="answer precision to aim for")
+    threshold_confidence: float = Field(
+        default=0.8,
+        ge=0.0,
+        le=0.99,
+        description="confidence that answers meet target_precision (a lower bound on the calibration "
+        "examples' precision, so a small KB answers cautiously); 0 trusts the examples' own precision",
+    )
     smalltalk: dict[SmallTalkIntent, SmallTalkSetting] = Field(
         default_factory=dict,
         description="per small-talk intent: switch it off or word its reply (defaults apply to the rest)",
