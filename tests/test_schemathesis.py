@@ -504,7 +504,8 @@ def test_nul_and_oversized_values_never_reach_the_database(client: TestClient) -
     r = client.post(
         f"{shop}/messages", headers=key, json={"conversation_id": "c\x00", "text": "质保\x00几年"}
     )
-    assert r.status_code == 200 and r.json()["entry_id"] == "warranty", r.text
+    best = r.json()["entry_id"] or r.json()["options"][0]["entry_id"]  # this small KB offers what it is
+    assert r.status_code == 200 and best == "warranty", r.text  # not sure enough to answer
     r = client.post(f"{shop}/assist", headers=key, json={"conversation_id": "c", "text": "包邮\x00吗"})
     assert r.status_code == 200, r.text
     assert all("\x00" not in e["text"] for e in client.get(f"{shop}/exchanges", headers=key).json())
