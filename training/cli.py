@@ -327,6 +327,90 @@ def _print_eval(report: EvalReport, model: Path, queries: Path) -> None:
 # --------------------------------------------------------------------------- calibrate
 
 
+# --------------------------------------------------------------------------- report
+
+
+@app.command("report")
+def report_command(
+    model: Annotated[Path, typer.Argument(help="Model directory")],
+    queries: Annotated[
+        Path, typer.Argument(help="CSV with columns query,expected_id (empty id: out of scope)")
+    ],
+    output: Annotated[
+        Path | None,
+        typer.Option(
+            "-o", "--output", help="HTML file (default: reports/<MODEL name>-report-<QUERIES name>.html)"
+        ),
+    ] = None,
+    json_out: Annotated[Path | None, typer.Option("--json", help="Also write the figures as JSON")] = None,
+    max_queries: Annotated[int | None, typer.Option(help="Report on the first N queries only")] = None,
+    top_k: Annotated[int, typer.Option(help="Candidates per query for MRR (at least 5)")] = 10,
+) -> None:
+    """One self-contained HTML report (opens offline): promise vs delivery, ranking, precision/coverage,
+    calibration, decisions, confusions."""
+    from training.report import build_document, labelled_figures, model_figures, write_report
+
+    if max_queries is not None and max_queries < 1:
+        _fail(f"--max-queries must be at least 1, got {max_queries}")
+    pairs = _load_queries(queries)[:max_queries]  # a bad file fails before the model is loaded
+    m = _load_model(model)
+    report = _evaluate_with_progress(m, pairs, top_k)
+    labelled = labelled_figures(
+        report,
+        t_answer=m.policy.t_answer,
+        t_clarify=m.policy.t_clarify,
+        clarify_k=m.policy.clarify_k,
+        titles={e.id: e.question for e in m.entries},
+        queries_file=queries.name,
+    )
+    document = build_document(model_figures(m.info, m.policy, model), labelled)
+    html = output or Path("reports") / f"{model.name}-report-{queries.stem}.html"
+    with _user_errors(), console.status(f"writing {html}"):
+        write_report(document, html, json_out)
+    _print_report(document)
+    console.print(f"report: {escape(str(html))}")
+    if json_out is not None:
+        console.print(f"figures: {escape(str(json_out))}")
+
+
+def _print_report(document: dict[str, Any]) -> None:
+    """The headline figures of the report, as the HTML shows them."""
+    model, labelled = document["model"], document["labelled"]
+    promise, delivered, ranking = model["promise"], labelled["delivered"], labelled["ranking"]
+    table = Table(title=f"report: {escape(model['path'])} on {escape(labelled['queries_file'])}")
+    table.add_column("", style="bold")
+    table.add_column("promised", justify="right")
+    table.add_column("delivered", justify="right")
+    iv = delivered["precision_interval_90"]
+    rows = [
+        (
+            "queries",
+            "",
+            f"{ranking['n_queries']} ({ranking['n_in_scope']} in scope, {ranking['n_out_of_scope']} out)",
+        ),
+        ("top-1 (in scope)", _pct(promise["top1_in_scope"]), _pct(ranking["top1"])),
+        (f"MRR@{ranking['mrr_at']}", "", "—" if ranking["mrr"] is None else f"{ranking['mrr']:.3f}"),
+        ("recall@5", "", _pct(ranking["recall_at_5"])),
+        ("answered", _pct(promise["answer_coverage"]), _pct(delivered["coverage"])),
+        (
+            "answer precision",
+            f"{_pct(promise['target_precision'])} target" + _interval(promise),
+            _pct(delivered["precision"]) + (f" (90% {_pct(iv[0])} - {_pct(iv[1])})" if iv else ""),
+        ),
+        ("calibration error (ECE)", "", f"{labelled['reliability']['ece']:.3f}"),
+        ("answer threshold", _threshold(model["t_answer"]), ""),
+    ]
+    for key, promised, got in rows:
+        table.add_row(key, escape(promised), escape(got))
+    console.print(table)
+    unknown = labelled["unknown_expected_ids"]
+    if unknown:
+        console.print(
+            f"[yellow]warning:[/] {len(unknown)} expected id(s) are not entries of this model: "
+            + escape(", ".join(unknown[:10]))
+        )
+
+
 @app.command("eval-conversations")
 def eval_conversations(
     conversations: Annotated[
