@@ -33,7 +33,7 @@ from training.evaluate import evaluate, read_queries
 from training.report import (
     build_document,
     confusion_figures,
-    labelled_figures,
+    matcher_figures,
     model_figures,
     reliability_figures,
     render_html,
@@ -70,14 +70,7 @@ def scored(tmp_path_factory: pytest.TempPathFactory) -> Scored:
     m = Matcher.load(root / "model")
     queries = write_queries(root / "labelled.csv", LABELLED)
     report = evaluate(m, read_queries(queries))
-    labelled = labelled_figures(
-        report,
-        t_answer=m.policy.t_answer,
-        t_clarify=m.policy.t_clarify,
-        clarify_k=m.policy.clarify_k,
-        titles={e.id: e.question for e in m.entries},
-        queries_file=queries.name,
-    )
+    labelled = matcher_figures(m, report, queries.name)
     document = build_document(model_figures(m.info, m.policy, root / "model"), labelled)
     return Scored(root / "model", m, queries, document, render_html(document))
 

@@ -348,21 +348,14 @@ def report_command(
 ) -> None:
     """One self-contained HTML report (opens offline): promise vs delivery, ranking, precision/coverage,
     calibration, decisions, confusions."""
-    from training.report import build_document, labelled_figures, model_figures, write_report
+    from training.report import build_document, matcher_figures, model_figures, write_report
 
     if max_queries is not None and max_queries < 1:
         _fail(f"--max-queries must be at least 1, got {max_queries}")
     pairs = _load_queries(queries)[:max_queries]  # a bad file fails before the model is loaded
     m = _load_model(model)
     report = _evaluate_with_progress(m, pairs, top_k)
-    labelled = labelled_figures(
-        report,
-        t_answer=m.policy.t_answer,
-        t_clarify=m.policy.t_clarify,
-        clarify_k=m.policy.clarify_k,
-        titles={e.id: e.question for e in m.entries},
-        queries_file=queries.name,
-    )
+    labelled = matcher_figures(m, report, queries.name)
     document = build_document(model_figures(m.info, m.policy, model), labelled)
     html = output or Path("reports") / f"{model.name}-report-{queries.stem}.html"
     with _user_errors(), console.status(f"writing {html}"):

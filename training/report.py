@@ -91,6 +91,18 @@ def _sum_or_none(*values: Any) -> int | None:
     return None if any(v is None for v in values) else int(sum(values))
 
 
+def matcher_figures(m: Any, report: EvalReport, queries_file: str = "") -> dict[str, Any]:
+    """`labelled_figures` with a model's own thresholds and entry questions."""
+    return labelled_figures(
+        report,
+        t_answer=m.policy.t_answer,
+        t_clarify=m.policy.t_clarify,
+        clarify_k=m.policy.clarify_k,
+        titles={e.id: e.question for e in m.entries},
+        queries_file=queries_file,
+    )
+
+
 def labelled_figures(
     report: EvalReport,
     *,
