@@ -272,21 +272,58 @@ def eval_command(
     json_out: Annotated[Path | None, typer.Option("--json", help="Write the full report as JSON")] = None,
     max_queries: Annotated[int | None, typer.Option(help="Evaluate only the first N queries")] = None,
     top_k: Annotated[int, typer.Option(help="Candidates per query for MRR (at least 5)")] = 10,
+    peers: Annotated[
+        bool, typer.Option("--peers", help="Also score char TF-IDF, bm25s and e5-small on the same queries")
+    ] = False,
+    peer: Annotated[
+        list[str] | None, typer.Option("--peer", help="With --peers: only these (repeat the option)")
+    ] = None,
 ) -> None:
     """Score a model on labelled queries: ranking, decisions, latency and a precision/coverage plot."""
+    from training.peers import PEERS
+
     if max_queries is not None and max_queries < 1:
         _fail(f"--max-queries must be at least 1, got {max_queries}")
+    unknown = [p for p in peer or [] if p not in PEERS]
+    if unknown:
+        _fail(f"unknown --peer {', '.join(unknown)} (known: {', '.join(PEERS)})")
     m = _load_model(model)
     pairs = _load_queries(queries)[:max_queries]
     report = _evaluate_with_progress(m, pairs, top_k)
     _print_eval(report, model, queries)
+    doc = report.to_dict()
+    if peers or peer:
+        doc["peers"] = _print_peers(m, report, pairs, peer or list(PEERS), top_k)
     png = plot or Path("reports") / f"{model.name}-eval-{queries.stem}.png"
     with _user_errors():
         plot_precision_coverage(report, png)
     console.print(f"plot: {escape(str(png))}")
     if json_out is not None:
-        _write_json(report.to_dict(), json_out)
+        _write_json(doc, json_out)
         console.print(f"report: {escape(str(json_out))}")
+
+
+def _print_peers(
+    m: Matcher, report: EvalReport, pairs: list[tuple[str, str | None]], names: list[str], top_k: int
+) -> list[dict[str, Any]]:
+    """The peers on the model's KB and the same in-scope queries, in a table beside Kefu's figures."""
+    from training.peers import peer_figures
+
+    index = {e.id: i for i, e in enumerate(m.entries)}
+    scoped = [(q, index[e]) for q, e in pairs if e is not None and e in index]
+    with console.status(f"scoring {len(names)} peer(s) on {len(scoped)} in-scope queries"):
+        gold = np.array([g for _, g in scoped], int)
+        figures = peer_figures(m.row_texts, m.row_ptr, [q for q, _ in scoped], gold, names, top_k)
+    table = Table(title="Kefu and peers on the same in-scope queries")
+    for col in ("matcher", "top-1", f"MRR@{top_k}", "recall@5", ""):
+        table.add_column(col, justify="left" if col in ("matcher", "") else "right")
+    mrr = "—" if report.mrr is None else f"{report.mrr:.3f}"
+    table.add_row("kefu", _pct(report.top1), mrr, _pct(report.recall_at_5), "")
+    for f in figures:
+        peer_mrr = "—" if f.mrr is None else f"{f.mrr:.3f}"
+        table.add_row(f.name, _pct(f.top1), peer_mrr, _pct(f.recall_at_5), escape(f.note))
+    console.print(table)
+    return [f.to_dict() for f in figures]
 
 
 def _evaluate_with_progress(m: Matcher, pairs: list[tuple[str, str | None]], top_k: int) -> EvalReport:
