@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -117,7 +118,11 @@ def pg_database(pg_admin_url: str):
 
 # ---------------------------------------------------------------- log audit
 
-AUDIT_LOG = Path(os.environ.get("KEFU_TEST_LOG", "/tmp/kefu-test-audit.log"))
+# one file per test session: two sessions on one machine (a CI run beside a developer's) must not unlink
+# and replace each other's log, which left the audit reading the other session's handful of lines
+AUDIT_LOG = Path(
+    os.environ.get("KEFU_TEST_LOG") or Path(tempfile.gettempdir()) / f"kefu-test-audit-{os.getpid()}.log"
+)
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -143,3 +148,5 @@ def audit_log():
     root.removeHandler(handler)
     root.setLevel(old_level)
     handler.close()
+    if not os.environ.get("KEFU_TEST_LOG"):  # kept only where asked for
+        AUDIT_LOG.unlink(missing_ok=True)
