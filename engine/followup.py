@@ -56,23 +56,27 @@ class FollowUpExample:
     fragment: str  # the follow-up alone
 
 
-def _neighbours(m: Any, X_sparse: Any, k: int = 3) -> list[np.ndarray]:
-    """For each entry, its k closest other entries in the same category (any category if none)."""
+def _neighbours(m: Any, X_sparse: Any, entries: np.ndarray, k: int = 3) -> dict[int, np.ndarray]:
+    """For each of `entries`, its k closest other entries in the same category (any category if none).
+
+    Only the visited entries' rows of the similarity matrix are computed: a full entries x entries
+    matrix is quadratic in the KB's size, and on a large KB few entries have paraphrases to visit."""
     n = len(m.entries)
     if m.centroids is not None and len(m.centroids) == n:
-        sims = m.centroids @ m.centroids.T
+        sims = m.centroids[entries] @ m.centroids.T
     else:  # sparse: sum of the entry's row vectors
         owner = np.repeat(np.arange(n), np.diff(m.row_ptr))
         P = sp.csr_matrix((np.ones(len(owner)), (owner, np.arange(len(owner)))), shape=(n, len(owner)))
-        C = P @ X_sparse
-        sims = np.asarray((C @ C.T).todense(), dtype=np.float64)
-    np.fill_diagonal(sims, -np.inf)
+        C = (P @ X_sparse).tocsr()
+        sims = np.asarray((C[entries] @ C.T).todense(), dtype=np.float64)
+    sims = np.asarray(sims, dtype=np.float64)
+    sims[np.arange(entries.size), entries] = -np.inf
     cats = np.asarray([e.category or "" for e in m.entries], dtype=object)
-    out = []
-    for e in range(n):
-        same = np.flatnonzero((cats == cats[e]) & np.isfinite(sims[e]))
-        pool = same if same.size else np.flatnonzero(np.isfinite(sims[e]))
-        out.append(pool[np.argsort(-sims[e, pool], kind="stable")[:k]])
+    out = {}
+    for i, e in enumerate(entries.tolist()):
+        same = np.flatnonzero((cats == cats[e]) & np.isfinite(sims[i]))
+        pool = same if same.size else np.flatnonzero(np.isfinite(sims[i]))
+        out[e] = pool[np.argsort(-sims[i, pool], kind="stable")[:k]]
     return out
 
 
@@ -110,7 +114,7 @@ def simulate(
     multi = np.flatnonzero(np.diff(m.row_ptr) >= 2)
     if multi.size == 0 or len(m.entries) < 3:
         return []
-    near = _neighbours(m, X_sparse)
+    near = _neighbours(m, X_sparse, multi)
     out: list[FollowUpExample] = []
     for _ in range(DRAWS_PER_ENTRY):
         for b in rng.permutation(multi):
