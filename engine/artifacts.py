@@ -118,7 +118,11 @@ def _write(m: Matcher, d: Path) -> None:
         "libraries": _versions(),
         "kb_hash": m.info.get("kb_hash"),
         "channels": {
-            "sparse": {"n_docs": m.sparse.n_docs_, "dense_df": m.sparse.dense_df},
+            "sparse": {
+                "n_docs": m.sparse.n_docs_,
+                "dense_df": m.sparse.dense_df,
+                "dense_budget_mb": m.sparse.dense_budget_mb,
+            },
             "dense": None
             if m.dense_index is None
             else {
@@ -203,7 +207,9 @@ def _read(d: Path, manifest: dict[str, Any], embedder: Embedder | None) -> Match
         backend=tk_conf["backend"],
     ).fit()
     ch = manifest["channels"]
-    sp = SparseIndex(dense_df=ch["sparse"]["dense_df"])
+    sp = SparseIndex(
+        dense_df=ch["sparse"]["dense_df"], dense_budget_mb=ch["sparse"].get("dense_budget_mb", 64.0)
+    )
     vocab = json.loads((d / "vocabulary.json").read_text(encoding="utf-8"))
     sp.vocabulary_ = {t: i for i, t in enumerate(vocab)}
     sp.n_docs_ = ch["sparse"]["n_docs"]

@@ -18,6 +18,7 @@ from typing import Any
 
 import numpy as np
 
+from engine import kernels
 from engine.decide import DecisionPolicy
 from engine.dense import DenseIndex
 from engine.embed import CachedEmbedder, Embedder
@@ -117,6 +118,7 @@ class Matcher:
         self._windowed = bool(np.isfinite(self._from).any() or np.isfinite(self._to).any())
         self._all_ok = self._enabled.copy()
         self._index = {e.id: i for i, e in enumerate(self.entries)}
+        kernels.warm_up()  # compile or load the query loop now, not on a customer's first message
         # small talk: on unless the model was built without it; a KB entry whose question is pure small
         # talk of an intent (the merchant's own "你好" entry) answers that intent instead of the default
         self.smalltalk_ = SmallTalkDetector() if self.info.get("smalltalk", True) else None
@@ -171,8 +173,8 @@ class Matcher:
         row_scores = self.sparse.scores(rep.ids, rep.weights)
         if row_ok is not None:
             row_scores = np.where(row_ok, row_scores, 0.0)
-        s_entry = np.maximum.reduceat(row_scores, ptr[:-1]) if row_scores.size else row_scores
-        pools = [_top(np.where(entry_ok, s_entry, -1.0), SPARSE_ENTRIES)]
+        s_entry = kernels.entry_scores(row_scores, ptr)
+        pools = [kernels.top_masked(s_entry, entry_ok, SPARSE_ENTRIES)]
         if rep.dense is not None and self.dense_index is not None:
             if row_ok is None:
                 rows, _ = self.dense_index.search(rep.dense, DENSE_ROWS)
@@ -184,7 +186,7 @@ class Matcher:
             clf_probs = self.classifier.predict_proba_one(rep.ids, rep.weights, rep.dense)
         if clf_probs is not None:
             pools.append(_top(np.where(entry_ok, clf_probs, -1.0), CLASSIFIER_ENTRIES))
-        cands = np.unique(np.concatenate(pools))
+        cands = np.unique(np.concatenate(pools)) if len(pools) > 1 else np.sort(pools[0])
         cands = cands[entry_ok[cands]]
         if cands.size == 0:
             return Ranking(

@@ -13,6 +13,8 @@ from collections.abc import Sequence
 import numpy as np
 import scipy.sparse as sp
 
+from engine import kernels
+
 WORD_PREFIX = "#"
 
 
@@ -24,8 +26,12 @@ def query_terms(words: Sequence[str], chars: Sequence[str]) -> list[str]:
 class SparseIndex:
     """TF-IDF (sublinear tf, smooth idf, L2 rows) with term -> (rows, weights) postings."""
 
-    def __init__(self, dense_df: float = 0.01) -> None:
+    def __init__(self, dense_df: float = 0.01, dense_budget_mb: float = 64.0) -> None:
+        """`dense_df`: terms in at least this share of rows are kept as dense rows (a sequential pass is
+        cheaper than their long postings); at most `dense_budget_mb` of them, the most frequent first, so
+        a 1M-question KB does not hold gigabytes of dense rows."""
         self.dense_df = dense_df
+        self.dense_budget_mb = dense_budget_mb
 
     def fit(self, docs: Sequence[Sequence[str]]) -> SparseIndex:
         vocab: dict[str, int] = {}
@@ -52,6 +58,9 @@ class SparseIndex:
         post.sort_indices()
         # frequent terms would dominate the postings walk: keep their rows as dense vectors instead
         dense_terms = np.flatnonzero(df >= max(2.0, self.dense_df * n_docs))
+        budget = int(self.dense_budget_mb * 1024 * 1024 / (4 * max(n_docs, 1)))
+        if dense_terms.size > budget:
+            dense_terms = np.sort(dense_terms[np.argsort(-df[dense_terms], kind="stable")[:budget]])
         self.dense_slot_ = np.full(len(vocab), -1, np.int64)
         self.dense_slot_[dense_terms] = np.arange(dense_terms.size)
         self.dense_rows_ = np.ascontiguousarray(post[dense_terms].toarray(), dtype=np.float32)
@@ -92,42 +101,32 @@ class SparseIndex:
 
     def vectorize(self, terms: Sequence[str]) -> tuple[np.ndarray, np.ndarray, float]:
         """Query vector as (term ids, L2-normalized weights) and the share of distinct unknown terms."""
-        vocab = self.vocabulary_
-        counts: dict[int, int] = {}
-        unknown: set[str] = set()
-        for t in terms:
-            i = vocab.get(t)
-            if i is None:
-                unknown.add(t)
-            else:
-                counts[i] = counts.get(i, 0) + 1
-        oov = len(unknown) / (len(unknown) + len(counts)) if terms else 1.0
-        if not counts:
+        if not terms:
+            return np.empty(0, np.int64), np.empty(0, np.float32), 1.0
+        get = self.vocabulary_.get
+        found = np.fromiter((get(t, -1) for t in terms), np.int64, len(terms))
+        known = found >= 0
+        n_unknown = (
+            len({t for t, k in zip(terms, known.tolist(), strict=True) if not k}) if not known.all() else 0
+        )
+        ids, counts = np.unique(found[known], return_counts=True)
+        oov = n_unknown / (n_unknown + ids.size)
+        if ids.size == 0:
             return np.empty(0, np.int64), np.empty(0, np.float32), oov
-        ids = np.fromiter(counts.keys(), np.int64, len(counts))
-        w = (1.0 + np.log(np.fromiter(counts.values(), np.float32, len(counts)))) * self.idf_[ids]
+        w = (1.0 + np.log(counts.astype(np.float32))) * self.idf_[ids]
         w /= np.sqrt(np.dot(w, w))
         return ids, w, oov
 
-    def scores(self, ids: np.ndarray, weights: np.ndarray) -> np.ndarray:
+    def scores(self, ids: np.ndarray, weights: np.ndarray, use: str | None = None) -> np.ndarray:
         """Cosine of the query with every document row (dense array; zero where no term is shared)."""
-        if ids.size == 0:
-            return np.zeros(self.n_docs_, np.float32)
-        slots = self.dense_slot_[ids]
-        frequent = slots >= 0
-        if frequent.any():
-            base = weights[frequent] @ self.dense_rows_[slots[frequent]]
-            ids, weights = ids[~frequent], weights[~frequent]
-        else:
-            base = None
-        starts = self.post_indptr_[ids]
-        lens = self.post_indptr_[ids + 1] - starts
-        total = int(lens.sum())
-        # gather the postings of all query terms without a Python loop per term
-        offs = np.repeat(starts - np.cumsum(lens) + lens, lens) + np.arange(total)
-        rows = self.post_rows_[offs]
-        vals = self.post_vals_[offs] * np.repeat(weights, lens)
-        out = np.bincount(rows, weights=vals, minlength=self.n_docs_).astype(np.float32)
-        if base is not None:
-            out += base
-        return out
+        return kernels.row_scores(
+            ids,
+            weights,
+            self.dense_slot_,
+            self.dense_rows_,
+            self.post_indptr_,
+            self.post_rows_,
+            self.post_vals_,
+            self.n_docs_,
+            use,
+        )

@@ -777,8 +777,40 @@ def bench(
     max_queries: Annotated[int, typer.Option(help="Use the first N queries")] = 3000,
     profile: Annotated[list[str] | None, typer.Option(help="fast and/or default (repeatable)")] = None,
     json_out: Annotated[Path | None, typer.Option("--json", help="Write the figures as JSON")] = None,
+    scale: Annotated[
+        bool, typer.Option("--scale", help="Latency, build and memory from 1k to 1M questions, against peers")
+    ] = False,
+    also: Annotated[
+        list[Path] | None,
+        typer.Option(help="With --scale: more real sets to draw questions from (repeatable)"),
+    ] = None,
+    sizes: Annotated[
+        str, typer.Option(help="With --scale: KB sizes, comma-separated")
+    ] = "1000,10000,100000,1000000",
+    system: Annotated[
+        list[str] | None,
+        typer.Option(help="With --scale: kefu-fast, kefu-default, bm25s, tfidf (repeatable; default all)"),
+    ] = None,
+    default_max_size: Annotated[
+        int, typer.Option(help="With --scale: largest size for the default channels (encoding is slow)")
+    ] = 100_000,
+    png: Annotated[Path, typer.Option(help="With --scale: where to write the plot")] = Path(
+        "bench-scale.png"
+    ),
+    work_dir: Annotated[
+        Path, typer.Option(help="With --scale: where generated KBs are kept between runs")
+    ] = Path(".bench-scale"),
+    seed: Annotated[int, typer.Option(help="With --scale: seed of the synthetic questions")] = 0,
 ) -> None:
-    """Channel ablation (does fusion help?), latency, build time and peak memory on a data set."""
+    """Channel ablation (does fusion help?), latency, build time and peak memory on a data set.
+
+    With --scale: the same message latency (p50/p99), build time and peak memory at 1k to 1M KB questions
+    (the set's real questions grown with seeded synthetic ones), Kefu beside bm25s and TF-IDF, with a PNG."""
+    if scale:
+        _bench_scale(
+            [data, *(also or [])], sizes, system, max_queries, default_max_size, png, json_out, work_dir, seed
+        )
+        return
     from training.benchmark import run
 
     profiles = profile or ["fast", "default"]
@@ -811,6 +843,69 @@ def bench(
         from dataclasses import asdict
 
         _write_json(asdict(report), json_out)
+
+
+def _bench_scale(
+    data_dirs: list[Path],
+    sizes_text: str,
+    systems: list[str] | None,
+    max_queries: int,
+    default_max_size: int,
+    png: Path,
+    json_out: Path | None,
+    work_dir: Path,
+    seed: int,
+) -> None:
+    from training import scale as sc
+
+    try:
+        sizes = [int(x.replace("_", "")) for x in sizes_text.split(",") if x.strip()]
+    except ValueError:
+        _fail(f"--sizes must be comma-separated integers, got {sizes_text!r}")
+    if not sizes or min(sizes) < 10:
+        _fail(f"--sizes must name sizes of at least 10 questions, got {sizes_text!r}")
+    chosen = systems or list(sc.SYSTEMS)
+    if unknown := sorted(set(chosen) - set(sc.SYSTEMS)):
+        _fail(f"unknown system {', '.join(unknown)} (expected {', '.join(sc.SYSTEMS)})")
+    for d in data_dirs:
+        if not (d / "kb.csv").is_file() or not (d / "queries.csv").is_file():
+            _fail(f"{d}: expected a directory with kb.csv and queries.csv")
+    n_queries = min(max_queries, 1000)
+    report = sc.run(
+        sizes,
+        chosen,
+        data_dirs,
+        work_dir,
+        n_queries=n_queries,
+        seed=seed,
+        default_max_size=default_max_size,
+        say=lambda s: console.print(f"[dim]{escape(s)}[/]"),
+    )
+    table = Table(title=f"message latency, build and memory by KB size ({n_queries} queries per size)")
+    for col in ("system", "questions", "p50 ms", "p99 ms", "build s", "peak RSS MB", "ANN recall@5", "note"):
+        table.add_column(col)
+    for c in report.cells:
+        table.add_row(
+            c.system,
+            f"{c.size:,}",
+            "" if c.p50_ms is None else f"{c.p50_ms:.3f}",
+            "" if c.p99_ms is None else f"{c.p99_ms:.3f}",
+            "" if c.build_s is None else f"{c.build_s:.1f}",
+            "" if c.peak_rss_mb is None else f"{c.peak_rss_mb:.0f}",
+            "" if c.ann_recall5 is None else f"{c.ann_recall5:.4f} ({c.index})",
+            escape(c.error),
+        )
+    console.print(table)
+    for size in report.sizes:
+        k, b = report.cell("kefu-fast", size), report.cell("bm25s", size)
+        if k and b and k.p50_ms and b.p50_ms:
+            console.print(f"{size:,}: kefu-fast is {b.p50_ms / k.p50_ms:.2f}x bm25s at p50")
+    for bar, ok in report.verdicts():
+        mark = "[green]met[/]" if ok else "[red]not met[/]" if ok is not None else "[dim]not measured[/]"
+        console.print(f"{mark}  {bar}")
+    console.print(f"plot: {sc.plot(report, png)}")
+    if json_out:
+        _write_json(sc.to_json(report), json_out)
 
 
 # --------------------------------------------------------------------------- serve
