@@ -93,8 +93,8 @@ def build_matcher(
     norms = [normalize(t) for t in texts]
     canons = [m.tokenizer.canonical(n) for n in norms]
     row_terms = [query_terms(m.tokenizer.words(c), char_ngrams(c)) for c in canons]
-    m.sparse = SparseIndex().fit(row_terms)
-    X_sparse = m.sparse.transform(row_terms)
+    m.sparse = SparseIndex()
+    X_sparse = m.sparse.fit_transform(row_terms)
 
     vectors = None
     m.dense_index, m.centroids, m.embedder = None, None, None

@@ -34,20 +34,26 @@ class SparseIndex:
         self.dense_budget_mb = dense_budget_mb
 
     def fit(self, docs: Sequence[Sequence[str]]) -> SparseIndex:
+        self.fit_transform(docs)
+        return self
+
+    def fit_transform(self, docs: Sequence[Sequence[str]]) -> sp.csr_matrix:
+        """Fit, and return the documents' TF-IDF rows (`transform(docs)` without a second pass)."""
         vocab: dict[str, int] = {}
-        indptr = [0]
-        indices: list[int] = []
-        counts: list[int] = []
-        for doc in docs:
-            for term, c in Counter(doc).items():
-                indices.append(vocab.setdefault(term, len(vocab)))
-                counts.append(c)
-            indptr.append(len(indices))
         n_docs = len(docs)
-        tf = sp.csr_matrix(
-            (np.asarray(counts, dtype=np.float64), np.asarray(indices, dtype=np.int64), indptr),
-            shape=(n_docs, len(vocab)),
+        lens = np.fromiter(map(len, docs), np.int64, n_docs)
+        # one pass over all terms (ids in order of first appearance); repeats within a row are summed
+        # by the sparse constructor rather than counted per document in Python
+        codes = np.fromiter(
+            (vocab.setdefault(t, len(vocab)) for doc in docs for t in doc), np.int64, int(lens.sum())
         )
+        tf = sp.csr_matrix(
+            sp.coo_matrix(
+                (np.ones(codes.size), (np.repeat(np.arange(n_docs), lens), codes)),
+                shape=(n_docs, len(vocab)),
+            )
+        )
+        tf.sum_duplicates()
         df = np.bincount(tf.indices, minlength=len(vocab))
         self.df_ = df
         self.idf_ = (np.log((1 + n_docs) / (1 + df)) + 1.0).astype(np.float32)
@@ -72,7 +78,7 @@ class SparseIndex:
         self.post_indptr_ = post.indptr.astype(np.int64)
         self.post_rows_ = post.indices.astype(np.int32)
         self.post_vals_ = post.data.astype(np.float32)
-        return self
+        return X
 
     def _weigh(self, tf: sp.csr_matrix) -> sp.csr_matrix:
         X = tf.astype(np.float64)
