@@ -15,7 +15,7 @@ from starlette.types import Scope
 
 import engine
 from api.metrics import REQUEST_LATENCY, REQUESTS
-from api.routes import catalog, health, jd, kb, match, messages, metrics, shops, tasks
+from api.routes import catalog, health, jd, kb, match, messages, metrics, reports, shops, tasks
 from api.settings import Settings, get_settings
 from api.store.secrets import SecretKeyError
 from api.web.errors import RequestErrors
@@ -146,7 +146,7 @@ def create_app(
 
     for module in (health, metrics):  # never rate limited
         app.include_router(module.router)
-    limited = (match, shops, kb, catalog, messages, tasks, jd)
+    limited = (match, shops, kb, catalog, messages, reports, tasks, jd)
     for router in (*(m.router for m in limited), jd.shop_router):
         app.include_router(router, responses=RATE_LIMIT_RESPONSES)
     return app

@@ -213,13 +213,16 @@ def proposals_file(rows: Sequence[dict[str, str]], fmt: str) -> bytes:
     table = [[escape_cell(str(r.get(c, ""))) for c in PROPOSAL_COLUMNS] for r in rows]
     if fmt == "xlsx":
         import openpyxl
+        from openpyxl.cell.cell import ILLEGAL_CHARACTERS_RE
 
         book = openpyxl.Workbook()
         sheet = book.active
         assert sheet is not None
         sheet.append(list(PROPOSAL_COLUMNS))
         for row in table:
-            sheet.append(row)
+            # a logged message may carry control characters, which .xlsx cannot store (openpyxl raises):
+            # dropped, as a KB upload drops them from its cells
+            sheet.append([ILLEGAL_CHARACTERS_RE.sub("", cell) for cell in row])
         out = io.BytesIO()
         book.save(out)
         return out.getvalue()

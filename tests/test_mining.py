@@ -75,6 +75,19 @@ def test_proposals_go_back_into_the_kb_format(fast_matcher: Matcher, tmp_path: P
     assert {e.id for e in loaded} == {r["id"] for r in table}
 
 
+def test_control_characters_of_logged_messages_do_not_break_the_xlsx(tmp_path: Path) -> None:
+    """Was a 500 on GET kb/mining?format=xlsx (found by tests/test_schemathesis.py): openpyxl refuses
+    control characters, which a customer's message may carry into a proposal."""
+    import openpyxl
+
+    row = {"id": "mined-1", "question": "能刻字吗\x1f\x7f", "similar": "刻\x01字", "proposal": "new_entry"}
+    path = write_proposals([row], tmp_path / "proposals.xlsx")
+    sheet = openpyxl.load_workbook(path).active
+    assert sheet is not None
+    values = [[c.value for c in r] for r in sheet.iter_rows()]
+    assert values[1][:3] == ["mined-1", "能刻字吗\x7f", "刻字"]  # DEL is stored; C0 controls are dropped
+
+
 def test_message_files_are_read_with_clear_errors(tmp_path: Path) -> None:
     good = tmp_path / "log.csv"
     good.write_text("created_at,text_masked\n2026-11-30T10:00:00,能刻字吗\n2026-11-30T11:00:00,\n", "utf-8")

@@ -11,13 +11,24 @@ from __future__ import annotations
 
 import json
 import re
+import socket
+import threading
+import time
+from collections.abc import Iterator
 from dataclasses import dataclass
+from datetime import UTC
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
+import uvicorn
 from markupsafe import escape
 
+import tests.test_traffic as traffic_tests
+from api.db.models import JdEvaluation
+from api.main import create_app
+from api.settings import Settings
 from engine import Decision, Matcher
 from tests.test_cli import (
     EVAL_QUERIES,
@@ -25,10 +36,13 @@ from tests.test_cli import (
     assert_clean_failure,
     invoke,
     known,
+    runner,
     write_csv,
     write_kb,
     write_queries,
 )
+from tests.test_service import ADMIN, kb_csv, new_shop, publish_and_wait
+from training.cli import app
 from training.evaluate import evaluate, read_queries
 from training.report import (
     build_document,
@@ -248,3 +262,167 @@ def test_cli_bad_query_file_names_file_and_row(scored: Scored, tmp_path: Path) -
     assert not out.exists()
     missing = write_csv(tmp_path / "cols.csv", ["text"], [["保修多久"]])
     assert_clean_failure(invoke("report", scored.model_path, missing, "-o", out), "cols.csv", "expected_id")
+
+
+# --------------------------------------------------------------------------- a shop's traffic, over HTTP
+
+
+@dataclass(frozen=True)
+class Served:
+    url: str
+    key: str
+    other_key: str
+
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
+    """The service under a real uvicorn server on 127.0.0.1 (SQLite) with the known day of
+    tests/test_traffic.py logged for SHOP, a thumbs-down, a JD rating and a handed-off text with markup."""
+    tmp = tmp_path_factory.mktemp("traffic")
+    settings = Settings(
+        _env_file=None,
+        database_url=f"sqlite:///{tmp}/kefu.db",
+        redis_url=None,
+        data_dir=tmp / "data",
+        admin_token=ADMIN,
+        dense=False,
+        kb_path=None,
+        model_path=tmp / "no-model",
+        evaluation_pull_interval=0,
+    )
+    api_app = create_app(settings)
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.bind(("127.0.0.1", 0))  # the server takes this socket: no race for a "free" port
+    port = sock.getsockname()[1]
+    server = uvicorn.Server(uvicorn.Config(api_app, host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    try:
+        deadline = time.monotonic() + 20
+        while not server.started:
+            assert time.monotonic() < deadline, "uvicorn did not start within 20 s"
+            time.sleep(0.02)
+        url = f"http://127.0.0.1:{port}"
+        with httpx.Client(base_url=url, timeout=30) as c:
+            key = new_shop(c, traffic_tests.SHOP)
+            other = new_shop(c, traffic_tests.OTHER)
+            version = publish_and_wait(c, traffic_tests.SHOP, key, kb_csv())
+            service = api_app.state.service
+            ids = [traffic_tests._log(service, traffic_tests.SHOP, version, row) for row in traffic_tests.LOG]
+            markup = (
+                traffic_tests.at(12, 30),
+                "c-x",
+                "handoff",
+                None,
+                0.1,
+                7,
+                "bot cannot answer: z",
+                MARKUP,
+                None,
+            )
+            traffic_tests._log(service, traffic_tests.SHOP, version, markup)
+            r = c.post(
+                f"/v1/shops/{traffic_tests.SHOP}/feedback",
+                headers=key,
+                json={"exchange_id": ids[1], "kind": "down"},
+            )
+            assert r.status_code == 201, r.text
+        with service.db.session() as s:
+            s.add(
+                JdEvaluation(
+                    shop_id=traffic_tests.SHOP,
+                    jd_id="e1",
+                    score=1,
+                    session_id="c-handoff",
+                    evaluated_at=traffic_tests.at(11, 30).astimezone(UTC),
+                )
+            )
+        yield Served(url, key["X-API-Key"], other["X-API-Key"])
+    finally:
+        server.should_exit = True
+        thread.join(timeout=20)
+        sock.close()
+
+
+def _period() -> list[str]:
+    since, until = traffic_tests.SINCE, traffic_tests.UNTIL
+    return ["--since", since.strftime("%Y-%m-%dT%H:%M:%S"), "--until", until.strftime("%Y-%m-%dT%H:%M:%S")]
+
+
+def _traffic_args(served: Served, *extra: str) -> list[str]:
+    return ["--traffic-url", served.url, "--shop", traffic_tests.SHOP, "--api-key", served.key, *extra]
+
+
+def test_cli_traffic_report_from_a_real_server(served: Served, tmp_path: Path) -> None:
+    html, js = tmp_path / "t.html", tmp_path / "t.json"
+    result = invoke("report", *_traffic_args(served, *_period()), "-o", html, "--json", js)
+    assert result.exit_code == 0, result.output
+    data = json.loads(js.read_text(encoding="utf-8"))
+    assert data["model"] is None and data["labelled"] is None
+    traffic = data["traffic"]
+    # the figures are the service's own, for the period asked (naive times: Beijing)
+    expected = httpx.get(
+        f"{served.url}/v1/shops/{traffic_tests.SHOP}/report/traffic",
+        params={"since": traffic_tests.SINCE.isoformat(), "until": traffic_tests.UNTIL.isoformat()},
+        headers={"X-API-Key": served.key},
+    ).json()
+    assert traffic == expected
+    totals = traffic["totals"]
+    assert (totals["messages"], totals["answer"], totals["clarify"], totals["handoff"]) == (12, 4, 2, 5)
+    assert totals["answer_rate"] == round(4 / 11, 4) and totals["smalltalk"] == 1
+    assert traffic["ratings"]["by_outcome"]["handed_off"]["ratings"] == 1
+    assert traffic["feedback"]["down"] == 1
+    assert "36.4%" in result.output  # the headline answer rate
+    page = html.read_text(encoding="utf-8")
+    lowered = page.lower()
+    for fetch in ("http://", "https://", "<script", "<link", "url(", "@import", "<iframe"):
+        assert fetch not in lowered, fetch
+    sources = re.findall(r'src="([^"]*)"', page)
+    assert len(sources) == 5 and all(s.startswith("data:image/png;base64,") for s in sources)
+    assert "Kefu traffic report" in page and "What the model promises" not in page
+    assert "36.4%" in page and "保修多久" in page  # an entry answered most, by its question
+    assert "&lt;script&gt;alert(&#39;x&#39;)&lt;/script&gt;包邮吗" in page  # a handed-off text, escaped
+
+
+def test_cli_traffic_beside_the_model_with_the_key_from_the_environment(
+    scored: Scored, served: Served, tmp_path: Path
+) -> None:
+    html, js = tmp_path / "both.html", tmp_path / "both.json"
+    args = [scored.model_path, scored.queries, "--traffic-url", served.url, "--shop", traffic_tests.SHOP]
+    result = runner.invoke(
+        app,
+        ["report", *map(str, args), *_period(), "--bucket", "day", "-o", str(html), "--json", str(js)],
+        env={"KEFU_API_KEY": served.key},
+    )
+    assert result.exit_code == 0, result.output
+    data = json.loads(js.read_text(encoding="utf-8"))
+    assert data["labelled"]["ranking"] == scored.document["labelled"]["ranking"]
+    assert data["traffic"]["bucket"] == "day" and len(data["traffic"]["series"]) == 1
+    page = html.read_text(encoding="utf-8")
+    assert "What the model promises" in page and "Traffic of shop" in page
+    assert len(re.findall(r'src="data:image/png;base64,', page)) == 2 + 5
+
+
+def test_cli_traffic_errors_say_what_to_fix(served: Served, tmp_path: Path) -> None:
+    out = tmp_path / "r.html"
+    shop = traffic_tests.SHOP
+    bad_key = ["--traffic-url", served.url, "--shop", shop, "--api-key", "wrong"]
+    assert_clean_failure(invoke("report", *bad_key, "-o", out), "401", "--api-key", "KEFU_API_KEY")
+    other = ["--traffic-url", served.url, "--shop", shop, "--api-key", served.other_key]
+    assert_clean_failure(invoke("report", *other, "-o", out), "another shop", "403")
+    wrong_base = _traffic_args(served)
+    wrong_base[1] = f"{served.url}/not-kefu"
+    assert_clean_failure(invoke("report", *wrong_base, "-o", out), "404", "not found")
+    inverted = ["--since", "2025-03-05T14:00:00", "--until", "2025-03-05T10:00:00"]
+    assert_clean_failure(invoke("report", *_traffic_args(served, *inverted), "-o", out), "400", "since")
+    with socket.socket() as s:  # a port nobody listens on
+        s.bind(("127.0.0.1", 0))
+        closed = f"http://127.0.0.1:{s.getsockname()[1]}"
+    unreachable = ["--traffic-url", closed, "--shop", shop, "--api-key", served.key]
+    assert_clean_failure(invoke("report", *unreachable, "-o", out), "cannot reach", closed)
+    not_url = ["--traffic-url", "ftp://x", "--shop", shop, "--api-key", served.key]
+    assert_clean_failure(invoke("report", *not_url, "-o", out), "http://")
+    assert_clean_failure(invoke("report", "--traffic-url", served.url, "--shop", shop), "--api-key")
+    assert_clean_failure(invoke("report", "-o", out), "MODEL", "--traffic-url")
+    assert_clean_failure(invoke("report", *_traffic_args(served, "--bucket", "week")), "--bucket")
+    assert not out.exists()

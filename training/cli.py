@@ -11,6 +11,7 @@ import os
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from datetime import datetime
 from pathlib import Path
 from typing import Annotated, Any, NoReturn
 
@@ -369,38 +370,118 @@ def _print_eval(report: EvalReport, model: Path, queries: Path) -> None:
 
 @app.command("report")
 def report_command(
-    model: Annotated[Path, typer.Argument(help="Model directory")],
+    model: Annotated[Path | None, typer.Argument(help="Model directory")] = None,
     queries: Annotated[
-        Path, typer.Argument(help="CSV with columns query,expected_id (empty id: out of scope)")
-    ],
+        Path | None, typer.Argument(help="CSV with columns query,expected_id (empty id: out of scope)")
+    ] = None,
     output: Annotated[
         Path | None,
         typer.Option(
-            "-o", "--output", help="HTML file (default: reports/<MODEL name>-report-<QUERIES name>.html)"
+            "-o",
+            "--output",
+            help="HTML file (default: reports/<MODEL name>-report-<QUERIES name>.html, or "
+            "reports/<SHOP>-traffic.html)",
         ),
     ] = None,
     json_out: Annotated[Path | None, typer.Option("--json", help="Also write the figures as JSON")] = None,
     max_queries: Annotated[int | None, typer.Option(help="Report on the first N queries only")] = None,
     top_k: Annotated[int, typer.Option(help="Candidates per query for MRR (at least 5)")] = 10,
+    traffic_url: Annotated[
+        str | None,
+        typer.Option(help="Add a shop's logged traffic, from the Kefu service at this URL (with --shop)"),
+    ] = None,
+    shop: Annotated[str | None, typer.Option(help="The shop whose traffic is reported")] = None,
+    api_key: Annotated[
+        str | None, typer.Option(envvar="KEFU_API_KEY", help="The shop's API key", show_default=False)
+    ] = None,
+    since: Annotated[
+        datetime | None, typer.Option(help="Traffic from (Beijing time; default: until - 7 days)")
+    ] = None,
+    until: Annotated[datetime | None, typer.Option(help="Traffic to, excluded (default: now)")] = None,
+    bucket: Annotated[
+        str | None, typer.Option(help="Traffic per hour or day (default: hours up to 3 days)")
+    ] = None,
 ) -> None:
-    """One self-contained HTML report (opens offline): promise vs delivery, ranking, precision/coverage,
-    calibration, decisions, confusions."""
+    """One self-contained HTML report (opens offline): for a model on labelled queries (promise vs
+    delivery, ranking, precision/coverage, calibration, decisions, confusions), for a shop's logged
+    traffic over a period (--traffic-url, --shop, --api-key), or both."""
     from training.report import build_document, matcher_figures, model_figures, write_report
 
+    if model is None and traffic_url is None:
+        _fail("give MODEL and QUERIES, or --traffic-url with --shop (or both)")
+    if model is not None and queries is None:
+        _fail("QUERIES is required with MODEL: the labelled set the model is scored on")
+    if traffic_url is not None and not (shop and api_key):
+        _fail("--traffic-url needs --shop and --api-key (or $KEFU_API_KEY)")
+    if traffic_url is None and (shop or since or until or bucket):
+        _fail("--shop, --since, --until and --bucket report traffic: give --traffic-url too")
+    if bucket is not None and bucket not in ("hour", "day"):
+        _fail(f"--bucket must be hour or day, got {bucket!r}")
     if max_queries is not None and max_queries < 1:
         _fail(f"--max-queries must be at least 1, got {max_queries}")
-    pairs = _load_queries(queries)[:max_queries]  # a bad file fails before the model is loaded
-    m = _load_model(model)
-    report = _evaluate_with_progress(m, pairs, top_k)
-    labelled = matcher_figures(m, report, queries.name)
-    document = build_document(model_figures(m.info, m.policy, model), labelled)
-    html = output or Path("reports") / f"{model.name}-report-{queries.stem}.html"
+    model_doc = labelled = traffic = None
+    if model is not None and queries is not None:
+        pairs = _load_queries(queries)[:max_queries]  # a bad file fails before the model is loaded
+        m = _load_model(model)
+        report = _evaluate_with_progress(m, pairs, top_k)
+        labelled = matcher_figures(m, report, queries.name)
+        model_doc = model_figures(m.info, m.policy, model)
+    if traffic_url is not None:
+        traffic = _fetch_traffic(traffic_url, str(shop), str(api_key), since, until, bucket)
+    document = build_document(model_doc, labelled, traffic)
+    if output is not None:
+        html = output
+    elif model is not None and queries is not None:
+        html = Path("reports") / f"{model.name}-report-{queries.stem}.html"
+    else:
+        html = Path("reports") / f"{shop}-traffic.html"
     with _user_errors(), console.status(f"writing {html}"):
         write_report(document, html, json_out)
-    _print_report(document)
+    if labelled is not None:
+        _print_report(document)
+    if traffic is not None:
+        _print_traffic(traffic)
     console.print(f"report: {escape(str(html))}")
     if json_out is not None:
         console.print(f"figures: {escape(str(json_out))}")
+
+
+def _fetch_traffic(
+    url: str, shop: str, api_key: str, since: datetime | None, until: datetime | None, bucket: str | None
+) -> dict[str, Any]:
+    from training.traffic import TrafficFetchError, fetch_traffic
+
+    try:
+        with console.status(f"fetching the traffic of shop {shop} from {url}"):
+            return fetch_traffic(url, shop, api_key, since, until, bucket)
+    except TrafficFetchError as e:
+        _fail(str(e))
+
+
+def _print_traffic(traffic: dict[str, Any]) -> None:
+    """The traffic section's headline figures, as the HTML shows them."""
+    t, lat = traffic["totals"], traffic["latency_ms"]
+    table = Table(title=f"traffic: shop {escape(traffic['shop'])}, {traffic['since']} to {traffic['until']}")
+    table.add_column("", style="bold")
+    table.add_column("", justify="right")
+    reasons = ", ".join(f"{r['code']} {r['count']}" for r in traffic["handoff_reasons"][:4])
+    rows = [
+        ("messages", f"{t['messages']} in {t['conversations']} conversations"),
+        ("questions (small talk apart)", str(t["questions"])),
+        ("answered", f"{_pct(t['answer_rate'])} ({t['answer']})"),
+        ("clarified", f"{_pct(t['clarify_rate'])} ({t['clarify']})"),
+        ("handed off", f"{_pct(t['handoff_rate'])} ({t['handoff']})" + (f": {reasons}" if reasons else "")),
+        ("small talk", f"{_pct(t['smalltalk_share'])} ({t['smalltalk']})"),
+        ("latency p50 / p95 / p99", " / ".join(_ms(lat[p]) for p in ("p50", "p95", "p99"))),
+        ("JD ratings", str(traffic["ratings"]["ratings"])),
+    ]
+    for key, value in rows:
+        table.add_row(key, escape(value))
+    console.print(table)
+
+
+def _ms(value: float | None) -> str:
+    return "—" if value is None else f"{value:.1f} ms"
 
 
 def _print_report(document: dict[str, Any]) -> None:

@@ -8,10 +8,11 @@ entries it mistakes for which. The numbers come from `training.evaluate` (one ev
 `kefu eval`); this module only regroups them, draws them and lays them out.
 
 The document is a dict of sections (`model`, `labelled`, `traffic`); the HTML renders each section that
-is present, so a section on a shop's logged traffic can be added beside the labelled one later without
-touching the rest. Charts are PNGs inlined as data: URIs and the page has no script, stylesheet or font
-to fetch, so it opens with no network; every text from a user (queries, entry ids and questions, paths)
-goes through Jinja2's autoescaping.
+is present. `traffic` holds a shop's logged traffic over a period as the service computed it (fetched and
+drawn by training.traffic), alone or beside a model's sections. Charts are PNGs inlined as data: URIs
+and the page has no script, stylesheet or font to fetch, so it opens with no network; every text from a
+user (queries, entry ids and questions, paths, logged customer messages) goes through Jinja2's
+autoescaping.
 """
 
 from __future__ import annotations
@@ -315,7 +316,7 @@ def _share(hits: int, total: int) -> float | None:
 
 
 def build_document(
-    model: dict[str, Any],
+    model: dict[str, Any] | None,
     labelled: dict[str, Any] | None = None,
     traffic: dict[str, Any] | None = None,
     generated_at: datetime | None = None,
@@ -327,7 +328,7 @@ def build_document(
         "generated_at": (generated_at or datetime.now(UTC)).isoformat(timespec="seconds"),
         "model": model,
         "labelled": labelled,
-        "traffic": traffic,  # a shop's logged traffic over a period: not computed yet
+        "traffic": traffic,  # a shop's logged traffic over a period (GET /v1/shops/{shop}/report/traffic)
     }
 
 
@@ -455,6 +456,12 @@ def render_html(document: Mapping[str, Any]) -> str:
     if labelled:
         charts["curve"] = curve_chart(labelled["curve"])
         charts["reliability"] = reliability_chart(labelled["reliability"])
+    traffic = document.get("traffic")
+    if traffic:
+        from training.traffic import OUTCOMES, traffic_charts
+
+        charts.update({f"traffic_{name}": uri for name, uri in traffic_charts(traffic).items()})
+        env.globals["outcomes"] = OUTCOMES
     return env.from_string(TEMPLATE).render(doc=document, charts=charts)
 
 
@@ -479,7 +486,7 @@ TEMPLATE = """<!DOCTYPE html>
 <html lang="zh">
 <head>
 <meta charset="utf-8">
-<title>Kefu report: {{ doc.model.path }}</title>
+<title>Kefu report: {{ doc.model.path if doc.model else "traffic of " ~ doc.traffic.shop }}</title>
 <style>
 body { font-family: system-ui, sans-serif; margin: 2em auto; max-width: 70em; color: #222; }
 table { border-collapse: collapse; margin: 0.5em 0 1.5em; }
@@ -491,6 +498,7 @@ small { color: #666; }
 </style>
 </head>
 <body>
+{% if doc.model %}
 <h1>Kefu evaluation report</h1>
 <p>Model <code>{{ doc.model.path }}</code> ({{ doc.model.entries }} entries{% if doc.model.dense %}, dense
 channel on{% endif %}){% if doc.labelled %} on <code>{{ doc.labelled.queries_file }}</code>{% endif %};
@@ -534,6 +542,10 @@ else "no") }}</td></tr>
 {% if not doc.model.answers_on_confidence %}
 <p class="warn">No confidence level met the target precision when this model was calibrated: it answers
 only a KB question typed word for word (and the merchant's small-talk entries).</p>
+{% endif %}
+{% else %}
+<h1>Kefu traffic report</h1>
+<p>Generated {{ doc.generated_at }}.</p>
 {% endif %}
 
 {% if doc.labelled %}
@@ -615,8 +627,117 @@ never be matched: {{ l.unknown_expected_ids[:20] | join(", ") }}</p>
 {% endif %}
 
 {% if doc.traffic %}
-<h2>Traffic</h2>
-<p>Traffic figures are in the JSON.</p>
+{% set t = doc.traffic %}
+{% set n = t.totals %}
+<h2 id="traffic">Traffic of shop <code>{{ t.shop }}</code></h2>
+<p>{{ t.since }} to {{ t.until }} (Beijing time), per {{ t.bucket }}. Rates are shares of the customers'
+questions: small talk is counted apart, and so are an agent's requests for suggestions.</p>
+<table>
+<tr><th>messages</th><td class="n">{{ n.messages }} in {{ n.conversations }} conversations</td></tr>
+<tr><th>questions</th><td class="n">{{ n.questions }}</td></tr>
+<tr><th>answered</th><td class="n">{{ n.answer_rate | pct }} ({{ n.answer }})</td></tr>
+<tr><th>clarified</th><td class="n">{{ n.clarify_rate | pct }} ({{ n.clarify }})</td></tr>
+<tr><th>handed off</th><td class="n">{{ n.handoff_rate | pct }} ({{ n.handoff }})</td></tr>
+<tr><th>small talk</th><td class="n">{{ n.smalltalk_share | pct }} of messages ({{ n.smalltalk }})</td></tr>
+<tr><th>latency p50 / p95 / p99</th><td class="n">{{ t.latency_ms.p50 | num(1) }} /
+{{ t.latency_ms.p95 | num(1) }} / {{ t.latency_ms.p99 | num(1) }} ms</td></tr>
+<tr><th>agent requests for suggestions</th><td class="n">{{ n.assist_requests }}</td></tr>
+</table>
+
+<h3>Answer, clarify and handoff rates per {{ t.bucket }}</h3>
+<img alt="rates over time" src="{{ charts.traffic_rates }}">
+
+<h3>Who took the questions</h3>
+<table>
+<tr><th></th><th>answered</th><th>clarified</th><th>handed off</th></tr>
+{% for skill, row in t.by_skill.items() %}
+<tr><td>{{ {"faq": "knowledge base", "orders": "orders (from JD)",
+"products": "products (catalog)"}.get(skill, skill) }}</td><td class="n">{{ row.answer }}</td>
+<td class="n">{{ row.clarify }}</td><td class="n">{{ row.handoff }}</td></tr>
+{% endfor %}
+</table>
+
+<div class="cols">
+<div>
+<h3>Handoffs by reason</h3>
+{% if t.handoff_reasons %}
+<img alt="handoffs by reason" src="{{ charts.traffic_handoffs }}">
+<table>
+<tr><th>reason</th><th>handoffs</th><th>share</th></tr>
+{% for r in t.handoff_reasons %}
+<tr><td>{{ r.code }}</td><td class="n">{{ r.count }}</td><td class="n">{{ r.share | pct }}</td></tr>
+{% endfor %}
+</table>
+{% else %}
+<p>None.</p>
+{% endif %}
+</div>
+<div>
+<h3>Confidence of the decisions</h3>
+{% if charts.traffic_confidence %}
+<img alt="confidence by decision" src="{{ charts.traffic_confidence }}">
+{% else %}
+<p>No question.</p>
+{% endif %}
+</div>
+</div>
+
+<h3>Latency per {{ t.bucket }}</h3>
+<img alt="latency over time" src="{{ charts.traffic_latency }}">
+
+<h3>JD ratings by what the bot did in the chat</h3>
+{% if t.ratings.ratings %}
+<img alt="ratings by what the bot did" src="{{ charts.traffic_ratings }}">
+<table>
+<tr><th>chat</th><th>ratings</th><th>average</th><th>score {{ t.ratings.low_score }} or less</th>
+<th>by score</th></tr>
+{% for outcome, row in t.ratings.by_outcome.items() %}
+<tr><td>{{ outcomes.get(outcome, outcome) }}</td><td class="n">{{ row.ratings }}</td>
+<td class="n">{{ row.average | num(2) }}</td><td class="n">{{ row.dissatisfied_share | pct }}</td>
+<td>{% for score, count in row.scores.items() %}{{ score }}: {{ count }}{% if not loop.last %}, {% endif %}
+{% endfor %}</td></tr>
+{% endfor %}
+</table>
+{% else %}
+<p>No rating from JD in this period.</p>
+{% endif %}
+
+<h3>Feedback on these replies</h3>
+{% set f = t.feedback %}
+<table>
+<tr><th>thumbs up</th><td class="n">{{ f.up }}</td></tr>
+<tr><th>thumbs down</th><td class="n">{{ f.down }}</td></tr>
+<tr><th>agent corrections</th><td class="n">{{ f.correction }} ({{ f.correction_out_of_scope }} out of
+scope)</td></tr>
+<tr><th>replies with feedback</th><td class="n">{{ f.exchanges }}</td></tr>
+</table>
+
+<h3>Entries answered most</h3>
+{% if t.top_entries %}
+<table>
+<tr><th>entry</th><th>question</th><th>answers</th><th>share</th><th>last</th></tr>
+{% for e in t.top_entries %}
+<tr><td><code>{{ e.entry_id }}</code></td><td>{{ e.question or "—" }}</td><td class="n">{{ e.count }}</td>
+<td class="n">{{ e.share | pct }}</td><td>{{ e.last_seen }}</td></tr>
+{% endfor %}
+</table>
+{% else %}
+<p>None.</p>
+{% endif %}
+
+<h3>Questions handed off most</h3>
+{% if t.handed_off_questions %}
+<table>
+<tr><th>question (masked)</th><th>handoffs</th><th>why</th><th>last</th></tr>
+{% for q in t.handed_off_questions %}
+<tr><td>{{ q.text }}</td><td class="n">{{ q.count }}</td>
+<td>{% for code, count in q.codes.items() %}{{ code }} ({{ count }}){% if not loop.last %}, {% endif %}
+{% endfor %}</td><td>{{ q.last_seen }}</td></tr>
+{% endfor %}
+</table>
+{% else %}
+<p>None.</p>
+{% endif %}
 {% endif %}
 <p><small>{{ doc.format }} v{{ doc.version }}: the same figures are available as JSON
 (<code>kefu report --json</code>).</small></p>

@@ -32,6 +32,9 @@ from engine.results import Decision
 
 NAME = "catalog"
 MAX_OFFERED = 3
+# what the skill's turns are known by in the exchange log (api.store.traffic counts them apart)
+ENTRY_PREFIX = "sku:"  # the entry id of an answer from the catalog: sku:<id> or sku:<id>:<attribute>
+REASON_WHICH = "which product?"  # the start of the reason of a "which product?" clarify
 _LINK = re.compile(
     r"(?:item(?:\.m)?\.jd\.com/(?:product/)?|[?&](?:sku|skuid|sku_id|wareid)=)(\d{4,20})", re.IGNORECASE
 )
@@ -126,7 +129,7 @@ class Catalog:
         shared = len(next((skus for key, skus in self._models if key == compact(sku.model)), [])) > 1
         label = sku.name if shared or not sku.model else sku.model
         price = f"，{sku.price:g}元" if sku.price is not None else ""
-        return Option(f"sku:{sku.sku_id}", f"{label}{price}")
+        return Option(f"{ENTRY_PREFIX}{sku.sku_id}", f"{label}{price}")
 
     def uniform(self, concept_key: str, skus: Sequence[Sku] | None = None) -> bool:
         """Whether all these products (default: the whole catalog) have the same value for a concept:
@@ -216,7 +219,7 @@ class CatalogSkill:
         picked = resolve_choice(text, options)
         if picked is None:
             return None
-        return self.catalog.by_id.get(picked.entry_id.removeprefix("sku:"))
+        return self.catalog.by_id.get(picked.entry_id.removeprefix(ENTRY_PREFIX))
 
     def _after_choice(self, turn: Turn, sku: Sku, pending: dict[str, Any]) -> Reply:
         attribute = pending.get("attribute")
@@ -237,7 +240,7 @@ class CatalogSkill:
         said = answer(sku, concept, question)
         if said is None:
             return None  # the catalog does not say: the FAQ (or a person) answers
-        entry_id = f"sku:{sku.sku_id}:{said.attribute}"
+        entry_id = f"{ENTRY_PREFIX}{sku.sku_id}:{said.attribute}"
         turn.state = replace(
             turn.state, clarify_options=[], misses=0, last_answered_entry=entry_id, mood=None, pending=None
         )
@@ -268,13 +271,13 @@ class CatalogSkill:
                 "options": [s.sku_id for s in offered],
             },
         )
-        return Reply("clarify", text, None, confidence, options=options, reason=f"which product? {reason}")
+        return Reply("clarify", text, None, confidence, options=options, reason=f"{REASON_WHICH} {reason}")
 
     def _intro(self, turn: Turn, sku: Sku, lead: str = "") -> Reply:
         hints = "、".join(list(dict.fromkeys(concept_of(a).key for a in sku.attributes))[:_INTRO_HINTS])
         price = f"，售价{sku.price:g}元" if sku.price is not None else ""
         ask = f"想了解它的哪方面呢？比如{hints}。" if hints else "想了解它的哪方面呢？"
-        entry_id = f"sku:{sku.sku_id}"
+        entry_id = f"{ENTRY_PREFIX}{sku.sku_id}"
         turn.state = replace(
             turn.state, clarify_options=[], misses=0, last_answered_entry=entry_id, mood=None
         )

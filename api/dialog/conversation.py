@@ -53,6 +53,9 @@ REASON_NON_TEXT = "non-text message"  # followed by the kind in brackets
 REASON_MODE_OFF = "the bot is off for this shop: a human agent answers"
 REASON_MODE_ASSIST = "assist mode: a human agent answers, with suggestions from the bot"
 REASON_NO_MODEL = "no KB version is published for this shop yet"
+# the starts of handoff reasons that carry more words after them (api.store.traffic reads them back)
+REASON_CANNOT_ANSWER = "bot cannot answer:"  # followed by the engine's reason
+REASON_MISSES = "misses in a row"  # after the count, followed by the last miss's reason
 # why a conversation went to a human, as a bounded label for metrics and the exchange log
 HandoffCode = Literal[
     "explicit_request",
@@ -515,7 +518,7 @@ class ConversationPolicy:
                 return Reply("answer", answer, r.entry_id, r.confidence, reason=r.reason), st
 
         if r.decision is Decision.HANDOFF and r.reason.startswith(_NOTHING_TO_MATCH):
-            return self._handoff(st, f"bot cannot answer: {r.reason}", r, code="low_confidence")
+            return self._handoff(st, f"{REASON_CANNOT_ANSWER} {r.reason}", r, code="low_confidence")
 
         offered = r.options if r.decision is Decision.CLARIFY and r.options else r.candidates
         options = [Option.of(c) for c in offered[:MAX_OPTIONS]]
@@ -557,7 +560,7 @@ class ConversationPolicy:
         misses = st.misses + int(counts)
         st = replace(st, misses=misses)
         if misses >= self.max_misses:
-            return self._handoff(st, f"{misses} misses in a row ({why})", result, code="repeated_miss")
+            return self._handoff(st, f"{misses} {REASON_MISSES} ({why})", result, code="repeated_miss")
         if angry:  # an angry customer is not made to pick from a list
             return self._handoff(st, REASON_ANGRY, result, code="mood")
         if rephrase:

@@ -48,6 +48,22 @@ NO_REFUND_TEXT = "您的订单{order.id}暂时没有退款申请（订单状态�
 MISSING_VALUE = "暂无"
 MAX_REFUSALS = 2  # another customer's order asked for this often in a conversation: a person takes over
 REASON_REFUSALS = "orders of other customers asked for repeatedly"
+# how the skill's turns start their logged reason (api.store.traffic counts the skill's turns by them)
+REASON_ANSWERED = "dynamic entry"  # followed by the entry id and its action
+REASON_NO_PIN = "no customer pin: an order is shown to its buyer only"
+REASON_ASK = "order number needed for dynamic entry"
+REASON_NOT_CONFIGURED = "the shop has no JD credentials for order lookups"
+REASON_LOOKUP_FAILED = "order lookup failed"
+REASON_REFUSED = "the order belongs to another customer: nothing shown"
+REASONS = (
+    REASON_ANSWERED,
+    REASON_NO_PIN,
+    REASON_ASK,
+    REASON_NOT_CONFIGURED,
+    REASON_LOOKUP_FAILED,
+    REASON_REFUSED,
+    REASON_REFUSALS,
+)
 
 _AFTER_KEYWORD = re.compile(r"(?:订单编号|订单号|订单|单号)\s*[:：#]?\s*(?:是|为)?\s*(\d{6,20})(?!\d)")
 _BARE_RUN = re.compile(r"(?<!\d)\d{10,13}(?!\d)")
@@ -122,12 +138,10 @@ class OrdersSkill:
             # nobody to check the order against: no lookup, no data
             ORDER_LOOKUPS.labels("refused").inc()
             turn.state.pending = None
-            return Reply(
-                "clarify", NO_PIN_TEXT, reason="no customer pin: an order is shown to its buyer only"
-            )
+            return Reply("clarify", NO_PIN_TEXT, reason=REASON_NO_PIN)
         if not order_id:
             turn.state.pending = {"skill": self.name, "entry_id": entry.id}
-            return Reply("clarify", ASK_TEXT, reason=f"order number needed for dynamic entry {entry.id}")
+            return Reply("clarify", ASK_TEXT, reason=f"{REASON_ASK} {entry.id}")
         return self._answer(turn, entry, order_id, pending)
 
     def _dynamic(self, entry_id: str | None) -> KBEntry | None:
@@ -165,14 +179,14 @@ class OrdersSkill:
         lookup = self._lookup_factory()
         if lookup is None:
             ORDER_LOOKUPS.labels("not_configured").inc()
-            return self._fail(turn, "the shop has no JD credentials for order lookups")
+            return self._fail(turn, REASON_NOT_CONFIGURED)
         try:
             order = lookup.order(order_id)
             if order.pin != turn.context.customer_pin:
                 return self._refuse(turn, entry, pending)
             details = lookup.details(entry.action, order)
         except LookupFailed as e:
-            return self._fail(turn, f"order lookup failed ({e.kind}): {e}")
+            return self._fail(turn, f"{REASON_LOOKUP_FAILED} ({e.kind}): {e}")
         ORDER_LOOKUPS.labels("ok").inc()
         template = {"not_shipped": NOT_SHIPPED_TEXT, "no_refund": NO_REFUND_TEXT}.get(
             details.missing or "", self.choose(entry)
@@ -191,7 +205,7 @@ class OrdersSkill:
         )
         r = turn.result
         confidence = r.confidence if r.entry_id == entry.id else 1.0
-        why = f"dynamic entry {entry.id}: {entry.action} from JD" + (
+        why = f"{REASON_ANSWERED} {entry.id}: {entry.action} from JD" + (
             f" ({details.missing})" if details.missing else ""
         )
         return Reply("answer", fill(template, details.fields), entry.id, confidence, reason=why)
@@ -205,7 +219,7 @@ class OrdersSkill:
             return Reply("handoff", "", reason=REASON_REFUSALS)
         turn.state.pending = {"skill": self.name, "entry_id": entry.id, "refused": refused}
         turn.state.last_question = None  # the next number given is not a repeat
-        return Reply("clarify", REFUSED_TEXT, reason="the order belongs to another customer: nothing shown")
+        return Reply("clarify", REFUSED_TEXT, reason=REASON_REFUSED)
 
     def _fail(self, turn: Turn, reason: str) -> Reply:
         turn.state.pending = None

@@ -124,8 +124,9 @@ def stats(service: Any, shop_id: str, since: datetime, until: datetime) -> dict[
 
 
 # ------------------------------------------------------------------------------------------- joining
-def _handled_by(s: Any, shop_id: str, ev: JdEvaluation) -> tuple[str, str | None]:
-    """("bot" | "human" | "unmatched", conversation id) of the chat an evaluation rates."""
+def rated_conversation(s: Any, shop_id: str, ev: JdEvaluation) -> str | None:
+    """The logged conversation an evaluation rates: JD's session id, else the customer's last chat in the
+    JOIN_WINDOW before the rating; None when the bot never saw it (or it cannot be told)."""
     at = aware(ev.evaluated_at) if ev.evaluated_at else None
     conversation = None
     if ev.session_id:
@@ -146,8 +147,15 @@ def _handled_by(s: Any, shop_id: str, ev: JdEvaluation) -> tuple[str, str | None
             .order_by(Exchange.created_at.desc())
             .limit(1)
         )
+    return conversation
+
+
+def _handled_by(s: Any, shop_id: str, ev: JdEvaluation) -> tuple[str, str | None]:
+    """("bot" | "human" | "unmatched", conversation id) of the chat an evaluation rates."""
+    conversation = rated_conversation(s, shop_id, ev)
     if conversation is None:
         return "unmatched", None
+    at = aware(ev.evaluated_at) if ev.evaluated_at else None
     q = select(Exchange.decision).where(Exchange.shop_id == shop_id, Exchange.conversation_id == conversation)
     if at is not None:
         q = q.where(Exchange.created_at <= at)

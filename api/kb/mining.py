@@ -34,9 +34,10 @@ from api.dialog.conversation import (
     REASON_NON_TEXT,
     REASON_VENTING,
 )
-from api.jd import BEIJING
 from api.jd.evaluations import low_rated_conversations
 from api.jd.queue import NOT_DELIVERABLE, NOT_DELIVERED
+from api.store import periods
+from api.store.periods import PeriodError as PeriodError  # raised by period(): the routes catch it
 from engine.mining import MAX_MESSAGES, Message, mine, proposal_rows
 
 DEFAULT_PERIOD = timedelta(days=30)
@@ -55,35 +56,11 @@ NOT_A_MISS = (
 )
 
 
-class PeriodError(ValueError):
-    """A period the caller must fix; `param` names the query parameter at fault."""
-
-    def __init__(self, param: str, message: str) -> None:
-        super().__init__(message)
-        self.param = param
-
-
 def period(
     since: datetime | None, until: datetime | None, now: datetime | None = None
 ) -> tuple[datetime, datetime]:
-    """[since, until) in UTC: times without a zone are Beijing time (as JD shows them to merchants);
-    until defaults to now, since to DEFAULT_PERIOD before until; at most MAX_PERIOD long."""
-    for name, t in (("since", since), ("until", until)):
-        if t is not None and not 2000 <= t.year <= 2100:
-            raise PeriodError(name, f"{name} must be a time between 2000 and 2100")
-    end = (until.replace(tzinfo=BEIJING) if until.tzinfo is None else until) if until else now
-    end = (end or datetime.now(UTC)).astimezone(UTC)
-    start = (since.replace(tzinfo=BEIJING) if since.tzinfo is None else since) if since else None
-    start = start.astimezone(UTC) if start is not None else end - DEFAULT_PERIOD
-    if start >= end:
-        raise PeriodError("since", "since must be before until (until defaults to now)")
-    if end - start > MAX_PERIOD:
-        days = (end - start) / timedelta(days=1)
-        raise PeriodError(
-            "since",
-            f"since..until spans {days:.1f} days; at most {MAX_PERIOD.days} days are mined at once",
-        )
-    return start, end
+    """[since, until) in UTC (api.store.periods): DEFAULT_PERIOD by default, at most MAX_PERIOD long."""
+    return periods.period(since, until, now, default=DEFAULT_PERIOD, longest=MAX_PERIOD, what="mined")
 
 
 @dataclass

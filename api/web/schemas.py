@@ -218,6 +218,124 @@ class MiningOut(BaseModel):
     )
 
 
+# ---------------------------------------------------------------- reports
+
+
+class TrafficCounts(BaseModel):
+    messages: int = Field(
+        description="customer messages the bot replied to (answer, clarify, handoff, small talk)"
+    )
+    questions: int = Field(description="messages less small talk: what the rates are shares of")
+    answer: int
+    clarify: int
+    handoff: int
+    smalltalk: int
+    answer_rate: float | None = Field(description="answer / questions (None: no question)")
+    clarify_rate: float | None
+    handoff_rate: float | None
+
+
+class TrafficTotals(TrafficCounts):
+    conversations: int
+    smalltalk_share: float | None = Field(description="small talk / messages")
+    assist_requests: int = Field(description="suggestions an agent asked for (assist), not in messages")
+
+
+class Percentiles(BaseModel):
+    p50: float | None
+    p95: float | None
+    p99: float | None
+
+
+class TrafficBucket(TrafficCounts):
+    start: str = Field(description="the hour or Beijing day the bucket begins (ISO 8601, +08:00)")
+    latency_ms: Percentiles
+
+
+class SkillCounts(BaseModel):
+    answer: int
+    clarify: int
+    handoff: int
+
+
+class HandoffReason(BaseModel):
+    code: str = Field(description="a handoff code (HandoffCode), or other")
+    count: int
+    share: float | None = Field(description="of all handoffs")
+
+
+class Latency(Percentiles):
+    n: int
+    mean: float | None
+    max: float | None
+
+
+class ConfidenceBin(BaseModel):
+    lo: float
+    hi: float
+    answer: int
+    clarify: int
+    handoff: int
+
+
+class ScoreFigures(BaseModel):
+    ratings: int
+    scores: dict[str, int] = Field(description="ratings by score")
+    average: float | None
+    dissatisfied_share: float | None = Field(description="share scored low_score or less")
+
+
+class TrafficRatings(BaseModel):
+    ratings: int = Field(description="JD ratings with a score made in the period")
+    low_score: int
+    by_outcome: dict[str, ScoreFigures] = Field(
+        description="by what the bot did in the rated chat: answered, not_answered, handed_off, unmatched"
+    )
+
+
+class TrafficFeedback(BaseModel):
+    up: int
+    down: int
+    correction: int
+    correction_out_of_scope: int
+    exchanges: int = Field(description="exchanges with any feedback")
+
+
+class TopEntry(BaseModel):
+    entry_id: str
+    question: str | None = Field(description="its question in the live KB (None: no longer in it)")
+    skill: str
+    count: int
+    share: float | None = Field(description="of all answers")
+    last_seen: str
+
+
+class HandedOffQuestion(BaseModel):
+    text: str = Field(description="the latest masked text of the group")
+    count: int
+    last_seen: str
+    codes: dict[str, int] = Field(description="handoffs of the group by code")
+
+
+class TrafficOut(BaseModel):
+    """A shop's logged traffic over a period (api/store/traffic.py); times are ISO 8601, Beijing time."""
+
+    shop: str
+    since: str
+    until: str
+    bucket: Literal["hour", "day"]
+    totals: TrafficTotals
+    by_skill: dict[str, SkillCounts] = Field(description="questions by who took them: faq, orders, products")
+    series: list[TrafficBucket]
+    handoff_reasons: list[HandoffReason]
+    latency_ms: Latency
+    confidence: list[ConfidenceBin]
+    ratings: TrafficRatings
+    feedback: TrafficFeedback
+    top_entries: list[TopEntry]
+    handed_off_questions: list[HandedOffQuestion]
+
+
 # ---------------------------------------------------------------- conversations
 
 
