@@ -214,14 +214,13 @@ def _row_rep(m: Matcher, X_sparse: Any, vectors: np.ndarray | None, r: int, hidd
     return QueryRep(text, ids[known], weights, float(unknown), len(text), dense)
 
 
-def _synthetic_rep(
+def _synthetic_variant(
     m: Matcher, gen: ParaphraseGenerator, text: str, rng: np.random.Generator
-) -> QueryRep | None:
+) -> str | None:
     """A stand-in paraphrase of a KB question (engine.paraphrase): synonyms, drops, reordering,
     particles and homophone typos, as customers change a question."""
     words = m.tokenizer.segment(m.tokenizer.canonical(normalize(text)))
-    variant = gen.generate(words, rng)
-    return None if variant is None else m.represent(variant)
+    return gen.generate(words, rng)
 
 
 @dataclass
@@ -283,10 +282,13 @@ def held_out_examples(
     synthetic = len(in_ex) < MIN_REAL_EXAMPLES
     if synthetic:
         gen = ParaphraseGenerator(m.tokenizer.synonyms).fit(normalize(t) for t in m.row_texts)
-        for r in rng.permutation(n_rows)[:max_examples]:
-            rep = _synthetic_rep(m, gen, m.row_texts[r], rng)
-            if rep is not None:
-                in_ex.append(Example(rep, all_ok, None, None, int(owner[r])))
+        variants = [
+            (r, _synthetic_variant(m, gen, m.row_texts[r], rng))
+            for r in rng.permutation(n_rows)[:max_examples]
+        ]
+        kept = [(int(r), v) for r, v in variants if v is not None]
+        for (r, _), rep in zip(kept, m.represent_many([v for _, v in kept]), strict=True):
+            in_ex.append(Example(rep, all_ok, None, None, int(owner[r])))
     oos_ex = examples(oos_rows, hide_entry=True) if len(m.entries) > 1 else []
     return in_ex, oos_ex, synthetic
 

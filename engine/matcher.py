@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Collection, Iterable, Mapping
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -139,12 +139,30 @@ class Matcher:
             text = text[:MAX_MESSAGE_CHARS]
         return self._vectorize(normalize(text))
 
-    def _vectorize(self, norm: str) -> QueryRep:
+    def represent_many(self, texts: Sequence[Any]) -> list[QueryRep]:
+        """`represent` for many messages, the encoder called once per batch (builds, evaluations): one
+        text at a time it pays its per-call cost for each."""
+        norms = [
+            normalize(t[:MAX_MESSAGE_CHARS] if isinstance(t, str) and len(t) > MAX_MESSAGE_CHARS else t)
+            for t in texts
+        ]
+        reps = [self._vectorize(n, dense=False) for n in norms]
+        if self.dense_index is not None and self.embedder is not None:
+            dense_texts = [strip_placeholders(n) for n in norms]
+            todo = [i for i, t in enumerate(dense_texts) if t]
+            for start in range(0, len(todo), 256):
+                chunk = todo[start : start + 256]
+                vecs = self.embedder.encode([dense_texts[i] for i in chunk])
+                for i, v in zip(chunk, vecs, strict=True):
+                    reps[i].dense = self.dense_index.prepare(v)
+        return reps
+
+    def _vectorize(self, norm: str, dense: bool = True) -> QueryRep:
         canon = self.tokenizer.canonical(norm)
         terms = query_terms(self.tokenizer.words(canon), char_ngrams(canon))
         ids, weights, unknown = self.sparse.vectorize(terms)
         vec = None
-        if self.dense_index is not None and self.embedder is not None:
+        if dense and self.dense_index is not None and self.embedder is not None:
             dense_text = strip_placeholders(norm)
             if dense_text:
                 vec = self.dense_index.prepare(self.embedder.encode_one(dense_text))
