@@ -276,3 +276,106 @@ def test_every_text_the_console_uses_is_in_both_languages() -> None:
     for prefix in prefixes:
         assert any(k.startswith(prefix) for k in TABLE)
     assert Translator("en")("try.turn", n=2) == "Message 2" and Translator("xx")("try.turn", n=2) == "第 2 条"
+
+
+def test_line_chart_is_an_accessible_svg() -> None:
+    from api.console.charts import line_chart
+
+    svg = str(
+        line_chart(
+            "回答率 <b>", ["01", "02", "03"], [("回答", [0.5, None, 1.0]), ("转人工", [0.1, 0.2, 0.3])]
+        )
+    )
+    assert svg.startswith("<svg") and 'role="img"' in svg and "<title>回答率 &lt;b&gt;</title>" in svg
+    assert svg.count("<polyline") == 2 and svg.count("<circle") == 5  # the missing point is not drawn
+    assert "100%" in svg and "<script" not in svg
+
+
+def test_daily_figures_leave_out_console_tries(tmp_path: Path) -> None:
+    from datetime import UTC, datetime, timedelta
+
+    from api.console.figures import daily
+    from api.db.migrate import upgrade
+    from api.db.models import Exchange, JdEvaluation, Shop
+    from api.db.session import Database
+
+    db = Database(f"sqlite:///{tmp_path}/f.db")
+    upgrade(db.engine)
+    now = datetime(2026, 3, 10, 4, 0, tzinfo=UTC)  # 12:00 in Beijing
+    with db.session() as s:
+        s.add_all([Shop(id="a", api_key_hash="x", settings={}), Shop(id="b", api_key_hash="y", settings={})])
+        s.flush()
+
+        def ex(
+            shop: str, decision: str, channel: str = "api", ago: float = 1, latency: float = 10
+        ) -> Exchange:
+            return Exchange(
+                shop_id=shop,
+                conversation_id="c",
+                channel=channel,
+                text_masked="t",
+                decision=decision,
+                confidence=0.8,
+                reason="",
+                latency_ms=latency,
+                created_at=now - timedelta(hours=ago),
+            )
+
+        s.add_all(
+            [ex("a", "answer"), ex("a", "answer", latency=30), ex("a", "handoff"), ex("a", "clarify", ago=30)]
+        )
+        s.add_all([ex("a", "answer", channel="console"), ex("b", "handoff")])
+        s.add(JdEvaluation(shop_id="a", jd_id="1", score=4, evaluated_at=now - timedelta(hours=2)))
+    with db.session() as s:
+        data = daily(s, "a", days=3, now=now)
+    db.dispose()
+    assert data["labels"] == ["03-08", "03-09", "03-10"] and data["messages"] == 4
+    today = data["rows"][-1]
+    assert today["messages"] == 3 and today["answer"] == 2 / 3 and today["handoff"] == 1 / 3
+    assert today["latency_p50"] == 10 and today["latency_p95"] == 30 and today["rating"] == 4
+    assert data["rows"][1]["clarify"] == 1.0 and data["rows"][0]["messages"] == 0
+
+
+def test_conversations_show_only_the_sessions_shop(client: TestClient) -> None:
+    keys = client.app.state.keys  # type: ignore[attr-defined]
+    for shop, text in (("shop-a", "甲店的问题"), ("shop-b", "乙店的问题")):
+        r = client.post(
+            f"/v1/shops/{shop}/messages",
+            json={"conversation_id": "same-id", "text": text},
+            headers={"X-API-Key": keys[shop]},
+        )
+        assert r.status_code == 200
+    login(client, "shop-b", keys["shop-b"])
+    for path in ("/console/conversations", "/console/conversations?reason=handoff", "/console/unanswered"):
+        page = client.get(path).text
+        assert "甲店的问题" not in page
+    assert "乙店的问题" in client.get("/console/conversations").text
+    assert "乙店的问题" in client.get("/console/conversations?reason=no_model").text
+    assert "乙店的问题" not in client.get("/console/conversations?reason=human").text
+
+
+def test_one_shop_cannot_read_or_change_another_shops_kb(client: TestClient) -> None:
+    """Ids edited in URLs and forms are looked up in the session's shop only."""
+    from tests.console_server import kb_csv
+
+    keys = client.app.state.keys  # type: ignore[attr-defined]
+    a = {"X-API-Key": keys["shop-a"]}
+    assert (
+        client.post("/v1/shops/shop-a/kb", files={"file": ("kb.csv", kb_csv())}, headers=a).status_code == 200
+    )
+    assert client.post("/v1/shops/shop-a/kb/publish", headers=a).status_code == 202
+    login(client, "shop-b", keys["shop-b"])
+    token = csrf_of(client.get("/console/kb").text)
+    html = {"Accept": "text/html"}
+    assert client.get("/console/kb/entry?id=invoice", headers=html).status_code == 404
+    assert client.get("/console/kb/export/1.xlsx").status_code == 404
+    assert client.get("/console/kb/build-status?version=1").status_code == 404
+    assert client.get("/console/kb/publish?version=1").status_code == 404
+    assert client.post("/console/kb/entry/delete", data={"csrf": token, "id": "invoice"}).status_code == 404
+    assert client.post("/console/kb/rollback", data={"csrf": token, "version": "1"}).status_code == 404
+    r = client.post("/console/kb/paraphrase", data={"csrf": token, "entry_id": "invoice", "text": "乙店加的"})
+    assert r.status_code == 404
+    assert "invoice" not in client.get("/console/kb?q=invoice").text.split("<tbody>")[1]
+    entry = client.get("/v1/shops/shop-a/entries/invoice", headers=a).json()
+    assert "乙店加的" not in entry["similar"]
+    assert client.get("/v1/shops/shop-b/entries", headers={"X-API-Key": keys["shop-b"]}).json() == []

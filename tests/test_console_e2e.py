@@ -178,7 +178,13 @@ def test_login_try_flag_settings_and_logout(page: Any, server: Server) -> None:
 def test_keyboard_reaches_every_control(page: Any, server: Server) -> None:
     """Tab visits every link, button and field of a page (a radio group is one stop; arrows move in it)."""
     login(page, server, "shop-b", server.keys["shop-b"])  # the API key logs in as well
-    for path in ("/console/try", "/console/settings"):
+    for path in (
+        "/console/try",
+        "/console/settings",
+        "/console/kb",
+        "/console/conversations",
+        "/console/quality",
+    ):
         page.goto(server.url + path)
         controls = page.locator(
             "a[href], button, input:not([type=hidden]):not([type=radio]), input[type=radio]:checked, "
@@ -324,3 +330,50 @@ def test_kb_upload_fix_publish_try_mode_off_rollback_logout(page: Any, server: S
     page.goto(f"{server.url}/console/kb")
     assert page.url.endswith("/console/login")
     assert page.request.get(f"{server.url}/console/kb/export/2.xlsx", max_redirects=0).status == 303
+
+
+def test_conversations_unanswered_and_quality(page: Any, server: Server) -> None:
+    """The log pages: a handoff filtered by reason with its correction, a mined message added as a
+    paraphrase in one click, a new entry prefilled from a cluster, and the quality charts."""
+    texts = ["转人工", "火星上能送货吗", "火星能送到吗", "能送货到火星吗", "发票怎么开"]
+    with server.api("shop-a") as api:
+        replies = [
+            api.post("/v1/shops/shop-a/messages", json={"conversation_id": "e2e-log", "text": t}).json()
+            for t in texts
+        ]
+        assert replies[0]["kind"] == "handoff" and replies[-1]["kind"] == "answer"
+        fb = {"exchange_id": replies[-1]["exchange_id"], "kind": "correction", "correct_entry_id": "payment"}
+        assert api.post("/v1/shops/shop-a/feedback", json=fb).status_code == 201
+
+    login(page, server, "shop-a", PASSWORD)
+    page.get_by_role("link", name="会话记录").click()
+    log = page.locator("section", has_text="e2e-log")
+    assert log.locator("tbody tr").count() == len(texts)
+    assert "正确条目: payment" in log.locator("tbody tr").last.inner_text()
+    check_page(page, "conversations")
+    page.get_by_label("转人工原因").select_option("human")
+    page.get_by_role("button", name="筛选").click()
+    rows = page.locator("section", has_text="e2e-log").locator("tbody tr")
+    assert rows.count() == 1 and "转人工" in rows.first.inner_text()
+    assert "customer asked for a human agent" in rows.first.inner_text()
+
+    page.get_by_role("link", name="未解决的问题").click()
+    check_page(page, "unanswered")
+    cluster = page.locator("section", has_text="火星")
+    assert cluster.count() >= 1
+    message = cluster.first.locator("tbody tr").first
+    text = message.locator("td").first.inner_text()
+    entry = message.get_by_role("combobox").input_value()
+    message.get_by_role("button", name="加为相似问法").click()  # one click, the closest entry preselected
+    assert page.url.endswith("/console/unanswered")
+    with server.api("shop-a") as api:
+        assert text in api.get(f"/v1/shops/shop-a/entries/{entry}").json()["similar"]
+    page.get_by_role("link", name="以此新建条目").first.click()
+    assert page.get_by_label("标准问题").input_value() != ""
+    assert page.get_by_label("ID").input_value() == ""
+
+    page.get_by_role("link", name="质量").click()
+    assert page.locator("figure.chart svg[role=img]").count() == 5
+    assert "最近 30 天" in page.locator("main").inner_text()
+    assert page.locator("dl.facts").inner_text().count("%") >= 2  # coverage and precision of the last build
+    check_page(page, "quality")

@@ -13,12 +13,12 @@ from fastapi.responses import JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from api.console import auth_routes, kb_routes, settings_routes, try_routes
+from api.console import auth_routes, kb_routes, logs_routes, settings_routes, try_routes
 from api.console.web import HERE, PREFIX, LoginRequired, render, see_other
 from api.settings import Settings
 from api.web.ratelimit import RateLimiter
 
-ROUTERS = (auth_routes, try_routes, kb_routes, settings_routes)
+ROUTERS = (auth_routes, try_routes, kb_routes, logs_routes, settings_routes)
 
 
 def login_limiter(settings: Settings) -> RateLimiter:
