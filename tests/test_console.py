@@ -379,3 +379,40 @@ def test_one_shop_cannot_read_or_change_another_shops_kb(client: TestClient) -> 
     entry = client.get("/v1/shops/shop-a/entries/invoice", headers=a).json()
     assert "乙店加的" not in entry["similar"]
     assert client.get("/v1/shops/shop-b/entries", headers={"X-API-Key": keys["shop-b"]}).json() == []
+
+
+def test_the_publish_page_follows_the_builds_stages(client: TestClient) -> None:
+    import time
+
+    from tests.console_server import kb_csv
+
+    keys = client.app.state.keys  # type: ignore[attr-defined]
+    a = {"X-API-Key": keys["shop-a"]}
+    assert (
+        client.post("/v1/shops/shop-a/kb", files={"file": ("kb.csv", kb_csv())}, headers=a).status_code == 200
+    )
+    login(client, "shop-a", PASSWORD)
+    token = csrf_of(client.get("/console/kb").text)
+    r = client.post("/console/kb/publish", data={"csrf": token}, follow_redirects=False)
+    assert r.status_code == 303 and r.headers["location"] == "/console/kb/publish?version=1&reused=0"
+    assert 'data-poll="/console/kb/build-status?version=1"' in client.get(r.headers["location"]).text
+    service = client.app.state.service  # type: ignore[attr-defined]
+    stages = []
+    deadline = time.monotonic() + 120
+    while True:
+        status = client.get(
+            "/console/kb/build-status?version=1", headers={"Accept": "application/json"}
+        ).json()
+        stages.append(status["stage"])
+        if status["status"] != "building":
+            break
+        assert time.monotonic() < deadline
+        time.sleep(0.02)
+    assert status["status"] == "ready" and status["fraction"] == 1.0 and status["status_text"] == "就绪"
+    assert service.build_progress("shop-a", 1)["stage"] == "save"  # the last stage the build reported
+    assert len(set(stages)) >= 2  # seen moving while it built
+    client.cookies.clear()
+    assert (
+        client.get("/console/kb/build-status?version=1", headers={"Accept": "application/json"}).status_code
+        == 401
+    )

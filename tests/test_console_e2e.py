@@ -182,7 +182,12 @@ def test_keyboard_reaches_every_control(page: Any, server: Server) -> None:
         "/console/try",
         "/console/settings",
         "/console/kb",
+        "/console/kb/entry",
+        "/console/kb/upload",
+        "/console/kb/diff",
+        "/console/kb/versions",
         "/console/conversations",
+        "/console/unanswered",
         "/console/quality",
     ):
         page.goto(server.url + path)
