@@ -416,3 +416,50 @@ def test_the_publish_page_follows_the_builds_stages(client: TestClient) -> None:
         client.get("/console/kb/build-status?version=1", headers={"Accept": "application/json"}).status_code
         == 401
     )
+
+
+def test_roll_back_over_unpublished_edits_asks_first(client: TestClient) -> None:
+    """A rollback would replace a draft with unpublished edits: the page offers discard or keep."""
+    import time
+
+    from tests.console_server import KB, kb_csv
+
+    keys = client.app.state.keys  # type: ignore[attr-defined]
+    a = {"X-API-Key": keys["shop-a"]}
+
+    def publish(rows: list[tuple[str, str, str, str]]) -> int:
+        r = client.post(
+            "/v1/shops/shop-a/kb?publish=true", files={"file": ("kb.csv", kb_csv(rows))}, headers=a
+        )
+        version = int(r.json()["version"])
+        deadline = time.monotonic() + 120
+        while client.get("/v1/shops/shop-a", headers=a).json()["served_version"] != version:
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        return version
+
+    assert publish(KB[:6]) == 1 and publish(KB) == 2
+    login(client, "shop-a", PASSWORD)
+    token = csrf_of(client.get("/console/kb").text)
+    form = {
+        "csrf": token,
+        "question": "新加的问题",
+        "answer": "新加的答案",
+        "id": "draft-only",
+        "is_new": "1",
+    }
+    assert client.post("/console/kb/entry", data=form, follow_redirects=False).status_code == 303
+    r = client.post("/console/kb/rollback", data={"csrf": token, "version": "1"})
+    assert r.status_code == 409 and "有未发布的修改" in r.text and 'value="discard"' in r.text
+    assert client.get("/v1/shops/shop-a", headers=a).json()["active_version"] == 2  # nothing changed
+    keep = {"csrf": token, "version": "1", "draft": "keep"}
+    r = client.post("/console/kb/rollback", data=keep, follow_redirects=False)
+    assert r.status_code == 303 and r.headers["location"] == "/console/kb/versions?rolled_back=1"
+    assert client.get("/v1/shops/shop-a", headers=a).json()["active_version"] == 1
+    ids = [e["id"] for e in client.get("/v1/shops/shop-a/entries", headers=a).json()]
+    assert "draft-only" in ids  # kept: the next publish serves it
+    discard = {"csrf": token, "version": "2", "draft": "discard"}
+    assert client.post("/console/kb/rollback", data=discard, follow_redirects=False).status_code == 303
+    ids = [e["id"] for e in client.get("/v1/shops/shop-a/entries", headers=a).json()]
+    assert ids == [k[0] for k in KB]  # version 2's KB is the draft again
+    assert "已回滚到版本 2" in client.get("/console/kb/versions?rolled_back=2").text
