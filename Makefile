@@ -17,7 +17,7 @@ DEMO_KB := models/demo-shop-kb.csv
 DEMO_MODEL := models/demo
 DATA ?= ../shared/data
 
-.PHONY: install install-test run demo test lint format bench clean
+.PHONY: install install-test run demo test lint format bench clean browser
 
 $(RUNTIME_STAMP):
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -53,7 +53,14 @@ format: $(TEST_STAMP)
 	$(BIN)/ruff format .
 	$(BIN)/ruff check --fix .
 
-test: lint
+# the console's browser tests drive Debian's Chromium (no browser download); fonts so screenshots show Chinese
+CHROMIUM := /usr/bin/chromium
+CJK_FONT := /usr/share/fonts/truetype/wqy/wqy-microhei.ttc
+browser:
+	(test -x $(CHROMIUM) && test -f $(CJK_FONT)) || \
+	(apt-get update -qq && apt-get install -y -qq chromium fonts-wqy-microhei)
+
+test: lint browser
 	$(BIN)/pytest
 
 # the issues' quality and speed bars, peers computed in the same run

@@ -68,6 +68,9 @@ def _route_limits(settings: Settings) -> list[RouteLimit]:
             settings.kb_max_upload_bytes + multipart_overhead,
         ),
         RouteLimit("PUT", re.compile(r"/v1/shops/[^/]+/settings"), settings.max_settings_body_bytes),
+        RouteLimit(
+            "POST", re.compile(r"/console/kb/upload"), settings.kb_max_upload_bytes + multipart_overhead
+        ),
     ]
 
 
@@ -106,6 +109,9 @@ def create_app(
             yield
         finally:
             await limiter.aclose()
+            console_limiter = getattr(app.state, "console_login_limiter", None)
+            if console_limiter is not None:
+                await console_limiter.aclose()
             service = getattr(app.state, "service", None)
             if service is not None:
                 service.close()
@@ -149,6 +155,10 @@ def create_app(
     limited = (match, shops, kb, catalog, messages, reports, tasks, jd)
     for router in (*(m.router for m in limited), jd.shop_router):
         app.include_router(router, responses=RATE_LIMIT_RESPONSES)
+    if shops_service:
+        from api.console import mount
+
+        mount(app, settings)
     return app
 
 

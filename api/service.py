@@ -24,6 +24,11 @@ from api.store.kv import make_store
 
 log = logging.getLogger("kefu.service")
 
+
+def build_progress_key(shop: str, version: int) -> str:
+    return f"build:{shop}:{version}"
+
+
 PRUNE_BATCH = 1000  # rows per delete: short transactions, no long lock on a big backlog
 
 
@@ -45,6 +50,7 @@ class Service:
             self.store.publish,
             min_self_recall=settings.min_self_recall,
             min_cv_top1=settings.min_cv_top1,
+            progress=self._build_progress,
         )
         self.conversations = Conversations(self.store, ttl_seconds=settings.conversation_ttl)
         self.catalogs = Catalogs(self.db)
@@ -54,6 +60,15 @@ class Service:
         self._stopping = threading.Event()
         self._jd_queue: Any = None
         self._jd_queue_lock = threading.Lock()
+
+    def _build_progress(self, shop: str, version: int, stage: str, fraction: float) -> None:
+        """A building version's stage, in the shared store so any replica can show it (the console)."""
+        self.store.set_json(build_progress_key(shop, version), {"stage": stage, "fraction": fraction}, 3600)
+
+    def build_progress(self, shop: str, version: int) -> dict[str, Any] | None:
+        """The last stage a version's build reported ({"stage", "fraction"}), if any in the last hour."""
+        value = self.store.get_json(build_progress_key(shop, version))
+        return value if isinstance(value, dict) else None
 
     @property
     def jd_queue(self) -> Any:

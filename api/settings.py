@@ -104,6 +104,14 @@ class Settings(BaseSettings):
     demo_api_key: SecretStr | None = None
     demo_kb: Path = Path("models/demo-shop-kb.csv")
     demo_catalog: Path = Path("models/demo-catalog.csv")
+    # ---- the merchant console (/console, api/console/)
+    # a console session ends this many minutes after its last request (and 24 hours after login at most)
+    console_session_minutes: int = Field(default=60, ge=1, le=24 * 60)
+    # the session cookie is Secure: browsers keep it over HTTPS and on http://127.0.0.1 / localhost (both
+    # are "potentially trustworthy" origins). False only for plain http on another host, never on the net.
+    console_secure_cookie: bool = True
+    # failed console logins, per shop and per client IP (a limit as for rate_limit_shop; "0" disables)
+    console_login_limit: str | None = "10/minute;30/hour"
     # ---- rate limits (api/web/ratelimit.py): "50/second", "50/second;1000/minute", a bare number is per
     # minute; "0", "off" or empty disables. Shared by replicas through Redis when redis_url is set.
     rate_limit_shop: str | None = "50/second"  # per shop id in the path: /v1/shops/{shop}/, /jd/{shop}/
@@ -111,7 +119,7 @@ class Settings(BaseSettings):
     # proxies (IPs or CIDRs, comma-separated) whose X-Forwarded-For is believed; empty: the header is ignored
     trusted_proxies: str = ""
 
-    @field_validator("rate_limit_shop", "rate_limit_client")
+    @field_validator("rate_limit_shop", "rate_limit_client", "console_login_limit")
     @classmethod
     def _rate_limit(cls, v: str | None) -> str | None:
         """None when disabled; a malformed limit fails at startup, not on the first request."""

@@ -345,7 +345,7 @@ def calibrate_on_kb(
             "t_answer": m.policy.t_answer,
             "t_clarify": m.policy.t_clarify,
         }
-    _, y, w, answered = fit_calibration(
+    p, y, w, answered = fit_calibration(
         m, np.vstack(feats), np.asarray(correct), np.asarray(top3), np.asarray(weights), target_precision
     )
     in_mask = np.asarray(is_in)
@@ -362,7 +362,23 @@ def calibrate_on_kb(
         "cv_answer_precision": float((w * y * answered).sum() / max(1e-9, (w * answered).sum())),
         **_guarantee(m, y, w, answered),
         "cv_answer_coverage": float((w * answered).sum() / w.sum()),
+        "coverage_by_target": coverage_by_target(m, p, np.asarray(correct), np.asarray(top3), w),
     }
+
+
+COVERAGE_TARGETS = (0.8, 0.85, 0.9, 0.93, 0.95, 0.97, 0.98, 0.99)
+
+
+def coverage_by_target(
+    m: Matcher, p: np.ndarray, correct: np.ndarray, top3: np.ndarray, w: np.ndarray
+) -> list[dict[str, float]]:
+    """The share of calibration examples each target precision would answer, under the model's threshold
+    rule: what a merchant trades when moving the target (shown by the console beside the setting)."""
+    out = []
+    for target in COVERAGE_TARGETS:
+        t, _ = choose_thresholds(p, correct, top3, w, target, confidence=_confidence(m))
+        out.append({"target": target, "t_answer": t, "coverage": float((w * (p >= t)).sum() / w.sum())})
+    return out
 
 
 def _confidence(m: Matcher) -> float | None:

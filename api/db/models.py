@@ -42,6 +42,9 @@ class Shop(Base):
     jd_access_token: Mapped[str | None] = mapped_column(Text, nullable=True)  # encrypted
     settings: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    # the merchant console's password (api/console/passwords.py: scrypt), set by the operator; None: the
+    # console takes the shop's API key only
+    console_password_hash: Mapped[str | None] = mapped_column(String(200), nullable=True)
 
 
 class Entry(Base):

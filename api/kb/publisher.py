@@ -127,8 +127,11 @@ class Publisher:
         notify: Any,
         min_self_recall: float = 0.9,
         min_cv_top1: float = 0.3,
+        progress: Callable[[str, int, str, float], None] | None = None,
     ) -> None:
         self.db = db
+        # hears (shop, version, stage, fraction done) while a version builds: the console shows it
+        self.progress = progress
         self.registry = registry
         self.notify = notify  # callable(channel, message)
         self.min_self_recall = min_self_recall
@@ -189,9 +192,12 @@ class Publisher:
                 )
                 log.info("version %d of shop %s superseded by %d before its build", version, shop, newer)
                 return
+        report = partial(self._report, shop, version)
         try:
-            matcher = self.registry.build(entries, options)
+            matcher = self.registry.build(entries, options, progress=report)
+            report("evaluate", 0.97)
             figures = evaluate_model(matcher, entries, self.min_self_recall, self.min_cv_top1)
+            report("save", 0.99)
             matcher.save(self.registry.model_dir(shop, version))
         except Exception as e:  # any failure leaves the serving model untouched
             outcome = "rejected" if isinstance(e, BuildRejected) else "failed"
@@ -204,6 +210,15 @@ class Publisher:
         with self.db.session() as s:
             kb_repo.finish_version(s, shop, version, "ready", figures, None)
         self.activate(shop, version, matcher, forward_only=True)
+
+    def _report(self, shop: str, version: int, stage: str, fraction: float) -> None:
+        """Pass a build's progress on; a failing listener never fails the build."""
+        if self.progress is None:
+            return
+        try:
+            self.progress(shop, version, stage, fraction)
+        except Exception as e:
+            log.warning("build progress of shop %s version %d not recorded: %s", shop, version, e)
 
     def activate(
         self,

@@ -61,9 +61,16 @@ class ModelRegistry:
         with self._guard:
             return self._locks.setdefault(shop, threading.Lock())
 
-    def build(self, entries: list[KBEntry], options: dict[str, Any] | None = None) -> Matcher:
-        """A model of `entries` with the shop's engine options (dictionary, synonyms, ...)."""
-        return Matcher.build(entries, dense=self.dense, **(options or {}))
+    def build(
+        self,
+        entries: list[KBEntry],
+        options: dict[str, Any] | None = None,
+        progress: Callable[[str, float], None] | None = None,
+    ) -> Matcher:
+        """A model of `entries` with the shop's engine options (dictionary, synonyms, ...); `progress`
+        hears the build's stages (engine.build's callback)."""
+        extra: dict[str, Any] = {"progress": progress} if progress is not None else {}
+        return Matcher.build(entries, dense=self.dense, **(options or {}), **extra)
 
     def load(self, shop: str, version: int, snapshot: Snapshot) -> Matcher:
         """A version's model from disk; rebuilt from its KB snapshot when this replica has no copy.

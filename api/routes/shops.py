@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from fastapi import APIRouter, HTTPException, status
+from fastapi import APIRouter, HTTPException, Response, status
 from sqlalchemy.exc import IntegrityError
 
 from api.db.models import Shop
@@ -12,6 +12,7 @@ from api.service import Service
 from api.web.auth import hash_key, new_api_key
 from api.web.deps import SHOP_AUTH_RESPONSES, SHOP_ID, AdminDep, ServiceDep, ShopDep
 from api.web.schemas import (
+    ConsolePasswordIn,
     JdCredentialsIn,
     JdCredentialsOut,
     ModeIn,
@@ -85,6 +86,28 @@ def rotate_key(shop: str, service: ServiceDep, _: AdminDep) -> ShopKey:
             raise HTTPException(status.HTTP_404_NOT_FOUND, f"no shop {shop!r}")
         row.api_key_hash = hash_key(key)
     return ShopKey(id=shop, api_key=key)
+
+
+@router.put(
+    "/v1/admin/shops/{shop}/console-password",
+    status_code=status.HTTP_204_NO_CONTENT,
+    response_class=Response,
+    responses={**ADMIN_RESPONSES, 404: {"description": "no such shop"}},
+)
+def set_console_password(shop: str, body: ConsolePasswordIn, service: ServiceDep, _: AdminDep) -> Response:
+    """Set the password the merchant logs in to the console with (/console); stored as a scrypt hash,
+    never shown. The shop's API key is accepted at the console's login as well."""
+    from api.console.passwords import hash_password
+
+    if not SHOP_ID.match(shop):
+        raise HTTPException(status.HTTP_404_NOT_FOUND, f"no shop {shop!r}")
+    digest = hash_password(body.password)
+    with service.db.session() as s:
+        row = s.get(Shop, shop)
+        if row is None:
+            raise HTTPException(status.HTTP_404_NOT_FOUND, f"no shop {shop!r}")
+        row.console_password_hash = digest
+    return Response(status_code=status.HTTP_204_NO_CONTENT)
 
 
 @router.get("/v1/shops/{shop}", response_model=ShopOut, responses=SHOP_AUTH_RESPONSES)

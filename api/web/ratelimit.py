@@ -234,6 +234,23 @@ class RateLimiter:
             )
         return None
 
+    async def exceeded(self, scope: LimitScope, subject: str) -> bool:
+        """Whether `subject` has used up one of the scope's limits, without counting a request: a failed
+        console login is counted with `check`, and the next attempt is refused before it is verified."""
+        items = self.limits[scope]
+        if not items or time.monotonic() < self._open_until:
+            return False
+        strategy = self._strategy_here()
+        try:
+            for item in items:
+                if not await strategy.test(item, scope, subject):
+                    return True
+        except (StorageError, OSError) as e:
+            self._open_until = time.monotonic() + FAIL_OPEN_SECONDS
+            RATE_LIMIT_ERRORS.inc()
+            log.warning("rate limit store unavailable (%s: %s)", type(e).__name__, e)
+        return False
+
     async def aclose(self) -> None:
         """Release the Redis connections (call in the loop that used them)."""
         pool, self._pool, self._strategy, self._loop = self._pool, None, None, None

@@ -88,6 +88,12 @@ class ShopKey(BaseModel):
     api_key: str = Field(description="shown once: only its digest is stored")
 
 
+class ConsolePasswordIn(BaseModel):
+    password: str = Field(
+        min_length=10, max_length=200, pattern=NO_NUL, description="the merchant's console password"
+    )
+
+
 class JdCredentialsIn(BaseModel):
     app_key: str = Field(min_length=1, max_length=200)
     app_secret: str = Field(min_length=1, max_length=200)

@@ -1,0 +1,465 @@
+"""The merchant console without a browser: sessions, passwords, login limits, CSRF, shop isolation,
+settings and the language table (tests/test_console_e2e.py drives the same pages in Chromium)."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from fastapi.testclient import TestClient
+
+from api.console.i18n import TABLE, Translator
+from api.console.passwords import hash_password, verify_password
+from api.console.sessions import Sessions
+from api.main import create_app
+from api.store.kv import MemoryStore, RedisStore
+from tests.console_server import ADMIN, PASSWORD, settings_for
+
+HERE = Path(__file__).resolve().parent.parent / "api" / "console"
+
+
+def test_passwords_are_salted_scrypt_hashes() -> None:
+    a, b = hash_password("correct horse"), hash_password("correct horse")
+    assert a != b and a.startswith("scrypt$16384$8$1$") and "correct" not in a
+    assert verify_password("correct horse", a)
+    assert not verify_password("correct horsE", a)
+    assert not verify_password("", a) and not verify_password("x", None)
+    assert not verify_password("correct horse", "md5$abc")
+    assert not verify_password("correct horse", "scrypt$bad")
+
+
+def test_sessions_expire_when_idle_and_end_at_logout() -> None:
+    now = [1000.0]
+    store = MemoryStore(clock=lambda: now[0])
+    sessions = Sessions(store, minutes=10, clock=lambda: now[0])
+    token, made = sessions.create("shop-a", "password")
+    assert sessions.get(token) == made
+    now[0] += 9 * 60
+    assert sessions.get(token) is not None  # renewed: idle time counts from the last request
+    now[0] += 9 * 60
+    assert sessions.get(token) is not None
+    now[0] += 10 * 60 + 1
+    assert sessions.get(token) is None  # idle too long
+    token, _ = sessions.create("shop-a", "password")
+    sessions.end(token)
+    assert sessions.get(token) is None
+    assert sessions.get("forged") is None and sessions.get(None) is None
+    # the store holds a digest of the token, never the token itself
+    token, _ = sessions.create("shop-a", "api_key")
+    assert all(token not in key for key in store._data)
+
+
+def test_sessions_end_a_day_after_login_however_active() -> None:
+    now = [0.0]
+    store = MemoryStore(clock=lambda: now[0])
+    sessions = Sessions(store, minutes=60, clock=lambda: now[0])
+    token, _ = sessions.create("shop-a", "password")
+    for _ in range(23):
+        now[0] += 3600 - 1
+        assert sessions.get(token) is not None
+    now[0] += 3600
+    assert sessions.get(token) is None
+
+
+def test_sessions_are_shared_through_redis(redis_url: str) -> None:
+    """Two replicas with the same Redis know the same sessions."""
+    import uuid
+
+    prefix = f"kefu-t-{uuid.uuid4().hex[:8]}:"
+    one, two = RedisStore(redis_url, prefix=prefix), RedisStore(redis_url, prefix=prefix)
+    try:
+        token, made = Sessions(one, minutes=5).create("shop-a", "password")
+        assert Sessions(two, minutes=5).get(token) == made
+        Sessions(two, minutes=5).end(token)
+        assert Sessions(one, minutes=5).get(token) is None
+    finally:
+        one.close()
+        two.close()
+
+
+# ---------------------------------------------------------------- the app
+
+
+@pytest.fixture
+def client(tmp_path: Path) -> Iterator[TestClient]:
+    # https: the session cookie is Secure, and the test client keeps such cookies for https only
+    app = create_app(settings_for(tmp_path, console_login_limit="3/minute"))
+    with TestClient(app, base_url="https://testserver") as c:
+        for shop in ("shop-a", "shop-b"):
+            r = c.post("/v1/admin/shops", json={"id": shop, "name": shop}, headers={"X-Admin-Token": ADMIN})
+            assert r.status_code == 201
+            c.app.state.keys = {**getattr(c.app.state, "keys", {}), shop: r.json()["api_key"]}  # type: ignore[attr-defined]
+        r = c.put(
+            "/v1/admin/shops/shop-a/console-password",
+            json={"password": PASSWORD},
+            headers={"X-Admin-Token": ADMIN},
+        )
+        assert r.status_code == 204
+        yield c
+
+
+def csrf_of(html: str) -> str:
+    m = re.search(r'name="csrf" value="([^"]+)"', html)
+    assert m, "no CSRF field on the page"
+    return m.group(1)
+
+
+def login(c: TestClient, shop: str, secret: str) -> Any:
+    token = csrf_of(c.get("/console/login").text)
+    return c.post(
+        "/console/login", data={"shop": shop, "secret": secret, "csrf": token}, follow_redirects=False
+    )
+
+
+def test_admin_sets_the_console_password(client: TestClient) -> None:
+    url = "/v1/admin/shops/shop-b/console-password"
+    assert client.put(url, json={"password": "long enough pw"}).status_code == 401
+    admin = {"X-Admin-Token": ADMIN}
+    assert (
+        client.put(
+            "/v1/admin/shops/nope/console-password", json={"password": "long enough pw"}, headers=admin
+        ).status_code
+        == 404
+    )
+    assert client.put(url, json={"password": "short"}, headers=admin).status_code == 422
+    assert client.put(url, json={"password": "long enough pw"}, headers=admin).status_code == 204
+    assert login(client, "shop-b", "long enough pw").status_code == 303
+
+
+def test_login_with_password_or_api_key_and_nothing_without(client: TestClient) -> None:
+    for path in ("/console/try", "/console/settings"):
+        r = client.get(path, follow_redirects=False)
+        assert r.status_code == 303 and r.headers["location"] == "/console/login"
+    r = login(client, "shop-a", PASSWORD)
+    assert r.status_code == 303 and r.headers["location"] == "/console/try"
+    cookie = r.headers["set-cookie"]
+    assert (
+        "HttpOnly" in cookie
+        and "Secure" in cookie
+        and "SameSite=strict" in cookie
+        and "Path=/console" in cookie
+    )
+    page = client.get("/console/try")
+    assert page.status_code == 200 and "shop-a" in page.text
+    assert page.headers["content-security-policy"].startswith("default-src 'none'")
+    assert page.headers["cache-control"] == "no-store"
+    client.cookies.clear()
+    assert login(client, "shop-b", client.app.state.keys["shop-b"]).status_code == 303  # type: ignore[attr-defined]
+    assert "shop-b" in client.get("/console/try").text
+
+
+def test_login_without_its_form_token_is_refused(client: TestClient) -> None:
+    client.get("/console/login")
+    r = client.post("/console/login", data={"shop": "shop-a", "secret": PASSWORD, "csrf": "guess"})
+    assert r.status_code == 403
+    assert "kefu_console=" not in r.headers.get("set-cookie", "")
+
+
+def test_failed_logins_are_limited_per_shop_and_answer_alike(client: TestClient) -> None:
+    unknown = login(client, "no-such-shop", "whatever pw")
+    wrong = login(client, "shop-a", "whatever pw")
+    assert unknown.status_code == wrong.status_code == 401
+    assert "店铺 ID 或密码不正确" in unknown.text and "店铺 ID 或密码不正确" in wrong.text
+    assert login(client, "shop-a", "whatever pw").status_code == 401
+    # over the limit (3/minute from this client) even the right password is refused, before it is checked
+    r = login(client, "shop-a", PASSWORD)
+    assert r.status_code == 429 and "登录失败次数过多" in r.text
+
+
+def test_posts_need_the_session_csrf_token(client: TestClient) -> None:
+    login(client, "shop-a", PASSWORD)
+    token = csrf_of(client.get("/console/settings").text)
+    assert client.post("/console/settings/mode", data={"mode": "off"}).status_code == 403
+    assert client.post("/console/settings/mode", data={"mode": "off", "csrf": "x" * 43}).status_code == 403
+    assert client.post("/console/logout", data={}).status_code == 403
+    r = client.post("/console/settings/mode", data={"mode": "off"}, headers={"X-CSRF-Token": token})
+    assert r.status_code == 200
+    r = client.post("/console/settings/mode", data={"mode": "auto", "csrf": token})
+    assert r.status_code == 200 and "模式已改为：自动" in r.text
+
+
+def test_logout_ends_the_session_on_the_server(client: TestClient) -> None:
+    login(client, "shop-a", PASSWORD)
+    stolen = client.cookies.get("kefu_console")
+    token = csrf_of(client.get("/console/try").text)
+    assert client.post("/console/logout", data={"csrf": token}, follow_redirects=False).status_code == 303
+    client.cookies.set("kefu_console", stolen or "", domain="testserver", path="/console")
+    assert client.get("/console/try", follow_redirects=False).status_code == 303  # the old cookie is dead
+
+
+def test_one_shop_cannot_reach_another_shops_exchanges(client: TestClient) -> None:
+    """Shop B's session flagging shop A's exchange (an id edited in the form) finds nothing."""
+    keys = client.app.state.keys  # type: ignore[attr-defined]
+    r = client.post(
+        "/v1/shops/shop-a/messages",
+        json={"conversation_id": "c1", "text": "能开发票吗"},
+        headers={"X-API-Key": keys["shop-a"]},
+    )
+    exchange_a = r.json()["exchange_id"]
+    login(client, "shop-b", keys["shop-b"])
+    token = csrf_of(client.get("/console/try").text)
+    r = client.post(
+        "/console/try/flag",
+        data={"csrf": token, "exchange_id": str(exchange_a), "correct": "__out_of_scope__"},
+        headers={"Accept": "text/html"},
+    )
+    assert r.status_code == 404 and "没有这条记录" in r.text
+    labelled = client.get("/v1/shops/shop-a/feedback/labelled.csv", headers={"X-API-Key": keys["shop-a"]})
+    assert labelled.text.strip() == "query,expected_id"
+
+
+def test_jd_secret_is_write_only(client: TestClient) -> None:
+    login(client, "shop-a", PASSWORD)
+    token = csrf_of(client.get("/console/settings").text)
+    r = client.post(
+        "/console/settings/jd",
+        data={"csrf": token, "app_key": "appkey-123456", "app_secret": "s3cret-value-99"},
+    )
+    assert r.status_code == 200 and "s3cret-value-99" not in r.text and "s3c***99" in r.text
+    # a blank secret keeps the stored one; the key may change alone
+    r = client.post(
+        "/console/settings/jd", data={"csrf": token, "app_key": "appkey-654321", "app_secret": ""}
+    )
+    assert r.status_code == 200 and "s3c***99" in r.text and "app***21" in r.text
+    jd = client.get("/v1/shops/shop-a", headers={"X-API-Key": client.app.state.keys["shop-a"]}).json()["jd"]  # type: ignore[attr-defined]
+    assert jd == {"configured": True, "app_key": "app***21", "app_secret": "s3c***99", "access_token": ""}
+
+
+def test_engine_settings_are_validated_and_kept(client: TestClient) -> None:
+    login(client, "shop-a", PASSWORD)
+    token = csrf_of(client.get("/console/settings").text)
+    form = {
+        "csrf": token,
+        "target_precision": "0.3",
+        "human_phrases": "找店长\n要退款",
+        "enabled_greeting": "on",
+    }
+    r = client.post("/console/settings/engine", data=form)
+    assert r.status_code == 400 and "target_precision" in r.text
+    form["target_precision"] = "0.9"
+    form["smalltalk_greeting"] = "您好呀"
+    r = client.post("/console/settings/engine", data=form)
+    assert r.status_code == 200
+    stored = client.get(
+        "/v1/shops/shop-a/settings", headers={"X-API-Key": client.app.state.keys["shop-a"]}
+    ).json()  # type: ignore[attr-defined]
+    assert stored["target_precision"] == 0.9
+    assert stored["human_phrases"] == ["找店长", "要退款"]
+    assert stored["threshold_confidence"] == 0.8  # untouched settings are kept
+    assert stored["smalltalk"]["greeting"] == {"enabled": True, "reply": "您好呀"}
+    assert stored["smalltalk"]["thanks"]["enabled"] is False  # unchecked box: switched off
+
+
+def test_language_toggle_stays_on_the_console(client: TestClient) -> None:
+    r = client.get("/console/lang/en?next=/console/login", follow_redirects=False)
+    assert r.headers["location"] == "/console/login" and "kefu_lang=en" in r.headers["set-cookie"]
+    assert "Log in" in client.get("/console/login").text
+    r = client.get("/console/lang/zh?next=https://evil.example/", follow_redirects=False)
+    assert r.headers["location"] == "/console/try"
+    r = client.get("/console/lang/zh?next=//evil.example/console/", follow_redirects=False)
+    assert r.headers["location"] == "/console/try"
+
+
+def test_every_text_the_console_uses_is_in_both_languages() -> None:
+    used: set[str] = set()
+    for path in [*HERE.glob("templates/*.html"), *HERE.glob("*.py")]:
+        used |= set(re.findall(r"""\bt\(\s*["']([a-z_]+\.[a-z0-9_.-]+)["']""", path.read_text("utf-8")))
+    prefixes = {"page.", "mode.", "decision.", "intent."}  # keys built from a value ("mode." + m)
+    built = {k for k in used if k.endswith(("_", "."))}  # "kb.build_" + status
+    assert all(any(key.startswith(k) for key in TABLE) for k in built)
+    missing = sorted(k for k in used - built if k not in TABLE)
+    assert missing == []
+    assert all(zh and en for zh, en in TABLE.values())
+    for prefix in prefixes:
+        assert any(k.startswith(prefix) for k in TABLE)
+    assert Translator("en")("try.turn", n=2) == "Message 2" and Translator("xx")("try.turn", n=2) == "第 2 条"
+
+
+def test_line_chart_is_an_accessible_svg() -> None:
+    from api.console.charts import line_chart
+
+    svg = str(
+        line_chart(
+            "回答率 <b>", ["01", "02", "03"], [("回答", [0.5, None, 1.0]), ("转人工", [0.1, 0.2, 0.3])]
+        )
+    )
+    assert svg.startswith("<svg") and 'role="img"' in svg and "<title>回答率 &lt;b&gt;</title>" in svg
+    assert svg.count("<polyline") == 2 and svg.count("<circle") == 5  # the missing point is not drawn
+    assert "100%" in svg and "<script" not in svg
+
+
+def test_daily_figures_leave_out_console_tries(tmp_path: Path) -> None:
+    from datetime import UTC, datetime, timedelta
+
+    from api.console.figures import daily
+    from api.db.migrate import upgrade
+    from api.db.models import Exchange, JdEvaluation, Shop
+    from api.db.session import Database
+
+    db = Database(f"sqlite:///{tmp_path}/f.db")
+    upgrade(db.engine)
+    now = datetime(2026, 3, 10, 4, 0, tzinfo=UTC)  # 12:00 in Beijing
+    with db.session() as s:
+        s.add_all([Shop(id="a", api_key_hash="x", settings={}), Shop(id="b", api_key_hash="y", settings={})])
+        s.flush()
+
+        def ex(
+            shop: str, decision: str, channel: str = "api", ago: float = 1, latency: float = 10
+        ) -> Exchange:
+            return Exchange(
+                shop_id=shop,
+                conversation_id="c",
+                channel=channel,
+                text_masked="t",
+                decision=decision,
+                confidence=0.8,
+                reason="",
+                latency_ms=latency,
+                created_at=now - timedelta(hours=ago),
+            )
+
+        s.add_all(
+            [ex("a", "answer"), ex("a", "answer", latency=30), ex("a", "handoff"), ex("a", "clarify", ago=30)]
+        )
+        s.add_all([ex("a", "answer", channel="console"), ex("b", "handoff")])
+        s.add(JdEvaluation(shop_id="a", jd_id="1", score=4, evaluated_at=now - timedelta(hours=2)))
+    with db.session() as s:
+        data = daily(s, "a", days=3, now=now)
+    db.dispose()
+    assert data["labels"] == ["03-08", "03-09", "03-10"] and data["messages"] == 4
+    today = data["rows"][-1]
+    assert today["messages"] == 3 and today["answer"] == 2 / 3 and today["handoff"] == 1 / 3
+    assert today["latency_p50"] == 10 and today["latency_p95"] == 30 and today["rating"] == 4
+    assert data["rows"][1]["clarify"] == 1.0 and data["rows"][0]["messages"] == 0
+
+
+def test_conversations_show_only_the_sessions_shop(client: TestClient) -> None:
+    keys = client.app.state.keys  # type: ignore[attr-defined]
+    for shop, text in (("shop-a", "甲店的问题"), ("shop-b", "乙店的问题")):
+        r = client.post(
+            f"/v1/shops/{shop}/messages",
+            json={"conversation_id": "same-id", "text": text},
+            headers={"X-API-Key": keys[shop]},
+        )
+        assert r.status_code == 200
+    login(client, "shop-b", keys["shop-b"])
+    for path in ("/console/conversations", "/console/conversations?reason=handoff", "/console/unanswered"):
+        page = client.get(path).text
+        assert "甲店的问题" not in page
+    assert "乙店的问题" in client.get("/console/conversations").text
+    assert "乙店的问题" in client.get("/console/conversations?reason=no_model").text
+    assert "乙店的问题" not in client.get("/console/conversations?reason=human").text
+
+
+def test_one_shop_cannot_read_or_change_another_shops_kb(client: TestClient) -> None:
+    """Ids edited in URLs and forms are looked up in the session's shop only."""
+    from tests.console_server import kb_csv
+
+    keys = client.app.state.keys  # type: ignore[attr-defined]
+    a = {"X-API-Key": keys["shop-a"]}
+    assert (
+        client.post("/v1/shops/shop-a/kb", files={"file": ("kb.csv", kb_csv())}, headers=a).status_code == 200
+    )
+    assert client.post("/v1/shops/shop-a/kb/publish", headers=a).status_code == 202
+    login(client, "shop-b", keys["shop-b"])
+    token = csrf_of(client.get("/console/kb").text)
+    html = {"Accept": "text/html"}
+    assert client.get("/console/kb/entry?id=invoice", headers=html).status_code == 404
+    assert client.get("/console/kb/export/1.xlsx").status_code == 404
+    assert client.get("/console/kb/build-status?version=1").status_code == 404
+    assert client.get("/console/kb/publish?version=1").status_code == 404
+    assert client.post("/console/kb/entry/delete", data={"csrf": token, "id": "invoice"}).status_code == 404
+    assert client.post("/console/kb/rollback", data={"csrf": token, "version": "1"}).status_code == 404
+    r = client.post("/console/kb/paraphrase", data={"csrf": token, "entry_id": "invoice", "text": "乙店加的"})
+    assert r.status_code == 404
+    assert "invoice" not in client.get("/console/kb?q=invoice").text.split("<tbody>")[1]
+    entry = client.get("/v1/shops/shop-a/entries/invoice", headers=a).json()
+    assert "乙店加的" not in entry["similar"]
+    assert client.get("/v1/shops/shop-b/entries", headers={"X-API-Key": keys["shop-b"]}).json() == []
+
+
+def test_the_publish_page_follows_the_builds_stages(client: TestClient) -> None:
+    import time
+
+    from tests.console_server import kb_csv
+
+    keys = client.app.state.keys  # type: ignore[attr-defined]
+    a = {"X-API-Key": keys["shop-a"]}
+    assert (
+        client.post("/v1/shops/shop-a/kb", files={"file": ("kb.csv", kb_csv())}, headers=a).status_code == 200
+    )
+    login(client, "shop-a", PASSWORD)
+    token = csrf_of(client.get("/console/kb").text)
+    r = client.post("/console/kb/publish", data={"csrf": token}, follow_redirects=False)
+    assert r.status_code == 303 and r.headers["location"] == "/console/kb/publish?version=1&reused=0"
+    assert 'data-poll="/console/kb/build-status?version=1"' in client.get(r.headers["location"]).text
+    service = client.app.state.service  # type: ignore[attr-defined]
+    stages = []
+    deadline = time.monotonic() + 120
+    while True:
+        status = client.get(
+            "/console/kb/build-status?version=1", headers={"Accept": "application/json"}
+        ).json()
+        stages.append(status["stage"])
+        if status["status"] != "building":
+            break
+        assert time.monotonic() < deadline
+        time.sleep(0.02)
+    assert status["status"] == "ready" and status["fraction"] == 1.0 and status["status_text"] == "就绪"
+    assert service.build_progress("shop-a", 1)["stage"] == "save"  # the last stage the build reported
+    assert len(set(stages)) >= 2  # seen moving while it built
+    client.cookies.clear()
+    assert (
+        client.get("/console/kb/build-status?version=1", headers={"Accept": "application/json"}).status_code
+        == 401
+    )
+
+
+def test_roll_back_over_unpublished_edits_asks_first(client: TestClient) -> None:
+    """A rollback would replace a draft with unpublished edits: the page offers discard or keep."""
+    import time
+
+    from tests.console_server import KB, kb_csv
+
+    keys = client.app.state.keys  # type: ignore[attr-defined]
+    a = {"X-API-Key": keys["shop-a"]}
+
+    def publish(rows: list[tuple[str, str, str, str]]) -> int:
+        r = client.post(
+            "/v1/shops/shop-a/kb?publish=true", files={"file": ("kb.csv", kb_csv(rows))}, headers=a
+        )
+        version = int(r.json()["version"])
+        deadline = time.monotonic() + 120
+        while client.get("/v1/shops/shop-a", headers=a).json()["served_version"] != version:
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        return version
+
+    assert publish(KB[:6]) == 1 and publish(KB) == 2
+    login(client, "shop-a", PASSWORD)
+    token = csrf_of(client.get("/console/kb").text)
+    form = {
+        "csrf": token,
+        "question": "新加的问题",
+        "answer": "新加的答案",
+        "id": "draft-only",
+        "is_new": "1",
+    }
+    assert client.post("/console/kb/entry", data=form, follow_redirects=False).status_code == 303
+    r = client.post("/console/kb/rollback", data={"csrf": token, "version": "1"})
+    assert r.status_code == 409 and "有未发布的修改" in r.text and 'value="discard"' in r.text
+    assert client.get("/v1/shops/shop-a", headers=a).json()["active_version"] == 2  # nothing changed
+    keep = {"csrf": token, "version": "1", "draft": "keep"}
+    r = client.post("/console/kb/rollback", data=keep, follow_redirects=False)
+    assert r.status_code == 303 and r.headers["location"] == "/console/kb/versions?rolled_back=1"
+    assert client.get("/v1/shops/shop-a", headers=a).json()["active_version"] == 1
+    ids = [e["id"] for e in client.get("/v1/shops/shop-a/entries", headers=a).json()]
+    assert "draft-only" in ids  # kept: the next publish serves it
+    discard = {"csrf": token, "version": "2", "draft": "discard"}
+    assert client.post("/console/kb/rollback", data=discard, follow_redirects=False).status_code == 303
+    ids = [e["id"] for e in client.get("/v1/shops/shop-a/entries", headers=a).json()]
+    assert ids == [k[0] for k in KB]  # version 2's KB is the draft again
+    assert "已回滚到版本 2" in client.get("/console/kb/versions?rolled_back=2").text
