@@ -191,8 +191,8 @@ class Matcher:
         row_scores = self.sparse.scores(rep.ids, rep.weights)
         if row_ok is not None:
             row_scores = np.where(row_ok, row_scores, 0.0)
-        s_entry = kernels.entry_scores(row_scores, ptr)
-        pools = [kernels.top_masked(s_entry, entry_ok, SPARSE_ENTRIES)]
+        s_entry, top = kernels.entry_scores_top(row_scores, ptr, entry_ok, SPARSE_ENTRIES)
+        pools = [top]
         if rep.dense is not None and self.dense_index is not None:
             if row_ok is None:
                 rows, _ = self.dense_index.search(rep.dense, DENSE_ROWS)

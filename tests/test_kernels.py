@@ -90,3 +90,28 @@ def test_backend_setting_is_checked(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("KEFU_SPARSE_BACKEND", "fortran")
     with pytest.raises(ValueError, match="KEFU_SPARSE_BACKEND must be one of numba, numpy"):
         kernels.backend()
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    st.lists(st.integers(1, 3), min_size=1, max_size=40).flatmap(
+        lambda sizes: st.tuples(
+            st.just(sizes),
+            st.lists(st.floats(0, 1, width=32, allow_nan=False), min_size=sum(sizes), max_size=sum(sizes)),
+            st.lists(st.booleans(), min_size=len(sizes), max_size=len(sizes)),
+        )
+    ),
+    st.integers(1, 25),
+)
+def test_entry_scores_top_matches_the_reference(
+    case: tuple[list[int], list[float], list[bool]], k: int
+) -> None:
+    sizes, scores, ok_list = case
+    ptr = np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64)
+    rows, ok = np.asarray(scores, np.float32), np.asarray(ok_list, bool)
+    s_fast, top_fast = kernels.entry_scores_top(rows, ptr, ok, k, use="numba")
+    s_ref, top_ref = kernels.entry_scores_top(rows, ptr, ok, k, use="numpy")
+    np.testing.assert_array_equal(s_fast, s_ref)
+    assert len(set(top_fast.tolist())) == top_fast.size == top_ref.size
+    masked = np.where(ok, s_ref, -1.0)
+    np.testing.assert_array_equal(np.sort(masked[top_fast]), np.sort(masked[top_ref]))
