@@ -1072,9 +1072,35 @@ def loadtest(
     ] = None,
     redis_url: Annotated[str | None, typer.Option(help="Redis (a unique key prefix is used)")] = None,
     min_versions: Annotated[int, typer.Option(help="Distinct versions that must serve replies")] = 3,
+    publishers: Annotated[
+        int,
+        typer.Option(
+            help="Instead: serving p99 idle vs while this many shops publish at once (embedded SQLite "
+            "default unless --database-url / --redis-url; training/buildload.py)"
+        ),
+    ] = 0,
+    idle: Annotated[float, typer.Option(help="With --publishers: seconds of each idle phase")] = 30.0,
+    rate: Annotated[float, typer.Option(help="With --publishers: messages per second")] = 20.0,
 ) -> None:
-    """Hot swaps under load: N workers on PostgreSQL + Redis, KB republished while clients send messages."""
+    """Hot swaps under load: N workers on PostgreSQL + Redis, KB republished while clients send messages.
+    With --publishers N: serving latency while N shops build at once, against idle."""
     from training.loadtest import DEFAULT_PG, DEFAULT_REDIS, DEMO_KB, LoadConfig, main
+
+    if publishers:
+        from training import buildload
+
+        build_cfg = buildload.BuildLoadConfig(
+            publishers=publishers,
+            idle=idle,
+            rate=rate,
+            clients=min(concurrency, 8),
+            workers=workers,
+            dense=dense,
+            kb=kb or DEMO_KB,
+            database_url=database_url,
+            redis_url=redis_url,
+        )
+        raise typer.Exit(buildload.main(build_cfg))
 
     config = LoadConfig(
         duration=duration,
