@@ -102,6 +102,7 @@ def create_app(
             app.state.service.start_schedules()
             app.state.service.start_reconciler()
             await run_in_threadpool(app.state.service.start_jd_queue)
+            await run_in_threadpool(app.state.service.start_builds)
         if holder.current is None:
             # loading or building is blocking work (a dense build takes tens of seconds)
             holder.swap(await run_in_threadpool(load_or_build, settings))

@@ -15,6 +15,7 @@ from api.db.migrate import upgrade
 from api.db.models import JdMessage, Shop, utcnow
 from api.db.session import Database
 from api.kb import repo as kb_repo
+from api.kb.builds import QUEUED, STARTING, BuildQueue
 from api.kb.parsing import UploadParser
 from api.kb.publisher import CHANNEL, Publisher
 from api.kb.registry import ModelRegistry, ServedModel
@@ -25,11 +26,8 @@ from api.store.kv import make_store
 log = logging.getLogger("kefu.service")
 
 
-def build_progress_key(shop: str, version: int) -> str:
-    return f"build:{shop}:{version}"
-
-
 PRUNE_BATCH = 1000  # rows per delete: short transactions, no long lock on a big backlog
+BUILD_SWEEP_EVERY = 60.0  # seconds between two looks for builds whose worker vanished
 
 
 class Service:
@@ -45,13 +43,10 @@ class Service:
         self.store = make_store(settings.redis_url, prefix=settings.redis_prefix)
         self.registry = ModelRegistry(settings.data_dir, dense=settings.dense)
         self.publisher = Publisher(
-            self.db,
-            self.registry,
-            self.store.publish,
-            min_self_recall=settings.min_self_recall,
-            min_cv_top1=settings.min_cv_top1,
-            progress=self._build_progress,
+            self.db, self.registry, self.store.publish, enqueue=lambda shop, v: self.builds.enqueue(shop, v)
         )
+        # the KB build queue (huey); consumed here when KEFU_BUILD_IN_PROCESS, else by `kefu worker`
+        self.builds = BuildQueue(self.db, settings, self.registry, self.publisher.activate)
         self.conversations = Conversations(self.store, ttl_seconds=settings.conversation_ttl)
         self.catalogs = Catalogs(self.db)
         self._subscription = self.store.subscribe(CHANNEL, self.publisher.on_notice)
@@ -60,15 +55,6 @@ class Service:
         self._stopping = threading.Event()
         self._jd_queue: Any = None
         self._jd_queue_lock = threading.Lock()
-
-    def _build_progress(self, shop: str, version: int, stage: str, fraction: float) -> None:
-        """A building version's stage, in the shared store so any replica can show it (the console)."""
-        self.store.set_json(build_progress_key(shop, version), {"stage": stage, "fraction": fraction}, 3600)
-
-    def build_progress(self, shop: str, version: int) -> dict[str, Any] | None:
-        """The last stage a version's build reported ({"stage", "fraction"}), if any in the last hour."""
-        value = self.store.get_json(build_progress_key(shop, version))
-        return value if isinstance(value, dict) else None
 
     @property
     def jd_queue(self) -> Any:
@@ -83,6 +69,42 @@ class Service:
     def start_jd_queue(self) -> None:
         """Run the reply queue's workers in this process (KEFU_QUEUE_WORKERS threads; 0: none)."""
         self.jd_queue.start(self.settings.queue_workers)
+
+    def start_builds(self) -> None:
+        """Put back on the queue the builds a stopped worker left (a restart of this very process too),
+        then, with KEFU_BUILD_IN_PROCESS, consume the build queue here: KEFU_BUILD_WORKERS threads that
+        each wait for a build and run it in a child process (never in this process's threads)."""
+        self.sweep_builds()
+        if self.settings.build_in_process:
+            self.builds.start(self.settings.build_workers)
+
+    def start_builds_here(self, workers: int) -> None:
+        """Consume the build queue in this process whatever KEFU_BUILD_IN_PROCESS says (`kefu worker`)."""
+        self.sweep_builds()
+        self.builds.start(workers)
+
+    def sweep_builds(self) -> None:
+        """BuildQueue.sweep, logged rather than raised (a database hiccup: the next sweep retries)."""
+        try:
+            self.builds.sweep()
+        except Exception as e:
+            log.warning("sweeping left-over builds failed: %s", e)
+
+    def build_progress(self, shop: str, version: int) -> dict[str, Any] | None:
+        """Where a version's build is: {"stage", "fraction", "status", "attempts", "error"}; None while it
+        waits for a worker (or for a version that does not exist). After the build, the last stage it
+        reported, with fraction 1.0 once ready."""
+        with self.db.session() as s:
+            row = kb_repo.get_version(s, shop, version)
+            if row is None or row.stage in (None, QUEUED, STARTING):
+                return None
+            return {
+                "stage": row.stage,
+                "fraction": float(row.progress or 0.0),
+                "status": row.status,
+                "attempts": row.attempts,
+                "error": row.error,
+            }
 
     def warm_up(self) -> threading.Thread:
         """Load every shop's active model in the background, so first requests find it ready."""
@@ -101,13 +123,18 @@ class Service:
         return t
 
     def start_reconciler(self, every: float = 5.0, prune_every: float = 600.0) -> threading.Thread:
-        """Catch up with activations this replica missed (pub/sub is a notification, not a queue), and
-        prune expired JD message ids every `prune_every` seconds."""
+        """Catch up with activations this replica missed (pub/sub is a notification, not a queue), put
+        back on the queue builds whose worker vanished (every minute), and prune expired JD message ids
+        every `prune_every` seconds."""
         next_prune = time.monotonic()
+        next_sweep = time.monotonic() + BUILD_SWEEP_EVERY
 
         def run() -> None:
-            nonlocal next_prune
+            nonlocal next_prune, next_sweep
             while not self._stopping.wait(every):
+                if time.monotonic() >= next_sweep:
+                    next_sweep = time.monotonic() + BUILD_SWEEP_EVERY
+                    self.sweep_builds()
                 if time.monotonic() >= next_prune:
                     next_prune = time.monotonic() + prune_every
                     try:
@@ -215,6 +242,7 @@ class Service:
         self._stopping.set()
         if self._jd_queue is not None:
             self._jd_queue.stop()
+        self.builds.stop()
         close = getattr(self._subscription, "close", None)
         if close:
             close()

@@ -74,6 +74,16 @@ class Settings(BaseSettings):
     # a reply not sent this many seconds after JD pushed the message is not sent late: it becomes a handoff
     jd_reply_deadline: float = Field(default=30.0, gt=0, le=3600)
     jd_send_backoff: float = Field(default=0.5, gt=0, le=60)  # first retry's delay; doubled each retry
+    # ---- KB builds (api/kb/builds.py): a publish enqueues a build on the huey queue `{redis_prefix}builds`
+    # (same storage as the replies: KEFU_QUEUE_URL); it runs in a child process, never in a serving thread.
+    # True: this service consumes the build queue itself (one waiting thread per build worker, each handing
+    # its build to a child process); False: `kefu worker` processes do (a deployment that runs them)
+    build_in_process: bool = True
+    build_workers: int = Field(default=1, ge=1, le=16)  # builds at once per consuming process
+    build_time_limit: float = Field(default=1800.0, gt=0, le=86400)  # seconds; the child is then killed
+    build_retries: int = Field(default=2, ge=0, le=10)  # more attempts after the child died, not a bad KB
+    build_retry_delay: float = Field(default=10.0, ge=0, le=3600)  # seconds before such a retry
+    build_nice: int = Field(default=10, ge=0, le=19)  # the child lowers its CPU priority by this much
     # the chat push's fields (api.jd.methods.CHAT_PUSH_*): the waiter account the bot speaks as (a shop's
     # jd_bot_pin setting overrides it), the apps and client types, the access signature
     jd_bot_pin: str | None = None

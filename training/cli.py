@@ -1010,23 +1010,45 @@ def serve(
 
 @app.command()
 def worker(
-    threads: Annotated[int, typer.Option(help="Worker threads")] = 2,
+    queue: Annotated[
+        str, typer.Option(help="What to consume: builds (KB publishes), replies (async JD replies) or all")
+    ] = "all",
+    threads: Annotated[int, typer.Option(help="Worker threads for the JD replies")] = 2,
+    builds: Annotated[
+        int | None, typer.Option(help="Builds at once, each in a child process (default KEFU_BUILD_WORKERS)")
+    ] = None,
 ) -> None:
-    """Run the queue of async JD replies in this process, beside services started with
-    KEFU_QUEUE_WORKERS=0 (same KEFU_* settings: database, KEFU_QUEUE_URL, KEFU_SECRET_KEY). Ctrl-C stops."""
+    """Consume the task queue in this process, beside services started with KEFU_BUILD_IN_PROCESS=false
+    (builds) or KEFU_QUEUE_WORKERS=0 (replies), with the same KEFU_* settings (database, KEFU_QUEUE_URL,
+    KEFU_DATA_DIR, KEFU_SECRET_KEY). Ctrl-C or SIGTERM stops: a running build is put back on the queue."""
     import logging
+    import signal
+    import threading
 
     from api.service import Service
     from api.settings import get_settings
 
+    if queue not in ("builds", "replies", "all"):
+        console.print(f"[red]--queue {escape(queue)}: expected builds, replies or all[/]")
+        raise typer.Exit(2)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    service = Service(get_settings())
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+    settings = get_settings()
+    service = Service(settings)
     try:
-        consumer = service.jd_queue.huey.create_consumer(
-            workers=threads, worker_type="thread", periodic=False, max_delay=0.5, shutdown_timeout=5.0
-        )
-        console.print(f"JD reply queue: {threads} worker thread(s); Ctrl-C stops")
-        consumer.run()  # the main thread: huey's own signal handling (SIGINT / SIGTERM)
+        if queue in ("replies", "all"):
+            service.jd_queue.start(threads)
+            console.print(f"JD reply queue: {threads} worker thread(s)")
+        if queue in ("builds", "all"):
+            workers = builds or settings.build_workers
+            service.start_builds_here(workers)
+            console.print(f"KB build queue: {workers} build(s) at once, each in a child process")
+        console.print("Ctrl-C stops")
+        while not stop.wait(60.0):
+            if queue in ("builds", "all"):
+                service.sweep_builds()
     finally:
         service.close()
 
@@ -1131,9 +1153,35 @@ def loadtest(
     ] = None,
     redis_url: Annotated[str | None, typer.Option(help="Redis (a unique key prefix is used)")] = None,
     min_versions: Annotated[int, typer.Option(help="Distinct versions that must serve replies")] = 3,
+    publishers: Annotated[
+        int,
+        typer.Option(
+            help="Instead: serving p99 idle vs while this many shops publish at once (embedded SQLite "
+            "default unless --database-url / --redis-url; training/buildload.py)"
+        ),
+    ] = 0,
+    idle: Annotated[float, typer.Option(help="With --publishers: seconds of each idle phase")] = 30.0,
+    rate: Annotated[float, typer.Option(help="With --publishers: messages per second")] = 20.0,
 ) -> None:
-    """Hot swaps under load: N workers on PostgreSQL + Redis, KB republished while clients send messages."""
+    """Hot swaps under load: N workers on PostgreSQL + Redis, KB republished while clients send messages.
+    With --publishers N: serving latency while N shops build at once, against idle."""
     from training.loadtest import DEFAULT_PG, DEFAULT_REDIS, DEMO_KB, LoadConfig, main
+
+    if publishers:
+        from training import buildload
+
+        build_cfg = buildload.BuildLoadConfig(
+            publishers=publishers,
+            idle=idle,
+            rate=rate,
+            clients=min(concurrency, 8),
+            workers=workers,
+            dense=dense,
+            kb=kb or DEMO_KB,
+            database_url=database_url,
+            redis_url=redis_url,
+        )
+        raise typer.Exit(buildload.main(build_cfg))
 
     config = LoadConfig(
         duration=duration,

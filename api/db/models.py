@@ -89,6 +89,14 @@ class KBVersion(Base):
     error: Mapped[str | None] = mapped_column(Text, nullable=True)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
     finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    # the build on the task queue (api/kb/builds.py): "queued" (waiting for a worker, also between
+    # attempts), then the stage the build reported (tokenize ... evaluate, save); None once finished
+    stage: Mapped[str | None] = mapped_column(String(20), nullable=True)
+    progress: Mapped[float] = mapped_column(Float, default=0.0)  # 0..1 of the current attempt
+    attempts: Mapped[int] = mapped_column(Integer, default=0)  # builds started (claims)
+    worker: Mapped[str | None] = mapped_column(String(100), nullable=True)  # host:pid of the build process
+    # last sign of life of whoever holds the build: a claim older than builds.STALE_AFTER is a dead worker's
+    heartbeat_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
 
 
 class Exchange(Base):

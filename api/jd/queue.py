@@ -23,11 +23,10 @@ import logging
 import threading
 from collections.abc import Mapping
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 from typing import Any
 
 from fastapi.responses import JSONResponse
-from huey import Huey, MemoryHuey, RedisHuey, SqliteHuey
+from huey import Huey
 from sqlalchemy import delete, select, update
 from sqlalchemy.exc import IntegrityError
 
@@ -37,6 +36,7 @@ from api.dialog.privacy import mask_pii
 from api.jd import JosError
 from api.jd.outbound import JdNotConfigured, bot_pin, send_chat_message, upid_for
 from api.metrics import AUTH_FAILURES, HANDOFFS, JD_DELIVERY_LATENCY, JD_OUTBOUND
+from api.store.queue import make_huey as make_queue
 
 log = logging.getLogger("kefu.jd.queue")
 
@@ -47,19 +47,8 @@ PUBLIC_STATUS = {"queued": "queued", "answering": "queued", "sending": "queued",
 
 
 def make_huey(settings: Any) -> Huey:
-    """The queue's storage from KEFU_QUEUE_URL: unset or sqlite:///path a SQLite file (default
-    data_dir/queue.db), redis://... a Redis shared by replicas, memory:// this process only."""
-    url = settings.queue_url or ""
-    name = f"{settings.redis_prefix}jd-replies"
-    if url.startswith(("redis://", "rediss://", "unix://")):
-        return RedisHuey(name, url=url)
-    if url.startswith("memory://"):
-        return MemoryHuey(name)
-    if url and not url.startswith("sqlite:///"):
-        raise ValueError(f"KEFU_QUEUE_URL {url!r}: expected sqlite:///path, redis://... or memory://")
-    path = Path(url.removeprefix("sqlite:///")) if url else Path(settings.data_dir) / "queue.db"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    return SqliteHuey(name, filename=str(path))
+    """The replies' queue (`{prefix}jd-replies`) in the storage of KEFU_QUEUE_URL (api.store.queue)."""
+    return make_queue(settings, "jd-replies")
 
 
 def async_replies(service: Any, shop: Shop, params: Mapping[str, str | None]) -> bool:

@@ -1,24 +1,23 @@
-"""Publishing a shop's KB: build in the background, evaluate, and only then swap the model in.
+"""Publishing a shop's KB: freeze it as a version, have it built on the task queue, then swap it in.
 
-The request that publishes returns at once with the new version number. A worker thread builds the
-model from the frozen snapshot, checks it (every KB question must find its own entry, and the model's
-held-out paraphrase accuracy must clear a floor), writes it under the shop's data directory, records
-the version as ready and activates it. Activation is a database update plus a notification on the
-store's pub/sub channel: every replica, this one included, then loads that version and swaps.
+The request that publishes returns at once with the new version number: it writes the version row
+(status building) and enqueues its build (api/kb/builds.py). A queue worker builds the model in a child
+process from the frozen snapshot, checks it (every KB question must find its own entry, and the model's
+held-out paraphrase accuracy must clear a floor), writes it under the shop's data directory, records the
+version as ready and activates it. Activation is a database update plus a notification on the store's
+pub/sub channel: every replica, this one included, then loads that version and swaps.
 """
 
 from __future__ import annotations
 
 import logging
 import threading
-import time
 from collections.abc import Callable
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from functools import partial
 from typing import Any, NamedTuple
 
-import numpy as np
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -26,15 +25,16 @@ from api.catalog import repo as catalog_repo
 from api.db.models import KBVersion, Shop
 from api.db.session import Database
 from api.kb import repo as kb_repo
+from api.kb.build_child import BuildRejected, evaluate_model
 from api.kb.registry import ModelRegistry
-from api.metrics import BUILD_SECONDS, MODEL_VERSION
+from api.metrics import MODEL_VERSION
 from engine import Matcher
 from engine.kb import KBEntry, kb_hash
 
 log = logging.getLogger("kefu.publish")
 
 CHANNEL = "models"
-SELF_CHECK_SAMPLE = 500
+__all__ = ["CHANNEL", "BuildRejected", "Publication", "Publisher", "engine_options", "evaluate_model"]
 
 
 ENGINE_OPTIONS = (
@@ -54,11 +54,10 @@ def engine_options(settings: dict[str, Any] | None) -> dict[str, Any]:
 
 @dataclass(frozen=True)
 class Publication:
-    """What a publish did: `version` is new and building (`build`), or an existing one (`reused`)."""
+    """What a publish did: `version` is new and queued for its build, or an existing one (`reused`)."""
 
     version: int
     reused: bool  # the KB and options equal this building or ready version's: nothing new was made
-    build: Future[None] | None  # None when reused
 
 
 class _Frozen(NamedTuple):
@@ -78,72 +77,27 @@ def with_catalog_words(options: dict[str, Any], words: list[str]) -> dict[str, A
     return {**options, "user_words": own + [w for w in words if w not in own]}
 
 
-class BuildRejected(Exception):
-    """A model that built but failed its own evaluation: it is not swapped in."""
-
-
-def evaluate_model(
-    m: Matcher, entries: list[KBEntry], min_self_recall: float, min_cv_top1: float
-) -> dict[str, Any]:
-    """The checks a new model must pass before it serves customers."""
-    rng = np.random.default_rng(0)
-    pairs = [(q, e.id) for e in entries if e.enabled for q in e.questions()]
-    if len(pairs) > SELF_CHECK_SAMPLE:
-        pairs = [pairs[i] for i in rng.choice(len(pairs), SELF_CHECK_SAMPLE, replace=False)]
-    hits = 0
-    for q, eid in pairs:
-        ranking = m.rank(m.represent(q), np.ones(len(m.entries), bool))
-        top = [m.entries[i].id for i in ranking.cands[:3]]
-        hits += eid in top
-    self_recall = hits / len(pairs) if pairs else 1.0
-    cal = m.info.get("calibration", {})
-    cv = cal.get("cv_top1_in_scope") if not cal.get("synthetic_paraphrases") else None
-    figures = {
-        "self_recall_at_3": self_recall,
-        "cv_top1": cv,
-        "t_answer": m.policy.t_answer,
-        "t_clarify": m.policy.t_clarify,
-        "build_seconds": m.info.get("build_seconds"),
-    }
-    problems = []
-    if self_recall < min_self_recall:
-        problems.append(
-            f"only {self_recall:.0%} of KB questions find their own entry (need {min_self_recall:.0%})"
-        )
-    if cv is not None and cv < min_cv_top1:
-        problems.append(f"held-out paraphrase top-1 {cv:.2f} is below {min_cv_top1:.2f}")
-    if problems:
-        raise BuildRejected("; ".join(problems))
-    return figures
-
-
 class Publisher:
-    """Builds versions one at a time per process and activates the ones that pass."""
+    """Numbers versions, hands their builds to the queue, activates and loads versions."""
 
     def __init__(
         self,
         db: Database,
         registry: ModelRegistry,
         notify: Any,
-        min_self_recall: float = 0.9,
-        min_cv_top1: float = 0.3,
-        progress: Callable[[str, int, str, float], None] | None = None,
+        enqueue: Callable[[str, int], None],
     ) -> None:
         self.db = db
-        # hears (shop, version, stage, fraction done) while a version builds: the console shows it
-        self.progress = progress
         self.registry = registry
         self.notify = notify  # callable(channel, message)
-        self.min_self_recall = min_self_recall
-        self.min_cv_top1 = min_cv_top1
-        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="kefu-build")
+        self.enqueue = enqueue  # puts (shop, version) on the build queue (api.kb.builds.BuildQueue.enqueue)
         # loads are separate from builds: a long build must not delay another shop's swap
         self._loader = ThreadPoolExecutor(max_workers=1, thread_name_prefix="kefu-load")
         self._pending: set[tuple[str, int]] = set()
         self._pending_lock = threading.Lock()
 
     def publish(self, shop: str) -> Publication:
-        """Freeze the shop's KB as a new version and build it in the background.
+        """Freeze the shop's KB as a new version and enqueue its build.
 
         If the shop's latest building-or-ready version froze the same KB (kb_hash) with the same engine
         options, that version is returned instead (`reused`): no row, no build. A ready one that is not
@@ -160,12 +114,18 @@ class Publisher:
                     raise
                 log.warning("version number of shop %s taken by a concurrent publish; numbering again", shop)
         if frozen.reused_status is None:
-            build = self._pool.submit(self._build, shop, frozen.version, frozen.entries, frozen.options)
-            return Publication(frozen.version, False, build)
+            try:
+                self.enqueue(shop, frozen.version)
+            except Exception as e:  # the queue's storage is down: no build will come, say so on the version
+                with self.db.session() as s:
+                    reason = f"the build could not be queued: {type(e).__name__}: {e}"[:2000]
+                    kb_repo.finish_version(s, shop, frozen.version, "failed", {"outcome": "failed"}, reason)
+                raise
+            return Publication(frozen.version, False)
         log.info("publish of shop %s repeats version %d (%s)", shop, frozen.version, frozen.reused_status)
         if frozen.reused_status == "ready" and frozen.active != frozen.version:
             self.activate(shop, frozen.version)
-        return Publication(frozen.version, True, None)
+        return Publication(frozen.version, True)
 
     def _freeze(self, shop: str) -> _Frozen:
         """The numbering transaction of a publish: a new version row, or the version it would repeat."""
@@ -180,45 +140,6 @@ class Publisher:
                 return _Frozen(same.version, entries, options, same.status, active)
             row = kb_repo.create_version(s, shop, entries, options)
             return _Frozen(row.version, entries, options, None, active)
-
-    def _build(self, shop: str, version: int, entries: list[KBEntry], options: dict[str, Any]) -> None:
-        t0 = time.perf_counter()
-        with self.db.session() as s:
-            newer = kb_repo.latest_version(s, shop)
-            if newer > version:
-                # publishes outpaced builds: only the newest KB is worth building
-                kb_repo.finish_version(
-                    s, shop, version, "superseded", {}, f"version {newer} was published first"
-                )
-                log.info("version %d of shop %s superseded by %d before its build", version, shop, newer)
-                return
-        report = partial(self._report, shop, version)
-        try:
-            matcher = self.registry.build(entries, options, progress=report)
-            report("evaluate", 0.97)
-            figures = evaluate_model(matcher, entries, self.min_self_recall, self.min_cv_top1)
-            report("save", 0.99)
-            matcher.save(self.registry.model_dir(shop, version))
-        except Exception as e:  # any failure leaves the serving model untouched
-            outcome = "rejected" if isinstance(e, BuildRejected) else "failed"
-            BUILD_SECONDS.labels(outcome).observe(time.perf_counter() - t0)
-            log.warning("version %d of shop %s %s: %s", version, shop, outcome, e)
-            with self.db.session() as s:
-                kb_repo.finish_version(s, shop, version, "failed", {"outcome": outcome}, str(e)[:2000])
-            return
-        BUILD_SECONDS.labels("ok").observe(time.perf_counter() - t0)
-        with self.db.session() as s:
-            kb_repo.finish_version(s, shop, version, "ready", figures, None)
-        self.activate(shop, version, matcher, forward_only=True)
-
-    def _report(self, shop: str, version: int, stage: str, fraction: float) -> None:
-        """Pass a build's progress on; a failing listener never fails the build."""
-        if self.progress is None:
-            return
-        try:
-            self.progress(shop, version, stage, fraction)
-        except Exception as e:
-            log.warning("build progress of shop %s version %d not recorded: %s", shop, version, e)
 
     def activate(
         self,
@@ -288,5 +209,4 @@ class Publisher:
                 self._pending.discard((shop, version))
 
     def shutdown(self) -> None:
-        self._pool.shutdown(wait=False, cancel_futures=True)
         self._loader.shutdown(wait=False, cancel_futures=True)

@@ -166,6 +166,8 @@ def create_version(
         snapshot=[e.to_dict() for e in entries],
         options=dict(options or {}),
         metrics={},
+        stage="queued",  # api.kb.builds.QUEUED: waiting for a build worker
+        heartbeat_at=utcnow(),
     )
     s.add(row)
     s.flush()

@@ -1,11 +1,12 @@
 """A shop's KB: upload (CSV/XLSX/JSON/JSONL), entry CRUD, publish, versions, rollback and export.
 
 A bad upload or edit answers 422 with every problem (file, row, column) and leaves what was stored as
-it was. Publishing answers 202 at once; the build runs in the background and only a model that
-passes its own evaluation is swapped in. A rollback (activate) also makes that version's KB the
-editable one, refusing with 409 rather than silently dropping edits nobody published. The editable KB
-and every version export as CSV or XLSX that upload back unchanged. `kb/mining` proposes what to add to the
-KB from the shop's log (api/kb/mining.py), as JSON or as a file in the KB's columns.
+it was. Publishing answers 202 at once; the build runs on the task queue (api/kb/builds.py; its stage and
+progress show on the version) and only a model that passes its own evaluation is swapped in. A rollback
+(activate) also makes that version's KB the editable one, refusing with 409 rather than silently dropping
+edits nobody published. The editable KB and every version export as CSV or XLSX that upload back
+unchanged. `kb/mining` proposes what to add to the KB from the shop's log (api/kb/mining.py), as JSON or
+as a file in the KB's columns.
 """
 
 from __future__ import annotations
@@ -117,6 +118,9 @@ def version_out(row: KBVersion, active: int | None) -> VersionOut:
         error=row.error,
         created_at=row.created_at.isoformat(),
         finished_at=row.finished_at.isoformat() if row.finished_at else None,
+        stage=row.stage,
+        progress=min(1.0, max(0.0, float(row.progress or 0.0))),
+        attempts=row.attempts or 0,
     )
 
 
@@ -239,7 +243,8 @@ def delete_entry(entry_id: str, shop: ShopDep, service: ServiceDep) -> None:
     },
 )
 def publish(shop: ShopDep, service: ServiceDep) -> Any:
-    """Freeze the editable KB as a new version and build it in the background.
+    """Freeze the editable KB as a new version and enqueue its build (follow it on kb/versions/{version}:
+    status, stage, progress, attempts, error).
 
     The same KB published twice builds once: when the KB (its kb_hash) and the engine options equal
     those of the shop's latest version that is building or ready, no version is made and that one is

@@ -173,9 +173,18 @@ class VersionOut(BaseModel):
     kb_hash: str
     options: dict[str, Any] = Field(default_factory=dict, description="engine options it was built with")
     metrics: dict[str, Any]
-    error: str | None
+    error: str | None = Field(
+        description="why it failed; while building, what happened to an earlier attempt that is retried"
+    )
     created_at: str
     finished_at: str | None
+    stage: str | None = Field(
+        default=None,
+        description="the build's stage: queued (waiting for a worker), starting, tokenize, embed, "
+        "classifier, calibrate, follow-ups, evaluate, save; after the build, the last stage it reached",
+    )
+    progress: float = Field(default=0.0, ge=0, le=1, description="fraction of the current build done")
+    attempts: int = Field(default=0, ge=0, description="builds started (one whose process died is retried)")
 
 
 class ActivateOut(VersionOut):

@@ -1,0 +1,127 @@
+"""One version's build in a child process: fit the model, check it, write it; report over a pipe.
+
+The build is CPU-heavy for seconds to minutes. It runs in its own process (multiprocessing 'spawn'), never
+in a thread of a serving process, and lowers its CPU priority first (before numpy starts its threads, which
+inherit it), so request handling keeps the cores. The parent (api/kb/builds.py) enforces the time limit by
+killing this process, and records what it reports: ("progress", stage, fraction) messages, then exactly one
+outcome: ("ok", figures), ("invalid", message) for a KB that does not validate, ("rejected", message) for a
+model that failed its own checks, ("error", message) for any other exception. A child that dies without an
+outcome (killed, out of memory) is the transient case the queue retries.
+
+Nothing here imports numpy or the engine at module level: the child must be able to lower its priority
+before they load.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import time
+from dataclasses import dataclass
+from multiprocessing.connection import Connection
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from engine import Matcher
+    from engine.kb import KBEntry
+
+SELF_CHECK_SAMPLE = 500
+PROGRESS_EVERY = 0.5  # seconds between two progress messages of one stage (a new stage is sent at once)
+
+
+class BuildRejected(Exception):
+    """A model that built but failed its own evaluation: it is not swapped in."""
+
+
+@dataclass(frozen=True)
+class BuildJob:
+    """Everything the child needs, as plain data (pickled across the process boundary)."""
+
+    shop: str
+    version: int
+    snapshot: list[dict[str, Any]]  # the version's frozen KB, as stored in kb_versions.snapshot
+    options: dict[str, Any]  # engine options (Matcher.build keywords)
+    dense: bool
+    model_dir: str
+    min_self_recall: float
+    min_cv_top1: float
+    nice: int
+
+
+def evaluate_model(
+    m: Matcher, entries: list[KBEntry], min_self_recall: float, min_cv_top1: float
+) -> dict[str, Any]:
+    """The checks a new model must pass before it serves customers."""
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    pairs = [(q, e.id) for e in entries if e.enabled for q in e.questions()]
+    if len(pairs) > SELF_CHECK_SAMPLE:
+        pairs = [pairs[i] for i in rng.choice(len(pairs), SELF_CHECK_SAMPLE, replace=False)]
+    hits = 0
+    for q, eid in pairs:
+        ranking = m.rank(m.represent(q), np.ones(len(m.entries), bool))
+        top = [m.entries[i].id for i in ranking.cands[:3]]
+        hits += eid in top
+    self_recall = hits / len(pairs) if pairs else 1.0
+    cal = m.info.get("calibration", {})
+    cv = cal.get("cv_top1_in_scope") if not cal.get("synthetic_paraphrases") else None
+    figures = {
+        "self_recall_at_3": self_recall,
+        "cv_top1": cv,
+        "t_answer": m.policy.t_answer,
+        "t_clarify": m.policy.t_clarify,
+        "build_seconds": m.info.get("build_seconds"),
+    }
+    problems = []
+    if self_recall < min_self_recall:
+        problems.append(
+            f"only {self_recall:.0%} of KB questions find their own entry (need {min_self_recall:.0%})"
+        )
+    if cv is not None and cv < min_cv_top1:
+        problems.append(f"held-out paraphrase top-1 {cv:.2f} is below {min_cv_top1:.2f}")
+    if problems:
+        raise BuildRejected("; ".join(problems))
+    return figures
+
+
+def build_in_child(job: BuildJob, conn: Connection) -> None:
+    """The child's entry point (module level, so 'spawn' can import it)."""
+    with contextlib.suppress(OSError):  # not allowed here: build at normal priority rather than not at all
+        os.nice(job.nice)
+    try:
+        conn.send(("outcome", *_build(job, conn)))
+    finally:
+        conn.close()
+
+
+def _build(job: BuildJob, conn: Connection) -> tuple[str, Any]:
+    from engine import Matcher
+    from engine.kb import KBValidationError, load_kb
+
+    last_stage, last_at = [""], [0.0]
+
+    def progress(stage: str, fraction: float) -> None:
+        now = time.monotonic()
+        if stage == last_stage[0] and now - last_at[0] < PROGRESS_EVERY:
+            return
+        last_stage[0], last_at[0] = stage, now
+        conn.send(("progress", stage, float(min(1.0, max(0.0, fraction)))))
+
+    try:
+        entries = load_kb(job.snapshot, source_name=f"version {job.version}")
+        progress("tokenize", 0.0)
+        # the fit is 95% of the way; checking and writing the model the rest (1.0: only once ready)
+        fit = lambda stage, fraction: progress(stage, 0.95 * fraction)  # noqa: E731
+        matcher = Matcher.build(entries, dense=job.dense, progress=fit, **job.options)
+        progress("evaluate", 0.97)
+        figures = evaluate_model(matcher, entries, job.min_self_recall, job.min_cv_top1)
+        progress("save", 0.99)
+        matcher.save(job.model_dir)  # a temporary directory renamed into place (engine.artifacts)
+    except KBValidationError as e:
+        return "invalid", str(e)
+    except BuildRejected as e:
+        return "rejected", str(e)
+    except Exception as e:  # a bug or a bad option: the same KB would fail again, so no retry
+        return "error", f"{type(e).__name__}: {e}"
+    return "ok", figures

@@ -1,0 +1,241 @@
+"""Serving latency while shops publish: p99 of customer messages idle vs while ten shops build at once.
+
+`kefu loadtest --publishers 10` (or `main()`) starts `uvicorn api.main:app --workers 2` on the embedded
+default (a fresh SQLite database and SQLite task queue in a temporary directory, no Redis) unless
+--database-url / --redis-url say otherwise. One shop's KB is published and served; ten other shops get
+their KB uploaded. Then clients send POST /v1/shops/{shop}/messages at a fixed rate (real HTTP): first for
+`idle` seconds with nothing building, then from the moment the ten shops publish at once until all ten
+versions are finished (each serving process consumes the build queue and builds in a niced child process),
+then idle again. It prints p50/p99 of each phase, the ratio p99(builds) / p99(idle) (the issue's bar:
+<= 1.2), how the builds ended and the load average (the machine may be shared).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import secrets
+import tempfile
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+import numpy as np
+
+from training.loadtest import DEMO_KB, LoadTestError, Server, _check, _free_port, _legacy_kb
+
+BAR = 1.2
+
+
+@dataclass
+class BuildLoadConfig:
+    publishers: int = 10
+    idle: float = 30.0  # seconds of each idle phase
+    rate: float = 20.0  # messages per second, all clients together
+    clients: int = 4
+    workers: int = 2
+    dense: bool = False
+    kb: Path = DEMO_KB
+    database_url: str | None = None  # default: a fresh SQLite file
+    redis_url: str | None = None  # default: none (queue and state embedded)
+    build_timeout: float = 1800.0
+    startup_timeout: float = 180.0
+
+
+@dataclass
+class Phase:
+    name: str
+    latencies: list[float] = field(default_factory=list)
+    errors: int = 0
+    seconds: float = 0.0
+    load: tuple[float, float, float] = (0.0, 0.0, 0.0)
+
+    def pct(self, q: float) -> float:
+        return float(np.percentile(np.asarray(self.latencies) * 1000, q)) if self.latencies else float("nan")
+
+
+def _traffic(url: str, shop: str, key: dict[str, str], cfg: BuildLoadConfig, stop: threading.Event) -> Phase:
+    """Messages at cfg.rate per second from cfg.clients threads until `stop`; latencies in seconds."""
+    phase = Phase("")
+    lock = threading.Lock()
+    texts = ["质保几年", "什么时候发货", "能开发票吗", "支持七天无理由退货吗", "包邮吗", "我的快递到哪了"]
+    interval = cfg.clients / cfg.rate
+
+    def client(n: int) -> None:
+        with httpx.Client(base_url=url, headers=key, timeout=30) as http:
+            i, next_at = 0, time.monotonic() + n * interval / cfg.clients
+            while not stop.is_set():
+                time.sleep(max(0.0, next_at - time.monotonic()))
+                next_at += interval
+                body = {"conversation_id": f"b{n}-{i}", "text": texts[i % len(texts)]}
+                t = time.perf_counter()
+                try:
+                    ok = http.post(f"/v1/shops/{shop}/messages", json=body).status_code == 200
+                except httpx.HTTPError:
+                    ok = False
+                took = time.perf_counter() - t
+                with lock:
+                    if ok:
+                        phase.latencies.append(took)
+                    else:
+                        phase.errors += 1
+                i += 1
+
+    t0 = time.perf_counter()
+    with ThreadPoolExecutor(cfg.clients) as pool:
+        for f in [pool.submit(client, n) for n in range(cfg.clients)]:
+            f.result()
+    phase.seconds = time.perf_counter() - t0
+    phase.load = os.getloadavg()
+    return phase
+
+
+def _timed(url: str, shop: str, key: dict[str, str], cfg: BuildLoadConfig, name: str, until: Any) -> Phase:
+    stop = threading.Event()
+    result: list[Phase] = []
+    t = threading.Thread(target=lambda: result.append(_traffic(url, shop, key, cfg, stop)))
+    t.start()
+    try:
+        until()
+    finally:
+        stop.set()
+        t.join()
+    result[0].name = name
+    return result[0]
+
+
+def _wait_versions(url: str, shops: list[tuple[str, dict[str, str], int]], timeout: float) -> dict[str, Any]:
+    """Until every (shop, version) finished building; their final rows."""
+    deadline = time.monotonic() + timeout
+    done: dict[str, Any] = {}
+    with httpx.Client(base_url=url, timeout=30) as http:
+        while len(done) < len(shops):
+            if time.monotonic() > deadline:
+                raise LoadTestError(f"builds not finished after {timeout:.0f} s: {len(done)}/{len(shops)}")
+            for shop, key, v in shops:
+                if shop not in done:
+                    row = _check(http.get(f"/v1/shops/{shop}/kb/versions/{v}", headers=key), 200)
+                    if row["status"] != "building":
+                        done[shop] = row
+            time.sleep(0.5)
+    return done
+
+
+def run(cfg: BuildLoadConfig, say: Any = print) -> tuple[list[Phase], dict[str, Any]]:
+    from cryptography.fernet import Fernet
+
+    kb = cfg.kb.resolve()
+    data = kb.read_bytes()
+    with contextlib.ExitStack() as stack:
+        tmp = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="kefu-buildload-")))
+        admin = secrets.token_urlsafe(24)
+        env = {
+            **os.environ,
+            "KEFU_DATABASE_URL": cfg.database_url or f"sqlite:///{tmp}/kefu.db",
+            "KEFU_DATA_DIR": str(tmp / "data"),
+            "KEFU_ADMIN_TOKEN": admin,
+            "KEFU_SECRET_KEY": Fernet.generate_key().decode(),
+            "KEFU_DENSE": "true" if cfg.dense else "false",
+            "KEFU_KB_PATH": str(_legacy_kb(kb, tmp / "legacy-kb.csv")),
+            "KEFU_MODEL_PATH": str(tmp / "legacy-model"),
+            "KEFU_EVALUATION_PULL_INTERVAL": "0",
+            "KEFU_RATE_LIMIT_SHOP": "0",
+            "KEFU_RATE_LIMIT_CLIENT": "0",
+            "KEFU_REDIS_PREFIX": f"kefu-buildload-{secrets.token_hex(4)}:",
+        }
+        for name in ("KEFU_REDIS_URL", "KEFU_QUEUE_URL", "KEFU_BUILD_IN_PROCESS"):
+            env.pop(name, None)
+        if cfg.redis_url:
+            env["KEFU_REDIS_URL"] = env["KEFU_QUEUE_URL"] = cfg.redis_url
+        server = Server(env, _free_port(), cfg.workers, tmp / "server.log")
+        stack.callback(server.stop)
+        server.wait_healthy(cfg.startup_timeout)
+        say(
+            f"server {server.url}: {cfg.workers} uvicorn workers, database "
+            f"{'SQLite (embedded)' if not cfg.database_url else 'as given'}, queue "
+            f"{'Redis' if cfg.redis_url else 'SQLite (embedded)'}, KB {kb.name}, "
+            f"dense {'on' if cfg.dense else 'off'}"
+        )
+        keys: dict[str, dict[str, str]] = {}
+        with httpx.Client(base_url=server.url, timeout=60) as http:
+            for shop in ["served", *[f"pub-{i}" for i in range(cfg.publishers)]]:
+                r = http.post(
+                    "/v1/admin/shops", json={"id": shop, "name": shop}, headers={"X-Admin-Token": admin}
+                )
+                keys[shop] = {"X-API-Key": _check(r, 201)["api_key"]}
+                publish = "true" if shop == "served" else "false"
+                r = http.post(
+                    f"/v1/shops/{shop}/kb?publish={publish}",
+                    headers=keys[shop],
+                    files={"file": (kb.name, data)},
+                )
+                _check(r, 200)
+            t = time.perf_counter()
+            _wait_versions(server.url, [("served", keys["served"], 1)], cfg.build_timeout)
+            say(f"shop 'served' built in {time.perf_counter() - t:.1f} s; warming up both workers")
+            deadline, answered = time.monotonic() + 120, 0
+            while time.monotonic() < deadline and answered < 40:  # both workers serve the model
+                body = {"conversation_id": f"w{answered}", "text": "你好"}
+                r = http.post("/v1/shops/served/messages", headers=keys["served"], json=body)
+                answered += r.status_code == 200 and r.json().get("model_version") == 1
+                time.sleep(0.05)
+        url, key = server.url, keys["served"]
+        phases = [_timed(url, "served", key, cfg, "idle", lambda: time.sleep(cfg.idle))]
+        say(f"idle: {len(phases[0].latencies)} messages in {phases[0].seconds:.0f} s")
+        pubs = [s for s in keys if s != "served"]
+        outcome: dict[str, Any] = {}
+
+        def publish_all() -> None:
+            with httpx.Client(base_url=url, timeout=60) as http, ThreadPoolExecutor(len(pubs)) as pool:
+                answers = list(
+                    pool.map(lambda s: http.post(f"/v1/shops/{s}/kb/publish", headers=keys[s]), pubs)
+                )
+            versions = [
+                (s, keys[s], int(_check(r, 202)["version"])) for s, r in zip(pubs, answers, strict=True)
+            ]
+            t = time.perf_counter()
+            outcome["rows"] = _wait_versions(url, versions, cfg.build_timeout)
+            outcome["seconds"] = time.perf_counter() - t
+
+        phases.append(_timed(url, "served", key, cfg, f"{cfg.publishers} shops building", publish_all))
+        say(f"builds: {len(phases[1].latencies)} messages in {phases[1].seconds:.0f} s")
+        phases.append(_timed(url, "served", key, cfg, "idle again", lambda: time.sleep(cfg.idle)))
+        outcome["errors_logged"] = sum(
+            " ERROR " in line or "Traceback" in line
+            for line in server.log_path.read_text("utf-8", errors="replace").splitlines()
+        )
+    return phases, outcome
+
+
+def main(cfg: BuildLoadConfig | None = None, say: Any = None) -> int:
+    """Run and print the figures; 0 when p99 during builds is within the bar, 1 when not, 2 on error."""
+    cfg = cfg or BuildLoadConfig()
+    say = say or (lambda s: print(s, flush=True))
+    say(f"load average before: {' '.join(f'{x:.2f}' for x in os.getloadavg())} on {os.cpu_count()} CPUs")
+    try:
+        phases, outcome = run(cfg, say)
+    except LoadTestError as e:
+        say(f"could not run: {e}")
+        return 2
+    rows = outcome["rows"]
+    statuses: dict[str, int] = {}
+    for row in rows.values():
+        statuses[row["status"]] = statuses.get(row["status"], 0) + 1
+    say(
+        f"\n{cfg.publishers} publishes finished in {outcome['seconds']:.1f} s: "
+        + ", ".join(f"{n} {s}" for s, n in sorted(statuses.items()))
+        + f"; build attempts {sum(r['attempts'] for r in rows.values())}"
+        + f"; server log errors {outcome['errors_logged']}"
+    )
+    say(f"{'phase':<24}{'messages':>9}{'errors':>8}{'p50 ms':>9}{'p99 ms':>9}  load average (1/5/15 min)")
+    for p in phases:
+        load = " ".join(f"{x:.2f}" for x in p.load)
+        say(f"{p.name:<24}{len(p.latencies):>9}{p.errors:>8}{p.pct(50):>9.1f}{p.pct(99):>9.1f}  {load}")
+    ratio = phases[1].pct(99) / phases[0].pct(99)
+    verdict = "OK" if ratio <= BAR else "OVER"
+    say(f"p99 while {cfg.publishers} shops build / p99 idle = {ratio:.2f} (bar <= {BAR}): {verdict}")
+    return 0 if ratio <= BAR and not any(p.errors for p in phases) else 1
