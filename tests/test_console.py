@@ -291,49 +291,76 @@ def test_line_chart_is_an_accessible_svg() -> None:
     assert "100%" in svg and "<script" not in svg
 
 
-def test_daily_figures_leave_out_console_tries(tmp_path: Path) -> None:
+def test_bar_chart_stacks_its_series_and_says_when_empty() -> None:
+    from api.console.charts import bar_chart
+
+    svg = str(bar_chart("原因", ["甲", "乙"], [("a", [1, 0]), ("b", [2, 3])], empty="无"))
+    assert svg.startswith("<svg") and 'role="img"' in svg and svg.count("<rect") == 3 + 2  # bars + legend
+    assert ">3<" in svg and "无" not in svg  # each row's total
+    empty = str(bar_chart("原因", ["甲"], [("a", [0])], empty="没有数据"))
+    assert "没有数据" in empty and "<rect" not in empty
+
+
+def test_quality_page_draws_the_traffic_figures_of_the_period_picked(client: TestClient) -> None:
+    """The page reads api.store.traffic over the last 24 h, 7 or 30 days; Try messages (channel console)
+    and another shop's messages are not counted."""
     from datetime import UTC, datetime, timedelta
 
-    from api.console.figures import daily
-    from api.db.migrate import upgrade
-    from api.db.models import Exchange, JdEvaluation, Shop
-    from api.db.session import Database
+    from api.db.models import Exchange
 
-    db = Database(f"sqlite:///{tmp_path}/f.db")
-    upgrade(db.engine)
-    now = datetime(2026, 3, 10, 4, 0, tzinfo=UTC)  # 12:00 in Beijing
-    with db.session() as s:
-        s.add_all([Shop(id="a", api_key_hash="x", settings={}), Shop(id="b", api_key_hash="y", settings={})])
-        s.flush()
-
-        def ex(
-            shop: str, decision: str, channel: str = "api", ago: float = 1, latency: float = 10
-        ) -> Exchange:
-            return Exchange(
-                shop_id=shop,
-                conversation_id="c",
-                channel=channel,
-                text_masked="t",
-                decision=decision,
-                confidence=0.8,
-                reason="",
-                latency_ms=latency,
-                created_at=now - timedelta(hours=ago),
+    keys = client.app.state.keys  # type: ignore[attr-defined]
+    service = client.app.state.service  # type: ignore[attr-defined]
+    for shop, texts in (("shop-a", ("能开发票吗", "转人工")), ("shop-b", ("乙店的", "乙店的二", "乙店的三"))):
+        for text in texts:
+            r = client.post(
+                f"/v1/shops/{shop}/messages",
+                json={"conversation_id": f"{shop}-now", "text": text},
+                headers={"X-API-Key": keys[shop]},
             )
+            assert r.status_code == 200
+    now = datetime.now(UTC)
+    with service.db.session() as s:  # older customer messages: 3 and 20 days ago
+        for days, conversation in ((3, "three-days"), (20, "twenty-days")):
+            s.add(
+                Exchange(
+                    shop_id="shop-a",
+                    conversation_id=conversation,
+                    channel="jd",
+                    text_masked="以前的问题",
+                    decision="answer",
+                    entry_id="invoice",
+                    confidence=0.9,
+                    reason="",
+                    latency_ms=12,
+                    created_at=now - timedelta(days=days),
+                )
+            )
+    login(client, "shop-a", PASSWORD)
+    token = csrf_of(client.get("/console/try").text)
+    assert (
+        client.post("/console/try", data={"csrf": token, "messages": "试一试的问题\n再试一次"}).status_code
+        == 200
+    )
 
-        s.add_all(
-            [ex("a", "answer"), ex("a", "answer", latency=30), ex("a", "handoff"), ex("a", "clarify", ago=30)]
-        )
-        s.add_all([ex("a", "answer", channel="console"), ex("b", "handoff")])
-        s.add(JdEvaluation(shop_id="a", jd_id="1", score=4, evaluated_at=now - timedelta(hours=2)))
-    with db.session() as s:
-        data = daily(s, "a", days=3, now=now)
-    db.dispose()
-    assert data["labels"] == ["03-08", "03-09", "03-10"] and data["messages"] == 4
-    today = data["rows"][-1]
-    assert today["messages"] == 3 and today["answer"] == 2 / 3 and today["handoff"] == 1 / 3
-    assert today["latency_p50"] == 10 and today["latency_p95"] == 30 and today["rating"] == 4
-    assert data["rows"][1]["clarify"] == 1.0 and data["rows"][0]["messages"] == 0
+    def intro(page: str) -> str:
+        m = re.search(r"<p>([^<]*条顾客消息[^<]*)</p>", page)
+        assert m, page[:2000]
+        return m.group(1)
+
+    day = client.get("/console/quality?period=24h").text
+    assert "：2 条顾客消息，1 个会话" in intro(day)  # Try and shop-b left out
+    assert day.count("<svg") == 6 and '<a href="/console/quality?period=24h" aria-current="true">' in day
+    assert "未发布知识库" in day  # the handoffs' reason (no KB published), from traffic's codes
+    assert "试一试的问题" not in day and "乙店" not in day
+    week = client.get("/console/quality").text  # 7 days by default
+    assert "：3 条顾客消息，2 个会话" in intro(week)
+    assert '<a href="/console/quality?period=7d" aria-current="true">' in week
+    assert "<code>invoice</code>" in week  # the most asked entries
+    assert "：4 条顾客消息，3 个会话" in intro(client.get("/console/quality?period=30d").text)
+    assert intro(client.get("/console/quality?period=nonsense").text) == intro(week)
+    # the endpoint's default leaves Try out the same way
+    traffic = client.get("/v1/shops/shop-a/report/traffic", headers={"X-API-Key": keys["shop-a"]}).json()
+    assert traffic["totals"]["messages"] == 3 and traffic["excluded_channels"] == ["console"]
 
 
 def test_conversations_show_only_the_sessions_shop(client: TestClient) -> None:

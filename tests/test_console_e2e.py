@@ -378,7 +378,15 @@ def test_conversations_unanswered_and_quality(page: Any, server: Server) -> None
     assert page.get_by_label("ID").input_value() == ""
 
     page.get_by_role("link", name="质量").click()
-    assert page.locator("figure.chart svg[role=img]").count() == 5
-    assert "最近 30 天" in page.locator("main").inner_text()
-    assert page.locator("dl.facts").inner_text().count("%") >= 2  # coverage and precision of the last build
+    assert page.locator("figure.chart svg[role=img]").count() == 6
+    periods = page.get_by_role("navigation", name="时间范围")
+    assert periods.locator("[aria-current=true]").inner_text() == "最近 7 天"
+    periods.get_by_role("link", name="最近 24 小时").click()
+    assert page.url.endswith("/console/quality?period=24h")
+    assert periods.locator("[aria-current=true]").inner_text() == "最近 24 小时"
+    main = page.locator("main").inner_text()
+    assert "顾客要求人工" in main  # 转人工, by its reason
+    assert "火星" in page.locator("section", has_text="最常转人工的问题").inner_text()
+    evaluation = page.locator("section", has_text="上次评估").locator("dl.facts").inner_text()
+    assert evaluation.count("%") >= 2  # coverage and precision of the last build
     check_page(page, "quality")
