@@ -4,6 +4,7 @@ settings and the language table (tests/test_console_e2e.py drives the same pages
 from __future__ import annotations
 
 import re
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -379,6 +380,43 @@ def test_conversations_show_only_the_sessions_shop(client: TestClient) -> None:
     assert "乙店的问题" in client.get("/console/conversations").text
     assert "乙店的问题" in client.get("/console/conversations?reason=no_model").text
     assert "乙店的问题" not in client.get("/console/conversations?reason=human").text
+
+
+def test_unanswered_leaves_out_the_merchants_tries(client: TestClient) -> None:
+    """Messages typed in Try (clarified, handed off or flagged) are the merchant's tests: the Unanswered
+    page mines the customers' messages only."""
+    from tests.console_server import kb_csv
+
+    keys = client.app.state.keys  # type: ignore[attr-defined]
+    a = {"X-API-Key": keys["shop-a"]}
+    r = client.post("/v1/shops/shop-a/kb?publish=true", files={"file": ("kb.csv", kb_csv())}, headers=a)
+    assert r.status_code == 200
+    service = client.app.state.service  # type: ignore[attr-defined]
+    deadline = time.monotonic() + 120
+    while service.served("shop-a", 1) is None:
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    asked = ["火星能送货吗", "火星上能送到吗", "能送货到火星吗"]
+    kinds = [
+        client.post(
+            "/v1/shops/shop-a/messages", json={"conversation_id": f"c-{i}", "text": text}, headers=a
+        ).json()["kind"]
+        for i, text in enumerate(asked)
+    ]
+    assert set(kinds) <= {"clarify", "handoff"}
+    login(client, "shop-a", PASSWORD)
+    token = csrf_of(client.get("/console/try").text)
+    page = client.post("/console/try", data={"csrf": token, "messages": "月球能送货吗\n月球上能送到吗"}).text
+    assert page.count('data-decision="clarify"') + page.count('data-decision="handoff"') == 2
+    page = client.post("/console/try", data={"csrf": token, "messages": "能开发票吗"}).text
+    exchange_id = re.search(r'name="exchange_id" value="(\d+)"', page)
+    assert exchange_id and 'data-decision="answer"' in page
+    flag = {"csrf": token, "exchange_id": exchange_id.group(1), "correct": "__out_of_scope__"}
+    assert client.post("/console/try/flag", data=flag).status_code == 200
+    unanswered = client.get("/console/unanswered").text
+    assert f"机器人没有答好的 {len(asked)} 条消息" in unanswered
+    assert "被客服纠正: 0" in unanswered
+    assert "火星" in unanswered and "月球" not in unanswered
 
 
 def test_one_shop_cannot_read_or_change_another_shops_kb(client: TestClient) -> None:
