@@ -279,6 +279,101 @@ def test_every_text_the_console_uses_is_in_both_languages() -> None:
     assert Translator("en")("try.turn", n=2) == "Message 2" and Translator("xx")("try.turn", n=2) == "第 2 条"
 
 
+# logged reasons as the engine and the dialog layer word them, and what the Chinese console shows
+REASONS_ZH = {
+    "the message is one of this entry's KB questions": "消息就是该条目的标准问题之一",
+    "confidence 0.91 >= answer threshold 0.62": "置信度 0.91 ≥ 回答阈值 0.62",
+    "confidence 0.45 between the clarify (0.30) and answer (0.62) thresholds": (
+        "置信度 0.45 介于澄清阈值（0.30）和回答阈值（0.62）之间"
+    ),
+    "bot cannot answer: confidence 0.21 < clarify threshold 0.30": (
+        "机器人无法回答：置信度 0.21 低于澄清阈值 0.30"
+    ),
+    "3 misses in a row (no word of the message occurs in the knowledge base)": (
+        "连续 3 次没能回答（消息里没有一个词出现在知识库中）"
+    ),
+    "explicit request for a human agent ('人工客服')": "顾客明确要求人工（“人工客服”）",
+    "customer asked for a human agent": "顾客要求转人工",
+    "the bot is off for this shop: a human agent answers": "本店已关闭机器人：由人工客服回答",
+    "small talk: greeting": "寒暄：问候",
+    "small talk (thanks) answered by the KB's own entry": "寒暄（感谢），由知识库中对应的条目回答",
+    "no entry of the knowledge base is active now": "知识库中现在没有生效的条目（都不在生效时间内）",
+    "follow-up to the previous question '电池能用多久': confidence 0.91 >= answer threshold 0.62": (
+        "接着上一个问题“电池能用多久”的追问：置信度 0.91 ≥ 回答阈值 0.62"
+    ),
+    "order lookup failed (timeout): JD did not answer (one of 2 questions in the message)": (
+        "订单查询失败（timeout）：JD did not answer（消息中 2 个问题之一）"
+    ),
+    "which product? 2 products match the name": "是哪个商品？有 2 个商品与名称匹配",
+    "non-text message (image)": "非文字消息（image）",
+}
+
+
+def test_logged_reasons_are_shown_in_chinese_and_unknown_ones_as_logged() -> None:
+    from api.console.reasons import PATTERNS, reason_text, render
+
+    for key, pattern in PATTERNS:  # each pattern's words in both languages, with its groups as fields
+        fields = set(pattern.groupindex)
+        assert all(set(re.findall(r"{(\w+)}", text)) == fields for text in TABLE[key]), key
+    zh, en = Translator("zh"), Translator("en")
+    for reason, shown in REASONS_ZH.items():
+        assert reason_text(reason, zh) == shown
+        assert render(reason, en) == reason  # the table's English is the engine's own wording
+        assert reason_text(reason, en) == reason
+    # unknown: as logged, alone or inside a known pattern
+    assert reason_text("a reason from next year", zh) == "a reason from next year"
+    assert (
+        reason_text("bot cannot answer: a reason from next year", zh)
+        == "机器人无法回答：a reason from next year"
+    )
+    assert reason_text("", zh) == "" and reason_text(None, zh) == ""
+    assert reason_text("small talk: new_intent", zh) == "寒暄：new_intent"  # an intent the table lacks
+
+
+def test_try_and_conversations_show_the_reason_in_the_pages_language(client: TestClient) -> None:
+    login(client, "shop-a", PASSWORD)  # shop-a has no KB published: every message goes to a person
+    token = csrf_of(client.get("/console/try").text)
+    page = client.post("/console/try", data={"csrf": token, "messages": "发票怎么开"}).text
+    assert '<dd class="reason">本店还没有发布知识库版本</dd>' in page
+    assert '<td class="reason">本店还没有发布知识库版本</td>' in client.get("/console/conversations").text
+    client.get("/console/lang/en?next=/console/try")  # the header's toggle
+    page = client.post("/console/try", data={"csrf": token, "messages": "发票怎么开"}).text
+    assert '<dd class="reason">no KB version is published for this shop yet</dd>' in page
+
+
+def test_every_reason_the_code_logs_has_a_chinese_rendering() -> None:
+    """Each reason constant of the dialog layer, the skills and the JD queue (completed the way the
+    code completes the ones that are only a start) is known to api/console/reasons.py."""
+    from api.catalog import skill as catalog
+    from api.console.reasons import render
+    from api.dialog import conversation, orders_skill
+    from api.jd.queue import NOT_DELIVERABLE, NOT_DELIVERED
+
+    constants = [
+        v for m in (conversation, orders_skill) for k, v in vars(m).items() if k.startswith("REASON_")
+    ]
+    constants += [conversation.FOLLOW_UP_REASON, conversation.CHOICE_REASON, catalog.REASON_WHICH]
+    constants += [NOT_DELIVERED, NOT_DELIVERABLE]
+    assert len(constants) >= 20
+    zh, en = Translator("zh"), Translator("en")
+    for c in constants:
+        completed = [
+            c,
+            f"{c} (image)",
+            f"{c} repeated question",
+            f"3 {c} (repeated question)",
+            f"{c} order-status",
+            f"{c} order-status: order_status from JD",
+            f"{c} (timeout): slow",
+            f"{c} '保修': repeated question",
+            f"{c} 2",
+            f"{c} 2 products match the name",
+        ]
+        known = [r for r in completed if render(r, zh) != r]
+        assert known, f"no Chinese rendering for the reason {c!r}"
+        assert render(known[0], en) == known[0]
+
+
 def test_line_chart_is_an_accessible_svg() -> None:
     from api.console.charts import line_chart
 

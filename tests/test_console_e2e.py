@@ -159,7 +159,7 @@ def test_login_try_flag_settings_and_logout(page: Any, server: Server) -> None:
     page.get_by_label("顾客消息").fill("发票怎么开")
     page.get_by_role("button", name="发送").click()
     assert decisions(page) == ["handoff"]
-    assert "the bot is off" in page.locator(".reason").inner_text()
+    assert "本店已关闭机器人" in page.locator(".reason").inner_text()  # the reason, in Chinese
 
     # English at a click, and back
     page.get_by_role("link", name="English").click()
@@ -360,7 +360,7 @@ def test_conversations_unanswered_and_quality(page: Any, server: Server) -> None
     page.get_by_role("button", name="筛选").click()
     rows = page.locator("section", has_text="e2e-log").locator("tbody tr")
     assert rows.count() == 1 and "转人工" in rows.first.inner_text()
-    assert "customer asked for a human agent" in rows.first.inner_text()
+    assert "顾客要求转人工" in rows.first.inner_text()  # the logged reason, in Chinese
 
     page.get_by_role("link", name="未解决的问题").click()
     check_page(page, "unanswered")
