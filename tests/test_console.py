@@ -281,7 +281,7 @@ def test_every_text_the_console_uses_is_in_both_languages() -> None:
 
 # logged reasons as the engine and the dialog layer word them, and what the Chinese console shows
 REASONS_ZH = {
-    "the message is one of this entry's KB questions": "消息就是该条目的标准问题之一",
+    "the message is one of this entry's KB questions": "消息就是该条目在知识库里的问法之一",
     "confidence 0.91 >= answer threshold 0.62": "置信度 0.91 ≥ 回答阈值 0.62",
     "confidence 0.45 between the clarify (0.30) and answer (0.62) thresholds": (
         "置信度 0.45 介于澄清阈值（0.30）和回答阈值（0.62）之间"

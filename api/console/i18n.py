@@ -322,7 +322,7 @@ TABLE: dict[str, tuple[str, str]] = {
     "un.add_to": ("加为相似问法到", "Add as a paraphrase of"),
     "un.add": ("加为相似问法", "Add as paraphrase"),
     # why the bot decided: logged reasons' patterns (api/console/reasons.py); English: the engine's words
-    "why.verbatim": ("消息就是该条目的标准问题之一", "the message is one of this entry's KB questions"),
+    "why.verbatim": ("消息就是该条目在知识库里的问法之一", "the message is one of this entry's KB questions"),
     "why.answer": ("置信度 {p} ≥ 回答阈值 {t}", "confidence {p} >= answer threshold {t}"),
     "why.clarify": (
         "置信度 {p} 介于澄清阈值（{c}）和回答阈值（{t}）之间",
