@@ -4,6 +4,7 @@ settings and the language table (tests/test_console_e2e.py drives the same pages
 from __future__ import annotations
 
 import re
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -278,6 +279,101 @@ def test_every_text_the_console_uses_is_in_both_languages() -> None:
     assert Translator("en")("try.turn", n=2) == "Message 2" and Translator("xx")("try.turn", n=2) == "第 2 条"
 
 
+# logged reasons as the engine and the dialog layer word them, and what the Chinese console shows
+REASONS_ZH = {
+    "the message is one of this entry's KB questions": "消息就是该条目在知识库里的问法之一",
+    "confidence 0.91 >= answer threshold 0.62": "置信度 0.91 ≥ 回答阈值 0.62",
+    "confidence 0.45 between the clarify (0.30) and answer (0.62) thresholds": (
+        "置信度 0.45 介于澄清阈值（0.30）和回答阈值（0.62）之间"
+    ),
+    "bot cannot answer: confidence 0.21 < clarify threshold 0.30": (
+        "机器人无法回答：置信度 0.21 低于澄清阈值 0.30"
+    ),
+    "3 misses in a row (no word of the message occurs in the knowledge base)": (
+        "连续 3 次没能回答（消息里没有一个词出现在知识库中）"
+    ),
+    "explicit request for a human agent ('人工客服')": "顾客明确要求人工（“人工客服”）",
+    "customer asked for a human agent": "顾客要求转人工",
+    "the bot is off for this shop: a human agent answers": "本店已关闭机器人：由人工客服回答",
+    "small talk: greeting": "寒暄：问候",
+    "small talk (thanks) answered by the KB's own entry": "寒暄（感谢），由知识库中对应的条目回答",
+    "no entry of the knowledge base is active now": "知识库中现在没有生效的条目（都不在生效时间内）",
+    "follow-up to the previous question '电池能用多久': confidence 0.91 >= answer threshold 0.62": (
+        "接着上一个问题“电池能用多久”的追问：置信度 0.91 ≥ 回答阈值 0.62"
+    ),
+    "order lookup failed (timeout): JD did not answer (one of 2 questions in the message)": (
+        "订单查询失败（timeout）：JD did not answer（消息中 2 个问题之一）"
+    ),
+    "which product? 2 products match the name": "是哪个商品？有 2 个商品与名称匹配",
+    "non-text message (image)": "非文字消息（image）",
+}
+
+
+def test_logged_reasons_are_shown_in_chinese_and_unknown_ones_as_logged() -> None:
+    from api.console.reasons import PATTERNS, reason_text, render
+
+    for key, pattern in PATTERNS:  # each pattern's words in both languages, with its groups as fields
+        fields = set(pattern.groupindex)
+        assert all(set(re.findall(r"{(\w+)}", text)) == fields for text in TABLE[key]), key
+    zh, en = Translator("zh"), Translator("en")
+    for reason, shown in REASONS_ZH.items():
+        assert reason_text(reason, zh) == shown
+        assert render(reason, en) == reason  # the table's English is the engine's own wording
+        assert reason_text(reason, en) == reason
+    # unknown: as logged, alone or inside a known pattern
+    assert reason_text("a reason from next year", zh) == "a reason from next year"
+    assert (
+        reason_text("bot cannot answer: a reason from next year", zh)
+        == "机器人无法回答：a reason from next year"
+    )
+    assert reason_text("", zh) == "" and reason_text(None, zh) == ""
+    assert reason_text("small talk: new_intent", zh) == "寒暄：new_intent"  # an intent the table lacks
+
+
+def test_try_and_conversations_show_the_reason_in_the_pages_language(client: TestClient) -> None:
+    login(client, "shop-a", PASSWORD)  # shop-a has no KB published: every message goes to a person
+    token = csrf_of(client.get("/console/try").text)
+    page = client.post("/console/try", data={"csrf": token, "messages": "发票怎么开"}).text
+    assert '<dd class="reason">本店还没有发布知识库版本</dd>' in page
+    assert '<td class="reason">本店还没有发布知识库版本</td>' in client.get("/console/conversations").text
+    client.get("/console/lang/en?next=/console/try")  # the header's toggle
+    page = client.post("/console/try", data={"csrf": token, "messages": "发票怎么开"}).text
+    assert '<dd class="reason">no KB version is published for this shop yet</dd>' in page
+
+
+def test_every_reason_the_code_logs_has_a_chinese_rendering() -> None:
+    """Each reason constant of the dialog layer, the skills and the JD queue (completed the way the
+    code completes the ones that are only a start) is known to api/console/reasons.py."""
+    from api.catalog import skill as catalog
+    from api.console.reasons import render
+    from api.dialog import conversation, orders_skill
+    from api.jd.queue import NOT_DELIVERABLE, NOT_DELIVERED
+
+    constants = [
+        v for m in (conversation, orders_skill) for k, v in vars(m).items() if k.startswith("REASON_")
+    ]
+    constants += [conversation.FOLLOW_UP_REASON, conversation.CHOICE_REASON, catalog.REASON_WHICH]
+    constants += [NOT_DELIVERED, NOT_DELIVERABLE]
+    assert len(constants) >= 20
+    zh, en = Translator("zh"), Translator("en")
+    for c in constants:
+        completed = [
+            c,
+            f"{c} (image)",
+            f"{c} repeated question",
+            f"3 {c} (repeated question)",
+            f"{c} order-status",
+            f"{c} order-status: order_status from JD",
+            f"{c} (timeout): slow",
+            f"{c} '保修': repeated question",
+            f"{c} 2",
+            f"{c} 2 products match the name",
+        ]
+        known = [r for r in completed if render(r, zh) != r]
+        assert known, f"no Chinese rendering for the reason {c!r}"
+        assert render(known[0], en) == known[0]
+
+
 def test_line_chart_is_an_accessible_svg() -> None:
     from api.console.charts import line_chart
 
@@ -291,49 +387,76 @@ def test_line_chart_is_an_accessible_svg() -> None:
     assert "100%" in svg and "<script" not in svg
 
 
-def test_daily_figures_leave_out_console_tries(tmp_path: Path) -> None:
+def test_bar_chart_stacks_its_series_and_says_when_empty() -> None:
+    from api.console.charts import bar_chart
+
+    svg = str(bar_chart("原因", ["甲", "乙"], [("a", [1, 0]), ("b", [2, 3])], empty="无"))
+    assert svg.startswith("<svg") and 'role="img"' in svg and svg.count("<rect") == 3 + 2  # bars + legend
+    assert ">3<" in svg and "无" not in svg  # each row's total
+    empty = str(bar_chart("原因", ["甲"], [("a", [0])], empty="没有数据"))
+    assert "没有数据" in empty and "<rect" not in empty
+
+
+def test_quality_page_draws_the_traffic_figures_of_the_period_picked(client: TestClient) -> None:
+    """The page reads api.store.traffic over the last 24 h, 7 or 30 days; Try messages (channel console)
+    and another shop's messages are not counted."""
     from datetime import UTC, datetime, timedelta
 
-    from api.console.figures import daily
-    from api.db.migrate import upgrade
-    from api.db.models import Exchange, JdEvaluation, Shop
-    from api.db.session import Database
+    from api.db.models import Exchange
 
-    db = Database(f"sqlite:///{tmp_path}/f.db")
-    upgrade(db.engine)
-    now = datetime(2026, 3, 10, 4, 0, tzinfo=UTC)  # 12:00 in Beijing
-    with db.session() as s:
-        s.add_all([Shop(id="a", api_key_hash="x", settings={}), Shop(id="b", api_key_hash="y", settings={})])
-        s.flush()
-
-        def ex(
-            shop: str, decision: str, channel: str = "api", ago: float = 1, latency: float = 10
-        ) -> Exchange:
-            return Exchange(
-                shop_id=shop,
-                conversation_id="c",
-                channel=channel,
-                text_masked="t",
-                decision=decision,
-                confidence=0.8,
-                reason="",
-                latency_ms=latency,
-                created_at=now - timedelta(hours=ago),
+    keys = client.app.state.keys  # type: ignore[attr-defined]
+    service = client.app.state.service  # type: ignore[attr-defined]
+    for shop, texts in (("shop-a", ("能开发票吗", "转人工")), ("shop-b", ("乙店的", "乙店的二", "乙店的三"))):
+        for text in texts:
+            r = client.post(
+                f"/v1/shops/{shop}/messages",
+                json={"conversation_id": f"{shop}-now", "text": text},
+                headers={"X-API-Key": keys[shop]},
             )
+            assert r.status_code == 200
+    now = datetime.now(UTC)
+    with service.db.session() as s:  # older customer messages: 3 and 20 days ago
+        for days, conversation in ((3, "three-days"), (20, "twenty-days")):
+            s.add(
+                Exchange(
+                    shop_id="shop-a",
+                    conversation_id=conversation,
+                    channel="jd",
+                    text_masked="以前的问题",
+                    decision="answer",
+                    entry_id="invoice",
+                    confidence=0.9,
+                    reason="",
+                    latency_ms=12,
+                    created_at=now - timedelta(days=days),
+                )
+            )
+    login(client, "shop-a", PASSWORD)
+    token = csrf_of(client.get("/console/try").text)
+    assert (
+        client.post("/console/try", data={"csrf": token, "messages": "试一试的问题\n再试一次"}).status_code
+        == 200
+    )
 
-        s.add_all(
-            [ex("a", "answer"), ex("a", "answer", latency=30), ex("a", "handoff"), ex("a", "clarify", ago=30)]
-        )
-        s.add_all([ex("a", "answer", channel="console"), ex("b", "handoff")])
-        s.add(JdEvaluation(shop_id="a", jd_id="1", score=4, evaluated_at=now - timedelta(hours=2)))
-    with db.session() as s:
-        data = daily(s, "a", days=3, now=now)
-    db.dispose()
-    assert data["labels"] == ["03-08", "03-09", "03-10"] and data["messages"] == 4
-    today = data["rows"][-1]
-    assert today["messages"] == 3 and today["answer"] == 2 / 3 and today["handoff"] == 1 / 3
-    assert today["latency_p50"] == 10 and today["latency_p95"] == 30 and today["rating"] == 4
-    assert data["rows"][1]["clarify"] == 1.0 and data["rows"][0]["messages"] == 0
+    def intro(page: str) -> str:
+        m = re.search(r"<p>([^<]*条顾客消息[^<]*)</p>", page)
+        assert m, page[:2000]
+        return m.group(1)
+
+    day = client.get("/console/quality?period=24h").text
+    assert "：2 条顾客消息，1 个会话" in intro(day)  # Try and shop-b left out
+    assert day.count("<svg") == 6 and '<a href="/console/quality?period=24h" aria-current="true">' in day
+    assert "未发布知识库" in day  # the handoffs' reason (no KB published), from traffic's codes
+    assert "试一试的问题" not in day and "乙店" not in day
+    week = client.get("/console/quality").text  # 7 days by default
+    assert "：3 条顾客消息，2 个会话" in intro(week)
+    assert '<a href="/console/quality?period=7d" aria-current="true">' in week
+    assert "<code>invoice</code>" in week  # the most asked entries
+    assert "：4 条顾客消息，3 个会话" in intro(client.get("/console/quality?period=30d").text)
+    assert intro(client.get("/console/quality?period=nonsense").text) == intro(week)
+    # the endpoint's default leaves Try out the same way
+    traffic = client.get("/v1/shops/shop-a/report/traffic", headers={"X-API-Key": keys["shop-a"]}).json()
+    assert traffic["totals"]["messages"] == 3 and traffic["excluded_channels"] == ["console"]
 
 
 def test_conversations_show_only_the_sessions_shop(client: TestClient) -> None:
@@ -352,6 +475,43 @@ def test_conversations_show_only_the_sessions_shop(client: TestClient) -> None:
     assert "乙店的问题" in client.get("/console/conversations").text
     assert "乙店的问题" in client.get("/console/conversations?reason=no_model").text
     assert "乙店的问题" not in client.get("/console/conversations?reason=human").text
+
+
+def test_unanswered_leaves_out_the_merchants_tries(client: TestClient) -> None:
+    """Messages typed in Try (clarified, handed off or flagged) are the merchant's tests: the Unanswered
+    page mines the customers' messages only."""
+    from tests.console_server import kb_csv
+
+    keys = client.app.state.keys  # type: ignore[attr-defined]
+    a = {"X-API-Key": keys["shop-a"]}
+    r = client.post("/v1/shops/shop-a/kb?publish=true", files={"file": ("kb.csv", kb_csv())}, headers=a)
+    assert r.status_code == 200
+    service = client.app.state.service  # type: ignore[attr-defined]
+    deadline = time.monotonic() + 120
+    while service.served("shop-a", 1) is None:
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    asked = ["火星能送货吗", "火星上能送到吗", "能送货到火星吗"]
+    kinds = [
+        client.post(
+            "/v1/shops/shop-a/messages", json={"conversation_id": f"c-{i}", "text": text}, headers=a
+        ).json()["kind"]
+        for i, text in enumerate(asked)
+    ]
+    assert set(kinds) <= {"clarify", "handoff"}
+    login(client, "shop-a", PASSWORD)
+    token = csrf_of(client.get("/console/try").text)
+    page = client.post("/console/try", data={"csrf": token, "messages": "月球能送货吗\n月球上能送到吗"}).text
+    assert page.count('data-decision="clarify"') + page.count('data-decision="handoff"') == 2
+    page = client.post("/console/try", data={"csrf": token, "messages": "能开发票吗"}).text
+    exchange_id = re.search(r'name="exchange_id" value="(\d+)"', page)
+    assert exchange_id and 'data-decision="answer"' in page
+    flag = {"csrf": token, "exchange_id": exchange_id.group(1), "correct": "__out_of_scope__"}
+    assert client.post("/console/try/flag", data=flag).status_code == 200
+    unanswered = client.get("/console/unanswered").text
+    assert f"机器人没有答好的 {len(asked)} 条消息" in unanswered
+    assert "被客服纠正: 0" in unanswered
+    assert "火星" in unanswered and "月球" not in unanswered
 
 
 def test_one_shop_cannot_read_or_change_another_shops_kb(client: TestClient) -> None:

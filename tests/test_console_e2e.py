@@ -159,7 +159,7 @@ def test_login_try_flag_settings_and_logout(page: Any, server: Server) -> None:
     page.get_by_label("顾客消息").fill("发票怎么开")
     page.get_by_role("button", name="发送").click()
     assert decisions(page) == ["handoff"]
-    assert "the bot is off" in page.locator(".reason").inner_text()
+    assert "本店已关闭机器人" in page.locator(".reason").inner_text()  # the reason, in Chinese
 
     # English at a click, and back
     page.get_by_role("link", name="English").click()
@@ -360,7 +360,7 @@ def test_conversations_unanswered_and_quality(page: Any, server: Server) -> None
     page.get_by_role("button", name="筛选").click()
     rows = page.locator("section", has_text="e2e-log").locator("tbody tr")
     assert rows.count() == 1 and "转人工" in rows.first.inner_text()
-    assert "customer asked for a human agent" in rows.first.inner_text()
+    assert "顾客要求转人工" in rows.first.inner_text()  # the logged reason, in Chinese
 
     page.get_by_role("link", name="未解决的问题").click()
     check_page(page, "unanswered")
@@ -378,7 +378,15 @@ def test_conversations_unanswered_and_quality(page: Any, server: Server) -> None
     assert page.get_by_label("ID").input_value() == ""
 
     page.get_by_role("link", name="质量").click()
-    assert page.locator("figure.chart svg[role=img]").count() == 5
-    assert "最近 30 天" in page.locator("main").inner_text()
-    assert page.locator("dl.facts").inner_text().count("%") >= 2  # coverage and precision of the last build
+    assert page.locator("figure.chart svg[role=img]").count() == 6
+    periods = page.get_by_role("navigation", name="时间范围")
+    assert periods.locator("[aria-current=true]").inner_text() == "最近 7 天"
+    periods.get_by_role("link", name="最近 24 小时").click()
+    assert page.url.endswith("/console/quality?period=24h")
+    assert periods.locator("[aria-current=true]").inner_text() == "最近 24 小时"
+    main = page.locator("main").inner_text()
+    assert "顾客要求人工" in main  # 转人工, by its reason
+    assert "火星" in page.locator("section", has_text="最常转人工的问题").inner_text()
+    evaluation = page.locator("section", has_text="上次评估").locator("dl.facts").inner_text()
+    assert evaluation.count("%") >= 2  # coverage and precision of the last build
     check_page(page, "quality")

@@ -144,6 +144,49 @@ def test_unanswered_questions_come_back_as_new_entries(shop: Any) -> None:
     assert sizes == sorted(sizes, reverse=True)  # largest first
 
 
+def test_the_consoles_tries_are_never_mined(shop: Any) -> None:
+    """What the merchant typed in the console's Try (channel console) is a test, not a customer's
+    unanswered question: handed off, clarified, corrected or in a badly rated chat, it is not mined."""
+    from api.kb.mining import mined_messages, period
+    from api.store import exchanges
+
+    c, key, _ = shop
+    before = c.get(URL, headers=key).json()
+    service = c.app.state.service  # type: ignore[attr-defined]
+    tries = ["火星能送货吗", "火星上能送到吗", "送到火星要几天", "火星包邮吗"]
+    with service.db.session() as s:
+        ids = [
+            exchanges.log_exchange(
+                s,
+                shop=SHOP,
+                conversation_id="console-try",
+                channel=exchanges.CONSOLE_CHANNEL,
+                text=text,
+                decision=decision,
+                entry_id=None if decision != "answer" else "warranty",
+                confidence=0.3,
+                reason="confidence 0.30 < clarify threshold 0.40" if decision == "handoff" else "x",
+                model_version=1,
+                latency_ms=5,
+            )
+            for text, decision in zip(tries, ("handoff", "clarify", "answer", "answer"), strict=True)
+        ]
+        s.add(
+            JdEvaluation(
+                shop_id=SHOP, jd_id="e3", score=1, session_id="console-try", evaluated_at=datetime.now(UTC)
+            )
+        )
+    _feedback(c, key, ids[2], "correction", out_of_scope=True)
+    _feedback(c, key, ids[3], "down")
+    after = c.get(URL, headers=key).json()
+    assert after["figures"] == before["figures"] and after["proposals"] == before["proposals"]
+    assert not any("火星" in p["question"] + p["similar"] for p in after["proposals"])
+    with service.db.session() as s:  # mined when every channel is asked for: the rule is the channel
+        start, end = period(None, None)
+        everything = {m.text for m in mined_messages(s, SHOP, start, end, exclude_channels=())}
+    assert set(tries) <= everything
+
+
 def test_the_downloads_are_in_the_kb_format_and_upload_back(shop: Any) -> None:
     c, key, _ = shop
     rows = c.get(URL, headers=key).json()["proposals"]

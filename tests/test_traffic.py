@@ -64,14 +64,14 @@ LOG: list[tuple[datetime, str, str, str | None, float, float, str, str, str | No
 ]
 
 
-def _log(service: Any, shop: str, version: int, row: tuple[Any, ...]) -> int:
+def _log(service: Any, shop: str, version: int, row: tuple[Any, ...], channel: str = "api") -> int:
     when, conv, decision, entry, conf, ms, reason, text, customer = row
     with service.db.session() as s:
         exchange_id = exchanges.log_exchange(
             s,
             shop=shop,
             conversation_id=conv,
-            channel="api",
+            channel=channel,
             text=text,
             decision=decision,
             entry_id=entry,
@@ -273,6 +273,47 @@ def test_default_period_holds_the_messages_sent_now(day: Any) -> None:
     assert out["top_entries"][0]["entry_id"] == "warranty" and out["latency_ms"]["n"] == 3
     since = datetime.fromisoformat(out["since"])
     assert timedelta(days=7) == datetime.fromisoformat(out["until"]) - since
+
+
+def test_the_consoles_tries_are_left_out_unless_asked_for(day: Any) -> None:
+    """The merchant's own tests in the console's Try (channel console) are no customer's: no figure
+    counts them by default, in the route or the function; include_console=true counts them."""
+    c, key, _ = day
+    period = {"since": _naive(SINCE), "until": _naive(UNTIL)}
+    before = _get(c, key, **period)
+    assert before["excluded_channels"] == ["console"]
+    service = c.app.state.service  # type: ignore[attr-defined]
+    tries = [
+        (at(10, 50), "console-1", "answer", "warranty", 0.95, 500, "confident", "保修多久", None),
+        (at(11, 50), "console-1", "handoff", None, 0.1, 700, "bot cannot answer: y", "能送火星吗", None),
+    ]
+    ids = [_log(service, SHOP, 1, row, channel="console") for row in tries]
+    r = c.post(f"/v1/shops/{SHOP}/feedback", headers=key, json={"exchange_id": ids[0], "kind": "down"})
+    assert r.status_code == 201, r.text
+    assert _get(c, key, **period) == before
+    with service.db.session() as s:
+        assert traffic_figures(s, SHOP, SINCE, UNTIL) == before
+        everything = traffic_figures(s, SHOP, SINCE, UNTIL, exclude_channels=())
+    counted = _get(c, key, **period, include_console="true")
+    assert counted == everything and counted["excluded_channels"] == []
+    totals, was = counted["totals"], before["totals"]
+    assert (totals["messages"], totals["answer"], totals["handoff"], totals["conversations"]) == (
+        was["messages"] + 2,
+        was["answer"] + 1,
+        was["handoff"] + 1,
+        was["conversations"] + 1,
+    )
+    assert (
+        counted["latency_ms"]["max"] == 700 and counted["feedback"]["down"] == before["feedback"]["down"] + 1
+    )
+    assert counted["top_entries"][0] == {
+        **before["top_entries"][0],
+        "count": 3,
+        "share": 0.6,
+        "last_seen": at(10, 50).isoformat(),
+    }
+    assert "能送火星吗" in [q["text"] for q in counted["handed_off_questions"]]
+    assert "能送火星吗" not in [q["text"] for q in before["handed_off_questions"]]
 
 
 def test_bad_periods_and_keys_are_refused(day: Any) -> None:

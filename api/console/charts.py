@@ -1,4 +1,4 @@
-"""Line charts as inline SVG drawn on the server: no JavaScript library, nothing fetched.
+"""Line and bar charts as inline SVG drawn on the server: no JavaScript library, nothing fetched.
 
 Each chart is an <svg role="img"> with a title and a description naming its series; the page shows the
 same figures in a table for screen readers and for copying.
@@ -6,6 +6,7 @@ same figures in a table for screen readers and for copying.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from html import escape
 
@@ -23,6 +24,15 @@ def _fmt(value: float, unit: str) -> str:
     return f"{value:.0f}{unit}" if value >= 10 or value == int(value) else f"{value:.2g}{unit}"
 
 
+def _round_top(value: float) -> float:
+    """The axis' top: four grid steps of 1, 2, 2.5 or 5 times a power of ten, reaching `value`."""
+    if value <= 0:
+        return 1.0
+    power = 10 ** math.floor(math.log10(value / 4))
+    step = next(k * power for k in (1, 2, 2.5, 5, 10) if k * power * 4 >= value)
+    return float(step * 4)
+
+
 def line_chart(
     title: str,
     labels: Sequence[str],
@@ -32,7 +42,7 @@ def line_chart(
 ) -> Markup:
     """An SVG line chart of `series` ((name, values) with None for a missing point) over `labels`."""
     values = [v for _, vs in series for v in vs if v is not None]
-    top = y_max if y_max is not None else (max(values) if values else 1.0) or 1.0
+    top = y_max if y_max is not None else _round_top(max(values, default=1.0))
     plot_w, plot_h = WIDTH - LEFT - RIGHT, HEIGHT - TOP - BOTTOM
     n = max(1, len(labels) - 1)
 
@@ -75,5 +85,64 @@ def line_chart(
             f'<rect x="{LEFT}" y="{ly - 9}" width="14" height="4" fill="{colour}"/>'
             f'<text x="{LEFT + 20}" y="{ly}" font-size="12" fill="#1d2430">{escape(name)}</text>'
         )
+    parts.append("</svg>")
+    return Markup("".join(parts))
+
+
+BAR_ROW, BAR_LABEL = 24, 150  # a bar's height with its gap; the width kept for the row labels
+
+
+def bar_chart(
+    title: str,
+    labels: Sequence[str],
+    series: Sequence[tuple[str, Sequence[float]]],
+    empty: str = "",
+    unit: str = "",
+) -> Markup:
+    """An SVG chart of horizontal bars, one per label with `series` ((name, values)) stacked in it and
+    the row's total written after it; `empty` is written instead when every value is 0."""
+    totals = [sum(vs[i] for _, vs in series) for i in range(len(labels))]
+    top = max(totals, default=0) or 1.0
+    plot_w = WIDTH - BAR_LABEL - RIGHT - 40
+    legend = 16 * len(series) if len(series) > 1 else 0
+    height = TOP + BAR_ROW * max(1, len(labels)) + 8 + legend
+    names = ", ".join(name for name, _ in series)
+    parts = [
+        f'<svg xmlns="http://www.w3.org/2000/svg" viewBox="0 0 {WIDTH} {height}" '
+        f'role="img" aria-label="{escape(title)}: {escape(names)}">',
+        f"<title>{escape(title)}</title>",
+    ]
+    if not any(totals):
+        parts.append(
+            f'<text x="{LEFT}" y="{TOP + 16}" font-size="13" fill="#4a5568">{escape(empty)}</text></svg>'
+        )
+        return Markup("".join(parts))
+    for i, label in enumerate(labels):
+        y = TOP + BAR_ROW * i
+        shown = label if len(label) <= 14 else label[:13] + "…"
+        parts.append(
+            f'<text x="{BAR_LABEL - 8}" y="{y + 14}" text-anchor="end" font-size="12" fill="#1d2430">'
+            f"{escape(shown)}</text>"
+        )
+        x = float(BAR_LABEL)
+        for s, (_, vs) in enumerate(series):
+            w = plot_w * vs[i] / top
+            if w > 0:
+                colour = COLOURS[s % len(COLOURS)]
+                parts.append(
+                    f'<rect x="{x:.1f}" y="{y + 3}" width="{w:.1f}" height="{BAR_ROW - 8}" fill="{colour}"/>'
+                )
+                x += w
+        parts.append(
+            f'<text x="{x + 6:.1f}" y="{y + 14}" font-size="12" fill="#4a5568">'
+            f"{escape(_fmt(totals[i], unit))}</text>"
+        )
+    if legend:
+        for s, (name, _) in enumerate(series):
+            ly, colour = TOP + BAR_ROW * len(labels) + 16 + 16 * s, COLOURS[s % len(COLOURS)]
+            parts.append(
+                f'<rect x="{BAR_LABEL}" y="{ly - 9}" width="14" height="4" fill="{colour}"/>'
+                f'<text x="{BAR_LABEL + 20}" y="{ly}" font-size="12" fill="#1d2430">{escape(name)}</text>'
+            )
     parts.append("</svg>")
     return Markup("".join(parts))

@@ -2,21 +2,22 @@
 
 Conversations: the exchange log, each turn's decision and reason, filterable by handoff reason, with
 the agents' corrections (feedback). Unanswered: the shop's mined clusters (api/kb/mining.py) with one
-click to add a message as a paraphrase or open a new entry prefilled. Quality: daily rates, confidence,
-latency and JD ratings as inline SVG charts (api/console/figures.py), and the model's last evaluation.
+click to add a message as a paraphrase or open a new entry prefilled. Quality: the shop's traffic figures
+(api/store/traffic.py, drawn by api/console/quality.py) over the last 24 hours, 7 or 30 days, and the
+model's last (build-time) evaluation.
 """
 
 from __future__ import annotations
 
 from collections import defaultdict
+from datetime import datetime
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Query, Request
 from fastapi.responses import Response
 from sqlalchemy import and_, not_, or_, select
 
-from api.console import figures
-from api.console.charts import line_chart
+from api.console import quality
 from api.console.evaluation import last_evaluation
 from api.console.web import PREFIX, ConsoleDep, render
 from api.db.models import Exchange, Feedback
@@ -139,40 +140,27 @@ def unanswered(request: Request, console: ConsoleDep) -> Response:
 
 
 @router.get("/quality")
-def quality(request: Request, console: ConsoleDep) -> Response:
-    t = console.t
-    with console.service.db.session() as s:
-        data = figures.daily(s, console.shop.id)
-    rows, labels = data["rows"], data["labels"]
-
-    def col(name: str) -> list[float | None]:
-        return [r[name] for r in rows]
-
-    charts = [
-        line_chart(
-            t("quality.rates"),
-            labels,
-            [(t("decision." + k), col(k)) for k in ("answer", "clarify", "handoff", "smalltalk")],
-            y_max=1.0,
-        ),
-        line_chart(t("quality.messages"), labels, [(t("quality.messages"), col("messages"))], unit=""),
-        line_chart(
-            t("quality.confidence"), labels, [(t("quality.confidence"), col("confidence"))], y_max=1.0
-        ),
-        line_chart(
-            t("quality.latency"),
-            labels,
-            [(t("quality.p50"), col("latency_p50")), (t("quality.p95"), col("latency_p95"))],
-            unit=" ms",
-        ),
-        line_chart(t("quality.ratings"), labels, [(t("quality.ratings"), col("rating"))], unit="", y_max=5.0),
-    ]
+def quality_page(
+    request: Request,
+    console: ConsoleDep,
+    period: Annotated[str, Query(max_length=10)] = quality.DEFAULT_PERIOD,
+) -> Response:
+    """The shop's traffic figures over the period picked (Try left out), and the last evaluation."""
+    period = period if period in quality.PERIODS else quality.DEFAULT_PERIOD
+    data = quality.figures(console.service, console.shop.id, period)
     return render(
         request,
         "quality.html",
         console,
-        charts=charts,
-        rows=rows,
-        messages=data["messages"],
+        data=data,
+        charts=quality.charts(console.t, data),
+        period=period,
+        periods=list(quality.PERIODS),
+        since=_shown(data["since"]),
+        until=_shown(data["until"]),
         evaluation=last_evaluation(console),
     )
+
+
+def _shown(iso: str) -> str:
+    return datetime.fromisoformat(iso).strftime("%Y-%m-%d %H:%M")

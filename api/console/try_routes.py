@@ -69,7 +69,9 @@ def try_messages(
     conversation = f"console-{secrets.token_hex(6)}"
     turns = []
     for line in lines:
-        reply = handle_message(console.service, console.shop, conversation, line, channel="console")
+        reply = handle_message(
+            console.service, console.shop, conversation, line, channel=exchanges.CONSOLE_CHANNEL
+        )
         turns.append({"text": line, "reply": reply, "model": _candidates(console, line)})
     return render(
         request,

@@ -17,6 +17,7 @@ from fastapi.responses import RedirectResponse, Response
 from fastapi.templating import Jinja2Templates
 
 from api.console.i18n import LANGS, Translator, lang_of
+from api.console.reasons import reason_text
 from api.console.sessions import COOKIE, ConsoleSession, Sessions
 from api.db.models import Shop
 from api.service import Service
@@ -102,6 +103,7 @@ def render(
     page = context.pop("page", template.removesuffix(".html"))
     ctx = {
         "t": t,
+        "why": lambda reason: reason_text(reason, t),  # a logged reason in the page's language
         "lang": lang,
         "langs": LANGS,
         "page": page,

@@ -10,7 +10,9 @@ A logged customer message (already masked when stored) is mined when, in the per
 - the bot answered it in a conversation the customer rated badly on JD (api.jd.evaluations: score
   LOW_SCORE or less, joined to the conversation by JD's session, else the customer's last chat that day).
 
-Each message is counted once, under the first of REASONS that applies. The clarify choice ("第二个") is
+The console's Try messages (TEST_CHANNELS) are the merchant's own tests, not a customer's unanswered
+question: none of them is mined, whatever happened to it. Each message is counted once, under the first
+of REASONS that applies. The clarify choice ("第二个") is
 mined as the question it answered. Clustering uses the shop's served model (its normalization, synonyms
 and vectors), so a shop with no published version has nothing to mine against.
 """
@@ -18,6 +20,7 @@ and vectors), so a shop with no published version has nothing to mine against.
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Collection
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -37,6 +40,7 @@ from api.dialog.conversation import (
 from api.jd.evaluations import low_rated_conversations
 from api.jd.queue import NOT_DELIVERABLE, NOT_DELIVERED
 from api.store import periods
+from api.store.exchanges import TEST_CHANNELS
 from api.store.periods import PeriodError as PeriodError  # raised by period(): the routes catch it
 from engine.mining import MAX_MESSAGES, Message, mine, proposal_rows
 
@@ -102,9 +106,18 @@ def _is_miss(ex: Exchange) -> bool:
     return not any(ex.reason.startswith(r) for r in NOT_A_MISS)
 
 
-def mined_messages(s: Any, shop_id: str, since: datetime, until: datetime) -> list[Message]:
-    """The shop's logged messages of the period worth mining, each with why (see the module)."""
-    in_period = (Exchange.shop_id == shop_id, Exchange.created_at >= since, Exchange.created_at < until)
+def mined_messages(
+    s: Any,
+    shop_id: str,
+    since: datetime,
+    until: datetime,
+    exclude_channels: Collection[str] = TEST_CHANNELS,
+) -> list[Message]:
+    """The shop's logged messages of the period worth mining, each with why (see the module); messages
+    of `exclude_channels` (default: the console's Try) are never mined."""
+    in_period = [Exchange.shop_id == shop_id, Exchange.created_at >= since, Exchange.created_at < until]
+    if exclude_channels:
+        in_period.append(Exchange.channel.not_in(sorted(exclude_channels)))
     why: dict[int, str] = {}
     rows: dict[int, Exchange] = {}
 

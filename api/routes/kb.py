@@ -403,8 +403,9 @@ def kb_mining(
     """What the bot did not answer well in a period (at most 92 days), clustered with the served model:
     each cluster proposed as a new entry or as paraphrases of the entry it is closest to, in the KB's
     columns. Mined: messages handed off or clarified, corrected by an agent or thumbed down, and those
-    answered in conversations the customer rated badly on JD (see api/kb/mining.py). Texts are as logged,
-    masked. A new entry's answer is left blank: fill it in, then upload the rows with your KB."""
+    answered in conversations the customer rated badly on JD (see api/kb/mining.py); never the console's
+    Try messages, which are the merchant's tests. Texts are as logged, masked. A new entry's answer is
+    left blank: fill it in, then upload the rows with your KB."""
     try:
         start, end = mining.period(since, until)
     except mining.PeriodError as e:

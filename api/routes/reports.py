@@ -8,6 +8,7 @@ from typing import Annotated, Any, Literal
 from fastapi import APIRouter, HTTPException, Query, status
 
 from api.store import traffic
+from api.store.exchanges import TEST_CHANNELS
 from api.store.periods import PeriodError
 from api.web.deps import SHOP_AUTH_RESPONSES, ServiceDep, ShopDep
 from api.web.schemas import TrafficOut
@@ -31,13 +32,19 @@ def traffic_report(
         Literal["hour", "day"] | None,
         Query(description="per hour or per Beijing day (default: hours up to 3 days, else days)"),
     ] = None,
+    include_console: Annotated[
+        bool,
+        Query(description="count the console's Try messages too (the merchant's own tests; default: not)"),
+    ] = False,
 ) -> Any:
     """The shop's traffic in a period (at most 92 days): messages; answer / clarify / handoff rates over
     time with small talk apart; handoffs by reason; latency; confidence; JD ratings by what the bot did in
-    the rated chat; feedback; the entries answered most and the questions handed off most (masked)."""
+    the rated chat; feedback; the entries answered most and the questions handed off most (masked).
+    The console's Try messages are the merchant's tests: left out unless include_console is true."""
     try:
         start, end = traffic.traffic_period(since, until)
         with service.db.session() as s:
-            return traffic.traffic_figures(s, shop.id, start, end, bucket)
+            excluded = () if include_console else TEST_CHANNELS
+            return traffic.traffic_figures(s, shop.id, start, end, bucket, exclude_channels=excluded)
     except PeriodError as e:
         raise HTTPException(status.HTTP_400_BAD_REQUEST, str(e)) from e

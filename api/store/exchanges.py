@@ -15,6 +15,10 @@ from api.dialog.privacy import mask_pii
 from api.kb import repo as kb_repo
 from engine.cells import escape_cell
 
+CONSOLE_CHANNEL = "console"  # Try in the merchant console: the merchant's own tests, not a customer's
+# channels whose exchanges are no customer's: left out of the traffic figures and of mining by default
+TEST_CHANNELS: tuple[str, ...] = (CONSOLE_CHANNEL,)
+
 
 def _storable(text: str) -> str:
     """Without NUL characters, which PostgreSQL text cannot hold (a customer message may carry them)."""

@@ -11,6 +11,9 @@ joins a rating to its conversation); thumbs and agent corrections; the entries m
 question from the live KB; and the questions most often handed off (masked as logged, grouped on their
 normalized text).
 
+Exchanges of the channels in `exclude_channels` are left out of every figure: by default TEST_CHANNELS
+(api.store.exchanges), the console's Try page, whose messages are the merchant's own tests.
+
 Cost: counts by entry and by feedback kind are SQL aggregates. Time buckets and latency percentiles are
 computed here over the period's exchanges (bucketing differs between SQLite and PostgreSQL, and SQLite
 has no percentiles): one streamed pass over the period's rows (six columns each), keeping one float per
@@ -25,7 +28,7 @@ from __future__ import annotations
 import math
 import re
 from collections import Counter
-from collections.abc import Iterable, Sequence
+from collections.abc import Collection, Iterable, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any, Literal
 
@@ -54,6 +57,7 @@ from api.jd.pulls import aware
 from api.jd.queue import NOT_DELIVERABLE, NOT_DELIVERED
 from api.kb import repo as kb_repo
 from api.store import periods
+from api.store.exchanges import TEST_CHANNELS
 from api.store.periods import PeriodError
 from engine.normalize import normalize
 
@@ -141,6 +145,16 @@ def _rates(counts: Counter[str]) -> dict[str, Any]:
     }
 
 
+def _logged(shop_id: str, since: datetime, until: datetime, exclude_channels: Collection[str]) -> list[Any]:
+    """The conditions of the shop's exchanges logged in [since, until) on a channel not excluded."""
+    where = [Exchange.shop_id == shop_id, Exchange.created_at >= since, Exchange.created_at < until]
+    return where + _channels(exclude_channels)
+
+
+def _channels(exclude_channels: Collection[str]) -> list[Any]:
+    return [Exchange.channel.not_in(sorted(exclude_channels))] if exclude_channels else []
+
+
 def _utc(t: datetime) -> datetime:
     return aware(t)  # SQLite gives naive UTC back
 
@@ -173,9 +187,12 @@ def traffic_figures(
     until: datetime,
     bucket: Bucket | None = None,
     top: int = TOP,
+    exclude_channels: Collection[str] = TEST_CHANNELS,
 ) -> dict[str, Any]:
     """The figures of the shop's traffic in [since, until) (aware datetimes), per `bucket` (default:
-    bucket_for the period's length). Raises PeriodError for an inverted period or an unknown bucket."""
+    bucket_for the period's length), without the exchanges of `exclude_channels` (default: the console's
+    Try, the merchant's tests; () counts every channel). Raises PeriodError for an inverted period or an
+    unknown bucket."""
     if since.tzinfo is None or until.tzinfo is None:
         raise ValueError("since and until must be aware datetimes")
     since, until = since.astimezone(UTC), until.astimezone(UTC)
@@ -184,7 +201,8 @@ def traffic_figures(
     if bucket is not None and bucket not in BUCKETS:
         raise PeriodError("bucket", f"bucket must be one of {', '.join(BUCKETS)}, not {bucket!r}")
     chosen: Bucket = bucket or bucket_for(since, until)
-    in_period = (Exchange.shop_id == shop_id, Exchange.created_at >= since, Exchange.created_at < until)
+    excluded = tuple(sorted(set(exclude_channels)))
+    in_period = _logged(shop_id, since, until, excluded)
 
     starts = _starts(since, until, chosen)
     per_bucket: list[Counter[str]] = [Counter() for _ in starts]
@@ -236,6 +254,7 @@ def traffic_figures(
         "since": _iso(since),
         "until": _iso(until),
         "bucket": chosen,
+        "excluded_channels": list(excluded),
         "totals": {
             **_rates(totals),
             "conversations": int(conversations or 0),
@@ -261,17 +280,24 @@ def traffic_figures(
             {"lo": b / CONFIDENCE_BINS, "hi": (b + 1) / CONFIDENCE_BINS, **counts}
             for b, counts in enumerate(confidence)
         ],
-        "ratings": ratings(s, shop_id, since, until),
-        "feedback": feedback(s, shop_id, since, until),
-        "top_entries": top_entries(s, shop_id, since, until, top),
-        "handed_off_questions": handed_off_questions(s, shop_id, since, until, top),
+        "ratings": ratings(s, shop_id, since, until, excluded),
+        "feedback": feedback(s, shop_id, since, until, excluded),
+        "top_entries": top_entries(s, shop_id, since, until, top, excluded),
+        "handed_off_questions": handed_off_questions(s, shop_id, since, until, top, excluded),
     }
 
 
-def ratings(s: Session, shop_id: str, since: datetime, until: datetime) -> dict[str, Any]:
+def ratings(
+    s: Session,
+    shop_id: str,
+    since: datetime,
+    until: datetime,
+    exclude_channels: Collection[str] = TEST_CHANNELS,
+) -> dict[str, Any]:
     """JD ratings made in the period, by what the bot did in the rated chat before the rating: answered
     (at least once, no handoff), not answered (only clarified or small talk), handed off, or a chat the
-    bot never saw ("unmatched"). Ratings without a score or a time are left out."""
+    bot never saw ("unmatched"); turns on `exclude_channels` are not what the bot did for the customer.
+    Ratings without a score or a time are left out."""
     scores: dict[str, list[int]] = {o: [] for o in OUTCOMES}
     q = select(JdEvaluation).where(
         JdEvaluation.shop_id == shop_id,
@@ -289,6 +315,7 @@ def ratings(s: Session, shop_id: str, since: datetime, until: datetime) -> dict[
                         Exchange.shop_id == shop_id,
                         Exchange.conversation_id == conversation,
                         Exchange.created_at <= aware(ev.evaluated_at),  # type: ignore[arg-type]
+                        *_channels(exclude_channels),
                     )
                 )
             )
@@ -310,17 +337,20 @@ def _score_figures(values: list[int]) -> dict[str, Any]:
     }
 
 
-def feedback(s: Session, shop_id: str, since: datetime, until: datetime) -> dict[str, int]:
-    """Thumbs and agent corrections given on the period's exchanges (every label, not only the latest)."""
+def feedback(
+    s: Session,
+    shop_id: str,
+    since: datetime,
+    until: datetime,
+    exclude_channels: Collection[str] = TEST_CHANNELS,
+) -> dict[str, int]:
+    """Thumbs and agent corrections given on the period's exchanges (every label, not only the latest),
+    those of `exclude_channels` apart."""
+    logged = _logged(shop_id, since, until, exclude_channels)
     rows = s.execute(
         select(Feedback.kind, Feedback.out_of_scope, func.count())
         .join(Exchange, Feedback.exchange_id == Exchange.id)
-        .where(
-            Feedback.shop_id == shop_id,
-            Exchange.shop_id == shop_id,
-            Exchange.created_at >= since,
-            Exchange.created_at < until,
-        )
+        .where(Feedback.shop_id == shop_id, *logged)
         .group_by(Feedback.kind, Feedback.out_of_scope)
     ).all()
     out = {"up": 0, "down": 0, "correction": 0, "correction_out_of_scope": 0}
@@ -333,38 +363,34 @@ def feedback(s: Session, shop_id: str, since: datetime, until: datetime) -> dict
         s.scalar(
             select(func.count(distinct(Feedback.exchange_id)))
             .join(Exchange, Feedback.exchange_id == Exchange.id)
-            .where(Feedback.shop_id == shop_id, Exchange.created_at >= since, Exchange.created_at < until)
+            .where(Feedback.shop_id == shop_id, *logged)
         )
         or 0
     )
     return out
 
 
-def top_entries(s: Session, shop_id: str, since: datetime, until: datetime, top: int = TOP) -> list[Any]:
-    """The entries answered most often, each with its question in the live KB (the active version, else
-    the editable KB; None for an entry neither has any more, or a product of the catalog)."""
+def top_entries(
+    s: Session,
+    shop_id: str,
+    since: datetime,
+    until: datetime,
+    top: int = TOP,
+    exclude_channels: Collection[str] = TEST_CHANNELS,
+) -> list[Any]:
+    """The entries answered most often (not counting `exclude_channels`), each with its question in the
+    live KB (the active version, else the editable KB; None for an entry neither has any more, or a
+    product of the catalog)."""
     answered = func.count().label("n")
+    logged = _logged(shop_id, since, until, exclude_channels)
     rows = s.execute(
         select(Exchange.entry_id, answered, func.max(Exchange.created_at))
-        .where(
-            Exchange.shop_id == shop_id,
-            Exchange.created_at >= since,
-            Exchange.created_at < until,
-            Exchange.decision == "answer",
-            Exchange.entry_id.is_not(None),
-        )
+        .where(*logged, Exchange.decision == "answer", Exchange.entry_id.is_not(None))
         .group_by(Exchange.entry_id)
         .order_by(answered.desc(), Exchange.entry_id)
         .limit(top)
     ).all()
-    total = s.scalar(
-        select(func.count()).where(
-            Exchange.shop_id == shop_id,
-            Exchange.created_at >= since,
-            Exchange.created_at < until,
-            Exchange.decision == "answer",
-        )
-    )
+    total = s.scalar(select(func.count()).where(*logged, Exchange.decision == "answer"))
     questions = _live_questions(s, shop_id, [str(r[0]) for r in rows])
     return [
         {
@@ -396,20 +422,21 @@ def _live_questions(s: Session, shop_id: str, ids: Iterable[str]) -> dict[str, s
 
 
 def handed_off_questions(
-    s: Session, shop_id: str, since: datetime, until: datetime, top: int = TOP
+    s: Session,
+    shop_id: str,
+    since: datetime,
+    until: datetime,
+    top: int = TOP,
+    exclude_channels: Collection[str] = TEST_CHANNELS,
 ) -> list[dict[str, Any]]:
     """The questions handed off most often, grouped on their normalized text (engine.normalize, without
     spaces): the text shown is the latest masked one of its group, with the codes it was handed off for.
-    A request for a person and a message without text are no question and are left out."""
+    A request for a person and a message without text are no question and are left out, and so are the
+    exchanges of `exclude_channels`."""
     groups: dict[str, dict[str, Any]] = {}
     rows = s.connection().execute(
         select(Exchange.created_at, Exchange.text_masked, Exchange.question_masked, Exchange.reason)
-        .where(
-            Exchange.shop_id == shop_id,
-            Exchange.created_at >= since,
-            Exchange.created_at < until,
-            Exchange.decision == "handoff",
-        )
+        .where(*_logged(shop_id, since, until, exclude_channels), Exchange.decision == "handoff")
         .order_by(Exchange.created_at, Exchange.id)
         .execution_options(yield_per=5000)
     )

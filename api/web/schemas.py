@@ -339,6 +339,9 @@ class TrafficOut(BaseModel):
     since: str
     until: str
     bucket: Literal["hour", "day"]
+    excluded_channels: list[str] = Field(
+        description="channels whose exchanges no figure counts (console: the merchant's tests in Try)"
+    )
     totals: TrafficTotals
     by_skill: dict[str, SkillCounts] = Field(description="questions by who took them: faq, orders, products")
     series: list[TrafficBucket]
