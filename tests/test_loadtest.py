@@ -38,7 +38,7 @@ def test_hot_swaps_under_load_on_two_workers(
 ) -> None:
     lines: list[str] = []
     cfg = LoadConfig(
-        duration=8,
+        duration=60,
         concurrency=2,
         every=2,
         kb=small_kb(demo_kb, tmp_path / "kb.csv"),
