@@ -4,8 +4,8 @@ One message's sparse scoring is: walk the postings of its terms into per-row sco
 best row, and pick the best few entries among those that may be offered. numpy needs several passes and
 temporary arrays for that (gather, repeat, bincount, reduceat, argpartition); the compiled loop makes one
 pass over the postings and one over the entries, which is what keeps a 1M-question KB inside its latency
-budget. Both backends return the same arrays (tests/test_kernels.py); `KEFU_SPARSE_BACKEND=numpy` forces
-the reference, and it is used when numba is not importable.
+budget. Both backends return the same arrays (tests/test_kernels.py); `KEFU_SPARSE_BACKEND=numpy` (read
+once per process) forces the reference, and it is used when numba is not importable.
 """
 
 from __future__ import annotations
@@ -36,6 +36,12 @@ def backend() -> str:
     if wanted:
         return wanted
     return "numba" if _HAVE_NUMBA else "numpy"
+
+
+@functools.cache
+def _active() -> str:
+    """The backend the query path uses, resolved once per process (not an environment read per query)."""
+    return backend()
 
 
 # --------------------------------------------------------------------------- numpy reference
@@ -127,18 +133,6 @@ if _HAVE_NUMBA:
         return acc
 
     @numba.njit(cache=True, nogil=True)
-    def _entry_scores_nb(row_scores, row_ptr):  # type: ignore[no-untyped-def]
-        n = row_ptr.shape[0] - 1
-        out = np.empty(n, np.float32)
-        for e in range(n):
-            best = row_scores[row_ptr[e]]
-            for r in range(row_ptr[e] + 1, row_ptr[e + 1]):
-                if row_scores[r] > best:
-                    best = row_scores[r]
-            out[e] = best
-        return out
-
-    @numba.njit(cache=True, nogil=True)
     def _entry_top_nb(row_scores, row_ptr, ok, k):  # type: ignore[no-untyped-def]
         # each entry's best row and the k best allowed entries in the same pass over the rows
         n = row_ptr.shape[0] - 1
@@ -171,32 +165,6 @@ if _HAVE_NUMBA:
                         worst = j
         return out, idx
 
-    @numba.njit(cache=True, nogil=True)
-    def _top_masked_nb(scores, ok, k):  # type: ignore[no-untyped-def]
-        n = scores.shape[0]
-        if n <= k:
-            return np.arange(n)
-        # keep the k best seen so far; replace the weakest when a better one comes (rare after a while)
-        idx = np.empty(k, np.int64)
-        val = np.empty(k, np.float32)
-        for i in range(k):
-            idx[i] = i
-            val[i] = scores[i] if ok[i] else np.float32(-1.0)
-        worst = 0
-        for i in range(1, k):
-            if val[i] < val[worst]:
-                worst = i
-        for i in range(k, n):
-            v = scores[i] if ok[i] else np.float32(-1.0)
-            if v > val[worst]:
-                idx[worst] = i
-                val[worst] = v
-                worst = 0
-                for j in range(1, k):
-                    if val[j] < val[worst]:
-                        worst = j
-        return idx
-
 
 def row_scores(
     ids: np.ndarray,
@@ -210,7 +178,7 @@ def row_scores(
     use: str | None = None,
 ) -> np.ndarray:
     """Per-row cosine of the query with every KB row, on the chosen backend."""
-    if (use or backend()) == "numba" and ids.size:
+    if (use or _active()) == "numba" and ids.size:
         return _row_scores_nb(  # type: ignore[no-any-return]
             ids.astype(np.int64, copy=False),
             weights.astype(np.float32, copy=False),
@@ -224,34 +192,20 @@ def row_scores(
     return row_scores_numpy(ids, weights, dense_slot, dense_rows, indptr, rows, vals, n_rows)
 
 
-def entry_scores(row_scores: np.ndarray, row_ptr: np.ndarray, use: str | None = None) -> np.ndarray:
-    """Each entry's best row score, on the chosen backend."""
-    if (use or backend()) == "numba" and row_scores.size and row_ptr.size - 1 != row_scores.size:
-        return _entry_scores_nb(row_scores, row_ptr)  # type: ignore[no-any-return]
-    return entry_scores_numpy(row_scores, row_ptr)
-
-
 def entry_scores_top(
     row_scores: np.ndarray, row_ptr: np.ndarray, ok: np.ndarray, k: int, use: str | None = None
 ) -> tuple[np.ndarray, np.ndarray]:
     """Each entry's best row score and the k best entries among `ok` (unordered), on the chosen backend."""
-    if (use or backend()) == "numba" and row_scores.size:
+    if (use or _active()) == "numba" and row_scores.size:
         return _entry_top_nb(row_scores.astype(np.float32, copy=False), row_ptr, ok, k)  # type: ignore[no-any-return]
     s_entry = entry_scores_numpy(row_scores, row_ptr)
     return s_entry, top_masked_numpy(s_entry, ok, k)
 
 
-def top_masked(scores: np.ndarray, ok: np.ndarray, k: int, use: str | None = None) -> np.ndarray:
-    """Indices of the k largest scores among `ok` (others count as -1), unordered, on the chosen backend."""
-    if (use or backend()) == "numba":
-        return _top_masked_nb(scores.astype(np.float32, copy=False), ok, k)  # type: ignore[no-any-return]
-    return top_masked_numpy(scores, ok, k)
-
-
 @functools.cache
 def warm_up() -> Any:
     """Compile (or load from numba's cache) the kernels now, not on a customer's first message."""
-    if backend() != "numba":
+    if _active() != "numba":
         return None
     ids = np.array([0, 1], np.int64)
     w = np.array([0.6, 0.8], np.float32)
@@ -260,6 +214,4 @@ def warm_up() -> Any:
     s = row_scores(
         ids, w, slot, dense, np.array([0, 1, 1], np.int64), np.array([0], np.int32), np.ones(1, np.float32), 2
     )
-    e = entry_scores(s, np.array([0, 2], np.int64))
-    entry_scores_top(s, np.array([0, 1, 2], np.int64), np.ones(2, bool), 1)
-    return top_masked(np.concatenate([e, e]), np.ones(2, bool), 1)
+    return entry_scores_top(s, np.array([0, 1, 2], np.int64), np.ones(2, bool), 1)
