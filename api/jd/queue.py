@@ -37,6 +37,7 @@ from api.jd import JosError
 from api.jd.outbound import JdNotConfigured, bot_pin, send_chat_message, upid_for
 from api.metrics import AUTH_FAILURES, HANDOFFS, JD_DELIVERY_LATENCY, JD_OUTBOUND
 from api.store.queue import make_huey as make_queue
+from api.store.queue import start_thread_consumer
 
 log = logging.getLogger("kefu.jd.queue")
 
@@ -130,19 +131,8 @@ class JdQueue:
         with self._lock:
             if workers <= 0 or self.huey.immediate or self._consumer is not None:
                 return
-            consumer = self.huey.create_consumer(
-                workers=workers,
-                worker_type="thread",
-                periodic=False,
-                initial_delay=0.05,
-                max_delay=0.5,  # an idle worker looks for work at least twice a second
-                check_worker_health=False,
-                shutdown_timeout=5.0,
-            )
-            consumer.scheduler.start()
-            for _, thread in consumer.worker_threads:
-                thread.start()
-            self._consumer = consumer
+            # an idle worker looks for work at least twice a second
+            self._consumer = start_thread_consumer(self.huey, workers, max_delay=0.5, shutdown_timeout=5.0)
         log.info("JD reply queue: %d worker thread(s)", workers)
 
     def stop(self) -> None:

@@ -43,7 +43,7 @@ from api.kb import repo as kb_repo
 from api.kb.build_child import BuildJob, build_in_child
 from api.kb.registry import ModelRegistry
 from api.metrics import BUILD_SECONDS
-from api.store.queue import make_huey
+from api.store.queue import make_huey, start_thread_consumer
 
 log = logging.getLogger("kefu.builds")
 
@@ -117,19 +117,8 @@ class BuildQueue:
             if workers <= 0 or self.huey.immediate or self._consumer is not None:
                 return
             self._stopping.clear()
-            consumer = self.huey.create_consumer(
-                workers=workers,
-                worker_type="thread",
-                periodic=False,
-                initial_delay=0.1,
-                max_delay=1.0,  # an idle worker looks for a build at least once a second
-                check_worker_health=False,
-                shutdown_timeout=10.0,
-            )
-            consumer.scheduler.start()
-            for _, thread in consumer.worker_threads:
-                thread.start()
-            self._consumer = consumer
+            # an idle worker looks for a build at least once a second
+            self._consumer = start_thread_consumer(self.huey, workers, max_delay=1.0, shutdown_timeout=10.0)
         log.info("KB build queue: %d worker(s), each building in a child process", workers)
 
     def stop(self) -> None:

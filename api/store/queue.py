@@ -28,3 +28,22 @@ def make_huey(settings: Any, queue: str, **options: Any) -> Huey:
     path = Path(url.removeprefix("sqlite:///")) if url else Path(settings.data_dir) / "queue.db"
     path.parent.mkdir(parents=True, exist_ok=True)
     return SqliteHuey(name, filename=str(path), **options)
+
+
+def start_thread_consumer(huey: Huey, workers: int, max_delay: float, shutdown_timeout: float) -> Any:
+    """A huey consumer of `workers` threads (and the scheduler that releases delayed retries), started in
+    this process. Started by hand rather than with Consumer.run(), which wants the main thread for its
+    signal handlers. `max_delay`: the longest an idle worker waits before it looks at the queue again."""
+    consumer = huey.create_consumer(
+        workers=workers,
+        worker_type="thread",
+        periodic=False,
+        initial_delay=max_delay / 10,
+        max_delay=max_delay,
+        check_worker_health=False,
+        shutdown_timeout=shutdown_timeout,
+    )
+    consumer.scheduler.start()
+    for _, thread in consumer.worker_threads:
+        thread.start()
+    return consumer
