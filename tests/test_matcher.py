@@ -117,7 +117,7 @@ def test_bad_kb_builds_nothing(tmp_path):
 def test_save_load_round_trip_gives_identical_results(demo_matcher, tmp_path):
     path = demo_matcher.save(tmp_path / "shop-1")
     manifest = json.loads((path / "manifest.json").read_text(encoding="utf-8"))
-    assert manifest["format_version"] == 1
+    assert manifest["format_version"] == 2
     assert manifest["kb_hash"] == demo_matcher.info["kb_hash"]
     assert manifest["policy"]["t_answer"] == demo_matcher.policy.t_answer
     loaded = Matcher.load(path)
@@ -140,7 +140,7 @@ def test_damaged_or_incompatible_model_is_refused(fast_matcher, tmp_path):
     path = fast_matcher.save(tmp_path / "m")
     with pytest.raises(ModelLoadError, match="no model directory"):
         Matcher.load(tmp_path / "missing")
-    arrays = path / "arrays.npz"
+    arrays = path / "sparse_idf.npy"
     arrays.write_bytes(arrays.read_bytes()[:-10])
     with pytest.raises(ModelLoadError, match="damaged"):
         Matcher.load(path)
@@ -212,3 +212,73 @@ def test_every_candidate_carries_an_estimated_confidence(profile, request):
         options = {o.entry_id: o.confidence for o in r.options}
         assert all(options[c.entry_id] == c.confidence for c in r.candidates if c.entry_id in options)
     assert runner_up_seen > 0.05  # on vague messages a runner-up is a real possibility, and says so
+
+
+def _as_format_1(path):
+    """Rewrite a saved model the way format 1 stored it: one arrays.npz, no saved small-talk entries."""
+    import hashlib
+
+    import numpy as np
+
+    manifest = json.loads((path / "manifest.json").read_text(encoding="utf-8"))
+    names = manifest.pop("arrays")
+    manifest.pop("smalltalk_entries")
+    manifest["tokenizer"].pop("user_words_mode")
+    np.savez(path / "arrays.npz", **{k: np.load(path / f"{k}.npy") for k in names})
+    for k in names:
+        (path / f"{k}.npy").unlink()
+    manifest["format_version"] = 1
+    manifest["files"] = {
+        p.name: hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(path.iterdir())
+        if p.name != "manifest.json"
+    }
+    (path / "manifest.json").write_text(json.dumps(manifest, ensure_ascii=False), encoding="utf-8")
+
+
+def test_a_format_1_model_still_loads_and_answers_alike(demo_matcher, tmp_path):
+    path = demo_matcher.save(tmp_path / "v1")
+    _as_format_1(path)
+    old = Matcher.load(path)
+    assert old.tokenizer.user_words_mode == "dictionary"  # its words were in its own dictionary
+    assert old.smalltalk_entries_ == demo_matcher.smalltalk_entries_
+    for text in ["笔记本能开专票吗", "保修多久", "能用白条分期吗", "你好", "随便问问"]:
+        a, b = demo_matcher.match(text), old.match(text)
+        assert (a.decision, a.entry_id) == (b.decision, b.entry_id)
+
+
+def test_loaded_arrays_are_mapped_and_models_share_one_encoder(demo_matcher, tmp_path):
+    """A replica holding many shops maps their arrays instead of reading them, and encodes messages
+    with one shared encoder and cache; the query path only reads the mapped arrays."""
+    import numpy as np
+
+    path = demo_matcher.save(tmp_path / "m")
+    a, b = Matcher.load(path), Matcher.load(path)
+    assert a.dense_index is not None and b.dense_index is not None
+    for arr in (a.dense_index.vectors_, a.sparse.post_vals_, a.sparse.dense_rows_, a.row_ptr):
+        assert isinstance(arr, np.memmap) and not arr.flags.writeable
+    assert a.embedder is b.embedder
+    r = a.match("笔记本能开专票吗")
+    assert r.entry_id == demo_matcher.match("笔记本能开专票吗").entry_id == "invoice-special"
+
+
+def test_exact_dense_search_matches_a_faiss_flat_index():
+    """Below the ANN threshold the dense channel searches with one product instead of a faiss copy of
+    the vectors: the same rows, in the same order, as faiss's exact inner-product index."""
+    import faiss
+    import numpy as np
+
+    from engine.dense import DenseIndex
+
+    rng = np.random.default_rng(7)
+    index = DenseIndex().fit(rng.normal(size=(500, 32)).astype(np.float32))
+    assert index.kind_ == "flat" and index.index_ is None
+    ref = faiss.IndexFlatIP(32)
+    ref.add(index.vectors_)
+    for _ in range(20):
+        q = index.prepare(rng.normal(size=32).astype(np.float32))
+        for k in (1, 10, 500, 900):
+            rows, sims = index.search(q, k)
+            want_s, want_r = ref.search(q.reshape(1, -1), min(k, 500))
+            assert rows.tolist() == want_r[0].tolist()
+            np.testing.assert_allclose(sims, want_s[0], rtol=1e-5, atol=1e-6)
