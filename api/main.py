@@ -14,6 +14,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.types import Scope
 
 import engine
+from api.kb.registry import ShopNotHeldError
 from api.metrics import REQUEST_LATENCY, REQUESTS
 from api.routes import catalog, health, jd, kb, match, messages, metrics, reports, shops, tasks
 from api.settings import Settings, get_settings
@@ -94,7 +95,8 @@ def create_app(
 
             install_masking()
             app.state.service = await run_in_threadpool(Service, settings)
-            app.state.service.warm_up()
+            if settings.warm_up:
+                app.state.service.warm_up()
             if settings.demo_shop:
                 from api.demo import seed_demo_shop
 
@@ -130,6 +132,11 @@ def create_app(
         """JD credentials cannot be read or stored without the key: a configuration problem, not a crash."""
         log.error("JD credentials unavailable: %s", exc)
         return JSONResponse(status_code=503, content={"detail": str(exc)})
+
+    @app.exception_handler(ShopNotHeldError)
+    async def shop_not_held(request: Request, exc: ShopNotHeldError) -> JSONResponse:
+        """A shop outside this replica's shard (KEFU_SHARD): the router's mistake, said as such."""
+        return JSONResponse(status_code=421, content={"detail": str(exc)})
 
     # Pure ASGI middlewares, innermost first; count_requests (added last) is outermost, so it counts the
     # 413s and 500s they answer.

@@ -40,6 +40,20 @@ HANDOFF_RATE = Gauge(
     ["shop"],
     multiprocess_mode="liveall",
 )
+MODELS_LOADED = Gauge(
+    "kefu_models_loaded", "Shops' models held in memory by this process", multiprocess_mode="liveall"
+)
+MODEL_MEMORY = Gauge(
+    "kefu_model_memory_bytes",
+    "Estimated memory of the models this process holds (budget: KEFU_MODEL_MEMORY_MB)",
+    multiprocess_mode="liveall",
+)
+MODEL_EVICTIONS = Counter("kefu_model_evictions_total", "Models evicted to stay within the memory budget")
+MODEL_LOAD_SECONDS = Histogram(
+    "kefu_model_load_seconds",
+    "Loading a shop's model on its first message (or after an eviction or a new version)",
+    buckets=(0.01, 0.025, 0.05, 0.1, 0.2, 0.3, 0.5, 1, 2, 5, 10, 30),
+)
 MODEL_VERSION = Gauge("kefu_model_version", "KB version in service", ["shop"], multiprocess_mode="liveall")
 BUILD_SECONDS = Histogram(
     "kefu_build_seconds",

@@ -18,7 +18,7 @@ from api.kb import repo as kb_repo
 from api.kb.builds import QUEUED, STARTING, BuildQueue
 from api.kb.parsing import UploadParser
 from api.kb.publisher import CHANNEL, Publisher
-from api.kb.registry import ModelRegistry, ServedModel
+from api.kb.registry import Holding, ModelRegistry, ServedModel
 from api.metrics import MODEL_VERSION
 from api.settings import Settings
 from api.store.kv import make_store
@@ -41,9 +41,18 @@ class Service:
         self.db = Database(settings.database_url)
         upgrade(self.db.engine)
         self.store = make_store(settings.redis_url, prefix=settings.redis_prefix)
-        self.registry = ModelRegistry(settings.data_dir, dense=settings.dense)
+        self.registry = ModelRegistry(
+            settings.data_dir,
+            dense=settings.dense,
+            memory_mb=settings.model_memory_mb,
+            holding=Holding(settings.shard_pair, settings.shard_shop_ids),
+        )
         self.publisher = Publisher(
-            self.db, self.registry, self.store.publish, enqueue=lambda shop, v: self.builds.enqueue(shop, v)
+            self.db,
+            self.registry,
+            self.store.publish,
+            enqueue=lambda shop, v: self.builds.enqueue(shop, v),
+            preload=settings.warm_up,
         )
         # the KB build queue (huey); consumed here when KEFU_BUILD_IN_PROCESS, else by `kefu worker`
         self.builds = BuildQueue(self.db, settings, self.registry, self.publisher.activate)
@@ -107,12 +116,23 @@ class Service:
             }
 
     def warm_up(self) -> threading.Thread:
-        """Load every shop's active model in the background, so first requests find it ready."""
+        """Load the active models of the shops this replica holds in the background, so first requests
+        find them ready; stops before the memory budget would evict one it loaded (KEFU_WARM_UP=false:
+        none, every model waits for its shop's first message)."""
 
         def run() -> None:
             with self.db.session() as s:
-                active = [(sh.id, sh.active_version) for sh in s.scalars(select(Shop)) if sh.active_version]
+                active = [
+                    (sh.id, sh.active_version)
+                    for sh in s.scalars(select(Shop).order_by(Shop.id))
+                    if sh.active_version and self.registry.holds(sh.id)
+                ]
             for shop, version in active:
+                if self._stopping.is_set():
+                    return
+                if not self.registry.has_room():
+                    log.info("warm-up stopped at %d models: the memory budget is full", len(self.registry))
+                    return
                 try:
                     self.served(shop, version)
                 except Exception as e:
@@ -147,7 +167,8 @@ class Service:
                     with self.db.session() as s:
                         active = {sh.id: sh.active_version for sh in s.scalars(select(Shop))}
                     for shop, version in active.items():
-                        served = self.registry.get(shop)
+                        # Publisher.on_notice decides: a model loaded here, or a preload with room
+                        served = self.registry.peek(shop)
                         if version and (served is None or served.version != version):
                             self.publisher.on_notice({"shop": shop, "version": version})
                 except Exception as e:  # a database hiccup must not end the loop
@@ -205,7 +226,8 @@ class Service:
         return t
 
     def served(self, shop: str, version: int | None) -> ServedModel | None:
-        """The shop's model in service; loaded on first use after a restart."""
+        """The shop's model in service; loaded on its first message here (after a restart, an eviction).
+        Raises ShopNotHeldError for a shop outside this replica's shard."""
         served = self.registry.get(shop)
         if served is not None or version is None:
             return served

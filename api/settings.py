@@ -46,6 +46,17 @@ class Settings(BaseSettings):
     redis_url: str | None = None
     redis_prefix: str = "kefu:"  # keys and channels; one prefix per deployment sharing a Redis
     data_dir: Path = Path("data")  # built models of every shop and version
+    # ---- shops' models in memory (api/kb/registry.py): loaded on a shop's first message, least recently
+    # used evicted while the loaded models exceed this many MB (Matcher.memory_bytes); 0: no budget
+    model_memory_mb: float = Field(default=2048.0, ge=0)
+    # at startup, load the active models of the shops this replica holds, up to the budget, in the
+    # background; False: every model waits for its shop's first message (thousands of shops per replica)
+    warm_up: bool = True
+    # which shops this replica serves: "i/n" holds shop s when crc32(s) % n == i (api.kb.registry.shard_of);
+    # shard_shops lists shop ids held besides (or, without a shard, instead of) it; a message for another
+    # shop is refused with 421 naming the shard that holds it. Unset: every shop.
+    shard: str | None = None
+    shard_shops: str = ""  # comma-separated shop ids
     admin_token: SecretStr | None = None  # creates shops; unset: the admin API refuses everything
     secret_key: SecretStr | None = None  # Fernet key(s) for JD credentials at rest, comma-separated
     conversation_ttl: int = Field(default=1800, ge=10)
@@ -145,6 +156,31 @@ class Settings(BaseSettings):
         if any(item.amount < 1 for item in items):
             raise ValueError(f"{v!r}: a limit must allow at least 1 request (disable it with 0)")
         return text
+
+    @field_validator("shard")
+    @classmethod
+    def _shard(cls, v: str | None) -> str | None:
+        """ "i/n" with 0 <= i < n, checked at startup."""
+        if v is None or not v.strip():
+            return None
+        try:
+            i, n = (int(x) for x in v.strip().split("/"))
+        except ValueError:
+            raise ValueError(f"KEFU_SHARD must be 'i/n' (e.g. '0/4'), not {v!r}") from None
+        if not 0 <= i < n:
+            raise ValueError(f"KEFU_SHARD {v!r}: need 0 <= i < n (shards are numbered from 0)")
+        return f"{i}/{n}"
+
+    @property
+    def shard_pair(self) -> tuple[int, int] | None:
+        if self.shard is None:
+            return None
+        i, n = self.shard.split("/")
+        return int(i), int(n)
+
+    @property
+    def shard_shop_ids(self) -> list[str]:
+        return [s.strip() for s in self.shard_shops.split(",") if s.strip()]
 
     @field_validator("trusted_proxies")
     @classmethod

@@ -26,7 +26,7 @@ router = APIRouter(tags=["shops"])
 
 
 def shop_out(service: Service, shop: Shop) -> ShopOut:
-    served = service.registry.get(shop.id)
+    served = service.registry.peek(shop.id)  # a look, not a use: the LRU order stays
     return ShopOut(
         id=shop.id,
         name=shop.name,
