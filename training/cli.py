@@ -1198,6 +1198,49 @@ def loadtest(
     raise typer.Exit(main(config))
 
 
+@app.command("bench-shops")
+def bench_shops(
+    data: Annotated[
+        list[Path] | None, typer.Argument(help="Shared sets whose real questions seed the KBs")
+    ] = None,
+    shops: Annotated[int, typer.Option(help="Shops on the replica")] = 1000,
+    questions: Annotated[int, typer.Option(help="KB questions per shop")] = 1000,
+    distinct: Annotated[int, typer.Option(help="Distinct KBs built (each shop gets its own copy)")] = 5,
+    dense: Annotated[bool, typer.Option("--dense/--no-dense", help="Default channels (dense on)")] = False,
+    memory_mb: Annotated[float, typer.Option(help="KEFU_MODEL_MEMORY_MB of the replica")] = 3000.0,
+    random_messages: Annotated[
+        int, typer.Option(help="Messages to random shops after the first pass")
+    ] = 1000,
+    work_dir: Annotated[
+        Path | None, typer.Option(help="Keep the built KBs and models here and reuse them next run")
+    ] = None,
+    json_out: Annotated[Path | None, typer.Option("--json", help="Write the figures as JSON")] = None,
+) -> None:
+    """Thousands of shops on one replica: RSS under the model budget, cold and warm first replies."""
+    from training import shopsbench
+
+    dirs = data or [Path("../shared/data/afqmc"), Path("../shared/data/smp2017")]
+    for d in dirs:
+        if not (d / "kb.csv").is_file():
+            _fail(f"{d} has no kb.csv: give shared sets (e.g. ../shared/data/afqmc)")
+    cfg = shopsbench.ShopsConfig(
+        data_dirs=dirs,
+        shops=shops,
+        questions=questions,
+        distinct=distinct,
+        dense=dense,
+        memory_mb=memory_mb,
+        random_messages=random_messages,
+        work_dir=work_dir,
+    )
+    report = shopsbench.run(cfg, say=console.print)
+    shopsbench.print_report(report, console.print)
+    if json_out is not None:
+        shopsbench.write_json(report, json_out)
+    if report.errors:
+        raise typer.Exit(1)
+
+
 # --------------------------------------------------------------------------- hostile
 
 
