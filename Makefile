@@ -17,7 +17,7 @@ DEMO_KB := models/demo-shop-kb.csv
 DEMO_MODEL := models/demo
 DATA ?= ../shared/data
 
-.PHONY: install install-test run demo test lint format bench clean browser
+.PHONY: install install-test run demo test lint format bench clean test-tools
 
 $(RUNTIME_STAMP):
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -53,14 +53,16 @@ format: $(TEST_STAMP)
 	$(BIN)/ruff format .
 	$(BIN)/ruff check --fix .
 
-# the console's browser tests drive Debian's Chromium (no browser download); fonts so screenshots show Chinese
+# Debian's packages the tests drive: Chromium for the console's browser tests (no browser download), fonts so
+# screenshots show Chinese, wrk for `kefu bench-http` and its test
 CHROMIUM := /usr/bin/chromium
 CJK_FONT := /usr/share/fonts/truetype/wqy/wqy-microhei.ttc
-browser:
-	(test -x $(CHROMIUM) && test -f $(CJK_FONT)) || \
-	(apt-get update -qq && apt-get install -y -qq chromium fonts-wqy-microhei)
+WRK := /usr/bin/wrk
+test-tools:
+	(test -x $(CHROMIUM) && test -f $(CJK_FONT) && test -x $(WRK)) || \
+	(apt-get update -qq && apt-get install -y -qq chromium fonts-wqy-microhei wrk)
 
-test: lint browser
+test: lint test-tools
 	$(BIN)/pytest
 
 # the issues' quality and speed bars, peers computed in the same run

@@ -33,7 +33,7 @@ def _require_browser() -> Any:
     except ImportError:
         problem = "playwright is not installed (pip install -e '.[dev]')"
     if problem is None and not CHROMIUM.is_file():
-        problem = f"{CHROMIUM} is missing (make browser installs Debian's chromium)"
+        problem = f"{CHROMIUM} is missing (make test-tools installs Debian's chromium)"
     if problem is not None:
         if os.environ.get("KEFU_TEST_REQUIRE_BROWSER") == "1":
             pytest.fail(f"KEFU_TEST_REQUIRE_BROWSER=1 but {problem}")

@@ -46,9 +46,10 @@ def test_ci_installs_the_backend_and_requires_its_tests() -> None:
     assert re.search(r"^make test WITH_ST=1$", ci, re.M)
 
 
-def test_make_test_installs_chromium_when_missing_and_ci_requires_the_browser_tests() -> None:
-    """The console's browser tests use Debian's Chromium: `make test` installs it with apt-get when
-    /usr/bin/chromium (or the CJK font of the screenshots) is missing; CI fails rather than skips them."""
+def test_make_test_installs_chromium_and_wrk_when_missing_and_ci_requires_their_tests() -> None:
+    """The console's browser tests use Debian's Chromium, `kefu bench-http`'s test Debian's wrk: `make test`
+    installs them with apt-get when /usr/bin/chromium, the CJK font of the screenshots or /usr/bin/wrk is
+    missing; CI fails rather than skips those tests (KEFU_TEST_REQUIRE_BROWSER covers both)."""
     if shutil.which("make") is None:
         pytest.skip("make is not installed")
     out = subprocess.run(
@@ -57,6 +58,7 @@ def test_make_test_installs_chromium_when_missing_and_ci_requires_the_browser_te
         text=True,
         check=True,
     ).stdout
-    assert "test -x /usr/bin/chromium" in out and "apt-get install -y -qq chromium fonts-wqy-microhei" in out
+    assert "test -x /usr/bin/chromium" in out and "test -x /usr/bin/wrk" in out
+    assert "apt-get install -y -qq chromium fonts-wqy-microhei wrk" in out
     ci = (ROOT / ".ci" / "run").read_text(encoding="utf-8")
     assert re.search(r"^export KEFU_TEST_REQUIRE_BROWSER=1$", ci, re.M)

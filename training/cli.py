@@ -1260,5 +1260,69 @@ def hostile(
     raise typer.Exit(main(config))
 
 
+# --------------------------------------------------------------------------- bench-http
+
+
+@app.command("bench-http")
+def bench_http(
+    scenario: Annotated[
+        list[str] | None,
+        typer.Option(
+            help="hello, match-fast, match-default, messages (PostgreSQL + Redis) or messages-sqlite; "
+            "repeatable (default: all)"
+        ),
+    ] = None,
+    duration: Annotated[int, typer.Option(help="Seconds of measured load per scenario")] = 20,
+    warmup: Annotated[int, typer.Option(help="Seconds of load before it, not counted")] = 5,
+    connections: Annotated[int, typer.Option(help="wrk's open connections")] = 16,
+    threads: Annotated[int, typer.Option(help="wrk's threads")] = 2,
+    workers: Annotated[int, typer.Option(help="uvicorn worker processes")] = 2,
+    pg_url: Annotated[
+        str | None,
+        typer.Option(
+            help="messages: PostgreSQL where a fresh database is created and dropped "
+            "(default postgresql+psycopg://postgres@127.0.0.1:5432/test)"
+        ),
+    ] = None,
+    redis_url: Annotated[
+        str | None,
+        typer.Option(
+            help="messages: Redis, a unique key prefix deleted after (default redis://127.0.0.1:6379/0)"
+        ),
+    ] = None,
+    repeat_share: Annotated[float, typer.Option(help="Share of questions that repeat an earlier one")] = 0.3,
+    seed: Annotated[int, typer.Option(help="Seed of the message mix")] = 0,
+    model_fast: Annotated[
+        Path | None, typer.Option(help="match-fast serves this model of the demo KB instead of building one")
+    ] = None,
+    model_default: Annotated[
+        Path | None, typer.Option(help="match-default serves this one (e.g. models/demo from `make demo`)")
+    ] = None,
+    json_out: Annotated[Path | None, typer.Option("--json", help="Also write the figures here")] = None,
+) -> None:
+    """HTTP load with wrk on loopback: req/s and p50/p95/p99 per scenario, real servers, the demo mix."""
+    from training.httpbench import SCENARIOS, BenchConfig, main
+    from training.loadtest import DEFAULT_PG, DEFAULT_REDIS
+
+    config = BenchConfig(
+        scenarios=tuple(scenario or SCENARIOS),
+        duration=duration,
+        warmup=warmup,
+        connections=connections,
+        threads=threads,
+        workers=workers,
+        pg_url=pg_url or DEFAULT_PG,
+        redis_url=redis_url or DEFAULT_REDIS,
+        repeat_share=repeat_share,
+        seed=seed,
+        json_path=json_out,
+        models={k: v for k, v in (("fast", model_fast), ("default", model_default)) if v is not None},
+    )
+    for option, path in (("--model-fast", model_fast), ("--model-default", model_default)):
+        if path is not None and not (path / "manifest.json").is_file():
+            _fail(f"{option} {path}: not a model directory (no manifest.json); build one with `kefu build`")
+    raise typer.Exit(main(config, console))
+
+
 if __name__ == "__main__":
     app()

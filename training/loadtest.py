@@ -31,7 +31,7 @@ import tempfile
 import threading
 import time
 from collections import Counter, defaultdict
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -193,9 +193,21 @@ def redis_prefix(url: str, say: Say) -> Iterator[str]:
 
 
 class Server:
-    """`uvicorn api.main:app --workers N` in its own process group, logging to a file."""
+    """`uvicorn api.main:app --workers N` in its own process group, logging to a file.
 
-    def __init__(self, env: dict[str, str], port: int, workers: int, log_path: Path) -> None:
+    `app` and `options` (more uvicorn arguments, e.g. `--http httptools`) let a benchmark serve another
+    app the same way (training/httpbench.py).
+    """
+
+    def __init__(
+        self,
+        env: dict[str, str],
+        port: int,
+        workers: int,
+        log_path: Path,
+        app: str = "api.main:app",
+        options: Sequence[str] = (),
+    ) -> None:
         self.port = port
         self.url = f"http://127.0.0.1:{port}"
         self.log_path = log_path
@@ -203,7 +215,8 @@ class Server:
             sys.executable,
             "-m",
             "uvicorn",
-            "api.main:app",
+            app,
+            *options,
             "--workers",
             str(workers),
             "--host",
