@@ -500,8 +500,9 @@ class Matcher:
             total
             + 4 * texts
             + 120 * len(self.row_texts)
-            + 1500 * len(self.entries)
-            + 200 * len(self.sparse.vocabulary_)
+            # Python objects: about 1.1 MB in all for a 1,000-question model (measured with tracemalloc)
+            + 600 * len(self.entries)
+            + 80 * len(self.sparse.vocabulary_)
         )
 
     def __len__(self) -> int:
