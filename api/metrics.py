@@ -87,6 +87,29 @@ RATE_LIMITED = Counter("kefu_rate_limited_total", "Requests refused by a rate li
 RATE_LIMIT_ERRORS = Counter(
     "kefu_rate_limit_errors_total", "Rate limit checks skipped because the counter store failed"
 )
+# the exchange log (api/store/exchange_log.py): rows batched off the reply path
+EXCHANGE_LOG_ROWS = Counter(
+    "kefu_exchange_log_rows_total",
+    "Exchange rows written, by path: batch (by the writer thread), direct (KEFU_EXCHANGE_LOG_FLUSH_MS=0), "
+    "overflow (the buffer was full: the reply wrote its own row, waiting for the database)",
+    ["path"],
+)
+EXCHANGE_LOG_BATCHES = Counter("kefu_exchange_log_batches_total", "Batches of exchange rows written")
+EXCHANGE_LOG_FLUSH_SECONDS = Histogram(
+    "kefu_exchange_log_flush_seconds",
+    "Time to write one batch of exchange rows",
+    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5),
+)
+EXCHANGE_LOG_PENDING = Gauge(
+    "kefu_exchange_log_pending", "Exchange rows waiting in the buffer", multiprocess_mode="livesum"
+)
+EXCHANGE_LOG_FAILURES = Counter(
+    "kefu_exchange_log_flush_failures_total", "Failed writes of a batch (its rows are kept and retried)"
+)
+EXCHANGE_LOG_REJECTED = Counter(
+    "kefu_exchange_log_rejected_total",
+    "Exchange rows the database refused one by one (e.g. their shop was deleted meanwhile): dropped, logged",
+)
 
 _recent: dict[str, deque[bool]] = {}
 _recent_lock = threading.Lock()

@@ -21,6 +21,7 @@ from api.kb.publisher import CHANNEL, Publisher
 from api.kb.registry import Holding, ModelRegistry, ServedModel
 from api.metrics import MODEL_VERSION
 from api.settings import Settings
+from api.store.exchange_log import ExchangeLog, claim_node
 from api.store.kv import make_store
 
 log = logging.getLogger("kefu.service")
@@ -58,6 +59,14 @@ class Service:
         self.builds = BuildQueue(self.db, settings, self.registry, self.publisher.activate)
         self.conversations = Conversations(self.store, ttl_seconds=settings.conversation_ttl)
         self.catalogs = Catalogs(self.db)
+        # exchange ids made here need a node of their own among live processes (api/db/ids.py)
+        claim_node(self.db)
+        self.exchange_log = ExchangeLog(
+            self.db,
+            flush_ms=settings.exchange_log_flush_ms,
+            batch=settings.exchange_log_batch,
+            capacity=settings.exchange_log_buffer,
+        )
         self._subscription = self.store.subscribe(CHANNEL, self.publisher.on_notice)
         self._secret_box: Any = None
         self.upload_parser = UploadParser()
@@ -265,6 +274,7 @@ class Service:
         if self._jd_queue is not None:
             self._jd_queue.stop()
         self.builds.stop()
+        self.exchange_log.close()  # after the JD queue's workers, whose replies log exchanges too
         close = getattr(self._subscription, "close", None)
         if close:
             close()

@@ -95,6 +95,12 @@ class Settings(BaseSettings):
     build_retries: int = Field(default=2, ge=0, le=10)  # more attempts after the child died, not a bad KB
     build_retry_delay: float = Field(default=10.0, ge=0, le=3600)  # seconds before such a retry
     build_nice: int = Field(default=10, ge=0, le=19)  # the child lowers its CPU priority by this much
+    # ---- the exchange log (api/store/exchange_log.py): replies hand their row to a buffer, one thread
+    # inserts it in batches every flush_ms milliseconds or once `batch` rows wait; 0: each reply inserts its
+    # row before it returns. At most `buffer` rows wait: past that a reply writes its own row (back-pressure)
+    exchange_log_flush_ms: int = Field(default=200, ge=0, le=60_000)
+    exchange_log_batch: int = Field(default=500, ge=1, le=5_000)
+    exchange_log_buffer: int = Field(default=10_000, ge=1, le=1_000_000)
     # the chat push's fields (api.jd.methods.CHAT_PUSH_*): the waiter account the bot speaks as (a shop's
     # jd_bot_pin setting overrides it), the apps and client types, the access signature
     jd_bot_pin: str | None = None

@@ -82,6 +82,7 @@ def conversations(
     if condition is not None:
         q = q.where(condition)
     q = q.order_by(Exchange.id.desc()).offset((page - 1) * PAGE_SIZE).limit(PAGE_SIZE + 1)
+    console.service.exchange_log.sync()  # the turns just tried in this process are shown
     with console.service.db.session() as s:
         rows = list(s.scalars(q))
         more = len(rows) > PAGE_SIZE
@@ -117,6 +118,7 @@ def unanswered(request: Request, console: ConsoleDep) -> Response:
     service, shop = console.service, console.shop
     start, end = mining.period(None, None)
     served = service.served(shop.id, shop.active_version)
+    service.exchange_log.sync()
     with service.db.session() as s:
         messages = mining.mined_messages(s, shop.id, start, end)
     by_reason: dict[str, int] = dict.fromkeys(mining.REASONS, 0)

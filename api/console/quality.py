@@ -33,6 +33,7 @@ def figures(service: Any, shop_id: str, period: str, now: datetime | None = None
     """The shop's traffic figures for the last `period` (a key of PERIODS) up to `now`, Try left out."""
     end = now or datetime.now(UTC)
     since, until = traffic_period(end - PERIODS[period], end)
+    service.exchange_log.sync()
     with service.db.session() as s:
         return traffic_figures(s, shop_id, since, until, top=TOP, exclude_channels=TEST_CHANNELS)
 

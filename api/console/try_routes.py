@@ -17,6 +17,7 @@ from api.console.web import PREFIX, Console, ConsoleDep, CsrfDep, render
 from api.dialog.handle import handle_message
 from api.metrics import FEEDBACK
 from api.store import exchanges
+from api.web.schemas import EXCHANGE_ID_MAX
 
 router = APIRouter(prefix=PREFIX, include_in_schema=False)
 MAX_TURNS = 10
@@ -88,7 +89,7 @@ def try_messages(
 def flag(
     request: Request,
     console: CsrfDep,
-    exchange_id: Annotated[int, Form(ge=1, le=2**31 - 1)],
+    exchange_id: Annotated[int, Form(ge=1, le=EXCHANGE_ID_MAX)],
     correct: Annotated[str, Form(max_length=200)] = "",
 ) -> Response:
     """A wrong answer and the entry that was right (or: none was): stored as a correction."""
@@ -96,6 +97,7 @@ def flag(
     if not correct:
         return render(request, "try.html", console, 400, messages="", turns=[], error=t("try.pick_entry"))
     oos = correct == OUT_OF_SCOPE
+    console.service.exchange_log.sync(exchange_id)
     try:
         with console.service.db.session() as s:
             exchanges.add_feedback(

@@ -8,6 +8,7 @@ from typing import Any, ClassVar
 
 from sqlalchemy import (
     JSON,
+    BigInteger,
     Boolean,
     DateTime,
     Float,
@@ -19,6 +20,12 @@ from sqlalchemy import (
     UniqueConstraint,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+from api.db.ids import next_exchange_id
+
+# a 64-bit id column: BIGINT on PostgreSQL; on SQLite INTEGER, which is 64-bit already and, as a primary key,
+# the rowid (a BIGINT primary key would not be)
+BigId = BigInteger().with_variant(Integer(), "sqlite")
 
 
 def utcnow() -> datetime:
@@ -108,7 +115,8 @@ class Exchange(Base):
         Index("ix_exchanges_shop_customer", "shop_id", "customer_hash"),
     )
 
-    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    # made in the process before the row is written (api/db/ids.py): time-ordered, so newest first is by id
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=False, default=next_exchange_id)
     shop_id: Mapped[str] = mapped_column(ForeignKey("shops.id", ondelete="CASCADE"))
     conversation_id: Mapped[str] = mapped_column(String(200))
     channel: Mapped[str] = mapped_column(String(20), default="api")
@@ -134,11 +142,25 @@ class Feedback(Base):
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
     shop_id: Mapped[str] = mapped_column(ForeignKey("shops.id", ondelete="CASCADE"), index=True)
-    exchange_id: Mapped[int] = mapped_column(ForeignKey("exchanges.id", ondelete="CASCADE"), index=True)
+    exchange_id: Mapped[int] = mapped_column(
+        BigId, ForeignKey("exchanges.id", ondelete="CASCADE"), index=True
+    )
     kind: Mapped[str] = mapped_column(String(12))  # up | down | correction
     correct_entry_id: Mapped[str | None] = mapped_column(String(200), nullable=True)
     out_of_scope: Mapped[bool] = mapped_column(Boolean, default=False)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class IdWriter(Base):
+    """A process that makes exchange ids: its row id, modulo 2**14, is the node part of its ids, so live
+    processes never share one (api/db/ids.py). One row per process start."""
+
+    __tablename__ = "id_writers"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    host: Mapped[str] = mapped_column(String(255))
+    pid: Mapped[int] = mapped_column(Integer)
+    started_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
 
 
 class JdEvaluation(Base):

@@ -31,7 +31,6 @@ from api.dialog.replies import Replies
 from api.jd.orders import OrderLookup
 from api.metrics import AGENT_TASKS, MATCH_LATENCY, record_reply
 from api.service import Service
-from api.store import exchanges
 from engine.kb import KBEntry
 from engine.results import MatchResult
 
@@ -182,22 +181,21 @@ def handle_message(
             service.conversations.save(shop.id, conversation_id, state)
             _raise_tasks(service, shop, conversation_id, reply, entries, state.history)
     latency_ms = (time.perf_counter() - t0) * 1000
-    with service.db.session() as s:
-        exchange_id = exchanges.log_exchange(
-            s,
-            shop=shop.id,
-            conversation_id=conversation_id,
-            channel=channel,
-            text=text,
-            decision=reply.kind,
-            entry_id=reply.entry_id,
-            confidence=reply.confidence,
-            reason=reply.reason,
-            model_version=version,
-            latency_ms=latency_ms,
-            question=reply.question,
-            customer_hash=service.customer_hash(context.customer_pin if context else None),
-        )
+    # buffered, written by the exchange log's thread: the reply does not wait for the database
+    exchange_id = service.exchange_log.log(
+        shop=shop.id,
+        conversation_id=conversation_id,
+        channel=channel,
+        text=text,
+        decision=reply.kind,
+        entry_id=reply.entry_id,
+        confidence=reply.confidence,
+        reason=reply.reason,
+        model_version=version,
+        latency_ms=latency_ms,
+        question=reply.question,
+        customer_hash=service.customer_hash(context.customer_pin if context else None),
+    )
     record_reply(shop.id, reply.kind, reply.handoff.code if reply.handoff else None)
     out = reply.to_dict()
     out["exchange_id"] = exchange_id

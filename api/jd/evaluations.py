@@ -186,6 +186,7 @@ def low_rated_conversations(s: Any, shop_id: str, since: datetime, until: dateti
 
 
 def list_evaluations(service: Any, shop_id: str, limit: int = 100) -> list[dict[str, Any]]:
+    service.exchange_log.sync()  # evaluations are joined to the logged conversations
     with service.db.session() as s:
         rows = list(
             s.scalars(
@@ -219,6 +220,7 @@ def summary(
     """How customers rate chats the bot handled alone ("bot") and chats a person took over ("human");
     "unmatched": ratings of chats the bot never saw (or that cannot be told apart)."""
     groups: dict[str, list[int]] = {"bot": [], "human": [], "unmatched": []}
+    service.exchange_log.sync()
     with service.db.session() as s:
         q = select(JdEvaluation).where(JdEvaluation.shop_id == shop_id)
         if since is not None:

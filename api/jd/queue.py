@@ -271,6 +271,7 @@ class JdQueue:
         """The reply will not reach the customer: record it as a handoff (stored reply, exchange log,
         handoff metric) so that a person picks the conversation up."""
         reason = NOT_DELIVERED if outcome == "expired" else NOT_DELIVERABLE
+        self.service.exchange_log.sync()  # the exchange rewritten below may still be in the buffer
         with self.service.db.session() as s:
             row = s.get(JdMessage, (shop_id, digest))
             if row is None or row.delivery in ("sent", "failed"):

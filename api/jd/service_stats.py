@@ -35,6 +35,7 @@ def _bot_by_day(service: Any, shop_id: str, first: date, last: date) -> dict[dat
     start = datetime.combine(first, time(), BEIJING).astimezone(UTC)
     end = datetime.combine(last + timedelta(days=1), time(), BEIJING).astimezone(UTC)
     days: dict[date, Counter[str]] = defaultdict(Counter)
+    service.exchange_log.sync()
     with service.db.session() as s:
         rows = s.execute(
             select(Exchange.created_at, Exchange.decision).where(

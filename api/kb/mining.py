@@ -159,6 +159,7 @@ def mine_shop(service: Any, shop: Any, since: datetime, until: datetime) -> Mini
     """Mine the shop's log of [since, until) with the model it is served by now."""
     served = service.served(shop.id, shop.active_version)
     result = MiningResult(since, until, served.version if served is not None else None)
+    service.exchange_log.sync()  # the exchanges this process logged, still in its buffer, are mined too
     with service.db.session() as s:
         messages = mined_messages(s, shop.id, since, until)
     result.messages = len(messages)

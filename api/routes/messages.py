@@ -30,20 +30,18 @@ def message(body: MessageIn, shop: ShopDep, service: ServiceDep) -> Any:
 def assist(body: MessageIn, shop: ShopDep, service: ServiceDep) -> AssistOut:
     """Up to 3 suggested answers for the human agent handling this conversation."""
     found, version = suggestions(service, shop, body.text)
-    with service.db.session() as s:
-        exchange_id = exchanges.log_exchange(
-            s,
-            shop=shop.id,
-            conversation_id=body.conversation_id,
-            channel="assist",
-            text=body.text,
-            decision="assist",
-            entry_id=found[0].entry_id if found else None,
-            confidence=found[0].confidence if found else 0.0,
-            reason=f"{len(found)} suggestion(s)",
-            model_version=version,
-            latency_ms=0.0,
-        )
+    exchange_id = service.exchange_log.log(
+        shop=shop.id,
+        conversation_id=body.conversation_id,
+        channel="assist",
+        text=body.text,
+        decision="assist",
+        entry_id=found[0].entry_id if found else None,
+        confidence=found[0].confidence if found else 0.0,
+        reason=f"{len(found)} suggestion(s)",
+        model_version=version,
+        latency_ms=0.0,
+    )
     return AssistOut(
         suggestions=[Suggestion(**asdict(x)) for x in found], model_version=version, exchange_id=exchange_id
     )
@@ -64,6 +62,7 @@ def feedback(body: FeedbackIn, shop: ShopDep, service: ServiceDep) -> dict[str, 
                 }
             ]
         )
+    service.exchange_log.sync(body.exchange_id)  # feedback may follow its reply before the row is written
     try:
         with service.db.session() as s:
             fb = exchanges.add_feedback(
@@ -95,6 +94,7 @@ def exchange_log(
     offset: Annotated[int, Query(ge=0, le=DB_INT_MAX)] = 0,
 ) -> list[ExchangeOut]:
     """The shop's recent exchanges, newest first (texts are stored masked)."""
+    service.exchange_log.sync()
     with service.db.session() as s:
         return [
             ExchangeOut(**exchanges.exchange_dict(e)) for e in exchanges.recent(s, shop.id, limit, offset)
@@ -104,5 +104,6 @@ def exchange_log(
 @router.get("/feedback/labelled.csv", response_class=PlainTextResponse)
 def labelled(shop: ShopDep, service: ServiceDep) -> str:
     """Feedback as `query,expected_id` CSV, the input of `kefu calibrate MODEL labelled.csv`."""
+    service.exchange_log.sync()
     with service.db.session() as s:
         return exchanges.labelled_csv(s, shop.id)

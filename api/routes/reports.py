@@ -43,6 +43,7 @@ def traffic_report(
     The console's Try messages are the merchant's tests: left out unless include_console is true."""
     try:
         start, end = traffic.traffic_period(since, until)
+        service.exchange_log.sync()
         with service.db.session() as s:
             excluded = () if include_console else TEST_CHANNELS
             return traffic.traffic_figures(s, shop.id, start, end, bucket, exclude_channels=excluded)

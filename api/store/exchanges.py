@@ -6,10 +6,11 @@ import csv
 import io
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import Connection, insert, select
 from sqlalchemy.orm import Session
 
-from api.db.models import Exchange, Feedback, Shop
+from api.db.ids import next_exchange_id
+from api.db.models import Exchange, Feedback, Shop, utcnow
 from api.dialog.conversation import CHOICE_REASON
 from api.dialog.privacy import mask_pii
 from api.kb import repo as kb_repo
@@ -25,8 +26,7 @@ def _storable(text: str) -> str:
     return text.replace("\x00", "")
 
 
-def log_exchange(
-    s: Session,
+def exchange_row(
     *,
     shop: str,
     conversation_id: str,
@@ -40,26 +40,39 @@ def log_exchange(
     latency_ms: float,
     question: str | None = None,
     customer_hash: str | None = None,
-) -> int:
-    """Store one exchange masked; `question` is the customer question it answered if not `text`;
-    `customer_hash` is the keyed hash of the customer's pin (never the pin)."""
-    row = Exchange(
-        shop_id=shop,
-        conversation_id=_storable(mask_pii(conversation_id))[:200],  # a VARCHAR(200) column
-        channel=channel,
-        text_masked=_storable(mask_pii(text)),
-        question_masked=None if question is None else _storable(mask_pii(question)),
-        decision=decision,
-        entry_id=entry_id,
-        confidence=float(confidence),
-        reason=_storable(mask_pii(reason)),
-        model_version=model_version,
-        latency_ms=float(latency_ms),
-        customer_hash=customer_hash,
-    )
-    s.add(row)
-    s.flush()
-    return row.id
+) -> dict[str, Any]:
+    """One exchange as the row to insert, masked, with its time but no id yet: `question` is the customer
+    question it answered if not `text`; `customer_hash` is the keyed hash of the customer's pin (never
+    the pin). Strings are cut to their columns' sizes, so a batch insert never fails on one row's length."""
+    return {
+        "shop_id": shop,
+        "conversation_id": _storable(mask_pii(conversation_id))[:200],  # a VARCHAR(200) column
+        "channel": channel[:20],
+        "text_masked": _storable(mask_pii(text)),
+        "question_masked": None if question is None else _storable(mask_pii(question)),
+        "decision": decision[:10],
+        "entry_id": None if entry_id is None else entry_id[:200],
+        "confidence": float(confidence),
+        "reason": _storable(mask_pii(reason)),
+        "model_version": model_version,
+        "latency_ms": float(latency_ms),
+        "created_at": utcnow(),
+        "customer_hash": customer_hash,
+    }
+
+
+def insert_rows(s: Session | Connection, rows: list[dict[str, Any]]) -> None:
+    """Rows made by exchange_row, in one INSERT (an executemany)."""
+    if rows:
+        s.execute(insert(Exchange), rows)
+
+
+def log_exchange(s: Session, **fields: Any) -> int:
+    """Store one exchange now, in the caller's transaction (exchange_row's fields); returns its id.
+    The service's reply path goes through the buffered ExchangeLog (api/store/exchange_log.py) instead."""
+    row = {**exchange_row(**fields), "id": next_exchange_id()}
+    insert_rows(s, [row])
+    return int(row["id"])
 
 
 def recent(s: Session, shop: str, limit: int = 100, offset: int = 0) -> list[Exchange]:

@@ -6,12 +6,15 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, Field
 
+from api.db.ids import ID_MAX
 from api.dialog.conversation import HandoffCode
 from engine.kb import MAX_ANSWER_CHARS, MAX_CATEGORY_CHARS, MAX_QUESTION_CHARS
 
 # The largest value an INTEGER column holds (PostgreSQL's is 32-bit): ids, versions and offsets above it are
 # refused with a 422 instead of failing in the database driver.
 DB_INT_MAX = 2**31 - 1
+# exchange ids are BIGINT, made by the service (api/db/ids.py): 63-bit
+EXCHANGE_ID_MAX = ID_MAX
 # PostgreSQL text cannot hold NUL characters: a field stored as given refuses them with a 422.
 NO_NUL = r"^[^\x00]*$"
 
@@ -452,7 +455,7 @@ class AssistOut(BaseModel):
 
 
 class FeedbackIn(BaseModel):
-    exchange_id: int = Field(ge=1, le=DB_INT_MAX)
+    exchange_id: int = Field(ge=1, le=EXCHANGE_ID_MAX)
     kind: Literal["up", "down", "correction"]
     correct_entry_id: str | None = Field(
         default=None, max_length=200, pattern=NO_NUL, description="for a correction: the right entry"
