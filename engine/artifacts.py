@@ -206,7 +206,10 @@ def _arrays(d: Path, manifest: dict[str, Any]) -> dict[str, np.ndarray]:
     if manifest["format_version"] == 1:
         with np.load(d / "arrays.npz") as z:
             return {k: z[k] for k in z.files}
-    return {k: np.load(d / f"{k}.npy", mmap_mode="r", allow_pickle=False) for k in manifest["arrays"]}
+    # plain ndarray views of the maps: np.memmap's Python-level hooks run on every slice of the query path
+    return {
+        k: np.asarray(np.load(d / f"{k}.npy", mmap_mode="r", allow_pickle=False)) for k in manifest["arrays"]
+    }
 
 
 def _read(d: Path, manifest: dict[str, Any], embedder: Embedder | None) -> Matcher:
