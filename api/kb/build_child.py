@@ -46,6 +46,7 @@ class BuildJob:
     min_self_recall: float
     min_cv_top1: float
     nice: int
+    cpu_idle: bool = False  # Linux SCHED_IDLE: the build runs only on CPU time nothing else wants
 
 
 def evaluate_model(
@@ -89,6 +90,9 @@ def build_in_child(job: BuildJob, conn: Connection) -> None:
     """The child's entry point (module level, so 'spawn' can import it)."""
     with contextlib.suppress(OSError):  # not allowed here: build at normal priority rather than not at all
         os.nice(job.nice)
+    if job.cpu_idle and hasattr(os, "SCHED_IDLE"):
+        with contextlib.suppress(OSError):
+            os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))
     try:
         conn.send(("outcome", *_build(job, conn)))
     finally:

@@ -197,6 +197,7 @@ class BuildQueue:
                 min_self_recall=float(self.settings.min_self_recall),
                 min_cv_top1=float(self.settings.min_cv_top1),
                 nice=int(self.settings.build_nice),
+                cpu_idle=bool(self.settings.build_cpu_idle),
             )
         log.info("building version %d of shop %s (attempt %d)", version, shop, seen + 1)
         return job, seen + 1
