@@ -12,7 +12,7 @@ from fastapi.testclient import TestClient
 from api.kb.registry import Holding, ModelRegistry, ShopNotHeldError, shard_of
 from api.main import create_app
 from api.settings import Settings
-from tests.test_service import ADMIN, kb_csv, new_shop, publish_and_wait, say
+from tests.test_service import common_settings, kb_csv, new_shop, publish_and_wait, say
 
 
 def test_least_recently_used_models_are_evicted_over_the_budget(fast_matcher, tmp_path):
@@ -70,18 +70,7 @@ def test_a_malformed_shard_setting_fails_at_startup(shard):
 
 
 def _settings(tmp_path: Path, **extra: Any) -> Settings:
-    base: dict[str, Any] = {
-        "database_url": f"sqlite:///{tmp_path}/kefu.db",
-        "data_dir": tmp_path / "data",
-        "admin_token": ADMIN,
-        "dense": False,
-        "kb_path": None,
-        "model_path": tmp_path / "no-model",
-        "evaluation_pull_interval": 0,
-        "rate_limit_shop": "100000/second",
-        "rate_limit_client": "100000/second",
-    }
-    return Settings(**(base | extra))
+    return Settings(**(common_settings(tmp_path) | {"database_url": f"sqlite:///{tmp_path}/kefu.db"} | extra))
 
 
 def _served(c: TestClient, shop: str, key: dict[str, str]) -> int | None:

@@ -63,9 +63,9 @@ def kb_csv(rows: list[tuple[str, str, str, str]] = KB, extra: str = "") -> bytes
     return (out.getvalue() + extra).encode("utf-8")
 
 
-@pytest.fixture(params=["sqlite+memory", "postgresql+redis"])
-def settings(request: pytest.FixtureRequest, tmp_path: Path) -> Settings:
-    common: dict[str, Any] = {
+def common_settings(tmp_path: Path) -> dict[str, Any]:
+    """What every service test's settings share (other test files start services with them too)."""
+    return {
         "data_dir": tmp_path / "data",
         "admin_token": ADMIN,
         "secret_key": "ZmRhc2RmYXNkZmFzZGZhc2RmYXNkZmFzZGZhc2RmYXM=",
@@ -77,6 +77,11 @@ def settings(request: pytest.FixtureRequest, tmp_path: Path) -> Settings:
         "rate_limit_shop": "100000/second",
         "rate_limit_client": "100000/second",
     }
+
+
+@pytest.fixture(params=["sqlite+memory", "postgresql+redis"])
+def settings(request: pytest.FixtureRequest, tmp_path: Path) -> Settings:
+    common = common_settings(tmp_path)
     if request.param == "sqlite+memory":
         return Settings(database_url=f"sqlite:///{tmp_path}/kefu.db", redis_url=None, **common)
     db = request.getfixturevalue("pg_database")
