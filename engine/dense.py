@@ -66,13 +66,18 @@ class DenseIndex:
         """Center and re-normalize a raw query vector into the index space."""
         return _normalize_rows(vector - self.mean_)
 
-    def search(self, q: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-        """Top-k rows for one prepared query vector: (row ids, inner products)."""
+    def search(
+        self, q: np.ndarray, k: int, row_ok: np.ndarray | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Top-k rows for one prepared query vector: (row ids, inner products). `row_ok` (build-time
+        cross-validation hides rows) searches exactly, a hidden row scoring -2 (below any cosine)."""
         k = min(k, self.vectors_.shape[0])
         if k <= 0:
             return np.empty(0, np.int64), np.empty(0, np.float32)
-        if self.index_ is None:
+        if self.index_ is None or row_ok is not None:
             sims = self.vectors_ @ q.reshape(-1)
+            if row_ok is not None:
+                sims = np.where(row_ok, sims, np.float32(-2.0))
             top = np.argpartition(-sims, k - 1)[:k] if k < len(sims) else np.arange(len(sims))
             top = top[np.argsort(-sims[top], kind="stable")]
             return top.astype(np.int64), sims[top].astype(np.float32)

@@ -191,11 +191,7 @@ class Matcher:
         s_entry, top = kernels.entry_scores_top(row_scores, ptr, entry_ok, SPARSE_ENTRIES)
         pools = [top]
         if rep.dense is not None and self.dense_index is not None:
-            if row_ok is None:
-                rows, _ = self.dense_index.search(rep.dense, DENSE_ROWS)
-            else:
-                sims = np.where(row_ok, self.dense_index.vectors_ @ rep.dense, -2.0)
-                rows = _top(sims, DENSE_ROWS)
+            rows, _ = self.dense_index.search(rep.dense, DENSE_ROWS, row_ok)
             pools.append(self.row_owner[rows])
         if self.classifier is not None and clf_probs is None:
             clf_probs = self.classifier.predict_proba_one(rep.ids, rep.weights, rep.dense)

@@ -136,7 +136,10 @@ class ModelRegistry:
     def swap(self, shop: str, version: int, matcher: Matcher) -> ServedModel | None:
         """Serve `matcher` for `shop` from the next request on; returns what it replaced. Then evicts the
         least recently used other shops while the models exceed the memory budget."""
-        new = ServedModel(shop, version, matcher, matcher.memory_bytes())
+        return self._install(ServedModel(shop, version, matcher, matcher.memory_bytes()))
+
+    def _install(self, new: ServedModel) -> ServedModel | None:
+        shop, version = new.shop, new.version
         with self._guard:
             old = self._served.pop(shop, None)
             self._served[shop] = new
@@ -197,10 +200,9 @@ class ModelRegistry:
         try:
             t0 = time.perf_counter()
             matcher = Matcher.load(path)
-            MODEL_LOAD_SECONDS.observe(time.perf_counter() - t0)
-            log.info(
-                "loaded version %d of shop %s in %.0f ms", version, shop, (time.perf_counter() - t0) * 1e3
-            )
+            seconds = time.perf_counter() - t0
+            MODEL_LOAD_SECONDS.observe(seconds)
+            log.info("loaded version %d of shop %s in %.0f ms", version, shop, seconds * 1e3)
             return matcher
         except ModelLoadError as e:
             log.info(
@@ -226,5 +228,6 @@ class ModelRegistry:
             if served is not None and served.version == version:
                 return served
             matcher = self.load(shop, version, snapshot)
-            self.swap(shop, version, matcher)
-            return self._served.get(shop) or ServedModel(shop, version, matcher, matcher.memory_bytes())
+            served = ServedModel(shop, version, matcher, matcher.memory_bytes())
+            self._install(served)
+            return served
