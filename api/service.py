@@ -47,6 +47,7 @@ class Service:
             dense=settings.dense,
             memory_mb=settings.model_memory_mb,
             holding=Holding(settings.shard_pair, settings.shard_shop_ids),
+            cascade=settings.cascade,
         )
         self.publisher = Publisher(
             self.db,

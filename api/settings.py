@@ -52,6 +52,10 @@ class Settings(BaseSettings):
     # at startup, load the active models of the shops this replica holds, up to the budget, in the
     # background; False: every model waits for its shop's first message (thousands of shops per replica)
     warm_up: bool = True
+    # answer without the sentence encoder where a model's cascade says its other channels decide
+    # (engine.cascade); off by default: on real queries its first stage answers some messages the full
+    # model would only clarify, at a lower precision than the promise (README, "The dense-skip cascade")
+    cascade: bool = False
     # which shops this replica serves: "i/n" holds shop s when crc32(s) % n == i (api.kb.registry.shard_of);
     # shard_shops lists shop ids held besides (or, without a shard, instead of) it; a message for another
     # shop is refused with 421 naming the shard that holds it. Unset: every shop.

@@ -19,6 +19,7 @@ from typing import Any
 
 import numpy as np
 
+from engine.cascade import Cascade
 from engine.decide import DecisionPolicy
 from engine.dense import DenseIndex
 from engine.embed import CachedEmbedder, Embedder, shared_embedder
@@ -151,6 +152,7 @@ def _write(m: Matcher, d: Path) -> None:
         "ranker": m.ranker.to_dict(),
         "calibrator": m.calibrator.to_dict(),
         "follow_up_calibrator": None if m.follow_up_ is None else m.follow_up_.to_dict(),
+        "cascade": None if m.cascade_ is None else m.cascade_.to_dict(),
         "policy": m.policy.to_dict(),
         "info": m.info,
         "arrays": sorted(arrays),
@@ -278,6 +280,8 @@ def _read(d: Path, manifest: dict[str, Any], embedder: Embedder | None) -> Match
     m.calibrator = LinearModel.from_dict(manifest["calibrator"])
     fu = manifest.get("follow_up_calibrator")  # models built before follow-ups were calibrated have none
     m.follow_up_ = None if fu is None else LinearModel.from_dict(fu)
+    cascade = manifest.get("cascade")  # models built before the cascade encode every message
+    m.cascade_ = None if cascade is None or m.dense_index is None else Cascade.from_dict(cascade)
     pol = manifest["policy"]
     m.policy = DecisionPolicy(
         pol["t_answer"], pol["t_clarify"], pol["clarify_k"], pol["human_phrases"], pol.get("t_follow_up")

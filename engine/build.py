@@ -13,12 +13,13 @@ import logging
 import os
 import time
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
 
 from engine import fusion
+from engine.cascade import fit_cascade
 from engine.decide import DEFAULT_HUMAN_PHRASES, DecisionPolicy, choose_thresholds, precision_interval
 from engine.dense import DenseIndex
 from engine.embed import CachedEmbedder, Embedder, encode_batched, make_embedder
@@ -222,9 +223,14 @@ class Example:
     row_ok: np.ndarray | None
     probs: np.ndarray | None
     gold: int
+    probs1: np.ndarray | None = None  # the classifier's output without the sentence vector (stage 1)
 
     def rank(self, m: Matcher) -> Ranking:
         return m.rank(self.rep, self.entry_ok, self.row_ok, self.probs)
+
+    def rank_stage1(self, m: Matcher) -> Ranking:
+        """The ranking without the dense channel, as the cascade's first stage sees the message."""
+        return m.rank(replace(self.rep, dense=None), self.entry_ok, self.row_ok, self.probs1)
 
 
 def held_out_examples(
@@ -259,13 +265,15 @@ def held_out_examples(
             rep = _row_rep(m, X_sparse, vectors, int(r), hidden)
             row_ok = np.ones(n_rows, bool)
             row_ok[hidden] = False
-            entry_ok, probs = all_ok, fold_probs.get(int(r))
+            entry_ok = all_ok
+            probs, probs1 = fold_probs.get(int(r), (None, None))
             if hide_entry:
                 entry_ok = all_ok.copy()
                 entry_ok[e] = False
                 if m.classifier is not None:
                     probs = _probs_without(m, rep, e, probs)
-            out.append(Example(rep, entry_ok, row_ok, probs, -1 if hide_entry else e))
+                    probs1 = _probs_without(m, replace(rep, dense=None), e, probs1)
+            out.append(Example(rep, entry_ok, row_ok, probs, -1 if hide_entry else e, probs1))
         return out
 
     in_ex = examples(in_rows, hide_entry=False)
@@ -313,6 +321,7 @@ def calibrate_on_kb(
 
     # 2. calibrator and thresholds on the winners of the fused ranking
     feats, correct, top3, weights, is_in = [], [], [], [], []
+    stage1: list[tuple[Any, bool, bool]] = []  # the cascade's first stage: features, right, same winner
     total = len(in_ex) + len(oos_ex)
     for group, w_group in ((in_ex, 1.0 - OOS_SHARE), (oos_ex, OOS_SHARE)):
         for ex in group:
@@ -323,6 +332,8 @@ def calibrate_on_kb(
                 top3.append(ex.gold in ranking.cands[:3])
                 weights.append(w_group / len(group))
                 is_in.append(ex.gold >= 0)
+                if m.dense_index is not None:
+                    stage1.append(_stage1_row(ex.rank_stage1(m), ex.gold, int(ranking.cands[0])))
             if len(is_in) % 200 == 0:
                 say("calibrate", 0.75 + 0.2 * len(is_in) / max(1, total))
     if not feats:
@@ -339,6 +350,7 @@ def calibrate_on_kb(
         m, np.vstack(feats), np.asarray(correct), np.asarray(top3), np.asarray(weights), target_precision
     )
     in_mask = np.asarray(is_in)
+    cascade = _fit_stage1(m, stage1, w, answered, target_precision) if stage1 else None
     return {
         "calibrated_on": "held-out KB questions (paraphrases hidden with their near copies, entries hidden)",
         "examples_in_scope": int(in_mask.sum()),
@@ -353,7 +365,44 @@ def calibrate_on_kb(
         **_guarantee(m, y, w, answered),
         "cv_answer_coverage": float((w * answered).sum() / w.sum()),
         "coverage_by_target": coverage_by_target(m, p, np.asarray(correct), np.asarray(top3), w),
+        "cascade": cascade,
     }
+
+
+def _stage1_row(r1: Ranking, gold: int, full_best: int) -> tuple[Any, bool, bool]:
+    """A calibration example as the cascade's first stage saw it: its features (None: no candidate),
+    whether its best entry is right, and whether the full model named the same one."""
+    best = int(r1.cands[0]) if r1.cands.size else -2
+    return (r1.calib if r1.cands.size else None, best == gold, best == full_best)
+
+
+def _fit_stage1(
+    m: Matcher,
+    stage1: list[tuple[Any, bool, bool]],
+    weights: np.ndarray,
+    answered: np.ndarray,
+    target_precision: float,
+) -> dict[str, Any] | None:
+    """Fit the dense-skip cascade (engine.cascade) on the calibration examples' stage-1 rankings and set
+    it on the model; returns its report (None: stage 1 never decides alone on this KB).
+
+    Stage 1 agrees with the full model on an example when both name the same entry and the full model
+    answers it (`answered`: its out-of-fold confidence reaches t_answer): a skip must not turn a clarify
+    or a handoff into an answer, since stage 1's confidence is measured on the same easy examples."""
+    m.cascade_ = None
+    keep = np.array([x is not None for x, _, _ in stage1])
+    if keep.sum() < 20:
+        return None
+    X1 = np.vstack([x for x, _, _ in stage1 if x is not None])
+    right = np.array([r for (x, r, _) in stage1 if x is not None])
+    agree = np.array([a for (x, _, a) in stage1 if x is not None]) & answered[keep]
+    w = weights[keep]
+    if right.all() or not right.any():
+        return None
+    m.cascade_ = fit_cascade(
+        X1, right, agree, w, target_precision, _confidence(m), _fit_with_oof(X1, right.astype(int), w)
+    )
+    return None if m.cascade_ is None else m.cascade_.report
 
 
 COVERAGE_TARGETS = (0.8, 0.85, 0.9, 0.93, 0.95, 0.97, 0.98, 0.99)
@@ -400,13 +449,14 @@ def _out_of_fold_probs(
     rng: np.random.Generator,
     clusters: Mapping[int, np.ndarray] | None = None,
     folds: int = 0,
-) -> dict[int, np.ndarray]:
-    """Classifier probabilities for held-out rows from models that never saw them.
+) -> dict[int, tuple[np.ndarray, np.ndarray | None]]:
+    """Classifier probabilities for held-out rows from models that never saw them, with and (for the
+    cascade's first stage; None without a dense channel) without the sentence vector.
 
     Ten folds keep each fold's model close to the final one (few paraphrases per entry: holding out a
     fifth of them understates the classifier); large KBs use five, as each fold is a full fit.
     """
-    out: dict[int, np.ndarray] = {}
+    out: dict[int, tuple[np.ndarray, np.ndarray | None]] = {}
     n_rows = len(owner)
     folds = folds or (10 if n_rows <= 1000 else 5)
     assignment = rng.integers(folds, size=rows.size)
@@ -427,8 +477,9 @@ def _out_of_fold_probs(
             _shared_terms(m),
         )
         P = clf.predict_proba(X_sparse[test], None if vectors is None else vectors[test])
-        for r, p in zip(test, P, strict=True):
-            out[int(r)] = p
+        P1 = clf.predict_proba(X_sparse[test], None) if vectors is not None else [None] * len(test)
+        for r, p, p1 in zip(test, P, P1, strict=True):
+            out[int(r)] = (p, p1)
     return out
 
 
@@ -468,17 +519,24 @@ def fit_calibration(
         )
         p = m.calibrator.proba_many(X)
     else:
-        m.calibrator = fusion.fit_logistic(X, y, sample_weight=w)
-        p = m.calibrator.proba_many(X)
-        folds = np.random.default_rng(0).integers(5, size=len(y))
-        for f in range(5):
-            train, test = folds != f, folds == f
-            if test.any() and y[train].min() != y[train].max():
-                p[test] = fusion.fit_logistic(X[train], y[train], sample_weight=w[train]).proba_many(X[test])
+        m.calibrator, p = _fit_with_oof(X, y, w)
     m.policy.t_answer, m.policy.t_clarify = choose_thresholds(
         p, correct, top3, w, target_precision, confidence=_confidence(m)
     )
     return p, correct, w, p >= m.policy.t_answer
+
+
+def _fit_with_oof(X: np.ndarray, y: np.ndarray, w: np.ndarray) -> tuple[LinearModel, np.ndarray]:
+    """A logistic calibrator on all examples, and each example's probability from a fit without its
+    fold (five folds)."""
+    model = fusion.fit_logistic(X, y, sample_weight=w)
+    p = model.proba_many(X)
+    folds = np.random.default_rng(0).integers(5, size=len(y))
+    for f in range(5):
+        train, test = folds != f, folds == f
+        if test.any() and y[train].min() != y[train].max():
+            p[test] = fusion.fit_logistic(X[train], y[train], sample_weight=w[train]).proba_many(X[test])
+    return model, p
 
 
 def recalibrate(
@@ -499,6 +557,7 @@ def recalibrate(
         raise ValueError(f"expected ids not in the model's KB: {', '.join(unknown[:10])}")
     all_ok = np.ones(len(m.entries), bool)
     feats, correct, top3 = [], [], []
+    stage1: list[tuple[Any, bool, bool]] = []
     for text, exp in zip(texts, expected, strict=True):
         rep = m.represent(text)
         if not rep.normalized or m.policy.human_request(rep.normalized):
@@ -510,6 +569,8 @@ def recalibrate(
         feats.append(ranking.calib)
         correct.append(ranking.cands[0] == gold)
         top3.append(gold in ranking.cands[:3])
+        if m.dense_index is not None:
+            stage1.append(_stage1_row(m.rank(replace(rep, dense=None), all_ok), gold, int(ranking.cands[0])))
     n_right = int(sum(correct))
     if len(feats) < MIN_LABELLED or n_right < 5 or len(feats) - n_right < 5:
         raise ValueError(
@@ -528,6 +589,8 @@ def recalibrate(
         **_guarantee(m, y, w, answered),
         "answer_coverage": float(answered.mean()),
         "target_precision": target,
+        # the cascade's first stage answers on the same promise: learned again from the same messages
+        "cascade": _fit_stage1(m, stage1, w, answered, target) if stage1 else None,
     }
     # the follow-up threshold is a threshold on the calibrator's output: choose it again for the new one
     vectors = m.dense_index.vectors_ if m.dense_index is not None else None

@@ -165,6 +165,15 @@ class CachedEmbedder:
         self.hits = 0
         self.misses = 0
 
+    def cached(self, text: str) -> np.ndarray | None:
+        """The text's vector if it is in the cache (counted as a hit), else None: nothing is encoded."""
+        with self._lock:
+            vec = self._cache.get(text)
+            if vec is not None:
+                self._cache.move_to_end(text)
+                self.hits += 1
+            return vec
+
     def encode_one(self, text: str) -> np.ndarray:
         with self._lock:
             vec = self._cache.get(text)

@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 
 from engine import kernels
+from engine.cascade import Cascade
 from engine.decide import DecisionPolicy
 from engine.dense import DenseIndex
 from engine.embed import CachedEmbedder, Embedder, encode_batched
@@ -57,10 +58,15 @@ class Ranking:
     fused: np.ndarray  # fused score per candidate, same order
     calib: np.ndarray  # calibration features of the best candidate
     evidence: np.ndarray  # per-candidate channel evidence (fusion.CANDIDATE_FEATURES), same order
+    sparse_part: tuple[np.ndarray, np.ndarray] | None = None  # the sparse channel's (scores, top entries)
 
 
 class Matcher:
     """Ranks KB entries for a message and decides: answer, clarify or hand off."""
+
+    # let a fitted cascade answer without the encoder (engine.cascade); off by default: on real queries
+    # its first stage answers some messages the full model would only clarify (see README)
+    use_cascade: bool = False
 
     # fitted state, set by engine.build or engine.artifacts
     entries: list[KBEntry]
@@ -80,6 +86,8 @@ class Matcher:
         self.embedder: CachedEmbedder | None = None
         # P(right) of a follow-up read with the previous question (engine.followup); None: not fitted
         self.follow_up_: LinearModel | None = None
+        # answer without the encoder when the other channels decide (engine.cascade); None: always encode
+        self.cascade_: Cascade | None = None
 
     # ------------------------------------------------------------------ construction
     @classmethod
@@ -178,17 +186,16 @@ class Matcher:
         entry_ok: np.ndarray,
         row_ok: np.ndarray | None = None,
         clf_probs: np.ndarray | None = None,
+        sparse_part: tuple[np.ndarray, np.ndarray] | None = None,
     ) -> Ranking:
         """Fuse the channels into one ordering of candidate entries.
 
         `row_ok` and `clf_probs` exist for build-time cross-validation, which hides the held-out
-        question from the index and passes the out-of-fold classifier output.
+        question from the index and passes the out-of-fold classifier output. `sparse_part`: the
+        sparse channel's (entry scores, top entries) for this message and `entry_ok`, when the cascade's
+        first stage already computed them.
         """
-        ptr = self.row_ptr
-        row_scores = self.sparse.scores(rep.ids, rep.weights)
-        if row_ok is not None:
-            row_scores = np.where(row_ok, row_scores, 0.0)
-        s_entry, top = kernels.entry_scores_top(row_scores, ptr, entry_ok, SPARSE_ENTRIES)
+        s_entry, top = sparse_part if sparse_part is not None else self._sparse_part(rep, entry_ok, row_ok)
         pools = [top]
         if rep.dense is not None and self.dense_index is not None:
             rows, _ = self.dense_index.search(rep.dense, DENSE_ROWS, row_ok)
@@ -201,7 +208,11 @@ class Matcher:
         cands = cands[entry_ok[cands]]
         if cands.size == 0:
             return Ranking(
-                cands, np.empty(0, np.float32), np.empty(0, np.float32), np.empty((0, 4), np.float32)
+                cands,
+                np.empty(0, np.float32),
+                np.empty(0, np.float32),
+                np.empty((0, 4), np.float32),
+                (s_entry, top),
             )
 
         F = np.zeros((cands.size, 4), np.float32)
@@ -229,7 +240,16 @@ class Matcher:
             ],
             np.float32,
         )
-        return Ranking(cands, fused, calib, F)
+        return Ranking(cands, fused, calib, F, (s_entry, top))
+
+    def _sparse_part(
+        self, rep: QueryRep, entry_ok: np.ndarray, row_ok: np.ndarray | None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """The sparse channel's best score per entry and its top entries."""
+        row_scores = self.sparse.scores(rep.ids, rep.weights)
+        if row_ok is not None:
+            row_scores = np.where(row_ok, row_scores, 0.0)
+        return kernels.entry_scores_top(row_scores, self.row_ptr, entry_ok, SPARSE_ENTRIES)
 
     def _dense_features(
         self, q: np.ndarray, cands: np.ndarray, row_ok: np.ndarray | None
@@ -259,6 +279,7 @@ class Matcher:
         smalltalk: bool | Collection[str] = True,
         exclude: Collection[str] = (),
         candidate_confidence: bool = False,
+        cascade: bool | None = None,
     ) -> MatchResult:
         """Rank the KB for one customer message and decide what to do with it.
 
@@ -267,7 +288,9 @@ class Matcher:
         before the question is matched. `exclude`: entry ids not to offer (a follow-up asks about
         something else than the entry just answered). `candidate_confidence`: estimate P(right) for every
         runner-up too (assist suggestions); otherwise only the best candidate and clarify options carry one,
-        which keeps the estimate off the hot path.
+        which keeps the estimate off the hot path. `cascade`: let the model's dense-skip cascade answer
+        without the encoder where its first stage decides (engine.cascade); None: the model's
+        `use_cascade`.
         """
         top_k = max(1, int(top_k))
         text = _clip(text)
@@ -283,7 +306,12 @@ class Matcher:
                 Decision.HANDOFF, f"explicit request for a human agent ('{phrase}')", normalized=norm
             )
         result = self._match_question(
-            st.rest if st.intents else norm, top_k, now, exclude, candidate_confidence
+            st.rest if st.intents else norm,
+            top_k,
+            now,
+            exclude,
+            candidate_confidence,
+            self.use_cascade if cascade is None else cascade,
         )
         result.normalized = norm
         result.smalltalk_around = list(st.intents)
@@ -322,22 +350,35 @@ class Matcher:
         now: datetime | float | None,
         exclude: Collection[str] = (),
         candidate_confidence: bool = False,
+        cascade: bool = False,
     ) -> MatchResult:
         """Rank and decide for a normalized question (small talk and human requests already handled)."""
-        rep = self._vectorize(norm)
+        rep = self._vectorize(norm, dense=False)
         ok = self.entry_ok(now)
         if exclude:
             ok = ok.copy()
             ok[[self._index[i] for i in exclude if i in self._index]] = False
         if not self.entries:
             return MatchResult(Decision.HANDOFF, "empty knowledge base", normalized=rep.normalized)
-        if rep.ids.size == 0 and rep.dense is None:
+        embedder = self.embedder if self.dense_index is not None else None
+        dense_text = strip_placeholders(norm) if embedder is not None else ""
+        if rep.ids.size == 0 and not dense_text:
             return MatchResult(
                 Decision.HANDOFF,
                 "no word of the message occurs in the knowledge base",
                 normalized=rep.normalized,
             )
-        ranking = self.rank(rep, ok)
+        sparse_part = None
+        if embedder is not None and dense_text:
+            vec = embedder.cached(dense_text)
+            if vec is None and cascade and self.cascade_ is not None and rep.ids.size:
+                first = self._first_stage(rep, ok, top_k, candidate_confidence, self.cascade_)
+                if isinstance(first, MatchResult):
+                    return first
+                sparse_part = first
+            assert self.dense_index is not None
+            rep.dense = self.dense_index.prepare(vec if vec is not None else embedder.encode_one(dense_text))
+        ranking = self.rank(rep, ok, sparse_part=sparse_part)
         if ranking.cands.size == 0:
             return MatchResult(
                 Decision.HANDOFF, "no entry of the knowledge base is active now", normalized=rep.normalized
@@ -348,6 +389,27 @@ class Matcher:
         # (the question is hidden), so the rule answers it rather than the calibrator
         verbatim = bool(exact[0] and not exact[1:].any())
         return self._decide(rep, ranking, p, self.policy.t_answer, top_k, candidate_confidence, verbatim)
+
+    def _first_stage(
+        self, rep: QueryRep, ok: np.ndarray, top_k: int, candidate_confidence: bool, cascade: Cascade
+    ) -> MatchResult | tuple[np.ndarray, np.ndarray] | None:
+        """The cascade's first stage: the decision when it answers alone (the message is one of an
+        entry's KB questions, or stage 1's own calibrated confidence reaches t_skip), else the sparse
+        part it computed, for the full ranking to reuse."""
+        ranking = self.rank(rep, ok)
+        if ranking.cands.size == 0:
+            return ranking.sparse_part
+        exact = ranking.evidence[:, 0] >= EXACT_COSINE
+        verbatim = bool(exact[0] and not exact[1:].any())
+        skip, p = cascade.skips(ranking.calib)
+        if not (skip or verbatim):
+            return ranking.sparse_part
+        result = self._decide(
+            rep, ranking, p, cascade.t_skip, top_k, candidate_confidence, verbatim, cascade.calibrator
+        )
+        result.reason += " (the sparse and classifier channels decided: the encoder was skipped)"
+        result.dense_skipped = True
+        return result
 
     def match_follow_up(
         self,
@@ -395,8 +457,10 @@ class Matcher:
         top_k: int,
         candidate_confidence: bool,
         verbatim: bool,
+        calibrator: LinearModel | None = None,
     ) -> MatchResult:
-        """The decision for a ranking with calibrated confidence p, and its candidates and options."""
+        """The decision for a ranking with calibrated confidence p, and its candidates and options
+        (runners-up estimated by `calibrator`, by default the full model's)."""
         pol = self.policy
         best = self.entries[ranking.cands[0]]
         if verbatim:
@@ -414,7 +478,7 @@ class Matcher:
             decision, reason = Decision.HANDOFF, f"confidence {p:.2f} < clarify threshold {pol.t_clarify:.2f}"
         shown = min(ranking.cands.size, max(top_k, pol.clarify_k))
         if candidate_confidence or decision is Decision.CLARIFY:
-            conf = self._candidate_confidences(rep, ranking, shown, p)
+            conf = self._candidate_confidences(rep, ranking, shown, p, calibrator or self.calibrator)
         else:  # the best only: runners-up are estimated on request (see `match`)
             conf = np.zeros(shown)
             conf[0] = p
@@ -432,7 +496,9 @@ class Matcher:
             normalized=rep.normalized,
         )
 
-    def _candidate_confidences(self, rep: QueryRep, ranking: Ranking, n: int, p_best: float) -> np.ndarray:
+    def _candidate_confidences(
+        self, rep: QueryRep, ranking: Ranking, n: int, p_best: float, calibrator: LinearModel
+    ) -> np.ndarray:
         """An estimated P(right) for each of the first n candidates, so no runner-up shows a bare 0.
 
         The best candidate keeps the calibrated confidence p_best. Each runner-up is scored by the same
@@ -458,7 +524,7 @@ class Matcher:
             d_best = int(np.argmax(ranking.evidence[:, 1]))
             if 0 < d_best < n:
                 X[d_best - 1, 7] = 1.0
-        rest = np.minimum.accumulate(np.minimum(self.calibrator.proba_many(X), p_best))
+        rest = np.minimum.accumulate(np.minimum(calibrator.proba_many(X), p_best))
         total = float(rest.sum())
         if total > 1.0 - p_best:
             rest *= (1.0 - p_best) / total

@@ -40,6 +40,7 @@ class MatchResult:
     # small talk taken off around the question that was matched ("在吗 能开专票吗" -> ["greeting"])
     smalltalk_around: list[str] = field(default_factory=list)
     features: dict[str, float] = field(default_factory=dict)
+    dense_skipped: bool = False  # answered by the cascade's first stage, without the encoder
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)

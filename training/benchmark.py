@@ -41,6 +41,8 @@ class BenchReport:
     peak_rss_mb: dict[str, float] = field(default_factory=dict)
     latency_ms: dict[str, dict[str, float]] = field(default_factory=dict)
     ablation: dict[str, list[AblationRow]] = field(default_factory=dict)
+    # the default profile with its dense-skip cascade off and on (cascade_effect)
+    cascade: dict[str, dict[str, float]] = field(default_factory=dict)
 
 
 def peak_rss_mb() -> float:
@@ -111,6 +113,39 @@ def latency(m: Matcher, texts: Sequence[str], warmup: int = 50) -> dict[str, flo
     return {"p50": float(np.median(ms)), "p99": float(np.percentile(ms, 99)), "mean": float(ms.mean())}
 
 
+def cascade_effect(m: Matcher, queries: Sequence[tuple[str, str | None]]) -> dict[str, dict[str, float]]:
+    """The model's dense-skip cascade (engine.cascade) off and on over the same messages, each pass with
+    an empty encoder cache: top-1 (in scope), answered share, answer precision, share of messages that
+    skipped the encoder, and p50 / p99 / mean milliseconds per match."""
+    out: dict[str, dict[str, float]] = {}
+    for name, on in (("full", False), ("cascade", True)):
+        if m.embedder is not None:
+            m.embedder._cache.clear()
+        ms, hits, n_in, answered, right, skipped = [], 0, 0, 0, 0, 0
+        for text, gold in queries:
+            t0 = time.perf_counter()
+            r = m.match(text, top_k=5, cascade=on)
+            ms.append((time.perf_counter() - t0) * 1e3)
+            best = r.candidates[0].entry_id if r.candidates else None
+            n_in += bool(gold)
+            hits += bool(gold) and best == gold
+            if r.decision.value == "answer":
+                answered += 1
+                right += bool(gold) and r.entry_id == gold
+            skipped += r.dense_skipped
+        a = np.asarray(ms)
+        out[name] = {
+            "top1": hits / max(n_in, 1),
+            "answered": answered / max(len(queries), 1),
+            "precision": right / max(answered, 1),
+            "skipped": skipped / max(len(queries), 1),
+            "p50": float(np.median(a)),
+            "p99": float(np.percentile(a, 99)),
+            "mean": float(a.mean()),
+        }
+    return out
+
+
 def run(
     data_dir: str | Path,
     queries: Sequence[tuple[str, str | None]],
@@ -132,6 +167,9 @@ def run(
         report.entries = len(m)
         say(f"timing {profile} profile on {len(texts)} messages ...")
         report.latency_ms[profile] = latency(m, texts)
+        if profile == "default":
+            say(f"default profile with and without its cascade on {len(texts)} messages ...")
+            report.cascade = cascade_effect(m, list(queries)[:latency_queries])
         say(f"ablating {profile} profile ...")
         report.ablation[profile] = ablation(m, queries)
         del m

@@ -216,6 +216,19 @@ def _interval(cal: dict[str, Any]) -> str:
     return f" (90% interval {_pct(iv[0])} - {_pct(iv[1])})" if iv else ""
 
 
+def _cascade(info: dict[str, Any], cal: dict[str, Any]) -> str:
+    """The cascade's learned rule in a line (engine.cascade; used with KEFU_CASCADE / match(cascade=))."""
+    if not info.get("dense"):
+        return "n/a (no dense channel)"
+    c = cal.get("cascade")
+    if not c:
+        return "none: the sparse and classifier channels never decide alone on this KB"
+    return (
+        f"answers alone from confidence {c['t_skip']:.3f}: {_pct(c['skip_share'])} of CV examples, "
+        f"precision {_pct(c['skip_precision'])}, same answer as the full model {_pct(c['skip_agreement'])}"
+    )
+
+
 def _print_build_summary(m: Matcher, kb: Path, saved: Path) -> None:
     info = m.info
     cal: dict[str, Any] = info.get("calibration", {})
@@ -238,6 +251,7 @@ def _print_build_summary(m: Matcher, kb: Path, saved: Path) -> None:
         ("CV top-1 (in scope)", _pct(cal.get("cv_top1_in_scope"))),
         ("CV answer precision", _pct(cal.get("cv_answer_precision")) + _interval(cal)),
         ("CV answer coverage", _pct(cal.get("cv_answer_coverage"))),
+        ("dense-skip cascade", _cascade(info, cal)),
         ("build seconds", f"{info.get('build_seconds', 0.0):.1f}"),
         ("saved to", str(saved)),
     ]
@@ -920,6 +934,22 @@ def bench(
             f"{lat['p99']:.3f}",
         )
     console.print(cost)
+    if report.cascade:
+        casc = Table(title="default profile: dense-skip cascade off / on (empty encoder cache)")
+        for col in ("", "top-1", "answered", "precision", "encoder skipped", "p50 ms", "p99 ms", "mean ms"):
+            casc.add_column(col)
+        for name, c in report.cascade.items():
+            casc.add_row(
+                name,
+                f"{c['top1']:.4f}",
+                f"{c['answered']:.4f}",
+                f"{c['precision']:.4f}",
+                f"{c['skipped']:.3f}",
+                f"{c['p50']:.2f}",
+                f"{c['p99']:.2f}",
+                f"{c['mean']:.2f}",
+            )
+        console.print(casc)
     if json_out:
         from dataclasses import asdict
 

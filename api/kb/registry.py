@@ -91,9 +91,11 @@ class ModelRegistry:
         dense: bool = True,
         memory_mb: float = 0.0,
         holding: Holding | None = None,
+        cascade: bool = False,
     ) -> None:
         self.data_dir = data_dir
         self.dense = dense
+        self.cascade = cascade  # models answer through their dense-skip cascade (KEFU_CASCADE)
         self.memory_budget = int(memory_mb * 1024 * 1024)  # 0: no budget
         self.holding = holding or Holding()
         self._served: OrderedDict[str, ServedModel] = OrderedDict()
@@ -200,6 +202,7 @@ class ModelRegistry:
         try:
             t0 = time.perf_counter()
             matcher = Matcher.load(path)
+            matcher.use_cascade = self.cascade
             seconds = time.perf_counter() - t0
             MODEL_LOAD_SECONDS.observe(seconds)
             log.info("loaded version %d of shop %s in %.0f ms", version, shop, seconds * 1e3)
@@ -209,6 +212,7 @@ class ModelRegistry:
                 "version %d of shop %s not loadable here (%s): rebuilding from its snapshot", version, shop, e
             )
         matcher = self.build(*snapshot())
+        matcher.use_cascade = self.cascade
         try:
             matcher.save(path)
         except OSError as e:
