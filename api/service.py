@@ -9,7 +9,8 @@ from datetime import timedelta
 from functools import partial
 from typing import Any
 
-from sqlalchemy import delete, select, tuple_
+from sqlalchemy import delete, event, select, tuple_
+from sqlalchemy.orm import Session
 
 from api.db.migrate import upgrade
 from api.db.models import JdMessage, Shop, utcnow
@@ -23,10 +24,12 @@ from api.metrics import MODEL_VERSION
 from api.settings import Settings
 from api.store.exchange_log import ExchangeLog, claim_node
 from api.store.kv import make_store
+from api.web.keycache import ShopKeyCache
 
 log = logging.getLogger("kefu.service")
 
 
+CHANGED_SHOPS = "kefu.shops_changed"  # Session.info key: the shop rows a transaction wrote
 PRUNE_BATCH = 1000  # rows per delete: short transactions, no long lock on a big backlog
 BUILD_SWEEP_EVERY = 60.0  # seconds between two looks for builds whose worker vanished
 
@@ -59,7 +62,10 @@ class Service:
         # the KB build queue (huey); consumed here when KEFU_BUILD_IN_PROCESS, else by `kefu worker`
         self.builds = BuildQueue(self.db, settings, self.registry, self.publisher.activate)
         self.conversations = Conversations(self.store, ttl_seconds=settings.conversation_ttl)
-        self.catalogs = Catalogs(self.db)
+        # what a conversation turn reads of a shop without asking the database every time (issue 9)
+        self.shop_keys = ShopKeyCache(settings.lookup_cache_seconds)
+        self.catalogs = Catalogs(self.db, ttl=settings.lookup_cache_seconds)
+        self._watch_writes()
         # exchange ids made here need a node of their own among live processes (api/db/ids.py)
         claim_node(self.db)
         self.exchange_log = ExchangeLog(
@@ -68,12 +74,44 @@ class Service:
             batch=settings.exchange_log_batch,
             capacity=settings.exchange_log_buffer,
         )
-        self._subscription = self.store.subscribe(CHANNEL, self.publisher.on_notice)
+        self._subscription = self.store.subscribe(CHANNEL, self._on_notice)
         self._secret_box: Any = None
         self.upload_parser = UploadParser()
         self._stopping = threading.Event()
         self._jd_queue: Any = None
         self._jd_queue_lock = threading.Lock()
+
+    def _watch_writes(self) -> None:
+        """Drop the cached lookups of a shop once a transaction of this process that wrote its row or its
+        catalog commits: every ORM write to `shops` (key rotation, mode, settings, credentials, an
+        activation), and the catalog's writes, which api.catalog.repo marks. Dropped after the commit,
+        not before, so a turn cannot read the old row again and keep it."""
+        from api.catalog.repo import CHANGED as CHANGED_CATALOGS
+
+        def after_flush(session: Session, _context: Any) -> None:
+            rows = [o for o in (*session.new, *session.dirty, *session.deleted) if isinstance(o, Shop)]
+            if rows:
+                session.info.setdefault(CHANGED_SHOPS, set()).update(row.id for row in rows)
+
+        def after_commit(session: Session) -> None:
+            for shop in session.info.pop(CHANGED_SHOPS, ()):
+                self.shop_keys.invalidate(shop)
+            for shop in session.info.pop(CHANGED_CATALOGS, ()):
+                self.catalogs.invalidate(shop)
+
+        def after_rollback(session: Session) -> None:
+            session.info.pop(CHANGED_SHOPS, None)
+            session.info.pop(CHANGED_CATALOGS, None)
+
+        event.listen(self.db.sessions, "after_flush", after_flush)
+        event.listen(self.db.sessions, "after_commit", after_commit)
+        event.listen(self.db.sessions, "after_rollback", after_rollback)
+
+    def _on_notice(self, message: dict[str, Any]) -> None:
+        """A version was activated (by any process): the shop's cached row names the old active version.
+        (A notice missed is caught up by the reconciler, seconds later: by then the TTL has run out.)"""
+        self.shop_keys.invalidate(str(message.get("shop")))
+        self.publisher.on_notice(message)
 
     @property
     def jd_queue(self) -> Any:

@@ -64,6 +64,12 @@ class Settings(BaseSettings):
     admin_token: SecretStr | None = None  # creates shops; unset: the admin API refuses everything
     secret_key: SecretStr | None = None  # Fernet key(s) for JD credentials at rest, comma-separated
     conversation_ttl: int = Field(default=1800, ge=10)
+    # seconds a conversation turn (messages, assist) reuses this process's lookup of an API key's shop and
+    # of a shop's catalog revision, instead of reading them from the database on every message. A write
+    # in this process drops them at once; written by another process (worker, replica), they are seen
+    # within this time: a revoked key may still open the conversation routes of another process for it.
+    # 0: read both on every message.
+    lookup_cache_seconds: float = Field(default=1.0, ge=0, le=60)
     min_self_recall: float = Field(default=0.9, ge=0, le=1)
     min_cv_top1: float = Field(default=0.3, ge=0, le=1)
     # ---- JD / JOS

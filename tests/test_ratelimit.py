@@ -121,6 +121,34 @@ def test_replicas_share_the_shop_budget_through_redis(redis_url: str, tmp_path: 
         assert one.get("/v1/shops/shop-b").status_code == 503
 
 
+@pytest.mark.parametrize("store", ["memory", "redis"])
+def test_a_request_refused_for_its_client_is_not_counted_against_its_shop(
+    store: str, tmp_path: Path, request: pytest.FixtureRequest
+) -> None:
+    """Client and shop windows are counted in turn (on Redis in one script call): a request over its
+    client's limit stops there, and of several windows the one exceeded is named, with its own wait."""
+    settings = bare_settings(
+        tmp_path,
+        redis_url=request.getfixturevalue("redis_url") if store == "redis" else None,
+        redis_prefix=f"kefu-t-{uuid.uuid4().hex[:8]}:",
+        rate_limit_client="2/minute",
+        rate_limit_shop="10/minute;3/hour",
+        trusted_proxies=f"{PROXY}/32",
+    )
+    with TestClient(create_app(settings, shops_service=False), client=(PROXY, 5000)) as c:
+
+        def get(client: str) -> Any:
+            return c.get("/v1/shops/shop-a", headers={"X-Forwarded-For": client})
+
+        assert [get("203.0.113.5").status_code for _ in range(4)] == [503, 503, 429, 429]
+        # the two refused requests did not use the shop's budget: one is left for another client
+        assert get("203.0.113.6").status_code == 503
+        r = get("203.0.113.7")
+        assert r.status_code == 429
+        assert r.json()["detail"] == "rate limit of 3 requests per 3600 s for shop shop-a exceeded"
+        assert 60 < int(r.headers["Retry-After"]) <= 3600
+
+
 # ------------------------------------------------------------------------------------------ per client
 def test_an_unauthenticated_flood_on_the_jd_endpoint_is_cut_before_any_lookup(settings: Settings) -> None:
     settings = settings.model_copy(update={"rate_limit_shop": None, "rate_limit_client": "5/minute"})

@@ -20,12 +20,14 @@ from typing import Any
 
 # (label, module path fragment, function name): cumulative time of each, per request
 STAGES: tuple[tuple[str, str, str], ...] = (
-    ("auth: API key -> shop (one database query)", "api/web/deps.py", "require_shop"),
-    ("rate limit checks (client and shop)", "api/web/ratelimit.py", "check"),
+    ("auth: API key -> shop (cached for KEFU_LOOKUP_CACHE_SECONDS)", "api/web/deps.py", "require_turn_shop"),
+    ("  database lookup (a miss)", "api/web/deps.py", "_lookup"),
+    ("rate limit checks (client and shop, one call)", "api/web/ratelimit.py", "check_all"),
     ("route handler (everything below)", "api/routes/messages.py", "message"),
     ("handle_message (all below)", "api/dialog/handle.py", "handle_message"),
     ("  served model lookup", "api/service.py", "served"),
     ("  the shop's catalog (skills)", "api/dialog/handle.py", "_skills"),
+    ("    catalog revision read (a miss)", "api/catalog/repo.py", "revision"),
     ("  agent tasks", "api/dialog/handle.py", "_raise_tasks"),
     ("  conversation state: load", "api/dialog/conversation.py", "load"),
     ("  conversation state: save", "api/dialog/conversation.py", "save"),

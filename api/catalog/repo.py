@@ -12,6 +12,9 @@ from sqlalchemy.orm import Session
 from api.catalog.importer import Sku
 from api.catalog.models import CatalogSku
 
+# Session.info key: the shops whose catalog the session's transaction wrote; once it commits, the service
+# drops what it caches of them (api/service.py)
+CHANGED = "kefu.catalog_changed"
 _SPEC = re.compile(r"^\d+(?:\.\d+)?[a-zA-Z]{1,3}$")  # 16G, 1TB, 2.8K: units, not names
 
 
@@ -28,6 +31,7 @@ def _sku(row: CatalogSku) -> Sku:
 
 def replace_all(s: Session, shop: str, skus: Sequence[Sku]) -> None:
     """Swap the shop's whole catalog for validated SKUs, in the caller's transaction."""
+    _changed(s, shop)
     s.execute(delete(CatalogSku).where(CatalogSku.shop_id == shop))
     s.add_all(
         CatalogSku(
@@ -42,6 +46,10 @@ def replace_all(s: Session, shop: str, skus: Sequence[Sku]) -> None:
         )
         for i, k in enumerate(skus)
     )
+
+
+def _changed(s: Session, shop: str) -> None:
+    s.info.setdefault(CHANGED, set()).add(shop)
 
 
 def all_skus(s: Session, shop: str) -> list[Sku]:
@@ -69,6 +77,7 @@ def get_sku(s: Session, shop: str, sku_id: str) -> Sku | None:
 
 
 def delete_sku(s: Session, shop: str, sku_id: str) -> bool:
+    _changed(s, shop)
     result = s.execute(delete(CatalogSku).where(CatalogSku.shop_id == shop, CatalogSku.sku_id == sku_id))
     return bool(getattr(result, "rowcount", 0))
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import re
 import threading
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime
@@ -296,29 +297,62 @@ def _only_product(question: str) -> bool:
 
 
 # ------------------------------------------------------------------------------------- per shop
-class Catalogs:
-    """Each shop's Catalog, reloaded when the stored catalog changes (checked with one cheap query)."""
+@dataclass
+class _Cached:
+    revision: tuple[int, datetime | None, float]  # (SKUs, last change, target precision) when read
+    catalog: Catalog | None
+    checked: float  # when the revision was last read (the Catalogs' clock)
 
-    def __init__(self, db: Any) -> None:
+
+class Catalogs:
+    """Each shop's Catalog, reloaded when the stored catalog changes.
+
+    Whether it changed is one cheap query (the revision), asked at most once per `ttl` seconds per shop
+    (KEFU_LOOKUP_CACHE_SECONDS; 0: on every call): within that time a catalog written by another process
+    is not seen yet. A write in this process calls `invalidate` once committed, so it is seen at once.
+    """
+
+    def __init__(self, db: Any, ttl: float = 0.0, clock: Callable[[], float] = time.monotonic) -> None:
         self.db = db
-        self._cached: dict[str, tuple[tuple[int, datetime | None, float], Catalog | None]] = {}
+        self.ttl = ttl
+        self._clock = clock
+        self._cached: dict[str, _Cached] = {}
         self._lock = threading.Lock()
+        self._generation = 0  # counts invalidations: a read that overlapped one is not trusted for `ttl`
 
     def get(self, shop: str, target_precision: float = 0.95) -> Catalog | None:
         """The shop's catalog, or None when it has none."""
         from api.catalog import repo
 
+        with self._lock:
+            hit = self._cached.get(shop)
+            generation = self._generation
+        now = self._clock()
+        if hit is not None and hit.revision[2] == target_precision and now - hit.checked < self.ttl:
+            return hit.catalog
         with self.db.session() as s:
             count, changed = repo.revision(s, shop)
             key = (count, changed, target_precision)
-            hit = self._cached.get(shop)
-            if hit is not None and hit[0] == key:
-                return hit[1]
-            skus = repo.all_skus(s, shop) if count else []
-        catalog = Catalog.of(skus, target_precision) if skus else None
+            if hit is not None and hit.revision == key:
+                catalog = hit.catalog
+                skus: list[Sku] | None = None
+            else:
+                skus = repo.all_skus(s, shop) if count else []
+        if skus is not None:
+            catalog = Catalog.of(skus, target_precision) if skus else None
         with self._lock:
-            self._cached[shop] = (key, catalog)
+            # read while a write was being committed: keep it, but check again on the next call
+            fresh = self._generation == generation
+            self._cached[shop] = _Cached(key, catalog, now if fresh else float("-inf"))
         return catalog
+
+    def invalidate(self, shop: str) -> None:
+        """The shop's catalog was written (committed) in this process: read its revision on the next call."""
+        with self._lock:
+            self._generation += 1
+            hit = self._cached.get(shop)
+            if hit is not None:
+                hit.checked = float("-inf")
 
     def warm(self, shop: str, target_precision: float = 0.95) -> threading.Thread:
         """Build the shop's spec matcher in the background, so the first spec question does not wait."""

@@ -13,21 +13,21 @@ from api.dialog.conversation import TurnContext
 from api.dialog.handle import handle_message, suggestions
 from api.metrics import FEEDBACK
 from api.store import exchanges
-from api.web.deps import SHOP_AUTH_RESPONSES, ServiceDep, ShopDep
+from api.web.deps import SHOP_AUTH_RESPONSES, ServiceDep, ShopDep, TurnShopDep
 from api.web.schemas import DB_INT_MAX, AssistOut, ExchangeOut, FeedbackIn, MessageIn, ReplyOut, Suggestion
 
 router = APIRouter(prefix="/v1/shops/{shop}", responses=SHOP_AUTH_RESPONSES, tags=["conversations"])
 
 
 @router.post("/messages", response_model=ReplyOut)
-def message(body: MessageIn, shop: ShopDep, service: ServiceDep) -> Any:
+def message(body: MessageIn, shop: TurnShopDep, service: ServiceDep) -> Any:
     """A customer message in a conversation: answer, clarify (up to 3 questions) or hand off."""
     context = TurnContext(sku_id=body.sku_id, customer_pin=body.customer_pin, order_id=body.order_id)
     return handle_message(service, shop, body.conversation_id, body.text, channel="api", context=context)
 
 
 @router.post("/assist", response_model=AssistOut)
-def assist(body: MessageIn, shop: ShopDep, service: ServiceDep) -> AssistOut:
+def assist(body: MessageIn, shop: TurnShopDep, service: ServiceDep) -> AssistOut:
     """Up to 3 suggested answers for the human agent handling this conversation."""
     found, version = suggestions(service, shop, body.text)
     exchange_id = service.exchange_log.log(

@@ -43,15 +43,43 @@ def require_shop(
     """The shop, if the key is its own: 401 no/invalid key, 403 another shop's key.
 
     Neither answer depends on whether the shop in the path exists, so an outsider cannot probe for shop
-    ids; only the metric's reason tells the cases apart.
+    ids; only the metric's reason tells the cases apart. Read from the database on every request, so a
+    merchant's change made through another process is seen at once (see `require_turn_shop`).
     """
+    return _lookup(service, shop, x_api_key, remember=False)
+
+
+def require_turn_shop(
+    service: ServiceDep,
+    shop: Annotated[str, Path(description="shop id", max_length=64)],
+    x_api_key: Annotated[str | None, Header(description="the shop's API key")] = None,
+) -> Shop:
+    """`require_shop` for a conversation turn (messages, assist), the hot path: a key this process
+    accepted less than KEFU_LOOKUP_CACHE_SECONDS ago is not looked up again (api/web/keycache.py).
+
+    Only an accepted key is kept, under its digest; any other answer is looked up as `require_shop`
+    does. The row may be that old when another process changed it (mode, settings, a revoked key).
+    """
+    cache = service.shop_keys
+    if x_api_key and cache.enabled:
+        hit = cache.get(hash_key(x_api_key))
+        if hit is not None and hit.id == shop:
+            return hit
+    return _lookup(service, shop, x_api_key, remember=True)
+
+
+def _lookup(service: Service, shop: str, x_api_key: str | None, *, remember: bool) -> Shop:
+    generation = service.shop_keys.generation  # before the read: see ShopKeyCache.generation
     owner = None
     exists = False
     with service.db.session() as s:
-        if x_api_key:
-            owner = s.scalar(select(Shop).where(Shop.api_key_hash == hash_key(x_api_key)))
+        digest = hash_key(x_api_key) if x_api_key else None
+        if digest is not None:
+            owner = s.scalar(select(Shop).where(Shop.api_key_hash == digest))
         if owner is not None and owner.id == shop and key_matches(x_api_key, owner.api_key_hash):
             s.expunge(owner)
+            if remember and digest is not None:
+                service.shop_keys.put(digest, owner, generation)
             return owner
         exists = bool(SHOP_ID.match(shop)) and s.get(Shop, shop) is not None
     if owner is not None:
@@ -62,6 +90,8 @@ def require_shop(
 
 
 ShopDep = Annotated[Shop, Depends(require_shop)]
+# a conversation turn's shop: the key's lookup may be up to KEFU_LOOKUP_CACHE_SECONDS old
+TurnShopDep = Annotated[Shop, Depends(require_turn_shop)]
 
 # documented on every route that takes the shop's key, so clients (and schema checkers) know them
 SHOP_AUTH_RESPONSES: dict[int | str, dict[str, Any]] = {

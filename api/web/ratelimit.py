@@ -7,8 +7,11 @@ the shop id in the path). /healthz and /metrics are never limited: probes and sc
 
 Counters are fixed windows (`limits`' FixedWindowRateLimiter: one atomic increment per request and
 limit, constant memory), in Redis when it is configured so every replica counts against the same
-budget, else in-process. If Redis fails, requests pass unchecked for a few seconds with a warning: the
-limits protect the service and must not be what takes it down.
+budget, else in-process. On Redis the middleware counts every window a request is checked against
+(client and shop) in one script call, one round trip, where `limits` makes one per window; the keys,
+TTLs and order are `limits`' own, so both read and write the same counters. If Redis fails, requests
+pass unchecked for a few seconds with a warning: the limits protect the service and must not be what
+takes it down.
 """
 
 from __future__ import annotations
@@ -42,6 +45,23 @@ LimitScope = Literal["client", "shop"]
 EXEMPT_PATHS = frozenset({"/healthz", "/metrics"})
 FAIL_OPEN_SECONDS = 5.0  # after a store failure, how long requests pass without a check
 STORE_TIMEOUT_SECONDS = 0.5  # a slow Redis must not add seconds to every request
+
+# Fixed windows counted in one call, as `limits`' incr_expire.lua does for one: KEYS[i] is a window's
+# counter, ARGV[2i-1] its length in seconds and ARGV[2i] its limit. Counts in order and stops at the first
+# window over its limit (the later ones are not counted, as when they are checked one by one); returns
+# {its 1-based index, its TTL in seconds}, or {0, 0} when every window had room.
+_HIT_WINDOWS = """
+for i, key in ipairs(KEYS) do
+    local count = redis.call('INCRBY', key, 1)
+    if count == 1 then
+        redis.call('EXPIRE', key, ARGV[2 * i - 1])
+    end
+    if count > tonumber(ARGV[2 * i]) then
+        return {i, redis.call('TTL', key)}
+    end
+end
+return {0, 0}
+"""
 
 
 class RateLimited(BaseModel):
@@ -169,6 +189,7 @@ class RateLimiter:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._strategy: FixedWindowRateLimiter | None = None
         self._pool: redis.asyncio.ConnectionPool | None = None
+        self._hit_windows: Any = None  # the script above on this loop's Redis client; None: in memory
         self._open_until = 0.0
 
     @classmethod
@@ -206,24 +227,34 @@ class RateLimiter:
                     wrap_exceptions=True,
                     **pool,
                 )
+                client = redis.asyncio.Redis(connection_pool=self._pool)
+                self._hit_windows = client.register_script(_HIT_WINDOWS)
             else:
                 storage = MemoryStorage()
+                self._hit_windows = None
             self._loop, self._strategy = loop, FixedWindowRateLimiter(storage)
         return self._strategy
 
     async def check(self, scope: LimitScope, subject: str) -> Refusal | None:
         """Count one request of `subject`; a Refusal when that goes over one of the scope's limits."""
-        items = self.limits[scope]
-        if not items or time.monotonic() < self._open_until:
+        return await self.check_all([(scope, subject)])
+
+    async def check_all(self, subjects: Sequence[tuple[LimitScope, str]]) -> Refusal | None:
+        """Count one request against each (scope, subject)'s limits in turn, stopping at the first one it
+        goes over, which is returned; later ones are not counted. On Redis: one round trip for all."""
+        windows = [(scope, subject, item) for scope, subject in subjects for item in self.limits[scope]]
+        if not windows or time.monotonic() < self._open_until:
             return None
         strategy = self._strategy_here()
         try:
-            for item in items:
+            if self._hit_windows is not None:
+                return await self._hit_in_redis(windows)
+            for scope, subject, item in windows:
                 if not await strategy.hit(item, scope, subject):
                     stats = await strategy.get_window_stats(item, scope, subject)
                     retry = max(1, math.ceil(stats.reset_time - time.time()))
                     return Refusal(scope, subject, item, retry)
-        except (StorageError, OSError) as e:
+        except (StorageError, redis.RedisError, OSError) as e:
             self._open_until = time.monotonic() + FAIL_OPEN_SECONDS
             RATE_LIMIT_ERRORS.inc()
             log.warning(
@@ -233,6 +264,15 @@ class RateLimiter:
                 FAIL_OPEN_SECONDS,
             )
         return None
+
+    async def _hit_in_redis(self, windows: list[tuple[LimitScope, str, RateLimitItem]]) -> Refusal | None:
+        keys = [f"{self._key_prefix}:{item.key_for(scope, subject)}" for scope, subject, item in windows]
+        args = [n for _, _, item in windows for n in (item.get_expiry(), item.amount)]
+        over, ttl = await self._hit_windows(keys=keys, args=args)
+        if not over:
+            return None
+        scope, subject, item = windows[int(over) - 1]
+        return Refusal(scope, subject, item, max(1, int(ttl)))
 
     async def exceeded(self, scope: LimitScope, subject: str) -> bool:
         """Whether `subject` has used up one of the scope's limits, without counting a request: a failed
@@ -254,6 +294,7 @@ class RateLimiter:
     async def aclose(self) -> None:
         """Release the Redis connections (call in the loop that used them)."""
         pool, self._pool, self._strategy, self._loop = self._pool, None, None, None
+        self._hit_windows = None
         if pool is not None:
             await pool.aclose()
 
@@ -279,11 +320,12 @@ class RateLimitMiddleware:
         if self._routes is None:  # the schema is complete once the app serves requests
             self._routes = RouteTable.of(scope["app"])
         route, params = self._routes.match(path)
-        refusal = await self.limiter.check("client", client_ip(scope, self.limiter.trusted))
+        subjects: list[tuple[LimitScope, str]] = [("client", client_ip(scope, self.limiter.trusted))]
         shop = params.get("shop")
         # an id that cannot be a shop is answered 404 without a lookup: no counter for it
-        if refusal is None and isinstance(shop, str) and SHOP_ID.match(shop):
-            refusal = await self.limiter.check("shop", shop)
+        if isinstance(shop, str) and SHOP_ID.match(shop):
+            subjects.append(("shop", shop))
+        refusal = await self.limiter.check_all(subjects)  # the shop is not counted if the client is over
         if refusal is None:
             await self.app(scope, receive, send)
             return
