@@ -34,6 +34,11 @@ MATCH_LATENCY = Histogram(
     buckets=(0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25),
 )
 DECISIONS = Counter("kefu_decisions_total", "Replies by kind", ["shop", "decision"])
+DENSE_SKIPPED = Counter(
+    "kefu_dense_skipped_total",
+    "Messages answered by a model's cascade without the sentence encoder (KEFU_CASCADE)",
+    ["shop"],
+)
 HANDOFF_RATE = Gauge(
     "kefu_handoff_rate",
     "Share of handoffs among this process's last 500 replies",

@@ -108,3 +108,10 @@ def test_a_replica_loads_models_on_first_message_holds_its_shard_and_evicts(tmp_
         assert say(c, mine, keys[mine], "能开发票吗")["entry_id"] == "invoice"
         metrics = c.get("/metrics").text
         assert "kefu_model_evictions_total" in metrics and "kefu_models_loaded" in metrics
+
+
+def test_kefu_cascade_turns_the_loaded_models_cascade_on(fast_matcher, tmp_path):
+    fast_matcher.save(tmp_path / "shops" / "s1" / "v1")
+    snapshot = lambda: pytest.fail("the saved model loads; nothing is rebuilt")  # noqa: E731
+    assert ModelRegistry(tmp_path, cascade=True).load("s1", 1, snapshot).use_cascade
+    assert not ModelRegistry(tmp_path).load("s1", 1, snapshot).use_cascade

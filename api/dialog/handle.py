@@ -29,7 +29,7 @@ from api.dialog.orders_skill import OrdersSkill
 from api.dialog.privacy import mask_pii
 from api.dialog.replies import Replies
 from api.jd.orders import OrderLookup
-from api.metrics import AGENT_TASKS, MATCH_LATENCY, record_reply
+from api.metrics import AGENT_TASKS, DENSE_SKIPPED, MATCH_LATENCY, record_reply
 from api.service import Service
 from engine.kb import KBEntry
 from engine.results import MatchResult
@@ -152,6 +152,8 @@ def handle_message(
                     r = matcher.match(t, top_k=5, smalltalk=replies.enabled, exclude=exclude)
                 finally:
                     MATCH_LATENCY.observe(time.perf_counter() - m0)
+                if r.dense_skipped:
+                    DENSE_SKIPPED.labels(shop.id).inc()
                 e = entries.get(r.entry_id) if r.entry_id and r.answer is not None else None
                 return replace(r, answer=choose(e)) if e is not None and e.answer_variants else r
 
