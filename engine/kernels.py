@@ -99,6 +99,7 @@ def entry_scores_numpy(row_scores: np.ndarray, row_ptr: np.ndarray) -> np.ndarra
 
 
 _BLOCK = 2048  # rows per block of the dense pass: 8 KB of scores
+_SCAN = 128  # entries per block of the top-k scan
 
 if _HAVE_NUMBA:
 
@@ -185,19 +186,34 @@ if _HAVE_NUMBA:
             lower = x < floor
             worst = j if lower else worst
             floor = x if lower else floor
-        for e in range(kk, n):
-            v = scores[e] if ok[e] else np.float32(-1.0)
-            if v > floor:
-                idx[worst] = e
-                val[worst] = v
-                worst = 0
-                floor = val[0]
-                for j in range(1, kk):
-                    x = val[j]
-                    lower = x < floor
-                    worst = j if lower else worst
-                    floor = x if lower else floor
+        # a block whose largest score is no more than the floor holds no entry that would take a slot
+        # (a masked entry counts -1, no more than the floor either): skipped on one SIMD max
+        e = kk
+        while e < n:
+            end = min(e + _SCAN, n)
+            if floor < np.float32(-1.0) or _block_max(scores[e:end]) > floor:
+                for i in range(e, end):
+                    v = scores[i] if ok[i] else np.float32(-1.0)
+                    if v > floor:
+                        idx[worst] = i
+                        val[worst] = v
+                        worst = 0
+                        floor = val[0]
+                        for j in range(1, kk):
+                            x = val[j]
+                            lower = x < floor
+                            worst = j if lower else worst
+                            floor = x if lower else floor
+            e = end
         return idx
+
+    @numba.njit(cache=True, nogil=True, fastmath=True)
+    def _block_max(a):  # type: ignore[no-untyped-def]
+        # fastmath lets the maximum run in SIMD lanes; a maximum is exact in any order (no NaN here)
+        m = a[0]
+        for i in range(1, a.shape[0]):
+            m = max(m, a[i])
+        return m
 
 
 def row_scores(
