@@ -24,7 +24,7 @@ from engine.decide import DecisionPolicy
 from engine.dense import DenseIndex
 from engine.embed import CachedEmbedder, Embedder, shared_embedder
 from engine.fusion import LinearModel
-from engine.kb import dump_kb, load_kb
+from engine.kb import dump_kb, load_saved_kb
 from engine.matcher import Matcher
 from engine.sparse import SparseIndex
 from engine.supervised import EntryClassifier
@@ -216,7 +216,7 @@ def _arrays(d: Path, manifest: dict[str, Any]) -> dict[str, np.ndarray]:
 
 def _read(d: Path, manifest: dict[str, Any], embedder: Embedder | None) -> Matcher:
     m = Matcher()
-    m.entries = load_kb(d / "kb.jsonl")
+    m.entries = load_saved_kb(d / "kb.jsonl")  # checked when built, covered by the checksum
     m.row_texts = [q for e in m.entries for q in e.questions()]
     a = _arrays(d, manifest)
     m.row_ptr = a["row_ptr"]

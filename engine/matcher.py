@@ -482,7 +482,7 @@ class Matcher:
         else:  # the best only: runners-up are estimated on request (see `match`)
             conf = np.zeros(shown)
             conf[0] = p
-        candidates = [self._candidate(ranking, i, conf) for i in range(min(top_k, shown))]
+        candidates = self._candidates(ranking, min(top_k, shown), conf)
         return MatchResult(
             decision,
             reason,
@@ -490,7 +490,7 @@ class Matcher:
             entry_id=best.id,
             answer=best.answer if decision is Decision.ANSWER else None,
             candidates=candidates,
-            options=[self._candidate(ranking, i, conf) for i in range(min(pol.clarify_k, shown))]
+            options=self._candidates(ranking, min(pol.clarify_k, shown), conf)
             if decision is Decision.CLARIFY
             else [],
             normalized=rep.normalized,
@@ -531,16 +531,19 @@ class Matcher:
         conf[1:] = rest
         return conf
 
-    def _candidate(self, ranking: Ranking, i: int, confidence: np.ndarray) -> Candidate:
-        entry = self.entries[ranking.cands[i]]
-        return Candidate(
-            entry.id,
-            entry.question,
-            float(ranking.fused[i]),
-            entry.answer,
-            entry.category,
-            float(confidence[i]),
-        )
+    def _candidates(self, ranking: Ranking, n: int, confidence: np.ndarray) -> list[Candidate]:
+        """The first n candidates as results (plain Python numbers: one conversion per array, not one
+        numpy scalar per field)."""
+        entries = self.entries
+        return [
+            Candidate(entry.id, entry.question, score, entry.answer, entry.category, conf)
+            for entry, score, conf in zip(
+                map(entries.__getitem__, ranking.cands[:n].tolist()),
+                ranking.fused[:n].tolist(),
+                confidence[:n].tolist(),
+                strict=True,
+            )
+        ]
 
     def memory_bytes(self) -> int:
         """About how much memory the model holds once its queries have touched it: every array

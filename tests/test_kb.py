@@ -31,6 +31,7 @@ from engine.kb import (
     dump_kb,
     kb_hash,
     load_kb,
+    load_saved_kb,
     read_rows,
 )
 
@@ -655,6 +656,25 @@ def test_property_csv_round_trip(entries: list[KBEntry]) -> None:
         path = Path(directory) / "kb.csv"
         dump_kb(entries, path)
         assert load_kb(path) == entries
+
+
+@settings(max_examples=150, deadline=None)
+@given(kb_entries())
+def test_a_saved_kb_reads_back_as_load_kb_reads_it(entries: list[KBEntry]) -> None:
+    """A model's own kb.jsonl is read without validating it again, into the very entries load_kb gives."""
+    with tempfile.TemporaryDirectory() as directory:
+        path = Path(directory) / "kb.jsonl"
+        dump_kb(entries, path)
+        assert load_saved_kb(path) == load_kb(path) == entries
+
+
+def test_the_demo_kb_reads_back_alike_with_actions_and_variants(tmp_path: Path) -> None:
+    demo = load_kb(Path(__file__).resolve().parent.parent / "models" / "demo-shop-kb-orders.csv")
+    assert any(e.action for e in demo) and any(e.valid_to for e in demo)
+    for entries in (demo, ROUND_TRIP):
+        path = tmp_path / "kb.jsonl"
+        dump_kb(entries, path)
+        assert load_saved_kb(path) == load_kb(path) == entries
 
 
 _formula_text = st.tuples(st.text("'", max_size=2), st.sampled_from("=+-@"), _phrase).map("".join)

@@ -993,7 +993,17 @@ def _bench_scale(
         say=lambda s: console.print(f"[dim]{escape(s)}[/]"),
     )
     table = Table(title=f"message latency, build and memory by KB size ({n_queries} queries per size)")
-    for col in ("system", "questions", "p50 ms", "p99 ms", "build s", "peak RSS MB", "ANN recall@5", "note"):
+    for col in (
+        "system",
+        "questions",
+        "p50 ms",
+        "p99 ms",
+        "build s",
+        "peak RSS MB",
+        "load s",
+        "ANN recall@5",
+        "note",
+    ):
         table.add_column(col)
     for c in report.cells:
         table.add_row(
@@ -1003,6 +1013,7 @@ def _bench_scale(
             "" if c.p99_ms is None else f"{c.p99_ms:.3f}",
             "" if c.build_s is None else f"{c.build_s:.1f}",
             "" if c.peak_rss_mb is None else f"{c.peak_rss_mb:.0f}",
+            "" if c.load_s is None else f"{c.load_s:.1f}",
             "" if c.ann_recall5 is None else f"{c.ann_recall5:.4f} ({c.index})",
             escape(c.error),
         )

@@ -19,6 +19,7 @@ import random
 import resource
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
@@ -48,6 +49,7 @@ class Cell:
     queries: int = 0
     ann_recall5: float | None = None
     index: str = ""
+    load_s: float | None = None  # Matcher.load of the saved model (Kefu only)
     error: str = ""
 
 
@@ -202,6 +204,12 @@ def _kefu(kb: Path, queries: list[str], dense: bool) -> dict[str, Any]:
     if dense and m.dense_index is not None:
         out["index"] = m.dense_index.kind_
         out["ann_recall5"] = _ann_recall(m, queries)
+    out["peak_rss_mb"] = _peak_rss_mb()  # the build's and the queries', before the load below adds to it
+    with tempfile.TemporaryDirectory(prefix="kefu-scale-") as d:
+        m.save(d)
+        t = time.perf_counter()
+        Matcher.load(d)  # what a replica pays to serve this shop after a restart
+        out["load_s"] = time.perf_counter() - t
     return out
 
 
@@ -275,7 +283,7 @@ def run_cell(system: str, kb: Path, queries_file: Path) -> dict[str, Any]:
         out = _tfidf(kb, queries)
     else:
         raise ValueError(f"unknown system {system!r} (expected one of {', '.join(SYSTEMS)})")
-    out["peak_rss_mb"] = _peak_rss_mb()
+    out.setdefault("peak_rss_mb", _peak_rss_mb())
     return out
 
 
@@ -322,6 +330,7 @@ def run(
                     cell.queries = int(lat.size)
                     cell.ann_recall5 = res.get("ann_recall5")
                     cell.index = res.get("index", "")
+                    cell.load_s = res.get("load_s")
             report.cells.append(cell)
     return report
 
