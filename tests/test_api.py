@@ -18,6 +18,7 @@ from fastapi.testclient import TestClient
 
 from api.main import create_app
 from api.settings import Settings
+from api.web.schemas import CandidateOut, MatchResponse, ModelRef
 from api.web.state import ModelHolder
 from engine import Matcher
 from engine.artifacts import MANIFEST
@@ -147,6 +148,35 @@ def test_response_carries_model_identity(client: TestClient, matcher: Matcher) -
     body = post_match(client, "怎么查物流").json()
     assert body["model"] == {"kb_hash": matcher.info["kb_hash"], "entries": len(KB)}
     assert set(body["candidates"][0]) == {"entry_id", "question", "score"}
+
+
+@pytest.mark.parametrize("text", ["怎么退货", "发票", "你好", "谢谢 保修多久", "我要转人工", ""])
+def test_response_is_the_documented_model_byte_for_byte(
+    client: TestClient, matcher: Matcher, text: str
+) -> None:
+    """The route encodes its answer itself (no response-model pass): it must be exactly what FastAPI wrote
+    from a MatchResponse, so a field added to the model and not to the route shows up here."""
+    r = post_match(client, text, top_k=3)
+    assert r.status_code == 200
+    m = matcher.match(text, top_k=3)
+
+    def out(cs: Any) -> list[CandidateOut]:
+        return [CandidateOut(entry_id=c.entry_id, question=c.question, score=float(c.score)) for c in cs]
+
+    expected = MatchResponse(
+        decision=m.decision.value,
+        entry_id=m.entry_id,
+        answer=m.answer,
+        confidence=float(m.confidence),
+        candidates=out(m.candidates),
+        options=out(m.options),
+        reason=m.reason,
+        smalltalk=m.smalltalk,
+        smalltalk_around=m.smalltalk_around,
+        model=ModelRef(kb_hash=matcher.info.get("kb_hash"), entries=len(matcher)),
+    )
+    assert r.content == expected.model_dump_json().encode()
+    assert r.headers["content-type"] == "application/json"
 
 
 def test_human_request_hands_off(client: TestClient) -> None:

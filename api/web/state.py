@@ -69,20 +69,34 @@ def load_or_build(settings: Settings) -> Matcher | None:
     return matcher
 
 
-def get_holder(request: Request) -> ModelHolder:
-    """The app's ModelHolder (one per app, so tests can run several apps side by side)."""
+async def get_holder(request: Request) -> ModelHolder:
+    """The app's ModelHolder (one per app, so tests can run several apps side by side).
+
+    The dependencies here are `async def` although nothing in them waits: FastAPI runs a plain `def`
+    dependency in its thread pool, a hop that costs more than the attribute read it wraps.
+    """
     holder: ModelHolder = request.app.state.model_holder
     return holder
 
 
-def get_settings_dep(request: Request) -> Settings:
+async def get_settings_dep(request: Request) -> Settings:
     """The settings this app was created with (not necessarily the process-wide ones)."""
     settings: Settings = request.app.state.settings
     return settings
 
 
-def get_matcher(holder: Annotated[ModelHolder, Depends(get_holder)]) -> Matcher:
+async def get_matcher(holder: Annotated[ModelHolder, Depends(get_holder)]) -> Matcher:
     """The serving Matcher, or 503 while there is none."""
+    return serving_matcher(holder)
+
+
+async def get_serving_matcher(request: Request) -> Matcher:
+    """get_matcher without the sub-dependency: one dependency to solve on the hot /v1/match route."""
+    return serving_matcher(request.app.state.model_holder)
+
+
+def serving_matcher(holder: ModelHolder) -> Matcher:
+    """The holder's current Matcher, or the 503 that says none is loaded."""
     matcher = holder.current
     if matcher is None:
         raise HTTPException(
@@ -95,3 +109,4 @@ def get_matcher(holder: Annotated[ModelHolder, Depends(get_holder)]) -> Matcher:
 SettingsDep = Annotated[Settings, Depends(get_settings_dep)]
 HolderDep = Annotated[ModelHolder, Depends(get_holder)]
 MatcherDep = Annotated[Matcher, Depends(get_matcher)]
+ServingMatcher = Annotated[Matcher, Depends(get_serving_matcher)]
