@@ -175,12 +175,9 @@ class CachedEmbedder:
             return vec
 
     def encode_one(self, text: str) -> np.ndarray:
-        with self._lock:
-            vec = self._cache.get(text)
-            if vec is not None:
-                self._cache.move_to_end(text)
-                self.hits += 1
-                return vec
+        vec = self.cached(text)
+        if vec is not None:
+            return vec
         vec = self.inner.encode([text])[0]
         vec.setflags(write=False)
         with self._lock:
