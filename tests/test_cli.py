@@ -261,6 +261,20 @@ def test_calibrate_saves_new_thresholds(built: Built, tmp_path: Path) -> None:
     assert "calibration_logs" not in old["info"]  # -o leaves the source model alone
 
 
+def test_calibrate_warns_when_the_labelled_messages_support_no_answer_threshold(
+    built: Built, tmp_path: Path
+) -> None:
+    """A few dozen messages cannot show 99.9% precision with 80% confidence: the saved model would answer
+    only verbatim questions, and the merchant is told so instead of reading it off a threshold."""
+    labelled = write_queries(tmp_path / "labelled.csv", labelled_rows())
+    out = tmp_path / "recalibrated"
+    result = invoke("calibrate", built.path, labelled, "-o", out, "--target-precision", "0.999")
+    assert result.exit_code == 0, result.output
+    output = " ".join(result.output.split())
+    assert "never (target not met)" in output
+    assert "no confidence level meets the target precision" in output
+
+
 def test_calibrate_in_place(model_copy: Path, tmp_path: Path) -> None:
     labelled = write_queries(tmp_path / "labelled.csv", labelled_rows())
     result = invoke("calibrate", model_copy, labelled)

@@ -656,6 +656,13 @@ def _print_calibration(before: tuple[float, float], report: dict[str, Any], save
         f"{_pct(report['answer_precision'])}{_interval(report)}, coverage {_pct(report['answer_coverage'])} "
         f"(target {_pct(report['target_precision'])}; {report.get('threshold_rule', '')})"
     )
+    if report["t_answer"] > 1.0:
+        console.print(
+            "[yellow]warning:[/] on these labelled messages no confidence level meets the target precision "
+            "with the threshold's confidence: the saved model answers only KB questions asked word for word "
+            "and offers the closest questions otherwise. Keep the previous model, label more messages or "
+            "lower --target-precision."
+        )
     console.print(f"saved to {escape(str(saved))}")
 
 
