@@ -384,11 +384,9 @@ class Matcher:
                 Decision.HANDOFF, "no entry of the knowledge base is active now", normalized=rep.normalized
             )
         p = self.calibrator.proba(ranking.calib)
-        exact = ranking.evidence[:, 0] >= EXACT_COSINE
-        # the merchant's own question for this entry: held-out calibration never sees such a message
-        # (the question is hidden), so the rule answers it rather than the calibrator
-        verbatim = bool(exact[0] and not exact[1:].any())
-        return self._decide(rep, ranking, p, self.policy.t_answer, top_k, candidate_confidence, verbatim)
+        return self._decide(
+            rep, ranking, p, self.policy.t_answer, top_k, candidate_confidence, _verbatim(ranking)
+        )
 
     def _first_stage(
         self, rep: QueryRep, ok: np.ndarray, top_k: int, candidate_confidence: bool, cascade: Cascade
@@ -399,8 +397,7 @@ class Matcher:
         ranking = self.rank(rep, ok)
         if ranking.cands.size == 0:
             return ranking.sparse_part
-        exact = ranking.evidence[:, 0] >= EXACT_COSINE
-        verbatim = bool(exact[0] and not exact[1:].any())
+        verbatim = _verbatim(ranking)
         skip, p = cascade.skips(ranking.calib)
         if not (skip or verbatim):
             return ranking.sparse_part
@@ -580,6 +577,14 @@ class Matcher:
 def _clip(text: Any) -> Any:
     """A message cut to MAX_MESSAGE_CHARS (non-text passes through: normalize says what is wrong)."""
     return text[:MAX_MESSAGE_CHARS] if isinstance(text, str) and len(text) > MAX_MESSAGE_CHARS else text
+
+
+def _verbatim(ranking: Ranking) -> bool:
+    """The best candidate is the only one with one of its KB questions word for word: the merchant's own
+    question for this entry. Held-out calibration never sees such a message (the question is hidden), so
+    the rule answers it rather than the calibrator."""
+    exact = ranking.evidence[:, 0] >= EXACT_COSINE
+    return bool(exact[0] and not exact[1:].any())
 
 
 def _top(scores: np.ndarray, k: int) -> np.ndarray:
