@@ -903,6 +903,14 @@ def bench(
         Path, typer.Option(help="With --scale: where generated KBs are kept between runs")
     ] = Path(".bench-scale"),
     seed: Annotated[int, typer.Option(help="With --scale: seed of the synthetic questions")] = 0,
+    vector_store: Annotated[
+        Path | None,
+        typer.Option(
+            help="With --scale: read and keep the default channels' KB vectors here (fill it ahead, in "
+            "pieces, with `python -m training.vectorstore fill KB.csv DIR`); build s then counts each "
+            "stored vector's recorded encoding time"
+        ),
+    ] = None,
 ) -> None:
     """Channel ablation (does fusion help?), latency, build time and peak memory on a data set.
 
@@ -910,7 +918,16 @@ def bench(
     (the set's real questions grown with seeded synthetic ones), Kefu beside bm25s and TF-IDF, with a PNG."""
     if scale:
         _bench_scale(
-            [data, *(also or [])], sizes, system, max_queries, default_max_size, png, json_out, work_dir, seed
+            [data, *(also or [])],
+            sizes,
+            system,
+            max_queries,
+            default_max_size,
+            png,
+            json_out,
+            work_dir,
+            seed,
+            vector_store,
         )
         return
     from training.benchmark import run
@@ -973,6 +990,7 @@ def _bench_scale(
     json_out: Path | None,
     work_dir: Path,
     seed: int,
+    vector_store: Path | None = None,
 ) -> None:
     from training import scale as sc
 
@@ -998,6 +1016,7 @@ def _bench_scale(
         seed=seed,
         default_max_size=default_max_size,
         say=lambda s: console.print(f"[dim]{escape(s)}[/]"),
+        vector_store=vector_store,
     )
     table = Table(title=f"message latency, build and memory by KB size ({n_queries} queries per size)")
     for col in (
@@ -1009,6 +1028,7 @@ def _bench_scale(
         "peak RSS MB",
         "load s",
         "ANN recall@5",
+        "encode s",
         "note",
     ):
         table.add_column(col)
@@ -1022,7 +1042,8 @@ def _bench_scale(
             "" if c.peak_rss_mb is None else f"{c.peak_rss_mb:.0f}",
             "" if c.load_s is None else f"{c.load_s:.1f}",
             "" if c.ann_recall5 is None else f"{c.ann_recall5:.4f} ({c.index})",
-            escape(c.error),
+            "" if c.encode_s is None else f"{c.encode_s:.0f}",
+            escape(c.error or (f"{c.vectors_stored:,} vectors from the store" if c.vectors_stored else "")),
         )
     console.print(table)
     for size in report.sizes:

@@ -50,6 +50,8 @@ class Cell:
     ann_recall5: float | None = None
     index: str = ""
     load_s: float | None = None  # Matcher.load of the saved model (Kefu only)
+    encode_s: float | None = None  # default channels: the encoder's share of build_s
+    vectors_stored: int = 0  # of them, read from a vector store (training/vectorstore.py), not encoded
     error: str = ""
 
 
@@ -193,14 +195,29 @@ def _time_queries(fn: Callable[[str], Any], queries: Sequence[str], warmup: int 
     return out * 1e3
 
 
-def _kefu(kb: Path, queries: list[str], dense: bool) -> dict[str, Any]:
+def _kefu(kb: Path, queries: list[str], dense: bool, store_dir: Path | None = None) -> dict[str, Any]:
     from engine import Matcher
+    from engine.embed import CachedEmbedder
 
+    store = None
+    if dense and store_dir is not None:
+        from training.vectorstore import StoredVectors
+
+        store = StoredVectors(store_dir)
     t = time.perf_counter()
-    m = Matcher.build(kb, dense=dense)  # from the file, as `kefu build` does: reading and checking included
+    # from the file, as `kefu build` does: reading and checking included
+    m = Matcher.build(kb, dense=dense, embedder=store)
     build = time.perf_counter() - t
+    extra: dict[str, Any] = {}
+    if store is not None:
+        store.flush()
+        # what a build from scratch costs: this run's wall time, with the stored vectors' recorded
+        # encoding time in place of reading them
+        build += store.used_seconds_ - store.fresh_seconds_
+        extra = {"encode_s": store.used_seconds_, "vectors_stored": store.stored_}
+        m.embedder = CachedEmbedder(store.inner)  # messages are encoded as served, never read from the store
     lat = _time_queries(lambda q: m.match(q, top_k=5), queries)
-    out: dict[str, Any] = {"build_s": build, "latency_ms": lat.tolist()}
+    out: dict[str, Any] = {"build_s": build, "latency_ms": lat.tolist(), **extra}
     if dense and m.dense_index is not None:
         out["index"] = m.dense_index.kind_
         out["ann_recall5"] = _ann_recall(m, queries)
@@ -270,13 +287,14 @@ def _kb_questions(kb: Path) -> list[str]:
         return [q for r in csv.DictReader(f) for q in _questions(r)]
 
 
-def run_cell(system: str, kb: Path, queries_file: Path) -> dict[str, Any]:
-    """Measure one system on one KB in this process (called in a child process by `run`)."""
+def run_cell(system: str, kb: Path, queries_file: Path, store_dir: Path | None = None) -> dict[str, Any]:
+    """Measure one system on one KB in this process (called in a child process by `run`); `store_dir`:
+    the default channels' KB vectors are read from (and added to) this vector store."""
     queries = [q for q in queries_file.read_text(encoding="utf-8").splitlines() if q]
     if system == "kefu-fast":
         out = _kefu(kb, queries, dense=False)
     elif system == "kefu-default":
-        out = _kefu(kb, queries, dense=True)
+        out = _kefu(kb, queries, dense=True, store_dir=store_dir)
     elif system == "bm25s":
         out = _bm25s(kb, queries)
     elif system == "tfidf":
@@ -300,9 +318,11 @@ def run(
     default_max_size: int = 100_000,
     timeout_s: float = 3600.0,
     say: Callable[[str], None] = lambda s: None,
+    vector_store: Path | None = None,
 ) -> ScaleReport:
     """Every system at every size, each in a child process; the default channels up to `default_max_size`
-    (encoding a million questions on a 2-core machine takes hours: ask for it explicitly)."""
+    (encoding a million questions on a 2-core machine takes hours: ask for it explicitly, and fill a
+    `vector_store` ahead with `python -m training.vectorstore fill`)."""
     report = ScaleReport(sizes=list(sizes), queries=n_queries, seed=seed, machine=_machine())
     for size in sizes:
         say(f"preparing {size:,} questions")
@@ -313,6 +333,8 @@ def run(
             say(f"{system} at {size:,}")
             cell = Cell(system=system, size=size)
             cmd = [sys.executable, "-m", "training.scale", system, str(kb), str(qf)]
+            if vector_store is not None:
+                cmd.append(str(vector_store))
             try:
                 proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout_s, check=False)
             except subprocess.TimeoutExpired:
@@ -331,6 +353,8 @@ def run(
                     cell.ann_recall5 = res.get("ann_recall5")
                     cell.index = res.get("index", "")
                     cell.load_s = res.get("load_s")
+                    cell.encode_s = res.get("encode_s")
+                    cell.vectors_stored = int(res.get("vectors_stored", 0))
             report.cells.append(cell)
     return report
 
@@ -385,9 +409,9 @@ def plot(report: ScaleReport, path: Path) -> Path:
 
 
 def main(argv: Sequence[str]) -> int:
-    """Child-process entry: `python -m training.scale SYSTEM KB QUERIES` prints one JSON line."""
-    system, kb, queries = argv
-    print(json.dumps(run_cell(system, Path(kb), Path(queries))))
+    """Child-process entry: `python -m training.scale SYSTEM KB QUERIES [VECTOR_STORE]` prints a JSON line."""
+    system, kb, queries, *store = argv
+    print(json.dumps(run_cell(system, Path(kb), Path(queries), Path(store[0]) if store else None)))
     return 0
 
 
