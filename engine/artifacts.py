@@ -136,6 +136,7 @@ def _write(m: Matcher, d: Path) -> None:
                 "ann_threshold": m.dense_index.ann_threshold,
                 "hnsw_m": m.dense_index.hnsw_m,
                 "ef_search": m.dense_index.ef_search,
+                "ef_construction": m.dense_index.ef_construction,
                 "embedder": m.embedder.spec() if m.embedder else None,
             },
             "classifier": None
@@ -247,7 +248,9 @@ def _read(d: Path, manifest: dict[str, Any], embedder: Embedder | None) -> Match
     m.dense_index, m.centroids, m.embedder = None, None, None
     if ch["dense"] is not None:
         conf = ch["dense"]
-        di = DenseIndex(conf["ann_threshold"], conf["hnsw_m"], conf["ef_search"])
+        di = DenseIndex(
+            conf["ann_threshold"], conf["hnsw_m"], conf["ef_search"], conf.get("ef_construction", 80)
+        )
         di.mean_, di.vectors_, di.kind_ = a["dense_mean"], a["dense_vectors"], conf["index"]
         if di.kind_ == "hnsw":
             import faiss
