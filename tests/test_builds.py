@@ -20,6 +20,7 @@ from sqlalchemy import update
 
 from api.db.models import KBVersion, utcnow
 from api.kb import repo as kb_repo
+from api.kb.build_child import start_lowered
 from api.main import create_app
 from api.settings import Settings
 from tests.conftest import ROOT
@@ -299,3 +300,25 @@ def test_a_build_left_by_a_vanished_worker_is_swept(settings: Settings) -> None:
         service.builds.start(1)
         wait_for(lambda: served(c, key) == v2, timeout=120)
         assert version_row(c, v2)["attempts"] == 2
+
+
+def _report_priority(conn: Any) -> None:
+    """A child that only says what it was born with (it lowers nothing itself)."""
+    conn.send((os.getpriority(os.PRIO_PROCESS, 0), os.sched_getscheduler(0)))
+    conn.close()
+
+
+@pytest.mark.skipif(not hasattr(os, "SCHED_IDLE"), reason="SCHED_IDLE is Linux's")
+def test_a_build_child_is_born_with_its_lowered_priority_and_the_caller_keeps_its_own() -> None:
+    ctx = multiprocessing.get_context("spawn")
+    reader, writer = ctx.Pipe(duplex=False)
+    proc = ctx.Process(target=_report_priority, args=(writer,))
+    before = (os.getpriority(os.PRIO_PROCESS, 0), os.sched_getscheduler(0))
+    start_lowered(proc, nice=7, cpu_idle=True)
+    writer.close()
+    assert reader.poll(60)
+    nice, policy = reader.recv()
+    proc.join(10)
+    assert policy == os.SCHED_IDLE
+    assert nice >= 7
+    assert (os.getpriority(os.PRIO_PROCESS, 0), os.sched_getscheduler(0)) == before

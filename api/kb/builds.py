@@ -40,7 +40,7 @@ from sqlalchemy import func, select, update
 from api.db.models import KBVersion, utcnow
 from api.db.session import Database
 from api.kb import repo as kb_repo
-from api.kb.build_child import BuildJob, build_in_child
+from api.kb.build_child import BuildJob, build_in_child, start_lowered
 from api.kb.registry import ModelRegistry
 from api.metrics import BUILD_SECONDS
 from api.store.queue import make_huey, start_thread_consumer
@@ -228,7 +228,7 @@ class BuildQueue:
         proc = ctx.Process(
             target=build_in_child, args=(job, writer), name=f"kefu-build-{job.shop}-v{job.version}"
         )
-        proc.start()
+        start_lowered(proc, job.nice, job.cpu_idle)
         writer.close()  # the child holds the only writing end: EOF when it exits
         limit = float(self.settings.build_time_limit)
         deadline = time.monotonic() + limit
