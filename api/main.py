@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import re
 import time
 from collections.abc import AsyncIterator
@@ -113,6 +114,8 @@ def create_app(
     """
     settings = settings or get_settings()
     _configure_logging(settings.log_level)
+    # read by the engine when it creates the process's encoder (at the first model with the dense channel)
+    os.environ["KEFU_EMBED_QUERY_THREADS"] = str(settings.embed_query_threads)
     holder = ModelHolder(matcher)
     limiter = RateLimiter.from_settings(settings)
 

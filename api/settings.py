@@ -70,6 +70,11 @@ class Settings(BaseSettings):
     # within this time: a revoked key may still open the conversation routes of another process for it.
     # 0: read both on every message.
     lookup_cache_seconds: float = Field(default=1.0, ge=0, le=60)
+    # threads of the sentence encoder for one message (the engine's KEFU_EMBED_QUERY_THREADS, whose own
+    # default is every core: the lowest latency for one caller). A server's workers encode many messages
+    # at once, and a team per message waits on itself there: 1 gave 227 req/s on /v1/match with the
+    # default channels where a team of two gave 133 (2 CPUs, 2 workers). 0: every core.
+    embed_query_threads: int = Field(default=1, ge=0, le=64)
     min_self_recall: float = Field(default=0.9, ge=0, le=1)
     min_cv_top1: float = Field(default=0.3, ge=0, le=1)
     # ---- JD / JOS
