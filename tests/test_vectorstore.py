@@ -92,3 +92,17 @@ def test_a_build_from_the_store_equals_the_encoders_build(tmp_path: Path) -> Non
     for q in ["能开专票吗", "几天能到货", "怎么退货"]:
         a, b = stored.match(q), direct.match(q)
         assert [c.entry_id for c in a.candidates] == [c.entry_id for c in b.candidates]
+
+
+def test_the_scale_benchmark_reads_the_store_and_counts_its_encoding_time(tmp_path: Path) -> None:
+    from training.scale import _kefu
+
+    queries = ["能开专票吗", "几天能到货", "怎么退货", "你们是正品吗"]
+    first = _kefu(DEMO_KB, queries, dense=True, store_dir=tmp_path / "store")
+    second = _kefu(DEMO_KB, queries, dense=True, store_dir=tmp_path / "store")
+    n = len(build_texts(DEMO_KB))
+    assert first["vectors_stored"] < n <= second["vectors_stored"]
+    # the second build encoded nothing itself, yet reports the stored vectors' encoding time
+    assert second["encode_s"] == pytest.approx(first["encode_s"], rel=0.05)
+    assert second["build_s"] >= second["encode_s"]
+    assert len(second["latency_ms"]) == len(queries) and second["ann_recall5"] == 1.0
