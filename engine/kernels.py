@@ -179,13 +179,7 @@ if _HAVE_NUMBA:
         for e in range(kk):
             idx[e] = e
             val[e] = scores[e] if ok[e] else np.float32(-1.0)
-        worst = 0
-        floor = val[0]
-        for j in range(1, kk):
-            x = val[j]
-            lower = x < floor
-            worst = j if lower else worst
-            floor = x if lower else floor
+        worst, floor = _smallest_slot(val)
         # a block whose largest score is no more than the floor holds no entry that would take a slot
         # (a masked entry counts -1, no more than the floor either): skipped on one SIMD max
         e = kk
@@ -197,15 +191,21 @@ if _HAVE_NUMBA:
                     if v > floor:
                         idx[worst] = i
                         val[worst] = v
-                        worst = 0
-                        floor = val[0]
-                        for j in range(1, kk):
-                            x = val[j]
-                            lower = x < floor
-                            worst = j if lower else worst
-                            floor = x if lower else floor
+                        worst, floor = _smallest_slot(val)
             e = end
         return idx
+
+    @numba.njit(cache=True, nogil=True)
+    def _smallest_slot(val):  # type: ignore[no-untyped-def]
+        # the first slot holding the smallest value, found without branches (k steps, no mispredictions)
+        worst = 0
+        floor = val[0]
+        for j in range(1, val.shape[0]):
+            x = val[j]
+            lower = x < floor
+            worst = j if lower else worst
+            floor = x if lower else floor
+        return worst, floor
 
     @numba.njit(cache=True, nogil=True, fastmath=True)
     def _block_max(a):  # type: ignore[no-untyped-def]
