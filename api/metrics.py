@@ -66,6 +66,11 @@ BUILD_SECONDS = Histogram(
     ["outcome"],
     buckets=(0.5, 1, 2, 5, 10, 30, 60, 120, 300, 600),
 )
+BUILD_PRIORITY_RAISED = Counter(
+    "kefu_build_priority_raised_total",
+    "Steps a starving build's CPU priority was raised (api/kb/build_priority.py)",
+    ["nice"],
+)
 FEEDBACK = Counter(
     "kefu_feedback_total", "Feedback on replies: thumbs up, thumbs down, corrections", ["shop", "kind"]
 )

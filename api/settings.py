@@ -110,10 +110,12 @@ class Settings(BaseSettings):
     build_retries: int = Field(default=2, ge=0, le=10)  # more attempts after the child died, not a bad KB
     build_retry_delay: float = Field(default=10.0, ge=0, le=3600)  # seconds before such a retry
     build_nice: int = Field(default=10, ge=0, le=19)  # the child lowers its CPU priority by this much
-    # Linux: the child also runs under SCHED_IDLE, on CPU time no serving thread wants; a build on a
-    # replica whose CPUs stay saturated then waits (and may reach build_time_limit): run `kefu worker`
-    # elsewhere for such replicas
+    # Linux: the child also runs under SCHED_IDLE, on CPU time no serving thread wants ...
     build_cpu_idle: bool = True
+    # ... but a build is not left starving: a build that got less than this share of one CPU over 2 s is
+    # raised a step (SCHED_BATCH at build_nice, then nice 5, then 0; api/kb/build_priority.py; needs
+    # CAP_SYS_NICE). 0: never raised, the build waits for idle CPU however long the peak lasts
+    build_min_cpu_share: float = Field(default=0.25, ge=0, le=1)
     # ---- the exchange log (api/store/exchange_log.py): replies hand their row to a buffer, one thread
     # inserts it in batches every flush_ms milliseconds or once `batch` rows wait; 0: each reply inserts its
     # row before it returns. At most `buffer` rows wait: past that a reply writes its own row (back-pressure)

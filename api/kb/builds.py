@@ -41,8 +41,9 @@ from api.db.models import KBVersion, utcnow
 from api.db.session import Database
 from api.kb import repo as kb_repo
 from api.kb.build_child import BuildJob, build_in_child, start_lowered
+from api.kb.build_priority import StarvationGuard
 from api.kb.registry import ModelRegistry
-from api.metrics import BUILD_SECONDS
+from api.metrics import BUILD_PRIORITY_RAISED, BUILD_SECONDS
 from api.store.queue import make_huey, start_thread_consumer
 
 log = logging.getLogger("kefu.builds")
@@ -230,6 +231,8 @@ class BuildQueue:
         )
         start_lowered(proc, job.nice, job.cpu_idle)
         writer.close()  # the child holds the only writing end: EOF when it exits
+        assert proc.pid is not None
+        guard = StarvationGuard(proc.pid, job.nice, job.cpu_idle, float(self.settings.build_min_cpu_share))
         limit = float(self.settings.build_time_limit)
         deadline = time.monotonic() + limit
         next_beat = time.monotonic() + HEARTBEAT_EVERY
@@ -241,6 +244,8 @@ class BuildQueue:
                     return Outcome("timeout", f"build exceeded the time limit of {limit:g} s")
                 if self._should_stop():
                     return Outcome("stopped", "the worker was shut down")
+                if (step := guard.check(now)) is not None:
+                    BUILD_PRIORITY_RAISED.labels(str(step.nice)).inc()
                 if reader.poll(POLL):
                     try:
                         message = reader.recv()

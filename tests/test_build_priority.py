@@ -1,0 +1,132 @@
+"""A starving build's priority is raised step by step (api/kb/build_priority.py): the ladder and the guard's
+decisions on a scripted clock, then a real SCHED_IDLE child on CPUs saturated by busy processes."""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+import time
+from typing import Any
+
+import pytest
+
+from api.kb.build_child import start_lowered
+from api.kb.build_priority import StarvationGuard, Step, cpu_seconds, ladder
+
+
+def test_the_ladder_starts_from_how_the_build_was_born() -> None:
+    assert ladder(10, cpu_idle=True) == [Step("batch", 10), Step("batch", 5), Step("batch", 0)]
+    assert ladder(10, cpu_idle=False) == [Step("batch", 5), Step("batch", 0)]
+    assert ladder(3, cpu_idle=True) == [Step("batch", 3), Step("batch", 0)]
+    assert ladder(0, cpu_idle=False) == []
+
+
+class Scripted:
+    """CPU seconds the child 'used' by each look, and the steps applied."""
+
+    def __init__(self, cpu: list[float], refuse: bool = False) -> None:
+        self.cpu = list(cpu)
+        self.applied: list[Step] = []
+        self.refuse = refuse
+
+    def read(self, pid: int) -> float | None:
+        return self.cpu.pop(0) if self.cpu else None
+
+    def apply(self, pid: int, step: Step) -> None:
+        if self.refuse:
+            raise PermissionError("Operation not permitted")
+        self.applied.append(step)
+
+
+def _guard(script: Scripted, min_share: float = 0.25, nice: int = 10) -> StarvationGuard:
+    return StarvationGuard(
+        1234, nice, True, min_share, window=2.0, read_cpu=script.read, apply=script.apply, now=0.0
+    )
+
+
+def test_a_build_that_gets_its_share_is_left_as_it_was_born() -> None:
+    s = Scripted([0.0, 1.0, 2.0, 3.9])  # 50%, 50%, 95% of a CPU in each 2 s window
+    g = _guard(s)
+    assert [g.check(t) for t in (1.0, 2.0, 4.0, 6.0)] == [None, None, None, None]
+    assert s.applied == [] and g.step_ is None and g.raised_ == 0
+
+
+def test_a_starving_build_climbs_one_step_per_window_and_stops_at_the_top() -> None:
+    # 0%, 5%, 20% (still under 25%), then 100%: three steps, then nothing left to climb
+    s = Scripted([0.0, 0.0, 0.1, 0.5, 2.5, 2.5])
+    g = _guard(s)
+    taken = [g.check(t) for t in (2.0, 4.0, 6.0, 8.0, 10.0)]
+    assert taken == [Step("batch", 10), Step("batch", 5), Step("batch", 0), None, None]
+    assert g.step_ == Step("batch", 0) and g.raised_ == 3
+
+
+def test_a_window_is_measured_from_the_last_look_not_from_the_start() -> None:
+    s = Scripted([0.0, 0.0, 0.0])
+    g = _guard(s)
+    assert g.check(1.9) is None  # too early: the CPU time is not even read
+    assert g.check(2.0) == Step("batch", 10)
+    assert g.check(3.0) is None
+    assert g.check(4.0) == Step("batch", 5)
+
+
+def test_a_refused_raise_is_given_up_and_the_build_keeps_its_priority(caplog: Any) -> None:
+    s = Scripted([0.0, 0.0, 0.0, 0.0], refuse=True)
+    g = _guard(s)
+    with caplog.at_level("WARNING", logger="kefu.builds"):
+        assert g.check(2.0) is None
+        assert g.check(4.0) is None
+    assert g.step_ is None and g.raised_ == 0
+    assert "CAP_SYS_NICE" in caplog.text and caplog.text.count("cannot be raised") == 1
+
+
+def test_a_share_of_zero_never_raises() -> None:
+    s = Scripted([0.0, 0.0, 0.0])
+    g = _guard(s, min_share=0.0)
+    assert g.check(2.0) is None and g.check(4.0) is None and s.applied == []
+
+
+def _spin(seconds: float) -> None:
+    end = time.monotonic() + seconds
+    while time.monotonic() < end:
+        pass
+
+
+def _can_raise_priorities() -> bool:
+    import resource
+
+    return os.geteuid() == 0 or resource.getrlimit(resource.RLIMIT_NICE)[0] >= 20
+
+
+@pytest.mark.skipif(not hasattr(os, "SCHED_IDLE"), reason="SCHED_IDLE is Linux's")
+@pytest.mark.skipif(not _can_raise_priorities(), reason="raising a priority needs CAP_SYS_NICE")
+def test_a_real_idle_child_on_saturated_cpus_is_raised_and_then_runs() -> None:
+    ctx = multiprocessing.get_context("spawn")
+    cores = len(os.sched_getaffinity(0))
+    hogs = [ctx.Process(target=_spin, args=(30.0,)) for _ in range(cores + 1)]
+    for h in hogs:
+        h.start()
+    child = ctx.Process(target=_spin, args=(30.0,))
+    try:
+        start_lowered(child, nice=10, cpu_idle=True)
+        assert child.pid is not None
+        assert os.sched_getscheduler(child.pid) == os.SCHED_IDLE
+        time.sleep(1.0)  # the child's interpreter start competes too
+        guard = StarvationGuard(child.pid, 10, True, min_share=0.25, window=1.0)
+        deadline = time.monotonic() + 15
+        while guard.step_ != Step("batch", 0) and time.monotonic() < deadline:
+            guard.check(time.monotonic())
+            time.sleep(0.05)
+        assert guard.step_ == Step("batch", 0), f"raised {guard.raised_} step(s) in 15 s"
+        assert os.sched_getscheduler(child.pid) == os.SCHED_BATCH
+        assert os.getpriority(os.PRIO_PROCESS, child.pid) == 0
+        # at nice 0 beside cores + 1 busy processes it now gets a share of a CPU
+        before, t0 = cpu_seconds(child.pid), time.monotonic()
+        time.sleep(1.5)
+        after = cpu_seconds(child.pid)
+        assert before is not None and after is not None
+        assert (after - before) / (time.monotonic() - t0) > 0.2
+    finally:
+        for p in [*hogs, child]:
+            if p.is_alive():
+                p.kill()
+            p.join(5)
