@@ -6,7 +6,10 @@ default (a fresh SQLite database and SQLite task queue in a temporary directory,
 their KB uploaded. Then clients send POST /v1/shops/{shop}/messages at a fixed rate (real HTTP): first for
 `idle` seconds with nothing building, then from the moment the ten shops publish at once until all ten
 versions are finished (each serving process consumes the build queue and builds in a niced child process),
-then idle again. It prints p50/p99 of each phase, the ratio p99(builds) / p99(idle) (the issue's bar:
+then idle again. With `build_worker` the serving processes consume no builds (KEFU_BUILD_IN_PROCESS=false):
+a `kefu worker --queue builds` process beside them does, as many at once as the serving workers would
+have (the deployment the README recommends where serving must not feel builds). It prints p50/p99 of each
+phase, the ratio p99(builds) / p99(idle) (the issue's bar:
 <= 1.2), how the builds ended and the load average (the machine may be shared).
 """
 
@@ -15,6 +18,9 @@ from __future__ import annotations
 import contextlib
 import os
 import secrets
+import signal
+import subprocess
+import sys
 import tempfile
 import threading
 import time
@@ -26,7 +32,7 @@ from typing import Any
 import httpx
 import numpy as np
 
-from training.loadtest import DEMO_KB, LoadTestError, Server, _check, _free_port, _legacy_kb
+from training.loadtest import DEMO_KB, ROOT, LoadTestError, Server, _check, _free_port, _legacy_kb
 
 BAR = 1.2
 
@@ -44,6 +50,7 @@ class BuildLoadConfig:
     redis_url: str | None = None  # default: none (queue and state embedded)
     build_timeout: float = 1800.0
     startup_timeout: float = 180.0
+    build_worker: bool = False  # builds in a `kefu worker` process instead of the serving processes
 
 
 @dataclass
@@ -151,14 +158,26 @@ def run(cfg: BuildLoadConfig, say: Any = print) -> tuple[list[Phase], dict[str, 
             env.pop(name, None)
         if cfg.redis_url:
             env["KEFU_REDIS_URL"] = env["KEFU_QUEUE_URL"] = cfg.redis_url
+        if cfg.build_worker:
+            env["KEFU_BUILD_IN_PROCESS"] = "false"
         server = Server(env, _free_port(), cfg.workers, tmp / "server.log")
         stack.callback(server.stop)
         server.wait_healthy(cfg.startup_timeout)
+        logs = [server.log_path]
+        if cfg.build_worker:
+            worker = BuildWorker(env, cfg.workers, tmp / "worker.log")
+            stack.callback(worker.stop)
+            logs.append(worker.log_path)
         say(
             f"server {server.url}: {cfg.workers} uvicorn workers, database "
             f"{'SQLite (embedded)' if not cfg.database_url else 'as given'}, queue "
             f"{'Redis' if cfg.redis_url else 'SQLite (embedded)'}, KB {kb.name}, "
-            f"dense {'on' if cfg.dense else 'off'}"
+            f"dense {'on' if cfg.dense else 'off'}, builds "
+            + (
+                f"in a `kefu worker` process ({cfg.workers} at once)"
+                if cfg.build_worker
+                else "in the servers"
+            )
         )
         keys: dict[str, dict[str, str]] = {}
         with httpx.Client(base_url=server.url, timeout=60) as http:
@@ -204,11 +223,39 @@ def run(cfg: BuildLoadConfig, say: Any = print) -> tuple[list[Phase], dict[str, 
         phases.append(_timed(url, "served", key, cfg, f"{cfg.publishers} shops building", publish_all))
         say(f"builds: {len(phases[1].latencies)} messages in {phases[1].seconds:.0f} s")
         phases.append(_timed(url, "served", key, cfg, "idle again", lambda: time.sleep(cfg.idle)))
+        texts = {log.stem: log.read_text("utf-8", errors="replace").splitlines() for log in logs}
         outcome["errors_logged"] = sum(
-            " ERROR " in line or "Traceback" in line
-            for line in server.log_path.read_text("utf-8", errors="replace").splitlines()
+            " ERROR " in line or "Traceback" in line for lines in texts.values() for line in lines
         )
+        # where the builds ran: "building version N of shop S" lines per log (server, worker)
+        outcome["builds_logged"] = {
+            name: sum("building version" in line for line in lines) for name, lines in texts.items()
+        }
     return phases, outcome
+
+
+class BuildWorker:
+    """`kefu worker --queue builds --builds N` with the server's environment, logging to a file."""
+
+    def __init__(self, env: dict[str, str], builds: int, log_path: Path) -> None:
+        self.log_path = log_path
+        self._log = log_path.open("wb")
+        cmd = [sys.executable, "-m", "training.cli", "worker", "--queue", "builds", "--builds", str(builds)]
+        self.proc = subprocess.Popen(
+            cmd, cwd=ROOT, env=env, stdout=self._log, stderr=subprocess.STDOUT, start_new_session=True
+        )
+
+    def stop(self, timeout: float = 30.0) -> None:
+        """SIGTERM (a running build is put back on the queue), then SIGKILL to the process group."""
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                self.proc.wait(timeout)
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            self.proc.wait(5)
+        self._log.close()
 
 
 def main(cfg: BuildLoadConfig | None = None, say: Any = None) -> int:
@@ -229,7 +276,9 @@ def main(cfg: BuildLoadConfig | None = None, say: Any = None) -> int:
         f"\n{cfg.publishers} publishes finished in {outcome['seconds']:.1f} s: "
         + ", ".join(f"{n} {s}" for s, n in sorted(statuses.items()))
         + f"; build attempts {sum(r['attempts'] for r in rows.values())}"
-        + f"; server log errors {outcome['errors_logged']}"
+        + f"; log errors {outcome['errors_logged']}"
+        + "; builds logged by "
+        + ", ".join(f"{name} {n}" for name, n in outcome["builds_logged"].items())
     )
     say(f"{'phase':<24}{'messages':>9}{'errors':>8}{'p50 ms':>9}{'p99 ms':>9}  load average (1/5/15 min)")
     for p in phases:

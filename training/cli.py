@@ -1231,6 +1231,13 @@ def loadtest(
     ] = 0,
     idle: Annotated[float, typer.Option(help="With --publishers: seconds of each idle phase")] = 30.0,
     rate: Annotated[float, typer.Option(help="With --publishers: messages per second")] = 20.0,
+    build_worker: Annotated[
+        bool,
+        typer.Option(
+            help="With --publishers: builds in a separate `kefu worker` process (KEFU_BUILD_IN_PROCESS="
+            "false), as many at once as the serving workers would run, instead of in the serving processes"
+        ),
+    ] = False,
 ) -> None:
     """Hot swaps under load: N workers on PostgreSQL + Redis, KB republished while clients send messages.
     With --publishers N: serving latency while N shops build at once, against idle."""
@@ -1249,6 +1256,7 @@ def loadtest(
             kb=kb or DEMO_KB,
             database_url=database_url,
             redis_url=redis_url,
+            build_worker=build_worker,
         )
         raise typer.Exit(buildload.main(build_cfg))
 
