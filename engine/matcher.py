@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Collection, Iterable, Mapping, Sequence
+from collections.abc import Collection, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -142,6 +142,12 @@ class Matcher:
     @property
     def dense_enabled(self) -> bool:
         return self.dense_index is not None
+
+    @property
+    def entries_by_id(self) -> Mapping[str, KBEntry]:
+        """The entries by id, read-only, over the id index the model already keeps: callers that look up a
+        reply's entry per message need no dict of their own (building one per message cost O(entries))."""
+        return _EntriesById(self._index, self.entries)
 
     # ------------------------------------------------------------------ query path
     def represent(self, text: Any) -> QueryRep:
@@ -572,6 +578,25 @@ class Matcher:
 
     def __repr__(self) -> str:
         return f"Matcher(entries={len(self.entries)}, rows={len(self.row_texts)}, dense={self.dense_enabled})"
+
+
+class _EntriesById(Mapping[str, KBEntry]):
+    __slots__ = ("_entries", "_index")
+
+    def __init__(self, index: dict[str, int], entries: list[KBEntry]) -> None:
+        self._index, self._entries = index, entries
+
+    def __getitem__(self, entry_id: str) -> KBEntry:
+        return self._entries[self._index[entry_id]]
+
+    def __contains__(self, entry_id: object) -> bool:
+        return entry_id in self._index
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._index)
+
+    def __len__(self) -> int:
+        return len(self._index)
 
 
 def _clip(text: Any) -> Any:

@@ -284,3 +284,14 @@ def test_exact_dense_search_matches_a_faiss_flat_index():
             want_s, want_r = ref.search(q.reshape(1, -1), min(k, 500))
             assert rows.tolist() == want_r[0].tolist()
             np.testing.assert_allclose(sims, want_s[0], rtol=1e-5, atol=1e-6)
+
+
+def test_entries_by_id_is_the_models_entries_under_their_ids(fast_matcher):
+    by_id = fast_matcher.entries_by_id
+    assert len(by_id) == len(fast_matcher.entries)
+    assert list(by_id) == [e.id for e in fast_matcher.entries]
+    for e in fast_matcher.entries[:5]:
+        assert e.id in by_id and by_id[e.id] is e and by_id.get(e.id) is e
+    assert "no-such-entry" not in by_id and by_id.get("no-such-entry") is None
+    with pytest.raises(KeyError):
+        by_id["no-such-entry"]

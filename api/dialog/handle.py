@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import time
 import zlib
-from collections.abc import Collection
+from collections.abc import Collection, Mapping
 from dataclasses import replace
 from typing import Any
 
@@ -78,7 +78,7 @@ def _raise_tasks(
     shop: Shop,
     conversation_id: str,
     reply: Reply,
-    entries: dict[str, KBEntry],
+    entries: Mapping[str, KBEntry],
     history: list[str],
 ) -> None:
     """An answer from an entry marked notify also becomes a task for the agents (not a handoff)."""
@@ -138,7 +138,7 @@ def handle_message(
         else:
             version = served.version
             matcher = served.matcher
-            entries = {e.id: e for e in matcher.entries}
+            entries = matcher.entries_by_id
             replies = Replies.from_settings(shop.settings)
             state = service.conversations.load(shop.id, conversation_id)
             turn = state.turns if state is not None else 0
@@ -217,7 +217,7 @@ def suggestions(service: Service, shop: Shop, text: str, k: int = 3) -> tuple[li
     if served is None:
         return [], None
     r = served.matcher.match(text, top_k=k, candidate_confidence=True)
-    entries = {e.id: e for e in served.matcher.entries}
+    entries = served.matcher.entries_by_id
     found = [
         Suggestion(c.entry_id, c.question, entries[c.entry_id].answer, c.confidence) for c in r.candidates[:k]
     ]
