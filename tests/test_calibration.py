@@ -134,3 +134,16 @@ def test_a_kb_without_paraphrases_states_its_promise_and_how_it_was_made() -> No
     lo, hi = cal["answer_precision_interval_90"]
     assert 0 <= lo <= hi <= 1
     assert "Clopper-Pearson" in cal["threshold_rule"]
+
+
+def test_the_coverage_bound_answers_the_most_confident_while_precision_holds() -> None:
+    import numpy as np
+
+    from training.coverage_bound import oracle_coverage
+
+    # by descending score: right, right, wrong, right, wrong
+    score = np.array([0.9, 0.8, 0.7, 0.6, 0.5])
+    right = np.array([True, True, False, True, False])
+    assert oracle_coverage(score, right, 1.0) == 0.4  # the first two
+    assert oracle_coverage(score, right, 0.75) == 0.8  # 3 of the first 4
+    assert oracle_coverage(-score, right, 0.9) == 0.0  # worst first: no prefix reaches 0.9
