@@ -1,25 +1,28 @@
 """One version's build in a child process: fit the model, check it, write it; report over a pipe.
 
-The build is CPU-heavy for seconds to minutes. It runs in its own process (multiprocessing 'spawn'), never
-in a thread of a serving process, and lowers its CPU priority first (before numpy starts its threads, which
-inherit it), so request handling keeps the cores. The parent (api/kb/builds.py) enforces the time limit by
+The build is CPU-heavy for seconds to minutes. It runs in its own process, never in a thread of a serving
+process, forked from a forkserver that has the engine and scikit-learn imported (`build_context`), and lowers
+its CPU priority first (before numpy starts its threads, which inherit it), so request handling keeps the
+cores. The parent (api/kb/builds.py) enforces the time limit by
 killing this process, and records what it reports: ("progress", stage, fraction) messages, then exactly one
 outcome: ("ok", figures), ("invalid", message) for a KB that does not validate, ("rejected", message) for a
 model that failed its own checks, ("error", message) for any other exception. A child that dies without an
 outcome (killed, out of memory) is the transient case the queue retries.
 
-Nothing here imports numpy or the engine at module level: the child must be able to lower its priority
-before they load.
+Nothing here imports numpy or the engine at module level: a spawned child (where there is no forkserver)
+must be able to lower its priority before they load.
 """
 
 from __future__ import annotations
 
 import contextlib
+import multiprocessing
 import os
 import threading
 import time
 from dataclasses import dataclass
 from multiprocessing.connection import Connection
+from multiprocessing.context import ForkServerContext, SpawnContext
 from multiprocessing.process import BaseProcess
 from typing import TYPE_CHECKING, Any
 
@@ -118,6 +121,45 @@ def start_lowered(proc: BaseProcess, nice: int, cpu_idle: bool) -> None:
     t.join()
     if failed:
         raise failed[0]
+
+
+PRELOAD = "api.kb.build_preload"
+_forkserver_lock = threading.Lock()
+_forkserver_nice: list[int] = []
+
+
+def build_context(nice: int) -> ForkServerContext | SpawnContext:
+    """The multiprocessing context builds start in: a forkserver that imported `PRELOAD`, where the
+    platform has one ('spawn' elsewhere). A forked child skips the interpreter start and the imports, about
+    5 s of CPU per build on these machines, which no longer compete with serving either.
+
+    The server is started once per process, from a thread at nice `nice` but not SCHED_IDLE: it must get
+    CPU to fork a build while the CPUs are saturated (the child sets SCHED_IDLE itself at once, and
+    api/kb/build_priority.py raises it if it starves)."""
+    if "forkserver" not in multiprocessing.get_all_start_methods():
+        return multiprocessing.get_context("spawn")
+    ctx = multiprocessing.get_context("forkserver")
+    with _forkserver_lock:
+        if not _forkserver_nice:
+            from multiprocessing import forkserver
+
+            ctx.set_forkserver_preload([PRELOAD])
+            failed: list[BaseException] = []
+
+            def start() -> None:
+                lower_priority(nice, cpu_idle=False)
+                try:
+                    forkserver.ensure_running()
+                except BaseException as e:
+                    failed.append(e)
+
+            t = threading.Thread(target=start, name="kefu-build-forkserver")
+            t.start()
+            t.join()
+            if failed:
+                raise failed[0]
+            _forkserver_nice.append(nice)
+    return ctx
 
 
 def build_in_child(job: BuildJob, conn: Connection) -> None:

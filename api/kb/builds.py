@@ -23,7 +23,6 @@ by every serving process) puts such versions back on the queue, or fails them on
 from __future__ import annotations
 
 import logging
-import multiprocessing
 import os
 import signal
 import socket
@@ -40,7 +39,7 @@ from sqlalchemy import func, select, update
 from api.db.models import KBVersion, utcnow
 from api.db.session import Database
 from api.kb import repo as kb_repo
-from api.kb.build_child import BuildJob, build_in_child, start_lowered
+from api.kb.build_child import BuildJob, build_context, build_in_child, start_lowered
 from api.kb.build_priority import StarvationGuard
 from api.kb.registry import ModelRegistry
 from api.metrics import BUILD_PRIORITY_RAISED, BUILD_SECONDS
@@ -224,7 +223,7 @@ class BuildQueue:
 
     def _run_child(self, job: BuildJob, attempt: int) -> Outcome:
         """Run the build in a child process; watch its messages, the time limit and shutdown."""
-        ctx = multiprocessing.get_context("spawn")
+        ctx = build_context(job.nice)
         reader, writer = ctx.Pipe(duplex=False)
         proc = ctx.Process(
             target=build_in_child, args=(job, writer), name=f"kefu-build-{job.shop}-v{job.version}"
