@@ -655,6 +655,10 @@ def print_report(report: LoadReport, cfg: LoadConfig, shop: str, say: Say) -> No
         )
         say(f"metrics       kefu_build_seconds_count {m.get('build_counts')}")
         say(
+            "              kefu_build_priority_raised_total (starving builds raised, by nice) "
+            f"{m.get('priority_raised')}"
+        )
+        say(
             f"              kefu_decisions_total{{shop={shop}}} {m.get('decisions')} "
             f"sum {m.get('decisions_sum')} (client received {msgs})"
         )
@@ -673,8 +677,12 @@ def collect_metrics(url: str, shop: str, report: LoadReport) -> None:
         for labels, v in samples.get("kefu_decisions_total", [])
         if labels.get("shop") == shop
     }
+    raised: dict[str, int] = {}
+    for labels, v in samples.get("kefu_build_priority_raised_total", []):
+        raised[labels.get("nice", "?")] = raised.get(labels.get("nice", "?"), 0) + int(v)
     report.metrics = {
         "build_counts": builds,
+        "priority_raised": raised,
         "decisions": decisions,
         "decisions_sum": sum(decisions.values()),
         "per_worker": {
