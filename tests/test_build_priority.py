@@ -132,3 +132,50 @@ def test_a_real_idle_child_on_saturated_cpus_is_raised_and_then_runs() -> None:
             if p.is_alive():
                 p.kill()
             p.join(5)
+
+
+def _state(pid: int) -> str | None:
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            return f.read().rsplit(b")", 1)[1].split()[0].decode()
+    except OSError:
+        return None
+
+
+def _report_policy(conn: Any) -> None:
+    conn.send((os.getpriority(os.PRIO_PROCESS, 0), os.sched_getscheduler(0)))
+    conn.close()
+
+
+@pytest.mark.skipif(
+    "forkserver" not in multiprocessing.get_all_start_methods() or not hasattr(os, "SCHED_IDLE"),
+    reason="the build forkserver and SCHED_IDLE are Linux's",
+)
+def test_a_killed_build_forkserver_is_started_again_at_the_builds_nice_and_not_idle() -> None:
+    import signal
+    from multiprocessing import forkserver
+
+    from api.kb.build_child import build_context
+
+    build_context(7)
+    old = forkserver._forkserver._forkserver_pid  # type: ignore[attr-defined]  # no public accessor
+    assert old is not None
+    assert os.getpriority(os.PRIO_PROCESS, old) >= 7
+    os.kill(old, signal.SIGKILL)
+    deadline = time.monotonic() + 10  # dead, not reaped: multiprocessing reaps it when it looks
+    while time.monotonic() < deadline and _state(old) not in ("Z", None):
+        time.sleep(0.05)
+    ctx = build_context(7)
+    new = forkserver._forkserver._forkserver_pid  # type: ignore[attr-defined]
+    assert new not in (None, old)
+    # started again from the build's thread at nice 7, not from a SCHED_IDLE thread
+    assert os.sched_getscheduler(new) != os.SCHED_IDLE
+    assert os.getpriority(os.PRIO_PROCESS, new) == max(7, os.getpriority(os.PRIO_PROCESS, 0))
+    reader, writer = ctx.Pipe(duplex=False)
+    child = ctx.Process(target=_report_policy, args=(writer,))
+    start_lowered(child, nice=7, cpu_idle=True)
+    writer.close()
+    assert reader.poll(60)
+    nice, policy = reader.recv()
+    child.join(10)
+    assert nice >= 7 and policy != os.SCHED_IDLE  # born as the server is; the build sets SCHED_IDLE itself

@@ -18,7 +18,6 @@ from __future__ import annotations
 import contextlib
 import os
 import secrets
-import signal
 import subprocess
 import sys
 import tempfile
@@ -32,7 +31,16 @@ from typing import Any
 import httpx
 import numpy as np
 
-from training.loadtest import DEMO_KB, ROOT, LoadTestError, Server, _check, _free_port, _legacy_kb
+from training.loadtest import (
+    DEMO_KB,
+    ROOT,
+    LoadTestError,
+    Server,
+    _check,
+    _free_port,
+    _legacy_kb,
+    stop_group,
+)
 
 BAR = 1.2
 
@@ -247,14 +255,7 @@ class BuildWorker:
 
     def stop(self, timeout: float = 30.0) -> None:
         """SIGTERM (a running build is put back on the queue), then SIGKILL to the process group."""
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                self.proc.wait(timeout)
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(self.proc.pid, signal.SIGKILL)
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            self.proc.wait(5)
+        stop_group(self.proc, timeout)
         self._log.close()
 
 

@@ -254,15 +254,21 @@ class Server:
 
     def stop(self, timeout: float = 30.0) -> None:
         """SIGTERM (uvicorn passes it on to its workers), then SIGKILL to the process group."""
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                self.proc.wait(timeout)
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(self.proc.pid, signal.SIGKILL)  # workers still busy (e.g. mid-build)
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            self.proc.wait(5)
+        stop_group(self.proc, timeout)
         self._log.close()
+
+
+def stop_group(proc: subprocess.Popen[bytes], timeout: float = 30.0) -> None:
+    """SIGTERM to `proc` (started with start_new_session), then SIGKILL to its process group: children
+    still busy (e.g. mid-build) go too."""
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            proc.wait(timeout)
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(proc.pid, signal.SIGKILL)
+    with contextlib.suppress(subprocess.TimeoutExpired):
+        proc.wait(5)
 
 
 # ------------------------------------------------------------------------------------------ the API

@@ -20,6 +20,7 @@ import multiprocessing
 import os
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from multiprocessing.connection import Connection
 from multiprocessing.context import ForkServerContext, SpawnContext
@@ -103,62 +104,56 @@ def lower_priority(nice: int, cpu_idle: bool) -> None:
             os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))
 
 
-def start_lowered(proc: BaseProcess, nice: int, cpu_idle: bool) -> None:
-    """Start `proc` from a short-lived thread that first lowers its own priority, so the child is born
-    with it: its interpreter start and imports (a second or more of CPU) do not compete with serving
-    either. Measured: the child's start at normal priority was part of serving's p99 while shops built."""
+def _in_lowered_thread(fn: Callable[[], object], nice: int, cpu_idle: bool, name: str) -> None:
+    """Run `fn` in a short-lived thread that first lowers its own priority (a process it starts is born
+    with that priority); an exception is re-raised in the caller's thread, whose priority is untouched."""
     failed: list[BaseException] = []
 
-    def start() -> None:
+    def run() -> None:
         lower_priority(nice, cpu_idle)
         try:
-            proc.start()
-        except BaseException as e:  # re-raised in the caller's thread
+            fn()
+        except BaseException as e:
             failed.append(e)
 
-    t = threading.Thread(target=start, name="kefu-build-spawn")
+    t = threading.Thread(target=run, name=name)
     t.start()
     t.join()
     if failed:
         raise failed[0]
 
 
+def start_lowered(proc: BaseProcess, nice: int, cpu_idle: bool) -> None:
+    """Start `proc` with the lowered priority, so the child is born with it: a spawned child's
+    interpreter start and imports (a second or more of CPU) do not compete with serving either. Measured:
+    the child's start at normal priority was part of serving's p99 while shops built."""
+    _in_lowered_thread(proc.start, nice, cpu_idle, "kefu-build-spawn")
+
+
 PRELOAD = "api.kb.build_preload"
 _forkserver_lock = threading.Lock()
-_forkserver_nice: list[int] = []
+_forkserver_started: list[bool] = []
 
 
 def build_context(nice: int) -> ForkServerContext | SpawnContext:
     """The multiprocessing context builds start in: a forkserver that imported `PRELOAD`, where the
-    platform has one ('spawn' elsewhere). A forked child skips the interpreter start and the imports, about
-    5 s of CPU per build on these machines, which no longer compete with serving either.
+    platform has one ('spawn' elsewhere). A forked child skips the interpreter start and the imports, which
+    no longer compete with serving either: the demo KB's build took 9.1-9.9 s spawned, 5.3-6.3 s forked.
 
-    The server is started once per process, from a thread at nice `nice` but not SCHED_IDLE: it must get
-    CPU to fork a build while the CPUs are saturated (the child sets SCHED_IDLE itself at once, and
-    api/kb/build_priority.py raises it if it starves)."""
+    The server is started from a thread at nice `nice` but not SCHED_IDLE: it must get CPU to fork a build
+    while the CPUs are saturated (the child sets SCHED_IDLE itself at once, and api/kb/build_priority.py
+    raises it if it starves). Checked before every build, so a server that died (killed, out of memory)
+    is started again here at that priority, not by the start of the build (from a SCHED_IDLE thread)."""
     if "forkserver" not in multiprocessing.get_all_start_methods():
         return multiprocessing.get_context("spawn")
+    from multiprocessing import forkserver
+
     ctx = multiprocessing.get_context("forkserver")
     with _forkserver_lock:
-        if not _forkserver_nice:
-            from multiprocessing import forkserver
-
+        if not _forkserver_started:
             ctx.set_forkserver_preload([PRELOAD])
-            failed: list[BaseException] = []
-
-            def start() -> None:
-                lower_priority(nice, cpu_idle=False)
-                try:
-                    forkserver.ensure_running()
-                except BaseException as e:
-                    failed.append(e)
-
-            t = threading.Thread(target=start, name="kefu-build-forkserver")
-            t.start()
-            t.join()
-            if failed:
-                raise failed[0]
-            _forkserver_nice.append(nice)
+            _forkserver_started.append(True)
+        _in_lowered_thread(forkserver.ensure_running, nice, False, "kefu-build-forkserver")
     return ctx
 
 
