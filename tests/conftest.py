@@ -118,11 +118,56 @@ def pg_database(pg_admin_url: str):
 
 # ---------------------------------------------------------------- log audit
 
-# one file per test session: two sessions on one machine (a CI run beside a developer's) must not unlink
-# and replace each other's log, which left the audit reading the other session's handful of lines
-AUDIT_LOG = Path(
-    os.environ.get("KEFU_TEST_LOG") or Path(tempfile.gettempdir()) / f"kefu-test-audit-{os.getpid()}.log"
-)
+# one file per test process: two sessions on one machine (a CI run beside a developer's) must not unlink
+# and replace each other's log, which left the audit reading the other session's handful of lines. Under
+# pytest-xdist (`make test` runs two workers) each worker writes its own file, named after the run the
+# controller started, and the controller audits them all once every worker has finished.
+AUDIT_RUN_ENV = "KEFU_TEST_AUDIT_RUN"
+AUDIT_DIR = Path(tempfile.gettempdir())
+
+
+def _audit_log_path() -> Path:
+    if os.environ.get("KEFU_TEST_LOG"):
+        return Path(os.environ["KEFU_TEST_LOG"])
+    worker = os.environ.get("PYTEST_XDIST_WORKER")
+    run = os.environ.get(AUDIT_RUN_ENV)
+    if worker and run:
+        return AUDIT_DIR / f"kefu-test-audit-{run}-{worker}.log"
+    return AUDIT_DIR / f"kefu-test-audit-{os.getpid()}.log"
+
+
+def _is_xdist_controller(config: pytest.Config) -> bool:
+    return not hasattr(config, "workerinput") and bool(getattr(config.option, "numprocesses", None))
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """The controller names the run before its workers start (they inherit the environment)."""
+    if _is_xdist_controller(config):
+        import uuid
+
+        os.environ[AUDIT_RUN_ENV] = uuid.uuid4().hex[:12]
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    """Under xdist, audit every worker's log after all of them finished (tests/log_audit.py)."""
+    if not _is_xdist_controller(session.config) or not os.environ.get(AUDIT_RUN_ENV):
+        return
+    from tests.log_audit import audit
+
+    files = sorted(AUDIT_DIR.glob(f"kefu-test-audit-{os.environ[AUDIT_RUN_ENV]}-*.log"))
+    problems = audit([line for f in files for line in f.read_text(encoding="utf-8").splitlines()])
+    if not os.environ.get("KEFU_TEST_LOG"):
+        for f in files:
+            f.unlink(missing_ok=True)
+    reporter = session.config.pluginmanager.get_plugin("terminalreporter")
+    if problems:
+        if reporter is not None:
+            reporter.write_line(f"log audit of {len(files)} worker logs FAILED:", red=True)
+            for problem in problems[:50]:
+                reporter.write_line(f"  {problem}", red=True)
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
+    elif reporter is not None:
+        reporter.write_line(f"log audit: {len(files)} worker logs, no personal data")
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -135,8 +180,9 @@ def audit_log():
 
     from api.dialog.privacy import MaskingFilter
 
-    AUDIT_LOG.unlink(missing_ok=True)
-    handler = logging.FileHandler(AUDIT_LOG, encoding="utf-8")
+    log = _audit_log_path()  # named here, not at import: xdist names the worker after conftest is read
+    log.unlink(missing_ok=True)
+    handler = logging.FileHandler(log, encoding="utf-8")
     handler.setFormatter(logging.Formatter("%(name)s %(levelname)s %(message)s"))
     handler.addFilter(MaskingFilter())
     root = logging.getLogger()
@@ -144,9 +190,10 @@ def audit_log():
     root.setLevel(min(old_level or logging.INFO, logging.INFO))
     root.addHandler(handler)
     logging.getLogger("kefu.audit").info("audit canary: customer phone %s", "13912345678")
-    yield AUDIT_LOG
+    yield log
     root.removeHandler(handler)
     root.setLevel(old_level)
     handler.close()
-    if not os.environ.get("KEFU_TEST_LOG"):  # kept only where asked for
-        AUDIT_LOG.unlink(missing_ok=True)
+    # kept where asked for, and under xdist for the controller's audit (which removes it)
+    if not os.environ.get("KEFU_TEST_LOG") and not os.environ.get("PYTEST_XDIST_WORKER"):
+        log.unlink(missing_ok=True)

@@ -292,6 +292,14 @@ def multipart_with_file() -> tuple[bytes, str]:
 # ------------------------------------------------------------------------------------------ raw sending
 
 
+def _readable(sock: socket.socket, timeout: float) -> bool:
+    """Whether `sock` has something to read within `timeout` seconds. poll, not select: select refuses
+    descriptors from 1024 up, which a process holding many files and connections (a test run) reaches."""
+    poller = select.poll()
+    poller.register(sock, select.POLLIN)
+    return bool(poller.poll(int(timeout * 1000)))
+
+
 def send_streamed(
     url: str,
     path: str,
@@ -314,10 +322,10 @@ def send_streamed(
     sent = 0
     with socket.create_connection((host, int(port)), timeout=timeout) as sock:
         sock.sendall(("\r\n".join(head) + "\r\n\r\n").encode())
-        select.select([sock], [], [], 0.2)  # a server may refuse on the headers alone
+        _readable(sock, 0.2)  # a server may refuse on the headers alone
         try:
             for chunk in chunks:
-                if select.select([sock], [], [], 0)[0]:
+                if _readable(sock, 0):
                     break
                 sock.sendall(chunk if length is not None else b"%x\r\n%s\r\n" % (len(chunk), chunk))
                 sent += len(chunk)
