@@ -131,8 +131,6 @@ def start_lowered(proc: BaseProcess, nice: int, cpu_idle: bool) -> None:
 
 
 PRELOAD = "api.kb.build_preload"
-_forkserver_lock = threading.Lock()
-_forkserver_started: list[bool] = []
 
 
 def build_context(nice: int) -> ForkServerContext | SpawnContext:
@@ -143,17 +141,14 @@ def build_context(nice: int) -> ForkServerContext | SpawnContext:
     The server is started from a thread at nice `nice` but not SCHED_IDLE: it must get CPU to fork a build
     while the CPUs are saturated (the child sets SCHED_IDLE itself at once, and api/kb/build_priority.py
     raises it if it starves). Checked before every build, so a server that died (killed, out of memory)
-    is started again here at that priority, not by the start of the build (from a SCHED_IDLE thread)."""
+    is started again here at that priority."""
     if "forkserver" not in multiprocessing.get_all_start_methods():
         return multiprocessing.get_context("spawn")
     from multiprocessing import forkserver
 
     ctx = multiprocessing.get_context("forkserver")
-    with _forkserver_lock:
-        if not _forkserver_started:
-            ctx.set_forkserver_preload([PRELOAD])
-            _forkserver_started.append(True)
-        _in_lowered_thread(forkserver.ensure_running, nice, False, "kefu-build-forkserver")
+    ctx.set_forkserver_preload([PRELOAD])  # read when a server starts; ensure_running has its own lock
+    _in_lowered_thread(forkserver.ensure_running, nice, False, "kefu-build-forkserver")
     return ctx
 
 

@@ -23,7 +23,6 @@ trying, and the build keeps waiting for idle CPU as before. Linux only (/proc); 
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import os
 import time
@@ -141,10 +140,3 @@ class StarvationGuard:
             step.nice,
         )
         return step
-
-
-def policy_of(pid: int) -> tuple[int, int] | None:
-    """(scheduling policy, nice) of `pid`'s main thread, for tests and logs; None when it is gone."""
-    with contextlib.suppress(OSError):
-        return os.sched_getscheduler(pid), os.getpriority(os.PRIO_PROCESS, pid)
-    return None

@@ -228,7 +228,10 @@ class BuildQueue:
         proc = ctx.Process(
             target=build_in_child, args=(job, writer), name=f"kefu-build-{job.shop}-v{job.version}"
         )
-        start_lowered(proc, job.nice, job.cpu_idle)
+        if ctx.get_start_method() == "spawn":
+            start_lowered(proc, job.nice, job.cpu_idle)  # born lowered: its interpreter start and imports too
+        else:
+            proc.start()  # forked by the forkserver (born at its nice): build_in_child lowers itself at once
         writer.close()  # the child holds the only writing end: EOF when it exits
         assert proc.pid is not None
         guard = StarvationGuard(proc.pid, job.nice, job.cpu_idle, float(self.settings.build_min_cpu_share))
