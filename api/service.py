@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections.abc import Callable
 from datetime import timedelta
 from functools import partial
 from typing import Any
@@ -103,9 +104,13 @@ class Service:
             session.info.pop(CHANGED_SHOPS, None)
             session.info.pop(CHANGED_CATALOGS, None)
 
-        event.listen(self.db.sessions, "after_flush", after_flush)
-        event.listen(self.db.sessions, "after_commit", after_commit)
-        event.listen(self.db.sessions, "after_rollback", after_rollback)
+        self._session_listeners: list[tuple[str, Callable[..., None]]] = [
+            ("after_flush", after_flush),
+            ("after_commit", after_commit),
+            ("after_rollback", after_rollback),
+        ]
+        for name, fn in self._session_listeners:
+            event.listen(self.db.sessions, name, fn)
 
     def _on_notice(self, message: dict[str, Any]) -> None:
         """A version was activated (by any process): the shop's cached row names the old active version.
@@ -319,4 +324,10 @@ class Service:
             close()
         self.publisher.shutdown()
         self.upload_parser.close()
+        # SQLAlchemy keeps listeners in a registry keyed weakly by the session class, but these closures
+        # hold the service, which holds that class: unless removed, a closed service (its models' mapped
+        # arrays, its queues' files) is never freed
+        for name, fn in self._session_listeners:
+            event.remove(self.db.sessions, name, fn)
+        self.store.close()  # the in-process store's dispatcher thread, or the Redis client's connections
         self.db.dispose()

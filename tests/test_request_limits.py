@@ -213,6 +213,16 @@ def test_every_response_carries_a_request_id(client: TestClient) -> None:
     assert invalid.status_code == 422 and "X-Request-ID" in invalid.headers  # not turned into a 500
 
 
+def test_generated_request_ids_survive_the_log_masking() -> None:
+    """The id a 500 names is the id its log line shows: the masking never reads one as a number."""
+    from api.dialog.privacy import mask_pii
+    from api.web.errors import new_request_id
+
+    ids = [new_request_id() for _ in range(3000)]
+    assert len(set(ids)) == len(ids) and all(len(rid) == 32 for rid in ids)
+    assert [rid for rid in ids if mask_pii(rid) != rid] == []
+
+
 def test_unexpected_error_is_one_json_500_and_one_log_line(
     client: TestClient, caplog: pytest.LogCaptureFixture
 ) -> None:

@@ -773,3 +773,39 @@ def test_concurrent_kb_edits_are_all_answered(client: TestClient) -> None:
     for t in threads:
         t.join(60)
     assert sorted(statuses) == [200] * 6
+
+
+def test_a_closed_service_lets_go_of_its_models_files_and_threads(settings: Settings) -> None:
+    """Shutting an app down frees its service: the models' mapped arrays, the queues' database files and
+    the store's threads. (Its session listeners once kept every closed service alive: a test run reached
+    thousands of open descriptors.)"""
+    import gc
+    import os
+    import weakref
+
+    data_dir = Path(settings.data_dir).resolve()
+
+    def open_under_data_dir() -> list[str]:
+        paths = []
+        for fd in os.listdir("/proc/self/fd"):
+            try:
+                target = os.readlink(f"/proc/self/fd/{fd}")
+            except OSError:
+                continue
+            if target.startswith(str(data_dir)):
+                paths.append(target)
+        return paths
+
+    services = []
+    for i in range(2):
+        with TestClient(create_app(settings)) as c:
+            key = new_shop(c, f"closed-{i}")
+            publish_and_wait(c, f"closed-{i}", key, kb_csv())
+            assert say(c, f"closed-{i}", key, "质保几年")["entry_id"] == "warranty"
+            assert any(p.endswith(".npy") for p in open_under_data_dir())  # the served model's arrays
+            services.append(weakref.ref(c.app.state.service))  # type: ignore[attr-defined]
+        del c
+    gc.collect()
+    assert [s() for s in services] == [None, None]
+    assert open_under_data_dir() == []
+    assert not [t for t in threading.enumerate() if t.name == "kefu-memory-pubsub"]

@@ -141,6 +141,7 @@ class JdQueue:
             consumer, self._consumer = self._consumer, None
         if consumer is not None:
             consumer.stop(graceful=True)
+        self.huey.storage.close()  # its connection (a SQLite file's three descriptors); reopened on use
 
     # -- tasks ----------------------------------------------------------------------------------------
     def _move(self, shop_id: str, digest: str, old: str, new: str, **values: Any) -> bool:

@@ -128,6 +128,7 @@ class BuildQueue:
             consumer, self._consumer = self._consumer, None
         if consumer is not None:
             consumer.stop(graceful=True)
+        self.huey.storage.close()  # its connection (a SQLite file's three descriptors); reopened on use
 
     def _should_stop(self) -> bool:
         consumer = self._consumer
