@@ -3,6 +3,8 @@ by shard; through the registry and through a running service."""
 
 from __future__ import annotations
 
+import gc
+import os
 from pathlib import Path
 from typing import Any
 
@@ -77,6 +79,19 @@ def _served(c: TestClient, shop: str, key: dict[str, str]) -> int | None:
     return c.get(f"/v1/shops/{shop}", headers=key).json()["served_version"]
 
 
+def _open_model_files(root: Path, shop: str) -> list[str]:
+    """This process's open descriptors on files of `shop`'s models under `root`."""
+    found = []
+    for fd in os.listdir("/proc/self/fd"):
+        try:
+            target = os.readlink(f"/proc/self/fd/{fd}")
+        except OSError:
+            continue
+        if target.startswith(str(root.resolve())) and f"/{shop}/" in target:
+            found.append(target)
+    return found
+
+
 def test_a_replica_loads_models_on_first_message_holds_its_shard_and_evicts(tmp_path):
     """Two shops published; a restarted replica without warm-up holds none in memory until a shop's
     first message; one holding shard 0/2 refuses the other shard's shop with 421; under a budget of one
@@ -105,6 +120,9 @@ def test_a_replica_loads_models_on_first_message_holds_its_shard_and_evicts(tmp_
         assert say(c, mine, keys[mine], "保修多久")["entry_id"] == "warranty"
         assert say(c, theirs, keys[theirs], "包邮吗")["entry_id"] == "shipping-fee"
         assert _served(c, mine, keys[mine]) is None and _served(c, theirs, keys[theirs]) == 1
+        gc.collect()
+        assert _open_model_files(tmp_path, mine) == []  # evicted: its mapped arrays are let go
+        assert _open_model_files(tmp_path, theirs) != []
         assert say(c, mine, keys[mine], "能开发票吗")["entry_id"] == "invoice"
         metrics = c.get("/metrics").text
         assert "kefu_model_evictions_total" in metrics and "kefu_models_loaded" in metrics
