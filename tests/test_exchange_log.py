@@ -443,3 +443,13 @@ def test_0012_widens_the_ids_and_keeps_the_old_exchanges_before_the_new(db_url: 
             assert s.scalar(text("SELECT exchange_id FROM feedback")) == old
     finally:
         database.dispose()
+
+
+def test_old_node_claims_are_pruned(db: Database) -> None:
+    """Each process start adds a row to id_writers; only the last `keep` can matter, older ones go."""
+    from api.db.models import IdWriter
+
+    nodes = [claim_node(db, keep=3) for _ in range(6)]
+    assert nodes == sorted(set(nodes))
+    with db.session() as s:
+        assert s.scalars(select(IdWriter.id).order_by(IdWriter.id)).all() == nodes[-3:]

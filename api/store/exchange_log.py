@@ -32,10 +32,10 @@ import threading
 import time
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import delete, select
 from sqlalchemy.exc import DataError, IntegrityError
 
-from api.db.ids import GENERATOR, next_exchange_id
+from api.db.ids import GENERATOR, NODE_MASK, next_exchange_id
 from api.db.models import Exchange, IdWriter
 from api.db.session import Database
 from api.metrics import (
@@ -56,13 +56,17 @@ CLOSE_TIMEOUT = 30.0  # seconds close() keeps trying to write what is left
 SYNC_TIMEOUT = 5.0  # seconds a reader waits for its rows before it reads without them
 
 
-def claim_node(db: Database) -> int:
-    """Make this process's exchange ids with a node no live process has (one row in `id_writers`)."""
+def claim_node(db: Database, keep: int = NODE_MASK + 1) -> int:
+    """Make this process's exchange ids with a node no live process has (one row in `id_writers`).
+
+    Only the last `keep` claims can matter (the node is the row number modulo 16,384), so older rows are
+    deleted here: the table stays bounded however often processes restart."""
     with db.session() as s:
         row = IdWriter(host=socket.gethostname()[:255], pid=os.getpid())
         s.add(row)
         s.flush()
         node = row.id
+        s.execute(delete(IdWriter).where(IdWriter.id <= node - keep))
     GENERATOR.set_node(node)
     return node
 
