@@ -4,7 +4,6 @@ by shard; through the registry and through a running service."""
 from __future__ import annotations
 
 import gc
-import os
 from pathlib import Path
 from typing import Any
 
@@ -14,7 +13,7 @@ from fastapi.testclient import TestClient
 from api.kb.registry import Holding, ModelRegistry, ShopNotHeldError, shard_of
 from api.main import create_app
 from api.settings import Settings
-from tests.test_service import common_settings, kb_csv, new_shop, publish_and_wait, say
+from tests.test_service import common_settings, kb_csv, new_shop, open_files_under, publish_and_wait, say
 
 
 def test_least_recently_used_models_are_evicted_over_the_budget(fast_matcher, tmp_path):
@@ -79,19 +78,6 @@ def _served(c: TestClient, shop: str, key: dict[str, str]) -> int | None:
     return c.get(f"/v1/shops/{shop}", headers=key).json()["served_version"]
 
 
-def _open_model_files(root: Path, shop: str) -> list[str]:
-    """This process's open descriptors on files of `shop`'s models under `root`."""
-    found = []
-    for fd in os.listdir("/proc/self/fd"):
-        try:
-            target = os.readlink(f"/proc/self/fd/{fd}")
-        except OSError:
-            continue
-        if target.startswith(str(root.resolve())) and f"/{shop}/" in target:
-            found.append(target)
-    return found
-
-
 def test_a_replica_loads_models_on_first_message_holds_its_shard_and_evicts(tmp_path):
     """Two shops published; a restarted replica without warm-up holds none in memory until a shop's
     first message; one holding shard 0/2 refuses the other shard's shop with 421; under a budget of one
@@ -121,8 +107,8 @@ def test_a_replica_loads_models_on_first_message_holds_its_shard_and_evicts(tmp_
         assert say(c, theirs, keys[theirs], "包邮吗")["entry_id"] == "shipping-fee"
         assert _served(c, mine, keys[mine]) is None and _served(c, theirs, keys[theirs]) == 1
         gc.collect()
-        assert _open_model_files(tmp_path, mine) == []  # evicted: its mapped arrays are let go
-        assert _open_model_files(tmp_path, theirs) != []
+        assert open_files_under(tmp_path, f"/{mine}/") == []  # evicted: its mapped arrays are let go
+        assert open_files_under(tmp_path, f"/{theirs}/") != []
         assert say(c, mine, keys[mine], "能开发票吗")["entry_id"] == "invoice"
         metrics = c.get("/metrics").text
         assert "kefu_model_evictions_total" in metrics and "kefu_models_loaded" in metrics

@@ -775,26 +775,32 @@ def test_concurrent_kb_edits_are_all_answered(client: TestClient) -> None:
     assert sorted(statuses) == [200] * 6
 
 
+def open_files_under(root: Path, part: str = "") -> list[str]:
+    """This process's open descriptors on files under `root` whose path contains `part`."""
+    import os
+
+    found = []
+    for fd in os.listdir("/proc/self/fd"):
+        try:
+            target = os.readlink(f"/proc/self/fd/{fd}")
+        except OSError:
+            continue
+        if target.startswith(str(root.resolve())) and part in target:
+            found.append(target)
+    return found
+
+
 def test_a_closed_service_lets_go_of_its_models_files_and_threads(settings: Settings) -> None:
     """Shutting an app down frees its service: the models' mapped arrays, the queues' database files and
     the store's threads. (Its session listeners once kept every closed service alive: a test run reached
     thousands of open descriptors.)"""
     import gc
-    import os
     import weakref
 
-    data_dir = Path(settings.data_dir).resolve()
+    data_dir = Path(settings.data_dir)
 
     def open_under_data_dir() -> list[str]:
-        paths = []
-        for fd in os.listdir("/proc/self/fd"):
-            try:
-                target = os.readlink(f"/proc/self/fd/{fd}")
-            except OSError:
-                continue
-            if target.startswith(str(data_dir)):
-                paths.append(target)
-        return paths
+        return open_files_under(data_dir)
 
     services = []
     for i in range(2):
