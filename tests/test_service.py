@@ -798,20 +798,16 @@ def test_a_closed_service_lets_go_of_its_models_files_and_threads(settings: Sett
     import weakref
 
     data_dir = Path(settings.data_dir)
-
-    def open_under_data_dir() -> list[str]:
-        return open_files_under(data_dir)
-
     services = []
     for i in range(2):
         with TestClient(create_app(settings)) as c:
             key = new_shop(c, f"closed-{i}")
             publish_and_wait(c, f"closed-{i}", key, kb_csv())
             assert say(c, f"closed-{i}", key, "质保几年")["entry_id"] == "warranty"
-            assert any(p.endswith(".npy") for p in open_under_data_dir())  # the served model's arrays
+            assert any(p.endswith(".npy") for p in open_files_under(data_dir))  # the served model's arrays
             services.append(weakref.ref(c.app.state.service))  # type: ignore[attr-defined]
         del c
     gc.collect()
     assert [s() for s in services] == [None, None]
-    assert open_under_data_dir() == []
+    assert open_files_under(data_dir) == []
     assert not [t for t in threading.enumerate() if t.name == "kefu-memory-pubsub"]

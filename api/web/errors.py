@@ -21,7 +21,8 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 REQUEST_ID_HEADER = "X-Request-ID"
 _SANE_ID = re.compile(rb"[A-Za-z0-9._:-]{1,128}")
 # the log's masking reads a run of 10 or more digits as a phone, card or ID number: about one random hex
-# id in six holds one, and its log line would then name another id than the response did
+# id in twelve holds one (258 of 3,000 measured), and its log line would then name another id than the
+# response did
 _DIGIT_RUN = re.compile(r"\d{10}")
 _MAX_MESSAGE = 300
 _PROJECT_DIRS = ("/api/", "/engine/")
