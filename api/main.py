@@ -10,6 +10,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.concurrency import run_in_threadpool
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -24,6 +25,7 @@ from api.web.errors import RequestErrors
 from api.web.limits import BodySizeLimit, RouteLimit
 from api.web.ratelimit import RATE_LIMIT_RESPONSES, RateLimiter, RateLimitMiddleware
 from api.web.state import ModelHolder, load_or_build
+from api.web.strict_json import validation_errors
 from engine import Matcher
 
 log = logging.getLogger("kefu.api")
@@ -164,6 +166,12 @@ def create_app(
         """JD credentials cannot be read or stored without the key: a configuration problem, not a crash."""
         log.error("JD credentials unavailable: %s", exc)
         return JSONResponse(status_code=503, content={"detail": str(exc)})
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid_request(request: Request, exc: RequestValidationError) -> JSONResponse:
+        """FastAPI's 422, with inputs it could not write back as JSON (NaN, lone surrogates) and long
+        texts made printable instead of a 500 while rendering the error."""
+        return JSONResponse(status_code=422, content={"detail": validation_errors(exc)})
 
     @app.exception_handler(ShopNotHeldError)
     async def shop_not_held(request: Request, exc: ShopNotHeldError) -> JSONResponse:

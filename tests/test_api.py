@@ -371,3 +371,64 @@ def test_real_uvicorn_server_answers_over_http(matcher: Matcher, tmp_path: Path)
         thread.join(timeout=10)
         sock.close()
     assert not thread.is_alive()
+
+
+# JSON that Python's parser takes but RFC 8259 does not: refused as malformed, never a 500 while the 422
+# (which repeats the input) or the reply (which quotes the text) is rendered
+@pytest.mark.parametrize(
+    ("body", "says"),
+    [
+        ('{"text": NaN}', "NaN is not a number JSON allows"),
+        ('{"text": "ok", "top_k": Infinity}', "Infinity is not a number JSON allows"),
+        ('{"text": "ok", "top_k": -Infinity}', "-Infinity is not a number JSON allows"),
+        ('{"text": "\\ud800能开专票吗"}', "lone UTF-16 surrogate"),
+        ('{"text": "能开专票吗\\udfff"}', "lone UTF-16 surrogate"),
+        ('{"\\udfff": 1, "text": "能开专票吗"}', "lone UTF-16 surrogate"),
+    ],
+)
+def test_json_outside_the_standard_is_a_422_that_says_why(client: TestClient, body: str, says: str) -> None:
+    r = client.post("/v1/match", content=body.encode(), headers={"content-type": "application/json"})
+    assert r.status_code == 422, r.text
+    [error] = r.json()["detail"]
+    assert error["type"] == "json_invalid"
+    assert says in error["ctx"]["error"]
+    assert error["loc"][0] == "body" and isinstance(error["loc"][1], int)
+
+
+def test_escaped_surrogate_pairs_are_characters_and_pass(client: TestClient) -> None:
+    """An emoji written as its escaped UTF-16 pair is valid JSON: only lone halves are refused."""
+    r = client.post(
+        "/v1/match",
+        content='{"text": "\\ud83d\\ude00 怎么退货"}'.encode(),
+        headers={"content-type": "application/json"},
+    )
+    assert r.status_code == 200, r.text
+
+
+def test_a_422_cuts_long_inputs_it_repeats(client: TestClient) -> None:
+    r = client.post("/v1/match", json={"text": ["怎么退货" * 2500, 7]})
+    assert r.status_code == 422
+    [error] = r.json()["detail"]
+    assert error["loc"] == ["body", "text"]
+    long_text, number = error["input"]
+    assert number == 7
+    assert len(long_text) == 201 and long_text.startswith("怎么退货") and long_text.endswith("…")
+
+
+def test_every_api_route_reads_json_strictly(client: TestClient) -> None:
+    """A router added without `route_class=StrictJSONRoute` would bring the 500s back for its routes."""
+    from fastapi.routing import APIRoute
+
+    from api.web.strict_json import StrictJSONRoute
+
+    def api_routes(routes: list[Any]) -> Iterator[APIRoute]:
+        for r in routes:
+            if isinstance(r, APIRoute):
+                yield r
+            inner = getattr(r, "original_router", None)  # FastAPI keeps an included router as one entry
+            if inner is not None:
+                yield from api_routes(inner.routes)
+
+    routes = list(api_routes(client.app.routes))  # type: ignore[attr-defined]
+    assert len(routes) > 40
+    assert [r.path for r in routes if not isinstance(r, StrictJSONRoute)] == []

@@ -28,9 +28,10 @@ from api.service import Service
 from api.web.auth import key_matches
 from api.web.deps import SHOP_ID, ServiceDep
 from api.web.ratelimit import RateLimiter, client_ip
+from api.web.strict_json import StrictJSONRoute
 
 log = logging.getLogger("kefu.console")
-router = APIRouter(prefix=PREFIX, include_in_schema=False)
+router = APIRouter(route_class=StrictJSONRoute, prefix=PREFIX, include_in_schema=False)
 LOGIN_COOKIE = "kefu_console_login"
 LANG_COOKIE = "kefu_lang"
 _DUMMY_HASH = hash_password(secrets.token_urlsafe(16))  # same cost for a shop that does not exist

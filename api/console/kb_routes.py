@@ -21,10 +21,11 @@ from api.console.web import PREFIX, Console, ConsoleDep, CsrfDep, render, see_ot
 from api.db.models import KBVersion, Shop
 from api.kb import repo as kb_repo
 from api.routes.kb import _download, read_limits
+from api.web.strict_json import StrictJSONRoute
 from api.web.uploads import upload_name
 from engine.kb import KBEntry, KBIssue, KBTooLarge, KBValidationError
 
-router = APIRouter(prefix=PREFIX, include_in_schema=False)
+router = APIRouter(route_class=StrictJSONRoute, prefix=PREFIX, include_in_schema=False)
 PAGE_SIZE = 50
 VersionNo = Annotated[int, Query(ge=1, le=2**31 - 1)]
 

@@ -33,9 +33,10 @@ from api.dialog.conversation import (
 )
 from api.jd.queue import NOT_DELIVERABLE, NOT_DELIVERED
 from api.kb import mining
+from api.web.strict_json import StrictJSONRoute
 from engine.mining import mine
 
-router = APIRouter(prefix=PREFIX, include_in_schema=False)
+router = APIRouter(route_class=StrictJSONRoute, prefix=PREFIX, include_in_schema=False)
 PAGE_SIZE = 200
 # handoff reasons a merchant filters by, each the reason texts it starts with; "other": the bot tried and
 # was not confident enough (low confidence, repeated misses, a failed lookup)

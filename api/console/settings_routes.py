@@ -19,9 +19,10 @@ from api.db.models import Shop
 from api.dialog.replies import DEFAULT_REPLIES
 from api.store.secrets import SecretKeyError, mask
 from api.web.schemas import ShopSettings
+from api.web.strict_json import StrictJSONRoute
 from engine.decide import DEFAULT_HUMAN_PHRASES
 
-router = APIRouter(prefix=PREFIX, include_in_schema=False)
+router = APIRouter(route_class=StrictJSONRoute, prefix=PREFIX, include_in_schema=False)
 MODES = ("auto", "assist", "off")
 
 

@@ -18,8 +18,9 @@ from api.dialog.handle import handle_message
 from api.metrics import FEEDBACK
 from api.store import exchanges
 from api.web.schemas import EXCHANGE_ID_MAX
+from api.web.strict_json import StrictJSONRoute
 
-router = APIRouter(prefix=PREFIX, include_in_schema=False)
+router = APIRouter(route_class=StrictJSONRoute, prefix=PREFIX, include_in_schema=False)
 MAX_TURNS = 10
 MAX_CHARS = 2000
 OUT_OF_SCOPE = "__out_of_scope__"

@@ -18,10 +18,16 @@ from api.catalog.importer import Sku, parse_catalog_file
 from api.routes.kb import issues_response, read_limits, too_large_response
 from api.web.deps import SHOP_AUTH_RESPONSES, ServiceDep, ShopDep
 from api.web.schemas import DB_INT_MAX
+from api.web.strict_json import StrictJSONRoute
 from api.web.uploads import read_upload, upload_body, upload_name
 from engine.kb import KBTooLarge, KBValidationError
 
-router = APIRouter(prefix="/v1/shops/{shop}/catalog", responses=SHOP_AUTH_RESPONSES, tags=["catalog"])
+router = APIRouter(
+    route_class=StrictJSONRoute,
+    prefix="/v1/shops/{shop}/catalog",
+    responses=SHOP_AUTH_RESPONSES,
+    tags=["catalog"],
+)
 SkuId = Annotated[str, PathParam(pattern=r"^[0-9A-Za-z_-]{1,64}$", description="the SKU id (商品编号)")]
 
 

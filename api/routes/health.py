@@ -6,8 +6,9 @@ from fastapi import APIRouter
 
 from api.web.schemas import HealthResponse
 from api.web.state import HolderDep
+from api.web.strict_json import StrictJSONRoute
 
-router = APIRouter(tags=["health"])
+router = APIRouter(route_class=StrictJSONRoute, tags=["health"])
 
 
 @router.get("/healthz", response_model=HealthResponse)

@@ -39,9 +39,11 @@ from api.jd.service_stats import daily, groups
 from api.kb import repo as kb_repo
 from api.metrics import AUTH_FAILURES
 from api.web.deps import SHOP_AUTH_RESPONSES, SHOP_ID, ServiceDep, ShopDep
+from api.web.strict_json import StrictJSONRoute
 from engine.coldstart import cold_start
 
 router = APIRouter(
+    route_class=StrictJSONRoute,
     prefix="/jd",
     tags=["jd"],
     responses={
@@ -277,7 +279,9 @@ def _stored_reply(service: Any, shop: str, digest: str, message_id: str) -> JSON
         time.sleep(0.05)
 
 
-shop_router = APIRouter(prefix="/v1/shops/{shop}/jd", responses=SHOP_AUTH_RESPONSES, tags=["jd"])
+shop_router = APIRouter(
+    route_class=StrictJSONRoute, prefix="/v1/shops/{shop}/jd", responses=SHOP_AUTH_RESPONSES, tags=["jd"]
+)
 
 
 @contextmanager

@@ -38,11 +38,14 @@ from api.web.schemas import (
     UploadOut,
     VersionOut,
 )
+from api.web.strict_json import StrictJSONRoute
 from api.web.uploads import read_upload, upload_body, upload_name
 from engine.kb import KBEntry, KBTooLarge, KBValidationError, ReadLimits, dump_kb
 from engine.mining import proposals_file
 
-router = APIRouter(prefix="/v1/shops/{shop}", responses=SHOP_AUTH_RESPONSES, tags=["kb"])
+router = APIRouter(
+    route_class=StrictJSONRoute, prefix="/v1/shops/{shop}", responses=SHOP_AUTH_RESPONSES, tags=["kb"]
+)
 # the setting behind each engine.kb.KBTooLarge limit, named in the 413 answer
 LIMIT_SETTINGS = {
     "rows": "KEFU_KB_MAX_ROWS",

@@ -14,11 +14,12 @@ from starlette.concurrency import run_in_threadpool
 from api.settings import Settings
 from api.web.schemas import MatchRequest, MatchResponse
 from api.web.state import ServingMatcher
+from api.web.strict_json import StrictJSONRoute
 from engine import Matcher
 from engine.results import Candidate
 
 log = logging.getLogger("kefu.api")
-router = APIRouter(prefix="/v1", tags=["match"])
+router = APIRouter(route_class=StrictJSONRoute, prefix="/v1", tags=["match"])
 
 
 def _limit_errors(body: MatchRequest, max_text_chars: int, max_top_k: int) -> list[dict[str, Any]]:

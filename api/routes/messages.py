@@ -15,8 +15,14 @@ from api.metrics import FEEDBACK
 from api.store import exchanges
 from api.web.deps import SHOP_AUTH_RESPONSES, ServiceDep, ShopDep, TurnShopDep
 from api.web.schemas import DB_INT_MAX, AssistOut, ExchangeOut, FeedbackIn, MessageIn, ReplyOut, Suggestion
+from api.web.strict_json import StrictJSONRoute
 
-router = APIRouter(prefix="/v1/shops/{shop}", responses=SHOP_AUTH_RESPONSES, tags=["conversations"])
+router = APIRouter(
+    route_class=StrictJSONRoute,
+    prefix="/v1/shops/{shop}",
+    responses=SHOP_AUTH_RESPONSES,
+    tags=["conversations"],
+)
 
 
 @router.post("/messages", response_model=ReplyOut)

@@ -5,8 +5,9 @@ from __future__ import annotations
 from fastapi import APIRouter, Response
 
 from api.metrics import render
+from api.web.strict_json import StrictJSONRoute
 
-router = APIRouter(tags=["ops"])
+router = APIRouter(route_class=StrictJSONRoute, tags=["ops"])
 
 
 @router.get("/metrics", include_in_schema=False)

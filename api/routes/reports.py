@@ -12,8 +12,11 @@ from api.store.exchanges import TEST_CHANNELS
 from api.store.periods import PeriodError
 from api.web.deps import SHOP_AUTH_RESPONSES, ServiceDep, ShopDep
 from api.web.schemas import TrafficOut
+from api.web.strict_json import StrictJSONRoute
 
-router = APIRouter(prefix="/v1/shops/{shop}", responses=SHOP_AUTH_RESPONSES, tags=["reports"])
+router = APIRouter(
+    route_class=StrictJSONRoute, prefix="/v1/shops/{shop}", responses=SHOP_AUTH_RESPONSES, tags=["reports"]
+)
 
 TRAFFIC_RESPONSES: dict[int | str, dict[str, Any]] = {
     400: {"description": "a bad period (the parameter is named): reversed, out of range or too long"},

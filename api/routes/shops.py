@@ -21,8 +21,9 @@ from api.web.schemas import (
     ShopOut,
     ShopSettings,
 )
+from api.web.strict_json import StrictJSONRoute
 
-router = APIRouter(tags=["shops"])
+router = APIRouter(route_class=StrictJSONRoute, tags=["shops"])
 
 
 def shop_out(service: Service, shop: Shop) -> ShopOut:

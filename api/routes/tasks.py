@@ -16,8 +16,11 @@ from sqlalchemy import select
 from api.db.models import AgentTask, utcnow
 from api.web.deps import SHOP_AUTH_RESPONSES, ServiceDep, ShopDep
 from api.web.schemas import DB_INT_MAX, TaskOut
+from api.web.strict_json import StrictJSONRoute
 
-router = APIRouter(prefix="/v1/shops/{shop}", responses=SHOP_AUTH_RESPONSES, tags=["tasks"])
+router = APIRouter(
+    route_class=StrictJSONRoute, prefix="/v1/shops/{shop}", responses=SHOP_AUTH_RESPONSES, tags=["tasks"]
+)
 TaskId = Annotated[int, PathParam(ge=1, le=DB_INT_MAX)]
 
 
