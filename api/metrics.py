@@ -80,6 +80,11 @@ ORDER_LOOKUPS = Counter(
     "Order questions (dynamic entries) by outcome: ok, refused (not the customer's order), or the failure",
     ["outcome"],
 )
+STATE_CONFLICTS = Counter(
+    "kefu_conversation_state_conflicts_total",
+    "Messages stepped again because another message of the same conversation saved its state first",
+    ["shop"],
+)
 AGENT_TASKS = Counter("kefu_agent_tasks_total", "Tasks raised for agents beside an answer", ["shop"])
 JD_OUTBOUND = Counter(
     "kefu_jd_outbound_total",

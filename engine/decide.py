@@ -20,7 +20,17 @@ DEFAULT_HUMAN_PHRASES = (
     "投诉",
     "客服经理",
     "你们领导",
+    "换人工",
+    "叫人工",
+    "接人工",
+    "人工呢",
+    "不要机器人",
 )
+# A whole message of only these asks for a human too; inside a longer one they are product words
+# (人工智能笔记本, 人工费).
+HUMAN_WORDS_ALONE = frozenset({"人工", "人工人工"})
+# 要人工 in 安装要人工费吗 is a fee, not a request: a phrase ending in 人工 followed by these is a word
+_PRODUCT_WORD_ENDINGS = ("费", "智能", "成本")
 
 
 @dataclass
@@ -40,10 +50,16 @@ class DecisionPolicy:
 
     def human_request(self, normalized: str) -> str | None:
         """The phrase that asks for a human, if any (matched on normalized text)."""
+        alone = normalized.replace(" ", "")
+        if alone in HUMAN_WORDS_ALONE:
+            return alone
         if self._human_re is None:
             return None
-        m = self._human_re.search(normalized)
-        return m.group(0) if m else None
+        for m in self._human_re.finditer(normalized):
+            if m.group(0).endswith("人工") and normalized.startswith(_PRODUCT_WORD_ENDINGS, m.end()):
+                continue
+            return m.group(0)
+        return None
 
     def to_dict(self) -> dict:
         return {

@@ -220,7 +220,7 @@ def test_fresh_lists_are_not_misses_but_rephrase_requests_are(matcher: Matcher) 
     first, state = unsure.step(None, "那发票应该怎么开呀")
     assert first.text.startswith(REPHRASE_TEXT) and state.misses == 1
     # after a request to rephrase, a list for the new wording is free; a miss on that list is the second
-    replies, state = run(clarifying, "😀", "那发票应该怎么开呀")
+    replies, state = run(clarifying, "qwxz", "那发票应该怎么开呀")
     assert [r.text.startswith(REPHRASE_TEXT) for r in replies] == [True, False] and state.misses == 1
     last, _ = clarifying.step(state, "还是不太清楚")
     assert last.kind == "handoff" and last.handoff is not None and "2 misses" in last.handoff.reason
@@ -236,12 +236,12 @@ def test_low_confidence_asks_to_rephrase_and_offers_candidates(unsure_bot: Conve
     assert reply.kind == "answer" and reply.entry_id == first.options[0].entry_id
 
 
-def test_empty_messages_are_misses_too(bot: ConversationPolicy) -> None:
-    """An emoji-only message has nothing to match: rephrase first, hand off on the second miss."""
-    (first, second), _ = run(bot, "😀", "🙏🙏")
-    assert first.kind == "clarify" and first.text == REPHRASE_TEXT and first.options == []
-    assert second.kind == "handoff"
-    assert second.handoff is not None and "misses" in second.handoff.reason
+def test_emoji_only_messages_are_stickers_not_misses(bot: ConversationPolicy) -> None:
+    """👍 or 🙏🙏 typed from the keyboard is a sticker: asked for text like [微笑], never counted as a miss
+    (two thumbs-up in a row used to hand the customer off)."""
+    (first, second), state = run(bot, "😀", "🙏🙏")
+    assert first.kind == second.kind == "smalltalk" and "文字" in first.text
+    assert state.misses == 0
 
 
 def test_a_choice_whose_entry_vanished_is_a_miss(matcher: Matcher) -> None:
@@ -261,7 +261,9 @@ def test_a_choice_whose_entry_vanished_is_a_miss(matcher: Matcher) -> None:
 
 
 # ---------------------------------------------------------------------------------------------- handoff
-@pytest.mark.parametrize("text", ["转人工", "我要人工客服！"])
+@pytest.mark.parametrize(
+    "text", ["转人工", "我要人工客服！", "人工", "人工！", "人工 人工", "不要机器人", "叫人工出来"]
+)
 def test_explicit_human_request_hands_off_at_once(bot: ConversationPolicy, text: str) -> None:
     """Asking for a person is honoured immediately, even with no miss so far."""
     reply, state = bot.step(None, text)
@@ -269,6 +271,13 @@ def test_explicit_human_request_hands_off_at_once(bot: ConversationPolicy, text:
     assert reply.handoff is not None and reply.handoff.reason == REASON_HUMAN
     assert reply.handoff.last_messages == [text]
     assert state.misses == 0
+
+
+def test_human_inside_a_longer_message_is_a_product_word(bot: ConversationPolicy) -> None:
+    """人工 alone asks for a person; in 人工智能 or 人工费 it is what the customer asks about."""
+    for text in ("人工智能的功能有吗", "安装要人工费吗"):
+        reply, _ = bot.step(None, text)
+        assert reply.handoff is None or reply.handoff.reason != REASON_HUMAN, text
 
 
 def test_human_request_wins_over_a_pending_clarify(clarifying_bot: ConversationPolicy) -> None:
@@ -542,6 +551,27 @@ def test_conversations_save_load_end(
     assert reply.kind == "answer"
     convs.end("shop-1", "c1")
     assert convs.load("shop-1", "c1") is None
+
+
+def test_a_conditional_save_loses_to_a_save_made_since_the_load(store: MemoryStore | RedisStore) -> None:
+    """Two replicas load the same state; only the first to save writes, the second must step again."""
+    convs = Conversations(store, ttl_seconds=60)
+    assert convs.load_versioned("s", "c") == (None, None)
+    assert convs.save_if("s", "c", ConversationState(history=["a"]), None)
+    assert not convs.save_if("s", "c", ConversationState(history=["b"]), None)  # no longer absent
+    first, token_1 = convs.load_versioned("s", "c")
+    second, token_2 = convs.load_versioned("s", "c")
+    assert first == second == ConversationState(history=["a"]) and token_1 == token_2 is not None
+    assert first is not None and second is not None
+    assert convs.save_if("s", "c", dataclasses.replace(first, history=["a", "x"]), token_1)
+    assert not convs.save_if("s", "c", dataclasses.replace(second, history=["a", "y"]), token_2)
+    again, token_3 = convs.load_versioned("s", "c")
+    assert again is not None and again.history == ["a", "x"]
+    assert convs.save_if("s", "c", dataclasses.replace(again, history=["a", "x", "y"]), token_3)
+    assert convs.load("s", "c") == ConversationState(history=["a", "x", "y"])
+    convs.end("s", "c")
+    assert not convs.save_if("s", "c", ConversationState(history=["z"]), token_3)  # it ended meanwhile
+    assert convs.load("s", "c") is None
 
 
 def test_conversations_are_isolated_by_shop(store: MemoryStore | RedisStore) -> None:

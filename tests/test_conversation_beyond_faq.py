@@ -6,7 +6,7 @@ from typing import Any
 
 import pytest
 
-from api.dialog.conversation import ConversationPolicy, ConversationState, Reply
+from api.dialog.conversation import REASON_NO_WORDS, ConversationPolicy, ConversationState, Reply
 from api.dialog.privacy import mask_pii
 from api.dialog.replies import DEFAULT_REPLIES, Replies
 from engine import Matcher
@@ -97,7 +97,9 @@ def test_a_disabled_intent_is_matched_like_any_message_and_replies_can_be_reword
     assert thanks.kind == "smalltalk" and thanks.text == "不用谢～"
 
 
-@pytest.mark.parametrize("text", ["[图片]", "[语音]", "[微笑]", "https://img30.360buyimg.com/a/b.jpg"])
+@pytest.mark.parametrize(
+    "text", ["[图片]", "[语音]", "[微笑]", "https://img30.360buyimg.com/a/b.jpg", "👍", "😡😡"]
+)
 def test_non_text_asks_for_text_or_hands_off_by_setting(demo: Matcher, text: str) -> None:
     (r,), state = talk(policy(demo), text)
     assert r.kind == "smalltalk" and "文字" in r.text and state.misses == 0
@@ -110,7 +112,13 @@ def test_personal_data_does_not_drown_the_question(demo: Matcher) -> None:
     assert r.kind == "answer" and r.entry_id == "invoice-special"
     assert "13812345678" not in str(state.to_dict()) and "建国路" not in str(state.to_dict())
     (c,), _ = talk(policy(demo), "我电话13812345678")
-    assert c.kind == "smalltalk"
+    assert c.kind == "smalltalk" and c.reason == "contact details only"
+
+
+@pytest.mark.parametrize("text", ["", "   ", "？？？", "。", "..."])
+def test_a_message_without_words_says_so_and_is_no_miss(demo: Matcher, text: str) -> None:
+    (r,), state = talk(policy(demo), text)
+    assert r.kind == "smalltalk" and r.reason == REASON_NO_WORDS and state.misses == 0
 
 
 @pytest.mark.parametrize(

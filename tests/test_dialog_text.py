@@ -52,6 +52,12 @@ def test_split_keeps_at_most_max_parts() -> None:
         ("能开专票吗[微笑]", None),
         ("https://item.jd.com/100012345.html", None),  # a product link: the product is the context
         ("好的", None),
+        ("👍", "sticker"),  # emoji typed from the keyboard are stickers too
+        ("😡😡😡", "sticker"),
+        ("👍🏻 👨\u200d👩\u200d👧", "sticker"),  # skin tone, joiner, space
+        ("能开专票吗👍", None),
+        ("？？？", None),  # punctuation is not a sticker
+        ("", None),
     ],
 )
 def test_non_text_kind(text: str, kind: str | None) -> None:

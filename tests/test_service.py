@@ -811,3 +811,55 @@ def test_a_closed_service_lets_go_of_its_models_files_and_threads(settings: Sett
     assert [s() for s in services] == [None, None]
     assert open_files_under(data_dir) == []
     assert not [t for t in threading.enumerate() if t.name == "kefu-memory-pubsub"]
+
+
+def test_messages_sent_at_once_in_one_conversation_are_all_kept(client: TestClient) -> None:
+    """A customer sending several short messages in a row: every turn lands in the conversation's state,
+    whichever order the threads (or replicas) finish in; none overwrites another's."""
+    key = new_shop(client)
+    publish_and_wait(client, "shop-a", key, kb_csv())
+    texts = [
+        "能开发票吗",
+        "什么时候发货",
+        "保修多久",
+        "能退货吗",
+        "包邮吗",
+        "收货地址能改吗",
+        "怎么查物流",
+        "支持白条吗",
+    ]
+    start = threading.Barrier(len(texts))
+
+    def one(text: str) -> None:
+        start.wait()
+        say(client, "shop-a", key, text, conv="burst")
+
+    threads = [threading.Thread(target=one, args=(t,)) for t in texts]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    handoff = say(client, "shop-a", key, "转人工", conv="burst")["handoff"]
+    assert sorted(handoff["last_messages"][:-1]) == sorted(texts)
+    assert handoff["last_messages"][-1] == "转人工"
+
+
+def test_assist_and_off_turns_join_the_handoff_context(client: TestClient) -> None:
+    """The agent sees what the customer said while the bot only assisted or was off, and so does the bot
+    once it is back in auto mode."""
+    key = new_shop(client)
+    publish_and_wait(client, "shop-a", key, kb_csv())
+
+    def mode(m: str) -> None:
+        assert client.put("/v1/shops/shop-a/mode", headers=key, json={"mode": m}).status_code == 200
+
+    assert say(client, "shop-a", key, "能开发票吗", conv="m")["kind"] == "answer"
+    mode("assist")
+    handed = say(client, "shop-a", key, "我的手机13812345678，保修多久", conv="m")["handoff"]
+    assert handed["last_messages"] == ["能开发票吗", "我的手机[手机号]，保修多久"]
+    mode("off")
+    handed = say(client, "shop-a", key, "包邮吗", conv="m")["handoff"]
+    assert handed["last_messages"] == ["能开发票吗", "我的手机[手机号]，保修多久", "包邮吗"]
+    mode("auto")
+    handed = say(client, "shop-a", key, "转人工", conv="m")["handoff"]
+    assert handed["last_messages"] == ["能开发票吗", "我的手机[手机号]，保修多久", "包邮吗", "转人工"]

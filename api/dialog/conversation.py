@@ -37,14 +37,16 @@ log = logging.getLogger("kefu.conversation")
 
 Kind = Literal["answer", "clarify", "handoff", "smalltalk"]
 
-HANDOFF_TEXT = "正在为您转接人工客服，请稍候"
+HANDOFF_TEXT = "正在为您转接人工客服，请稍候。"
 CLARIFY_HEAD = "您是想问："
 REPHRASE_TEXT = "抱歉，我没有理解您的问题，可以换个说法吗？"
 REPHRASE_OPTIONS_HEAD = "或者您是想问："
 MAX_OPTIONS = 3
 MAX_HANDOFF_MESSAGES = 10
+HISTORY_MESSAGES = 10  # masked customer messages a conversation keeps
 
 REASON_HUMAN = "customer asked for a human agent"
+REASON_NO_WORDS = "no words to match (an empty message, or only punctuation)"
 REASON_REPEATED = "repeated question"
 REASON_ANGRY = "angry customer and no confident answer"
 REASON_VENTING = "the customer is upset and the bot has not helped yet"
@@ -397,7 +399,7 @@ class ConversationPolicy:
         get_entry: Callable[[str], tuple[str, str] | None],
         mask: Callable[[str], str] = _identity,
         max_misses: int = 2,
-        history: int = 10,
+        history: int = HISTORY_MESSAGES,
         replies: Replies | None = None,
         skills: Sequence[Skill] = (),
         dynamic: Callable[[str], bool] | None = None,
@@ -462,7 +464,9 @@ class ConversationPolicy:
             return self._smalltalk(st, f"non-text message ({kind})", self.replies.non_text_reply, None)
         questions = split_questions(strip_stickers(self.mask(text)))
         if not questions:
-            return self._smalltalk(st, "contact details only", self.replies.contact_only, None)
+            masked = self.mask(text)
+            why = "contact details only" if masked != text and masked.strip() else REASON_NO_WORDS
+            return self._smalltalk(st, why, self.replies.contact_only, None)
 
         # 3. several questions in one message: each from its own entry
         if len(questions) > 1:
@@ -759,6 +763,25 @@ class Conversations:
     def save(self, shop: str, conversation_id: str, state: ConversationState) -> None:
         """Store the state; every save restarts the inactivity TTL."""
         self.store.set_json(self.key(shop, conversation_id), state.to_dict(), self.ttl_seconds)
+
+    def load_versioned(self, shop: str, conversation_id: str) -> tuple[ConversationState | None, str | None]:
+        """The state (as `load`) and a token of what was stored, for `save_if`."""
+        data, token = self.store.get_json_versioned(self.key(shop, conversation_id))
+        if data is None:
+            return None, token
+        try:
+            return ConversationState.from_dict(data), token
+        except (TypeError, KeyError, ValueError, AttributeError):
+            log.warning("unreadable state of conversation %s/%s; starting afresh", shop, conversation_id)
+            return None, token
+
+    def save_if(self, shop: str, conversation_id: str, state: ConversationState, token: str | None) -> bool:
+        """Store the state only if the conversation still holds what `token` was read from: a message
+        processed at the same time (another thread or replica) saved first, and this turn must be
+        stepped again from that state, or its turn would be lost."""
+        return self.store.set_json_if(
+            self.key(shop, conversation_id), state.to_dict(), self.ttl_seconds, token
+        )
 
     def end(self, shop: str, conversation_id: str) -> None:
         self.store.delete(self.key(shop, conversation_id))

@@ -6,6 +6,7 @@ behave the same way.
 
 from __future__ import annotations
 
+import logging
 import time
 import zlib
 from collections.abc import Collection, Mapping
@@ -14,10 +15,14 @@ from typing import Any
 
 from api.db.models import AgentTask, Shop
 from api.dialog.conversation import (
+    HANDOFF_TEXT,
+    HISTORY_MESSAGES,
+    MAX_HANDOFF_MESSAGES,
     REASON_MODE_ASSIST,
     REASON_MODE_OFF,
     REASON_NO_MODEL,
     ConversationPolicy,
+    ConversationState,
     Handoff,
     HandoffCode,
     Reply,
@@ -29,15 +34,22 @@ from api.dialog.orders_skill import OrdersSkill
 from api.dialog.privacy import mask_pii
 from api.dialog.replies import Replies
 from api.jd.orders import OrderLookup
-from api.metrics import AGENT_TASKS, DENSE_SKIPPED, MATCH_LATENCY, record_reply
+from api.metrics import AGENT_TASKS, DENSE_SKIPPED, MATCH_LATENCY, STATE_CONFLICTS, record_reply
 from api.service import Service
 from engine.kb import KBEntry
 from engine.results import MatchResult
 
-HANDOFF_TEXT = "正在为您转接人工客服，请稍候。"
+log = logging.getLogger("kefu.conversation")
+
+# Steps of one message against the conversation's state before the last one wins regardless: each retry
+# follows a message of the same conversation processed at the same moment (a customer sending several
+# short messages in a row), so more than a few means a flood, not a conversation.
+STATE_ATTEMPTS = 8
 
 
-def _handoff(reason: str, text: str, code: HandoffCode, suggested: list[Suggestion] | None = None) -> Reply:
+def _handoff(
+    reason: str, history: list[str], code: HandoffCode, suggested: list[Suggestion] | None = None
+) -> Reply:
     suggested = suggested or []
     return Reply(
         kind="handoff",
@@ -48,13 +60,28 @@ def _handoff(reason: str, text: str, code: HandoffCode, suggested: list[Suggesti
         reason=reason,
         handoff=Handoff(
             reason=reason,
-            last_messages=[mask_pii(text)],
+            last_messages=history[-MAX_HANDOFF_MESSAGES:],
             candidates_tried=[],
             mood=None,
             code=code,
             suggestions=suggested,
         ),
     )
+
+
+def _record_turn(service: Service, shop: Shop, conversation_id: str, text: str) -> list[str]:
+    """A message the bot does not answer (assist, off, no model) still joins the conversation's history:
+    the agent sees what came before it, and the bot reads follow-ups with it once back in auto mode."""
+    masked = mask_pii(text)
+    for _ in range(STATE_ATTEMPTS):
+        state, token = service.conversations.load_versioned(shop.id, conversation_id)
+        prev = state or ConversationState()
+        st = replace(prev, history=[*prev.history, masked][-HISTORY_MESSAGES:], turns=prev.turns + 1)
+        if service.conversations.save_if(shop.id, conversation_id, st, token):
+            return st.history
+        STATE_CONFLICTS.labels(shop.id).inc()
+    service.conversations.save(shop.id, conversation_id, st)
+    return st.history
 
 
 def pick_answer(entry: KBEntry, conversation_id: str, turn: int) -> str:
@@ -126,22 +153,22 @@ def handle_message(
     t0 = time.perf_counter()
     version: int | None = None
     if shop.mode == "off":
-        reply = _handoff(REASON_MODE_OFF, text, "mode_off")
+        reply = _handoff(REASON_MODE_OFF, _record_turn(service, shop, conversation_id, text), "mode_off")
     elif shop.mode == "assist":
         # the agent who takes the message gets the bot's suggestions with it, not in a second call
         suggested, version = suggestions(service, shop, text)
-        reply = _handoff(REASON_MODE_ASSIST, text, "mode_assist", suggested)
+        history = _record_turn(service, shop, conversation_id, text)
+        reply = _handoff(REASON_MODE_ASSIST, history, "mode_assist", suggested)
     else:
         served = service.served(shop.id, shop.active_version)
         if served is None:
-            reply = _handoff(REASON_NO_MODEL, text, "no_model")
+            reply = _handoff(REASON_NO_MODEL, _record_turn(service, shop, conversation_id, text), "no_model")
         else:
             version = served.version
             matcher = served.matcher
             entries = matcher.entries_by_id
             replies = Replies.from_settings(shop.settings)
-            state = service.conversations.load(shop.id, conversation_id)
-            turn = state.turns if state is not None else 0
+            turn = 0
 
             def choose(e: KBEntry) -> str:
                 return pick_answer(e, conversation_id, turn)
@@ -178,9 +205,22 @@ def handle_message(
                 dynamic=lambda entry_id: bool(entry_id in entries and entries[entry_id].action),
                 match_follow_up=match_follow_up,
             )
-            reply, state = policy.step(state, text, context)
-            state.turns = turn + 1
-            service.conversations.save(shop.id, conversation_id, state)
+            for attempt in range(1, STATE_ATTEMPTS + 1):
+                prev, token = service.conversations.load_versioned(shop.id, conversation_id)
+                turn = prev.turns if prev is not None else 0
+                reply, state = policy.step(prev, text, context)
+                state.turns = turn + 1
+                if attempt == STATE_ATTEMPTS:
+                    service.conversations.save(shop.id, conversation_id, state)
+                    log.warning(
+                        "conversation %s/%s: %d messages overtook this one; its state was saved over theirs",
+                        shop.id,
+                        conversation_id,
+                        STATE_ATTEMPTS - 1,
+                    )
+                elif service.conversations.save_if(shop.id, conversation_id, state, token):
+                    break
+                STATE_CONFLICTS.labels(shop.id).inc()
             _raise_tasks(service, shop, conversation_id, reply, entries, state.history)
     latency_ms = (time.perf_counter() - t0) * 1000
     # buffered, written by the exchange log's thread: the reply does not wait for the database

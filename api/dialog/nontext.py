@@ -9,6 +9,7 @@ only go wrong; the policy answers it with the shop's request for text, or hands 
 from __future__ import annotations
 
 import re
+import unicodedata
 
 _TAGS = {
     "图片": "image",
@@ -35,6 +36,7 @@ _EMOTICON_NAMES = (
 )
 _TAG = re.compile(r"\[(" + "|".join(map(re.escape, sorted(_TAGS, key=len, reverse=True))) + r")\]")
 _STICKERS = re.compile(r"(?:\[(?:" + _EMOTICON_NAMES + r")\]|/:[^\s/]{1,8}|\s)+")
+_EMOJI_PARTS = frozenset("\u200d\ufe0e\ufe0f\u20e3")  # joiner, text/emoji presentation, keycap
 _IMAGE_URL = re.compile(r"^\s*https?://\S+\.(?:jpe?g|png|gif|webp|bmp|heic)(?:\?\S*)?\s*$", re.IGNORECASE)
 
 
@@ -50,9 +52,21 @@ def non_text_kind(text: str) -> str | None:
     tags = _TAG.findall(text)
     if tags and not _STICKERS.sub("", _TAG.sub("", text)).strip():
         return _TAGS[tags[0]]
-    if _STICKERS.fullmatch(text):
+    if _STICKERS.fullmatch(text) or _only_emoji(text):
         return "sticker"
     return None
+
+
+def _only_emoji(text: str) -> bool:
+    """Emoji and their joiners, skin tones and variation selectors only (👍, 😡😡😡, 👨‍👩‍👧): a sticker typed
+    from the keyboard. Punctuation alone is not one (？？？ is a customer waiting for an answer)."""
+    seen = False
+    for c in text:
+        if unicodedata.category(c) == "So":
+            seen = True
+        elif not (c.isspace() or c in _EMOJI_PARTS or "\U0001f3fb" <= c <= "\U0001f3ff"):
+            return False
+    return seen
 
 
 def strip_stickers(text: str) -> str:

@@ -60,7 +60,7 @@ def split_questions(masked: str, max_parts: int = 3) -> list[str]:
         for chunk in _CONNECTORS.split(sentence):
             for clause in _comma_parts(chunk):
                 clause = clause.strip(" ，,、:：")
-                if clause:
+                if clause and any(c.isalnum() for c in clause):  # "..." or "~~" asks nothing
                     clauses.append(clause)
     if len(clauses) > max_parts:
         clauses = [*clauses[: max_parts - 1], "，".join(clauses[max_parts - 1 :])]

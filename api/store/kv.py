@@ -46,6 +46,15 @@ class KeyValueStore(Protocol):
         """Atomically claim `key`; True for exactly one caller until the key expires."""
         ...
 
+    def get_json_versioned(self, key: str) -> tuple[Any | None, str | None]:
+        """The value and a token of what is stored (None: nothing is), for `set_json_if`."""
+        ...
+
+    def set_json_if(self, key: str, value: Any, ttl_seconds: int, token: str | None) -> bool:
+        """Store `value` only if the key still holds what `token` was read from (None: still absent);
+        atomic, so of two replicas that read the same state only one writes its successor."""
+        ...
+
     def incr(self, key: str, ttl_seconds: int) -> int:
         """Add one; the count expires `ttl_seconds` after the first increment (a fixed window)."""
         ...
@@ -71,6 +80,16 @@ def _loads(key: str, raw: str) -> Any | None:
 
 
 # ---------------------------------------------------------------------------------------------- Redis
+# KEYS[1] is replaced by ARGV[2] (for ARGV[3] seconds) only while it still holds ARGV[1]
+_SET_IF_EQUAL = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  redis.call('SET', KEYS[1], ARGV[2], 'EX', ARGV[3])
+  return 1
+end
+return 0
+"""
+
+
 class _RedisSubscription:
     """A listener thread for one channel; `close` stops it and releases its connection."""
 
@@ -108,6 +127,7 @@ class RedisStore:
         options.update(client_options)
         self.prefix = prefix
         self.client: redis.Redis = redis.Redis.from_url(url, decode_responses=True, **options)
+        self._set_if_equal = self.client.register_script(_SET_IF_EQUAL)
 
     def key(self, key: str) -> str:
         """The key as stored in Redis."""
@@ -125,6 +145,17 @@ class RedisStore:
 
     def set_if_absent(self, key: str, value: str, ttl_seconds: int) -> bool:
         return bool(self.client.set(self.key(key), value, nx=True, ex=_check_ttl(ttl_seconds)))
+
+    def get_json_versioned(self, key: str) -> tuple[Any | None, str | None]:
+        raw = self.client.get(self.key(key))
+        return (None, None) if raw is None else (_loads(key, str(raw)), str(raw))
+
+    def set_json_if(self, key: str, value: Any, ttl_seconds: int, token: str | None) -> bool:
+        ttl = _check_ttl(ttl_seconds)
+        if token is None:
+            return bool(self.client.set(self.key(key), _dumps(value), nx=True, ex=ttl))
+        # one round trip, like the SET it replaces: the script runs atomically in Redis
+        return bool(self._set_if_equal(keys=[self.key(key)], args=[token, _dumps(value), ttl]))
 
     def incr(self, key: str, ttl_seconds: int) -> int:
         ttl = _check_ttl(ttl_seconds)
@@ -257,6 +288,20 @@ class MemoryStore:
     def delete(self, key: str) -> None:
         with self._lock:
             self._data.pop(key, None)
+
+    def get_json_versioned(self, key: str) -> tuple[Any | None, str | None]:
+        with self._lock:
+            raw = self._live(key)
+        return (None, None) if raw is None else (_loads(key, raw), raw)
+
+    def set_json_if(self, key: str, value: Any, ttl_seconds: int, token: str | None) -> bool:
+        raw = _dumps(value)
+        ttl = _check_ttl(ttl_seconds)
+        with self._lock:
+            if self._live(key) != token:
+                return False
+            self._put(key, raw, ttl)
+        return True
 
     def set_if_absent(self, key: str, value: str, ttl_seconds: int) -> bool:
         ttl = _check_ttl(ttl_seconds)
