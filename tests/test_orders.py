@@ -251,6 +251,10 @@ def test_a_timeout_on_the_second_call_is_over_the_budget(matcher: Matcher, fake:
 def test_a_shop_without_jd_credentials_hands_off(matcher: Matcher) -> None:
     (r,), _ = talk(policy(matcher, None), ALICE, f"订单{WAITING}什么状态")
     assert r.kind == "handoff" and r.handoff is not None and "credentials" in r.handoff.reason
+    # nor does it ask for a number it could not look up
+    (r,), state = talk(policy(matcher, None), ALICE, "我的快递到哪了")
+    assert r.kind == "handoff" and r.handoff is not None and "credentials" in r.handoff.reason
+    assert ASK_TEXT not in r.text and state.pending is None
 
 
 def test_the_same_question_about_another_order_is_not_a_repeat(matcher: Matcher, fake: FakeJos) -> None:

@@ -140,6 +140,9 @@ class OrdersSkill:
             turn.state.pending = None
             return Reply("clarify", NO_PIN_TEXT, reason=REASON_NO_PIN)
         if not order_id:
+            if self._lookup_factory() is None:  # asking for a number nothing could look up wastes a turn
+                ORDER_LOOKUPS.labels("not_configured").inc()
+                return self._fail(turn, REASON_NOT_CONFIGURED)
             turn.state.pending = {"skill": self.name, "entry_id": entry.id}
             return Reply("clarify", ASK_TEXT, reason=f"{REASON_ASK} {entry.id}")
         return self._answer(turn, entry, order_id, pending)
