@@ -355,6 +355,10 @@ TABLE: dict[str, tuple[str, str]] = {
     "why.venting": ("顾客不满，机器人还没有帮上忙", "the customer is upset and the bot has not helped yet"),
     "why.non_text": ("非文字消息（{kind}）", "non-text message ({kind})"),
     "why.contact_only": ("消息里只有联系方式", "contact details only"),
+    "why.no_words": (
+        "没有可匹配的文字（空消息，或只有标点）",
+        "no words to match (an empty message, or only punctuation)",
+    ),
     "why.mode_off": (
         "本店已关闭机器人：由人工客服回答",
         "the bot is off for this shop: a human agent answers",
