@@ -49,6 +49,143 @@ def test_corpus(source: str, expected: str) -> None:
     assert mask_pii(expected) == expected  # masked text is a fixed point
 
 
+# --- compounds, towers, dotted and Chinese-numeral mobiles (privacy audit) ---------------------------
+AUDIT = [
+    # the six messages the audit found passing unchanged
+    ("我住北京朝阳区望京SOHO塔1 1201", "我住[地址]"),
+    ("北京市朝阳区望京SOHO T1 1201", "[地址]"),
+    ("我住阳光花园3栋1202，包邮吗？能开专票吗", "我住[地址]，包邮吗？能开专票吗"),
+    ("送到幸福小区5栋2单元601", "送到[地址]"),
+    ("138.1234.5678", "[手机号]"),
+    ("138一2345六789", "[手机号]"),
+]
+COMPOUND_ADDRESSES = [
+    ("幸福小区5号楼1201室", "[地址]"),
+    ("寄到翠湖家园3号楼2单元501，谢谢", "寄到[地址]，谢谢"),
+    ("阳光苑12-3-401", "[地址]"),
+    ("我家在翠微苑 12-3-401", "我家在[地址]"),
+    ("幸福新村12-3-401，放门口", "[地址]，放门口"),
+    ("国贸大厦A座1502", "[地址]"),
+    ("金色公馆B座1203", "[地址]"),
+    ("世纪公寓2栋803，周末在家", "[地址]，周末在家"),
+    ("万科城3栋2单元601", "[地址]"),
+    ("滨江府5幢1102", "[地址]"),
+    ("锦绣庭3栋601", "[地址]"),
+    ("碧桂园5栋1201", "[地址]"),
+    ("阳光花园3栋1202包邮吗", "[地址]包邮吗"),
+    ("送到幸福小区5栋", "送到[地址]"),
+    ("阳光花园1202，明天到吗", "[地址]，明天到吗"),
+    # a room number after the compound or building with only a space between
+    ("阳光花园 1202", "[地址]"),
+    ("国贸大厦 1201室", "[地址]"),
+    ("寄到阳光花园3号楼 1201", "寄到[地址]"),
+    ("住在碧桂园T2 1501室", "住在[地址]"),
+    ("碧桂园T2-1501", "[地址]"),
+    # an area, then a building the segments do not know, its tower and the room
+    ("北京市朝阳区望京SOHO A座 1502", "[地址]"),
+    ("北京市朝阳区望京SOHO塔1 1201，包邮吗", "[地址]，包邮吗"),
+    ("朝阳区望京SOHO T1 1201室，电话138.1234.5678", "[地址]，电话[手机号]"),
+    # "花园路" is still a road, 88号 keeps a spaced number that is no room outside the address
+    ("金水区花园路2号", "[地址]"),
+    ("北京市朝阳区建国路88号 1230前送到", "[地址] 1230前送到"),
+    ("地址：阳光花园", "地址：[地址]"),
+]
+MOBILES = [
+    ("电话138.1234.5678，谢谢", "电话[手机号]，谢谢"),
+    ("１３８．１２３４．５６７８", "[手机号]"),
+    ("138 1234.5678", "[手机号]"),
+    ("+86 138.1234.5678", "[手机号]"),
+    ("一三八一二三四五六七八", "[手机号]"),
+    ("电话：一三八 一二三四 五六七八。", "电话：[手机号]。"),
+    ("幺三八〇〇〇〇一二三四", "[手机号]"),
+    ("我的电话是138 一二三四 5678 谢谢", "我的电话是[手机号] 谢谢"),
+    ("138一2345一6789", "[手机号]"),  # 一 written for a dash
+    ("加微信13812345678一起聊", "加微信[手机号]一起聊"),
+    ("13812345678一三八一二三四五六七八", "[手机号][手机号]"),
+]
+UNCHANGED = [
+    # product and model names with digits
+    "星曜15 Pro 32G+1T",
+    "知书13",
+    "i7-13700H",
+    "RTX4060",
+    "2.5K屏",
+    "16英寸",
+    "120Hz",
+    "星曜15 Pro 32G+1T 12期免息，i7-13700H配RTX4060，2.5K屏16英寸120Hz",
+    # prices and quantities
+    "3999元",
+    "买2台",
+    "双11",
+    "6.18",
+    "知书13 6.18 买2台 3999元",
+    # dates and times
+    "11月11日",
+    "2026-11-11",
+    "12:30",
+    "双11那天12:30下单，11月11日能到吗",
+    # ordinary questions
+    "花园里能用吗",
+    "小区能送货上门吗",
+    "这个型号有几个版本",
+    "我们小区5栋能送吗",
+    "送到阳光花园2-3天能到吗",
+    "万科城3期开盘了吗",
+    "电子城2楼有店吗",
+    "国贸大厦 2000元",
+    "国贸大厦 2026-11-11前到",
+    "阳光花园 2026年",
+    "京东商城618活动",
+    "天猫商城3号发货吗",
+    "人民公园3号门",
+    "动物园2号门",
+    "天府大道",
+    "家庭3口人",
+    # version strings, decimals, numbers that are no mobile
+    "1.2.3",
+    "版本1.2.3.4",
+    "价格13912345.678",
+    "IP 192.168.1.1",
+    "138.1234.56789",
+    # Chinese numerals in ordinary text
+    "一五一十",
+    "第一二三四五六七八九十",
+    "一年365天",
+    "三七二十一",
+]
+
+
+@pytest.mark.parametrize(("source", "expected"), AUDIT + COMPOUND_ADDRESSES + MOBILES)
+def test_masks_compound_addresses_and_disguised_mobiles(source: str, expected: str) -> None:
+    assert mask_pii(source) == expected
+    assert mask_pii(expected) == expected
+
+
+@pytest.mark.parametrize("text", UNCHANGED)
+def test_product_talk_stays(text: str) -> None:
+    assert mask_pii(text) == text
+
+
+@pytest.mark.parametrize(
+    ("source", "expected"),
+    [
+        ("订单号：250112345678", "订单号：[订单号]"),
+        ("我的订单2501234567890和2501234567891都没发货", "我的订单[订单号]和[订单号]都没发货"),
+        ("13812345678901", "[订单号]"),  # 14 digits: an order number, not a mobile
+        ("退货的那单是289876543210", "退货的那单是[订单号]"),
+    ],
+)
+def test_long_digit_runs_stay_order_numbers(source: str, expected: str) -> None:
+    assert mask_pii(source) == expected
+
+
+def test_which_building_may_go_either_way() -> None:
+    """ "几号楼发货" names no building; masking it or not are both fine, but it must be stable."""
+    once = mask_pii("几号楼发货")
+    assert once in ("几号楼发货", "[地址]发货")
+    assert mask_pii(once) == once
+
+
 # --- properties --------------------------------------------------------------------------------------
 ID_WEIGHTS = (7, 9, 10, 5, 8, 4, 2, 1, 6, 3, 7, 9, 10, 5, 8, 4, 2)
 
@@ -63,9 +200,11 @@ chinese = st.text(
 @st.composite
 def phones(draw: st.DrawFn) -> str:
     digits = "1" + draw(st.sampled_from("3456789")) + draw(st.text("0123456789", min_size=9, max_size=9))
-    style = draw(st.sampled_from(["plain", "dash", "space", "+86", "86"]))
+    style = draw(st.sampled_from(["plain", "dash", "space", "dot", "+86", "86"]))
     if style == "dash":
         return f"{digits[:3]}-{digits[3:7]}-{digits[7:]}"
+    if style == "dot":
+        return f"{digits[:3]}.{digits[3:7]}.{digits[7:]}"
     if style == "space":
         return f"{digits[:3]} {digits[3:7]} {digits[7:]}"
     if style == "+86":
@@ -112,6 +251,7 @@ FRAGMENTS = (
     "1", "3", "8", "0", "6", "9", "X", "x", "-", " ", "+", "(", ")", "@", ".", "_", "com", "a", "１", "３",
     "订单号", "单号", "：", "是", "北京", "市", "区", "路", "号", "楼", "室", "单元", "地址", "的", "住",
     "[", "]", "[手机号]", "[地址]", "13812345678", "0571-", "6222 ",
+    "一", "三", "八", "幺", "小区", "花园", "苑", "城", "栋", "座", "塔", "T", "A", "商", "．",
 )
 # fmt: on
 fragments = st.lists(st.sampled_from(FRAGMENTS), max_size=40).map("".join)
@@ -143,6 +283,7 @@ def test_hostile_input_is_linear() -> None:
     (linear is four, quadratic backtracking sixteen), best of three runs each, so a busy machine (the suite
     runs on two workers) slows both sides alike."""
     hostile = ["1", "a.", "a", "路", "北京市朝阳区", "1-", "订单号"]
+    hostile += ["苑1 ", "城T1 ", "138.一", "一三八"]  # compounds, towers, disguised mobiles
     tails = {"a": "@"}
 
     def best(text: str) -> float:

@@ -16,14 +16,17 @@ Design constraints, and how they are met:
   (the property tests check this on adversarial text);
 * conservative with product talk: "16G内存", "i7-13700H", "5999元", "2026-11-25", "14:30", "7天无理由"
   and "预计25号发货" stay as they are; addresses need a road or two administrative areas *and* a
-  house/building number before they are masked.
+  house/building number, or a named residential compound (阳光花园, 幸福小区, 翠微苑) with a building
+  or room number after it, before they are masked;
+* customers dodge filters: mobiles split by dots (138.1234.5678) or partly written in Chinese
+  numerals (138一2345六789) are masked like any other mobile.
 """
 
 from __future__ import annotations
 
 import logging
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 
 __all__ = ["MaskingFilter", "install_masking", "mask_pii"]
 
@@ -40,7 +43,10 @@ _FAILED = "[脱敏失败]"
 # `\d` is Unicode-aware, so full-width digits typed with a Chinese IME (１３８…) are covered too; the
 # few literal digits below list their full-width twin for the same reason.
 _SEP = r"[ \u3000\-－]"  # one space, ideographic space or dash between digit groups
+_MSEP = r"[ \u3000\-－.．]"  # a mobile's groups may also be split by dots: 138.1234.5678
 _CC = r"(?:[(（](?:[+＋]|[0０]{2})?[8８][6６][)）]|[+＋][8８][6６]|(?<!\d)(?:[0０]{2})?[8８][6６])"
+# 11 digits starting 1[3-9], the 3-4-4 groups split by at most one separator each.
+_MOBILE = rf"(?:{_CC}{_SEP}?|(?<!\d))[1１][3-9３-９]\d(?:{_MSEP}?\d{{4}}){{2}}(?!\d)"
 _NUMBERS = re.compile(
     # Alternatives are tried in this order at each position; the leftmost match wins.
     # An e-mail local part may start after a digit (so a mail glued to a masked number is still
@@ -56,13 +62,25 @@ _NUMBERS = re.compile(
     # Bank card grouped by 4s; 16-19 digits.
     rf"|(?P<card>(?<!\d)\d{{4}}(?:{_SEP}\d{{4}}){{3}}(?:{_SEP}?\d{{1,3}})?(?!\d))"
     rf"|(?P<idx>(?<!\d)\d{{17}}[XxＸｘ](?!\d))"
-    rf"|(?P<mobile>(?:{_CC}{_SEP}?|(?<!\d))[1１][3-9３-９]\d(?:{_SEP}?\d{{4}}){{2}}(?!\d))"
+    rf"|(?P<mobile>{_MOBILE})"
     rf"|(?P<landline>(?:[(（][0０]\d{{2,3}}[)）]{_SEP}?|(?<!\d)[0０]\d{{2,3}}{_SEP}?)"
     r"\d{3,4}" + _SEP + r"?\d{4}(?!\d)(?:(?:[\-－]|转|分机)\d{1,5}(?!\d))?)"
     # Any other run of 10-19 digits: classified by length and checksum in `_classify_run`.
     r"|(?P<run>(?<!\d)\d{10,19}(?!\d))"
 )
 _NUMBER_HINT = re.compile(r"[\d@＠]")
+# Mobiles partly or wholly in Chinese numerals ("138一2345六789", "幺三八…"), as customers write them to
+# get past filters: the same 3-4-4 shape over a digit class that includes the numerals, read on the
+# text itself (so everything around a match stays as it was). 一 may also stand for a dash
+# ("138一2345一6789"). Nothing that is a digit here may touch a match, so a replaced match can never
+# let a neighbour match on a second pass.
+_CN_DIGITS = "〇零一二三四五六七八九幺壹贰叁肆伍陆柒捌玖"
+_CN_D = rf"[\d{_CN_DIGITS}]"
+_CN_MOBILE = re.compile(
+    rf"(?<!{_CN_D})[1１一幺壹][3-9３-９三四五六七八九叁肆伍陆柒捌玖]{_CN_D}"
+    rf"(?:[ \u3000\-－.．一]?{_CN_D}{{4}}){{2}}(?!{_CN_D})"
+)
+_CN_DIGIT_HINT = re.compile(f"[{_CN_DIGITS}]")
 _ID18_SHAPE = re.compile(r"[1-9]\d{5}(?:18|19|20)\d{2}(?:0[1-9]|1[0-2])(?:0[1-9]|[12]\d|3[01])\d{3}[\dX]")
 _ID15_SHAPE = re.compile(r"[1-9]\d{7}(?:0[1-9]|1[0-2])(?:0[1-9]|[12]\d|3[01])\d{3}")
 _ID_WEIGHTS = (7, 9, 10, 5, 8, 4, 2, 1, 6, 3, 7, 9, 10, 5, 8, 4, 2)
@@ -116,6 +134,11 @@ def _classify_run(run: str) -> str:
     return ORDER
 
 
+def _cn_mobile_repl(m: re.Match[str]) -> str:
+    # All-ASCII numbers were left by `_NUMBERS` for a reason (a digit next to them): keep them.
+    return PHONE if _CN_DIGIT_HINT.search(m.group()) else m.group()
+
+
 def _number_repl(m: re.Match[str]) -> str:
     kind = m.lastgroup
     if kind == "email":
@@ -154,18 +177,48 @@ def _cjk_class_without(stop: str) -> str:
 
 
 _A = "[" + _cjk_class_without(_STOP) + r"\dA-Za-zＡ-Ｚａ-ｚ#＃\-－]"
-_SUF = r"(?:单元|大厦|花园|公寓|广场|胡同|自治州|[省市区县镇乡村路街道巷弄号楼室栋幢座层院])"
+# Residential compounds and buildings (阳光花园, 幸福小区, 国贸大厦, 翠微苑…). The one-character ones are
+# common word endings (天府大道, 新城路, 商城, 家庭, 公园), so they end a segment only when a building or
+# room number follows: "翠微苑12-3-401", "万科城 T2 1502".
+_SUF = (
+    r"(?:单元|小区|大厦|花园|家园|新村|公寓|公馆|广场|胡同|自治州"
+    r"|[苑府城庭园](?=[ \u3000]?[\dA-Za-zＡ-Ｚａ-ｚ])|[省市区县镇乡村路街道巷弄号楼室栋幢座层院])"
+)
 _AREA_SUF = frozenset("省市区县镇乡") | {"自治州"}
 _ROAD_SUF = frozenset("路街道巷弄村") | {"胡同"}
 _UNIT_SUF = frozenset("号楼室栋幢座层") | {"单元"}
+_COMPOUND_SUF = frozenset("苑府城庭园") | {"小区", "大厦", "花园", "家园", "新村", "公寓", "公馆"}
+# After a compound, these (with a number or letter: 3栋, 5号楼, A座, 2单元, 601室) name a home; a floor
+# alone ("电子城2楼", "花园3层") names a shop just as well and does not count.
+_HOME_SUF = frozenset("号室栋幢座") | {"单元"}
+_BUILDING_SUF = frozenset("楼栋幢座") | {"单元"}
+# Compound-looking words that name a shop or a public place, not a home ("京东商城618", "人民公园2号门").
+_NOT_HOME = ("商城", "公园", "乐园", "校园", "物园", "儿园", "果园", "菜园", "陵园", "墓园")
+# A room number must not run on into a price, quantity, time or decimal ("大厦 2000元", "1230前").
+_MEASURE = "元块台件个只次天年月日时分秒期折倍寸斤克米"
+_ROOM_END = rf"(?![\dA-Za-zＡ-Ｚａ-ｚ.．:：%％/／\-－{_MEASURE}])"
 _ADDRESS = re.compile(
     # An ASCII letter/digit may start an address only at the start of its ASCII run (never mid-number).
     r"(?:(?<![\dA-Za-z])|(?![\dA-Za-z]))"
     rf"(?P<p0>{_A}{{0,12}}?){_SUF}"  # first segment: up to 12 characters, then a unit (省/市/路/号…)
     rf"(?:[ \u3000]?{_A}{{0,12}}?{_SUF}){{0,19}}"  # more segments, one optional space between
-    r"(?:\d{1,6}(?:[\-－]\d{1,6}){0,3}(?![\dA-Za-z]))?"  # trailing room number: "3单元301", "2-1-502"
+    r"(?:"
+    # a building without a suffix the segments know, then its tower/block and the room, at least one
+    # space or dash between the tower and the room: "望京SOHO T1 1201", "望京SOHO塔1 1201",
+    # "国贸 A座 1502", "3号楼-1201"
+    rf"(?P<bldg>[ \u3000]?{_A}{{0,12}}?[ \u3000]?"
+    r"(?:(?:(?<![\dA-Za-z])[A-Za-z]{1,2}|塔)\d{1,2}[ \u3000\-－]"
+    r"|(?<![\dA-Za-z])[A-Za-z\d]{1,2}(?:座|栋|幢|号楼)[ \u3000\-－]?)"
+    rf"\d{{3,5}}[室号]?{_ROOM_END})"
+    r"|(?P<room>\d{1,6}(?:[\-－]\d{1,6}){0,3}(?![\dA-Za-z]))"  # trailing room number: "3单元301", "2-1-502"
+    # room after one space: "阳光花园 1202", "翠微苑 12-3-401" (not a date: its last group is short)
+    rf"|[ \u3000](?P<sroom>(?:\d{{1,3}}(?:[\-－]\d{{1,3}}){{0,2}}[\-－])?\d{{3,5}}[室号]?){_ROOM_END}"
+    r")?"
 )
 _SEGMENT = re.compile(rf"(?P<p>{_A}{{0,12}}?)(?P<s>{_SUF})")
+_ALNUM = re.compile(r"[\dA-Za-zＡ-Ｚａ-ｚ]")
+_DASHED_ROOM = re.compile(r"\d{1,6}(?:[\-－]\d{1,6}){1,3}")
+_ROOM_END_RE = re.compile(_ROOM_END)
 _ADDRESS_HINT = re.compile(_SUF)
 _ADDRESS_KEYWORD = re.compile(r"(?:地址|住址)[ \u3000:：是为]{0,3}$")
 _DIGIT = re.compile(r"\d")
@@ -183,27 +236,60 @@ _PLACE = re.compile(
 )
 
 
-def _address_ok(span: str, after_keyword: bool) -> bool:
-    """Whether a run of address segments is specific enough to be someone's address.
+def _segments(text: str, start: int, end: int) -> Iterator[re.Match[str]]:
+    """The segments of `text[start:end]`, read in the whole text so that a one-character compound
+    suffix at the end still sees the number after it (its lookahead needs at most two characters)."""
+    for seg in _SEGMENT.finditer(text, start, min(len(text), end + 2)):
+        if seg.end() > end:
+            return
+        yield seg
+
+
+def _address_ok(text: str, start: int, end: int, after_keyword: bool, building: bool, room: bool) -> bool:
+    """Whether the run of address segments `text[start:end]` is specific enough to be someone's address.
 
     A road (文三路) or two administrative areas (杭州市西湖区) plus a number (100号, 2单元, 1203室)
-    make an address; one area plus a number ("新品上市3号发货") does not. Right after 地址/住址
-    any single feature is enough ("地址：2号楼1203室").
+    make an address; one area plus a number ("新品上市3号发货") does not. A named compound plus a
+    home number after it (阳光花园3栋1202, 幸福小区5号, 翠微苑12-3-401, 国贸大厦 1201) is one, and so
+    is an area plus a tower and room (`building`: 朝阳区望京SOHO T1 1201). `room` says the run ends
+    in a room number that may count as a home number (see `_mask_addresses`). Right after
+    地址/住址 any single feature is enough ("地址：2号楼1203室").
     """
     areas = 0
-    road = unit = False
-    for seg in _SEGMENT.finditer(span):
+    road = unit = home = False
+    compound = False  # a named compound (阳光花园), not a shop or park (京东商城, 人民公园)
+    glued = prev_end = 0  # glued: length of the compound segment ending right where this one starts
+    for seg in _segments(text, start, end):
         prefix, suffix = len(seg.group("p")), seg.group("s")
+        if seg.start() != prev_end:
+            glued = 0
         if suffix in _AREA_SUF and prefix >= 1:
             areas += 1
-        elif suffix in _ROAD_SUF and prefix >= 2:  # 2+: "知道", "味道", "一路" are not roads
-            road = True
+        elif suffix in _ROAD_SUF and max(prefix, glued) >= 2:  # 2+: "知道", "味道", "一路" are not roads
+            road = True  # ... but "花园路" is one
         elif suffix in _UNIT_SUF and prefix >= 1:
             unit = True
-    number = unit or _DIGIT.search(span) is not None
+        if suffix in _COMPOUND_SUF:
+            compound = compound or (prefix >= 2 and not seg.group().endswith(_NOT_HOME))
+        elif compound and suffix in _HOME_SUF and _ALNUM.search(seg.group("p")):
+            home = True  # 3栋, 5号(楼), A座, 2单元, 601室 after the compound
+        glued = len(seg.group()) if suffix in _COMPOUND_SUF else 0
+        prev_end = seg.end()
+    number = unit or _DIGIT.search(text, start, end) is not None
     if after_keyword:
-        return number or road or areas > 0
-    return number and (road or areas >= 2)
+        return number or road or areas > 0 or compound
+    if compound and (home or building or room):
+        return True
+    return (number and (road or areas >= 2)) or (building and areas >= 1)
+
+
+def _ends_in_building(text: str, start: int, end: int) -> bool:
+    """Whether the last segment of `text[start:end]` names a compound or a building (花园, 大厦, 3栋,
+    5号楼, A座)."""
+    suffix = ""
+    for seg in _segments(text, start, end):
+        suffix = seg.group("s")
+    return suffix in _COMPOUND_SUF or suffix in _BUILDING_SUF
 
 
 def _mask_addresses(text: str) -> str:
@@ -224,10 +310,28 @@ def _mask_addresses(text: str) -> str:
         if place is not None:
             start += place.start()
         after_keyword = _ADDRESS_KEYWORD.search(text, max(0, start - 8), start) is not None
-        if _address_ok(text[start : m.end()], after_keyword):
+        end = m.end()
+        room = m.group("room")
+        if room is not None:
+            # A number glued to the last segment is a room when it has a dash (12-3-401) or 3+ digits
+            # and is not a price, time or quantity; without a dash only punctuation or the end may
+            # follow it ("阳光花园1202，"; not "万科城3期", "阳光花园2-3天", "星河湾1299元").
+            after = text[end : end + 1]
+            if _DASHED_ROOM.fullmatch(room):
+                room_ok = _ROOM_END_RE.match(text, end) is not None
+            else:
+                room_ok = len(room) >= 3 and not (after and (after.isalnum() or after in ".．:：%％"))
+        else:
+            room_ok = m.group("sroom") is not None
+        if m.group("sroom") is not None and not _ends_in_building(text, start, m.start("sroom") - 1):
+            # A spaced number only belongs to a compound or building ("花园 1202", "3号楼 1201"), never
+            # to a street number ("建国路88号 1230前送到"): leave it outside the address.
+            end = m.start("sroom") - 1
+            room_ok = False
+        if _address_ok(text, start, end, after_keyword, m.group("bldg") is not None, room_ok):
             out.append(text[last:start])
             out.append(ADDRESS)
-            last = pos = m.end()
+            last = pos = end
         else:
             pos = m.start() + 1
     out.append(text[last:])
@@ -244,6 +348,8 @@ def mask_pii(text: str) -> str:
             text = str(text)
         if _NUMBER_HINT.search(text):
             text = _NUMBERS.sub(_number_repl, text)
+        if _CN_DIGIT_HINT.search(text):
+            text = _CN_MOBILE.sub(_cn_mobile_repl, text)
         if _ADDRESS_HINT.search(text):
             text = _mask_addresses(text)
         return text
