@@ -99,6 +99,36 @@ def test_jd_message_ids_become_digests(db_url: str) -> None:
     assert "13812345678" not in repr(rows)
 
 
+def test_existing_versions_are_ordered_by_their_number(db_url: str) -> None:
+    """0013: request_seq (the order the merchant asked for versions) starts as the version number, the
+    order finished builds were activated in until then."""
+    engine = create_engine(db_url)
+    try:
+        upgrade(engine, "0012")
+        with engine.begin() as conn:
+            conn.execute(
+                text(
+                    "INSERT INTO shops (id, name, api_key_hash, mode, settings, created_at) "
+                    "VALUES ('s1', 'old shop', 'h', 'auto', '{}', CURRENT_TIMESTAMP)"
+                )
+            )
+            for version, status in ((1, "ready"), (2, "ready"), (3, "building")):
+                conn.execute(
+                    text(
+                        "INSERT INTO kb_versions (shop_id, version, status, kb_hash, entries, snapshot, "
+                        "options, metrics, created_at, progress, attempts) VALUES ('s1', :v, :status, 'x', "
+                        "0, '[]', '{}', '{}', CURRENT_TIMESTAMP, 0, 0)"
+                    ),
+                    {"v": version, "status": status},
+                )
+        upgrade(engine)
+        with engine.connect() as conn:
+            rows = conn.execute(text("SELECT version, request_seq FROM kb_versions ORDER BY version")).all()
+        assert [tuple(r) for r in rows] == [(1, 1), (2, 2), (3, 3)]
+    finally:
+        engine.dispose()
+
+
 # ---------------------------------------------------------------- several processes starting at once
 
 

@@ -104,6 +104,12 @@ class KBVersion(Base):
     worker: Mapped[str | None] = mapped_column(String(100), nullable=True)  # host:pid of the build process
     # last sign of life of whoever holds the build: a claim older than builds.STALE_AFTER is a dead worker's
     heartbeat_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    # when the merchant last asked for this version, in the order of the shop's requests: publishing it
+    # (new, or repeating it while it builds) and activating it explicitly (rollback) each give it the shop's
+    # next number (kb_repo.next_request). A finished build is activated only when its version was asked
+    # for after the active one (Publisher.activate, forward_only): an older build finishing last, or a
+    # build that was running when the merchant rolled back, does not replace what the merchant chose.
+    request_seq: Mapped[int] = mapped_column(Integer, default=0)
 
 
 class Exchange(Base):

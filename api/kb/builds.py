@@ -10,7 +10,8 @@ store's pub/sub tells every replica) or failed with the reason.
 The version row is the source of truth, not the queue: a task claims a version with a conditional UPDATE
 on its attempt count, so a task delivered twice builds once, and a task for a version that is finished,
 being built by a live worker, or overtaken by a newer publish does nothing. Activation is forward only: an
-older build finishing last never replaces a newer served version.
+older build finishing last never replaces a newer served version, and a build running when the merchant
+rolled back ends ready without undoing the rollback (Publisher.activate).
 
 Failures: a bad KB, a model failing its own checks or an exception in the build fail at once (the same KB
 would fail again). A child that died without a result (killed, out of memory) or a database error is

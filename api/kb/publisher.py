@@ -34,7 +34,18 @@ from engine.kb import KBEntry, kb_hash
 log = logging.getLogger("kefu.publish")
 
 CHANNEL = "models"
-__all__ = ["CHANNEL", "BuildRejected", "Publication", "Publisher", "engine_options", "evaluate_model"]
+# the key of a ready version's metrics that says why its build did not activate it (a rollback came after
+# its publish); dropped when the version is activated
+NOT_ACTIVATED = "not_activated"
+__all__ = [
+    "CHANNEL",
+    "NOT_ACTIVATED",
+    "BuildRejected",
+    "Publication",
+    "Publisher",
+    "engine_options",
+    "evaluate_model",
+]
 
 
 ENGINE_OPTIONS = (
@@ -105,8 +116,9 @@ class Publisher:
 
         If the shop's latest building-or-ready version froze the same KB (kb_hash) with the same engine
         options, that version is returned instead (`reused`): no row, no build. A ready one that is not
-        the active version (the merchant rolled back) is activated, so a publish always ends with this
-        KB served. Publishes of one shop run one at a time on every backend and across processes: the
+        the active version (the merchant rolled back) is activated, and a building one is asked for again
+        (activated when ready, even if the merchant rolled back meanwhile), so a publish always ends with
+        this KB served. Publishes of one shop run one at a time on every backend and across processes: the
         shop row is locked (PostgreSQL) or the transaction holds SQLite's write lock from its start.
         """
         for attempt in (1, 2):
@@ -141,6 +153,9 @@ class Publisher:
             active = shop_row.active_version if shop_row else None
             same = kb_repo.reusable_version(s, shop, kb_hash(entries), options)
             if same is not None:
+                if same.status == "building":
+                    # asked for again, now: activated when built, even after a rollback (activate)
+                    same.request_seq = kb_repo.next_request(s, shop)
                 return _Frozen(same.version, entries, options, same.status, active)
             row = kb_repo.create_version(s, shop, entries, options)
             return _Frozen(row.version, entries, options, None, active)
@@ -156,31 +171,67 @@ class Publisher:
     ) -> bool:
         """Make `version` the shop's served version everywhere (also used for rollback).
 
-        `forward_only` (a finished build): do nothing when a later version is already active. Replicas
-        build in parallel and finish out of order; an older build finishing last must not bring its
-        KB back. The shop row is locked (SQLite: the write lock), so two replicas activating at once
+        An explicit activation (not `forward_only`: a rollback, or a publish repeating a ready version)
+        sticks: it gives the version the shop's next request number (KBVersion.request_seq), so the
+        builds still running for versions asked for before it finish ready without being activated.
+
+        `forward_only` (a finished build): activate only if the merchant asked for this version (published
+        it, or published its KB again while it built) after the active one. Replicas build in parallel and
+        finish out of order; an older build finishing last must not bring its KB back, nor a build that was
+        running when the merchant rolled back undo the rollback (its metrics then say so under
+        NOT_ACTIVATED). The shop row is locked (SQLite: the write lock), so two replicas activating at once
         cannot both pass the check. `with_locked(session, version row, active version)` runs in the same
         transaction with the shop row locked (a rollback restores the editable KB there); if it raises,
         nothing changes.
         """
         with self.db.session(write_lock=True) as s:
+            shop_row = kb_repo.lock_shop(s, shop)  # first: the version is read as the last activation left it
             row = kb_repo.get_version(s, shop, version)
             if row is None or row.status != "ready":
                 raise ValueError(f"version {version} of shop {shop} is not a ready version")
-            shop_row = kb_repo.lock_shop(s, shop)
             assert shop_row is not None
             active = shop_row.active_version
-            if forward_only and active is not None and active > version:
-                log.info("version %d of shop %s is ready; not activated, %d is newer", version, shop, active)
+            if forward_only and not self._follows_active(s, shop, row, active):
                 return False
             if with_locked is not None:
                 with_locked(s, row, active)
+            if not forward_only:
+                row.request_seq = kb_repo.next_request(s, shop)
+                if NOT_ACTIVATED in (row.metrics or {}):
+                    row.metrics = {k: v for k, v in row.metrics.items() if k != NOT_ACTIVATED}
             shop_row.active_version = version
         if matcher is not None:
             self.registry.swap(shop, version, matcher)
         MODEL_VERSION.labels(shop).set(version)
         self.notify(CHANNEL, {"shop": shop, "version": version})
         return True
+
+    @staticmethod
+    def _follows_active(s: Session, shop: str, row: KBVersion, active: int | None) -> bool:
+        """Whether a finished build may replace the active version (in activate's locked transaction):
+        yes unless the merchant asked for the active version after this one. When a rollback is why not,
+        the version's metrics say so (NOT_ACTIVATED)."""
+        active_row = kb_repo.get_version(s, shop, active) if active is not None else None
+        if active_row is None or active_row.request_seq <= row.request_seq:
+            return True
+        version = row.version
+        if active_row.version > version:
+            log.info("version %d of shop %s is ready; not activated, %d is newer", version, shop, active)
+            return False
+        row.metrics = {
+            **(row.metrics or {}),
+            NOT_ACTIVATED: f"ready but not activated: version {active} was activated explicitly (rolled back "
+            f"to) after version {version} was published, and stays served; to serve version {version}, "
+            f"activate it (kb/versions/{version}/activate)",
+        }
+        log.info(
+            "version %d of shop %s is ready; not activated: version %d was activated explicitly after it was "
+            "published (a rollback), and stays served",
+            version,
+            shop,
+            active,
+        )
+        return False
 
     def on_notice(self, message: dict[str, Any]) -> None:
         """Another replica (or this one) activated a version: load it, then swap, if this replica has

@@ -160,6 +160,7 @@ def create_version(
     row = KBVersion(
         shop_id=shop,
         version=latest_version(s, shop) + 1,
+        request_seq=next_request(s, shop),
         status="building",
         kb_hash=kb_hash(entries),
         entries=len(entries),
@@ -176,6 +177,23 @@ def create_version(
 
 def latest_version(s: Session, shop: str) -> int:
     return int(s.scalar(select(func.max(KBVersion.version)).where(KBVersion.shop_id == shop)) or 0)
+
+
+def next_request(s: Session, shop: str) -> int:
+    """The number of the merchant's next request for a version (KBVersion.request_seq): a publish, or
+    an explicit activation. The caller holds the shop row locked (lock_shop): requests are numbered in
+    turn."""
+    return int(s.scalar(select(func.max(KBVersion.request_seq)).where(KBVersion.shop_id == shop)) or 0) + 1
+
+
+def building_versions(s: Session, shop: str) -> list[int]:
+    return list(
+        s.scalars(
+            select(KBVersion.version)
+            .where(KBVersion.shop_id == shop, KBVersion.status == "building")
+            .order_by(KBVersion.version)
+        )
+    )
 
 
 def get_version(s: Session, shop: str, version: int) -> KBVersion | None:

@@ -311,27 +311,37 @@ def activate(
     """Serve an earlier (or any ready) version without a rebuild, and make its KB the editable KB.
 
     Edits then start from the KB being served, so the next publish does not bring back what was rolled
-    back. An editable KB with unpublished edits is not replaced silently: see `draft`.
+    back. An editable KB with unpublished edits is not replaced silently: see `draft`. The activation
+    sticks: versions still building end ready but are not served (`draft_note` names them), while
+    versions published afterwards are served once built.
     """
     with service.db.session() as s:
         row = _version_or_404(s, shop.id, version)
         if row.status != "ready":
             raise HTTPException(status.HTTP_409_CONFLICT, f"version {version} is {row.status}, not ready")
     notes: list[str] = []
+    building: list[int] = []
 
     def restore(s: Session, target: KBVersion, active: int | None) -> None:
-        notes.append(kb_repo.restore_draft(s, shop.id, target, active, discard=draft == "discard"))
+        building.extend(kb_repo.building_versions(s, shop.id))  # as of the activation (shop row locked)
+        if draft != "keep":
+            notes.append(kb_repo.restore_draft(s, shop.id, target, active, discard=draft == "discard"))
 
     try:
-        service.publisher.activate(shop.id, version, with_locked=None if draft == "keep" else restore)
+        service.publisher.activate(shop.id, version, with_locked=restore)
     except kb_repo.DraftConflict as e:
         raise HTTPException(status.HTTP_409_CONFLICT, str(e)) from e
     with service.db.session() as s:
         out = version_out(_version_or_404(s, shop.id, version), version)
+    held = ""
+    if building:
+        numbers = ", ".join(map(str, building))
+        which = f"version {numbers}" if len(building) == 1 else f"versions {numbers}"
+        held = f"; {which}, still building, will end ready but not served (activate it then to serve it)"
     if draft == "keep":
         note = f"the editable KB was left as it was: the next publish serves it instead of version {version}"
-        return ActivateOut(**out.model_dump(), draft="kept", draft_note=note)
-    return ActivateOut(**out.model_dump(), draft="replaced", draft_note=notes[0])
+        return ActivateOut(**out.model_dump(), draft="kept", draft_note=note + held)
+    return ActivateOut(**out.model_dump(), draft="replaced", draft_note=notes[0] + held)
 
 
 EXPORT_TYPES = {
