@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import codecs
 import csv
+import difflib
 import errno
 import hashlib
 import io
@@ -33,6 +34,7 @@ from openpyxl.utils import get_column_letter
 from openpyxl.utils.datetime import from_excel
 
 from engine.cells import escape_cell, unescape_cell
+from engine.normalize import normalize
 
 __all__ = [
     "ACTIONS",
@@ -43,6 +45,7 @@ __all__ = [
     "MAX_CATEGORY_CHARS",
     "MAX_ID_CHARS",
     "MAX_QUESTION_CHARS",
+    "KBEntries",
     "KBEntry",
     "KBIssue",
     "KBTooLarge",
@@ -127,9 +130,15 @@ _ALIASES = {
     "分类": "category",
     "类别": "category",
     "生效时间": "valid_from",
+    "生效日期": "valid_from",
     "开始时间": "valid_from",
+    "起始时间": "valid_from",
     "失效时间": "valid_to",
+    "失效日期": "valid_to",
     "结束时间": "valid_to",
+    "有效期至": "valid_to",
+    "截止时间": "valid_to",
+    "截止日期": "valid_to",
     "启用": "enabled",
     "是否启用": "enabled",
     "动作": "action",
@@ -138,6 +147,13 @@ _ALIASES = {
     "备选答案": "answer_variants",
     "答案变体": "answer_variants",
 }
+# Numbered paraphrase columns (相似问题1, 相似问题2, similar_3 ...): merged into `similar` in column order.
+_NUMBERED_SIMILAR = re.compile(r"(?:相似问题|相似问法|similar)[\s_-]*\d+")
+# Every header name a KB column may have, for "did you mean" hints on the others.
+_KNOWN_HEADERS = (*KB_COLUMNS, *EXTRA_COLUMNS, *_ALIASES)
+_MAX_LISTED_HIDDEN_ROWS = 20
+# Cell values Excel shows for a formula it cannot compute (openpyxl: cell.data_type == "e").
+_EXCEL_ERROR_HINT = "(a broken formula); put the text itself in the cell"
 _TRUE_WORDS = frozenset({"true", "1", "yes", "y", "是", "启用"})
 _FALSE_WORDS = frozenset({"false", "0", "no", "n", "否", "停用", "禁用"})
 _GB_CODECS = frozenset({"gb2312", "gbk", "gb18030"})
@@ -248,14 +264,34 @@ class KBIssue:
         return f"{where}: {self.message}"
 
 
+class KBEntries(list[KBEntry]):
+    """What load_kb returns: the entries (a plain list to every caller), plus `warnings`.
+
+    Warnings are KBIssues that do not stop the KB from loading but that the merchant should see: a
+    column that is not a KB column (so its values are ignored), hidden rows, the sheet that was read,
+    a paraphrase that was dropped. The attribute survives pickling (uploads are parsed in a child).
+    """
+
+    warnings: list[KBIssue]
+
+    def __init__(self, entries: Iterable[KBEntry] = (), warnings: Iterable[KBIssue] = ()) -> None:
+        super().__init__(entries)
+        self.warnings = list(warnings)
+
+
 class KBValidationError(ValueError):
-    """Carries every problem found, so the merchant can fix the file in one pass."""
+    """Carries every problem found, so the merchant can fix the file in one pass.
+
+    `warnings` holds what load_kb would also have warned about (e.g. the sheet that was read).
+    """
 
     issues: list[KBIssue]
+    warnings: list[KBIssue]
 
-    def __init__(self, issues: Iterable[KBIssue]) -> None:
+    def __init__(self, issues: Iterable[KBIssue], warnings: Iterable[KBIssue] = ()) -> None:
         self.issues = list(issues)
-        super().__init__(self.issues)  # single arg keeps the error picklable
+        self.warnings = list(warnings)
+        super().__init__(self.issues)  # single arg keeps the error picklable (warnings go in __dict__)
 
     def __str__(self) -> str:
         count = len(self.issues)
@@ -305,6 +341,13 @@ class _Problem(Exception):
         self.message = message
 
 
+class _ExcelError(str):
+    """An .xlsx cell holding an Excel error value (#REF!, #N/A ...): text to read_rows' callers, an
+    issue in a KB."""
+
+    __slots__ = ()
+
+
 @dataclass(slots=True)
 class _Table:
     """Raw records read from a source, plus problems met while reading it."""
@@ -312,6 +355,13 @@ class _Table:
     records: list[dict[str, Any]] = field(default_factory=list)
     rows: list[int] = field(default_factory=list)
     issues: list[KBIssue] = field(default_factory=list)
+    # problems of a KB only, not of read_rows' other tables (catalogs, query files): overlong CSV rows
+    kb_issues: list[KBIssue] = field(default_factory=list)
+    warnings: list[KBIssue] = field(default_factory=list)
+    # a spreadsheet's header row: its number and (column index, text) of every non-blank header cell
+    header_row: int | None = None
+    header: list[tuple[int, str]] = field(default_factory=list)
+    keyed: bool = False  # records keyed by the file's own names (JSON): unknown keys are warned about
 
 
 # --------------------------------------------------------------------------- public API
@@ -322,10 +372,12 @@ def load_kb(
     *,
     source_name: str | None = None,
     limits: ReadLimits = NO_LIMITS,
-) -> list[KBEntry]:
+) -> KBEntries:
     """Load and validate a whole KB; raise KBValidationError listing every problem.
 
-    A file beyond `limits` raises KBTooLarge as soon as the reader gets there.
+    The result is a list of entries whose `warnings` attribute lists what loaded but deserves a look
+    (ignored columns, hidden rows, dropped paraphrases ...). A file beyond `limits` raises KBTooLarge
+    as soon as the reader gets there.
     """
     if isinstance(source, (str, os.PathLike)):
         path = Path(source)
@@ -338,10 +390,10 @@ def load_kb(
     else:
         name = source_name or _IN_MEMORY
         table = _read_items(source, name)
-    entries, issues = _validate(table, name)
+    entries, issues, warnings = _validate(table, name)
     if issues:
-        raise KBValidationError(issues)
-    return entries
+        raise KBValidationError(issues, warnings)
+    return KBEntries(entries, warnings)
 
 
 def load_saved_kb(path: str | os.PathLike[str]) -> list[KBEntry]:
@@ -491,10 +543,10 @@ def _read_csv(path: Path, source: str, limits: ReadLimits) -> _Table:
         for number, cells in _limited(enumerate(reader, start=1), source, limits):
             rows.append((number, [unescape_cell(cell) for cell in cells]))
     except csv.Error as exc:
-        table = _tabulate(rows, source)
+        table = _tabulate(rows, source, check_width=True)
         table.issues.append(KBIssue(source, len(rows) + 1, None, f"unreadable CSV row: {exc}"))
         return table
-    return _tabulate(rows, source)
+    return _tabulate(rows, source, check_width=True)
 
 
 class _SizeGuard:
@@ -532,13 +584,94 @@ def _read_xlsx(path: Path, source: str, limits: ReadLimits) -> _Table:
     except Exception as exc:  # openpyxl raises many unrelated types for damaged files
         raise _Problem(f"could not open the file as an .xlsx workbook ({type(exc).__name__}: {exc})") from exc
     try:
-        if not workbook.worksheets:
-            raise _Problem("the workbook has no worksheet")
-        sheet = workbook.worksheets[0]
+        sheet, note = _first_visible_sheet(workbook.worksheets)
         sheet.reset_dimensions()  # some exporters write wrong dimensions; read every row
-        return _tabulate(_limited(_xlsx_rows(sheet), source, limits), source)
+        table = _tabulate(_limited(_xlsx_rows(sheet), source, limits), source)
+        if note:
+            table.warnings.append(KBIssue(source, None, None, note))
+        hidden = sorted(set(_hidden_rows(sheet)).intersection(table.rows))
+        if hidden:
+            table.warnings.append(KBIssue(source, None, None, _hidden_rows_message(sheet.title, hidden)))
+        return table
     finally:
         workbook.close()
+
+
+def _first_visible_sheet(sheets: Sequence[Any]) -> tuple[Any, str]:
+    """The worksheet a KB is read from (the first visible one), and a note naming it when the workbook
+    has other sheets that hold something, or when hidden sheets before it were skipped."""
+    if not sheets:
+        raise _Problem("the workbook has no worksheet")
+    visible = [sheet for sheet in sheets if sheet.sheet_state == "visible"]
+    if not visible:
+        names = ", ".join(_quote(sheet.title) for sheet in sheets)
+        raise _Problem(f"every worksheet is hidden ({names}); unhide the sheet that holds the knowledge base")
+    sheet = visible[0]
+    skipped = [_quote(s.title) for s in sheets[: sheets.index(sheet)]]
+    others = [_quote(s.title) for s in visible[1:] if not _looks_empty(s)]
+    if not skipped and not others:
+        return sheet, ""
+    note = f"read sheet {_quote(sheet.title)}, the first visible one"
+    if others:
+        note += f"; other sheets ignored: {', '.join(others)}"
+    if skipped:
+        note += f"; hidden sheets skipped: {', '.join(skipped)}"
+    return sheet, note
+
+
+def _looks_empty(sheet: Any) -> bool:
+    """Whether a read-only sheet's declared dimension is at most one cell (a new workbook's Sheet2)."""
+    try:
+        return bool(sheet.max_row is not None and sheet.max_row <= 1 and (sheet.max_column or 1) <= 1)
+    except Exception:  # a damaged dimension: count the sheet as used
+        return False
+
+
+_ROW_START = re.compile(rb"<(?:[\w.-]+:)?row(?=[\s/>])([^>]*)>")
+_ROW_NUMBER = re.compile(rb"""(?:^|\s)r\s*=\s*["'](\d+)["']""")
+_ROW_HIDDEN = re.compile(rb"""(?:^|\s)hidden\s*=\s*["'](?:1|true)["']""")
+
+
+def _hidden_rows(sheet: Any) -> list[int]:
+    """Numbers of the rows a read-only sheet marks hidden (filtered out or hidden by hand).
+
+    openpyxl's read-only sheets do not expose row_dimensions, so the <row> tags are scanned (a C-speed
+    regex over the member, a chunk at a time); a sheet that cannot be scanned gives no rows.
+    """
+    hidden: list[int] = []
+    number = 0
+    carry = b""
+    try:
+        with sheet._get_source() as stream:
+            while True:
+                chunk = stream.read(1 << 20)
+                data = carry + chunk
+                # a tag is never split: from the last "<" on, the data waits for the next chunk
+                cut = data.rfind(b"<") if chunk else -1
+                if cut == -1:
+                    cut = len(data)
+                data, carry = data[:cut], data[cut:]
+                for match in _ROW_START.finditer(data):
+                    attrs = match[1]
+                    given = _ROW_NUMBER.search(attrs)
+                    number = int(given[1]) if given else number + 1
+                    if _ROW_HIDDEN.search(attrs):
+                        hidden.append(number)
+                if not chunk:
+                    return hidden
+    except Exception:  # not a read-only sheet, or a damaged member (reported by the row reader)
+        return []
+
+
+def _hidden_rows_message(title: str, rows: Sequence[int]) -> str:
+    listed = ", ".join(str(row) for row in rows[:_MAX_LISTED_HIDDEN_ROWS])
+    more = f" and {len(rows) - _MAX_LISTED_HIDDEN_ROWS} more" if len(rows) > _MAX_LISTED_HIDDEN_ROWS else ""
+    plural = "" if len(rows) == 1 else "s"
+    return (
+        f"sheet {_quote(title)} has {len(rows)} hidden row{plural} (hidden by a filter or by hand), read "
+        f"like the others: row{plural} {listed}{more}; unhide them to check them, and delete any that "
+        "should not be in the knowledge base"
+    )
 
 
 def _check_xlsx_inflated(path: Path, source: str, limits: ReadLimits) -> None:
@@ -611,6 +744,13 @@ def _xlsx_rows(sheet: Any) -> Iterator[tuple[int, list[Any]]]:
         yield number, [_xlsx_value(cell) for cell in cells]
 
 
+def _excel_error(cell: Any) -> _ExcelError | None:
+    """An error value (#REF!, #N/A ...) of a cell, or None."""
+    if getattr(cell, "data_type", None) == "e" and cell.value is not None:
+        return _ExcelError(str(cell.value))
+    return None
+
+
 def _xlsx_value(cell: Any) -> Any:
     """A cell's value, with dates told apart from date-times as the merchant sees them.
 
@@ -619,6 +759,9 @@ def _xlsx_value(cell: Any) -> Any:
     that day. A format that shows a time (even 0:00) gives an exact moment, like "2026-12-13 00:00"
     in a CSV; a value with a real time of day keeps it whatever the format shows.
     """
+    error = _excel_error(cell)
+    if error is not None:
+        return error  # text to read_rows' callers as before; an issue in a KB (_parse_record)
     value = cell.value
     if isinstance(value, (int, float)) and not isinstance(value, bool) and _east_asian_date(cell):
         try:
@@ -656,16 +799,26 @@ def _format_shows_time(number_format: Any) -> bool:
     return _FORMAT_TIME.search(code) is not None
 
 
-def _tabulate(rows: Iterable[tuple[int, Sequence[Any]]], source: str) -> _Table:
-    """Turn spreadsheet rows into records; the header is the first non-empty row."""
+def _tabulate(rows: Iterable[tuple[int, Sequence[Any]]], source: str, *, check_width: bool = False) -> _Table:
+    """Turn spreadsheet rows into records; the header is the first non-empty row.
+
+    With `check_width` (CSV), a row with more filled cells than the header is a KB issue: the cells past
+    the header would be lost, which is what an unquoted comma inside a cell does.
+    """
     table = _Table()
     header: list[str | None] | None = None
+    width = 0
     for number, cells in rows:
         if all(_is_blank(cell) for cell in cells):
             continue
         if header is None:
             header = _read_header(cells, number, source, table.issues)
+            table.header_row = number
+            table.header = [(i, str(cell).strip()) for i, cell in enumerate(cells) if not _is_blank(cell)]
+            width = _filled_width(cells)
             continue
+        if check_width and (filled := _filled_width(cells)) > width:
+            table.kb_issues.append(KBIssue(source, number, None, _overlong_message(cells, filled, width)))
         record = {
             name: cells[i] if i < len(cells) else None for i, name in enumerate(header) if name is not None
         }
@@ -675,6 +828,23 @@ def _tabulate(rows: Iterable[tuple[int, Sequence[Any]]], source: str) -> _Table:
     return table
 
 
+def _filled_width(cells: Sequence[Any]) -> int:
+    """The number of cells up to the last non-blank one (trailing empty cells do not count)."""
+    for index in range(len(cells) - 1, -1, -1):
+        if not _is_blank(cells[index]):
+            return index + 1
+    return 0
+
+
+def _overlong_message(cells: Sequence[Any], filled: int, width: int) -> str:
+    extra = next(cell for cell in cells[width:] if not _is_blank(cell))
+    return (
+        f"the row has {filled} cells but the header has {width} columns, so {_quote(extra)} and "
+        f"what follows it would be lost; probably a comma inside a cell that is not quoted (put the "
+        'cell in double quotes "...", or save the file from Excel as CSV)'
+    )
+
+
 def _read_header(cells: Sequence[Any], number: int, source: str, issues: list[KBIssue]) -> list[str | None]:
     """Header names per column (None = ignored); a KB column given twice is an issue."""
     names: list[str | None] = []
@@ -682,7 +852,7 @@ def _read_header(cells: Sequence[Any], number: int, source: str, issues: list[KB
     for index, cell in enumerate(cells):
         name = "" if cell is None else str(cell).strip()
         canonical = _canonical_column(name)
-        key = canonical or name
+        key = name if _is_numbered_similar(name) else canonical or name
         if not name or key in first_seen:
             names.append(None)
             if name and canonical is not None:
@@ -718,7 +888,7 @@ def _read_json(path: Path, source: str, limits: ReadLimits) -> _Table:
         data = data["entries"]
     if not isinstance(data, list):
         raise _Problem(f'expected a JSON array of objects or {{"entries": [...]}}, got {_json_type(data)}')
-    table = _Table()
+    table = _Table(keyed=True)
     guard = _SizeGuard(source, limits)
     for number, item in enumerate(data, start=1):
         guard.row(number, len(item) if isinstance(item, dict) else 1)
@@ -728,7 +898,7 @@ def _read_json(path: Path, source: str, limits: ReadLimits) -> _Table:
 
 def _read_jsonl(path: Path, source: str, limits: ReadLimits) -> _Table:
     text = _decode(_read_bytes(path, source, limits))
-    table = _Table()
+    table = _Table(keyed=True)
     guard = _SizeGuard(source, limits)
     # Split on "\n" only: str.splitlines() would also split on U+2028 inside strings.
     for number, line in enumerate(text.split("\n"), start=1):
@@ -785,9 +955,13 @@ _READERS: dict[str, Callable[[Path, str, ReadLimits], _Table]] = {
 # --------------------------------------------------------------------------- validation
 
 
-def _validate(table: _Table, source: str) -> tuple[list[KBEntry], list[KBIssue]]:
-    """Check every record and the cross-entry rules; entries are only usable if no issues."""
-    issues = list(table.issues)
+def _validate(table: _Table, source: str) -> tuple[list[KBEntry], list[KBIssue], list[KBIssue]]:
+    """Check every record and the cross-entry rules; entries are only usable if no issues.
+
+    Returns the entries, the issues and the warnings (what loads but the merchant should look at).
+    """
+    issues = [*table.issues, *table.kb_issues]
+    warnings = [*table.warnings, *_unknown_column_warnings(table, source)]
     records = [
         _canonical_record(record, row, source, issues)
         for record, row in zip(table.records, table.rows, strict=True)
@@ -802,26 +976,73 @@ def _validate(table: _Table, source: str) -> tuple[list[KBEntry], list[KBIssue]]
     entries: list[KBEntry] = []
     id_rows: dict[str, int] = {}
     question_owners: dict[str, tuple[str, int, str]] = {}
+    match_owners: dict[str, tuple[str, int, str, str]] = {}
     for record, row in zip(records, table.rows, strict=True):
-        fields, row_issues = _parse_record(record, row, source, skip=missing)
+        fields, row_issues = _parse_record(record, row, source, skip=missing, warnings=warnings)
         row_issues += _check_duplicate_id(fields, row, source, id_rows)
         row_issues += _check_duplicate_questions(fields, row, source, question_owners)
+        warnings += _check_matcher_duplicates(fields, row, source, match_owners)
         issues += row_issues
         if not row_issues and not missing:
             entries.append(KBEntry(**fields))
     issues.sort(key=lambda issue: (issue.row is not None, issue.row or 0))
-    return entries, issues
+    warnings.sort(key=lambda issue: (issue.row is not None, issue.row or 0))
+    return entries, issues, warnings
+
+
+def _unknown_column_warnings(table: _Table, source: str) -> list[KBIssue]:
+    """One warning per header (spreadsheet) or key (JSON) that is not a KB column: its values are
+    ignored, which merchants want for a notes column but not for a misspelt valid_to."""
+    warnings: list[KBIssue] = []
+    if table.header_row is not None:
+        for index, name in table.header:
+            if _canonical_column(name) is None:
+                letter = get_column_letter(index + 1)
+                message = _unknown_column_message(name, "its values are ignored")
+                warnings.append(KBIssue(source, table.header_row, letter, message))
+    elif table.keyed:
+        first: dict[str, int] = {}
+        counts: dict[str, int] = {}
+        for record, row in zip(table.records, table.rows, strict=True):
+            for key in record:
+                if isinstance(key, str) and _canonical_column(key) is None:
+                    first.setdefault(key, row)
+                    counts[key] = counts.get(key, 0) + 1
+        for key, row in first.items():
+            count = counts[key]
+            where = f"{count} {_row_word(source)}{'' if count == 1 else 's'}"
+            message = _unknown_column_message(key, f"it is ignored (in {where})")
+            warnings.append(KBIssue(source, row, None, message))
+    return warnings
+
+
+def _unknown_column_message(name: str, effect: str) -> str:
+    """'x' is not a KB column, with the closest known header name when one is close."""
+    message = f"{_quote(name)} is not a knowledge-base column; {effect}"
+    key = _INVISIBLE.sub("", name).strip().lower()
+    close = difflib.get_close_matches(key, _KNOWN_HEADERS, n=1, cutoff=0.65)
+    if close:
+        target = _canonical_column(close[0])
+        meaning = "" if target == close[0] else f", i.e. {target}"
+        message += f" (did you mean {_quote(close[0])}{meaning}?)"
+    return message
 
 
 def _canonical_record(
     record: Mapping[Any, Any], row: int, source: str, issues: list[KBIssue]
 ) -> dict[str, Any]:
-    """Map header aliases to KB_COLUMNS names and drop unknown columns."""
+    """Map header aliases to KB_COLUMNS names and drop unknown columns (warned about by the caller).
+
+    Numbered paraphrase columns (相似问题1, similar_2 ...) are merged into `similar`, in column order.
+    """
     result: dict[str, Any] = {}
     origin: dict[str, str] = {}
     for key, value in record.items():
         canonical = _canonical_column(key) if isinstance(key, str) else None
         if canonical is None:
+            continue
+        if canonical == "similar" and canonical in result and _numbered_pair(key, origin[canonical]):
+            result[canonical] = [*_as_list(result[canonical]), *_as_list(value)]
             continue
         if canonical in result:
             message = f"both '{origin[canonical]}' and '{key}' give the {canonical}; keep only one"
@@ -834,7 +1055,24 @@ def _canonical_record(
 
 def _canonical_column(name: str) -> str | None:
     key = _INVISIBLE.sub("", name).strip().lower()
-    return key if key in KB_COLUMNS or key in EXTRA_COLUMNS else _ALIASES.get(key)
+    if key in KB_COLUMNS or key in EXTRA_COLUMNS:
+        return key
+    if _NUMBERED_SIMILAR.fullmatch(key):
+        return "similar"
+    return _ALIASES.get(key)
+
+
+def _numbered_pair(name: str, other: str) -> bool:
+    """Whether one of two headers that both give `similar` is a numbered one (so they are merged)."""
+    return _is_numbered_similar(name) or _is_numbered_similar(other)
+
+
+def _is_numbered_similar(name: str) -> bool:
+    return _NUMBERED_SIMILAR.fullmatch(_INVISIBLE.sub("", name).strip().lower()) is not None
+
+
+def _as_list(value: Any) -> list[Any]:
+    return list(value) if isinstance(value, (list, tuple)) else [value]
 
 
 def _missing_column_issue(column: str, source: str) -> KBIssue:
@@ -847,22 +1085,33 @@ def _missing_column_issue(column: str, source: str) -> KBIssue:
 
 
 def _parse_record(
-    record: Mapping[str, Any], row: int, source: str, *, skip: Sequence[str]
+    record: Mapping[str, Any], row: int, source: str, *, skip: Sequence[str], warnings: list[KBIssue]
 ) -> tuple[dict[str, Any], list[KBIssue]]:
-    """Normalise one record's fields; problems are returned, never raised."""
+    """Normalise one record's fields; problems are returned, never raised (warnings are appended)."""
     fields: dict[str, Any] = {}
     issues: list[KBIssue] = []
     for column, parse in _FIELD_PARSERS.items():
         if column in skip:
             continue
+        value = record.get(column)
+        errors = [v for v in _as_list(value) if isinstance(v, _ExcelError)]
+        if errors:
+            message = f"the cell shows the Excel error {errors[0]} {_EXCEL_ERROR_HINT}"
+            issues.append(KBIssue(source, row, column, message))
+            continue
         try:
-            fields[column] = parse(record.get(column))
+            fields[column] = parse(value)
         except _Problem as problem:
             issues.append(KBIssue(source, row, column, problem.message))
             continue
         if column in REQUIRED_COLUMNS and not fields[column]:
             issues.append(KBIssue(source, row, column, f"{column} is blank; every entry needs one"))
         issues += _check_length(column, fields[column], row, source)
+    question = fields.get("question")
+    if question and not normalize(question):
+        issues.append(KBIssue(source, row, "question", f"{_quote(question)} {_UNMATCHABLE}"))
+    if "similar" in fields:
+        fields["similar"] = _matchable_similar(fields["similar"], row, source, warnings)
     if "question" in fields and "similar" in fields:
         fields["similar"] = _dedupe_similar(fields["question"], fields["similar"])
     if "answer" in fields and "answer_variants" in fields:
@@ -874,6 +1123,21 @@ def _parse_record(
         message = f"valid_to {end_text} is before valid_from {start_text}"
         issues.append(KBIssue(source, row, "valid_to", message))
     return fields, issues
+
+
+_UNMATCHABLE = "has no word or character the matcher can use (only emoji, punctuation or symbols)"
+
+
+def _matchable_similar(similar: Sequence[str], row: int, source: str, warnings: list[KBIssue]) -> list[str]:
+    """Paraphrases that normalize to something; the others could never match, so they are dropped."""
+    kept: list[str] = []
+    for text in similar:
+        if normalize(text):
+            kept.append(text)
+        else:
+            message = f"paraphrase {_quote(text)} {_UNMATCHABLE}; it was dropped"
+            warnings.append(KBIssue(source, row, "similar", message))
+    return kept
 
 
 def _check_length(column: str, value: Any, row: int, source: str) -> list[KBIssue]:
@@ -931,6 +1195,48 @@ def _check_duplicate_questions(
         )
         issues.append(KBIssue(source, row, column, message))
     return issues
+
+
+def _check_matcher_duplicates(
+    fields: Mapping[str, Any],
+    row: int,
+    source: str,
+    owners: dict[str, tuple[str, int, str, str]],
+) -> list[KBIssue]:
+    """Questions of two entries that differ only in what the matcher ignores (punctuation, emoji,
+    full-/half-width, traditional/simplified characters, case): to the matcher they are one question.
+
+    A warning, not an issue: _check_duplicate_questions already refuses texts that are the same but
+    for case and outer spaces, and public KBs (afqmc: 花唄/花呗, 被降***/被降) hold a few such pairs.
+    """
+    entry_id, question = fields.get("id"), fields.get("question")
+    if not entry_id or not question:
+        return []
+    warnings: list[KBIssue] = []
+    texts = [
+        ("question", question),
+        *(("similar", text) for text in fields.get("similar", ())),
+    ]
+    for column, text in texts:
+        key = normalize(text)
+        if not key:
+            continue
+        owner = owners.get(key)
+        if owner is None:
+            owners[key] = (entry_id, row, column, text)
+            continue
+        other_id, other_row, other_column, other_text = owner
+        if other_row == row or _question_key(other_text) == _question_key(text):
+            continue  # the entry's own wording, or an exact duplicate (an issue already)
+        role = "standard question" if other_column == "question" else "similar question"
+        message = (
+            f"entry {_quote(entry_id)} repeats {_quote(text)} to the matcher: it is the same question as "
+            f"{_quote(other_text)}, a {role} of entry {_quote(other_id)} ({_row_word(source)} {other_row}), "
+            "but for punctuation, emoji, width, traditional/simplified characters or case; the matcher "
+            "cannot tell them apart, so merge the two entries or reword one"
+        )
+        warnings.append(KBIssue(source, row, column, message))
+    return warnings
 
 
 def _question_key(text: str) -> str:

@@ -34,6 +34,7 @@ from engine.kb import (
     load_saved_kb,
     read_rows,
 )
+from engine.normalize import normalize
 
 SH = ZoneInfo("Asia/Shanghai")
 END_OF_JUNE = datetime(2025, 6, 30, 23, 59, 59, 999999, tzinfo=SH)
@@ -618,7 +619,9 @@ _clean_text = (
     .map(str.strip)
     .filter(bool)
 )
-_phrase = _clean_text.filter(lambda text: "|" not in text and "｜" not in text)
+# questions and paraphrases: no separator, and something the matcher can use (load_kb refuses a question
+# of punctuation or emoji only, and drops such a paraphrase)
+_phrase = _clean_text.filter(lambda text: "|" not in text and "｜" not in text and bool(normalize(text)))
 _moments = st.datetimes(min_value=datetime(1900, 1, 2), max_value=datetime(2100, 1, 1)).map(
     lambda naive: naive.replace(tzinfo=UTC).astimezone(SH)
 )
@@ -918,3 +921,276 @@ def test_deeply_nested_json_is_a_kb_issue_not_a_crash(tmp_path: Path) -> None:
         load_kb(lines)
     [issue] = caught.value.issues
     assert issue.row == 2 and "nested too deeply" in issue.message
+
+
+# ---------------------------------------------------------------- columns, Excel cells, sheets, matcher
+
+
+def _patch_xlsx(path: Path, member: str, edit: Callable[[str], str]) -> Path:
+    """Rewrite one member of a workbook (for what openpyxl does not write: cached formula errors)."""
+    with zipfile.ZipFile(path) as archive:
+        parts = {info.filename: archive.read(info) for info in archive.infolist()}
+    parts[member] = edit(parts[member].decode("utf-8")).encode("utf-8")
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as archive:
+        for name, data in parts.items():
+            archive.writestr(name, data)
+    return path
+
+
+@pytest.mark.parametrize(
+    ("start", "end"),
+    [("生效日期", "失效日期"), ("起始时间", "有效期至"), ("开始时间", "截止时间"), ("生效时间", "截止日期")],
+)
+def test_chinese_validity_window_headers(tmp_path: Path, start: str, end: str) -> None:
+    """A validity window under its common Chinese names is read, not dropped (an expired promotion
+    answered forever)."""
+    header = ["编号", "问题", "答案", start, end]
+    rows = [["A2", "多久发货", "48小时内发货", "2025-01-01", "2025-06-30"]]
+    entries = load_kb(write_csv(tmp_path / "kb.csv", rows, header))
+    assert [(e.valid_from, e.valid_to) for e in entries] == [(datetime(2025, 1, 1, tzinfo=SH), END_OF_JUNE)]
+    assert entries.warnings == []
+
+
+def test_numbered_paraphrase_columns_merge_into_similar_in_column_order(tmp_path: Path) -> None:
+    header = ["id", "question", "相似问题2", "answer", "相似问题1", "similar_3", "Similar4", "相似问法 5"]
+    rows = [["A", "怎么退货", "退货流程", "七天无理由", "如何退货", "", "退货 怎么弄|能退吗", "退货流程"]]
+    entries = load_kb(write_csv(tmp_path / "kb.csv", rows, header))
+    assert entries[0].similar == ("退货流程", "如何退货", "退货 怎么弄", "能退吗")
+    assert entries.warnings == []
+    # with the plain column too, in an .xlsx, and as JSON keys
+    header = ["编号", "问题", "相似问题", "相似问题2", "相似问题3", "答案"]
+    rows = [["A", "怎么退货", "如何退货|退货流程", "能退吗", 12, "七天无理由"]]
+    [entry] = load_kb(write_xlsx(tmp_path / "kb.xlsx", rows, header))
+    assert entry.similar == ("如何退货", "退货流程", "能退吗", "12")
+    record = {"id": "A", "question": "怎么退货", "similar": ["如何退货"], "similar2": "能退吗", "answer": "x"}
+    path = tmp_path / "kb.json"
+    path.write_text(json.dumps([record], ensure_ascii=False), encoding="utf-8")
+    assert load_kb(path)[0].similar == ("如何退货", "能退吗")
+
+
+def test_two_unnumbered_paraphrase_columns_are_still_an_issue(tmp_path: Path) -> None:
+    rows = [["A", "怎么退货", "如何退货", "退货流程", "x"]]
+    [issue] = issues_of(
+        write_csv(tmp_path / "kb.csv", rows, ["id", "question", "similar", "相似问法", "answer"])
+    )
+    assert (issue.row, issue.column) == (1, "similar") and "appears twice" in issue.message
+
+
+def test_unknown_headers_are_warnings_naming_column_and_closest_name(tmp_path: Path) -> None:
+    header = ["id", "question", "answer", "valid_until", "备注", "有效期", "", "questoin"]
+    rows = [["A", "怎么退货", "七天无理由", "2025-06-30", "老客户", "x", "", "y"]]
+    entries = load_kb(write_csv(tmp_path / "kb.csv", rows, header))
+    assert [e.valid_to for e in entries] == [None]  # still ignored: a warning, not a guess
+    assert where(entries.warnings) == [(1, "D"), (1, "E"), (1, "F"), (1, "H")]
+    d, e, f, h = map(str, entries.warnings)
+    assert d == (
+        "kb.csv row 1, column D: 'valid_until' is not a knowledge-base column; its values are ignored "
+        "(did you mean 'valid_to'?)"
+    )
+    assert e == "kb.csv row 1, column E: '备注' is not a knowledge-base column; its values are ignored"
+    assert f.endswith("(did you mean '有效期至', i.e. valid_to?)")
+    assert h.endswith("(did you mean 'question'?)")
+    # the same file with a real problem: the warnings travel with the error
+    rows[0][1] = ""
+    with pytest.raises(KBValidationError) as caught:
+        load_kb(write_csv(tmp_path / "bad.csv", rows, header))
+    assert where(caught.value.warnings) == [(1, "D"), (1, "E"), (1, "F"), (1, "H")]
+
+
+def test_unknown_json_keys_are_warnings(tmp_path: Path) -> None:
+    records = [
+        {"id": "A", "question": "怎么退货", "answer": "x", "valid_until": "2025-06-30"},
+        {"id": "B", "question": "多久发货", "answer": "y", "valid_until": "2025-06-30", "remark": "n"},
+    ]
+    path = tmp_path / "kb.json"
+    path.write_text(json.dumps(records, ensure_ascii=False), encoding="utf-8")
+    assert [str(w) for w in load_kb(path).warnings] == [
+        "kb.json record 1: 'valid_until' is not a knowledge-base column; it is ignored (in 2 records) "
+        "(did you mean 'valid_to'?)",
+        "kb.json record 2: 'remark' is not a knowledge-base column; it is ignored (in 1 record)",
+    ]
+    lines = tmp_path / "kb.jsonl"
+    lines.write_text("\n".join(json.dumps(r, ensure_ascii=False) for r in records), encoding="utf-8")
+    assert where(load_kb(lines).warnings) == [(1, None), (2, None)]
+
+
+def test_valid_kbs_load_without_warnings_and_warnings_survive_pickling(tmp_path: Path) -> None:
+    for make in (_xlsx, _json, _jsonl, _csv_bytes("gbk")):
+        assert load_kb(make(tmp_path)).warnings == []
+    assert load_kb(sample_records()).warnings == []
+    demo = load_kb(Path(__file__).resolve().parent.parent / "models" / "demo-shop-kb.csv")
+    assert demo.warnings == [] and len(demo) == 90
+    entries = load_kb(write_csv(tmp_path / "kb.csv", SAMPLE_ROWS, [*KB_COLUMNS[:-1], "备注"]))
+    copy = pickle.loads(pickle.dumps(entries))  # uploads are parsed in a child process
+    assert copy == entries and copy.warnings == entries.warnings and len(copy.warnings) == 1
+    error = KBValidationError([KBIssue("kb.csv", 2, "id", "x")], entries.warnings)
+    assert pickle.loads(pickle.dumps(error)).warnings == entries.warnings
+
+
+@pytest.mark.parametrize("code", ["#REF!", "#N/A", "#VALUE!", "#DIV/0!", "#NAME?", "#NULL!", "#NUM!"])
+def test_xlsx_excel_error_cells_are_issues(tmp_path: Path, code: str) -> None:
+    rows = [["A", "怎么退货", "", code], ["B", "多久发货", code, "48小时"]]
+    path = write_xlsx(tmp_path / "kb.xlsx", rows, ["id", "question", "similar", "answer"])
+    issues = issues_of(path)
+    assert [str(i) for i in issues] == [
+        f"kb.xlsx row 2, column answer: the cell shows the Excel error {code} (a broken formula); "
+        "put the text itself in the cell",
+        f"kb.xlsx row 3, column similar: the cell shows the Excel error {code} (a broken formula); "
+        "put the text itself in the cell",
+    ]
+    records, _ = read_rows(path)  # other tables (catalogs, query files) read the text as before
+    assert records[0]["answer"] == code
+
+
+def test_xlsx_formula_with_a_cached_error_is_an_issue(tmp_path: Path) -> None:
+    path = write_xlsx(tmp_path / "kb.xlsx", [["A", "怎么退货", "x"]], ["id", "question", "answer"])
+
+    def broken(xml: str) -> str:
+        cell = re.search(r'<c r="C2"[^>]*>.*?</c>', xml)
+        assert cell is not None
+        return xml.replace(cell[0], '<c r="C2" t="e"><f>#REF!&amp;"元"</f><v>#REF!</v></c>')
+
+    _patch_xlsx(path, "xl/worksheets/sheet1.xml", broken)
+    [issue] = issues_of(path)
+    assert (issue.row, issue.column) == (2, "answer") and "Excel error #REF!" in issue.message
+
+
+def test_csv_row_with_more_cells_than_the_header_is_an_issue(tmp_path: Path) -> None:
+    path = tmp_path / "kb.csv"
+    path.write_text(
+        "id,question,answer\n"
+        "A,怎么退货,七天无理由退货,运费自理\n"  # an unquoted comma in the answer
+        "B,多久发货,48小时内发货,,\n"  # trailing empty cells: accepted
+        'C,能开发票吗,"可以,电子发票"\n',
+        encoding="utf-8",
+    )
+    [issue] = issues_of(path)
+    assert (issue.row, issue.column) == (2, None)
+    assert issue.message.startswith("the row has 4 cells but the header has 3 columns, so '运费自理'")
+    assert "comma inside a cell that is not quoted" in issue.message
+    path.write_text(
+        "id,question,answer,,\nA,怎么退货,七天无理由退货,,\nB,多久发货,48小时,\n", encoding="utf-8"
+    )
+    entries = load_kb(path)
+    assert [e.answer for e in entries] == ["七天无理由退货", "48小时"] and entries.warnings == []
+
+
+def test_read_rows_keeps_accepting_wide_rows(tmp_path: Path) -> None:
+    """Catalogs and query files are read by read_rows: the width check is the KB's own."""
+    path = tmp_path / "q.csv"
+    path.write_text("query,expected_id\n怎么退货,A,x\n", encoding="utf-8")
+    assert read_rows(path) == ([{"query": "怎么退货", "expected_id": "A"}], [2])
+
+
+def _workbook(path: Path, sheets: Sequence[tuple[str, str, Sequence[Sequence[Any]]]]) -> Path:
+    workbook = openpyxl.Workbook()
+    workbook.remove(workbook.active)
+    for title, state, rows in sheets:
+        sheet = workbook.create_sheet(title)
+        sheet.sheet_state = state
+        for row in rows:
+            sheet.append(list(row))
+    workbook.save(path)
+    return path
+
+
+KB_SHEET = [["id", "question", "answer"], ["A", "怎么退货", "七天无理由"], ["B", "多久发货", "48小时"]]
+OLD_SHEET = [["id", "question", "answer"], ["X", "旧问题", "旧答案"]]
+
+
+def test_xlsx_reads_the_first_visible_sheet_and_names_it(tmp_path: Path) -> None:
+    path = _workbook(
+        tmp_path / "kb.xlsx",
+        [("Old", "hidden", OLD_SHEET), ("KB2", "visible", KB_SHEET), ("Empty", "visible", [])],
+    )
+    entries = load_kb(path)
+    assert [e.id for e in entries] == ["A", "B"]
+    assert [str(w) for w in entries.warnings] == [
+        "kb.xlsx: read sheet 'KB2', the first visible one; hidden sheets skipped: 'Old'"
+    ]
+    path = _workbook(tmp_path / "two.xlsx", [("KB2", "visible", KB_SHEET), ("Notes", "visible", OLD_SHEET)])
+    assert [str(w) for w in load_kb(path).warnings] == [
+        "two.xlsx: read sheet 'KB2', the first visible one; other sheets ignored: 'Notes'"
+    ]
+    # an error names rows of that sheet: the note comes with it
+    bad = [*KB_SHEET, ["A", "重复", "x"]]
+    path = _workbook(tmp_path / "bad.xlsx", [("KB2", "visible", bad), ("Notes", "visible", OLD_SHEET)])
+    with pytest.raises(KBValidationError) as caught:
+        load_kb(path)
+    assert where(caught.value.issues) == [(4, "id")]
+    assert "read sheet 'KB2'" in caught.value.warnings[0].message
+    path = _workbook(tmp_path / "hidden.xlsx", [("KB", "visible", KB_SHEET), ("KB3", "veryHidden", KB_SHEET)])
+    # openpyxl refuses to write a workbook with no visible sheet; other tools do not
+    _patch_xlsx(path, "xl/workbook.xml", lambda xml: xml.replace('state="visible"', 'state="hidden"'))
+    [issue] = issues_of(path)
+    assert (
+        issue.message
+        == "every worksheet is hidden ('KB', 'KB3'); unhide the sheet that holds the knowledge base"
+    )
+
+
+def test_xlsx_hidden_rows_are_read_with_one_warning(tmp_path: Path) -> None:
+    rows = [["id", "question", "answer"], *([f"E{i}", f"问题{i}", f"答{i}"] for i in range(1, 31))]
+    workbook = openpyxl.Workbook()
+    sheet = workbook.active
+    sheet.title = "KB"
+    for row in rows:
+        sheet.append(row)
+    for number in (3, *range(6, 30)):  # 25 hidden rows, all read
+        sheet.row_dimensions[number].hidden = True
+    path = tmp_path / "kb.xlsx"
+    workbook.save(path)
+    entries = load_kb(path)
+    assert len(entries) == 30
+    [warning] = entries.warnings
+    listed = ", ".join(map(str, [3, *range(6, 25)]))
+    assert warning.message == (
+        f"sheet 'KB' has 25 hidden rows (hidden by a filter or by hand), read like the others: rows {listed} "
+        "and 5 more; unhide them to check them, and delete any that should not be in the knowledge base"
+    )
+
+
+@pytest.mark.parametrize("question", ["👍👍", "？？？", "!!!", "🙂 ~~"])
+def test_question_the_matcher_cannot_use_is_an_issue(tmp_path: Path, question: str) -> None:
+    rows = [["A", "怎么退货", "", "x"], ["B", question, "好评怎么返现", "y"]]
+    [issue] = issues_of(write_csv(tmp_path / "kb.csv", rows))
+    assert str(issue) == (
+        f"kb.csv row 3, column question: '{question}' has no word or character the matcher can use "
+        "(only emoji, punctuation or symbols)"
+    )
+
+
+def test_paraphrase_the_matcher_cannot_use_is_dropped_with_a_warning(tmp_path: Path) -> None:
+    rows = [["A", "怎么退货", "如何退货|👍👍|？？", "x"]]
+    entries = load_kb(write_csv(tmp_path / "kb.csv", rows))
+    assert entries[0].similar == ("如何退货",)
+    assert [str(w) for w in entries.warnings] == [
+        "kb.csv row 2, column similar: paraphrase '👍👍' has no word or character the matcher can use "
+        "(only emoji, punctuation or symbols); it was dropped",
+        "kb.csv row 2, column similar: paraphrase '？？' has no word or character the matcher can use "
+        "(only emoji, punctuation or symbols); it was dropped",
+    ]
+
+
+def test_questions_the_matcher_cannot_tell_apart_are_reported_with_both_rows(tmp_path: Path) -> None:
+    rows = [
+        ["A", "怎么退货？", "能开发票吗", "答1"],
+        ["B", "怎么退货!!", "", "答2"],  # punctuation
+        ["C", "怎麼退貨", "", "答3"],  # traditional characters
+        ["D", "能开发票吗😊", "", "答4"],  # emoji, against A's paraphrase
+        ["E", "ＡＢＣ多少钱", "", "答5"],
+        ["F", "发货", "abc多少钱", "答6"],  # full width and case
+        ["G", "怎么换货", "怎么换货？|怎么换货啊", "答7"],  # within one entry: not a duplicate
+    ]
+    entries = load_kb(write_csv(tmp_path / "kb.csv", rows))
+    assert len(entries) == 7
+    assert where(entries.warnings) == [(3, "question"), (4, "question"), (5, "question"), (7, "similar")]
+    assert str(entries.warnings[0]) == (
+        "kb.csv row 3, column question: entry 'B' repeats '怎么退货!!' to the matcher: it is the same "
+        "question as '怎么退货？', a standard question of entry 'A' (row 2), but for punctuation, emoji, "
+        "width, traditional/simplified characters or case; the matcher cannot tell them apart, so merge "
+        "the two entries or reword one"
+    )
+    assert "'能开发票吗', a similar question of entry 'A' (row 2)" in entries.warnings[2].message
+    assert "entry 'F' repeats 'abc多少钱'" in entries.warnings[3].message
+    assert "of entry 'E' (row 6)" in entries.warnings[3].message

@@ -77,17 +77,18 @@ VERSION_LINKS = {
 
 
 def issues_response(err: KBValidationError, what: str = "knowledge base") -> JSONResponse:
-    """422 listing every problem of an uploaded file or edit (file, row, column); nothing was stored."""
-    return JSONResponse(
-        status_code=422,
-        content={
-            "detail": f"{len(err.issues)} problem(s) in the {what}; nothing was changed",
-            "issues": [
-                {"source": i.source, "row": i.row, "column": i.column, "message": i.message}
-                for i in err.issues
-            ],
-        },
-    )
+    """422 listing every problem of an uploaded file or edit (file, row, column); nothing was stored.
+
+    What the reader also warned about (e.g. which sheet of a workbook it read) comes as `warnings`."""
+    content: dict[str, Any] = {
+        "detail": f"{len(err.issues)} problem(s) in the {what}; nothing was changed",
+        "issues": [
+            {"source": i.source, "row": i.row, "column": i.column, "message": i.message} for i in err.issues
+        ],
+    }
+    if err.warnings:
+        content["warnings"] = [str(w) for w in err.warnings]
+    return JSONResponse(status_code=422, content=content)
 
 
 def entry_out(e: dict[str, Any]) -> EntryOut:
@@ -156,7 +157,9 @@ async def upload_kb(
         return issues_response(e)
     except KBTooLarge as e:
         return too_large_response(e)
-    return await run_in_threadpool(_store_upload, service, shop.id, entries, publish)
+    # engine.kb.KBEntries: what loaded but deserves a look (ignored columns, hidden rows ...)
+    warnings = [str(w) for w in getattr(entries, "warnings", ())]
+    return await run_in_threadpool(_store_upload, service, shop.id, entries, publish, warnings)
 
 
 def too_large_response(e: KBTooLarge) -> JSONResponse:
@@ -177,14 +180,18 @@ def read_limits(settings: Settings) -> ReadLimits:
     )
 
 
-def _store_upload(service: Service, shop: str, entries: list[KBEntry], publish: bool) -> UploadOut:
+def _store_upload(
+    service: Service, shop: str, entries: list[KBEntry], publish: bool, warnings: list[str]
+) -> UploadOut:
     """Blocking part of an upload once parsed: replace the entries, maybe publish."""
     with service.db.session(write_lock=True) as s:
         kb_repo.replace_all(s, shop, entries)
     if not publish:
-        return UploadOut(entries=len(entries))
+        return UploadOut(entries=len(entries), warnings=warnings)
     published = service.publisher.publish(shop)
-    return UploadOut(entries=len(entries), version=published.version, reused=published.reused)
+    return UploadOut(
+        entries=len(entries), version=published.version, reused=published.reused, warnings=warnings
+    )
 
 
 @router.get("/entries", response_model=list[EntryOut])
@@ -198,7 +205,8 @@ def list_entries(
         return [entry_out(e) for e in kb_repo.list_entries(s, shop.id, offset, limit)]
 
 
-@router.get("/entries/{entry_id}", response_model=EntryOut)
+# {entry_id:path}: ids may hold "/" (uploads accept them), which a plain parameter would not match
+@router.get("/entries/{entry_id:path}", response_model=EntryOut)
 def get_entry(entry_id: str, shop: ShopDep, service: ServiceDep) -> EntryOut:
     with service.db.session() as s:
         e = kb_repo.get_entry(s, shop.id, entry_id)
@@ -208,7 +216,7 @@ def get_entry(entry_id: str, shop: ShopDep, service: ServiceDep) -> EntryOut:
 
 
 @router.put(
-    "/entries/{entry_id}",
+    "/entries/{entry_id:path}",
     response_model=EntryOut,
     responses={
         200: {"description": "the entry as stored", "links": ENTRY_LINKS},
@@ -229,7 +237,7 @@ def put_entry(entry_id: str, body: EntryIn, shop: ShopDep, service: ServiceDep) 
     return entry_out(saved)
 
 
-@router.delete("/entries/{entry_id}", status_code=status.HTTP_204_NO_CONTENT)
+@router.delete("/entries/{entry_id:path}", status_code=status.HTTP_204_NO_CONTENT)
 def delete_entry(entry_id: str, shop: ShopDep, service: ServiceDep) -> None:
     with service.db.session(write_lock=True) as s:
         if not kb_repo.delete_entry(s, shop.id, entry_id):
