@@ -59,14 +59,55 @@ def _sha256(path: Path) -> str:
     return h.hexdigest()
 
 
-def save_matcher(m: Matcher, path: str | os.PathLike[str]) -> Path:
-    """Write the model to `path` (replacing an older model there only once the new one is complete)."""
+class ModelPathError(ModelLoadError, ValueError):
+    """A destination that holds something other than a Kefu model: refused, never overwritten."""
+
+
+def _is_model_dir(d: Path) -> bool:
+    """A directory a save may replace: a Kefu model (its manifest says so), one whose manifest is
+    damaged (manifest.json beside the model's kb.jsonl: what `kefu build` is told to rebuild), or empty."""
+    if not d.is_dir() or d.is_symlink():
+        return False
+    mf = d / MANIFEST
+    if not mf.is_file():
+        return not any(d.iterdir())
+    try:
+        manifest = json.loads(mf.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return (d / "kb.jsonl").is_file()
+    return isinstance(manifest, dict) and manifest.get("format") == FORMAT
+
+
+def check_destination(path: str | os.PathLike[str]) -> Path:
+    """The resolved destination of a save, if a model may be written there: nothing exists there yet,
+    or a Kefu model directory (replaced) or an empty directory. Raises ModelPathError otherwise."""
     dest = Path(path).resolve()
+    if not os.path.lexists(dest):
+        return dest
+    if _is_model_dir(dest):
+        return dest
+    if dest.is_dir():
+        what = f"a directory that is not a Kefu model (no Kefu {MANIFEST})"
+    elif dest.is_file():
+        what = "a file"
+    else:
+        what = "something that is not a Kefu model directory"
+    raise ModelPathError(
+        f"{dest} is {what}: a model is saved only to a new path or over an existing model; "
+        "choose another output path or remove it"
+    )
+
+
+def save_matcher(m: Matcher, path: str | os.PathLike[str]) -> Path:
+    """Write the model to `path`, a new path or an existing model directory (replaced only once the new
+    one is complete). Anything else at `path` is left alone: ModelPathError (a ValueError)."""
+    dest = check_destination(path)
     dest.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.tmp-", dir=dest.parent))
     try:
         _write(m, tmp)
-        if dest.exists():
+        check_destination(dest)  # again: something may have been put there while the model was written
+        if os.path.lexists(dest):
             old = Path(tempfile.mkdtemp(prefix=f".{dest.name}.old-", dir=dest.parent))
             old.rmdir()
             os.rename(dest, old)
@@ -171,7 +212,8 @@ def read_manifest(path: str | os.PathLike[str]) -> dict[str, Any]:
         raise ModelLoadError(f"no model directory at {d}: build one with `kefu build KB -o {d}`")
     if not mf.is_file():
         raise ModelLoadError(
-            f"{d} is not a Kefu model (no {MANIFEST}): rebuild it with `kefu build KB -o {d}`"
+            f"{d} is not a Kefu model (no {MANIFEST}): give a model directory, "
+            "one saved by `kefu build KB -o DIR`"
         )
     try:
         manifest = json.loads(mf.read_text(encoding="utf-8"))

@@ -18,7 +18,7 @@ import csv
 import io
 from collections import Counter
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -29,7 +29,8 @@ from sklearn.cluster import AgglomerativeClustering
 from sklearn.feature_extraction.text import TfidfVectorizer
 
 from engine.cells import escape_cell
-from engine.kb import KBEntry
+from engine.kb import EXTRA_COLUMNS, KB_COLUMNS, KBEntry
+from engine.kb import _flat_row as kb_row  # the KB export's own cells, so a row merges back unchanged
 from engine.normalize import normalize, strip_placeholders
 from engine.results import Decision
 
@@ -40,19 +41,18 @@ MIN_BAR, MAX_BAR = 0.15, 0.8
 MIN_CLUSTER = 2
 MAX_EXAMPLES = 12  # paraphrases proposed per cluster
 EXISTING_SHARE = 0.6  # this share of a cluster's messages offered one entry first: paraphrases of it
-# a proposals file: the KB's own columns first (what an upload reads), then what the merchant reviews by
-PROPOSAL_COLUMNS = (
-    "id",
-    "question",
-    "similar",
-    "answer",
-    "category",
+# a proposals file: every column of the KB export first (what an upload reads: a paraphrase row is the
+# whole entry, action, validity window and all), then what the merchant reviews by
+KB_FILE_COLUMNS = (*KB_COLUMNS, *EXTRA_COLUMNS)
+REVIEW_COLUMNS = (
     "proposal",
     "cluster_size",
     "new_paraphrases",
     "closest_entry",
     "last_seen",
 )
+PROPOSAL_COLUMNS = (*KB_FILE_COLUMNS, *REVIEW_COLUMNS)
+NUMBER_COLUMNS = frozenset({"cluster_size"})  # numbers in an XLSX file
 
 
 @dataclass
@@ -75,33 +75,32 @@ class Proposal:
     members: list[int] = field(default_factory=list, repr=False)  # indices into the mined messages
 
     def to_row(self, number: int, entries: dict[str, KBEntry]) -> dict[str, str]:
-        """A row in the KB's own format (extra columns are ignored when the file is uploaded back)."""
+        """A row in the KB's own format (extra columns are ignored when the file is uploaded back): a
+        paraphrase row is the whole existing entry with the new paraphrases added, to replace it."""
         existing = entries.get(self.entry_id or "") if self.kind == "paraphrases" else None
+        last_seen = self.last_seen.isoformat() if self.last_seen else ""
         if existing is not None:
-            similar = [*existing.similar, *(e for e in self.examples if e not in existing.similar)]
+            known = {normalize(q) for q in existing.questions()}
+            new = [e for e in dict.fromkeys(self.examples) if normalize(e) not in known]
+            grown = replace(existing, similar=(*existing.similar, *new))
             return {
-                "id": existing.id,
-                "question": existing.question,
-                "similar": "|".join(similar),
-                "answer": existing.answer,
-                "category": existing.category or "",
+                **dict(zip(KB_FILE_COLUMNS, kb_row(grown, KB_FILE_COLUMNS), strict=True)),
                 "proposal": "paraphrases",
                 "cluster_size": str(self.size),
-                "new_paraphrases": "|".join(e for e in self.examples if e not in existing.similar),
+                "new_paraphrases": "|".join(new),
                 "closest_entry": existing.id,
-                "last_seen": self.last_seen.isoformat() if self.last_seen else "",
+                "last_seen": last_seen,
             }
+        # the answer is the merchant's to write; an upload without it is refused with the row named
+        similar = tuple(e for e in dict.fromkeys(self.examples) if e != self.question)
+        entry = KBEntry(f"mined-{number:03d}", self.question, "", similar=similar)
         return {
-            "id": f"mined-{number:03d}",
-            "question": self.question,
-            "similar": "|".join(e for e in self.examples if e != self.question),
-            "answer": "",  # the merchant writes it; an upload without it is refused with the row named
-            "category": "",
+            **dict(zip(KB_FILE_COLUMNS, kb_row(entry, KB_FILE_COLUMNS), strict=True)),
             "proposal": "new_entry",
             "cluster_size": str(self.size),
             "new_paraphrases": "",
             "closest_entry": self.entry_id or "",
-            "last_seen": self.last_seen.isoformat() if self.last_seen else "",
+            "last_seen": last_seen,
         }
 
 
@@ -165,7 +164,9 @@ def mine(
     """Proposals from the messages the bot did not answer, largest and most recent clusters first.
 
     `bar`: the similarity a cluster's messages must share on average (default: read off the KB)."""
-    msgs = [x for x in messages if x.text and x.text.strip()]
+    # a message that is a KB question or paraphrase word for word (after normalization) is nothing to add
+    known = {normalize(q) for e in m.entries for q in e.questions()}
+    msgs = [x for x in messages if x.text and x.text.strip() and normalize(x.text) not in known]
     msgs = sorted(msgs, key=lambda x: x.at or datetime.min)[-MAX_MESSAGES:]
     if len(msgs) < min_cluster:
         return []
@@ -209,8 +210,10 @@ def proposal_rows(proposals: Sequence[Proposal], entries: Sequence[KBEntry]) -> 
 
 def proposals_file(rows: Sequence[dict[str, str]], fmt: str) -> bytes:
     """The proposals as a "csv" (UTF-8 with BOM, for Excel) or "xlsx" file, PROPOSAL_COLUMNS in order;
-    no cell can run as a formula (customer text goes to a merchant's spreadsheet)."""
-    table = [[escape_cell(str(r.get(c, ""))) for c in PROPOSAL_COLUMNS] for r in rows]
+    no cell can run as a formula (customer text goes to a merchant's spreadsheet). As the KB export does:
+    CSV cells escaped (engine.cells, undone when read back), XLSX cells stored as text, unchanged, a
+    formula-like one marked quote-prefixed; cluster_size is a number."""
+    table = [[str(r.get(c, "")) for c in PROPOSAL_COLUMNS] for r in rows]
     if fmt == "xlsx":
         import openpyxl
         from openpyxl.cell.cell import ILLEGAL_CHARACTERS_RE
@@ -222,7 +225,16 @@ def proposals_file(rows: Sequence[dict[str, str]], fmt: str) -> bytes:
         for row in table:
             # a logged message may carry control characters, which .xlsx cannot store (openpyxl raises):
             # dropped, as a KB upload drops them from its cells
-            sheet.append([ILLEGAL_CHARACTERS_RE.sub("", cell) for cell in row])
+            values: list[str | int] = []
+            for column, cell in zip(PROPOSAL_COLUMNS, row, strict=True):
+                text = ILLEGAL_CHARACTERS_RE.sub("", cell)
+                values.append(int(text) if column in NUMBER_COLUMNS and text.isdigit() else text)
+            sheet.append(values)
+            for written in sheet[sheet.max_row]:
+                if isinstance(written.value, str):
+                    written.data_type = "s"  # openpyxl makes text starting with "=" a formula
+                    if written.value != escape_cell(written.value):
+                        written.quotePrefix = True
         out = io.BytesIO()
         book.save(out)
         return out.getvalue()
@@ -231,7 +243,7 @@ def proposals_file(rows: Sequence[dict[str, str]], fmt: str) -> bytes:
     text = io.StringIO()
     writer = csv.writer(text)
     writer.writerow(PROPOSAL_COLUMNS)
-    writer.writerows(table)
+    writer.writerows([escape_cell(cell) for cell in row] for row in table)
     return text.getvalue().encode("utf-8-sig")
 
 

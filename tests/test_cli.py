@@ -180,6 +180,26 @@ def test_build_bad_kb_lists_every_issue(tmp_path: Path) -> None:
     assert not (tmp_path / "m").exists()
 
 
+def test_build_prints_what_the_kb_warns_about(tmp_path: Path) -> None:
+    header = ["id", "question", "similar", "answer", "category", "备注"]
+    kb = write_csv(tmp_path / "kb.csv", header, [[*row, "内部备注"] for row in KB_ROWS])
+    result = invoke("build", kb, "-o", tmp_path / "m", "--fast")
+    assert result.exit_code == 0, result.output
+    assert "warning: kb.csv row 1, column F: '备注' is not a knowledge-base column" in result.output
+    assert (tmp_path / "m" / "manifest.json").exists()
+
+
+def test_build_of_a_bad_kb_prints_its_warnings_too(tmp_path: Path) -> None:
+    kb = write_csv(
+        tmp_path / "bad.csv", ["id", "question", "answer", "valid_until"], [["A", "👍👍", "x", ""]]
+    )
+    result = invoke("build", kb, "-o", tmp_path / "m", "--fast")
+    assert_clean_failure(result, "1 problem", "row 2", "no word or character the matcher can use")
+    assert "warning: bad.csv row 1, column D: 'valid_until'" in result.output
+    assert "did you mean 'valid_to'?" in result.output
+    assert not (tmp_path / "m").exists()
+
+
 def test_build_refuses_a_kb_over_the_row_limit(tmp_path: Path) -> None:
     result = invoke("build", write_kb(tmp_path / "kb.csv"), "-o", tmp_path / "m", "--fast", "--max-rows", "3")
     assert_clean_failure(result, "kb.csv: it has more than 3 rows", "--max-rows")
@@ -227,6 +247,29 @@ def test_eval_default_plot_path_and_max_queries(
     assert json.loads(out.read_text(encoding="utf-8"))["n_queries"] == 4
 
 
+def test_eval_skips_and_reports_unknown_expected_ids(built: Built, tmp_path: Path) -> None:
+    """A query whose expected id the model's KB lacks cannot be matched: listed and left out, not
+    scored as a wrong answer (as calibrate does)."""
+    unknown = [(f"问题{i}", f"gone-{i}") for i in range(12)]
+    queries = write_queries(tmp_path / "q.csv", [*EVAL_QUERIES, *unknown])
+    out = tmp_path / "r.json"
+    result = invoke("eval", built.path, queries, "--json", out, "--plot", tmp_path / "c.png")
+    assert result.exit_code == 0, result.output
+    first = len(EVAL_QUERIES) + 2  # after the header row
+    output = " ".join(result.output.split())
+    assert f"skipped 12 rows of {queries}" in output
+    assert f"row {first} ('gone-0')" in output and f"row {first + 9} ('gone-9')" in output
+    assert "gone-10" not in output and "and 2 more" in output  # the first 10 are named
+    report = json.loads(out.read_text(encoding="utf-8"))
+    assert report["n_queries"] == len(EVAL_QUERIES)
+    alone = tmp_path / "alone.json"
+    clean = write_queries(tmp_path / "clean.csv", EVAL_QUERIES)
+    assert invoke("eval", built.path, clean, "--json", alone, "--plot", tmp_path / "d.png").exit_code == 0
+    assert report["answer_precision"] == json.loads(alone.read_text(encoding="utf-8"))["answer_precision"]
+    only_unknown = write_queries(tmp_path / "none.csv", unknown)
+    assert_clean_failure(invoke("eval", built.path, only_unknown), "no query of", "can be scored")
+
+
 def test_eval_missing_columns(built: Built, tmp_path: Path) -> None:
     queries = write_csv(tmp_path / "q.csv", ["text", "id"], [["保修多久", "warranty"]])
     assert_clean_failure(invoke("eval", built.path, queries), "q.csv", "query", "expected_id")
@@ -234,6 +277,33 @@ def test_eval_missing_columns(built: Built, tmp_path: Path) -> None:
 
 def test_eval_missing_query_file(built: Built, tmp_path: Path) -> None:
     assert_clean_failure(invoke("eval", built.path, tmp_path / "none.csv"), "none.csv", "not found")
+
+
+def test_output_over_something_else_is_refused_and_left_alone(built: Built, tmp_path: Path) -> None:
+    """`-o` replaces a model there, never a directory or file of something else (was: deleted)."""
+    kb = write_kb(tmp_path / "kb.csv")
+    victim = tmp_path / "victim"
+    victim.mkdir()
+    (victim / "notes.txt").write_text("x", encoding="utf-8")
+    afile = tmp_path / "afile"
+    afile.write_text("keep me", encoding="utf-8")
+    labelled = write_queries(tmp_path / "labelled.csv", labelled_rows())
+    for result in (
+        invoke("build", kb, "--fast", "-o", victim),
+        invoke("build", kb, "--fast", "-o", afile),
+        invoke("calibrate", built.path, labelled, "-o", victim),
+    ):
+        assert_clean_failure(result, "is not a Kefu model" if "victim" in result.output else "is a file")
+        assert "choose another output path or remove it" in " ".join(result.output.split())
+        assert result.exit_code == 1
+    assert (victim / "notes.txt").read_text(encoding="utf-8") == "x"
+    assert [p.name for p in victim.iterdir()] == ["notes.txt"]
+    assert afile.read_text(encoding="utf-8") == "keep me"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["afile", "kb.csv", "labelled.csv", "victim"]
+    model = tmp_path / "model"
+    assert invoke("build", kb, "--fast", "-o", model).exit_code == 0
+    assert invoke("build", kb, "--fast", "-o", model).exit_code == 0  # a model there is replaced
+    assert Matcher.load(model).entries
 
 
 # --------------------------------------------------------------------------- calibrate

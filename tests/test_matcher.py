@@ -136,6 +136,35 @@ def test_save_replaces_an_older_model_atomically(fast_matcher, tmp_path):
     assert [p.name for p in tmp_path.iterdir()] == ["m"]
 
 
+def test_save_never_replaces_what_is_not_a_model(fast_matcher, tmp_path):
+    """Matcher.save replaces a Kefu model (or an empty directory) only: anything else is refused,
+    unchanged, with no temporary directory left beside it."""
+    from engine.artifacts import ModelPathError
+
+    victim = tmp_path / "victim"
+    victim.mkdir()
+    (victim / "notes.txt").write_text("x", encoding="utf-8")
+    afile = tmp_path / "afile"
+    afile.write_text("keep", encoding="utf-8")
+    webapp = tmp_path / "webapp"
+    webapp.mkdir()
+    (webapp / "manifest.json").write_text('{"name": "app"}', encoding="utf-8")  # not a Kefu manifest
+    for dest, what in ((victim, "not a Kefu model"), (afile, "is a file"), (webapp, "not a Kefu model")):
+        with pytest.raises(ModelPathError, match=what) as err:
+            fast_matcher.save(dest)
+        assert isinstance(err.value, ValueError) and isinstance(err.value, ModelLoadError)
+        assert "choose another output path or remove it" in str(err.value)
+    assert (victim / "notes.txt").read_text(encoding="utf-8") == "x"
+    assert afile.read_text(encoding="utf-8") == "keep"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["afile", "victim", "webapp"]
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert Matcher.load(fast_matcher.save(empty)).entries  # an empty directory loses nothing
+    damaged = fast_matcher.save(tmp_path / "damaged")
+    (damaged / "manifest.json").write_text("{not json", encoding="utf-8")
+    assert Matcher.load(fast_matcher.save(damaged)).entries  # a damaged model is rebuilt in place
+
+
 def test_damaged_or_incompatible_model_is_refused(fast_matcher, tmp_path):
     path = fast_matcher.save(tmp_path / "m")
     with pytest.raises(ModelLoadError, match="no model directory"):

@@ -10,7 +10,7 @@ import pytest
 from typer.testing import CliRunner
 
 from engine import Matcher
-from engine.kb import KBValidationError, load_kb
+from engine.kb import KBEntry, KBValidationError, load_kb
 from training.cli import app
 from training.mining import (
     Message,
@@ -131,3 +131,172 @@ def smp2017() -> Path:
     from tests.conftest import shared_set
 
     return shared_set("smp2017")
+
+
+def _shop_kb(tmp_path: Path) -> Path:
+    """The demo KB with a lookup entry (action, placeholder) and a promotion with a validity window."""
+    from dataclasses import replace
+    from datetime import datetime
+
+    from engine.kb import SHANGHAI, dump_kb
+
+    entries = [
+        replace(
+            e, action="logistics", answer="亲，您的包裹由{logistics.company}配送，最新：{logistics.latest}"
+        )
+        if e.id == "tracking"
+        else e
+        for e in load_kb(Path(__file__).resolve().parent.parent / "models" / "demo-shop-kb.csv")
+    ]
+    window = (datetime(2026, 11, 1, tzinfo=SHANGHAI), datetime(2026, 11, 11, 23, 59, 59, 999999, SHANGHAI))
+    entries.append(
+        KBEntry(
+            "promo-1111",
+            "双十一有什么优惠",
+            "双十一全场满1000减100。",
+            similar=("双11活动",),
+            valid_from=window[0],
+            valid_to=window[1],
+            notify=True,
+            answer_variants=("11.11 满1000减100哦。",),
+        )
+    )
+    path = tmp_path / "kb.csv"
+    dump_kb(entries, path)
+    return path
+
+
+def test_paraphrase_rows_are_the_whole_entry_and_merge_back(tmp_path: Path) -> None:
+    """README: paste a paraphrase row over its entry and upload; the action, the validity window,
+    notify and the answer variants come along, and the entry's own question is no new paraphrase."""
+    from engine.mining import KB_FILE_COLUMNS, Proposal
+
+    kb = _shop_kb(tmp_path)
+    m = Matcher.build(kb, dense=False)
+    proposals = [
+        Proposal(
+            "paraphrases",
+            "我的快递到哪了",
+            ["我的快递到哪了", "快递到哪儿了呀", "查一下物流"],
+            3,
+            None,
+            "tracking",
+        ),
+        Proposal(
+            "paraphrases", "双十一有什么优惠", ["双十一有啥优惠", "双十一有什么优惠！"], 2, None, "promo-1111"
+        ),
+    ]
+    rows = proposal_rows(proposals, m.entries)
+    assert rows[0]["new_paraphrases"] == "快递到哪儿了呀"  # not the question, not a paraphrase it has
+    assert rows[1]["new_paraphrases"] == "双十一有啥优惠"  # the question with a "！" normalizes to it
+    assert rows[0]["action"] == "logistics" and rows[1]["valid_to"] and rows[1]["notify"] == "true"
+    for suffix in (".csv", ".xlsx"):
+        proposals_path = write_proposals(rows, tmp_path / f"proposals{suffix}")
+        mined = {e.id: e for e in load_kb(proposals_path)}  # the review columns are ignored
+        before = {e.id: e for e in load_kb(kb)}
+        merged = [mined.get(i, e) for i, e in before.items()]  # each paraphrase row replaces its entry
+        out = tmp_path / f"merged{suffix}"
+        from engine.kb import dump_kb
+
+        dump_kb(merged, out)
+        back = {e.id: e for e in Matcher.build(out, dense=False).entries}
+        tracking, promo = back["tracking"], back["promo-1111"]
+        assert tracking.action == "logistics" and "{logistics.company}" in tracking.answer
+        assert tracking.similar == (*before["tracking"].similar, "快递到哪儿了呀")
+        assert tracking.question not in tracking.similar
+        assert (promo.valid_from, promo.valid_to) == (
+            before["promo-1111"].valid_from,
+            before["promo-1111"].valid_to,
+        )
+        assert promo.notify and promo.answer_variants == before["promo-1111"].answer_variants
+        assert promo.similar == ("双11活动", "双十一有啥优惠")
+    with (tmp_path / "proposals.csv").open(encoding="utf-8-sig") as f:
+        header = next(csv.reader(f))
+    assert tuple(header[: len(KB_FILE_COLUMNS)]) == KB_FILE_COLUMNS
+
+
+def test_messages_that_are_kb_questions_are_not_mined(fast_matcher: Matcher) -> None:
+    question = fast_matcher.entries[0].question
+    paraphrase = next(s for e in fast_matcher.entries for s in e.similar)
+    msgs = [Message(t) for t in [question, f" {question}！", paraphrase, paraphrase, *ENGRAVING]]
+    for p in mine(fast_matcher, msgs):
+        assert not {question, f" {question}！", paraphrase} & set(p.examples)
+
+
+def test_an_exchange_log_export_is_mined_for_what_was_not_answered(tmp_path: Path) -> None:
+    """`GET /v1/shops/{shop}/exchanges` holds answered messages too: only handoffs and clarifications
+    are mined, not a customer's request for a person (nor answered messages)."""
+    import json
+
+    from api.dialog.conversation import REASON_CANNOT_ANSWER, REASON_HUMAN
+
+    def ex(i: int, text: str, decision: str, reason: str) -> dict[str, object]:
+        return {
+            "id": i,
+            "conversation_id": "c",
+            "channel": "jd",
+            "text": text,
+            "decision": decision,
+            "entry_id": None,
+            "confidence": 0.1,
+            "reason": reason,
+            "model_version": 1,
+            "latency_ms": 1.0,
+            "created_at": f"2026-11-30T10:00:0{i}",
+        }
+
+    log = tmp_path / "exchanges.json"
+    log.write_text(
+        json.dumps(
+            [
+                ex(1, "客服几点上班", "answer", "confident"),
+                ex(2, "能刻字吗", "handoff", f"{REASON_CANNOT_ANSWER} low confidence"),
+                ex(3, "转人工", "handoff", REASON_HUMAN),
+                ex(4, "能包装成礼物吗", "clarify", "two entries close"),
+                ex(5, "你好", "smalltalk", "greeting"),
+            ],
+            ensure_ascii=False,
+        ),
+        "utf-8",
+    )
+    msgs = read_messages(log)
+    assert [(m.text, m.why) for m in msgs] == [("能刻字吗", "handoff"), ("能包装成礼物吗", "clarify")]
+    assert msgs.note is not None and "kept 2 of 5" in msgs.note and "1 asked for a person" in msgs.note
+    plain = tmp_path / "plain.csv"
+    plain.write_text("text\n能刻字吗\n", "utf-8")
+    assert read_messages(plain).note is None  # any other file: every message, as before
+
+
+def test_kefu_mine_says_what_it_kept_of_an_exchange_log(tmp_path: Path, fast_matcher: Matcher) -> None:
+    model = fast_matcher.save(tmp_path / "model")
+    log = tmp_path / "log.csv"
+    rows = [f"{t},handoff,bot cannot answer: low" for t in [*ENGRAVING, *GIFT_WRAP]]
+    log.write_text("text,decision,reason\n" + "\n".join([*rows, "保修多久,answer,ok"]) + "\n", "utf-8")
+    result = CliRunner().invoke(app, ["mine", str(model), str(log), "-o", str(tmp_path / "p.csv")])
+    assert result.exit_code == 0, result.output
+    assert f"kept {len(rows)} of {len(rows) + 1} messages" in " ".join(result.output.split())
+
+
+def test_mined_xlsx_cells_read_back_unchanged(tmp_path: Path) -> None:
+    """As the KB export: text cells stored as they are (quote-prefixed, no visible apostrophe), numbers
+    as numbers."""
+    import openpyxl
+
+    row = {
+        "id": "mined-001",
+        "question": "=能开收据吗",
+        "similar": "+1能开吗|-开票|@客服",
+        "answer": "可以",
+        "proposal": "new_entry",
+        "cluster_size": "3",
+    }
+    path = write_proposals([row], tmp_path / "proposals.xlsx")
+    (entry,) = load_kb(path)
+    assert entry.question == "=能开收据吗" and entry.similar == ("+1能开吗", "-开票", "@客服")
+    sheet = openpyxl.load_workbook(path).active
+    assert sheet is not None
+    header = [c.value for c in sheet[1]]
+    cells = {h: c for h, c in zip(header, sheet[2], strict=True)}
+    assert cells["question"].value == "=能开收据吗" and cells["question"].data_type == "s"
+    assert cells["question"].quotePrefix
+    assert cells["cluster_size"].value == 3

@@ -63,6 +63,7 @@ LABELLED: list[tuple[str, str]] = [
     ("运费多少", "return"),
     ("还有货吗", ""),  # a KB question labelled out of scope: answered, and wrong
     (MARKUP, BAD_ID),  # user text with markup, expected id unknown to the model
+    (MARKUP, "return"),  # the same text scored: in the confusions, escaped
     *EVAL_QUERIES,  # paraphrases and out-of-scope messages: whatever the model decides
 ]
 
@@ -89,9 +90,13 @@ def scored(tmp_path_factory: pytest.TempPathFactory) -> Scored:
     return Scored(root / "model", m, queries, document, render_html(document))
 
 
+# the queries the figures are of: one whose expected id is not an entry of the model is left out
+SCORED = [(q, e) for q, e in LABELLED if e != BAD_ID]
+
+
 def recount(m: Matcher) -> list[tuple[str, str | None, Any]]:
-    """Each labelled query matched directly, without training.evaluate."""
-    return [(q, e or None, m.match(q, top_k=10)) for q, e in LABELLED]
+    """Each scored labelled query matched directly, without training.evaluate."""
+    return [(q, e or None, m.match(q, top_k=10)) for q, e in SCORED]
 
 
 # --------------------------------------------------------------------------- figures on a real model
@@ -105,8 +110,8 @@ def test_ranking_matches_a_direct_recount(scored: Scored) -> None:
     top1 = sum(ids[:1] == [e] for (e, _), ids in zip(inside, ranked, strict=True)) / len(inside)
     mrr = sum(1 / (ids.index(e) + 1) if e in ids else 0 for (e, _), ids in zip(inside, ranked, strict=True))
     recall = sum(e in ids[:5] for (e, _), ids in zip(inside, ranked, strict=True)) / len(inside)
-    assert (ranking["n_queries"], ranking["n_in_scope"]) == (len(LABELLED), len(inside))
-    assert ranking["n_out_of_scope"] == len(LABELLED) - len(inside)
+    assert (ranking["n_queries"], ranking["n_in_scope"]) == (len(SCORED), len(inside))
+    assert ranking["n_out_of_scope"] == len(SCORED) - len(inside)
     assert ranking["top1"] == pytest.approx(top1)
     assert ranking["mrr"] == pytest.approx(mrr / len(inside))
     assert ranking["recall_at_5"] == pytest.approx(recall)
@@ -139,8 +144,8 @@ def test_decisions_and_operating_point_match_what_the_model_did(scored: Scored) 
 
 def test_reliability_bins_cover_every_query(scored: Scored) -> None:
     rel = scored.document["labelled"]["reliability"]
-    assert len(rel["bins"]) == 10 and rel["n"] == len(LABELLED)
-    assert sum(b["count"] for b in rel["bins"]) == len(LABELLED)
+    assert len(rel["bins"]) == 10 and rel["n"] == len(SCORED)
+    assert sum(b["count"] for b in rel["bins"]) == len(SCORED)
     for b in rel["bins"]:
         if b["count"]:
             assert b["lo"] <= b["mean_confidence"] <= b["hi"]
@@ -251,6 +256,10 @@ def test_cli_writes_html_and_json(scored: Scored, tmp_path: Path) -> None:
     assert f"{data['labelled']['ranking']['top1']:.1%}" in result.output
     assert f"{data['labelled']['reliability']['ece']:.3f}" in result.output
     assert BAD_ID in result.output  # the unknown expected id is warned about
+    row = LABELLED.index((MARKUP, BAD_ID)) + 2  # after the header row
+    assert f"skipped 1 row of {scored.queries}" in " ".join(result.output.split())
+    assert f"row {row} ('{BAD_ID}')" in " ".join(result.output.split())
+    assert data["labelled"]["ranking"]["n_queries"] == len(SCORED)  # not scored as a wrong answer
     page = html.read_text(encoding="utf-8")
     assert page.startswith("<!DOCTYPE html>") and "https://" not in page
 

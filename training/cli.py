@@ -29,9 +29,9 @@ from rich.progress import (
 )
 from rich.table import Table
 
-from engine.artifacts import ModelLoadError, read_manifest
+from engine.artifacts import ModelLoadError, check_destination, read_manifest
 from engine.build import recalibrate
-from engine.kb import KBEntry, KBTooLarge, KBValidationError, ReadLimits, load_kb
+from engine.kb import KBEntry, KBIssue, KBTooLarge, KBValidationError, ReadLimits, load_kb
 from engine.matcher import Matcher
 from engine.results import Decision, MatchResult
 from training.evaluate import (
@@ -41,6 +41,8 @@ from training.evaluate import (
     plot_precision_coverage,
     read_labelled,
     read_queries,
+    split_known,
+    unknown_ids_message,
 )
 
 app = typer.Typer(
@@ -106,6 +108,29 @@ def _load_queries(path: Path) -> list[tuple[str, str | None]]:
         return read_queries(path)
 
 
+def _skip_unknown(
+    m: Matcher, rows: list[tuple[int, str, str | None]], source: Path
+) -> list[tuple[str, str | None]]:
+    """The (query, expected_id) pairs the model can be scored on; rows whose expected_id is not an entry
+    of its KB (deleted since, a typo, another version's feedback) are skipped with a warning naming them."""
+    pairs, unknown = split_known(rows, {e.id for e in m.entries})
+    if unknown:
+        err_console.print(
+            f"[yellow]warning:[/] {escape(unknown_ids_message(unknown, str(source)))}", soft_wrap=True
+        )
+    return pairs
+
+
+def _known_pairs(m: Matcher, path: Path, max_queries: int | None) -> list[tuple[str, str | None]]:
+    """The first `max_queries` labelled queries of `path`, without those the model cannot score."""
+    with _user_errors():
+        rows = read_labelled(path)[:max_queries]
+    pairs = _skip_unknown(m, rows, path)
+    if not pairs:
+        _fail(f"no query of {path} can be scored: every expected_id is unknown to the model's KB")
+    return pairs
+
+
 def _check_precision(value: float | None) -> None:
     if value is not None and not 0.0 < value <= 1.0:
         _fail(f"--target-precision must be in (0, 1], got {value}")
@@ -154,7 +179,13 @@ def _write_json(data: Any, path: Path) -> None:
 def build(
     kb: Annotated[Path, typer.Argument(help="Knowledge base: .csv, .xlsx, .json or .jsonl")],
     output: Annotated[
-        Path | None, typer.Option("-o", "--output", help="Model directory (default: models/<KB name>)")
+        Path | None,
+        typer.Option(
+            "-o",
+            "--output",
+            help="Model directory (default: models/<KB name>); a Kefu model already there is replaced, "
+            "anything else is refused",
+        ),
     ] = None,
     fast: Annotated[
         bool,
@@ -180,8 +211,14 @@ def build(
     with _user_errors():
         if not kb.is_file():
             raise FileNotFoundError(2, "not found", str(kb))
+        check_destination(out)  # refused before the build, not after it
         # validated before the progress bar starts, so issues print cleanly
-        entries = load_kb(kb, limits=limits)
+        try:
+            entries = load_kb(kb, limits=limits)
+        except KBValidationError as e:
+            _print_kb_warnings(e.warnings)  # e.g. which sheet the row numbers are of
+            raise
+    _print_kb_warnings(entries.warnings)
     try:
         m = _build_with_progress(entries, dense=not fast, target_precision=target_precision)
     except ValueError as e:  # the engine's way of refusing a KB it cannot fit (e.g. far too small)
@@ -189,6 +226,12 @@ def build(
     with _user_errors(), console.status(f"saving model to {out}"):
         saved = m.save(out)
     _print_build_summary(m, kb, saved)
+
+
+def _print_kb_warnings(warnings: list[KBIssue]) -> None:
+    """What loaded but deserves a look (ignored columns, hidden rows, dropped paraphrases ...)."""
+    for warning in warnings:
+        console.print(f"[bold yellow]warning:[/] {escape(str(warning))}", soft_wrap=True)
 
 
 def _build_with_progress(entries: list[KBEntry], *, dense: bool, target_precision: float) -> Matcher:
@@ -303,7 +346,7 @@ def eval_command(
     if unknown:
         _fail(f"unknown --peer {', '.join(unknown)} (known: {', '.join(PEERS)})")
     m = _load_model(model)
-    pairs = _load_queries(queries)[:max_queries]
+    pairs = _known_pairs(m, queries, max_queries)
     report = _evaluate_with_progress(m, pairs, top_k)
     _print_eval(report, model, queries)
     doc = report.to_dict()
@@ -435,8 +478,9 @@ def report_command(
         _fail(f"--max-queries must be at least 1, got {max_queries}")
     model_doc = labelled = traffic = None
     if model is not None and queries is not None:
-        pairs = _load_queries(queries)[:max_queries]  # a bad file fails before the model is loaded
+        _load_queries(queries)  # a bad file fails before the model is loaded
         m = _load_model(model)
+        pairs = _known_pairs(m, queries, max_queries)
         report = _evaluate_with_progress(m, pairs, top_k)
         labelled = matcher_figures(m, report, queries.name)
         model_doc = model_figures(m.info, m.policy, model)
@@ -606,7 +650,13 @@ def calibrate(
         float | None, typer.Option(help="Answer precision to reach (default: the model's build target)")
     ] = None,
     output: Annotated[
-        Path | None, typer.Option("-o", "--output", help="Save here (default: in place)")
+        Path | None,
+        typer.Option(
+            "-o",
+            "--output",
+            help="Save here (default: in place); a Kefu model already there is replaced, anything else "
+            "is refused",
+        ),
     ] = None,
 ) -> None:
     """Refit confidence and thresholds on labelled real messages and save the model.
@@ -618,18 +668,10 @@ def calibrate(
     m = _load_model(model)
     with _user_errors():
         rows = read_labelled(labelled)
-    known = {e.id for e in m.entries}
-    unknown = [(row, expected) for row, _, expected in rows if expected and expected not in known]
-    if unknown:
-        listed = ", ".join(f"row {row} ({expected!r})" for row, expected in unknown[:20])
-        more = f" and {len(unknown) - 20} more" if len(unknown) > 20 else ""
-        err_console.print(
-            f"[yellow]warning:[/] skipped {len(unknown)} row{'s' if len(unknown) > 1 else ''} of "
-            f"{escape(str(labelled))} whose expected_id is not an entry of the model's KB: "
-            f"{escape(listed)}{more}",
-            soft_wrap=True,
-        )
-    pairs = [(query, expected) for _, query, expected in rows if not expected or expected in known]
+    pairs = _skip_unknown(m, rows, labelled)
+    out = output or model
+    with _user_errors():
+        check_destination(out)  # refused before the work, not after it
     texts, expected = [q for q, _ in pairs], [e for _, e in pairs]
     before = (m.policy.t_answer, m.policy.t_clarify)
     try:
@@ -637,7 +679,6 @@ def calibrate(
             report = recalibrate(m, texts, expected, target_precision=target_precision)
     except ValueError as e:
         _fail(f"cannot calibrate on {labelled}: {e}")
-    out = output or model
     with _user_errors(), console.status(f"saving model to {out}"):
         saved = m.save(out)
     _print_calibration(before, report, saved)
@@ -733,6 +774,8 @@ def mine(
         msgs = read_messages(messages)
     except MessageFileError as e:
         _fail(str(e))
+    if msgs.note:
+        console.print(escape(msgs.note), soft_wrap=True)
     with console.status(f"clustering {len(msgs)} messages"):
         proposals = mine(m, msgs)
     with _user_errors():

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -26,7 +26,11 @@ __all__ = [
     "evaluate",
     "plot_precision_coverage",
     "precision_coverage_curve",
+    "read_labelled",
     "read_queries",
+    "split_known",
+    "unknown_ids_message",
+    "without_unknown",
 ]
 
 QUERY_COLUMNS = ("query", "expected_id")
@@ -97,6 +101,30 @@ def _find_columns(file: Path, record: dict[str, Any]) -> dict[str, str]:
             f"(expected header 'query,expected_id'; found {found})"
         )
     return {c: by_key[c] for c in QUERY_COLUMNS}
+
+
+UNKNOWN_LISTED = 10  # rows named in the warning about expected ids the model does not know
+
+
+def split_known(
+    rows: Sequence[tuple[int, str, str | None]], known: Collection[str]
+) -> tuple[list[tuple[str, str | None]], list[tuple[int, str]]]:
+    """The (query, expected_id) pairs that can be scored against a model whose KB has the entries
+    `known` (out-of-scope rows included), and the (row, expected_id) of those whose expected_id is not
+    one of them (an entry deleted since, a typo, another version's feedback): they cannot be scored."""
+    pairs = [(query, expected) for _, query, expected in rows if not expected or expected in known]
+    unknown = [(row, expected) for row, _, expected in rows if expected and expected not in known]
+    return pairs, unknown
+
+
+def unknown_ids_message(unknown: Sequence[tuple[int, str]], source: str) -> str:
+    """The warning for rows left out by split_known: how many, and the first rows and their ids."""
+    listed = ", ".join(f"row {row} ({expected!r})" for row, expected in unknown[:UNKNOWN_LISTED])
+    more = f" and {len(unknown) - UNKNOWN_LISTED} more" if len(unknown) > UNKNOWN_LISTED else ""
+    return (
+        f"skipped {len(unknown)} row{'s' if len(unknown) > 1 else ''} of {source} whose expected_id is "
+        f"not an entry of the model's KB: {listed}{more}"
+    )
 
 
 def _cell_text(value: Any) -> str:
@@ -196,6 +224,18 @@ def evaluate(
         t_answer=getattr(policy, "t_answer", None),
         target_precision=_target_precision(info),
     )
+
+
+def without_unknown(report: EvalReport, known: Collection[str]) -> tuple[EvalReport, list[str]]:
+    """The report scored again without the queries whose expected id is not in `known` (they could
+    never be matched, so they would count as wrong answers), and those ids, sorted."""
+    kept = [o for o in report.outcomes if o.expected_id is None or o.expected_id in known]
+    unknown = sorted({o.expected_id for o in report.outcomes if o.expected_id and o.expected_id not in known})
+    if not unknown:
+        return report, []
+    if not kept:
+        raise ValueError(f"no query left to score: every expected id is unknown ({', '.join(unknown[:10])})")
+    return _summarize(kept, report.top_k, report.t_answer, report.target_precision), unknown
 
 
 def _target_precision(info: Any) -> float | None:

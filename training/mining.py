@@ -26,6 +26,7 @@ from engine.results import Decision
 __all__ = [
     "Message",
     "MessageFileError",
+    "Messages",
     "MiningFigures",
     "Proposal",
     "evaluate_mining",
@@ -41,13 +42,41 @@ TIME_COLUMNS = ("created_at", "time", "at", "时间")
 ROW_COLUMNS = PROPOSAL_COLUMNS  # the name this module gave them
 
 
+DECISION_COLUMN = "decision"
+REASON_COLUMN = "reason"
+FEEDBACK_COLUMNS = ("feedback", "feedback_kind", "rating")
+MINED_DECISIONS = ("handoff", "clarify")  # what the bot did not answer (api/kb/mining.py mines these too)
+BAD_FEEDBACK = frozenset({"down", "thumbs_down", "correction", "bad", "wrong", "差评"})
+
+
 class MessageFileError(ValueError):
     pass
 
 
-def read_messages(path: str | Path) -> list[Message]:
+class Messages(list[Message]):
+    """The messages of a file, with what was left out of it and why (`note`, None when nothing was)."""
+
+    note: str | None = None
+
+
+def _not_a_miss() -> dict[str, str]:
+    """The handoff reasons that say nothing about what the KB lacks (the service's own list), each with
+    how it is counted when left out."""
+    from api.dialog.conversation import REASON_HUMAN
+    from api.kb.mining import NOT_A_MISS
+
+    return {r: "asked for a person" if r == REASON_HUMAN else f"handoff: {r}" for r in NOT_A_MISS}
+
+
+def read_messages(path: str | Path) -> Messages:
     """Messages from a CSV/XLSX/JSON/JSONL file (an exchange-log export, or any file with a text column
-    such as text, message, query or 消息; an optional created_at/time column orders them)."""
+    such as text, message, query or 消息; an optional created_at/time column orders them).
+
+    A file with a `decision` column (the service's exchange log, `GET /v1/shops/{shop}/exchanges`) holds
+    answered messages too: only handoffs and clarifications are kept (and any row whose feedback column
+    says down or correction), and of the handoffs not those that say nothing about the KB (the customer
+    asked for a person, was venting, sent a picture; the bot was off; see api/kb/mining.py). What was
+    left out is counted in the result's `note`."""
     file = Path(path)
     if not file.is_file():
         raise MessageFileError(f"message file not found: {file}")
@@ -65,11 +94,31 @@ def read_messages(path: str | Path) -> list[Message]:
             f"{file} header row: no text column (one of {', '.join(TEXT_COLUMNS)}; found {found})"
         )
     time_key = next((keys[c] for c in TIME_COLUMNS if c in keys), None)
-    out = []
+    decision_key = keys.get(DECISION_COLUMN)
+    reason_key = keys.get(REASON_COLUMN)
+    feedback_key = next((keys[c] for c in FEEDBACK_COLUMNS if c in keys), None)
+    not_a_miss = _not_a_miss() if decision_key is not None else {}
+    dropped: Counter[str] = Counter()
+    out = Messages()
     for record, row in zip(records, rows, strict=True):
         text = str(record.get(text_key) or "").strip()
         if not text:
             continue
+        why = ""
+        if decision_key is not None:
+            decision = str(record.get(decision_key) or "").strip().lower()
+            reason = str(record.get(reason_key) or "") if reason_key is not None else ""
+            feedback = str(record.get(feedback_key) or "") if feedback_key is not None else ""
+            if feedback.strip().lower() in BAD_FEEDBACK:
+                why = "bad feedback"
+            elif decision not in MINED_DECISIONS:
+                dropped[f"{decision or 'no decision'} (answered or not a question)"] += 1
+                continue
+            elif decision == "handoff" and (hit := next((r for r in not_a_miss if r in reason), None)):
+                dropped[not_a_miss[hit]] += 1
+                continue
+            else:
+                why = decision
         at = None
         raw = record.get(time_key) if time_key is not None else None
         if isinstance(raw, datetime):
@@ -79,7 +128,15 @@ def read_messages(path: str | Path) -> list[Message]:
                 at = datetime.fromisoformat(str(raw).strip())
             except ValueError:
                 raise MessageFileError(f"{file} row {row}, column {time_key}: not a time: {raw!r}") from None
-        out.append(Message(text, at.replace(tzinfo=None) if at else None))
+        out.append(Message(text, at.replace(tzinfo=None) if at else None, why))
+    if decision_key is not None:
+        kept = Counter(m.why for m in out)
+        said = ", ".join(f"{n} {w}" for w, n in sorted(kept.items())) or "none"
+        left = ", ".join(f"{n} {w}" for w, n in dropped.most_common()) or "none"
+        out.note = (
+            f"{file} is an exchange log ({DECISION_COLUMN} column): kept {len(out)} of "
+            f"{len(out) + sum(dropped.values())} messages ({said}); left out: {left}"
+        )
     return out
 
 

@@ -31,7 +31,7 @@ import numpy as np
 
 from engine.decide import precision_interval
 from engine.results import Decision
-from training.evaluate import EvalReport, QueryOutcome, precision_coverage_curve
+from training.evaluate import EvalReport, QueryOutcome, precision_coverage_curve, without_unknown
 
 __all__ = [
     "REPORT_FORMAT",
@@ -113,11 +113,15 @@ def labelled_figures(
     titles: Mapping[str, str] | None = None,
     queries_file: str = "",
 ) -> dict[str, Any]:
-    """Every figure of the labelled-set section, JSON-serialisable (plain floats, ints, str, None)."""
+    """Every figure of the labelled-set section, JSON-serialisable (plain floats, ints, str, None).
+
+    With `titles` (the model's entries), queries whose expected id is not one of them are left out of
+    every figure (they could never be matched: most likely a typo or an entry deleted since) and listed
+    in `unknown_expected_ids`."""
     titles = titles or {}
-    unknown = sorted(
-        {o.expected_id for o in report.outcomes if o.expected_id and o.expected_id not in titles}
-    )
+    unknown: list[str] = []
+    if titles:
+        report, unknown = without_unknown(report, titles)
     return {
         "queries_file": queries_file,
         "ranking": ranking_figures(report),
@@ -126,8 +130,8 @@ def labelled_figures(
         "reliability": reliability_figures(report),
         "decisions": decision_figures(report, clarify_k),
         "confusions": confusion_figures(report, titles),
-        # an expected id the model does not know can never be matched: most likely a typo in the file
-        "unknown_expected_ids": unknown if titles else [],
+        # expected ids the model does not know: their queries are not in the figures above
+        "unknown_expected_ids": unknown,
     }
 
 
@@ -552,7 +556,8 @@ only a KB question typed word for word (and the merchant's small-talk entries).<
 {% set l = doc.labelled %}
 {% if l.unknown_expected_ids %}
 <p class="warn">{{ l.unknown_expected_ids | length }} expected id(s) are not entries of this model and can
-never be matched: {{ l.unknown_expected_ids[:20] | join(", ") }}</p>
+never be matched; their queries are left out of the figures:
+{{ l.unknown_expected_ids[:20] | join(", ") }}</p>
 {% endif %}
 <h2>Ranking</h2>
 {% set r = l.ranking %}

@@ -9,7 +9,7 @@ from fastapi import Depends, HTTPException, Request, status
 
 from api.settings import Settings
 from engine import Matcher
-from engine.artifacts import MANIFEST, ModelLoadError
+from engine.artifacts import MANIFEST, ModelLoadError, ModelPathError
 
 log = logging.getLogger("kefu.api")
 
@@ -64,7 +64,7 @@ def load_or_build(settings: Settings) -> Matcher | None:
     try:
         matcher.save(path)
         log.info("saved model to %s", path)
-    except OSError as e:  # still serve the fresh model; the next start rebuilds it
+    except (OSError, ModelPathError) as e:  # still serve the fresh model; the next start rebuilds it
         log.warning("could not save the model to %s (%s); serving it from memory", path, e)
     return matcher
 
