@@ -20,14 +20,21 @@ from api.dialog.conversation import (
     HANDOFF_TEXT,
     REASON_ANGRY,
     REASON_HUMAN,
+    REASON_OUT_OF_RANGE,
+    REASON_REJECTED,
     REASON_REPEATED,
+    REJECTED_HEAD,
+    REJECTED_REPHRASE,
     REPHRASE_TEXT,
     ConversationPolicy,
     Conversations,
     ConversationState,
     Option,
     Reply,
+    TurnContext,
     detect_mood,
+    option_number,
+    rejects_options,
     resolve_choice,
 )
 from api.store.kv import MemoryStore, RedisStore, make_store
@@ -260,6 +267,99 @@ def test_a_choice_whose_entry_vanished_is_a_miss(matcher: Matcher) -> None:
     assert first.options[0].entry_id not in {o.entry_id for o in reply.options}
 
 
+@pytest.mark.parametrize("none", ["都不是", "以上都不是哦", "不是这个", "都不对", "没有我要的"])
+def test_none_of_these_offers_the_next_closest_questions(
+    clarifying_bot: ConversationPolicy, none: str
+) -> None:
+    """ "都不是" after a list is a miss answered with the next closest entries for the same question, never
+    the rejected ones again; picking one of them answers it."""
+    (first, second), state = run(clarifying_bot, "那发票应该怎么开呀", none)
+    assert first.kind == "clarify" and second.kind == "clarify"
+    assert second.reason == REASON_REJECTED and state.misses == 1
+    assert second.text.startswith(REJECTED_HEAD + "\n1. ")
+    rejected = {o.entry_id for o in first.options}
+    assert second.options and not rejected & {o.entry_id for o in second.options}
+    assert state.clarify_question == "那发票应该怎么开呀"
+    third, after = clarifying_bot.step(state, "1")
+    assert third.kind == "answer" and third.entry_id == second.options[0].entry_id
+    assert third.question == "那发票应该怎么开呀" and after.misses == 0
+
+
+def test_none_of_these_with_nothing_left_asks_to_rephrase(matcher: Matcher) -> None:
+    """When no other entry is close, "都不是" asks to rephrase, and it is a miss."""
+    forced = with_thresholds(matcher, t_answer=1.01, t_clarify=0.0)
+    few = ConversationPolicy(
+        match=lambda t, **kw: (
+            forced.match(t, top_k=5, **kw)
+            if not kw.get("exclude")
+            else dataclasses.replace(forced.match(t, top_k=5, **kw), options=[], candidates=[])
+        ),
+        get_entry=get_entry,
+    )
+    (first, second), state = run(few, "那发票应该怎么开呀", "都不是")
+    assert first.kind == "clarify"
+    assert second.kind == "clarify" and second.text == REJECTED_REPHRASE and second.options == []
+    assert state.misses == 1 and state.clarify_options == []
+    (third,), _ = run(ConversationPolicy(match=few.match, get_entry=get_entry, max_misses=1), "都不是")
+    assert third.kind == "clarify"  # no list pending: "都不是" alone is matched as any message
+
+
+def test_none_of_these_followed_by_a_question_matches_that_question(matcher: Matcher) -> None:
+    """ "不是这个，我想问怎么退货": the words after the rejection are the customer's question."""
+    clarifying = with_thresholds(matcher, t_answer=1.01, t_clarify=0.0)
+    bot = ConversationPolicy(
+        match=lambda t, **kw: (clarifying if "发票" in t else matcher).match(t, top_k=5, **kw),
+        get_entry=get_entry,
+    )
+    (first, second), state = run(bot, "那发票应该怎么开呀", "不是这个，怎么申请退货")
+    assert first.kind == "clarify"
+    assert second.kind == "answer" and second.entry_id == "return"
+    assert state.clarify_options == [] and state.history[-1] == "不是这个，怎么申请退货"
+
+
+@pytest.mark.parametrize(("pick", "n"), [("5", 5), ("第九个", 9)])
+def test_a_number_the_list_does_not_have_gets_the_list_again(
+    clarifying_bot: ConversationPolicy, pick: str, n: int
+) -> None:
+    """ "5" for a list of three is not matched as a question: the same list again, saying which numbers
+    exist; it counts as a miss, and a valid number then answers."""
+    (first, second), state = run(clarifying_bot, "那发票应该怎么开呀", pick)
+    k = len(first.options)
+    assert second.kind == "clarify" and second.options == first.options
+    assert second.text.startswith(f"没有第{n}个选项哦，请回复1到{k}之间的数字")
+    assert second.reason == REASON_OUT_OF_RANGE and state.misses == 1
+    third, _ = clarifying_bot.step(state, "2")
+    assert third.kind == "answer" and third.entry_id == first.options[1].entry_id
+
+
+@pytest.mark.parametrize(
+    ("text", "rest"),
+    [
+        ("都不是", ""),
+        ("都不是，我想问别的", "我想问别的"),
+        ("不是这个 我要开专票", "我要开专票"),
+        ("以上都不是哦", ""),
+        ("不对", ""),
+        ("不是很清楚", None),
+        ("没有收到货", None),
+        ("可以开发票吗", None),
+    ],
+)
+def test_rejects_options(text: str, rest: str | None) -> None:
+    assert rejects_options(text) == rest
+
+
+def test_option_number() -> None:
+    assert [option_number(t) for t in ("5", "第五个", "选12", "12345", "发票", "")] == [
+        5,
+        5,
+        12,
+        None,
+        None,
+        None,
+    ]
+
+
 # ---------------------------------------------------------------------------------------------- handoff
 @pytest.mark.parametrize(
     "text", ["转人工", "我要人工客服！", "人工", "人工！", "人工 人工", "不要机器人", "叫人工出来"]
@@ -271,6 +371,20 @@ def test_explicit_human_request_hands_off_at_once(bot: ConversationPolicy, text:
     assert reply.handoff is not None and reply.handoff.reason == REASON_HUMAN
     assert reply.handoff.last_messages == [text]
     assert state.misses == 0
+
+
+def test_a_handoff_tells_the_agent_the_product_and_what_was_answered(bot: ConversationPolicy) -> None:
+    """The agent sees the product the customer is on and the entries the bot answered before, oldest
+    first, so the customer is not asked again."""
+    ctx = TurnContext(sku_id="100012043978")
+    state: ConversationState | None = None
+    for text in ("我要开发票", "运费怎么算", "可以开发票吗", "转人工"):
+        reply, state = bot.step(state, text, ctx)
+    assert reply.kind == "handoff" and reply.handoff is not None
+    assert reply.handoff.sku_id == "100012043978"
+    assert [o.entry_id for o in reply.handoff.answered] == ["freight", "invoice"]
+    assert reply.handoff.answered[0].question == KB["freight"]["question"]
+    assert state is not None and ConversationState.from_dict(json.loads(json.dumps(state.to_dict()))) == state
 
 
 def test_human_inside_a_longer_message_is_a_product_word(bot: ConversationPolicy) -> None:

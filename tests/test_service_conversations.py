@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from fastapi.testclient import TestClient
 
 from tests.test_service import client as client
@@ -36,3 +38,26 @@ def test_handoff_reasons_are_labelled_in_replies_and_metrics(client: TestClient)
     metrics = client.get("/metrics").text
     assert 'kefu_handoffs_total{reason="explicit_request",shop="shop-a"}' in metrics
     assert 'kefu_handoffs_total{reason="mode_off",shop="shop-a"}' in metrics
+
+
+def test_a_handoff_carries_the_product_and_the_entries_answered(client: TestClient) -> None:
+    """Through the API: the agent taking over sees the product page the customer is on and what the
+    bot already answered; in assist mode too (the product), where the bot answers nothing itself."""
+    key = new_shop(client)
+    publish_and_wait(client, "shop-a", key, kb_csv())
+
+    def post(text: str, conv: str) -> dict[str, Any]:
+        body = {"conversation_id": conv, "text": text, "sku_id": "100012043978"}
+        r = client.post("/v1/shops/shop-a/messages", headers=key, json=body)
+        assert r.status_code == 200, r.text
+        return r.json()
+
+    assert post("质保几年", "p1")["kind"] == "answer"
+    handoff = post("转人工", "p1")["handoff"]
+    assert handoff["sku_id"] == "100012043978"
+    assert [a["entry_id"] for a in handoff["answered"]] == ["warranty"]
+    assert handoff["answered"][0]["question"]
+    client.put("/v1/shops/shop-a/mode", headers=key, json={"mode": "assist"})
+    assisted = post("质保几年", "p2")["handoff"]
+    assert assisted["code"] == "mode_assist" and assisted["sku_id"] == "100012043978"
+    assert assisted["answered"] == []

@@ -464,6 +464,11 @@ TABLE: dict[str, tuple[str, str]] = {
     "code.explicit_request": ("顾客要求人工", "Customer asked for a person"),
     "code.low_confidence": ("把握不足", "Not confident enough"),
     "code.repeated_miss": ("连续没听懂", "Missed several times in a row"),
+    "why.rejected": ("顾客说给出的选项都不是", "the customer said none of the options fits"),
+    "why.out_of_range": (
+        "顾客回复的序号超出了选项范围",
+        "the customer picked an option number the list does not have",
+    ),
     "code.repeated_question": ("重复提问", "Repeated question"),
     "code.mood": ("顾客不满", "Upset customer"),
     "code.dynamic_failure": ("订单查询未能完成", "Order lookup did not work out"),

@@ -44,6 +44,8 @@ PATTERNS: tuple[tuple[str, re.Pattern[str]], ...] = (
     ("why.venting", _p(r"the customer is upset and the bot has not helped yet")),
     ("why.non_text", _p(r"non-text message \((?P<kind>[^)]*)\)")),
     ("why.contact_only", _p(r"contact details only")),
+    ("why.rejected", _p(r"the customer said none of the options fits")),
+    ("why.out_of_range", _p(r"the customer picked an option number the list does not have")),
     ("why.no_words", _p(r"no words to match \(an empty message, or only punctuation\)")),
     ("why.mode_off", _p(r"the bot is off for this shop: a human agent answers")),
     ("why.mode_assist", _p(r"assist mode: a human agent answers, with suggestions from the bot")),

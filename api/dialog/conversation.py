@@ -44,6 +44,9 @@ REPHRASE_OPTIONS_HEAD = "或者您是想问："
 MAX_OPTIONS = 3
 MAX_HANDOFF_MESSAGES = 10
 HISTORY_MESSAGES = 10  # masked customer messages a conversation keeps
+MAX_ANSWERED = 10  # entries answered earlier that a conversation remembers for the agent
+REJECTED_HEAD = "抱歉，那您是想问："
+REJECTED_REPHRASE = "抱歉，没有找到您要问的。可以换个说法描述一下吗？也可以回复“人工”转人工客服。"
 
 REASON_HUMAN = "customer asked for a human agent"
 REASON_NO_WORDS = "no words to match (an empty message, or only punctuation)"
@@ -51,6 +54,8 @@ REASON_REPEATED = "repeated question"
 REASON_ANGRY = "angry customer and no confident answer"
 REASON_VENTING = "the customer is upset and the bot has not helped yet"
 REASON_NON_TEXT = "non-text message"  # followed by the kind in brackets
+REASON_REJECTED = "the customer said none of the options fits"
+REASON_OUT_OF_RANGE = "the customer picked an option number the list does not have"
 # handoffs in which the bot did not match the message (api.dialog.handle)
 REASON_MODE_OFF = "the bot is off for this shop: a human agent answers"
 REASON_MODE_ASSIST = "assist mode: a human agent answers, with suggestions from the bot"
@@ -109,6 +114,9 @@ class Handoff:
     mood: str | None = None  # "angry" or "upset" when detected
     code: HandoffCode = "low_confidence"
     suggestions: list[Suggestion] = field(default_factory=list)  # assist mode: answers to pick from
+    sku_id: str | None = None  # the product the conversation is about (product page, link, catalog)
+    # entries the bot answered earlier in the conversation, oldest first: what the customer was told
+    answered: list[Option] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -165,6 +173,7 @@ class ConversationState:
     turns: int = 0  # messages so far: seeds the choice among an entry's answer variants
     # the order the conversation is about, encrypted (Fernet): never in clear in the shared store
     order_ref: str | None = None
+    answered: list[Option] = field(default_factory=list)  # entries answered so far, at most 10
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -190,6 +199,7 @@ class ConversationState:
             topic=d.get("topic"),
             turns=int(d.get("turns") or 0),
             order_ref=d.get("order_ref") if isinstance(d.get("order_ref"), str) else None,
+            answered=options(d.get("answered")),
         )
 
 
@@ -240,6 +250,35 @@ _MIN_OVERLAP = 4
 
 def _compact(text: Any) -> str:
     return normalize(text).replace(" ", "")
+
+
+# "none of these": the whole reply, or its head before a comma ("都不是，我想问退款")
+_REJECT = re.compile(
+    r"^(?:嗯|额|呃|啊)*(?:好像|感觉)?(?:以上|上面的?|这些|这几个|你说的)?"
+    r"(?:都不是|都不对|都没有|都不太?对|全都不是|全不是|不是这些|不是这几个|不是这个|不是的?|不对|没有我要的"
+    r"|没有我想问的|没有我要问的|没有想问的|没有)"
+    r"(?:问题|选项)?(?:哦|呀|啊|呢|的|吧|啦|了)*$"
+)
+_CLAUSE = re.compile(r"[，,。.；;！!？?\s]+")
+_NUMBER_ONLY = re.compile(rf"^{_LEAD}第?(?P<n>[0-9]{{1,2}}|[一二三四五六七八九十]){_UNIT}{_TAIL}$")
+
+
+def rejects_options(text: str) -> str | None:
+    """What is left of a reply that says none of the offered options fits ("都不是", "不是这个，我想问退款"
+    gives "我想问退款", "都不对" gives ""), or None when the reply does not say so."""
+    head, *rest = _CLAUSE.split(unicodedata.normalize("NFKC", text).strip(), maxsplit=1)
+    if not _REJECT.match(_compact(head)):
+        return None
+    return rest[0].strip() if rest else ""
+
+
+def option_number(text: str) -> int | None:
+    """The number a reply that is only an option number gives ("5", "第五个"), in range or not."""
+    m = _NUMBER_ONLY.match(_compact(text))
+    if m is None:
+        return None
+    raw = m.group("n")
+    return int(raw) if raw.isdigit() else _NUMERALS[raw]
 
 
 def resolve_choice(text: str, options: Sequence[Option]) -> Option | None:
@@ -423,7 +462,29 @@ class ConversationPolicy:
     def step(
         self, state: ConversationState | None, text: str, context: TurnContext | None = None
     ) -> tuple[Reply, ConversationState]:
-        """The reply to one customer message and the conversation's new state (the input is not changed)."""
+        """The reply to one customer message and the conversation's new state (the input is not changed).
+
+        A handoff carries the product the conversation is about and the entries answered before it;
+        an answer joins those entries."""
+        reply, st = self._step(state, text, context)
+        if reply.handoff is not None:
+            reply.handoff.sku_id = reply.handoff.sku_id or st.sku_id
+            reply.handoff.answered = [Option(o.entry_id, o.question) for o in st.answered]
+        if reply.kind == "answer":
+            ids = [a.entry_id for a in reply.answers if a.kind == "answer"] or [reply.entry_id]
+            new = []
+            for entry_id in ids:
+                entry = self.get_entry(entry_id) if entry_id else None
+                if entry_id and entry is not None:
+                    new.append(Option(entry_id, entry[0]))
+            if new:
+                kept = [o for o in st.answered if o.entry_id not in {n.entry_id for n in new}]
+                st = replace(st, answered=[*kept, *new][-MAX_ANSWERED:])
+        return reply, st
+
+    def _step(
+        self, state: ConversationState | None, text: str, context: TurnContext | None
+    ) -> tuple[Reply, ConversationState]:
         prev = state or ConversationState()
         context = context or TurnContext()
         text = text if isinstance(text, str) else ("" if text is None else str(text))
@@ -455,6 +516,26 @@ class ConversationPolicy:
             left = [o for o in prev.clarify_options if o is not choice and self.get_entry(o.entry_id)]
             why = f"chosen entry {choice.entry_id} no longer exists"
             return self._miss(st, angry, why, left, 0.0, question=prev.clarify_question)
+        if prev.clarify_options:
+            rest = rejects_options(text)
+            if rest is not None and split_questions(strip_stickers(self.mask(rest))):
+                text = rest  # "不是这个，我想问退款": the rest is the question, matched as a new one
+            elif rest is not None:
+                return self._rejected(prev, st, angry)
+            elif (n := option_number(text)) is not None:  # a number the list does not have
+                k = len(prev.clarify_options)
+                head = f"没有第{n}个选项哦，请回复1到{k}之间的数字，或直接描述您的问题："
+                options = list(prev.clarify_options)
+                return self._miss(
+                    st,
+                    angry,
+                    REASON_OUT_OF_RANGE,
+                    options,
+                    0.0,
+                    rephrase=False,
+                    question=prev.clarify_question,
+                    head=head,
+                )
 
         # 2. what is not a question: a picture, a sticker, bare contact details
         kind = non_text_kind(text)
@@ -542,6 +623,30 @@ class ConversationPolicy:
             counts=counts,
         )
 
+    def _rejected(
+        self, prev: ConversationState, st: ConversationState, angry: bool
+    ) -> tuple[Reply, ConversationState]:
+        """The customer said none of the offered questions fits: a miss. The question the list was
+        offered for is matched again without the rejected entries and the next closest are offered;
+        with none left, the customer is asked to rephrase."""
+        rejected = [o.entry_id for o in prev.clarify_options]
+        question = prev.clarify_question or ""
+        r = self.match(question, exclude=rejected) if question else None
+        offered = [] if r is None else [*r.options, *r.candidates]
+        options = _add_tried([], [Option.of(c) for c in offered if c.entry_id not in rejected])[:MAX_OPTIONS]
+        return self._miss(
+            st,
+            angry,
+            REASON_REJECTED,
+            options,
+            r.confidence if r is not None else 0.0,
+            rephrase=not options,
+            result=r,
+            question=question or None,
+            head=REJECTED_HEAD,
+            rephrase_text=REJECTED_REPHRASE,
+        )
+
     def _miss(
         self,
         st: ConversationState,
@@ -554,6 +659,8 @@ class ConversationPolicy:
         result: MatchResult | None = None,
         question: str | None = None,
         counts: bool = True,
+        head: str | None = None,
+        rephrase_text: str = REPHRASE_TEXT,
     ) -> tuple[Reply, ConversationState]:
         """A turn the bot could not answer: clarify (or ask to rephrase) until too many misses in a row.
 
@@ -568,9 +675,9 @@ class ConversationPolicy:
         if angry:  # an angry customer is not made to pick from a list
             return self._handoff(st, REASON_ANGRY, result, code="mood")
         if rephrase:
-            text = REPHRASE_TEXT + (f"\n{REPHRASE_OPTIONS_HEAD}\n{_numbered(options)}" if options else "")
+            text = rephrase_text + (f"\n{REPHRASE_OPTIONS_HEAD}\n{_numbered(options)}" if options else "")
         else:
-            text = f"{CLARIFY_HEAD}\n{_numbered(options)}"
+            text = f"{head or CLARIFY_HEAD}\n{_numbered(options)}"
         st = replace(
             st,
             clarify_options=list(options),

@@ -48,7 +48,11 @@ STATE_ATTEMPTS = 8
 
 
 def _handoff(
-    reason: str, history: list[str], code: HandoffCode, suggested: list[Suggestion] | None = None
+    reason: str,
+    history: list[str],
+    code: HandoffCode,
+    suggested: list[Suggestion] | None = None,
+    context: TurnContext | None = None,
 ) -> Reply:
     suggested = suggested or []
     return Reply(
@@ -65,6 +69,7 @@ def _handoff(
             mood=None,
             code=code,
             suggestions=suggested,
+            sku_id=context.sku_id if context else None,
         ),
     )
 
@@ -153,16 +158,18 @@ def handle_message(
     t0 = time.perf_counter()
     version: int | None = None
     if shop.mode == "off":
-        reply = _handoff(REASON_MODE_OFF, _record_turn(service, shop, conversation_id, text), "mode_off")
+        history = _record_turn(service, shop, conversation_id, text)
+        reply = _handoff(REASON_MODE_OFF, history, "mode_off", context=context)
     elif shop.mode == "assist":
         # the agent who takes the message gets the bot's suggestions with it, not in a second call
         suggested, version = suggestions(service, shop, text)
         history = _record_turn(service, shop, conversation_id, text)
-        reply = _handoff(REASON_MODE_ASSIST, history, "mode_assist", suggested)
+        reply = _handoff(REASON_MODE_ASSIST, history, "mode_assist", suggested, context)
     else:
         served = service.served(shop.id, shop.active_version)
         if served is None:
-            reply = _handoff(REASON_NO_MODEL, _record_turn(service, shop, conversation_id, text), "no_model")
+            history = _record_turn(service, shop, conversation_id, text)
+            reply = _handoff(REASON_NO_MODEL, history, "no_model", context=context)
         else:
             version = served.version
             matcher = served.matcher

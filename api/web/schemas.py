@@ -414,6 +414,14 @@ class HandoffOut(BaseModel):
         default_factory=list,
         description="assist mode: answers the bot proposes to the agent taking over, best first",
     )
+    sku_id: str | None = Field(
+        default=None, description="the product the conversation is about (product page, link or catalog)"
+    )
+    answered: list[OptionOut] = Field(
+        default_factory=list,
+        description="entries the bot answered earlier in the conversation, oldest first: what the customer "
+        "was already told",
+    )
 
 
 class PartAnswerOut(BaseModel):
