@@ -228,6 +228,28 @@ _LEXICON: dict[str, tuple[str, ...]] = {
         "算了",
         "太失望了",
         "失望",
+        # insults of the service: a message that is only one gets an apology, never an FAQ answer that
+        # happens to share a word (垃圾客服 is not a question about the service hours)
+        "垃圾",
+        "真垃圾",
+        "太垃圾",
+        "垃圾客服",
+        "客服垃圾",
+        "客服太垃圾",
+        "垃圾机器人",
+        "机器人垃圾",
+        "垃圾服务",
+        "服务太差",
+        "垃圾店",
+        "破客服",
+        "什么破客服",
+        "太差",
+        "太差劲",
+        "差劲",
+        "坑人",
+        "坑爹",
+        "骗子",
+        "骗人",
     ),
 }
 # words that start a request: a greeting right before one is peeled even without a boundary

@@ -350,14 +350,13 @@ def test_rejects_options(text: str, rest: str | None) -> None:
 
 
 def test_option_number() -> None:
-    assert [option_number(t) for t in ("5", "第五个", "选12", "12345", "发票", "")] == [
-        5,
-        5,
-        12,
-        None,
-        None,
-        None,
-    ]
+    got = [option_number(t) for t in ("5", "第五个", "选十", "12", "88", "12345", "发票", "")]
+    assert got == [5, 5, 10, None, None, None, None, None]
+
+
+def test_88_after_a_list_is_a_goodbye_not_an_option(clarifying_bot: ConversationPolicy) -> None:
+    (_, second), _ = run(clarifying_bot, "那发票应该怎么开呀", "88")
+    assert second.kind == "smalltalk" and second.smalltalk == "goodbye"
 
 
 # ---------------------------------------------------------------------------------------------- handoff

@@ -32,6 +32,11 @@ DETECTOR = SmallTalkDetector()
         ("是真人吗？", "robot"),
         ("你真棒", "praise"),
         ("烦死了", "venting"),
+        ("垃圾客服", "venting"),
+        ("客服太垃圾了！", "venting"),
+        ("什么破客服", "venting"),
+        ("太差了", "venting"),
+        ("骗子", "venting"),
     ],
 )
 def test_pure_small_talk_is_recognised(text: str, intent: str) -> None:
@@ -48,6 +53,7 @@ def test_pure_small_talk_is_recognised(text: str, intent: str) -> None:
         ("你好我想看电影", ("greeting",), "我想看电影"),
         ("能开专票吗？谢谢", ("thanks",), "能开专票吗"),
         ("好的，那保修呢", ("ack",), "那保修呢"),
+        ("垃圾客服，我要退货", ("venting",), "我要退货"),
     ],
 )
 def test_small_talk_around_a_question_is_taken_off(text: str, intents: tuple[str, ...], rest: str) -> None:
@@ -57,7 +63,18 @@ def test_small_talk_around_a_question_is_taken_off(text: str, intents: tuple[str
 
 @pytest.mark.parametrize(
     "text",
-    ["你好丑用英文怎么说", "你好像没理解我", "好用吗", "这个好吗", "可以开专票吗", "你好好看", "在线支付"],
+    [
+        "你好丑用英文怎么说",
+        "你好像没理解我",
+        "好用吗",
+        "这个好吗",
+        "可以开专票吗",
+        "你好好看",
+        "在线支付",
+        "垃圾袋多少钱",
+        "垃圾桶有货吗",
+        "差评怎么删",
+    ],
 )
 def test_sentences_that_merely_start_like_small_talk_are_left_whole(text: str) -> None:
     st = DETECTOR.parse(normalize(text))

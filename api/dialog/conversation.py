@@ -273,12 +273,14 @@ def rejects_options(text: str) -> str | None:
 
 
 def option_number(text: str) -> int | None:
-    """The number a reply that is only an option number gives ("5", "第五个"), in range or not."""
+    """The number a reply that is only an option number gives ("5", "第五个"), in range or not; up to 10,
+    as a list is never longer: 88 is a goodbye, 12 something else."""
     m = _NUMBER_ONLY.match(_compact(text))
     if m is None:
         return None
     raw = m.group("n")
-    return int(raw) if raw.isdigit() else _NUMERALS[raw]
+    n = int(raw) if raw.isdigit() else _NUMERALS[raw]
+    return n if n <= 10 else None
 
 
 def resolve_choice(text: str, options: Sequence[Option]) -> Option | None:
