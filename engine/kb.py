@@ -341,7 +341,7 @@ class _Problem(Exception):
         self.message = message
 
 
-class _ExcelError(str):
+class ExcelError(str):
     """An .xlsx cell holding an Excel error value (#REF!, #N/A ...): text to read_rows' callers, an
     issue in a KB."""
 
@@ -349,7 +349,7 @@ class _ExcelError(str):
 
 
 @dataclass(slots=True)
-class _Table:
+class Table:
     """Raw records read from a source, plus problems met while reading it."""
 
     records: list[dict[str, Any]] = field(default_factory=list)
@@ -382,7 +382,7 @@ def load_kb(
     if isinstance(source, (str, os.PathLike)):
         path = Path(source)
         name = source_name or path.name
-        table = _read_file(path, name, limits)
+        table = read_table(path, name, limits)
     elif isinstance(source, (Mapping, bytes, bytearray)):
         raise TypeError(
             "load_kb expects a file path or an iterable of entries, not a single mapping or bytes"
@@ -428,7 +428,7 @@ def read_rows(
 ) -> tuple[list[dict[str, Any]], list[int]]:
     """Raw records (keyed by the file's own headers) and their merchant-visible row numbers."""
     file_path = Path(path)
-    table = _read_file(file_path, file_path.name, limits)
+    table = read_table(file_path, file_path.name, limits)
     if table.issues:
         raise KBValidationError(table.issues)
     return table.records, table.rows
@@ -469,17 +469,18 @@ def dump_kb(entries: Iterable[KBEntry], path: str | os.PathLike[str]) -> None:
 # --------------------------------------------------------------------------- reading
 
 
-def _read_file(path: Path, source: str, limits: ReadLimits) -> _Table:
-    """Read any supported file; format problems become issues, a missing file raises."""
+def read_table(path: Path, source: str, limits: ReadLimits) -> Table:
+    """Read any supported file (CSV, XLSX, JSON, JSONL) into raw records; format problems become issues,
+    a missing file raises. Public for readers of other tables in the same formats (query files)."""
     reader = _READERS.get(path.suffix.lower())
     if reader is None:
-        return _Table(issues=[_suffix_issue(path, source)])
+        return Table(issues=[_suffix_issue(path, source)])
     if not path.exists():
         raise FileNotFoundError(errno.ENOENT, "knowledge base file not found", str(path))
     try:
         return reader(path, source, limits)
     except _Problem as problem:
-        return _Table(issues=[KBIssue(source, None, None, problem.message)])
+        return Table(issues=[KBIssue(source, None, None, problem.message)])
 
 
 def _suffix_issue(path: Path, source: str | None = None) -> KBIssue:
@@ -534,7 +535,7 @@ def _check_inflated(size: int, source: str, limits: ReadLimits) -> None:
         raise KBTooLarge(source, "bytes", limit, f"its content is {size:,} bytes")
 
 
-def _read_csv(path: Path, source: str, limits: ReadLimits) -> _Table:
+def _read_csv(path: Path, source: str, limits: ReadLimits) -> Table:
     text = _decode(_read_bytes(path, source, limits))
     reader = csv.reader(io.StringIO(text, newline=""))
     rows: list[tuple[int, Sequence[str]]] = []
@@ -577,7 +578,7 @@ def _limited(
         yield number, cells
 
 
-def _read_xlsx(path: Path, source: str, limits: ReadLimits) -> _Table:
+def _read_xlsx(path: Path, source: str, limits: ReadLimits) -> Table:
     _check_xlsx_inflated(path, source, limits)
     try:
         workbook = openpyxl.load_workbook(path, read_only=True, data_only=True)
@@ -744,10 +745,10 @@ def _xlsx_rows(sheet: Any) -> Iterator[tuple[int, list[Any]]]:
         yield number, [_xlsx_value(cell) for cell in cells]
 
 
-def _excel_error(cell: Any) -> _ExcelError | None:
+def _excel_error(cell: Any) -> ExcelError | None:
     """An error value (#REF!, #N/A ...) of a cell, or None."""
     if getattr(cell, "data_type", None) == "e" and cell.value is not None:
-        return _ExcelError(str(cell.value))
+        return ExcelError(str(cell.value))
     return None
 
 
@@ -799,13 +800,13 @@ def _format_shows_time(number_format: Any) -> bool:
     return _FORMAT_TIME.search(code) is not None
 
 
-def _tabulate(rows: Iterable[tuple[int, Sequence[Any]]], source: str, *, check_width: bool = False) -> _Table:
+def _tabulate(rows: Iterable[tuple[int, Sequence[Any]]], source: str, *, check_width: bool = False) -> Table:
     """Turn spreadsheet rows into records; the header is the first non-empty row.
 
     With `check_width` (CSV), a row with more filled cells than the header is a KB issue: the cells past
     the header would be lost, which is what an unquoted comma inside a cell does.
     """
-    table = _Table()
+    table = Table()
     header: list[str | None] | None = None
     width = 0
     for number, cells in rows:
@@ -876,7 +877,7 @@ def _read_header(cells: Sequence[Any], number: int, source: str, issues: list[KB
 _TOO_DEEP = "the JSON is nested too deeply to be a knowledge base (expected flat objects)"
 
 
-def _read_json(path: Path, source: str, limits: ReadLimits) -> _Table:
+def _read_json(path: Path, source: str, limits: ReadLimits) -> Table:
     text = _decode(_read_bytes(path, source, limits))
     try:
         data = json.loads(text)
@@ -888,7 +889,7 @@ def _read_json(path: Path, source: str, limits: ReadLimits) -> _Table:
         data = data["entries"]
     if not isinstance(data, list):
         raise _Problem(f'expected a JSON array of objects or {{"entries": [...]}}, got {_json_type(data)}')
-    table = _Table(keyed=True)
+    table = Table(keyed=True)
     guard = _SizeGuard(source, limits)
     for number, item in enumerate(data, start=1):
         guard.row(number, len(item) if isinstance(item, dict) else 1)
@@ -896,9 +897,9 @@ def _read_json(path: Path, source: str, limits: ReadLimits) -> _Table:
     return table
 
 
-def _read_jsonl(path: Path, source: str, limits: ReadLimits) -> _Table:
+def _read_jsonl(path: Path, source: str, limits: ReadLimits) -> Table:
     text = _decode(_read_bytes(path, source, limits))
-    table = _Table(keyed=True)
+    table = Table(keyed=True)
     guard = _SizeGuard(source, limits)
     # Split on "\n" only: str.splitlines() would also split on U+2028 inside strings.
     for number, line in enumerate(text.split("\n"), start=1):
@@ -919,7 +920,7 @@ def _read_jsonl(path: Path, source: str, limits: ReadLimits) -> _Table:
     return table
 
 
-def _add_object(table: _Table, item: Any, number: int, source: str) -> None:
+def _add_object(table: Table, item: Any, number: int, source: str) -> None:
     if not isinstance(item, dict):
         table.issues.append(KBIssue(source, number, None, f"expected a JSON object, got {_json_type(item)}"))
     elif not _is_blank_record(item):
@@ -927,8 +928,8 @@ def _add_object(table: _Table, item: Any, number: int, source: str) -> None:
         table.rows.append(number)
 
 
-def _read_items(items: Iterable[Mapping[str, Any] | KBEntry], source: str) -> _Table:
-    table = _Table()
+def _read_items(items: Iterable[Mapping[str, Any] | KBEntry], source: str) -> Table:
+    table = Table()
     for number, item in enumerate(items, start=1):
         if isinstance(item, KBEntry):
             record: dict[str, Any] = {name: getattr(item, name) for name in (*KB_COLUMNS, *EXTRA_COLUMNS)}
@@ -944,7 +945,7 @@ def _read_items(items: Iterable[Mapping[str, Any] | KBEntry], source: str) -> _T
     return table
 
 
-_READERS: dict[str, Callable[[Path, str, ReadLimits], _Table]] = {
+_READERS: dict[str, Callable[[Path, str, ReadLimits], Table]] = {
     ".csv": _read_csv,
     ".xlsx": _read_xlsx,
     ".json": _read_json,
@@ -955,7 +956,7 @@ _READERS: dict[str, Callable[[Path, str, ReadLimits], _Table]] = {
 # --------------------------------------------------------------------------- validation
 
 
-def _validate(table: _Table, source: str) -> tuple[list[KBEntry], list[KBIssue], list[KBIssue]]:
+def _validate(table: Table, source: str) -> tuple[list[KBEntry], list[KBIssue], list[KBIssue]]:
     """Check every record and the cross-entry rules; entries are only usable if no issues.
 
     Returns the entries, the issues and the warnings (what loads but the merchant should look at).
@@ -990,7 +991,7 @@ def _validate(table: _Table, source: str) -> tuple[list[KBEntry], list[KBIssue],
     return entries, issues, warnings
 
 
-def _unknown_column_warnings(table: _Table, source: str) -> list[KBIssue]:
+def _unknown_column_warnings(table: Table, source: str) -> list[KBIssue]:
     """One warning per header (spreadsheet) or key (JSON) that is not a KB column: its values are
     ignored, which merchants want for a notes column but not for a misspelt valid_to."""
     warnings: list[KBIssue] = []
@@ -1094,7 +1095,7 @@ def _parse_record(
         if column in skip:
             continue
         value = record.get(column)
-        errors = [v for v in _as_list(value) if isinstance(v, _ExcelError)]
+        errors = [v for v in _as_list(value) if isinstance(v, ExcelError)]
         if errors:
             message = f"the cell shows the Excel error {errors[0]} {_EXCEL_ERROR_HINT}"
             issues.append(KBIssue(source, row, column, message))

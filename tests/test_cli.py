@@ -26,12 +26,17 @@ from training.cli import app
 from training.evaluate import (
     QueryFileError,
     evaluate,
+    operating_point_label,
     plot_precision_coverage,
     precision_coverage_curve,
+    read_labelled,
     read_queries,
+    threshold_text,
 )
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+# what each plot format's file starts with
+SIGNATURES = {".png": PNG_SIGNATURE, ".svg": b"<?xml", ".pdf": b"%PDF-"}
 
 KB_ROWS = [
     ("warranty", "保修多久", "保修期是多长时间|质保几年|坏了保修吗", "整机保修一年。", "售后"),
@@ -233,18 +238,72 @@ def test_eval_prints_metrics_and_writes_png_and_json(built: Built, tmp_path: Pat
     assert verbatim["decision"] == "answer" or verbatim["rank"] == 1
 
 
-def test_eval_default_plot_path_and_max_queries(
+def flat(text: str) -> str:
+    """Output with rich's box characters and line wrapping taken out, to look for a phrase in it."""
+    return " ".join(text.replace("│", " ").split())
+
+
+def test_eval_writes_no_plot_unless_asked_and_max_queries(
     model_copy: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    """Was: reports/<model>-eval-<queries>.png written on every run, asked for or not."""
     monkeypatch.chdir(tmp_path)
     queries = write_queries(tmp_path / "shop-logs.csv", EVAL_QUERIES)
     out = tmp_path / "r.json"
+    model_files = sorted(p.name for p in model_copy.iterdir())
     result = invoke("eval", model_copy, queries, "--max-queries", "4", "--json", out)
     assert result.exit_code == 0, result.output
-    # plots go beside the reports, not into the model directory (a rebuild replaces that whole directory)
-    png = tmp_path / "reports" / f"{model_copy.name}-eval-shop-logs.png"
-    assert png.read_bytes().startswith(PNG_SIGNATURE)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model", "r.json", "shop-logs.csv"]
+    assert sorted(p.name for p in model_copy.iterdir()) == model_files
+    assert "plot:" not in result.output
     assert json.loads(out.read_text(encoding="utf-8"))["n_queries"] == 4
+    usage = flat(invoke("eval", "--help").output)
+    assert "--plot" in usage and "without it no plot is written" in usage and ".png, .svg, .pdf" in usage
+
+
+@pytest.mark.parametrize("name", ["curve.png", "curve.svg", "curve.pdf", "CURVE.SVG"])
+def test_eval_plot_format_follows_the_suffix(built: Built, tmp_path: Path, name: str) -> None:
+    """Was: PNG bytes whatever the suffix."""
+    queries = write_queries(tmp_path / "q.csv", EVAL_QUERIES)
+    plot = tmp_path / "plots" / name
+    result = invoke("eval", built.path, queries, "--plot", plot)
+    assert result.exit_code == 0, result.output
+    data = plot.read_bytes()
+    assert data.startswith(SIGNATURES[plot.suffix.lower()])
+    if plot.suffix.lower() == ".svg":
+        assert b"<svg" in data
+    assert f"plot:{plot}" in "".join(result.output.split())  # rich wraps long paths anywhere
+
+
+@pytest.mark.parametrize("name", ["curve.jpg", "curve", "curve.png.txt"])
+def test_eval_refuses_an_unsupported_plot_suffix_before_any_work(tmp_path: Path, name: str) -> None:
+    """Refused before the model and the queries are read (neither exists here), nothing written."""
+    plot = tmp_path / name
+    result = invoke("eval", tmp_path / "no-model", tmp_path / "no-queries.csv", "--plot", plot)
+    assert_clean_failure(result, f"--plot {plot}:", "(supported: .png, .svg, .pdf")
+    assert "not found" not in result.output and "no model directory" not in result.output
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_bench_scale_refuses_an_unsupported_png_suffix_before_any_work(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from training import scale
+
+    monkeypatch.setattr(scale, "run", lambda *a, **kw: pytest.fail("the benchmark ran"))
+    plot = tmp_path / "scale.gif"
+    result = invoke("bench", tmp_path, "--scale", "--png", plot)
+    assert_clean_failure(result, f"--png {plot}:", "unsupported plot file type '.gif'", ".png, .svg, .pdf")
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("suffix", [".png", ".svg", ".pdf"])
+def test_bench_scale_plot_format_follows_the_suffix(tmp_path: Path, suffix: str) -> None:
+    from training import scale
+
+    cells = [scale.Cell("kefu-fast", n, build_s=n / 1000, p50_ms=n / 10000) for n in (1000, 10000)]
+    report = scale.ScaleReport(sizes=[1000, 10000], queries=10, seed=0, cells=cells, machine={"cpus": 2})
+    assert scale.plot(report, tmp_path / f"s{suffix}").read_bytes().startswith(SIGNATURES[suffix])
 
 
 def test_eval_skips_and_reports_unknown_expected_ids(built: Built, tmp_path: Path) -> None:
@@ -268,6 +327,159 @@ def test_eval_skips_and_reports_unknown_expected_ids(built: Built, tmp_path: Pat
     assert report["answer_precision"] == json.loads(alone.read_text(encoding="utf-8"))["answer_precision"]
     only_unknown = write_queries(tmp_path / "none.csv", unknown)
     assert_clean_failure(invoke("eval", built.path, only_unknown), "no query of", "can be scored")
+
+
+# --------------------------------------------------------------------------- the answer threshold shown
+
+
+def with_threshold(model: Path, t_answer: float) -> Path:
+    """The model with its manifest's answer threshold set (as a calibration or a build would leave it)."""
+    manifest = model / "manifest.json"
+    data = json.loads(manifest.read_text(encoding="utf-8"))
+    data["policy"]["t_answer"] = t_answer
+    manifest.write_text(json.dumps(data), encoding="utf-8")
+    assert Matcher.load(model).policy.t_answer == t_answer
+    return model
+
+
+def svg_text(path: Path) -> str:
+    return path.read_text(encoding="utf-8")
+
+
+@pytest.mark.parametrize(
+    ("t_answer", "legend", "table"),
+    [
+        (0.9996, "model (t_answer=0.9996)", "answer threshold 0.9996"),  # was t_answer=1.00, 1.000
+        (0.919, "model (t_answer=0.919)", "answer threshold 0.919"),
+        # the engine's "never" (engine.decide), as a build whose target no threshold met saves it
+        (1.000000001, "model (never answers on confidence", "answer threshold never (target not met)"),
+    ],
+)
+def test_eval_shows_the_answer_threshold_the_model_holds(
+    model_copy: Path, tmp_path: Path, t_answer: float, legend: str, table: str
+) -> None:
+    import matplotlib
+
+    with_threshold(model_copy, t_answer)
+    queries = write_queries(tmp_path / "q.csv", EVAL_QUERIES)
+    plot = tmp_path / "curve.svg"
+    with matplotlib.rc_context({"svg.fonttype": "none"}):  # texts as <text>, not glyph paths
+        result = invoke("eval", model_copy, queries, "--plot", plot)
+    assert result.exit_code == 0, result.output
+    assert table in flat(result.output)
+    assert legend in svg_text(plot)
+    assert "t_answer=1.00" not in svg_text(plot)
+
+
+def test_threshold_text_tells_a_threshold_from_1_and_0() -> None:
+    assert threshold_text(0.919) == "0.919"
+    assert threshold_text(0.9996) == "0.9996"
+    assert threshold_text(0.99999) == "0.99999"
+    assert threshold_text(0.99949) == "0.999"  # below 1 at 3 decimals already
+    assert threshold_text(1.0) == "1.000"
+    assert threshold_text(0.0) == "0.000"
+    assert threshold_text(0.0004) == "0.0004"
+    assert float(threshold_text(1 - 1e-12)) < 1.0
+    assert operating_point_label(None) == "model"
+    assert operating_point_label(0.9996) == "model (t_answer=0.9996)"
+    assert "never answers" in operating_point_label(1.000000001)
+
+
+# --------------------------------------------------------------------------- broken query files
+
+
+UNDECODABLE = "query,expected_id\n保修多久".encode() + b"\xff\xfe\x80\x81,\n"
+BROKEN_QUERY_FILES: dict[str, tuple[bytes, tuple[str, ...]]] = {
+    "missing-query-column": (
+        "text,expected_id\n保修多久,warranty\n".encode(),
+        ("row 1: no query column", "if column 'text' holds the customer messages, rename it query"),
+    ),
+    "blank-query": (
+        "query,expected_id\n保修多久,warranty\n,invoice\n能开发票吗,invoice\n".encode(),
+        ("row 3, column query: the query is blank", "delete the row"),
+    ),
+    "undecodable": (UNDECODABLE, ("could not detect the file encoding", "save it as UTF-8")),
+    "unquoted-comma": (
+        "query,expected_id\n保修多久,warranty\n你好,在吗,invoice\n".encode(),
+        ("row 3: the row has 3 cells but the header has 2 columns", "'invoice'", "double quotes"),
+    ),
+    "expected-id-renamed": (
+        "query,label\n保修多久,warranty\n".encode(),
+        ("row 1: no expected_id column", "if column 'label' holds", "rename it expected_id"),
+    ),
+    "no-header": (
+        "保修多久,warranty\n能开发票吗,invoice\n".encode(),
+        ("row 1: no query column", "the first row must be the header query,expected_id"),
+    ),
+}
+
+
+@pytest.mark.parametrize("command", ["eval", "calibrate", "report"])
+@pytest.mark.parametrize("case", list(BROKEN_QUERY_FILES))
+def test_a_broken_query_file_is_refused_naming_file_row_and_field(
+    built: Built, tmp_path: Path, command: str, case: str
+) -> None:
+    """Was: an unquoted comma accepted silently, other problems without the column or the fix; now
+    refused before the model is loaded, and nothing is written."""
+    data, fragments = BROKEN_QUERY_FILES[case]
+    queries = tmp_path / f"{case}.csv"
+    queries.write_bytes(data)
+    model_files = {p.name: p.read_bytes() for p in built.path.iterdir() if p.is_file()}
+    out = tmp_path / "out"
+    args: dict[str, list[Any]] = {
+        "eval": ["--plot", out / "c.png", "--json", out / "r.json"],
+        "calibrate": ["-o", out / "model"],
+        "report": ["-o", out / "r.html", "--json", out / "r.json"],
+    }
+    result = invoke(command, built.path, queries, *args[command])
+    assert_clean_failure(result, str(queries), *fragments)
+    assert result.exit_code == 1
+    assert not out.exists()
+    assert {p.name: p.read_bytes() for p in built.path.iterdir() if p.is_file()} == model_files
+
+
+def test_a_query_file_s_problems_are_listed_together(tmp_path: Path) -> None:
+    path = tmp_path / "q.csv"
+    path.write_text(
+        "query,expected_id\n保修多久,warranty\n,invoice\n你好,在吗,invoice\n\n能开发票吗,invoice\n,x\n",
+        encoding="utf-8",
+    )
+    with pytest.raises(QueryFileError) as err:
+        read_labelled(path)
+    assert [(i.row, i.column) for i in err.value.issues] == [(3, "query"), (4, None), (7, "query")]
+    text = str(err.value)
+    assert text.startswith(f"3 problems in the query file {path}:")
+    assert f"{path} row 7, column query: the query is blank" in text
+
+
+def test_a_query_file_with_only_its_header_or_nothing(tmp_path: Path) -> None:
+    header = tmp_path / "header.csv"
+    header.write_text("query,expected_id\n", encoding="utf-8")
+    empty = tmp_path / "empty.csv"
+    empty.write_bytes(b"")
+    with pytest.raises(QueryFileError, match=r"header\.csv: no queries: only the header row"):
+        read_labelled(header)
+    with pytest.raises(QueryFileError, match=r"empty\.csv: the file is empty"):
+        read_labelled(empty)
+
+
+def test_an_excel_error_is_not_a_query(tmp_path: Path) -> None:
+    import openpyxl
+
+    wb = openpyxl.Workbook()
+    ws = wb.active
+    assert ws is not None
+    ws.append(["Query", "Expected_ID"])
+    ws.append(["保修多久", 12])
+    ws.append(["#N/A", "warranty"])
+    wb.save(tmp_path / "q.xlsx")
+    with pytest.raises(
+        QueryFileError, match=r"q\.xlsx row 3, column Query: the cell holds the Excel error #N/A"
+    ):
+        read_labelled(tmp_path / "q.xlsx")
+    ws.delete_rows(3)
+    wb.save(tmp_path / "q.xlsx")
+    assert read_labelled(tmp_path / "q.xlsx") == [(2, "保修多久", "12")]
 
 
 def test_eval_missing_columns(built: Built, tmp_path: Path) -> None:
@@ -456,13 +668,13 @@ def test_read_queries_encodings_and_out_of_scope(tmp_path: Path) -> None:
 
 def test_read_queries_names_blank_query_row(tmp_path: Path) -> None:
     path = write_queries(tmp_path / "q.csv", [("保修多久", "warranty"), ("", "invoice")])
-    with pytest.raises(QueryFileError, match=r"q\.csv row 3: query is blank"):
+    with pytest.raises(QueryFileError, match=r"q\.csv row 3, column query: the query is blank"):
         read_queries(path)
 
 
 def test_read_queries_missing_column(tmp_path: Path) -> None:
     path = write_csv(tmp_path / "q.csv", ["query"], [["保修多久"]])
-    with pytest.raises(QueryFileError, match=r"q\.csv header row: missing column expected_id"):
+    with pytest.raises(QueryFileError, match=r"q\.csv row 1: no expected_id column"):
         read_queries(path)
 
 

@@ -4,6 +4,7 @@ KB's own format; and the honest measurement (hidden entries found again)."""
 from __future__ import annotations
 
 import csv
+from datetime import datetime
 from pathlib import Path
 
 import pytest
@@ -113,6 +114,48 @@ def test_kefu_mine_writes_proposals(tmp_path: Path, fast_matcher: Matcher) -> No
     assert "new entries" in result.output and out.is_file()
     missing = CliRunner().invoke(app, ["mine", str(model)])
     assert missing.exit_code != 0 and "message file" in missing.output
+
+
+@pytest.mark.parametrize(
+    "latest",
+    [
+        "2026-11-29T18:30:00",  # the service's log: naive UTC (the exchange export on SQLite)
+        "2026-11-29T18:30:00.250000",
+        "2026-11-29T18:30:00+00:00",  # the export on PostgreSQL
+        "2026-11-29T18:30:00Z",
+        "2026-11-30T02:30:00+08:00",  # a file written in Beijing time, with its offset
+    ],
+)
+def test_kefu_mine_writes_last_seen_in_beijing_time_with_its_offset(
+    tmp_path: Path, fast_matcher: Matcher, latest: str
+) -> None:
+    """Was: 2026-11-29T18:30:00, the logged naive UTC time written as it is, which a merchant reads as
+    Beijing time (8 hours early); an offset in the file was dropped, not converted."""
+    model = fast_matcher.save(tmp_path / "model")
+    times = [
+        "2026-11-29T10:00:00",
+        "2026-11-29T12:00:00",
+        latest,
+        "2026-11-28T09:00:00",
+        "2026-11-29T01:00:00",
+    ]
+    log = tmp_path / "log.csv"
+    log.write_text(
+        "created_at,text\n" + "".join(f"{t},{q}\n" for t, q in zip(times, ENGRAVING, strict=True)), "utf-8"
+    )
+    out = tmp_path / "p.csv"
+    result = CliRunner().invoke(app, ["mine", str(model), str(log), "-o", str(out)])
+    assert result.exit_code == 0, result.output
+    assert "Beijing time, +08:00" in " ".join(result.output.split())
+    with out.open(encoding="utf-8-sig") as f:
+        (row,) = [r for r in csv.DictReader(f) if set(r["similar"].split("|")) & set(ENGRAVING)]
+    assert row["last_seen"] == "2026-11-30T02:30:00+08:00"
+
+
+def test_message_times_are_read_as_naive_utc(tmp_path: Path) -> None:
+    log = tmp_path / "log.csv"
+    log.write_text("time,text\n2026-11-30T02:30:00+08:00,能刻字吗\n2026-11-29T18:30:00,可以刻字吗\n", "utf-8")
+    assert [m.at for m in read_messages(log)] == [datetime(2026, 11, 29, 18, 30)] * 2
 
 
 def test_hidden_entries_are_found_again(smp2017: Path) -> None:

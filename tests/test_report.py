@@ -203,6 +203,17 @@ def test_html_shows_the_figures(scored: Scored) -> None:
     assert "支持七天无理由退货吗" in html  # the confused entries are named by their questions
 
 
+@pytest.mark.parametrize(
+    ("t_answer", "shown"), [(0.9996, "0.9996"), (0.919, "0.919"), (1.000000001, "never (target not met)")]
+)
+def test_html_answer_threshold_is_told_from_1(scored: Scored, t_answer: float, shown: str) -> None:
+    """Was: 1.000 for a threshold of 0.9996 (3 decimals), which reads as 'answers at certainty only'."""
+    document = json.loads(json.dumps(scored.document))
+    document["model"]["t_answer"] = t_answer
+    html = render_html(document)
+    assert f'<th>answer threshold</th><td class="n">{escape(shown)}</td>' in html
+
+
 def test_document_is_json_as_is(scored: Scored) -> None:
     assert json.loads(json.dumps(scored.document)) == scored.document
     assert scored.document["traffic"] is None

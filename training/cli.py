@@ -35,6 +35,7 @@ from engine.kb import KBEntry, KBIssue, KBTooLarge, KBValidationError, ReadLimit
 from engine.matcher import Matcher
 from engine.results import Decision, MatchResult
 from training.evaluate import (
+    NEVER,
     EvalReport,
     QueryFileError,
     evaluate,
@@ -42,8 +43,10 @@ from training.evaluate import (
     read_labelled,
     read_queries,
     split_known,
+    threshold_text,
     unknown_ids_message,
 )
+from training.plots import PLOT_FORMATS, check_plot_path
 
 app = typer.Typer(
     help="Kefu: FAQ intent matching for JD merchants' customer service.",
@@ -121,11 +124,18 @@ def _skip_unknown(
     return pairs
 
 
-def _known_pairs(m: Matcher, path: Path, max_queries: int | None) -> list[tuple[str, str | None]]:
-    """The first `max_queries` labelled queries of `path`, without those the model cannot score."""
+def _read_labelled(path: Path) -> list[tuple[int, str, str | None]]:
+    """The (row, query, expected_id) of a labelled file; a file with any problem ends the command with
+    every problem listed (file, row, column), before anything is loaded or written."""
     with _user_errors():
-        rows = read_labelled(path)[:max_queries]
-    pairs = _skip_unknown(m, rows, path)
+        return read_labelled(path)
+
+
+def _known_pairs(
+    m: Matcher, rows: list[tuple[int, str, str | None]], path: Path, max_queries: int | None
+) -> list[tuple[str, str | None]]:
+    """The first `max_queries` labelled queries of `path`, without those the model cannot score."""
+    pairs = _skip_unknown(m, rows[:max_queries], path)
     if not pairs:
         _fail(f"no query of {path} can be scored: every expected_id is unknown to the model's KB")
     return pairs
@@ -152,10 +162,17 @@ def _pct(value: float | None) -> str:
 
 
 def _threshold(value: float | None) -> str:
-    """A threshold above 1 is the engine's 'never': no confidence level met the target."""
+    """A threshold above 1 is the engine's 'never': no confidence level met the target; one just below 1
+    keeps the digits that tell it from 1 (0.9996, not 1.000)."""
     if value is None:
         return "—"
-    return "never (target not met)" if value > 1.0 else f"{value:.3f}"
+    return "never (target not met)" if value > NEVER else threshold_text(value)
+
+
+def _check_plot(option: str, path: Path | None) -> None:
+    """Refuse a plot file whose suffix names no supported format, before any work."""
+    if path is not None and (problem := check_plot_path(option, path)):
+        _fail(problem)
 
 
 def _json_default(value: Any) -> Any:
@@ -325,7 +342,10 @@ def eval_command(
     ],
     plot: Annotated[
         Path | None,
-        typer.Option(help="Precision/coverage PNG (default: reports/<MODEL name>-eval-<QUERIES name>.png)"),
+        typer.Option(
+            help="Write the precision/coverage plot to this file, in the format of its suffix "
+            f"({', '.join(PLOT_FORMATS)}); without it no plot is written"
+        ),
     ] = None,
     json_out: Annotated[Path | None, typer.Option("--json", help="Write the full report as JSON")] = None,
     max_queries: Annotated[int | None, typer.Option(help="Evaluate only the first N queries")] = None,
@@ -337,7 +357,8 @@ def eval_command(
         list[str] | None, typer.Option("--peer", help="With --peers: only these (repeat the option)")
     ] = None,
 ) -> None:
-    """Score a model on labelled queries: ranking, decisions, latency and a precision/coverage plot."""
+    """Score a model on labelled queries: ranking, decisions, latency, and a precision/coverage plot
+    with --plot (only then)."""
     from training.peers import PEERS
 
     if max_queries is not None and max_queries < 1:
@@ -345,17 +366,19 @@ def eval_command(
     unknown = [p for p in peer or [] if p not in PEERS]
     if unknown:
         _fail(f"unknown --peer {', '.join(unknown)} (known: {', '.join(PEERS)})")
+    _check_plot("--plot", plot)
+    rows = _read_labelled(queries)  # a bad file fails before the model is loaded
     m = _load_model(model)
-    pairs = _known_pairs(m, queries, max_queries)
+    pairs = _known_pairs(m, rows, queries, max_queries)
     report = _evaluate_with_progress(m, pairs, top_k)
     _print_eval(report, model, queries)
     doc = report.to_dict()
     if peers or peer:
         doc["peers"] = _print_peers(m, report, pairs, peer or list(PEERS), top_k)
-    png = plot or Path("reports") / f"{model.name}-eval-{queries.stem}.png"
-    with _user_errors():
-        plot_precision_coverage(report, png)
-    console.print(f"plot: {escape(str(png))}")
+    if plot is not None:
+        with _user_errors():
+            plot_precision_coverage(report, plot)
+        console.print(f"plot: {escape(str(plot))}")
     if json_out is not None:
         _write_json(doc, json_out)
         console.print(f"report: {escape(str(json_out))}")
@@ -478,9 +501,9 @@ def report_command(
         _fail(f"--max-queries must be at least 1, got {max_queries}")
     model_doc = labelled = traffic = None
     if model is not None and queries is not None:
-        _load_queries(queries)  # a bad file fails before the model is loaded
+        rows = _read_labelled(queries)  # a bad file fails before the model is loaded
         m = _load_model(model)
-        pairs = _known_pairs(m, queries, max_queries)
+        pairs = _known_pairs(m, rows, queries, max_queries)
         report = _evaluate_with_progress(m, pairs, top_k)
         labelled = matcher_figures(m, report, queries.name)
         model_doc = model_figures(m.info, m.policy, model)
@@ -665,9 +688,8 @@ def calibrate(
     version) are listed and skipped: they cannot be scored, and the rest is still worth using.
     """
     _check_precision(target_precision)
+    rows = _read_labelled(labelled)  # a bad file fails before the model is loaded
     m = _load_model(model)
-    with _user_errors():
-        rows = read_labelled(labelled)
     pairs = _skip_unknown(m, rows, labelled)
     out = output or model
     with _user_errors():
@@ -715,7 +737,10 @@ def mine(
     model: Annotated[Path | None, typer.Argument(help="Model directory (not with --evaluate)")] = None,
     messages: Annotated[
         Path | None,
-        typer.Argument(help="Messages the bot did not answer: CSV/XLSX/JSON with a text column"),
+        typer.Argument(
+            help="Messages the bot did not answer: CSV/XLSX/JSON with a text column (and optionally "
+            "created_at: times without an offset are UTC, as the service logs them)"
+        ),
     ] = None,
     output: Annotated[
         Path, typer.Option("-o", "--output", help="Proposals, .csv or .xlsx, in the KB's columns")
@@ -784,7 +809,8 @@ def mine(
     console.print(
         f"{len(proposals)} clusters from {len(msgs)} messages: {new} new entries, "
         f"{len(proposals) - new} paraphrase sets; written to {escape(str(saved))} "
-        "(write the new entries' answers, then merge the rows into the KB and upload it)"
+        "(last_seen in Beijing time, +08:00; write the new entries' answers, then merge the rows into "
+        "the KB and upload it)"
     )
 
 
@@ -939,9 +965,13 @@ def bench(
     default_max_size: Annotated[
         int, typer.Option(help="With --scale: largest size for the default channels (encoding is slow)")
     ] = 100_000,
-    png: Annotated[Path, typer.Option(help="With --scale: where to write the plot")] = Path(
-        "bench-scale.png"
-    ),
+    png: Annotated[
+        Path,
+        typer.Option(
+            help="With --scale: where to write the plot, in the format of its suffix "
+            f"({', '.join(PLOT_FORMATS)})"
+        ),
+    ] = Path("bench-scale.png"),
     work_dir: Annotated[
         Path, typer.Option(help="With --scale: where generated KBs are kept between runs")
     ] = Path(".bench-scale"),
@@ -960,6 +990,7 @@ def bench(
     With --scale: the same message latency (p50/p99), build time and peak memory at 1k to 1M KB questions
     (the set's real questions grown with seeded synthetic ones), Kefu beside bm25s and TF-IDF, with a PNG."""
     if scale:
+        _check_plot("--png", png)
         _bench_scale(
             [data, *(also or [])],
             sizes,

@@ -9,38 +9,107 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Callable, Collection, Sequence
+from collections.abc import Callable, Collection, Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
 import numpy as np
 
-from engine.kb import KBValidationError, read_rows
+# read_table: the reader behind engine.kb.read_rows, for what read_rows does not return (the header
+# row's number, the CSV rows wider than their header); ExcelError: a #N/A cell
+from engine.kb import NO_LIMITS, ExcelError, KBIssue, read_table
 from engine.results import Decision, MatchResult
+from training.plots import plot_format, save_figure
 
 __all__ = [
     "EvalReport",
     "QueryFileError",
     "QueryOutcome",
     "evaluate",
+    "operating_point_label",
     "plot_precision_coverage",
     "precision_coverage_curve",
     "read_labelled",
     "read_queries",
     "split_known",
+    "threshold_text",
     "unknown_ids_message",
     "without_unknown",
 ]
 
 QUERY_COLUMNS = ("query", "expected_id")
+QUERY_HEADER = ",".join(QUERY_COLUMNS)
 RECALL_AT = 5
+LISTED_ISSUES = 20  # problems of a query file listed in its error (the count says how many in all)
+NEVER = 1.0  # a threshold above this is the engine's "never answer on confidence" (engine.decide)
+# what people name the two columns instead: the error says which column to rename (never guessed, so a
+# notes column is not scored as the expected ids)
+COLUMN_ALIASES = {
+    "query": (
+        "question",
+        "questions",
+        "text",
+        "message",
+        "msg",
+        "utterance",
+        "sentence",
+        "content",
+        "queries",
+        "q",
+        "问题",
+        "问句",
+        "用户问题",
+        "消息",
+        "内容",
+        "文本",
+    ),
+    "expected_id": (
+        "expected",
+        "expected id",
+        "expected-id",
+        "expectedid",
+        "expected_entry",
+        "id",
+        "entry",
+        "entry_id",
+        "entry id",
+        "label",
+        "intent",
+        "intent_id",
+        "answer_id",
+        "gold",
+        "target",
+        "标签",
+        "意图",
+        "条目id",
+        "答案id",
+        "标准问id",
+    ),
+}
 
 EvalProgress = Callable[[int, int], None]  # (queries done, total)
 
 
 class QueryFileError(ValueError):
-    """A query file that cannot be used; the message names the file and, where it can, the row."""
+    """A query file that cannot be used, with every problem found in it, each a KBIssue located as the
+    file's user sees it (file, row as the spreadsheet numbers it: the header is row 1, column), so the
+    file can be fixed in one pass."""
+
+    def __init__(self, path: str | os.PathLike[str], issues: Iterable[KBIssue]) -> None:
+        self.path = str(path)
+        self.issues = list(issues)
+        super().__init__(self.path, self.issues)  # the arguments of __init__: picklable
+
+    def __str__(self) -> str:
+        count = len(self.issues)
+        if count == 1:
+            return str(self.issues[0])
+        lines = [f"{count} problems in the query file {self.path}:"]
+        lines += [f"  {issue}" for issue in self.issues[:LISTED_ISSUES]]
+        if count > LISTED_ISSUES:
+            lines.append(f"  ... and {count - LISTED_ISSUES} more")
+        return "\n".join(lines)
 
 
 class SupportsMatch(Protocol):
@@ -60,47 +129,93 @@ def read_queries(path: str | os.PathLike[str]) -> list[tuple[str, str | None]]:
 def read_labelled(path: str | os.PathLike[str]) -> list[tuple[int, str, str | None]]:
     """(row, query, expected_id) from a CSV (or xlsx) file, row as the spreadsheet numbers it.
 
-    Reading goes through engine.kb.read_rows so query files get the same encoding handling as KBs
-    (UTF-8 with or without BOM, GB18030 from Chinese Excel), the same row numbers and the same
-    unquoting of formula-like cells (engine.cells).
+    Reading goes through the KB reader (engine.kb) so query files get the same encoding handling as KBs
+    (UTF-8 with or without BOM, GB18030 from Chinese Excel), the same row numbers, the same unquoting of
+    formula-like cells (engine.cells) and the same problems: an undecodable file, a CSV row wider than its
+    header (an unquoted comma inside a cell). Anything that would make the evaluation score something
+    else than the file means (a missing or misnamed column, a blank query, such a row, an Excel error
+    value for a query) raises QueryFileError listing every problem, before anything is evaluated.
     """
     file = Path(path)
+    source = str(file)
     if not file.is_file():
-        raise QueryFileError(f"query file not found: {file}")
-    try:
-        records, rows = read_rows(file)
-    except KBValidationError as e:
-        raise QueryFileError(f"{file}: " + "; ".join(issue.message for issue in e.issues)) from e
-    if not records:
+        what = "is a directory, not a query file" if file.is_dir() else "query file not found"
+        raise QueryFileError(file, [KBIssue(source, None, None, what)])
+    table = read_table(file, source, NO_LIMITS)
+    if table.issues:  # the file cannot be read as a table at all (encoding, type, broken CSV)
+        raise QueryFileError(file, table.issues)
+    header = (
+        [name for _, name in table.header]
+        if table.header_row is not None
+        else list(dict.fromkeys(str(key) for record in table.records for key in record))
+    )
+    if not header:
         raise QueryFileError(
-            f"{file} has no queries (expected a header row 'query,expected_id' and data rows)"
+            file, [KBIssue(source, None, None, f"the file is empty; expected a header row '{QUERY_HEADER}'")]
         )
-    columns = _find_columns(file, records[0])
+    columns, issues = _find_columns(source, table.header_row, header)
+    issues += table.kb_issues  # rows wider than the header: cells would be lost
     pairs: list[tuple[int, str, str | None]] = []
-    blank_rows: list[int] = []
-    for record, row in zip(records, rows, strict=True):
-        query = _cell_text(record.get(columns["query"]))
-        if not query:
-            blank_rows.append(row)
-            continue
-        pairs.append((row, query, _cell_text(record.get(columns["expected_id"])) or None))
-    if blank_rows:
-        listed = ", ".join(map(str, blank_rows[:20])) + (" ..." if len(blank_rows) > 20 else "")
-        raise QueryFileError(f"{file} row{'s' if len(blank_rows) > 1 else ''} {listed}: query is blank")
+    if columns is not None:
+        query_key, expected_key = columns
+        for record, row in zip(table.records, table.rows, strict=True):
+            cell = record.get(query_key)
+            query = _cell_text(cell)
+            if isinstance(cell, ExcelError):
+                message = (
+                    f"the cell holds the Excel error {cell}, not a customer message; fix the formula or "
+                    "paste the values"
+                )
+                issues.append(KBIssue(source, row, query_key, message))
+            elif not query:
+                message = "the query is blank; write the customer's message in it or delete the row"
+                issues.append(KBIssue(source, row, query_key, message))
+            else:
+                pairs.append((row, query, _cell_text(record.get(expected_key)) or None))
+        if not issues and not pairs:
+            message = f"no queries: only the header row '{QUERY_HEADER}'; add one query per row below it"
+            issues.append(KBIssue(source, None, None, message))
+    if issues:
+        issues.sort(key=lambda issue: issue.row or 0)
+        raise QueryFileError(file, issues)
     return pairs
 
 
-def _find_columns(file: Path, record: dict[str, Any]) -> dict[str, str]:
-    """The file's own header for each required column (matched case-insensitively)."""
-    by_key = {str(name).strip().lower(): str(name) for name in record}
-    missing = [c for c in QUERY_COLUMNS if c not in by_key]
-    if missing:
-        found = ", ".join(map(str, record)) or "(none)"
-        raise QueryFileError(
-            f"{file} header row: missing column{'s' if len(missing) > 1 else ''} {', '.join(missing)} "
-            f"(expected header 'query,expected_id'; found {found})"
-        )
-    return {c: by_key[c] for c in QUERY_COLUMNS}
+def _find_columns(
+    source: str, header_row: int | None, header: list[str]
+) -> tuple[tuple[str, str] | None, list[KBIssue]]:
+    """The file's own header for each required column (matched case-insensitively), or the issues of
+    the columns that are missing, each saying which column to rename when one looks like it."""
+    by_key = {name.strip().lower(): name for name in reversed(header)}  # the first of equal names
+    found = [by_key.get(column) for column in QUERY_COLUMNS]
+    if found[0] is not None and found[1] is not None:
+        return (found[0], found[1]), []
+    taken = {name for name in found if name is not None}
+    issues: list[KBIssue] = []
+    for column, name in zip(QUERY_COLUMNS, found, strict=True):
+        if name is not None:
+            continue
+        alike = [h for h in header if h not in taken and h.strip().lower() in COLUMN_ALIASES[column]]
+        if alike:
+            taken.add(alike[0])
+            message = (
+                f"no {column} column; if column '{alike[0]}' holds {_MEANING[column]}, rename it "
+                f"{column} (the header row needs the columns {QUERY_HEADER})"
+            )
+        else:
+            shown = ", ".join(f"'{h}'" for h in header)
+            message = (
+                f"no {column} column (the header row has {shown}); the first row must be the header "
+                f"{QUERY_HEADER}, with {_MEANING[column]} in {column}"
+            )
+        issues.append(KBIssue(source, header_row, None, message))
+    return None, issues
+
+
+_MEANING = {
+    "query": "the customer messages",
+    "expected_id": "the id of the KB entry that answers each message (blank: out of scope)",
+}
 
 
 UNKNOWN_LISTED = 10  # rows named in the warning about expected ids the model does not know
@@ -320,11 +435,13 @@ def precision_coverage_curve(report: EvalReport) -> tuple[np.ndarray, np.ndarray
     return conf[last], answered[last] / conf.size, right[last] / answered[last]
 
 
-def plot_precision_coverage(report: EvalReport, png_path: str | os.PathLike[str]) -> Path:
-    """Save the precision/coverage curve with the model's actual answer operating point marked."""
+def plot_precision_coverage(report: EvalReport, path: str | os.PathLike[str]) -> Path:
+    """Save the precision/coverage curve with the model's actual answer operating point marked, as PNG,
+    SVG or PDF by the suffix of `path` (ValueError for another, before anything is drawn)."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
+    plot_format(path)
     _, coverage, precision = precision_coverage_curve(report)
     fig = Figure(figsize=(6.4, 4.8), dpi=100)
     FigureCanvasAgg(fig)
@@ -340,15 +457,32 @@ def plot_precision_coverage(report: EvalReport, png_path: str | os.PathLike[str]
     ax.set_title(f"Precision / coverage on {report.n_queries} queries")
     ax.grid(True, alpha=0.3)
     ax.legend(loc="lower left")
-    out = Path(png_path)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, format="png")
-    return out
+    return save_figure(fig, path)
+
+
+def threshold_text(value: float) -> str:
+    """A threshold as text: 3 decimals, or as many more as it takes not to show a threshold below 1
+    (0.9996) as 1.000 or one above 0 as 0.000. The caller says 'never' for one above NEVER."""
+    for digits in range(3, 10):
+        text = f"{value:.{digits}f}"
+        shown = float(text)
+        if (shown >= 1.0) == (value >= 1.0) and (shown <= 0.0) == (value <= 0.0):
+            return text
+    return f"{value:.12g}"
+
+
+def operating_point_label(t_answer: float | None) -> str:
+    """The legend of the model's answer point: its threshold, or that it answers on no confidence."""
+    if t_answer is None:
+        return "model"
+    if t_answer > NEVER:
+        return "model (never answers on confidence: no threshold met the target)"
+    return f"model (t_answer={threshold_text(t_answer)})"
 
 
 def _mark_operating_point(ax: Any, report: EvalReport) -> None:
     """The coverage and precision of the model's real answer decisions at its t_answer."""
-    label = "model" if report.t_answer is None else f"model (t_answer={report.t_answer:.2f})"
+    label = operating_point_label(report.t_answer)
     if report.answer_precision is None:
         ax.annotate(f"{label}: answers nothing", xy=(0.02, 0.05), xycoords="axes fraction", color="tab:red")
         return

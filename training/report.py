@@ -31,7 +31,14 @@ import numpy as np
 
 from engine.decide import precision_interval
 from engine.results import Decision
-from training.evaluate import EvalReport, QueryOutcome, precision_coverage_curve, without_unknown
+from training.evaluate import (
+    NEVER,
+    EvalReport,
+    QueryOutcome,
+    precision_coverage_curve,
+    threshold_text,
+    without_unknown,
+)
 
 __all__ = [
     "REPORT_FORMAT",
@@ -47,7 +54,6 @@ REPORT_VERSION = 1
 RELIABILITY_BINS = 10
 CONFUSION_PAIRS = 15  # pairs listed per kind of confusion: the head is what a merchant can act on
 CONFUSION_EXAMPLES = 3
-NEVER = 1.0  # a threshold above this is the engine's "never answer on confidence" (engine.decide)
 
 
 # --------------------------------------------------------------------------- figures
@@ -375,7 +381,7 @@ def curve_chart(curve: Mapping[str, Any]) -> str:
             continue
         marker, color = styles.get(op["name"], ("^", "black"))
         t = op["threshold"]
-        where = "never" if t > NEVER else f"{t:.2f}"
+        where = "never" if t > NEVER else threshold_text(t)  # 0.9996 is not 1.00
         ax.plot(
             [op["coverage"]],
             [op["precision"]],
@@ -442,7 +448,7 @@ def _num(value: Any, digits: int = 3) -> str:
 def _threshold(value: Any) -> str:
     if value is None:
         return "—"
-    return "never (target not met)" if value > NEVER else f"{value:.3f}"
+    return "never (target not met)" if value > NEVER else threshold_text(value)
 
 
 def _interval(value: Any) -> str:

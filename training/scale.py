@@ -28,6 +28,8 @@ from typing import Any
 
 import numpy as np
 
+from training.plots import save_figure
+
 SYSTEMS = ("kefu-fast", "kefu-default", "bm25s", "tfidf")
 DEFAULT_SIZES = (1_000, 10_000, 100_000, 1_000_000)
 # the issue's bars, dense channel off (ms of p50 by size) and the ratio to bm25s at every size
@@ -377,7 +379,8 @@ def to_json(report: ScaleReport) -> dict[str, Any]:
 
 
 def plot(report: ScaleReport, path: Path) -> Path:
-    """p50 latency and build time against KB size, log-log, one line per system."""
+    """p50 latency and build time against KB size, log-log, one line per system; the file's suffix
+    (.png, .svg or .pdf) chooses its format."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -402,10 +405,10 @@ def plot(report: ScaleReport, path: Path) -> Path:
     axes[0].legend()
     fig.suptitle(f"kefu bench --scale ({report.machine.get('cpus')} CPUs, {report.queries} queries per size)")
     fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    try:
+        return save_figure(fig, path, dpi=110)  # .png, .svg or .pdf, by the suffix
+    finally:
+        plt.close(fig)
 
 
 def main(argv: Sequence[str]) -> int:
