@@ -564,11 +564,12 @@ def test_the_publish_page_follows_the_builds_stages(client: TestClient) -> None:
             "/console/kb/build-status?version=1", headers={"Accept": "application/json"}
         ).json()
         stages.append(status["stage"])
-        if status["status"] != "building":
+        if status["state"] not in ("building", "activating"):  # built, and activated by its build
             break
         assert time.monotonic() < deadline
         time.sleep(0.02)
     assert status["status"] == "ready" and status["fraction"] == 1.0 and status["status_text"] == "就绪"
+    assert status["state"] == "live" and status["active"] and status["message"].startswith("版本 1 已上线")
     assert service.build_progress("shop-a", 1)["stage"] == "save"  # the last stage the build reported
     assert len(set(stages)) >= 2  # seen moving while it built
     client.cookies.clear()
@@ -623,3 +624,284 @@ def test_roll_back_over_unpublished_edits_asks_first(client: TestClient) -> None
     ids = [e["id"] for e in client.get("/v1/shops/shop-a/entries", headers=a).json()]
     assert ids == [k[0] for k in KB]  # version 2's KB is the draft again
     assert "已回滚到版本 2" in client.get("/console/kb/versions?rolled_back=2").text
+
+
+# ---------------------------------------------------------------- an upload's warnings
+
+
+def _warning_files(tmp: Path) -> list[Path]:
+    """KB files that load (or are refused) with every warning engine.kb gives: ignored columns with and
+    without a close known name (spreadsheet and JSON), a dropped paraphrase, questions the matcher cannot
+    tell apart, the sheet of a workbook that was read, hidden rows."""
+    import json
+
+    import openpyxl
+
+    files = []
+    csv_file = tmp / "kb.csv"
+    csv_file.write_text(
+        "id,question,similar,answer,valid_too,备注,相似问\n"
+        "a,能开发票吗,😀😀|可以开发票吗,可以,,x,\n"
+        "b,能开发票吗？,,不行,,,\n",
+        encoding="utf-8",
+    )
+    files.append(csv_file)
+    json_file = tmp / "kb.json"
+    records = [
+        {"id": "a", "question": "q1", "answer": "x", "valid_too": "1", "相似问": "p"},
+        {"id": "b", "question": "q2", "answer": "y", "valid_too": "2", "note": "n"},
+    ]
+    json_file.write_text(json.dumps(records, ensure_ascii=False), encoding="utf-8")
+    files.append(json_file)
+    jsonl_file = tmp / "kb.jsonl"
+    jsonl_file.write_text('{"id": "a", "question": "q1", "answer": "x", "categry": "1"}\n', encoding="utf-8")
+    files.append(jsonl_file)
+    for name, hidden_rows, other, hidden_sheet in (
+        ("many.xlsx", range(3, 26), True, True),
+        ("one.xlsx", [3], True, False),
+        ("few.xlsx", [3, 5], False, False),
+        ("skipped.xlsx", [], False, True),
+    ):
+        wb = openpyxl.Workbook()
+        first = wb.active
+        assert first is not None
+        if hidden_sheet:
+            first.title, first.sheet_state = "说明", "hidden"
+            sheet = wb.create_sheet("知识库")
+        else:
+            sheet, sheet.title = first, "知识库"
+        sheet.append(["id", "question", "answer"])
+        for i in range(30):
+            sheet.append([f"e{i}", f"问题{i}", "答"])
+        for r in hidden_rows:
+            sheet.row_dimensions[r].hidden = True
+        if other:
+            extra = wb.create_sheet("备份")
+            extra.append(["旧的", "数据"])
+            extra.append(["更多", "数据"])
+        wb.save(tmp / name)
+        files.append(tmp / name)
+    return files
+
+
+def test_every_kb_warning_has_a_chinese_rendering(tmp_path: Path) -> None:
+    """Each warning engine.kb gives is known to api/console/kbwarnings.py: the table's English is the
+    engine's own wording, the Chinese leaves no English phrase (only the file's quoted values)."""
+    from api.console.kbwarnings import PATTERNS, render, warning_text
+    from engine.kb import KBValidationError, load_kb
+
+    for key, pattern in PATTERNS:  # each pattern's words in both languages, with its groups as fields
+        fields = set(pattern.groupindex)
+        assert all(set(re.findall(r"{(\w+)}", text)) == fields for text in TABLE[key]), key
+    zh, en = Translator("zh"), Translator("en")
+    hit: set[str] = set()
+    for path in _warning_files(tmp_path):
+        try:
+            warnings = load_kb(path).warnings
+        except KBValidationError as e:
+            warnings = e.warnings
+        assert warnings, path
+        for w in warnings:
+            key = next((k for k, p in PATTERNS if p.fullmatch(w.message)), None)
+            assert key is not None, f"no Chinese rendering for the warning {w.message!r}"
+            hit.add(key)
+            assert render(w.message, en) == w.message and warning_text(w.message, en) == w.message
+            shown = warning_text(w.message, zh)
+            assert re.search(r"[A-Za-z]{3,}", re.sub(r"'[^']*'", "", shown)) is None, shown
+    assert hit == {k for k, _ in PATTERNS}  # every pattern is one the engine really writes
+    rows = (
+        "sheet '知识库' has 2 hidden rows (hidden by a filter or by hand), read like the others: rows 3, 5; "
+    )
+    rows += "unhide them to check them, and delete any that should not be in the knowledge base"
+    assert warning_text(rows, zh) == (
+        "工作表 '知识库' 有 2 个隐藏行（被筛选或手动隐藏），和其他行一样被读取了：第 3、5 行；"
+        "请取消隐藏检查，删除不该放进知识库的行"
+    )
+    close = "'失效日' is not a knowledge-base column; its values are ignored"
+    close += " (did you mean '失效日期', i.e. valid_to?)"
+    assert (
+        warning_text(close, zh)
+        == "'失效日' 不是知识库的列，这一列的内容被忽略了（是不是想写 '失效日期'，即“失效时间”？）"
+    )
+    assert warning_text("a warning from next year", zh) == "a warning from next year"  # shown as written
+
+
+def upload_console(c: TestClient, name: str, data: bytes) -> Any:
+    token = csrf_of(c.get("/console/kb/upload").text)
+    return c.post(
+        "/console/kb/upload", data={"csrf": token}, files={"file": (name, data)}, follow_redirects=False
+    )
+
+
+def warning_rows(html: str) -> list[list[str]]:
+    table = re.search(r'<table class="warnings">(.*?)</table>', html, re.S)
+    assert table, "no warnings on the page"
+    body = table.group(1).split("<tbody>")[1]
+    return [re.findall(r"<td>(.*?)</td>", tr, re.S) for tr in re.findall(r"<tr>(.*?)</tr>", body, re.S)]
+
+
+def test_an_upload_shows_its_warnings_in_the_pages_language(client: TestClient, tmp_path: Path) -> None:
+    """After an upload the diff page lists what loaded but deserves a look, beside the upload's notice;
+    a refused upload lists them with its problems. Another shop cannot read them."""
+    from html import unescape
+
+    login(client, "shop-a", PASSWORD)
+    data = "id,question,similar,answer,valid_too\n1,能开发票吗,😀|可以开发票吗,可以,\n2,包邮吗,,包邮,\n"
+    r = upload_console(client, "新知识库.csv", data.encode("utf-8"))
+    assert r.status_code == 303
+    where = r.headers["location"]
+    assert re.fullmatch(r"/console/kb/diff\?uploaded=2&notes=[\w-]+", where), where
+    page = client.get(where).text
+    assert '<p class="notice" role="status">已上传 2 条；下面是与线上版本的差异。</p>' in page
+    assert "文件已读取，但有 2 处需要您检查：" in page
+    assert [[unescape(c) for c in row] for row in warning_rows(page)] == [
+        [
+            "新知识库.csv",
+            "1",
+            "E",
+            "'valid_too' 不是知识库的列，这一列的内容被忽略了（是不是想写 'valid_to'？）",
+        ],
+        [
+            "新知识库.csv",
+            "2",
+            "similar",
+            "相似问法 '😀' 里没有可以用来匹配的字词（只有表情、标点或符号），已删去",
+        ],
+    ]
+    client.get("/console/lang/en?next=/console/kb")
+    english = [[unescape(c) for c in row] for row in warning_rows(client.get(where).text)]
+    assert (
+        english[0][3]
+        == "'valid_too' is not a knowledge-base column; its values are ignored (did you mean 'valid_to'?)"
+    )
+    client.get("/console/lang/zh?next=/console/kb")
+    assert 'class="warnings"' not in client.get("/console/kb/diff?uploaded=2").text  # none without the key
+    r = upload_console(client, "clean.csv", b"id,question,answer\n1,q,a\n")
+    assert r.headers["location"] == "/console/kb/diff?uploaded=1"  # nothing to look at: no key
+
+    # refused for a problem: the warnings are listed too (here: the sheet of the workbook that was read)
+    xlsx = next(p for p in _warning_files(tmp_path) if p.name == "skipped.xlsx")
+    import openpyxl
+
+    wb = openpyxl.load_workbook(xlsx)
+    wb["知识库"]["C2"] = None  # a blank answer
+    wb.save(xlsx)
+    r = upload_console(client, "kb.xlsx", xlsx.read_bytes())
+    assert r.status_code == 400 and 'class="issues"' in r.text
+    assert [unescape(c) for c in warning_rows(r.text)[0]] == [
+        "kb.xlsx",
+        "—",
+        "—",
+        "读取的是工作表 '知识库'（第一个可见的工作表）；跳过了隐藏的工作表：'说明'",
+    ]
+
+    # the key is the shop's: shop-b reading shop-a's URL sees no warnings
+    client.cookies.clear()
+    login(client, "shop-b", client.app.state.keys["shop-b"])  # type: ignore[attr-defined]
+    assert 'class="warnings"' not in client.get(where).text
+
+
+# ---------------------------------------------------------------- a version held back by a rollback
+
+
+def test_version_state_tells_live_activating_and_not_active_apart() -> None:
+    from datetime import UTC, datetime, timedelta
+
+    from api.console.kb_routes import version_state
+    from api.db.models import KBVersion
+    from api.kb.publisher import NOT_ACTIVATED
+
+    now = datetime.now(UTC)
+
+    def row(version: int, seq: int, status: str = "ready", ago: float = 1.0, **metrics: Any) -> KBVersion:
+        finished = (now - timedelta(seconds=ago)).replace(tzinfo=None)  # as SQLite gives it back
+        return KBVersion(
+            version=version, request_seq=seq, status=status, metrics=metrics, finished_at=finished
+        )
+
+    live = row(2, 4)
+    assert version_state(live, live, now) == "live"
+    assert version_state(row(3, 5), live, now) == "activating"  # its build is activating it
+    assert version_state(row(3, 5), None, now) == "activating"
+    assert version_state(row(3, 5, ago=3600), live, now) == "inactive"  # an activation that never came
+    assert version_state(row(1, 1), live, now) == "inactive"  # an older version
+    assert version_state(row(3, 3), row(1, 6), now) == "inactive"  # built after the rollback to 1
+    held = row(3, 5, **{NOT_ACTIVATED: "ready but not activated"})
+    assert version_state(held, live, now) == "inactive"
+    assert version_state(row(4, 7, "building"), live, now) == "building"
+    assert version_state(row(4, 7, "failed"), live, now) == "failed"
+
+
+def test_a_build_ending_after_a_rollback_shows_ready_not_active(tmp_path: Path) -> None:
+    """The build of version 3 ends after the merchant rolled back to version 1: it is ready but not
+    served, and the console says so (not "Loading"), offering to activate it; activated, it is live."""
+    from tests.console_server import KB, kb_csv
+
+    app = create_app(settings_for(tmp_path, build_in_process=False))  # the test runs each build itself
+    with TestClient(app, base_url="https://testserver") as c:
+        admin = {"X-Admin-Token": ADMIN}
+        r = c.post("/v1/admin/shops", json={"id": "shop-a", "name": "shop-a"}, headers=admin)
+        key = {"X-API-Key": r.json()["api_key"]}
+        r = c.put("/v1/admin/shops/shop-a/console-password", json={"password": PASSWORD}, headers=admin)
+        assert r.status_code == 204
+        service = c.app.state.service  # type: ignore[attr-defined]
+
+        def publish(rows: list[tuple[str, str, str, str]], build: bool = True) -> int:
+            r = c.post(
+                "/v1/shops/shop-a/kb?publish=true", files={"file": ("kb.csv", kb_csv(rows))}, headers=key
+            )
+            assert r.status_code == 200, r.text
+            version = int(r.json()["version"])
+            if build:
+                service.builds.build_version("shop-a", version)
+            return version
+
+        assert (publish(KB[:6]), publish(KB[:7]), publish(KB, build=False)) == (1, 2, 3)
+        login(c, "shop-a", PASSWORD)
+        token = csrf_of(c.get("/console/kb/versions").text)
+        r = c.post("/console/kb/rollback", data={"csrf": token, "version": "1", "draft": "discard"})
+        assert r.status_code == 200 and "已回滚到版本 1" in r.text
+        service.builds.build_version("shop-a", 3)  # the build ends after the rollback
+        assert c.get("/v1/shops/shop-a/kb/versions/3", headers=key).json()["active"] is False
+
+        status = c.get("/console/kb/build-status?version=3", headers={"Accept": "application/json"}).json()
+        assert "正在加载" not in status["message"] and "已上线" not in status["message"]
+        assert status["status_text"] == "已就绪，未启用" and status["fraction"] == 1.0
+        assert (status["status"], status["state"], status["active"], status["pending"]) == (
+            "ready",
+            "inactive",
+            False,
+            False,
+        )
+        assert status["message"].startswith("版本 3 已构建完成（8 条），但没有启用：线上仍是版本 1。")
+        page = c.get("/console/kb/versions").text
+        row3 = re.search(r'<tr data-version="3" data-state="(\w+)">(.*?)</tr>', page, re.S)
+        assert row3 and row3.group(1) == "inactive"
+        assert '<span class="badge badge-inactive">已就绪，未启用</span>' in row3.group(2)
+        assert "构建期间您回滚到了其他版本" in row3.group(2)
+        assert 'aria-label="启用版本 3">启用</button>' in row3.group(2)  # the activate action
+        row2 = re.search(r'<tr data-version="2" data-state="inactive">(.*?)</tr>', page, re.S)
+        assert row2 and 'aria-label="启用版本 2"' in row2.group(1)  # inactive too, not held back
+        assert "构建期间" not in row2.group(1)
+        assert re.search(r'<tr data-version="1" data-state="live">', page)
+
+        publish_page = c.get("/console/kb/publish?version=3").text
+        assert 'data-state="inactive">已就绪，未启用</strong>' in publish_page
+        assert re.search(r"<form [^>]*data-activate>", publish_page)  # offered, not hidden
+
+        c.get("/console/lang/en?next=/console/kb")
+        status = c.get("/console/kb/build-status?version=3", headers={"Accept": "application/json"}).json()
+        assert status["status_text"] == "Ready, not active"
+        assert "Loading" not in status["message"]
+        c.get("/console/lang/zh?next=/console/kb")
+
+        r = c.post("/console/kb/rollback", data={"csrf": token, "version": "3"}, follow_redirects=False)
+        assert r.status_code == 303 and r.headers["location"] == "/console/kb/versions?activated=3"
+        assert "已启用版本 3。" in c.get(r.headers["location"]).text
+        assert c.get("/v1/shops/shop-a", headers=key).json()["active_version"] == 3
+        status = c.get("/console/kb/build-status?version=3", headers={"Accept": "application/json"}).json()
+        assert (status["state"], status["active"], status["status_text"]) == ("live", True, "就绪")
+        assert status["message"].startswith("版本 3 已上线（8 条）。")
+        page = c.get("/console/kb/versions").text
+        assert re.search(r'<tr data-version="3" data-state="live">', page)
+        assert 'aria-label="回滚到版本 2">回滚</button>' in page  # older than the live one: a rollback

@@ -264,10 +264,19 @@ def test_kb_upload_fix_publish_try_mode_off_rollback_logout(page: Any, server: S
     with server.api("shop-b") as api:
         assert len(api.get("/v1/shops/shop-b/entries").json()) == len(KB)  # nothing was stored
 
-    # fixed: the diff against the live version shows the one new entry before anything is published
-    upload(page, kb_csv([*KB, GIFT]), "新知识库.csv")
+    # fixed: the diff against the live version shows the one new entry before anything is published,
+    # and what the file loaded with but deserves a look (a column that is not a KB column)
+    fixed = kb_csv([*KB, GIFT]).decode("utf-8").splitlines()
+    noted = "\n".join([fixed[0] + ",备注", *(line + ",内部备注" for line in fixed[1:])]) + "\n"
+    upload(page, noted.encode("utf-8"), "新知识库.csv")
     assert page.url.split("?")[0].endswith("/console/kb/diff")
     assert "新增 1 条" in page.locator("ul.summary").inner_text()
+    assert page.locator("table.warnings tbody tr").first.locator("td").all_inner_texts() == [
+        "新知识库.csv",
+        "1",
+        "E",
+        "'备注' 不是知识库的列，这一列的内容被忽略了",
+    ]
     assert page.locator("tr.diff-added").inner_text().count("gift-wrap") == 1
     check_page(page, "kb-diff")
 
@@ -287,7 +296,7 @@ def test_kb_upload_fix_publish_try_mode_off_rollback_logout(page: Any, server: S
     # publish: the page follows the build to the end
     page.get_by_role("button", name="发布").click()
     assert page.url.split("?")[0].endswith("/console/kb/publish")
-    page.locator("[data-status-value=ready]").wait_for(timeout=120_000)
+    page.locator("[data-status-value=ready][data-state=live]").wait_for(timeout=120_000)
     assert page.locator("progress").evaluate("p => p.value") == 100
     assert "版本 2 已上线" in page.locator("[data-done]").inner_text()
     check_page(page, "kb-publish")

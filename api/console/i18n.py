@@ -202,6 +202,12 @@ TABLE: dict[str, tuple[str, str]] = {
         "已上传 {n} 条；下面是与线上版本的差异。",
         "{n} entries uploaded; the changes against live:",
     ),
+    "kb.warnings": (
+        "文件已读取，但有 {n} 处需要您检查：",
+        "{n} warning(s): the file loaded, but these deserve a look:",
+    ),
+    "kb.warning": ("提示", "Warning"),
+    "kb.warnings_more": ("另有 {n} 条提示未列出。", "{n} more warning(s) not listed."),
     "kb.diff_against": (
         "编辑中的知识库与线上版本 {version} 的差异：",
         "The draft against live version {version}:",
@@ -233,6 +239,20 @@ TABLE: dict[str, tuple[str, str]] = {
         "Version {version} is live ({entries} entries).",
     ),
     "kb.build_not_served": ("正在加载……", "Loading ..."),
+    "kb.build_activating": (
+        "版本 {version} 已构建完成（{entries} 条），正在启用……",
+        "Version {version} is built ({entries} entries); activating ...",
+    ),
+    "kb.build_inactive": (
+        "版本 {version} 已构建完成（{entries} 条），但没有启用：线上仍是{live}。",
+        "Version {version} is built ({entries} entries) but not active: {live} stays live.",
+    ),
+    "kb.live_version": ("版本 {version}", "version {version}"),
+    "kb.no_live_version": ("没有版本", "no version"),
+    "kb.not_activated": (
+        "构建期间您回滚到了其他版本，所以它没有自动启用；需要时可启用它。",
+        "You rolled back while it was building, so it was not activated; activate it to serve it.",
+    ),
     "kb.build_failed": ("构建失败：{error}", "The build failed: {error}"),
     "kb.build_superseded": ("已被更新的版本取代：{error}", "Superseded: {error}"),
     "kb.version": ("版本", "Version"),
@@ -244,6 +264,10 @@ TABLE: dict[str, tuple[str, str]] = {
     "kb.rollback": ("回滚", "Roll back"),
     "kb.rollback_to": ("回滚到版本 {version}", "Roll back to version {version}"),
     "kb.rolled_back": ("已回滚到版本 {version}。", "Rolled back to version {version}."),
+    "kb.activated": ("已启用版本 {version}。", "Version {version} is now active."),
+    "kb.activate": ("启用", "Activate"),
+    "kb.activate_version": ("启用版本 {version}", "Activate version {version}"),
+    "kb.activate_col": ("启用或回滚", "Activate or roll back"),
     "kb.live_now": ("线上", "live"),
     "kb.self_recall": ("自检召回 {value}", "self-check recall {value}"),
     "kb.conflict": (
@@ -259,6 +283,9 @@ TABLE: dict[str, tuple[str, str]] = {
     "status.ready": ("就绪", "Ready"),
     "status.failed": ("失败", "Failed"),
     "status.superseded": ("已取代", "Superseded"),
+    "status.live": ("就绪", "Ready"),
+    "status.activating": ("已就绪，正在启用", "Ready, activating"),
+    "status.inactive": ("已就绪，未启用", "Ready, not active"),
     "stage.tokenize": ("分词", "Tokenizing"),
     "stage.embed": ("计算向量", "Embedding"),
     "stage.classifier": ("训练分类器", "Training the classifier"),
@@ -276,6 +303,88 @@ TABLE: dict[str, tuple[str, str]] = {
     "field.valid_to": ("失效时间", "Valid to"),
     "field.action": ("动态查询", "Lookup"),
     "field.notify": ("通知客服", "Notify agents"),
+    # an uploaded file's warnings (api/console/kbwarnings.py); English: engine.kb's words
+    "kbw.sheet_others_skipped": (
+        "读取的是工作表 {sheet}（第一个可见的工作表）；其他工作表未读取：{others}；"
+        "跳过了隐藏的工作表：{skipped}",
+        "read sheet {sheet}, the first visible one; other sheets ignored: {others}; "
+        "hidden sheets skipped: {skipped}",
+    ),
+    "kbw.sheet_others": (
+        "读取的是工作表 {sheet}（第一个可见的工作表）；其他工作表未读取：{others}",
+        "read sheet {sheet}, the first visible one; other sheets ignored: {others}",
+    ),
+    "kbw.sheet_skipped": (
+        "读取的是工作表 {sheet}（第一个可见的工作表）；跳过了隐藏的工作表：{skipped}",
+        "read sheet {sheet}, the first visible one; hidden sheets skipped: {skipped}",
+    ),
+    "kbw.hidden_row": (
+        "工作表 {sheet} 有 {n} 个隐藏行（被筛选或手动隐藏），和其他行一样被读取了：第 {rows} 行；"
+        "请取消隐藏检查，删除不该放进知识库的行",
+        "sheet {sheet} has {n} hidden row (hidden by a filter or by hand), read like the others: row "
+        "{rows}; unhide them to check them, and delete any that should not be in the knowledge base",
+    ),
+    "kbw.hidden_rows": (
+        "工作表 {sheet} 有 {n} 个隐藏行（被筛选或手动隐藏），和其他行一样被读取了：第 {rows} 行；"
+        "请取消隐藏检查，删除不该放进知识库的行",
+        "sheet {sheet} has {n} hidden rows (hidden by a filter or by hand), read like the others: rows "
+        "{rows}; unhide them to check them, and delete any that should not be in the knowledge base",
+    ),
+    "kbw.hidden_rows_more": (
+        "工作表 {sheet} 有 {n} 个隐藏行（被筛选或手动隐藏），和其他行一样被读取了：第 {rows} 行，"
+        "另有 {more} 行；请取消隐藏检查，删除不该放进知识库的行",
+        "sheet {sheet} has {n} hidden rows (hidden by a filter or by hand), read like the others: rows "
+        "{rows} and {more} more; unhide them to check them, and delete any that should not be in the "
+        "knowledge base",
+    ),
+    "kbw.column": (
+        "{name} 不是知识库的列，这一列的内容被忽略了",
+        "{name} is not a knowledge-base column; its values are ignored",
+    ),
+    "kbw.column_close": (
+        "{name} 不是知识库的列，这一列的内容被忽略了（是不是想写 {close}？）",
+        "{name} is not a knowledge-base column; its values are ignored (did you mean {close}?)",
+    ),
+    "kbw.column_target": (
+        "{name} 不是知识库的列，这一列的内容被忽略了（是不是想写 {close}，即“{target}”？）",
+        "{name} is not a knowledge-base column; its values are ignored (did you mean {close}, i.e. "
+        "{target}?)",
+    ),
+    "kbw.key": (
+        "{name} 不是知识库的列，已忽略（出现在 {count} {unit}中）",
+        "{name} is not a knowledge-base column; it is ignored (in {count} {unit})",
+    ),
+    "kbw.key_close": (
+        "{name} 不是知识库的列，已忽略（出现在 {count} {unit}中；是不是想写 {close}？）",
+        "{name} is not a knowledge-base column; it is ignored (in {count} {unit}) (did you mean {close}?)",
+    ),
+    "kbw.key_target": (
+        "{name} 不是知识库的列，已忽略（出现在 {count} {unit}中；是不是想写 {close}，即“{target}”？）",
+        "{name} is not a knowledge-base column; it is ignored (in {count} {unit}) (did you mean {close}, "
+        "i.e. {target}?)",
+    ),
+    "kbw.dropped": (
+        "相似问法 {text} 里没有可以用来匹配的字词（只有表情、标点或符号），已删去",
+        "paraphrase {text} has no word or character the matcher can use (only emoji, punctuation or "
+        "symbols); it was dropped",
+    ),
+    "kbw.same_to_matcher": (
+        "条目 {entry} 的 {text} 与条目 {other_entry}（第 {row} {unit}）的{role} {other} 只差在标点、表情、"
+        "全角/半角、繁简体或大小写上，机器人分不清它们：请合并这两个条目，或改写其中一个",
+        "entry {entry} repeats {text} to the matcher: it is the same question as {other}, a {role} of "
+        "entry {other_entry} ({unit} {row}), but for punctuation, emoji, width, traditional/simplified "
+        "characters or case; the matcher cannot tell them apart, so merge the two entries or reword one",
+    ),
+    "kbw.unit.row": ("行", "row"),
+    "kbw.unit.rows": ("行", "rows"),
+    "kbw.unit.line": ("行", "line"),
+    "kbw.unit.lines": ("行", "lines"),
+    "kbw.unit.record": ("条记录", "record"),
+    "kbw.unit.records": ("条记录", "records"),
+    "kbw.unit.item": ("项", "item"),
+    "kbw.unit.items": ("项", "items"),
+    "kbw.role.standard_question": ("标准问题", "standard question"),
+    "kbw.role.similar_question": ("相似问法", "similar question"),
     # conversations
     "conv.filter": ("转人工原因", "Handoff reason"),
     "conv.apply": ("筛选", "Filter"),
@@ -355,6 +464,11 @@ TABLE: dict[str, tuple[str, str]] = {
     "why.venting": ("顾客不满，机器人还没有帮上忙", "the customer is upset and the bot has not helped yet"),
     "why.non_text": ("非文字消息（{kind}）", "non-text message ({kind})"),
     "why.contact_only": ("消息里只有联系方式", "contact details only"),
+    "why.rejected": ("顾客说给出的选项都不是", "the customer said none of the options fits"),
+    "why.out_of_range": (
+        "顾客回复的序号超出了选项范围",
+        "the customer picked an option number the list does not have",
+    ),
     "why.no_words": (
         "没有可匹配的文字（空消息，或只有标点）",
         "no words to match (an empty message, or only punctuation)",
@@ -464,11 +578,6 @@ TABLE: dict[str, tuple[str, str]] = {
     "code.explicit_request": ("顾客要求人工", "Customer asked for a person"),
     "code.low_confidence": ("把握不足", "Not confident enough"),
     "code.repeated_miss": ("连续没听懂", "Missed several times in a row"),
-    "why.rejected": ("顾客说给出的选项都不是", "the customer said none of the options fits"),
-    "why.out_of_range": (
-        "顾客回复的序号超出了选项范围",
-        "the customer picked an option number the list does not have",
-    ),
     "code.repeated_question": ("重复提问", "Repeated question"),
     "code.mood": ("顾客不满", "Upset customer"),
     "code.dynamic_failure": ("订单查询未能完成", "Order lookup did not work out"),

@@ -2,6 +2,12 @@
 entries and paraphrases, the diff against the live version, publish with build progress, versions with
 roll back, and any version (or the draft) as XLSX.
 
+An upload's warnings (what loaded but deserves a look: ignored columns, hidden rows, the sheet read ...)
+are kept in the store for the page the upload redirects to, and shown in the page's language
+(api/console/kbwarnings.py). A version is shown by what the merchant gets from it (`version_state`): a
+ready version is live, about to be activated by its build, or ready but not active (an older one, or one
+whose build ended after the merchant rolled back: a rollback sticks), which can be activated.
+
 The same functions as the API's KB routes (api/routes/kb.py, api/kb/repo.py): validation through
 engine.kb, so a problem is reported exactly as the API and `kefu build` report it, and a bad upload or
 edit stores nothing.
@@ -9,6 +15,8 @@ edit stores nothing.
 
 from __future__ import annotations
 
+import secrets
+from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Form, HTTPException, Query, Request, status
@@ -16,10 +24,12 @@ from fastapi.responses import JSONResponse, Response
 from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
 
+from api.console import kbwarnings
 from api.console.kbdiff import diff
 from api.console.web import PREFIX, Console, ConsoleDep, CsrfDep, render, see_other
 from api.db.models import KBVersion, Shop
 from api.kb import repo as kb_repo
+from api.kb.publisher import NOT_ACTIVATED
 from api.routes.kb import _download, read_limits
 from api.web.strict_json import StrictJSONRoute
 from api.web.uploads import upload_name
@@ -28,6 +38,11 @@ from engine.kb import KBEntry, KBIssue, KBTooLarge, KBValidationError
 router = APIRouter(route_class=StrictJSONRoute, prefix=PREFIX, include_in_schema=False)
 PAGE_SIZE = 50
 VersionNo = Annotated[int, Query(ge=1, le=2**31 - 1)]
+WARNINGS_TTL = 3600  # seconds an upload's warnings stay readable by the page it redirects to
+NotesKey = Annotated[str, Query(max_length=64, pattern=r"^[A-Za-z0-9_-]*$")]
+# a ready version not yet active whose build will activate it: after this long it is counted as not
+# active (the build's activation failed; the merchant can activate it)
+ACTIVATION_GRACE = timedelta(minutes=2)
 
 
 def _lines(text: str) -> list[str]:
@@ -214,8 +229,17 @@ async def upload(request: Request, console: CsrfDep) -> Response:
     try:
         entries = await service.upload_parser.parse(name, suffix, data, read_limits(service.settings))
     except KBValidationError as e:
+        warnings, more = kbwarnings.listed(e.warnings, console.t)
         return render(
-            request, "kb_upload.html", console, 400, page="kb-upload", issues=e.issues, filename=name
+            request,
+            "kb_upload.html",
+            console,
+            400,
+            page="kb-upload",
+            issues=e.issues,
+            filename=name,
+            warnings=warnings,
+            warnings_more=more,
         )
     except KBTooLarge as e:
         return render(request, "kb_upload.html", console, 413, page="kb-upload", issues=[], error=str(e))
@@ -225,7 +249,19 @@ async def upload(request: Request, console: CsrfDep) -> Response:
             kb_repo.replace_all(s, console.shop.id, entries)
 
     await run_in_threadpool(store)
-    return see_other(f"{PREFIX}/kb/diff?uploaded={len(entries)}")
+    # engine.kb.KBEntries: what loaded but deserves a look, for the diff page the upload redirects to
+    found: list[KBIssue] = list(getattr(entries, "warnings", ()))
+    notes = ""
+    if found:
+        notes = secrets.token_urlsafe(16)
+        kept = kbwarnings.stored(found)
+        await run_in_threadpool(service.store.set_json, _notes_key(console, notes), kept, WARNINGS_TTL)
+    return see_other(f"{PREFIX}/kb/diff?uploaded={len(entries)}" + (f"&notes={notes}" if notes else ""))
+
+
+def _notes_key(console: Console, notes: str) -> str:
+    """Where an upload's warnings wait for the page it redirects to: the shop's, under a random name."""
+    return f"console:kb-upload:{console.shop.id}:{notes}"
 
 
 # ---------------------------------------------------------------- diff, publish, versions
@@ -237,7 +273,10 @@ def _live(s: Session, shop: Shop) -> KBVersion | None:
 
 @router.get("/kb/diff")
 def diff_page(
-    request: Request, console: ConsoleDep, uploaded: Annotated[int | None, Query(ge=0, le=10**7)] = None
+    request: Request,
+    console: ConsoleDep,
+    uploaded: Annotated[int | None, Query(ge=0, le=10**7)] = None,
+    notes: NotesKey = "",
 ) -> Response:
     with console.service.db.session() as s:
         live_row = _live(s, console.shop)
@@ -248,6 +287,8 @@ def diff_page(
         except KBValidationError as e:
             draft, issues = [], e.issues
     notice = console.t("kb.uploaded", n=uploaded) if uploaded is not None else ""
+    stored = console.service.store.get_json(_notes_key(console, notes)) if notes else None
+    warnings, more = kbwarnings.shown(stored, console.t)
     return render(
         request,
         "kb_diff.html",
@@ -258,6 +299,8 @@ def diff_page(
         issues=issues,
         draft_size=len(draft),
         notice=notice,
+        warnings=warnings,
+        warnings_more=more,
     )
 
 
@@ -290,30 +333,83 @@ def publish_page(
     request: Request, console: ConsoleDep, version: VersionNo, reused: Annotated[int, Query(ge=0, le=1)] = 0
 ) -> Response:
     with console.service.db.session() as s:
-        row = kb_repo.get_version(s, console.shop.id, version)
-    if row is None:
+        shop, row = _version_and_shop(s, console, version)
+        build = _build_status(console, row, kb_repo.get_version(s, shop.id, shop.active_version or 0))
+    return render(
+        request,
+        "kb_publish.html",
+        console,
+        page="kb-publish",
+        version=row,
+        build=build,
+        reused=bool(reused),
+    )
+
+
+def _version_and_shop(s: Session, console: Console, version: int) -> tuple[Shop, KBVersion]:
+    """The session's shop as it is now (its active version) and one of its versions, or a 404."""
+    shop = s.get(Shop, console.shop.id, populate_existing=True)
+    row = kb_repo.get_version(s, console.shop.id, version)
+    if shop is None or row is None:
         raise HTTPException(status.HTTP_404_NOT_FOUND, console.t("kb.no_version", version=version))
-    return render(request, "kb_publish.html", console, page="kb-publish", version=row, reused=bool(reused))
+    return shop, row
 
 
-def _build_status(console: Console, row: KBVersion) -> dict[str, Any]:
+def version_state(row: KBVersion, active: KBVersion | None, now: datetime | None = None) -> str:
+    """What a version is to the merchant: building, failed or superseded as its status says; a ready
+    one is `live` (the shop's active version), `activating` (its build finished and is activating it:
+    the merchant asked for no other version since, see Publisher.activate), or `inactive` (ready but not
+    served: an older version, or one whose build ended after a rollback, which stuck). An activation
+    that has not come ACTIVATION_GRACE after the build ended counts as not coming."""
+    if row.status != "ready":
+        return row.status
+    if active is not None and active.version == row.version:
+        return "live"
+    if NOT_ACTIVATED in (row.metrics or {}):
+        return "inactive"
+    follows = active is None or (active.request_seq or 0) <= (row.request_seq or 0)
+    finished = row.finished_at
+    if finished is not None and finished.tzinfo is None:
+        finished = finished.replace(tzinfo=UTC)  # SQLite gives back naive datetimes (stored as UTC)
+    recent = finished is None or finished > (now or datetime.now(UTC)) - ACTIVATION_GRACE
+    return "activating" if follows and recent else "inactive"
+
+
+def _build_status(console: Console, row: KBVersion, active: KBVersion | None) -> dict[str, Any]:
+    """A version's build as the publish page shows it; `pending`: the page should ask again (still
+    building, being activated, or live but not yet loaded here)."""
     t = console.t
     progress = console.service.build_progress(console.shop.id, row.version) or {}
     stage = str(progress.get("stage") or "")
     fraction = float(progress.get("fraction") or 0.0)
+    state = version_state(row, active)
     message = ""
+    pending = state in ("building", "activating")
     if row.status == "ready":
         fraction = 1.0
-        served = console.service.registry.get(console.shop.id)
-        message = t("kb.build_ready", version=row.version, entries=row.entries)
-        if served is None or served.version != row.version:
-            message += " " + t("kb.build_not_served")
+        values = {"version": row.version, "entries": row.entries}
+        if state == "live":
+            served = console.service.registry.get(console.shop.id)
+            message = t("kb.build_ready", **values)
+            if served is None or served.version != row.version:
+                message += " " + t("kb.build_not_served")
+                pending = True
+        elif state == "activating":
+            message = t("kb.build_activating", **values)
+        else:
+            live = t("kb.live_version", version=active.version) if active else t("kb.no_live_version")
+            message = t("kb.build_inactive", live=live, **values)
+            if NOT_ACTIVATED in (row.metrics or {}):
+                message += " " + t("kb.not_activated")
     elif row.status in ("failed", "superseded"):
         message = t("kb.build_" + row.status, error=row.error or "")
     return {
         "version": row.version,
         "status": row.status,
-        "status_text": t("status." + row.status),
+        "state": state,
+        "active": state == "live",
+        "pending": pending,
+        "status_text": t("status." + state),
         "stage": stage,
         "stage_text": t("stage." + stage) if stage else "",
         "fraction": fraction,
@@ -325,21 +421,36 @@ def _build_status(console: Console, row: KBVersion) -> dict[str, Any]:
 def build_status(console: ConsoleDep, version: VersionNo) -> JSONResponse:
     """A version's build, for the publish page's progress bar (polled by console.js)."""
     with console.service.db.session() as s:
-        row = kb_repo.get_version(s, console.shop.id, version)
-        if row is None:
-            raise HTTPException(status.HTTP_404_NOT_FOUND, console.t("kb.no_version", version=version))
-        return JSONResponse(_build_status(console, row), headers={"Cache-Control": "no-store"})
+        shop, row = _version_and_shop(s, console, version)
+        active = kb_repo.get_version(s, shop.id, shop.active_version or 0)
+        return JSONResponse(_build_status(console, row, active), headers={"Cache-Control": "no-store"})
+
+
+def _versions(s: Session, shop: str) -> dict[str, Any]:
+    """The versions page's: the shop's versions (detached, newest first), the state of each
+    (version_state), and which were held back by a rollback made while they built."""
+    shop_row = s.get(Shop, shop, populate_existing=True)
+    rows = kb_repo.list_versions(s, shop)
+    active_no = shop_row.active_version if shop_row else None
+    active = next((r for r in rows if r.version == active_no), None)
+    now = datetime.now(UTC)
+    states = {r.version: version_state(r, active, now) for r in rows}
+    held = {r.version for r in rows if NOT_ACTIVATED in (r.metrics or {})}
+    for row in rows:
+        s.expunge(row)
+    return {"versions": rows, "states": states, "held": held}
 
 
 @router.get("/kb/versions")
 def versions_page(request: Request, console: ConsoleDep) -> Response:
     with console.service.db.session() as s:
-        rows = kb_repo.list_versions(s, console.shop.id)
-        for row in rows:
-            s.expunge(row)
+        listed = _versions(s, console.shop.id)
     back = request.query_params.get("rolled_back", "")
+    forward = request.query_params.get("activated", "")
     notice = console.t("kb.rolled_back", version=back) if back.isdigit() else ""
-    return render(request, "kb_versions.html", console, page="kb-versions", versions=rows, notice=notice)
+    if forward.isdigit():
+        notice = console.t("kb.activated", version=forward)
+    return render(request, "kb_versions.html", console, page="kb-versions", notice=notice, **listed)
 
 
 @router.post("/kb/rollback")
@@ -366,12 +477,13 @@ def rollback(
         service.publisher.activate(shop, version, with_locked=None if draft == "keep" else restore)
     except kb_repo.DraftConflict:
         with service.db.session() as s:
-            rows = kb_repo.list_versions(s, shop)
-            for r in rows:
-                s.expunge(r)
+            listed = _versions(s, shop)
         return render(
-            request, "kb_versions.html", console, 409, page="kb-versions", versions=rows, conflict=version
+            request, "kb_versions.html", console, 409, page="kb-versions", conflict=version, **listed
         )
+    before = console.shop.active_version  # as the request found it
+    if before is None or version > before:  # forward: a version never served, or rolled back from
+        return see_other(f"{PREFIX}/kb/versions?activated={version}")
     return see_other(f"{PREFIX}/kb/versions?rolled_back={version}")
 
 
