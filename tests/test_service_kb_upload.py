@@ -26,9 +26,19 @@ def test_upload_answers_with_the_warnings_of_a_kb_that_loads(client: TestClient)
         "version": None,
         "reused": False,
         "warnings": [
-            "shop.csv row 1, column G: 'valid_until' is not a knowledge-base column; its values are ignored "
-            "(did you mean 'valid_to'?)",
-            "shop.csv row 1, column H: '备注' is not a knowledge-base column; its values are ignored",
+            {
+                "source": "shop.csv",
+                "row": 1,
+                "column": "G",
+                "message": "'valid_until' is not a knowledge-base column; its values are ignored "
+                "(did you mean 'valid_to'?)",
+            },
+            {
+                "source": "shop.csv",
+                "row": 1,
+                "column": "H",
+                "message": "'备注' is not a knowledge-base column; its values are ignored",
+            },
         ],
     }
     r = client.post("/v1/shops/shop-a/kb", headers=key, files={"file": ("shop.csv", kb_csv())})
@@ -51,7 +61,12 @@ def test_a_refused_upload_also_lists_the_warnings(client: TestClient) -> None:
     [issue] = r.json()["issues"]
     assert (issue["row"], issue["column"]) == (2, "answer") and "Excel error #REF!" in issue["message"]
     assert r.json()["warnings"] == [
-        "shop.xlsx: read sheet 'KB2', the first visible one; other sheets ignored: 'Notes'"
+        {
+            "source": "shop.xlsx",
+            "row": None,
+            "column": None,
+            "message": "read sheet 'KB2', the first visible one; other sheets ignored: 'Notes'",
+        }
     ]
 
 

@@ -33,6 +33,7 @@ from api.web.schemas import (
     ActivateOut,
     EntryIn,
     EntryOut,
+    IssueOut,
     MiningOut,
     PublishOut,
     UploadOut,
@@ -40,7 +41,7 @@ from api.web.schemas import (
 )
 from api.web.strict_json import StrictJSONRoute
 from api.web.uploads import read_upload, upload_body, upload_name
-from engine.kb import KBEntry, KBTooLarge, KBValidationError, ReadLimits, dump_kb
+from engine.kb import KBEntry, KBIssue, KBTooLarge, KBValidationError, ReadLimits, dump_kb
 from engine.mining import proposals_file
 
 router = APIRouter(
@@ -76,18 +77,21 @@ VERSION_LINKS = {
 }
 
 
+def issue_dict(i: KBIssue) -> dict[str, Any]:
+    """A KB problem or warning as the API gives it: where (file, row, column) and what."""
+    return {"source": i.source, "row": i.row, "column": i.column, "message": i.message}
+
+
 def issues_response(err: KBValidationError, what: str = "knowledge base") -> JSONResponse:
     """422 listing every problem of an uploaded file or edit (file, row, column); nothing was stored.
 
     What the reader also warned about (e.g. which sheet of a workbook it read) comes as `warnings`."""
     content: dict[str, Any] = {
         "detail": f"{len(err.issues)} problem(s) in the {what}; nothing was changed",
-        "issues": [
-            {"source": i.source, "row": i.row, "column": i.column, "message": i.message} for i in err.issues
-        ],
+        "issues": [issue_dict(i) for i in err.issues],
     }
     if err.warnings:
-        content["warnings"] = [str(w) for w in err.warnings]
+        content["warnings"] = [issue_dict(w) for w in err.warnings]
     return JSONResponse(status_code=422, content=content)
 
 
@@ -158,7 +162,7 @@ async def upload_kb(
     except KBTooLarge as e:
         return too_large_response(e)
     # engine.kb.KBEntries: what loaded but deserves a look (ignored columns, hidden rows ...)
-    warnings = [str(w) for w in getattr(entries, "warnings", ())]
+    warnings = [IssueOut(**issue_dict(w)) for w in getattr(entries, "warnings", ())]
     return await run_in_threadpool(_store_upload, service, shop.id, entries, publish, warnings)
 
 
@@ -181,7 +185,7 @@ def read_limits(settings: Settings) -> ReadLimits:
 
 
 def _store_upload(
-    service: Service, shop: str, entries: list[KBEntry], publish: bool, warnings: list[str]
+    service: Service, shop: str, entries: list[KBEntry], publish: bool, warnings: list[IssueOut]
 ) -> UploadOut:
     """Blocking part of an upload once parsed: replace the entries, maybe publish."""
     with service.db.session(write_lock=True) as s:

@@ -212,9 +212,10 @@ class UploadOut(BaseModel):
         default=None, description="the version being built (or reused, see `reused`), when publish=true"
     )
     reused: bool = Field(default=False, description="as in the publish response")
-    warnings: list[str] = Field(
+    warnings: list[IssueOut] = Field(
         default_factory=list,
-        description="what loaded but deserves a look (file, row, column): columns that are not KB columns "
+        description="what loaded but deserves a look, located as problems are (source, row, column, "
+        "message): columns that are not KB columns "
         "and were ignored (with the closest known name), hidden rows that were read, the sheet that was "
         "read, paraphrases dropped because the matcher could not use them",
     )
