@@ -179,6 +179,75 @@ def test_long_digit_runs_stay_order_numbers(source: str, expected: str) -> None:
     assert mask_pii(source) == expected
 
 
+# --- product links and SKUs ---------------------------------------------------------------------------
+# A product id is no personal data, and the bot (catalog skill) and the agent taking a handoff need it.
+PRODUCTS_KEPT = [
+    "看下这个 https://item.jd.com/100012043978.html 有货吗",
+    "这款item.m.jd.com/product/100012043978.html还有吗",
+    "https://item.jd.com/100012043978.html?sku=100012043978&spm=1.2.3 能便宜点吗",
+    "链接 https://item.m.jd.com/100012043978.html，16G版本有吗",
+    "https://item.m.jd.com/ware/view.action?wareId=10078934567890 这个呢",
+    "https://item.jd.hk/100012043978.html 是正品吗",
+    "https://item.jd.com/100012043978.html#crumb-wrap",
+    "https://u.jd.com/AbC12x 这个活动还有吗",
+    "商品编号：100012043978 有白色吗",
+    "商品编号是100012043978，什么时候有货",
+    "商品ID 100012043978",
+    "SKU 100012043978",
+    "sku：10078934567890 什么时候到货",
+    "skuId=100012043978",
+    "我要的是SKU100012043978这款",
+    "商品编号：１０００１２０４３９７８",  # full-width digits from a Chinese IME
+]
+PRODUCTS_AMONG_PII = [
+    (
+        "https://item.jd.com/100012043978.html 电话13812345678",
+        "https://item.jd.com/100012043978.html 电话[手机号]",
+    ),
+    ("https://item.jd.com/100012043978.html13812345678", "https://item.jd.com/100012043978.html[手机号]"),
+    (
+        "我买的是 https://item.jd.com/100012043978.html，订单 250112345678 一直没发货，电话138-1234-5678",
+        "我买的是 https://item.jd.com/100012043978.html，订单 [订单号] 一直没发货，电话[手机号]",
+    ),
+    ("item.jd.com/100012043978.html订单号250112345678", "item.jd.com/100012043978.html订单号[订单号]"),
+    ("商品编号100012043978和订单号250112345678", "商品编号100012043978和订单号[订单号]"),
+    ("商品编号100012043978，退款到6222021234567890128", "商品编号100012043978，退款到[银行卡号]"),
+    # an order-detail link names the customer's order: its id is masked
+    (
+        "https://details.jd.com/normal/item.action?orderid=123456789012&PassKey=ABC 这单怎么还没到",
+        "https://details.jd.com/normal/item.action?orderid=[订单号]&PassKey=ABC 这单怎么还没到",
+    ),
+    (
+        "https://item.jd.com/100012043978.html?orderid=250112345678",
+        "https://item.jd.com/100012043978.html?orderid=[订单号]",
+    ),
+    # a long number with no product label or link is still an order number
+    ("这个100012043978能退吗", "这个[订单号]能退吗"),
+    ("编号100012043978", "编号[订单号]"),
+    ("订单号SKU100012043978", "订单号[订单号]"),  # the order keyword wins
+    # a labelled or linked "product id" with the shape of other PII is masked as that
+    ("SKU 13812345678", "SKU [手机号]"),
+    ("https://item.jd.com/13812345678.html", "https://item.jd.com/[手机号].html"),
+    ("SKU 6222 0212 3456 7890 128", "SKU [银行卡号]"),
+    ("sku=6222021234567890128", "sku=[银行卡号]"),
+    ("商品编号 0571 88886666转8001", "商品编号 [电话]"),
+    ("商品编号 110105199003071239", "商品编号 [身份证号]"),
+    ("SKU 100012043978.zhang@example.com", "SKU [邮箱]"),
+    ("SKU 1000 13812345678", "SKU 1000 [手机号]"),
+]
+
+
+@pytest.mark.parametrize("text", PRODUCTS_KEPT)
+def test_product_links_and_skus_stay(text: str) -> None:
+    assert mask_pii(text) == text
+
+
+@pytest.mark.parametrize(("source", "expected"), PRODUCTS_AMONG_PII)
+def test_pii_next_to_products_is_masked(source: str, expected: str) -> None:
+    assert mask_pii(source) == expected
+    assert mask_pii(expected) == expected
+
+
 def test_which_building_may_go_either_way() -> None:
     """ "几号楼发货" names no building; masking it or not are both fine, but it must be stable."""
     once = mask_pii("几号楼发货")
@@ -252,6 +321,7 @@ FRAGMENTS = (
     "订单号", "单号", "：", "是", "北京", "市", "区", "路", "号", "楼", "室", "单元", "地址", "的", "住",
     "[", "]", "[手机号]", "[地址]", "13812345678", "0571-", "6222 ",
     "一", "三", "八", "幺", "小区", "花园", "苑", "城", "栋", "座", "塔", "T", "A", "商", "．",
+    "SKU", "sku=", "商品编号", "item.jd.com/", ".html", "转",
 )
 # fmt: on
 fragments = st.lists(st.sampled_from(FRAGMENTS), max_size=40).map("".join)
@@ -284,6 +354,7 @@ def test_hostile_input_is_linear() -> None:
     runs on two workers) slows both sides alike."""
     hostile = ["1", "a.", "a", "路", "北京市朝阳区", "1-", "订单号"]
     hostile += ["苑1 ", "城T1 ", "138.一", "一三八"]  # compounds, towers, disguised mobiles
+    hostile += ["SKU 1", "sku=1.", "item.jd.com/1", "商品编号1-a"]  # product ids
     tails = {"a": "@"}
 
     def best(text: str) -> float:

@@ -18,6 +18,12 @@ Design constraints, and how they are met:
   and "预计25号发货" stay as they are; addresses need a road or two administrative areas *and* a
   house/building number, or a named residential compound (阳光花园, 幸福小区, 翠微苑) with a building
   or room number after it, before they are masked;
+* product ids are no personal data: the id in a JD product link (item.jd.com/100012043978.html,
+  item.m.jd.com/product/….html) or after a product label (商品编号：…, SKU …, ?sku=…, wareId=…) stays as
+  written, because the bot looks products up by it and the agent taking a handoff must see which
+  product was meant. Only the order-number reading is dropped: an id with the shape of a mobile, ID or
+  card is masked as one, and order numbers (订单号 …, a bare long number, orderid=… in an order link)
+  are masked as before;
 * customers dodge filters: mobiles split by dots (138.1234.5678) or partly written in Chinese
   numerals (138一2345六789) are masked like any other mobile.
 """
@@ -47,6 +53,16 @@ _MSEP = r"[ \u3000\-－.．]"  # a mobile's groups may also be split by dots: 13
 _CC = r"(?:[(（](?:[+＋]|[0０]{2})?[8８][6６][)）]|[+＋][8８][6６]|(?<!\d)(?:[0０]{2})?[8８][6６])"
 # 11 digits starting 1[3-9], the 3-4-4 groups split by at most one separator each.
 _MOBILE = rf"(?:{_CC}{_SEP}?|(?<!\d))[1１][3-9３-９]\d(?:{_MSEP}?\d{{4}}){{2}}(?!\d)"
+# A product id (SKU): in a JD product link, or after a label that says it is one. The label may not be
+# the tail of a longer word ("mysku"). The id must end where no other number or e-mail could take it
+# on (a separator and more digits, a landline extension, an e-mail local part): otherwise the text is
+# read as without the label, so a label never hides part of a grouped card, ID or phone number.
+_PRODUCT_LEAD = (
+    r"(?<![A-Za-z0-9\-])(?:npc)?item(?:\.m)?\.jd\.(?:com|hk)/(?:product/)?"
+    r"|(?:(?<![A-Za-z])(?i:sku(?:[_ ]?id)?|wareid)(?:编号|号)?|商品(?:编号|编码|号|(?i:id)))"
+    r"[ \u3000]{0,3}[:：#＃=]?[ \u3000]{0,3}(?:是|为)?[ \u3000]{0,3}"
+)
+_PRODUCT_END = r"(?![\dA-Za-z@＠]|[ \u3000\-－.．]\d|转|分机|[._%+\-][A-Za-z0-9._%+\-]{0,63}[@＠])"
 _NUMBERS = re.compile(
     # Alternatives are tried in this order at each position; the leftmost match wins.
     # An e-mail local part may start after a digit (so a mail glued to a masked number is still
@@ -57,6 +73,8 @@ _NUMBERS = re.compile(
     r"|(?P<okw>订单编号|订单号|订单|单号)"
     r"(?P<osep>[ \u3000]{0,3}[:：#＃]?[ \u3000]{0,3}(?:是|为)?[ \u3000]{0,3})"
     r"(?P<onum>[A-Za-z]{0,4}\d{6,20})(?![\dA-Za-z@＠])"
+    # A product id after its link or label: kept unless it has the shape of other PII (`_number_repl`).
+    rf"|(?P<plead>{_PRODUCT_LEAD})(?P<pid>\d{{4,20}}){_PRODUCT_END}"
     # 18-digit ID written in its natural groups: region, birth date, sequence + check.
     rf"|(?P<idsp>(?<!\d)\d{{6}}{_SEP}\d{{8}}{_SEP}\d{{3}}[\dXxＸｘ](?!\d))"
     # Bank card grouped by 4s; 16-19 digits.
@@ -145,6 +163,11 @@ def _number_repl(m: re.Match[str]) -> str:
         return EMAIL
     if kind == "onum":  # lastgroup is the last *closed* group of the okw branch
         return m.group("okw") + m.group("osep") + ORDER
+    if kind == "pid":
+        # The digits masked as if they stood alone (they cannot match this branch again): a product id
+        # only loses its order-number reading, so "SKU 13812345678" is still a phone.
+        masked = _NUMBERS.sub(_number_repl, m.group("pid"))
+        return m.group() if masked == ORDER else m.group("plead") + masked
     if kind in ("idsp", "idx"):
         return ID_CARD
     if kind == "card":
@@ -341,7 +364,8 @@ def _mask_addresses(text: str) -> str:
 def mask_pii(text: str) -> str:
     """Return `text` with phones, IDs, cards, order numbers, e-mails and addresses replaced.
 
-    Numbers and e-mails are masked first, so an address pass never sees (or swallows) them.
+    Numbers and e-mails are masked first, so an address pass never sees (or swallows) them. Product ids
+    in JD product links and after a product label (商品编号, SKU) are no order numbers and stay.
     """
     try:
         if not isinstance(text, str):
