@@ -19,7 +19,7 @@ import io
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
-from datetime import datetime
+from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
@@ -62,6 +62,17 @@ class Message:
     why: str = ""  # handoff, clarify, low rating, correction ...
 
 
+# the merchant's clock: China has one time zone and no daylight saving time since 1991
+BEIJING = timezone(timedelta(hours=8), "Asia/Shanghai")
+
+
+def beijing_time(at: datetime) -> str:
+    """A time as merchants read it: Beijing time to the second, its offset written (+08:00) so nobody
+    takes it for UTC or back; a time without an offset is UTC, as the service logs times."""
+    aware = at if at.tzinfo is not None else at.replace(tzinfo=UTC)
+    return aware.astimezone(BEIJING).replace(microsecond=0).isoformat()
+
+
 @dataclass
 class Proposal:
     """One cluster and what to do with it: a new entry, or paraphrases for an existing one."""
@@ -78,7 +89,7 @@ class Proposal:
         """A row in the KB's own format (extra columns are ignored when the file is uploaded back): a
         paraphrase row is the whole existing entry with the new paraphrases added, to replace it."""
         existing = entries.get(self.entry_id or "") if self.kind == "paraphrases" else None
-        last_seen = self.last_seen.isoformat() if self.last_seen else ""
+        last_seen = beijing_time(self.last_seen) if self.last_seen else ""
         if existing is not None:
             known = {normalize(q) for q in existing.questions()}
             new = [e for e in dict.fromkeys(self.examples) if normalize(e) not in known]

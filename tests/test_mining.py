@@ -343,3 +343,20 @@ def test_mined_xlsx_cells_read_back_unchanged(tmp_path: Path) -> None:
     assert cells["question"].value == "=能开收据吗" and cells["question"].data_type == "s"
     assert cells["question"].quotePrefix
     assert cells["cluster_size"].value == 3
+
+
+def test_proposal_rows_give_last_seen_in_beijing_time_for_the_service_too() -> None:
+    """engine.mining writes the rows of both `kefu mine` and the service's mining file: a logged time
+    (naive UTC, or aware in any zone) comes out as Beijing time with its offset."""
+    from datetime import UTC, datetime, timedelta, timezone
+
+    from engine.mining import Proposal
+
+    for at in (
+        datetime(2026, 11, 29, 18, 30, 5, 999),
+        datetime(2026, 11, 29, 18, 30, 5, tzinfo=UTC),
+        datetime(2026, 11, 29, 13, 30, 5, tzinfo=timezone(timedelta(hours=-5))),
+    ):
+        row = Proposal("new_entry", "能开专票吗", ["能开专票吗"], 1, at).to_row(1, {})
+        assert row["last_seen"] == "2026-11-30T02:30:05+08:00", at
+    assert Proposal("new_entry", "能开专票吗", [], 1, None).to_row(1, {})["last_seen"] == ""

@@ -13,15 +13,14 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
-from datetime import UTC, datetime, timedelta, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from engine.kb import KBEntry, KBValidationError, read_rows
-from engine.mining import PROPOSAL_COLUMNS, Message, Proposal, mine, write_proposals
-from engine.mining import proposal_rows as engine_proposal_rows
+from engine.mining import BEIJING, PROPOSAL_COLUMNS, Message, Proposal, mine, proposal_rows, write_proposals
 from engine.results import Decision
 
 __all__ = [
@@ -51,10 +50,6 @@ MINED_DECISIONS = ("handoff", "clarify")  # what the bot did not answer (api/kb/
 BAD_FEEDBACK = frozenset({"down", "thumbs_down", "correction", "bad", "wrong", "差评"})
 
 
-# the merchant's clock: China has one time zone and no daylight saving time since 1991
-BEIJING = timezone(timedelta(hours=8), "Asia/Shanghai")
-
-
 class MessageFileError(ValueError):
     pass
 
@@ -63,22 +58,6 @@ def as_utc(at: datetime) -> datetime:
     """A message time as naive UTC, what the service logs: a time with an offset (+08:00, Z ...) is
     converted, one without is taken as UTC already (the service's exchange-log export on SQLite)."""
     return at.astimezone(UTC).replace(tzinfo=None) if at.tzinfo is not None else at
-
-
-def in_beijing(at: datetime | None) -> datetime | None:
-    """A naive UTC (or aware) time as Beijing time with its offset, to the second: what merchants read
-    (2026-11-03T10:00:00+08:00); the offset is written so nobody takes UTC for Beijing time or back."""
-    if at is None:
-        return None
-    aware = at if at.tzinfo is not None else at.replace(tzinfo=UTC)
-    return aware.astimezone(BEIJING).replace(microsecond=0)
-
-
-def proposal_rows(proposals: Sequence[Proposal], entries: Sequence[KBEntry]) -> list[dict[str, str]]:
-    """engine.mining.proposal_rows with each cluster's last_seen in Beijing time, offset written
-    (+08:00). The messages' times are naive UTC (read_messages): written as they are, a merchant in
-    Beijing would read them 8 hours early."""
-    return engine_proposal_rows([replace(p, last_seen=in_beijing(p.last_seen)) for p in proposals], entries)
 
 
 class Messages(list[Message]):
