@@ -547,7 +547,35 @@ def _read_csv(path: Path, source: str, limits: ReadLimits) -> Table:
         table = _tabulate(rows, source, check_width=True)
         table.issues.append(KBIssue(source, len(rows) + 1, None, f"unreadable CSV row: {exc}"))
         return table
-    return _tabulate(rows, source, check_width=True)
+    table = _tabulate(rows, source, check_width=True)
+    if rows and any("\n" in cell for cell in rows[-1][1]) and _ends_inside_quotes(text):
+        table.issues.append(_unclosed_quote_issue(source, *rows[-1], dict(table.header)))
+    return table
+
+
+def _ends_inside_quotes(text: str) -> bool:
+    """Whether the file ends inside a quoted cell: a double quote opened and never closed. The lenient
+    reader then reads everything after it into that one cell, silently; the strict one says so."""
+    try:
+        for _ in csv.reader(io.StringIO(text, newline=""), strict=True):
+            pass
+    except csv.Error as exc:
+        return "unexpected end of data" in str(exc)
+    return False
+
+
+def _unclosed_quote_issue(source: str, number: int, cells: Sequence[str], names: dict[int, str]) -> KBIssue:
+    """The cell an unclosed quote opened, with how many of the file's lines it swallowed."""
+    index = next(i for i in range(len(cells) - 1, -1, -1) if "\n" in cells[i])
+    lines = cells[index].rstrip("\n").count("\n")
+    return KBIssue(
+        source,
+        number,
+        names.get(index) or get_column_letter(index + 1),
+        f'a double quote (") opens this cell and is never closed, so the rest of the file ({lines} more '
+        "line(s)) was read into this one cell and its rows would be lost; close the quote after the "
+        "cell's text, or remove it",
+    )
 
 
 class _SizeGuard:

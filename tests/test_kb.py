@@ -1075,6 +1075,19 @@ def test_csv_row_with_more_cells_than_the_header_is_an_issue(tmp_path: Path) -> 
     assert [e.answer for e in entries] == ["七天无理由退货", "48小时"] and entries.warnings == []
 
 
+def test_a_quote_never_closed_is_an_issue_not_rows_lost(tmp_path: Path) -> None:
+    """An opening quote with no mate made the lenient CSV reader read the rest of the file into one
+    cell: three entries loaded as one whose answer held the other two rows. Now it is a problem naming
+    the row and the cell; a quoted cell spanning lines, closed, still loads."""
+    path = tmp_path / "kb.csv"
+    path.write_text('id,question,answer\nA,保修多久,"两年\nB,怎么退货,七天\nC,运费,包邮\n', encoding="utf-8")
+    [issue] = issues_of(path)
+    assert (issue.row, issue.column) == (2, "answer")
+    assert "never closed" in issue.message and "2 more line(s)" in issue.message
+    path.write_text('id,question,answer\nA,保修多久,"两年\n全国联保"\nB,怎么退货,七天\n', encoding="utf-8")
+    assert [e.answer for e in load_kb(path)] == ["两年\n全国联保", "七天"]
+
+
 def test_read_rows_keeps_accepting_wide_rows(tmp_path: Path) -> None:
     """Catalogs and query files are read by read_rows: the width check is the KB's own."""
     path = tmp_path / "q.csv"
