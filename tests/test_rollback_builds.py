@@ -103,8 +103,12 @@ def two_ready_versions(client: TestClient, key: dict[str, str]) -> tuple[int, in
 def test_a_rollback_made_while_a_version_builds_sticks(client: TestClient) -> None:
     key = new_shop(client)
     v1, v2 = two_ready_versions(client, key)
+    listed = versions(client, key)  # a normal publish ends live; the version it replaced is inactive
+    assert (listed[v2]["state"], listed[v2]["active"], listed[v1]["state"]) == ("live", True, "inactive")
     assert client.put(f"/v1/shops/{SHOP}/entries/gift", headers=key, json=GIFT).status_code == 200
-    v3 = publish(client, key)["version"]  # building (nobody consumes the queue)
+    published = publish(client, key)  # building (nobody consumes the queue)
+    v3 = published["version"]
+    assert (published["status"], published["state"]) == ("building", "building")
 
     r = client.post(f"/v1/shops/{SHOP}/kb/versions/{v1}/activate?draft=discard", headers=key)
     assert r.status_code == 200, r.text
@@ -116,6 +120,11 @@ def test_a_rollback_made_while_a_version_builds_sticks(client: TestClient) -> No
     listed = versions(client, key)
     assert (listed[v3]["status"], listed[v3]["active"], listed[v3]["progress"]) == ("ready", False, 1.0)
     assert listed[v1]["active"] and not listed[v2]["active"]
+    # `state` tells this ready version, held back by the rollback, from one being activated by its build
+    assert [listed[v]["state"] for v in (v1, v2, v3)] == ["live", "inactive", "inactive"]
+    one = client.get(f"/v1/shops/{SHOP}/kb/versions/{v3}", headers=key).json()
+    assert (one["status"], one["active"], one["state"]) == ("ready", False, "inactive")
+    assert client.get(f"/v1/shops/{SHOP}/kb/versions/{v1}", headers=key).json()["state"] == "live"
     note = listed[v3]["metrics"][NOT_ACTIVATED]
     assert f"version {v1} was activated explicitly" in note and f"kb/versions/{v3}/activate" in note
     assert listed[v3]["metrics"]["self_recall_at_3"] >= 0.9  # the build's own figures are kept
@@ -127,7 +136,7 @@ def test_a_rollback_made_while_a_version_builds_sticks(client: TestClient) -> No
     # the merchant may serve it later: then it is active and the note is gone
     r = client.post(f"/v1/shops/{SHOP}/kb/versions/{v3}/activate", headers=key)
     assert r.status_code == 200 and r.json()["active"] and NOT_ACTIVATED not in r.json()["metrics"]
-    assert "still building" not in r.json()["draft_note"]
+    assert r.json()["state"] == "live" and "still building" not in r.json()["draft_note"]
     wait_served(client, key, v3)
     assert say(client, SHOP, key, "买电脑送鼠标吗", conv="r2")["entry_id"] == "gift"
 

@@ -4,9 +4,10 @@ roll back, and any version (or the draft) as XLSX.
 
 An upload's warnings (what loaded but deserves a look: ignored columns, hidden rows, the sheet read ...)
 are kept in the store for the page the upload redirects to, and shown in the page's language
-(api/console/kbwarnings.py). A version is shown by what the merchant gets from it (`version_state`): a
-ready version is live, about to be activated by its build, or ready but not active (an older one, or one
-whose build ended after the merchant rolled back: a rollback sticks), which can be activated.
+(api/console/kbwarnings.py). A version is shown by what the merchant gets from it (`version_state` of
+api/kb/publisher.py, the API's `state`): a ready version is live, about to be activated by its build, or
+ready but not active (an older one, or one whose build ended after the merchant rolled back: a rollback
+sticks), which can be activated.
 
 The same functions as the API's KB routes (api/routes/kb.py, api/kb/repo.py): validation through
 engine.kb, so a problem is reported exactly as the API and `kefu build` report it, and a bad upload or
@@ -16,7 +17,7 @@ edit stores nothing.
 from __future__ import annotations
 
 import secrets
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Form, HTTPException, Query, Request, status
@@ -29,7 +30,7 @@ from api.console.kbdiff import diff
 from api.console.web import PREFIX, Console, ConsoleDep, CsrfDep, render, see_other
 from api.db.models import KBVersion, Shop
 from api.kb import repo as kb_repo
-from api.kb.publisher import NOT_ACTIVATED
+from api.kb.publisher import NOT_ACTIVATED, version_state
 from api.routes.kb import _download, read_limits
 from api.web.strict_json import StrictJSONRoute
 from api.web.uploads import upload_name
@@ -40,9 +41,6 @@ PAGE_SIZE = 50
 VersionNo = Annotated[int, Query(ge=1, le=2**31 - 1)]
 WARNINGS_TTL = 3600  # seconds an upload's warnings stay readable by the page it redirects to
 NotesKey = Annotated[str, Query(max_length=64, pattern=r"^[A-Za-z0-9_-]*$")]
-# a ready version not yet active whose build will activate it: after this long it is counted as not
-# active (the build's activation failed; the merchant can activate it)
-ACTIVATION_GRACE = timedelta(minutes=2)
 
 
 def _lines(text: str) -> list[str]:
@@ -353,26 +351,6 @@ def _version_and_shop(s: Session, console: Console, version: int) -> tuple[Shop,
     if shop is None or row is None:
         raise HTTPException(status.HTTP_404_NOT_FOUND, console.t("kb.no_version", version=version))
     return shop, row
-
-
-def version_state(row: KBVersion, active: KBVersion | None, now: datetime | None = None) -> str:
-    """What a version is to the merchant: building, failed or superseded as its status says; a ready
-    one is `live` (the shop's active version), `activating` (its build finished and is activating it:
-    the merchant asked for no other version since, see Publisher.activate), or `inactive` (ready but not
-    served: an older version, or one whose build ended after a rollback, which stuck). An activation
-    that has not come ACTIVATION_GRACE after the build ended counts as not coming."""
-    if row.status != "ready":
-        return row.status
-    if active is not None and active.version == row.version:
-        return "live"
-    if NOT_ACTIVATED in (row.metrics or {}):
-        return "inactive"
-    follows = active is None or (active.request_seq or 0) <= (row.request_seq or 0)
-    finished = row.finished_at
-    if finished is not None and finished.tzinfo is None:
-        finished = finished.replace(tzinfo=UTC)  # SQLite gives back naive datetimes (stored as UTC)
-    recent = finished is None or finished > (now or datetime.now(UTC)) - ACTIVATION_GRACE
-    return "activating" if follows and recent else "inactive"
 
 
 def _build_status(console: Console, row: KBVersion, active: KBVersion | None) -> dict[str, Any]:

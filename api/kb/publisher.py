@@ -15,8 +15,9 @@ import threading
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from functools import partial
-from typing import Any, NamedTuple
+from typing import Any, Literal, NamedTuple
 
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
@@ -37,14 +38,22 @@ CHANNEL = "models"
 # the key of a ready version's metrics that says why its build did not activate it (a rollback came after
 # its publish); dropped when the version is activated
 NOT_ACTIVATED = "not_activated"
+# a ready version not yet active whose build will activate it (version_state "activating"): after this
+# long it is counted as not active (the build's activation failed; the merchant can activate it)
+ACTIVATION_GRACE = timedelta(minutes=2)
+VersionState = Literal["building", "failed", "superseded", "live", "activating", "inactive"]
 __all__ = [
+    "ACTIVATION_GRACE",
     "CHANNEL",
     "NOT_ACTIVATED",
     "BuildRejected",
     "Publication",
     "Publisher",
+    "VersionState",
     "engine_options",
     "evaluate_model",
+    "follows",
+    "version_state",
 ]
 
 
@@ -86,6 +95,33 @@ def with_catalog_words(options: dict[str, Any], words: list[str]) -> dict[str, A
         return options
     own = list(options.get("user_words") or [])
     return {**options, "user_words": own + [w for w in words if w not in own]}
+
+
+def follows(row: KBVersion, active_row: KBVersion | None) -> bool:
+    """Whether the build of `row` may replace the active version (`active_row`, None: no version is
+    active): yes unless the merchant asked for the active version (published it, published its KB again,
+    or activated it: KBVersion.request_seq) after this one. Publisher.activate's rule for a finished build."""
+    return active_row is None or (active_row.request_seq or 0) <= (row.request_seq or 0)
+
+
+def version_state(row: KBVersion, active_row: KBVersion | None, now: datetime | None = None) -> VersionState:
+    """What a version is to the merchant: building, failed or superseded as its status says; a ready
+    one is `live` (the shop's active version, `active_row`), `activating` (its build finished and is
+    activating it: the merchant asked for no other version since, see `follows`), or `inactive` (ready
+    but not served: an older version, or one whose build ended after a rollback, which stuck). An
+    activation that has not come ACTIVATION_GRACE after the build ended counts as not coming. Pure: reads
+    the two rows only (`now` defaults to the current time)."""
+    if row.status != "ready":
+        return row.status  # type: ignore[return-value]  # building, failed or superseded
+    if active_row is not None and active_row.version == row.version:
+        return "live"
+    if NOT_ACTIVATED in (row.metrics or {}):
+        return "inactive"
+    finished = row.finished_at
+    if finished is not None and finished.tzinfo is None:
+        finished = finished.replace(tzinfo=UTC)  # SQLite gives back naive datetimes (stored as UTC)
+    recent = finished is None or finished > (now or datetime.now(UTC)) - ACTIVATION_GRACE
+    return "activating" if recent and follows(row, active_row) else "inactive"
 
 
 class Publisher:
@@ -212,7 +248,7 @@ class Publisher:
         yes unless the merchant asked for the active version after this one. When a rollback is why not,
         the version's metrics say so (NOT_ACTIVATED)."""
         active_row = kb_repo.get_version(s, shop, active) if active is not None else None
-        if active_row is None or active_row.request_seq <= row.request_seq:
+        if active_row is None or follows(row, active_row):
             return True
         version = row.version
         if active_row.version > version:

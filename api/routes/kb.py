@@ -12,7 +12,7 @@ as a file in the KB's columns.
 from __future__ import annotations
 
 import tempfile
-from datetime import datetime
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -25,6 +25,7 @@ from starlette.concurrency import run_in_threadpool
 from api.db.models import KBVersion, Shop
 from api.kb import mining
 from api.kb import repo as kb_repo
+from api.kb.publisher import version_state
 from api.service import Service
 from api.settings import Settings
 from api.web.deps import SHOP_AUTH_RESPONSES, ServiceDep, ShopDep
@@ -114,11 +115,13 @@ def entry_out(e: dict[str, Any]) -> EntryOut:
     )
 
 
-def version_out(row: KBVersion, active: int | None) -> VersionOut:
+def version_out(row: KBVersion, active: KBVersion | None, now: datetime | None = None) -> VersionOut:
+    """A version as the API shows it; `active`: the shop's active version's row (None: none is)."""
     return VersionOut(
         version=row.version,
         status=row.status,  # type: ignore[arg-type]
-        active=row.version == active,
+        active=active is not None and row.version == active.version,
+        state=version_state(row, active, now),
         entries=row.entries,
         kb_hash=row.kb_hash,
         options=row.options or {},
@@ -274,14 +277,22 @@ def publish(shop: ShopDep, service: ServiceDep) -> Any:
         row = kb_repo.get_version(s, shop.id, published.version)
         shop_row = s.get(Shop, shop.id)
         assert row is not None and shop_row is not None
-        out = version_out(row, shop_row.active_version)
+        out = version_out(row, _active_row(s, shop_row))
     return PublishOut(**out.model_dump(), reused=published.reused)
 
 
 @router.get("/kb/versions", response_model=list[VersionOut])
 def versions(shop: ShopDep, service: ServiceDep) -> list[VersionOut]:
     with service.db.session() as s:
-        return [version_out(r, shop.active_version) for r in kb_repo.list_versions(s, shop.id)]
+        rows = kb_repo.list_versions(s, shop.id)
+        active = next((r for r in rows if r.version == shop.active_version), None)
+        now = datetime.now(UTC)
+        return [version_out(r, active, now) for r in rows]
+
+
+def _active_row(s: Session, shop: Shop) -> KBVersion | None:
+    """The row of the shop's active version (as `shop` says it is), if any."""
+    return kb_repo.get_version(s, shop.id, shop.active_version) if shop.active_version else None
 
 
 def _version_or_404(s: Any, shop: str, version: int) -> KBVersion:
@@ -294,7 +305,7 @@ def _version_or_404(s: Any, shop: str, version: int) -> KBVersion:
 @router.get("/kb/versions/{version}", response_model=VersionOut)
 def version(version: VersionNumber, shop: ShopDep, service: ServiceDep) -> VersionOut:
     with service.db.session() as s:
-        return version_out(_version_or_404(s, shop.id, version), shop.active_version)
+        return version_out(_version_or_404(s, shop.id, version), _active_row(s, shop))
 
 
 @router.post(
@@ -344,7 +355,8 @@ def activate(
     except kb_repo.DraftConflict as e:
         raise HTTPException(status.HTTP_409_CONFLICT, str(e)) from e
     with service.db.session() as s:
-        out = version_out(_version_or_404(s, shop.id, version), version)
+        row = _version_or_404(s, shop.id, version)
+        out = version_out(row, row)
     held = ""
     if building:
         numbers = ", ".join(map(str, building))

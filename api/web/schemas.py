@@ -172,6 +172,12 @@ class VersionOut(BaseModel):
     version: int
     status: Literal["building", "ready", "failed", "superseded"]
     active: bool
+    state: Literal["building", "failed", "superseded", "live", "activating", "inactive"] = Field(
+        description="what the version is to the shop: building, failed or superseded as `status` says; a "
+        "ready one is live (served: `active`), activating (its build ended and is activating it, within "
+        "2 minutes) or inactive (ready but not served: an older version, or one whose build ended after a "
+        "rollback, which sticks: `metrics.not_activated` says so; activate it to serve it)"
+    )
     entries: int
     kb_hash: str
     options: dict[str, Any] = Field(default_factory=dict, description="engine options it was built with")
