@@ -238,6 +238,35 @@ def test_a_product_link_alone_introduces_the_product(policy: ConversationPolicy)
     assert state.sku_id == AIR
 
 
+@pytest.mark.parametrize(
+    "link",
+    [
+        f"item.jd.hk/{AIR}.html",  # JD International, pasted without its scheme
+        f"npcitem.jd.hk/{AIR}.html",
+        f"https://item.jd.hk/{AIR}.html",
+        f"https://item.m.jd.com/product/{AIR}.html",
+        f"item.m.jd.com/{AIR}.html",
+    ],
+)
+def test_every_product_link_form_names_the_product(policy: ConversationPolicy, link: str) -> None:
+    # the link is taken out of the question asked with it
+    (battery,), state = talk(policy, [f"{link} 续航怎么样"])
+    assert battery.entry_id == f"sku:{AIR}:续航" and "约10小时" in battery.text and state.sku_id == AIR
+
+
+@pytest.mark.parametrize(
+    "label", ["商品编码：", "商品编号是", "商品ID ", "SKU号", "skuId=", "sku_id: ", "wareId=", "ＳＫＵ："]
+)
+def test_a_labelled_shop_code_names_the_product(fast_matcher: Matcher, label: str) -> None:
+    # a shop whose SKU ids are its own codes: only the label says the code is a product's
+    skus = [
+        Sku("NB-1401", "轻薄本14", "N14", 3999, 10, {"内存": "16GB"}),
+        Sku("NB-1601", "轻薄本16", "N16", 4999, 5, {"内存": "32GB"}),
+    ]
+    (reply,), state = talk(policy_for(fast_matcher, Catalog.of(skus)), [f"{label}NB-1601 内存多大"])
+    assert reply.entry_id == "sku:NB-1601:内存" and "32GB" in reply.text and state.sku_id == "NB-1601"
+
+
 def test_a_model_name_in_the_message_sets_the_product(policy: ConversationPolicy) -> None:
     (reply,), state = talk(policy, ["逐风G16的显卡是什么"])
     assert reply.entry_id == f"sku:{G16}:显卡" and "RTX 4070" in reply.text and state.sku_id == G16

@@ -348,3 +348,35 @@ def test_where_is_my_order_is_a_logistics_question(matcher: Matcher, fake: FakeJ
 )
 def test_order_numbers_in_messages(text: str, expected: str | None) -> None:
     assert find_order_id(text) == expected
+
+
+# every product label and link form of api.catalog.links, as customers write them
+PRODUCT_NAMED = [
+    "商品编号：100012043978",
+    "商品编码：100012043978",
+    "商品号 100012043978",
+    "商品ID 100012043978",
+    "商品编号是100012043978",
+    "SKU 100012043978",
+    "sku号100012043978",
+    "skuId=100012043978",
+    "sku_id: 100012043978",
+    "SKU ID：100012043978",
+    "wareId=100012043978",
+    "ＳＫＵ：１０００１２０４３９７８",
+    "https://item.jd.com/100012043978.html",
+    "https://item.m.jd.com/product/100012043978.html",
+    "https://item.jd.hk/100012043978.html",
+    "https://npcitem.jd.hk/100012043978.html",
+]
+
+
+@pytest.mark.parametrize("named", PRODUCT_NAMED)
+def test_a_labelled_or_linked_product_id_is_no_order_number(
+    named: str, matcher: Matcher, fake: FakeJos
+) -> None:
+    assert find_order_id(f"{named} 这款有货吗") is None
+    assert find_order_id("这款 100012043978 有货吗") == "100012043978"  # the same digits alone are one
+    # asked about an order with only a product's id: the number is asked for, nothing is looked up
+    (r,), _ = talk(policy(matcher, fake), ALICE, f"{named} 我的快递到哪了")
+    assert r.kind == "clarify" and r.text == ASK_TEXT, r

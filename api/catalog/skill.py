@@ -19,6 +19,7 @@ from datetime import datetime
 from typing import Any
 
 from api.catalog.importer import Sku
+from api.catalog.links import CODE, LABEL, LABEL_SEP, LINK, product_ids
 from api.catalog.spec import (
     SpecMatcher,
     answer,
@@ -36,14 +37,9 @@ MAX_OFFERED = 3
 # what the skill's turns are known by in the exchange log (api.store.traffic counts them apart)
 ENTRY_PREFIX = "sku:"  # the entry id of an answer from the catalog: sku:<id> or sku:<id>:<attribute>
 REASON_WHICH = "which product?"  # the start of the reason of a "which product?" clarify
-_LINK = re.compile(
-    r"(?:item(?:\.m)?\.jd\.com/(?:product/)?|[?&](?:sku|skuid|sku_id|wareid)=)(\d{4,20})", re.IGNORECASE
-)
-_SKU_WORD = re.compile(
-    r"(?:sku|商品编号|商品id)\s*(?:号|id)?\s*[:：#]?\s*([0-9A-Za-z_-]{4,64})", re.IGNORECASE
-)
 _DIGITS = re.compile(r"(?<![0-9A-Za-z])(\d{6,20})(?![0-9A-Za-z])")
-_URL = re.compile(r"https?://\S+|(?:item(?:\.m)?\.jd\.com|3\.cn)/\S*", re.IGNORECASE)
+# links and labelled ids ("商品编码：NB-1601"): taken out of the text before names and questions are read
+_URL = re.compile(rf"https?://\S+|{LINK}\S*|3\.cn/\S*|{LABEL}{LABEL_SEP}{CODE}", re.IGNORECASE)
 _INTRO_HINTS = 4
 # "这款…" points at one product: asked without a known product, it asks which
 _THIS_PRODUCT = re.compile(r"这款|这个|这台|这部|这一款|该款|此款|它")
@@ -98,7 +94,7 @@ class Catalog:
 
     def find(self, text: str) -> Mention | None:
         """The products a message names: a link or SKU id, a full name, a model, else a series."""
-        ids = [m.group(1) for m in _LINK.finditer(text)] + [m.group(1) for m in _SKU_WORD.finditer(text)]
+        ids = product_ids(text)
         ids += [m.group(1) for m in _DIGITS.finditer(text) if m.group(1) in self.by_id]
         for sku_id in ids:
             if sku_id in self.by_id:
@@ -119,7 +115,7 @@ class Catalog:
         return None
 
     def without_mentions(self, text: str, mention: Mention | None) -> str:
-        """The message without links and product names: what is left is the question."""
+        """The message without links, labelled ids and product names: what is left is the question."""
         t = compact(_URL.sub(" ", text))
         for span in mention.spans if mention else ():
             t = t.replace(span, " ")

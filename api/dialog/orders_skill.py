@@ -26,6 +26,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import replace
 from typing import Any
 
+from api.catalog.links import PRODUCT_LEAD
 from api.dialog.conversation import Reply, Turn
 from api.dialog.privacy import ORDER, mask_pii
 from api.jd.orders import LookupFailed, OrderLookup
@@ -77,7 +78,8 @@ _BY_KEYWORD = (
     ),
 )
 _PLACEHOLDER = re.compile(r"\{([A-Za-z_]+\.[A-Za-z_]+)\}")
-_PRODUCT_BEFORE = re.compile(r"(?:商品编号|商品号|商品ID|SKU|sku|skuId|jd\.com/(?:product/)?)[:：\s]*$")
+# a product link or label (商品编号, SKU, skuId=, item.jd.hk/ …) right before a number
+_PRODUCT_BEFORE = re.compile(rf"{PRODUCT_LEAD}$")
 
 
 def find_order_id(text: str) -> str | None:

@@ -34,6 +34,8 @@ import logging
 import re
 from collections.abc import Iterable, Iterator, Mapping
 
+from api.catalog.links import PRODUCT_LEAD
+
 __all__ = ["MaskingFilter", "install_masking", "mask_pii"]
 
 PHONE = "[手机号]"
@@ -53,15 +55,12 @@ _MSEP = r"[ \u3000\-－.．]"  # a mobile's groups may also be split by dots: 13
 _CC = r"(?:[(（](?:[+＋]|[0０]{2})?[8８][6６][)）]|[+＋][8８][6６]|(?<!\d)(?:[0０]{2})?[8８][6６])"
 # 11 digits starting 1[3-9], the 3-4-4 groups split by at most one separator each.
 _MOBILE = rf"(?:{_CC}{_SEP}?|(?<!\d))[1１][3-9３-９]\d(?:{_MSEP}?\d{{4}}){{2}}(?!\d)"
-# A product id (SKU): in a JD product link, or after a label that says it is one. The label may not be
-# the tail of a longer word ("mysku"). The id must end where no other number or e-mail could take it
-# on (a separator and more digits, a landline extension, an e-mail local part): otherwise the text is
-# read as without the label, so a label never hides part of a grouped card, ID or phone number.
-_PRODUCT_LEAD = (
-    r"(?<![A-Za-z0-9\-])(?:npc)?item(?:\.m)?\.jd\.(?:com|hk)/(?:product/)?"
-    r"|(?:(?<![A-Za-z])(?i:sku(?:[_ ]?id)?|wareid)(?:编号|号)?|商品(?:编号|编码|号|(?i:id)))"
-    r"[ \u3000]{0,3}[:：#＃=]?[ \u3000]{0,3}(?:是|为)?[ \u3000]{0,3}"
-)
+# A product id (SKU): in a JD product link, or after a label that says it is one (the forms are shared
+# with the orders and catalog skills: api.catalog.links). The id must end where no other number or
+# e-mail could take it on (a separator and more digits, a landline extension, an e-mail local part):
+# otherwise the text is read as without the label, so a label never hides part of a grouped card, ID or
+# phone number.
+_PRODUCT_LEAD = PRODUCT_LEAD
 _PRODUCT_END = r"(?![\dA-Za-z@＠]|[ \u3000\-－.．]\d|转|分机|[._%+\-][A-Za-z0-9._%+\-]{0,63}[@＠])"
 _NUMBERS = re.compile(
     # Alternatives are tried in this order at each position; the leftmost match wins.
