@@ -255,6 +255,18 @@ def test_every_product_link_form_names_the_product(policy: ConversationPolicy, l
 
 
 @pytest.mark.parametrize(
+    "message",
+    [
+        f"https://item.m.jd.com/product/{AIR}.html?cover=1&from=share 续航怎么样",  # its "?" ends no sentence
+        f"https://item.jd.com/{AIR}.html续航怎么样",  # the question typed right after the link
+    ],
+)
+def test_a_question_beside_a_shared_link_is_answered(policy: ConversationPolicy, message: str) -> None:
+    (battery,), state = talk(policy, [message])
+    assert battery.entry_id == f"sku:{AIR}:续航" and "约10小时" in battery.text and state.sku_id == AIR
+
+
+@pytest.mark.parametrize(
     "label", ["商品编码：", "商品编号是", "商品ID ", "SKU号", "skuId=", "sku_id: ", "wareId=", "ＳＫＵ："]
 )
 def test_a_labelled_shop_code_names_the_product(fast_matcher: Matcher, label: str) -> None:

@@ -24,6 +24,15 @@ from api.dialog.split import split_questions
         ("我的手机号是13812345678 能开专票吗", ["能开专票吗"]),
         ("订单号 283746192837 物流到哪了", ["订单号 [订单号] 物流到哪了"]),
         ("我电话13812345678", []),
+        # a link's "?" and "," are not sentence punctuation; a question right after it stays apart
+        (
+            "https://item.m.jd.com/product/100012043978.html?cover=1&a=2,3 续航怎么样",
+            ["https://item.m.jd.com/product/100012043978.html?cover=1&a=2,3 续航怎么样"],
+        ),
+        (
+            "item.jd.com/100012043978.html?x=1续航怎么样？能开发票吗",
+            ["item.jd.com/100012043978.html?x=1续航怎么样", "能开发票吗"],
+        ),
     ],
 )
 def test_split_questions(text: str, parts: list[str]) -> None:

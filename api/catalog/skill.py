@@ -39,7 +39,8 @@ ENTRY_PREFIX = "sku:"  # the entry id of an answer from the catalog: sku:<id> or
 REASON_WHICH = "which product?"  # the start of the reason of a "which product?" clarify
 _DIGITS = re.compile(r"(?<![0-9A-Za-z])(\d{6,20})(?![0-9A-Za-z])")
 # links and labelled ids ("商品编码：NB-1601"): taken out of the text before names and questions are read
-_URL = re.compile(rf"https?://\S+|{LINK}\S*|3\.cn/\S*|{LABEL}{LABEL_SEP}{CODE}", re.IGNORECASE)
+# a link ends at a space or the first character no URL holds: a question typed right after it stays
+_URL = re.compile(rf"https?://[!-~]+|{LINK}[!-~]*|3\.cn/[!-~]*|{LABEL}{LABEL_SEP}{CODE}", re.IGNORECASE)
 _INTRO_HINTS = 4
 # "这款…" points at one product: asked without a known product, it asks which
 _THIS_PRODUCT = re.compile(r"这款|这个|这台|这部|这一款|该款|此款|它")

@@ -12,6 +12,10 @@ from __future__ import annotations
 import re
 
 _SENTENCE_END = re.compile(r"[？?！!。；;\n\r]+")
+# a link pasted into a message: its "?" and "," are no sentence punctuation (item.jd.com/1.html?cover=1).
+# It ends at a space or the first character no URL holds (a Chinese question typed right after it).
+_LINK = re.compile(r"(?:https?://|www\.|(?<![A-Za-z0-9.\-])(?:[A-Za-z0-9\-]+\.)+(?:com|cn|hk|net)/)[!-~]*")
+_HELD = re.compile(r"\x00(\d+)\x00")
 _CONNECTORS = re.compile(
     r"(?:顺便(?:再)?问(?:一)?下|顺便问问|顺便问|顺便|另外(?:再)?问(?:一)?下|另外|还有(?:就是)?|还想问(?:一)?下|"
     r"还想问|再问(?:一)?下|再问问|对了|以及|然后(?:再)?问(?:一)?下)"
@@ -55,6 +59,13 @@ def split_questions(masked: str, max_parts: int = 3) -> list[str]:
 
     At most `max_parts` are returned; the last one keeps whatever follows.
     """
+    links: list[str] = []
+
+    def hold(m: re.Match[str]) -> str:
+        links.append(m.group())
+        return f"\x00{len(links) - 1}\x00"
+
+    masked = _LINK.sub(hold, masked)
     clauses: list[str] = []
     for sentence in _SENTENCE_END.split(masked):
         for chunk in _CONNECTORS.split(sentence):
@@ -64,4 +75,4 @@ def split_questions(masked: str, max_parts: int = 3) -> list[str]:
                     clauses.append(clause)
     if len(clauses) > max_parts:
         clauses = [*clauses[: max_parts - 1], "，".join(clauses[max_parts - 1 :])]
-    return clauses
+    return [_HELD.sub(lambda m: links[int(m.group(1))], c) for c in clauses]
