@@ -35,7 +35,6 @@ from engine.kb import KBEntry, KBIssue, KBTooLarge, KBValidationError, ReadLimit
 from engine.matcher import Matcher
 from engine.results import Decision, MatchResult
 from training.evaluate import (
-    NEVER,
     EvalReport,
     QueryFileError,
     evaluate,
@@ -43,7 +42,7 @@ from training.evaluate import (
     read_labelled,
     read_queries,
     split_known,
-    threshold_text,
+    threshold_cell,
     unknown_ids_message,
 )
 from training.plots import PLOT_FORMATS, check_plot_path
@@ -159,14 +158,6 @@ def _progress() -> Progress:
 
 def _pct(value: float | None) -> str:
     return "—" if value is None else f"{value:.1%}"
-
-
-def _threshold(value: float | None) -> str:
-    """A threshold above 1 is the engine's 'never': no confidence level met the target; one just below 1
-    keeps the digits that tell it from 1 (0.9996, not 1.000)."""
-    if value is None:
-        return "—"
-    return "never (target not met)" if value > NEVER else threshold_text(value)
 
 
 def _check_plot(option: str, path: Path | None) -> None:
@@ -301,8 +292,8 @@ def _print_build_summary(m: Matcher, kb: Path, saved: Path) -> None:
         ("question rows", str(info.get("rows"))),
         ("channels", _channels(info)),
         ("fusion weights", f"{cal.get('fusion')} {[round(w, 3) for w in cal.get('ranker_weights', [])]}"),
-        ("answer threshold", _threshold(cal.get("t_answer"))),
-        ("clarify threshold", _threshold(cal.get("t_clarify"))),
+        ("answer threshold", threshold_cell(cal.get("t_answer"))),
+        ("clarify threshold", threshold_cell(cal.get("t_clarify"))),
         ("target precision", _pct(info.get("target_precision"))),
         (
             "CV examples",
@@ -435,7 +426,7 @@ def _print_eval(report: EvalReport, model: Path, queries: Path) -> None:
         ("handoff", _pct(report.handoff_share)),
         ("out of scope not answered", _pct(report.oos_protected)),
         ("latency p50 / p99", f"{report.latency_p50_ms:.1f} / {report.latency_p99_ms:.1f} ms"),
-        ("answer threshold", _threshold(report.t_answer)),
+        ("answer threshold", threshold_cell(report.t_answer)),
     ]
     for key, value in rows:
         table.add_row(key, value)
@@ -590,7 +581,7 @@ def _print_report(document: dict[str, Any]) -> None:
             _pct(delivered["precision"]) + (f" (90% {_pct(iv[0])} - {_pct(iv[1])})" if iv else ""),
         ),
         ("calibration error (ECE)", "", f"{labelled['reliability']['ece']:.3f}"),
-        ("answer threshold", _threshold(model["t_answer"]), ""),
+        ("answer threshold", threshold_cell(model["t_answer"]), ""),
     ]
     for key, promised, got in rows:
         table.add_row(key, escape(promised), escape(got))
@@ -711,8 +702,8 @@ def _print_calibration(before: tuple[float, float], report: dict[str, Any], save
     table.add_column("threshold", style="bold")
     table.add_column("before", justify="right")
     table.add_column("after", justify="right")
-    table.add_row("answer", _threshold(before[0]), _threshold(report["t_answer"]))
-    table.add_row("clarify", _threshold(before[1]), _threshold(report["t_clarify"]))
+    table.add_row("answer", threshold_cell(before[0]), threshold_cell(report["t_answer"]))
+    table.add_row("clarify", threshold_cell(before[1]), threshold_cell(report["t_clarify"]))
     console.print(table)
     console.print(
         f"{report['examples']} labelled messages used; on them: answer precision "

@@ -33,6 +33,7 @@ __all__ = [
     "read_labelled",
     "read_queries",
     "split_known",
+    "threshold_cell",
     "threshold_text",
     "unknown_ids_message",
     "without_unknown",
@@ -469,6 +470,14 @@ def threshold_text(value: float) -> str:
         if (shown >= 1.0) == (value >= 1.0) and (shown <= 0.0) == (value <= 0.0):
             return text
     return f"{value:.12g}"
+
+
+def threshold_cell(value: float | None) -> str:
+    """A threshold in a table: "—" when there is none, "never (target not met)" above NEVER, else
+    threshold_text."""
+    if value is None:
+        return "—"
+    return "never (target not met)" if value > NEVER else threshold_text(value)
 
 
 def operating_point_label(t_answer: float | None) -> str:

@@ -36,6 +36,7 @@ from training.evaluate import (
     EvalReport,
     QueryOutcome,
     precision_coverage_curve,
+    threshold_cell,
     threshold_text,
     without_unknown,
 )
@@ -445,12 +446,6 @@ def _num(value: Any, digits: int = 3) -> str:
     return "—" if value is None else f"{value:.{digits}f}"
 
 
-def _threshold(value: Any) -> str:
-    if value is None:
-        return "—"
-    return "never (target not met)" if value > NEVER else threshold_text(value)
-
-
 def _interval(value: Any) -> str:
     return "—" if not value else f"{value[0]:.1%} – {value[1]:.1%}"
 
@@ -460,7 +455,7 @@ def render_html(document: Mapping[str, Any]) -> str:
     from jinja2 import Environment
 
     env = Environment(autoescape=True, trim_blocks=True, lstrip_blocks=True)
-    env.filters.update(pct=_pct, num=_num, threshold=_threshold, interval=_interval)
+    env.filters.update(pct=_pct, num=_num, threshold=threshold_cell, interval=_interval)
     charts: dict[str, str] = {}
     labelled = document.get("labelled")
     if labelled:

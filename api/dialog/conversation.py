@@ -143,6 +143,14 @@ class Reply:
         del out["question"]
         return out
 
+    def answered_entries(self) -> list[str]:
+        """The entries this reply answers from: each answered question's of a message holding several,
+        else its own (none unless it is an answer)."""
+        if self.kind != "answer":
+            return []
+        ids = [a.entry_id for a in self.answers if a.kind == "answer"] or [self.entry_id]
+        return [e for e in dict.fromkeys(ids) if e]
+
 
 @dataclass
 class PartAnswer:
@@ -472,16 +480,15 @@ class ConversationPolicy:
         if reply.handoff is not None:
             reply.handoff.sku_id = reply.handoff.sku_id or st.sku_id
             reply.handoff.answered = [Option(o.entry_id, o.question) for o in st.answered]
-        if reply.kind == "answer":
-            ids = [a.entry_id for a in reply.answers if a.kind == "answer"] or [reply.entry_id]
-            new = []
-            for entry_id in ids:
-                entry = self.get_entry(entry_id) if entry_id else None
-                if entry_id and entry is not None:
-                    new.append(Option(entry_id, entry[0]))
-            if new:
-                kept = [o for o in st.answered if o.entry_id not in {n.entry_id for n in new}]
-                st = replace(st, answered=[*kept, *new][-MAX_ANSWERED:])
+        new = [
+            Option(entry_id, entry[0])
+            for entry_id in reply.answered_entries()
+            if (entry := self.get_entry(entry_id)) is not None
+        ]
+        if new:
+            ids = {o.entry_id for o in new}
+            kept = [o for o in st.answered if o.entry_id not in ids]
+            st = replace(st, answered=[*kept, *new][-MAX_ANSWERED:])
         return reply, st
 
     def _step(

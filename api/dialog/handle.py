@@ -114,10 +114,7 @@ def _raise_tasks(
     history: list[str],
 ) -> None:
     """An answer from an entry marked notify also becomes a task for the agents (not a handoff)."""
-    if reply.kind != "answer":
-        return
-    answered = [a.entry_id for a in reply.answers if a.kind == "answer"] or [reply.entry_id]
-    notify = [e for e in dict.fromkeys(answered) if e and e in entries and entries[e].notify]
+    notify = [e for e in reply.answered_entries() if e in entries and entries[e].notify]
     if not notify:
         return
     with service.db.session() as s:

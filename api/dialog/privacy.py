@@ -60,7 +60,6 @@ _MOBILE = rf"(?:{_CC}{_SEP}?|(?<!\d))[1１][3-9３-９]\d(?:{_MSEP}?\d{{4}}){{2}
 # e-mail could take it on (a separator and more digits, a landline extension, an e-mail local part):
 # otherwise the text is read as without the label, so a label never hides part of a grouped card, ID or
 # phone number.
-_PRODUCT_LEAD = PRODUCT_LEAD
 _PRODUCT_END = r"(?![\dA-Za-z@＠]|[ \u3000\-－.．]\d|转|分机|[._%+\-][A-Za-z0-9._%+\-]{0,63}[@＠])"
 _NUMBERS = re.compile(
     # Alternatives are tried in this order at each position; the leftmost match wins.
@@ -73,7 +72,7 @@ _NUMBERS = re.compile(
     r"(?P<osep>[ \u3000]{0,3}[:：#＃]?[ \u3000]{0,3}(?:是|为)?[ \u3000]{0,3})"
     r"(?P<onum>[A-Za-z]{0,4}\d{6,20})(?![\dA-Za-z@＠])"
     # A product id after its link or label: kept unless it has the shape of other PII (`_number_repl`).
-    rf"|(?P<plead>{_PRODUCT_LEAD})(?P<pid>\d{{4,20}}){_PRODUCT_END}"
+    rf"|(?P<plead>{PRODUCT_LEAD})(?P<pid>\d{{4,20}}){_PRODUCT_END}"
     # 18-digit ID written in its natural groups: region, birth date, sequence + check.
     rf"|(?P<idsp>(?<!\d)\d{{6}}{_SEP}\d{{8}}{_SEP}\d{{3}}[\dXxＸｘ](?!\d))"
     # Bank card grouped by 4s; 16-19 digits.
