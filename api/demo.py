@@ -11,6 +11,7 @@ import logging
 from typing import Any
 
 from sqlalchemy import func, select
+from sqlalchemy.exc import IntegrityError
 
 from api.catalog import repo as catalog_repo
 from api.catalog.importer import load_catalog
@@ -33,10 +34,16 @@ def seed_demo_shop(service: Any) -> bool:
     if key is None or not key.get_secret_value():
         log.error("KEFU_DEMO_SHOP is set but KEFU_DEMO_API_KEY is not: the demo shop is not created")
         return False
-    with service.db.session() as s:
-        if s.get(Shop, shop) is None:
-            s.add(Shop(id=shop, name="演示店铺", api_key_hash=hash_key(key.get_secret_value()), settings={}))
-            log.info("demo shop %s created", shop)
+    key_hash = hash_key(key.get_secret_value())
+    try:
+        with service.db.session() as s:
+            if s.get(Shop, shop) is None:
+                s.add(Shop(id=shop, name="演示店铺", api_key_hash=key_hash, settings={}))
+                log.info("demo shop %s created", shop)
+    except IntegrityError:
+        # several workers start on a fresh database at once: the one that created the shop fills it
+        log.info("demo shop %s was created by another worker at the same moment; it fills the shop", shop)
+        return True
     with service.db.session() as s:
         has_kb = bool(s.scalar(select(func.count()).select_from(Entry).where(Entry.shop_id == shop)))
         has_catalog = catalog_repo.revision(s, shop)[0] > 0

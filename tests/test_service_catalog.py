@@ -174,3 +174,33 @@ def test_demo_shop_is_seeded_when_configured(settings: Settings) -> None:
             json={"conversation_id": "d1", "text": "https://item.jd.com/100087650001.html"},
         )
         assert r.json()["entry_id"] == "sku:100087650001"
+
+
+def test_a_second_worker_seeding_the_demo_shop_at_the_same_moment_starts(
+    settings: Settings, monkeypatch: Any
+) -> None:
+    """Two workers on a fresh database both find no demo shop and both insert it: the one whose insert
+    loses (a unique violation) must start anyway, not stop the server (seen with uvicorn --workers 2 on
+    PostgreSQL). The race is replayed: the shop exists, but the lookup before the insert misses it."""
+    from pydantic import SecretStr
+    from sqlalchemy.orm import Session
+
+    from api.db.models import Shop
+    from api.demo import seed_demo_shop
+    from api.main import create_app
+
+    settings.demo_shop = "demo"
+    settings.demo_api_key = SecretStr("kf_demo_test_key")
+    with TestClient(create_app(settings)) as c:
+        service = c.app.state.service  # type: ignore[attr-defined]
+        real_get = Session.get
+
+        def missed(self: Session, entity: Any, ident: Any, **kw: Any) -> Any:
+            return None if entity is Shop else real_get(self, entity, ident, **kw)
+
+        monkeypatch.setattr(Session, "get", missed)
+        assert seed_demo_shop(service) is True
+        monkeypatch.setattr(Session, "get", real_get)
+        with service.db.session() as s:
+            assert s.get(Shop, "demo") is not None
+        assert c.get("/v1/shops/demo/catalog", headers={"X-API-Key": "kf_demo_test_key"}).status_code == 200
