@@ -29,6 +29,14 @@ NAMED = [
     f"skuId={SKU}",
     f"sku_id:{SKU}",
     f"SKU ID：{SKU}",
+    # full-width letters and signs, as a Chinese IME types them (the privacy layer reads them as typed)
+    f"ＳＫＵ：{SKU}",
+    f"ｓｋｕ＝{SKU}",
+    f"ｓｋｕＩｄ＝{SKU}",
+    f"ＳＫＵ　ＩＤ：{SKU}",
+    f"ＳＫＵ＿ＩＤ {SKU}",
+    f"ｗａｒｅＩｄ＝{SKU}",
+    f"商品ＩＤ：{SKU}",
 ]
 
 
@@ -51,6 +59,7 @@ def test_the_three_readers_agree(named: str) -> None:
         ("先看 item.jd.hk/1001.html 再看 商品编码:AB-2024", ["1001", "AB-2024"]),  # in the order written
         ("ＳＫＵ：１０００１２０４３９７８", [SKU]),  # full-width, as a Chinese IME types it
         (f"mysku {SKU}", []),  # not a label: the tail of a longer word
+        (f"ｍｙｓｋｕ {SKU}", []),
         (f"myitem.jd.com/{SKU}.html", []),
         (f"https://details.jd.com/normal/item.action?orderid={SKU}", []),  # an order link
         (f"订单号 {SKU}", []),

@@ -23,12 +23,25 @@ __all__ = ["CODE", "LABEL", "LABEL_SEP", "LINK", "PRODUCT_LEAD", "product_ids"]
 # item.m.jd.com/100012043978.html, item.m.jd.com/product/100012043978.html, item.jd.hk/….html (JD
 # International) and npcitem.jd.hk/….html. Not inside a longer host name ("myitem.jd.com").
 LINK = r"(?<![A-Za-z0-9\-])(?:npc)?item(?:\.m)?\.jd\.(?:com|hk)/(?:product/)?"
-# Words that say the id after them is a product's: SKU, skuId, sku_id, SKU ID, wareId (any case, also as
-# a link's query key: ?sku=, &skuId=, wareId=), optionally with 编号/号 after them, and 商品编号, 商品编码,
-# 商品号, 商品ID. An English label may not be the tail of a longer word ("mysku").
-LABEL = r"(?:(?<![A-Za-z])(?i:sku(?:[_ ]?id)?|wareid)(?:编号|号)?|商品(?:编号|编码|号|(?i:id)))"
-# Between a label and its id: a few spaces, one of :：#＃=, then 是/为 ("商品编号是100012043978").
-LABEL_SEP = r"[ \u3000]{0,3}[:：#＃=]?[ \u3000]{0,3}(?:是|为)?[ \u3000]{0,3}"
+
+
+def _any_width(word: str) -> str:
+    """`word`'s letters in ASCII or full width (ｓｋｕ, as a Chinese IME types them), any case under (?i)."""
+    return "".join(f"[{c}{chr(ord(c) + 0xFEE0)}]" for c in word)
+
+
+# Words that say the id after them is a product's: SKU, skuId, sku_id, SKU ID, wareId (any case, in ASCII
+# or full-width letters; also as a link's query key: ?sku=, &skuId=, wareId=), optionally with 编号/号
+# after them, and 商品编号, 商品编码, 商品号, 商品ID. An English label may not be the tail of a longer
+# word ("mysku"). Every reader sees the same forms: the privacy layer reads the text as typed, where
+# ＳＫＵ：… is not SKU:…
+_SKU, _ID, _WAREID = _any_width("sku"), _any_width("id"), _any_width("wareid")
+LABEL = (
+    rf"(?:(?<![A-Za-zＡ-Ｚａ-ｚ])(?i:{_SKU}(?:[_＿ \u3000]?{_ID})?|{_WAREID})(?:编号|号)?"
+    rf"|商品(?:编号|编码|号|(?i:{_ID})))"
+)
+# Between a label and its id: a few spaces, one of :：#＃=＝, then 是/为 ("商品编号是100012043978").
+LABEL_SEP = r"[ \u3000]{0,3}[:：#＃=＝]?[ \u3000]{0,3}(?:是|为)?[ \u3000]{0,3}"
 # What stands right before a product id: a product link, or a label and its separator.
 PRODUCT_LEAD = rf"(?:{LINK}|{LABEL}{LABEL_SEP})"
 # A labelled id: a link's id is digits, but after a label it may also be a shop's own code (NB-1601).
