@@ -548,9 +548,51 @@ def _read_csv(path: Path, source: str, limits: ReadLimits) -> Table:
         table.issues.append(KBIssue(source, len(rows) + 1, None, f"unreadable CSV row: {exc}"))
         return table
     table = _tabulate(rows, source, check_width=True)
-    if rows and any("\n" in cell for cell in rows[-1][1]) and _ends_inside_quotes(text):
+    unclosed = bool(rows) and any("\n" in cell for cell in rows[-1][1]) and _ends_inside_quotes(text)
+    if unclosed:
         table.issues.append(_unclosed_quote_issue(source, *rows[-1], dict(table.header)))
+    table.warnings.extend(_joined_rows_warnings(rows[:-1] if unclosed else rows, table, source))
     return table
+
+
+def _joined_rows_warnings(rows: Sequence[tuple[int, Sequence[str]]], table: Table, source: str) -> list[KBIssue]:
+    """Cells holding lines shaped like rows of their own: a quote that opens a cell and is closed only by a
+    stray quote further down reads the rows between into that one cell, and their entries go missing
+    without a word. A multi-line answer is normal, so it is a warning, and only for a line with exactly
+    the header's number of comma-separated values, two of them filled."""
+    if not table.header or table.header_row is None:
+        return []
+    width = table.header[-1][0] + 1
+    if width < 2:
+        return []
+    names = dict(table.header)
+    out = []
+    for number, cells in rows:
+        if number <= table.header_row:
+            continue
+        for i, cell in enumerate(cells):
+            if "\n" not in cell:
+                continue
+            shaped = [line for line in cell.split("\n")[1:] if _row_shaped(line, width)]
+            if shaped:
+                out.append(
+                    KBIssue(
+                        source,
+                        number,
+                        names.get(i) or get_column_letter(i + 1),
+                        f"this cell runs over {cell.count(chr(10)) + 1} lines, and {len(shaped)} of them "
+                        f"look like rows of their own (as many comma-separated values as the header, "
+                        f"such as {_quote(shaped[0])}): a double quote that opens the cell "
+                        "and is closed only by a stray quote further down joins the rows between into it, "
+                        "and their entries are missing; if so, close the quote after the cell's text",
+                    )
+                )
+    return out
+
+
+def _row_shaped(line: str, width: int) -> bool:
+    fields = next(csv.reader([line]), [])
+    return len(fields) == width and sum(1 for f in fields if f.strip()) >= 2
 
 
 def _ends_inside_quotes(text: str) -> bool:

@@ -656,6 +656,12 @@ def _warning_files(tmp: Path) -> list[Path]:
     jsonl_file = tmp / "kb.jsonl"
     jsonl_file.write_text('{"id": "a", "question": "q1", "answer": "x", "categry": "1"}\n', encoding="utf-8")
     files.append(jsonl_file)
+    joined = tmp / "joined.csv"  # a stray quote pair joins a2 and a3 into a1's answer
+    joined.write_text(
+        'id,question,answer\na1,包邮吗,"全国包邮\na2,能开发票吗,可以\na3,退货,七天无理由"\na4,几天发货,当天\n',
+        encoding="utf-8",
+    )
+    files.append(joined)
     for name, hidden_rows, other, hidden_sheet in (
         ("many.xlsx", range(3, 26), True, True),
         ("one.xlsx", [3], True, False),

@@ -1088,6 +1088,30 @@ def test_a_quote_never_closed_is_an_issue_not_rows_lost(tmp_path: Path) -> None:
     assert [e.answer for e in load_kb(path)] == ["两年\n全国联保", "七天"]
 
 
+def test_rows_joined_by_a_stray_quote_pair_are_warned_about(tmp_path: Path) -> None:
+    """A quote opened in a cell and closed by a stray quote rows later reads the rows between into that
+    cell: the file loaded with entries missing and nothing said. Now a warning names the row and cell; a
+    multi-line answer whose lines are not shaped like rows is not warned about."""
+    path = tmp_path / "kb.csv"
+    path.write_text(
+        'id,question,answer\nA,保修多久,"两年\nB,怎么退货,七天\nC,运费,包邮"\nD,几天发货,当天\n',
+        encoding="utf-8",
+    )
+    entries = load_kb(path)
+    assert [e.id for e in entries] == ["A", "D"]
+    [warning] = entries.warnings
+    assert (warning.row, warning.column) == (2, "answer")
+    assert warning.message.startswith("this cell runs over 3 lines, and 2 of them look like rows")
+    assert "'B,怎么退货,七天'" in warning.message
+    path.write_text(
+        'id,question,answer\nA,怎么退货,"步骤如下:\n1. 进入订单,点申请售后\n2. 填写原因，提交\n3. 寄回,'
+        ',"\nB,运费,包邮\n',
+        encoding="utf-8",
+    )
+    entries = load_kb(path)
+    assert [e.id for e in entries] == ["A", "B"] and entries.warnings == []
+
+
 def test_read_rows_keeps_accepting_wide_rows(tmp_path: Path) -> None:
     """Catalogs and query files are read by read_rows: the width check is the KB's own."""
     path = tmp_path / "q.csv"

@@ -368,6 +368,15 @@ TABLE: dict[str, tuple[str, str]] = {
         "paraphrase {text} has no word or character the matcher can use (only emoji, punctuation or "
         "symbols); it was dropped",
     ),
+    "kbw.joined_rows": (
+        "这个单元格跨了 {lines} 行，其中 {n} 行看起来是独立的行（逗号分隔的值和表头一样多，例如 {line}）："
+        "单元格开头的双引号直到后面一个多余的引号才闭合，中间的行都被读进了这个单元格，它们的条目没有读到；"
+        "如果是这样，请在单元格文字的末尾补上双引号",
+        "this cell runs over {lines} lines, and {n} of them look like rows of their own (as many "
+        "comma-separated values as the header, such as {line}): a double quote that opens the cell and is "
+        "closed only by a stray quote further down joins the rows between into it, and their entries are "
+        "missing; if so, close the quote after the cell's text",
+    ),
     "kbw.same_to_matcher": (
         "条目 {entry} 的 {text} 与条目 {other_entry}（第 {row} {unit}）的{role} {other} 只差在标点、表情、"
         "全角/半角、繁简体或大小写上，机器人分不清它们：请合并这两个条目，或改写其中一个",

@@ -64,6 +64,16 @@ PATTERNS: tuple[tuple[str, re.Pattern[str]], ...] = (
             r"punctuation or symbols\); it was dropped"
         ),
     ),
+    # _joined_rows_warnings (CSV): a stray quote that joined rows into one cell
+    (
+        "kbw.joined_rows",
+        _p(
+            r"this cell runs over (?P<lines>\d+) lines, and (?P<n>\d+) of them look like rows of their own "
+            r"\(as many comma-separated values as the header, such as (?P<line>{q})\): a double quote that "
+            r"opens the cell and is closed only by a stray quote further down joins the rows between into "
+            r"it, and their entries are missing; if so, close the quote after the cell's text"
+        ),
+    ),
     # _check_matcher_duplicates
     (
         "kbw.same_to_matcher",
