@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 
 from api.kb.build_child import start_lowered
-from api.kb.build_priority import StarvationGuard, Step, cpu_seconds, ladder
+from api.kb.build_priority import StarvationGuard, Step, apply_step, autogroup_nice, cpu_seconds, ladder
 
 
 def test_the_ladder_starts_from_how_the_build_was_born() -> None:
@@ -179,3 +179,65 @@ def test_a_killed_build_forkserver_is_started_again_at_the_builds_nice_and_not_i
     nice, policy = reader.recv()
     child.join(10)
     assert nice >= 7 and policy != os.SCHED_IDLE  # born as the server is; the build sets SCHED_IDLE itself
+
+
+_AUTOGROUP = os.path.exists("/proc/self/autogroup")
+
+
+def _lower_own_session(conn: Any, setsid: bool, nice: int) -> None:
+    from api.kb.build_child import lower_session
+
+    if setsid:
+        os.setsid()
+    lowered = lower_session(nice)
+    conn.send((lowered, autogroup_nice(os.getpid())))
+    conn.close()
+
+
+@pytest.mark.skipif(not _AUTOGROUP, reason="Linux autogroup (/proc/self/autogroup) is not on here")
+def test_a_worker_leading_its_session_lowers_the_sessions_weight_and_a_shared_one_is_left_alone() -> None:
+    """The kernel shares the CPUs between sessions first: a `kefu worker` in a session of its own keeps its
+    nice only by lowering the session's group; a process sharing its session lowers nobody else."""
+    ctx = multiprocessing.get_context("spawn")
+    mine = autogroup_nice(os.getpid())
+    for setsid, expected in ((True, (True, 15)), (False, (False, mine))):
+        reader, writer = ctx.Pipe(duplex=False)
+        child = ctx.Process(target=_lower_own_session, args=(writer, setsid, 15))
+        child.start()
+        writer.close()
+        assert reader.poll(60)
+        assert reader.recv() == expected
+        child.join(10)
+    assert autogroup_nice(os.getpid()) == mine  # this session was not touched
+
+
+def _sleep_in_own_lowered_session(conn: Any) -> None:
+    from api.kb.build_child import lower_session
+
+    os.setsid()
+    conn.send(lower_session(19))
+    conn.close()
+    time.sleep(30)
+
+
+@pytest.mark.skipif(not _AUTOGROUP, reason="Linux autogroup (/proc/self/autogroup) is not on here")
+@pytest.mark.skipif(not _can_raise_priorities(), reason="raising a priority needs CAP_SYS_NICE")
+def test_a_step_raises_a_lowered_session_with_the_build() -> None:
+    """In a lowered session the threads' nice counts only inside it: a starving build's step raises the
+    session's weight too (never lowers it)."""
+    ctx = multiprocessing.get_context("spawn")
+    reader, writer = ctx.Pipe(duplex=False)
+    child = ctx.Process(target=_sleep_in_own_lowered_session, args=(writer,))
+    child.start()
+    writer.close()
+    try:
+        assert reader.poll(60) and reader.recv() is True
+        assert child.pid is not None and autogroup_nice(child.pid) == 19
+        apply_step(child.pid, Step("batch", 10))
+        assert autogroup_nice(child.pid) == 10
+        assert os.getpriority(os.PRIO_PROCESS, child.pid) == 10
+        apply_step(child.pid, Step("batch", 0))
+        assert autogroup_nice(child.pid) == 0
+    finally:
+        child.kill()
+        child.join(5)

@@ -11,6 +11,12 @@ a `kefu worker --queue builds` process beside them does, as many at once as the 
 have (the deployment the README recommends where serving must not feel builds). It prints p50/p99 of each
 phase, the ratio p99(builds) / p99(idle) (the issue's bar:
 <= 1.2), how the builds ended and the load average (the machine may be shared).
+
+With `control`, a last phase as long as the builds took runs no build but one CPU-bound process per CPU
+at the builds' priority (nice 19, SCHED_IDLE), each multiplying matrices and sweeping an array larger
+than the caches: what any work sharing the CPUs costs serving, whatever it is. Its ratio to idle is the
+floor a build can reach on this machine by scheduling alone; a builds ratio near it says the builds add
+nothing of their own.
 """
 
 from __future__ import annotations
@@ -59,6 +65,8 @@ class BuildLoadConfig:
     build_timeout: float = 1800.0
     startup_timeout: float = 180.0
     build_worker: bool = False  # builds in a `kefu worker` process instead of the serving processes
+    control: bool = False  # a last phase with idle-priority CPU burners instead of builds
+    burners: int = 0  # CPU burners in the control phase; 0: one per CPU
 
 
 @dataclass
@@ -231,6 +239,14 @@ def run(cfg: BuildLoadConfig, say: Any = print) -> tuple[list[Phase], dict[str, 
         phases.append(_timed(url, "served", key, cfg, f"{cfg.publishers} shops building", publish_all))
         say(f"builds: {len(phases[1].latencies)} messages in {phases[1].seconds:.0f} s")
         phases.append(_timed(url, "served", key, cfg, "idle again", lambda: time.sleep(cfg.idle)))
+        if cfg.control:
+            n = cfg.burners or os.cpu_count() or 1
+            span = max(phases[1].seconds, cfg.idle)
+            with Burners(n, tmp / "burners.log"):
+                phases.append(
+                    _timed(url, "served", key, cfg, f"control: {n} CPU burners", lambda: time.sleep(span))
+                )
+            say(f"control: {len(phases[-1].latencies)} messages in {phases[-1].seconds:.0f} s")
         texts = {log.stem: log.read_text("utf-8", errors="replace").splitlines() for log in logs}
         outcome["errors_logged"] = sum(
             " ERROR " in line or "Traceback" in line for lines in texts.values() for line in lines
@@ -257,6 +273,72 @@ class BuildWorker:
         """SIGTERM (a running build is put back on the queue), then SIGKILL to the process group."""
         stop_group(self.proc, timeout)
         self._log.close()
+
+
+def pooled_p99(*phases: Phase) -> float:
+    """p99 in ms of the phases' messages together."""
+    latencies = [x for p in phases for x in p.latencies]
+    return float(np.percentile(np.asarray(latencies) * 1000, 99)) if latencies else float("nan")
+
+
+# A build's kind of work at a build's priority: matrix products (CPU) and a sweep over 256 MB (caches and
+# memory bandwidth), one BLAS thread each, until killed.
+_BURN = """
+import os
+os.nice(19)
+if hasattr(os, "SCHED_IDLE"):
+    os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))
+try:  # a session of its own: lower the session's weight too, as `kefu worker` does (autogroup)
+    with open("/proc/self/autogroup", "w") as f:
+        f.write("19")
+except OSError:
+    pass
+import numpy as np
+a = np.random.default_rng(0).random((384, 384))
+big = np.ones(32 * 1024 * 1024)
+print("burning", os.getpid(), flush=True)
+while True:
+    for _ in range(20):
+        a = a @ a
+        a /= np.abs(a).max()
+    big += 1.0
+"""
+
+
+class Burners:
+    """`n` CPU-bound processes at a build's priority while the context is open (the control phase)."""
+
+    def __init__(self, n: int, log_path: Path) -> None:
+        self.n, self.log_path = n, log_path
+        self.procs: list[subprocess.Popen[bytes]] = []
+
+    def __enter__(self) -> Burners:
+        env = {**os.environ, "OPENBLAS_NUM_THREADS": "1", "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+        with self.log_path.open("ab") as log:
+            for _ in range(self.n):
+                self.procs.append(
+                    subprocess.Popen(
+                        [sys.executable, "-c", _BURN],
+                        env=env,
+                        stdout=log,
+                        stderr=subprocess.STDOUT,
+                        start_new_session=True,
+                    )
+                )
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:  # every burner is running its loop (numpy imported)
+            if self.log_path.read_text("utf-8", errors="replace").count("burning") >= self.n:
+                return self
+            if any(p.poll() is not None for p in self.procs):
+                break
+            time.sleep(0.05)
+        self.__exit__()
+        raise LoadTestError(f"CPU burners did not start; see {self.log_path}")
+
+    def __exit__(self, *exc: object) -> None:
+        for p in self.procs:
+            stop_group(p, timeout=2.0)
+        self.procs = []
 
 
 def main(cfg: BuildLoadConfig | None = None, say: Any = None) -> int:
@@ -288,4 +370,17 @@ def main(cfg: BuildLoadConfig | None = None, say: Any = None) -> int:
     ratio = phases[1].pct(99) / phases[0].pct(99)
     verdict = "OK" if ratio <= BAR else "OVER"
     say(f"p99 while {cfg.publishers} shops build / p99 idle = {ratio:.2f} (bar <= {BAR}): {verdict}")
+    # a p99 of one idle phase rests on a handful of messages (30 s at 20/s: the 6 slowest); both idle
+    # phases pooled say how much of a ratio the quiet service's own spread already is
+    pooled = pooled_p99(phases[0], phases[2])
+    say(
+        f"p99 of both idle phases pooled {pooled:.1f} ms (the two: {phases[0].pct(99):.1f} and "
+        f"{phases[2].pct(99):.1f}); while building / pooled = {phases[1].pct(99) / pooled:.2f}"
+    )
+    if cfg.control:
+        floor = phases[-1].pct(99) / phases[0].pct(99)
+        say(
+            f"p99 with {phases[-1].name.split(': ')[1]} at the builds' priority (no build) / p99 idle = "
+            f"{floor:.2f}: what sharing the CPUs costs serving on this machine, whatever runs beside it"
+        )
     return 0 if ratio <= BAR and not any(p.errors for p in phases) else 1

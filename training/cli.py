@@ -1159,6 +1159,7 @@ def worker(
     import signal
     import threading
 
+    from api.kb.build_child import autogroups_on, lower_session
     from api.service import Service
     from api.settings import get_settings
 
@@ -1175,6 +1176,15 @@ def worker(
         if queue in ("replies", "all"):
             service.jd_queue.start(threads)
             console.print(f"JD reply queue: {threads} worker thread(s)")
+        # a builds-only worker leading its own session lowers the session: nice counts only inside it
+        if queue == "builds" and lower_session(int(settings.build_nice)):
+            console.print(f"this session's CPU weight lowered to nice {settings.build_nice} (autogroup)")
+        elif queue == "builds" and autogroups_on() and int(settings.build_nice) > 0:
+            console.print(
+                "[yellow]this worker shares its session with other programs: Linux shares the CPUs between "
+                "sessions first, so its builds rank below serving processes of another session only when "
+                "it is started in a session of its own (`setsid kefu worker ...`); see README[/]"
+            )
         if queue in ("builds", "all"):
             workers = builds or settings.build_workers
             service.start_builds_here(workers)
@@ -1303,6 +1313,13 @@ def loadtest(
             "false), as many at once as the serving workers would run, instead of in the serving processes"
         ),
     ] = False,
+    control: Annotated[
+        bool,
+        typer.Option(
+            help="With --publishers: a last phase, as long as the builds took, with one CPU-bound process "
+            "per CPU at the builds' priority instead of builds: the p99 any neighbour costs on this machine"
+        ),
+    ] = False,
 ) -> None:
     """Hot swaps under load: N workers on PostgreSQL + Redis, KB republished while clients send messages.
     With --publishers N: serving latency while N shops build at once, against idle."""
@@ -1322,6 +1339,7 @@ def loadtest(
             database_url=database_url,
             redis_url=redis_url,
             build_worker=build_worker,
+            control=control,
         )
         raise typer.Exit(buildload.main(build_cfg))
 

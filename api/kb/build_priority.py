@@ -71,6 +71,21 @@ def apply_step(pid: int, step: Step) -> None:
             os.setpriority(os.PRIO_PROCESS, tid, step.nice)
         except ProcessLookupError:  # the thread ended meanwhile
             continue
+    # a `kefu worker` that lowered its whole session (build_child.lower_session): the threads' nice counts
+    # only inside the session, so the session's weight comes up to the step too
+    group = autogroup_nice(pid)
+    if group is not None and group > step.nice:
+        with open(f"/proc/{pid}/autogroup", "w") as f:
+            f.write(str(step.nice))
+
+
+def autogroup_nice(pid: int) -> int | None:
+    """The nice of `pid`'s session group (autogroup: "/autogroup-42 nice 19"), None where there is none."""
+    try:
+        with open(f"/proc/{pid}/autogroup") as f:
+            return int(f.read().split()[-1])
+    except (OSError, ValueError, IndexError):
+        return None
 
 
 class StarvationGuard:
