@@ -555,7 +555,9 @@ def _read_csv(path: Path, source: str, limits: ReadLimits) -> Table:
     return table
 
 
-def _joined_rows_warnings(rows: Sequence[tuple[int, Sequence[str]]], table: Table, source: str) -> list[KBIssue]:
+def _joined_rows_warnings(
+    rows: Sequence[tuple[int, Sequence[str]]], table: Table, source: str
+) -> list[KBIssue]:
     """Cells holding lines shaped like rows of their own: a quote that opens a cell and is closed only by a
     stray quote further down reads the rows between into that one cell, and their entries go missing
     without a word. A multi-line answer is normal, so it is a warning, and only for a line with exactly
