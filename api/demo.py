@@ -60,7 +60,8 @@ def seed_demo_shop(service: Any) -> bool:
         version = service.publisher.publish(shop).version  # after the catalog: its names join the dictionary
         log.info("demo shop %s: KB %s published as version %d (building)", shop, settings.demo_kb, version)
     log.info(
-        "talk to the demo shop: curl -s localhost:8000/v1/shops/%s/messages"
+        # the app does not know the port uvicorn listens on (make run: 8000)
+        "talk to the demo shop: curl -s http://<host:port>/v1/shops/%s/messages"
         " -H 'X-API-Key: <KEFU_DEMO_API_KEY>' -H 'Content-Type: application/json'"
         ' -d \'{"conversation_id": "c1", "text": "你好"}\' (README: a whole conversation)',
         shop,
