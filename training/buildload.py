@@ -13,10 +13,10 @@ phase, the ratio p99(builds) / p99(idle) (the issue's bar:
 <= 1.2), how the builds ended and the load average (the machine may be shared).
 
 With `control`, a last phase as long as the builds took runs no build but one CPU-bound process per CPU
-at the builds' priority (nice 19, SCHED_IDLE), each multiplying matrices and sweeping an array larger
-than the caches: what any work sharing the CPUs costs serving, whatever it is. Its ratio to idle is the
-floor a build can reach on this machine by scheduling alone; a builds ratio near it says the builds add
-nothing of their own.
+at the builds' priority (nice 19, SCHED_IDLE, its session lowered), each multiplying matrices and
+sweeping an array larger than the caches: what any work sharing the CPUs costs serving, whatever it is.
+Its ratio to idle is the floor a build can reach on this machine by scheduling alone; a builds ratio
+near it says the builds add nothing of their own.
 """
 
 from __future__ import annotations
@@ -275,12 +275,6 @@ class BuildWorker:
         self._log.close()
 
 
-def pooled_p99(*phases: Phase) -> float:
-    """p99 in ms of the phases' messages together."""
-    latencies = [x for p in phases for x in p.latencies]
-    return float(np.percentile(np.asarray(latencies) * 1000, 99)) if latencies else float("nan")
-
-
 # A build's kind of work at a build's priority: matrix products (CPU) and a sweep over 256 MB (caches and
 # memory bandwidth), one BLAS thread each, until killed.
 _BURN = """
@@ -372,7 +366,7 @@ def main(cfg: BuildLoadConfig | None = None, say: Any = None) -> int:
     say(f"p99 while {cfg.publishers} shops build / p99 idle = {ratio:.2f} (bar <= {BAR}): {verdict}")
     # a p99 of one idle phase rests on a handful of messages (30 s at 20/s: the 6 slowest); both idle
     # phases pooled say how much of a ratio the quiet service's own spread already is
-    pooled = pooled_p99(phases[0], phases[2])
+    pooled = Phase("idle, pooled", phases[0].latencies + phases[2].latencies).pct(99)
     say(
         f"p99 of both idle phases pooled {pooled:.1f} ms (the two: {phases[0].pct(99):.1f} and "
         f"{phases[2].pct(99):.1f}); while building / pooled = {phases[1].pct(99) / pooled:.2f}"
