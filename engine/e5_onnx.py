@@ -295,6 +295,17 @@ def _graph(w: E5Weights, ranges: dict[str, np.ndarray] | None = None, probe: boo
         )
         return out
 
+    def add_norm(a: str, residual: str, ln: str, out: str) -> str:
+        """LayerNorm(a + residual) with the file's `ln`.w / `ln`.b."""
+        gamma, beta = const(ln + ".w", w.f32(ln + ".w").copy()), const(ln + ".b", w.f32(ln + ".b").copy())
+        return op(
+            "LayerNormalization",
+            [op("Add", [a, residual], out + ".sum"), gamma, beta],
+            out,
+            axis=-1,
+            epsilon=w.eps,
+        )
+
     for li in range(w.layers):
         p = f"l{li}."
         # the attention's 1/sqrt(head size) is folded into the query's weights and bias
@@ -319,32 +330,12 @@ def _graph(w: E5Weights, ranges: dict[str, np.ndarray] | None = None, probe: boo
         )
         ao = matmul(ctx, [(p + "ao.w", 1.0)], H, p + "ao0")
         ao = op("Add", [ao, const(p + "bao", w.f32(p + "ao.b").copy())], p + "ao")
-        x1 = op(
-            "LayerNormalization",
-            [
-                op("Add", [ao, x], p + "res1"),
-                const(p + "g1", w.f32(p + "aln.w").copy()),
-                const(p + "b1", w.f32(p + "aln.b").copy()),
-            ],
-            p + "x1",
-            axis=-1,
-            epsilon=w.eps,
-        )
+        x1 = add_norm(ao, x, p + "aln", p + "x1")
         f = matmul(x1, [(p + "fi.w", 1.0)], H, p + "fi0")
         f = op("Gelu", [op("Add", [f, const(p + "bfi", w.f32(p + "fi.b").copy())], p + "fi")], p + "gelu")
         f = matmul(f, [(p + "fo.w", 1.0)], FF, p + "fo0")
         f = op("Add", [f, const(p + "bfo", w.f32(p + "fo.b").copy())], p + "fo")
-        x = op(
-            "LayerNormalization",
-            [
-                op("Add", [f, x1], p + "res2"),
-                const(p + "g2", w.f32(p + "oln.w").copy()),
-                const(p + "b2", w.f32(p + "oln.b").copy()),
-            ],
-            p + "x2",
-            axis=-1,
-            epsilon=w.eps,
-        )
+        x = add_norm(f, x1, p + "oln", p + "x2")
     op("ReduceMean", [x, const("ax1", np.array([1], np.int64))], "pooled", keepdims=0)
     graph = helper.make_graph(
         nodes,
