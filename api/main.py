@@ -16,6 +16,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 import engine
+from api.cpu_affinity import pin_process
 from api.kb.registry import ShopNotHeldError
 from api.metrics import REQUEST_LATENCY, REQUESTS
 from api.routes import catalog, health, jd, kb, match, messages, metrics, reports, shops, tasks
@@ -118,6 +119,8 @@ def create_app(
     _configure_logging(settings.log_level)
     # read by the engine when it creates the process's encoder (at the first model with the dense channel)
     os.environ["KEFU_EMBED_QUERY_THREADS"] = str(settings.embed_query_threads)
+    if settings.serve_cpu_set and pin_process(settings.serve_cpu_set):  # each uvicorn worker builds its app
+        logging.getLogger("kefu.api").info("serving on CPUs %s (KEFU_SERVE_CPUS)", settings.serve_cpus)
     holder = ModelHolder(matcher)
     limiter = RateLimiter.from_settings(settings)
 

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Literal
 
 from limits import parse_many
-from pydantic import Field, SecretStr, field_validator, model_validator
+from pydantic import Field, SecretStr, ValidationInfo, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
@@ -116,6 +116,11 @@ class Settings(BaseSettings):
     # raised a step (SCHED_BATCH at build_nice, then nice 5, then 0; api/kb/build_priority.py; needs
     # CAP_SYS_NICE). 0: never raised, the build waits for idle CPU however long the peak lasts
     build_min_cpu_share: float = Field(default=0.25, ge=0, le=1)
+    # CPUs of their own (api/cpu_affinity.py; Linux CPU lists "1", "2-3", "0,2-3"; empty: all): serving's
+    # worker processes, and builds (their children, a `kefu worker --queue builds` process). On a small
+    # machine priorities do not keep builds off serving's p99; separate CPUs do (README)
+    serve_cpus: str = ""
+    build_cpus: str = ""
     # ---- the exchange log (api/store/exchange_log.py): replies hand their row to a buffer, one thread
     # inserts it in batches every flush_ms milliseconds or once `batch` rows wait; 0: each reply inserts its
     # row before it returns. At most `buffer` rows wait: past that a reply writes its own row (back-pressure)
@@ -197,6 +202,28 @@ class Settings(BaseSettings):
         if not 0 <= i < n:
             raise ValueError(f"KEFU_SHARD {v!r}: need 0 <= i < n (shards are numbered from 0)")
         return f"{i}/{n}"
+
+    @field_validator("serve_cpus", "build_cpus")
+    @classmethod
+    def _cpus(cls, v: str, info: ValidationInfo) -> str:
+        from api.cpu_affinity import parse_cpus
+
+        try:
+            return ",".join(str(c) for c in parse_cpus(v))
+        except ValueError as e:
+            raise ValueError(f"KEFU_{(info.field_name or '').upper()} {v!r}: {e}") from None
+
+    @property
+    def serve_cpu_set(self) -> tuple[int, ...]:
+        from api.cpu_affinity import parse_cpus
+
+        return parse_cpus(self.serve_cpus)
+
+    @property
+    def build_cpu_set(self) -> tuple[int, ...]:
+        from api.cpu_affinity import parse_cpus
+
+        return parse_cpus(self.build_cpus)
 
     @property
     def shard_pair(self) -> tuple[int, int] | None:

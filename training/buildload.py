@@ -17,6 +17,10 @@ at the builds' priority (nice 19, SCHED_IDLE, its session lowered), each multipl
 sweeping an array larger than the caches: what any work sharing the CPUs costs serving, whatever it is.
 Its ratio to idle is the floor a build can reach on this machine by scheduling alone; a builds ratio
 near it says the builds add nothing of their own.
+
+With `split_cpus`, serving (KEFU_SERVE_CPUS) and this process's clients run on the first half of the CPUs,
+builds (KEFU_BUILD_CPUS: build children, the `kefu worker`) and the control's burners on the rest: the
+deployment where priorities are not asked to keep builds off serving's tail (api/cpu_affinity.py).
 """
 
 from __future__ import annotations
@@ -37,6 +41,7 @@ from typing import Any
 import httpx
 import numpy as np
 
+from api.cpu_affinity import pin_process
 from training.loadtest import (
     DEMO_KB,
     ROOT,
@@ -66,7 +71,8 @@ class BuildLoadConfig:
     startup_timeout: float = 180.0
     build_worker: bool = False  # builds in a `kefu worker` process instead of the serving processes
     control: bool = False  # a last phase with idle-priority CPU burners instead of builds
-    burners: int = 0  # CPU burners in the control phase; 0: one per CPU
+    burners: int = 0  # CPU burners in the control phase; 0: one per CPU (per build CPU with split_cpus)
+    split_cpus: bool = False  # serving and this client on the first half of the CPUs, builds on the rest
 
 
 @dataclass
@@ -176,6 +182,16 @@ def run(cfg: BuildLoadConfig, say: Any = print) -> tuple[list[Phase], dict[str, 
             env["KEFU_REDIS_URL"] = env["KEFU_QUEUE_URL"] = cfg.redis_url
         if cfg.build_worker:
             env["KEFU_BUILD_IN_PROCESS"] = "false"
+        serve_cpus, build_cpus = split(cfg)
+        if serve_cpus:
+            env["KEFU_SERVE_CPUS"] = ",".join(map(str, serve_cpus))
+            env["KEFU_BUILD_CPUS"] = ",".join(map(str, build_cpus))
+            before = os.sched_getaffinity(0)
+            pin_process(serve_cpus)  # the clients measure latency: they run where serving runs
+            stack.callback(pin_process, before)
+        else:
+            for name in ("KEFU_SERVE_CPUS", "KEFU_BUILD_CPUS"):
+                env.pop(name, None)
         server = Server(env, _free_port(), cfg.workers, tmp / "server.log")
         stack.callback(server.stop)
         server.wait_healthy(cfg.startup_timeout)
@@ -193,6 +209,11 @@ def run(cfg: BuildLoadConfig, say: Any = print) -> tuple[list[Phase], dict[str, 
                 f"in a `kefu worker` process ({cfg.workers} at once)"
                 if cfg.build_worker
                 else "in the servers"
+            )
+            + (
+                f"; serving and clients on CPUs {env['KEFU_SERVE_CPUS']}, builds on {env['KEFU_BUILD_CPUS']}"
+                if serve_cpus
+                else ""
             )
         )
         keys: dict[str, dict[str, str]] = {}
@@ -240,9 +261,9 @@ def run(cfg: BuildLoadConfig, say: Any = print) -> tuple[list[Phase], dict[str, 
         say(f"builds: {len(phases[1].latencies)} messages in {phases[1].seconds:.0f} s")
         phases.append(_timed(url, "served", key, cfg, "idle again", lambda: time.sleep(cfg.idle)))
         if cfg.control:
-            n = cfg.burners or os.cpu_count() or 1
+            n = cfg.burners or len(build_cpus) or os.cpu_count() or 1
             span = max(phases[1].seconds, cfg.idle)
-            with Burners(n, tmp / "burners.log"):
+            with Burners(n, tmp / "burners.log", build_cpus):
                 phases.append(
                     _timed(url, "served", key, cfg, f"control: {n} CPU burners", lambda: time.sleep(span))
                 )
@@ -251,11 +272,29 @@ def run(cfg: BuildLoadConfig, say: Any = print) -> tuple[list[Phase], dict[str, 
         outcome["errors_logged"] = sum(
             " ERROR " in line or "Traceback" in line for lines in texts.values() for line in lines
         )
+        # what the processes say of their CPUs (KEFU_SERVE_CPUS / KEFU_BUILD_CPUS), per log
+        outcome["cpus_logged"] = {
+            name: sorted({line.split("CPUs ", 1)[1] for line in lines if "_CPUS)" in line})
+            for name, lines in texts.items()
+        }
         # where the builds ran: "building version N of shop S" lines per log (server, worker)
         outcome["builds_logged"] = {
             name: sum("building version" in line for line in lines) for name, lines in texts.items()
         }
     return phases, outcome
+
+
+def split(cfg: BuildLoadConfig) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    """(serving's CPUs, builds' CPUs) of this process's CPUs with `split_cpus`; ((), ()) without."""
+    if not cfg.split_cpus:
+        return (), ()
+    if not hasattr(os, "sched_getaffinity"):
+        raise LoadTestError("--split-cpus needs Linux CPU affinity (os.sched_setaffinity)")
+    cpus = tuple(sorted(os.sched_getaffinity(0)))
+    if len(cpus) < 2:
+        raise LoadTestError(f"--split-cpus needs at least 2 CPUs; this process may run on {len(cpus)}")
+    half = len(cpus) // 2
+    return cpus[:half], cpus[half:]
 
 
 class BuildWorker:
@@ -302,8 +341,8 @@ while True:
 class Burners:
     """`n` CPU-bound processes at a build's priority while the context is open (the control phase)."""
 
-    def __init__(self, n: int, log_path: Path) -> None:
-        self.n, self.log_path = n, log_path
+    def __init__(self, n: int, log_path: Path, cpus: tuple[int, ...] = ()) -> None:
+        self.n, self.log_path, self.cpus = n, log_path, cpus
         self.procs: list[subprocess.Popen[bytes]] = []
 
     def __enter__(self) -> Burners:
@@ -317,6 +356,7 @@ class Burners:
                         stdout=log,
                         stderr=subprocess.STDOUT,
                         start_new_session=True,
+                        preexec_fn=(lambda: pin_process(self.cpus)) if self.cpus else None,
                     )
                 )
         deadline = time.monotonic() + 30

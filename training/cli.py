@@ -1159,6 +1159,7 @@ def worker(
     import signal
     import threading
 
+    from api.cpu_affinity import pin_process
     from api.kb.build_child import autogroups_on, lower_session
     from api.service import Service
     from api.settings import get_settings
@@ -1176,6 +1177,9 @@ def worker(
         if queue in ("replies", "all"):
             service.jd_queue.start(threads)
             console.print(f"JD reply queue: {threads} worker thread(s)")
+        # a builds-only worker runs on the builds' CPUs, and its children with it
+        if queue == "builds" and settings.build_cpu_set and pin_process(settings.build_cpu_set):
+            console.print(f"on CPUs {settings.build_cpus} (KEFU_BUILD_CPUS)")
         # a builds-only worker leading its own session lowers the session: nice counts only inside it
         if queue == "builds" and lower_session(int(settings.build_nice)):
             console.print(f"this session's CPU weight lowered to nice {settings.build_nice} (autogroup)")
@@ -1320,6 +1324,13 @@ def loadtest(
             "per CPU at the builds' priority instead of builds: the p99 any neighbour costs on this machine"
         ),
     ] = False,
+    split_cpus: Annotated[
+        bool,
+        typer.Option(
+            help="With --publishers: serving (and this client) on the first half of the CPUs, builds and "
+            "the control's burners on the rest (KEFU_SERVE_CPUS / KEFU_BUILD_CPUS)"
+        ),
+    ] = False,
 ) -> None:
     """Hot swaps under load: N workers on PostgreSQL + Redis, KB republished while clients send messages.
     With --publishers N: serving latency while N shops build at once, against idle."""
@@ -1340,6 +1351,7 @@ def loadtest(
             redis_url=redis_url,
             build_worker=build_worker,
             control=control,
+            split_cpus=split_cpus,
         )
         raise typer.Exit(buildload.main(build_cfg))
 

@@ -27,6 +27,8 @@ from multiprocessing.context import ForkServerContext, SpawnContext
 from multiprocessing.process import BaseProcess
 from typing import TYPE_CHECKING, Any
 
+from api.cpu_affinity import pin_thread
+
 if TYPE_CHECKING:
     from engine import Matcher
     from engine.kb import KBEntry
@@ -53,6 +55,7 @@ class BuildJob:
     min_cv_top1: float
     nice: int
     cpu_idle: bool = False  # Linux SCHED_IDLE: the build runs only on CPU time nothing else wants
+    cpus: tuple[int, ...] = ()  # the CPUs the build may run on (KEFU_BUILD_CPUS); empty: any
 
 
 def evaluate_model(
@@ -92,10 +95,11 @@ def evaluate_model(
     return figures
 
 
-def lower_priority(nice: int, cpu_idle: bool) -> None:
-    """Lower the calling thread's CPU priority (on Linux nice and the scheduling policy are per thread;
-    a process started from the thread inherits them). Where it is not allowed the build runs at normal
-    priority rather than not at all."""
+def lower_priority(nice: int, cpu_idle: bool, cpus: tuple[int, ...] = ()) -> None:
+    """Lower the calling thread's CPU priority and keep it to `cpus` (on Linux nice, the scheduling
+    policy and the CPU affinity are per thread; a process started from the thread inherits them). Where it
+    is not allowed the build runs at normal priority, or on any CPU, rather than not at all."""
+    pin_thread(cpus)
     if nice > 0 and os.getpriority(os.PRIO_PROCESS, 0) < nice:
         with contextlib.suppress(OSError):
             os.setpriority(os.PRIO_PROCESS, 0, nice)
@@ -135,13 +139,15 @@ def lower_session(nice: int) -> bool:
     return True
 
 
-def _in_lowered_thread(fn: Callable[[], object], nice: int, cpu_idle: bool, name: str) -> None:
+def _in_lowered_thread(
+    fn: Callable[[], object], nice: int, cpu_idle: bool, name: str, cpus: tuple[int, ...] = ()
+) -> None:
     """Run `fn` in a short-lived thread that first lowers its own priority (a process it starts is born
     with that priority); an exception is re-raised in the caller's thread, whose priority is untouched."""
     failed: list[BaseException] = []
 
     def run() -> None:
-        lower_priority(nice, cpu_idle)
+        lower_priority(nice, cpu_idle, cpus)
         try:
             fn()
         except BaseException as e:
@@ -154,38 +160,38 @@ def _in_lowered_thread(fn: Callable[[], object], nice: int, cpu_idle: bool, name
         raise failed[0]
 
 
-def start_lowered(proc: BaseProcess, nice: int, cpu_idle: bool) -> None:
+def start_lowered(proc: BaseProcess, nice: int, cpu_idle: bool, cpus: tuple[int, ...] = ()) -> None:
     """Start `proc` with the lowered priority, so the child is born with it: a spawned child's
     interpreter start and imports (a second or more of CPU) do not compete with serving either. Measured:
     the child's start at normal priority was part of serving's p99 while shops built."""
-    _in_lowered_thread(proc.start, nice, cpu_idle, "kefu-build-spawn")
+    _in_lowered_thread(proc.start, nice, cpu_idle, "kefu-build-spawn", cpus)
 
 
 PRELOAD = "api.kb.build_preload"
 
 
-def build_context(nice: int) -> ForkServerContext | SpawnContext:
+def build_context(nice: int, cpus: tuple[int, ...] = ()) -> ForkServerContext | SpawnContext:
     """The multiprocessing context builds start in: a forkserver that imported `PRELOAD`, where the
     platform has one ('spawn' elsewhere). A forked child skips the interpreter start and the imports, which
     no longer compete with serving either: the demo KB's build took 9.1-9.9 s spawned, 5.3-6.3 s forked.
 
     The server is started from a thread at nice `nice` but not SCHED_IDLE: it must get CPU to fork a build
     while the CPUs are saturated (the child sets SCHED_IDLE itself at once, and api/kb/build_priority.py
-    raises it if it starves). Checked before every build, so a server that died (killed, out of memory)
-    is started again here at that priority."""
+    raises it if it starves), and on the builds' CPUs. Checked before every build, so a server that died
+    (killed, out of memory) is started again here at that priority."""
     if "forkserver" not in multiprocessing.get_all_start_methods():
         return multiprocessing.get_context("spawn")
     from multiprocessing import forkserver
 
     ctx = multiprocessing.get_context("forkserver")
     ctx.set_forkserver_preload([PRELOAD])  # read when a server starts; ensure_running has its own lock
-    _in_lowered_thread(forkserver.ensure_running, nice, False, "kefu-build-forkserver")
+    _in_lowered_thread(forkserver.ensure_running, nice, False, "kefu-build-forkserver", cpus)
     return ctx
 
 
 def build_in_child(job: BuildJob, conn: Connection) -> None:
     """The child's entry point (module level, so 'spawn' can import it)."""
-    lower_priority(job.nice, job.cpu_idle)  # where the start could not (or another start method)
+    lower_priority(job.nice, job.cpu_idle, job.cpus)  # where the start could not (or another start method)
     try:
         conn.send(("outcome", *_build(job, conn)))
     finally:

@@ -200,6 +200,7 @@ class BuildQueue:
                 min_cv_top1=float(self.settings.min_cv_top1),
                 nice=int(self.settings.build_nice),
                 cpu_idle=bool(self.settings.build_cpu_idle),
+                cpus=self.settings.build_cpu_set,
             )
         log.info("building version %d of shop %s (attempt %d)", version, shop, seen + 1)
         return job, seen + 1
@@ -225,13 +226,14 @@ class BuildQueue:
 
     def _run_child(self, job: BuildJob, attempt: int) -> Outcome:
         """Run the build in a child process; watch its messages, the time limit and shutdown."""
-        ctx = build_context(job.nice)
+        ctx = build_context(job.nice, job.cpus)
         reader, writer = ctx.Pipe(duplex=False)
         proc = ctx.Process(
             target=build_in_child, args=(job, writer), name=f"kefu-build-{job.shop}-v{job.version}"
         )
         if ctx.get_start_method() == "spawn":
-            start_lowered(proc, job.nice, job.cpu_idle)  # born lowered: its interpreter start and imports too
+            # born lowered and on its CPUs: its interpreter start and imports too
+            start_lowered(proc, job.nice, job.cpu_idle, job.cpus)
         else:
             proc.start()  # forked by the forkserver (born at its nice): build_in_child lowers itself at once
         writer.close()  # the child holds the only writing end: EOF when it exits
