@@ -58,7 +58,6 @@ class Service:
             self.registry,
             self.store.publish,
             enqueue=lambda shop, v: self.builds.enqueue(shop, v),
-            preload=settings.warm_up,
         )
         # the KB build queue (huey); consumed here when KEFU_BUILD_IN_PROCESS, else by `kefu worker`
         self.builds = BuildQueue(self.db, settings, self.registry, self.publisher.activate)
@@ -220,7 +219,7 @@ class Service:
                     with self.db.session() as s:
                         active = {sh.id: sh.active_version for sh in s.scalars(select(Shop))}
                     for shop, version in active.items():
-                        # Publisher.on_notice decides: a model loaded here, or a preload with room
+                        # Publisher.on_notice decides: swapped where the shop's model is loaded here
                         served = self.registry.peek(shop)
                         if version and (served is None or served.version != version):
                             self.publisher.on_notice({"shop": shop, "version": version})

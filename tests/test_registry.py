@@ -75,7 +75,9 @@ def _settings(tmp_path: Path, **extra: Any) -> Settings:
 
 
 def _served(c: TestClient, shop: str, key: dict[str, str]) -> int | None:
-    return c.get(f"/v1/shops/{shop}", headers=key).json()["served_version"]
+    """The version of the shop's model in this replica's memory, None when none is loaded."""
+    info = c.get(f"/v1/shops/{shop}", headers=key).json()
+    return info["served_version"] if info["loaded"] else None
 
 
 def test_a_replica_loads_models_on_first_message_holds_its_shard_and_evicts(tmp_path):

@@ -461,6 +461,7 @@ def test_clarify_choice_is_labelled_with_the_real_question(client: TestClient) -
     """A thumbs-up on the answer to "第二个" labels the question the list was offered for."""
     key = new_shop(client)
     publish_and_wait(client, "shop-a", key, kb_csv())
+    say(client, "shop-a", key, "你好", conv="load")  # the shop's first message here loads its model
     served = client.app.state.service.registry.get("shop-a")  # type: ignore[attr-defined]
     served.matcher.policy = dataclasses.replace(served.matcher.policy, t_answer=1.01, t_clarify=0.0)
     offered = say(client, "shop-a", key, "那发票应该怎么开呀", conv="k1")
@@ -542,12 +543,22 @@ def test_hot_swap_while_messages_flow(client: TestClient) -> None:
 
 
 def test_second_replica_swaps_through_notifications(settings: Settings) -> None:
-    """Two apps on one database and one store: a publish on A is served by B too."""
+    """Two apps on one database and one store: a publish on A is served by B too. B, which has never
+    served the shop, loads it on the shop's first message there (a notice does not make every replica
+    load every published shop); once B holds the shop's model, the next publish on A swaps it on B."""
     with TestClient(create_app(settings)) as a, TestClient(create_app(settings)) as b:
         key = new_shop(a)
         v = publish_and_wait(a, "shop-a", key, kb_csv())
-        wait_for(lambda: b.get("/v1/shops/shop-a", headers=key).json()["served_version"] == v, timeout=30)
+        time.sleep(1.0)  # the notice has long arrived
+        info = b.get("/v1/shops/shop-a", headers=key).json()
+        assert not info["loaded"] and info["served_version"] == v  # not in memory; its next message loads v
         assert say(b, "shop-a", key, "质保几年")["model_version"] == v
+        assert b.get("/v1/shops/shop-a", headers=key).json()["loaded"]
+        rows = [*KB, ("gift", "有赠品吗", "送什么赠品|有没有礼物", "下单送保温杯。")]
+        v2 = publish_and_wait(a, "shop-a", key, kb_csv(rows))
+        assert v2 == v + 1
+        wait_for(lambda: b.get("/v1/shops/shop-a", headers=key).json()["served_version"] == v2, timeout=30)
+        assert say(b, "shop-a", key, "有赠品吗", conv="c2")["model_version"] == v2
 
 
 def test_jd_credentials_are_stored_encrypted_and_shown_masked(client: TestClient, settings: Settings) -> None:

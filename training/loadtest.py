@@ -123,6 +123,7 @@ class LoadReport:
     metrics: dict[str, Any] = field(default_factory=dict)
     server_errors: list[str] = field(default_factory=list)
     min_versions: int = 3
+    ready_messages: int = 0  # sent by setup to have each worker load the shop (wait_served_everywhere)
 
     def problem(self, kind: str, example: str) -> None:
         self.problems[kind] += 1
@@ -318,15 +319,18 @@ def worker_versions(url: str, shop: str) -> dict[str, int]:
 
 def wait_served_everywhere(
     url: str, shop: str, key: dict[str, str], version: int, workers: int, timeout: float
-) -> None:
-    """Until `version` is ready and every worker serves it.
+) -> int:
+    """Until `version` is ready and every worker serves it; returns how many messages that took.
 
     A worker cannot be addressed directly: each GET /v1/shops/{shop} goes over a new connection (so the
     kernel hands it to either worker) and CONSECUTIVE answers in a row must show the version, and the
-    per-process kefu_model_version gauge must show it for `workers` processes.
+    per-process kefu_model_version gauge must show it for `workers` processes. A worker loads a shop's
+    model on the shop's first message there (a publish does not make every process load every shop), so
+    while fewer show it, a message (over a new connection, to either worker) asks for it.
     """
     deadline = time.monotonic() + timeout
     in_a_row = 0
+    asked = 0
     while time.monotonic() < deadline:
         status = _check(
             httpx.get(f"{url}/v1/shops/{shop}/kb/versions/{version}", headers=key, timeout=10), 200
@@ -338,7 +342,10 @@ def wait_served_everywhere(
         if in_a_row >= CONSECUTIVE:
             per_worker = worker_versions(url, shop)
             if sum(v == version for v in per_worker.values()) >= workers:
-                return
+                return asked
+            asked += 1
+            body = {"conversation_id": f"loadtest-ready-{version}-{asked}", "text": "你好"}
+            _check(httpx.post(f"{url}/v1/shops/{shop}/messages", headers=key, json=body, timeout=30), 200)
         time.sleep(0.05 if in_a_row else 0.5)
     raise LoadTestError(
         f"version {version} not served by all {workers} workers within {timeout:.0f} s "
@@ -379,7 +386,7 @@ class Run:
             entries = fetch_entries(c, self.shop)
             version = int(up["version"])
             self.record(c, version, entries, "initial upload", at=0.0)
-            wait_served_everywhere(
+            self.report.ready_messages += wait_served_everywhere(
                 self.url, self.shop, self.key, version, self.cfg.workers, self.cfg.ready_timeout
             )
         self.say(
@@ -666,7 +673,7 @@ def print_report(report: LoadReport, cfg: LoadConfig, shop: str, say: Say) -> No
         )
         say(
             f"              kefu_decisions_total{{shop={shop}}} {m.get('decisions')} "
-            f"sum {m.get('decisions_sum')} (client received {msgs})"
+            f"sum {m.get('decisions_sum')} (client received {msgs}, setup sent {report.ready_messages})"
         )
     if report.server_errors:
         say(f"server log    {len(report.server_errors)} error line(s), first ones:")
@@ -702,10 +709,12 @@ def collect_metrics(url: str, shop: str, report: LoadReport) -> None:
             if labels.get("shop") == shop
         ),
     }
-    if sum(decisions.values()) != len(report.replies):
+    expected = len(report.replies) + report.ready_messages
+    if sum(decisions.values()) != expected:
         report.problem(
             "kefu_decisions_total does not add up over workers",
-            f"/metrics counts {sum(decisions.values())}, the client received {len(report.replies)} replies",
+            f"/metrics counts {sum(decisions.values())}, the client received {len(report.replies)} replies "
+            f"and setup sent {report.ready_messages} messages",
         )
 
 

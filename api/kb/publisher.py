@@ -133,15 +133,11 @@ class Publisher:
         registry: ModelRegistry,
         notify: Any,
         enqueue: Callable[[str, int], None],
-        preload: bool = True,
     ) -> None:
         self.db = db
         self.registry = registry
         self.notify = notify  # callable(channel, message)
         self.enqueue = enqueue  # puts (shop, version) on the build queue (api.kb.builds.BuildQueue.enqueue)
-        # load an activated version of a shop whose model is not loaded here, while the budget has room
-        # (KEFU_WARM_UP); otherwise it loads on the shop's next message
-        self.preload = preload
         # loads are separate from builds: a long build must not delay another shop's swap
         self._loader = ThreadPoolExecutor(max_workers=1, thread_name_prefix="kefu-load")
         self._pending: set[tuple[str, int]] = set()
@@ -271,13 +267,14 @@ class Publisher:
 
     def on_notice(self, message: dict[str, Any]) -> None:
         """Another replica (or this one) activated a version: load it, then swap, if this replica has
-        the shop's model loaded, or holds the shop and preloads with room in the memory budget; otherwise
-        nothing: the version loads on the shop's next message."""
+        the shop's model loaded; otherwise nothing: the version loads on the shop's next message.
+
+        A shop not loaded here is not preloaded (KEFU_WARM_UP preloads at start only): ten shops publishing
+        at once had every serving process load ten models on its own CPUs, the p99 of every other shop's
+        messages up by a third while they did (`kefu loadtest --publishers 10 --split-cpus`)."""
         shop, version = str(message.get("shop")), int(message.get("version", 0))
         served = self.registry.peek(shop)
-        if served is not None and served.version == version:
-            return
-        if served is None and not (self.preload and self.registry.holds(shop) and self.registry.has_room()):
+        if served is None or served.version == version:
             return
 
         snapshot = partial(kb_repo.snapshot_of_version, self.db, shop, version)

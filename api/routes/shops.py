@@ -27,13 +27,24 @@ router = APIRouter(route_class=StrictJSONRoute, tags=["shops"])
 
 
 def shop_out(service: Service, shop: Shop) -> ShopOut:
+    """`served_version`: the version this replica answers the shop's next message with: its loaded
+    model's, or, where none is loaded and the replica holds the shop, the active version (that message
+    loads it). A publish is live once it equals the published version; `loaded` says whether the model is
+    in this replica's memory now."""
     served = service.registry.peek(shop.id)  # a look, not a use: the LRU order stays
+    if served is not None:
+        served_version: int | None = served.version
+    elif service.registry.holds(shop.id):
+        served_version = shop.active_version
+    else:
+        served_version = None
     return ShopOut(
         id=shop.id,
         name=shop.name,
         mode=shop.mode,  # type: ignore[arg-type]
         active_version=shop.active_version,
-        served_version=served.version if served else None,
+        served_version=served_version,
+        loaded=served is not None,
         jd=jd_out(service, shop),
     )
 

@@ -115,7 +115,8 @@ class ShopOut(BaseModel):
     name: str
     mode: Mode
     active_version: int | None
-    served_version: int | None
+    served_version: int | None  # what this replica answers the next message with (routes/shops.shop_out)
+    loaded: bool = False  # the shop's model is in this replica's memory
     jd: JdCredentialsOut
 
 
