@@ -200,9 +200,10 @@ class Service:
         every `prune_every` seconds."""
         next_prune = time.monotonic()
         next_sweep = time.monotonic() + BUILD_SWEEP_EVERY
+        seen: dict[str, int | None] = {}  # each shop's active version at the last round
 
         def run() -> None:
-            nonlocal next_prune, next_sweep
+            nonlocal next_prune, next_sweep, seen
             while not self._stopping.wait(every):
                 if time.monotonic() >= next_sweep:
                     next_sweep = time.monotonic() + BUILD_SWEEP_EVERY
@@ -219,10 +220,18 @@ class Service:
                     with self.db.session() as s:
                         active = {sh.id: sh.active_version for sh in s.scalars(select(Shop))}
                     for shop, version in active.items():
-                        # Publisher.on_notice decides: swapped where the shop's model is loaded here
-                        served = self.registry.peek(shop)
-                        if version and (served is None or served.version != version):
-                            self.publisher.on_notice({"shop": shop, "version": version})
+                        if not version:
+                            continue
+                        notice = {"shop": shop, "version": version}
+                        if seen.get(shop) != version:
+                            # an activation since the last round, its notice perhaps missed: a cached shop
+                            # row naming the old version is stale too (a shop not loaded here loads the
+                            # new version on its next message)
+                            self.shop_keys.invalidate_if_stale(shop, version)
+                            self.publisher.on_notice(notice)
+                        elif (served := self.registry.peek(shop)) is not None and served.version != version:
+                            self.publisher.on_notice(notice)  # a load that failed: tried again
+                    seen = active
                 except Exception as e:  # a database hiccup must not end the loop
                     log.warning("reconcile failed: %s", e)
 

@@ -56,6 +56,17 @@ def test_a_lookup_is_kept_for_the_ttl_and_no_longer() -> None:
     assert cache.get(digest) is None and len(cache) == 0
 
 
+def test_only_a_row_naming_another_active_version_is_dropped_as_stale() -> None:
+    cache = ShopKeyCache(ttl=60.0)
+    current, other = shop("a"), shop("b")
+    current.active_version, other.active_version = 2, 2
+    cache.put(hash_key("key-a"), current, cache.generation)
+    cache.put(hash_key("key-b"), other, cache.generation)
+    assert not cache.invalidate_if_stale("a", 2) and cache.get(hash_key("key-a")) is current
+    assert cache.invalidate_if_stale("a", 3) and cache.get(hash_key("key-a")) is None
+    assert cache.get(hash_key("key-b")) is other  # another shop's row stays
+
+
 def test_the_cache_is_keyed_on_digests_never_on_keys() -> None:
     cache = ShopKeyCache(ttl=1.0)
     cache.put(hash_key("kf_secret"), shop("a"), cache.generation)

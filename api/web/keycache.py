@@ -86,6 +86,17 @@ class ShopKeyCache:
             for digest in [d for d, (shop, _) in self._entries.items() if shop.id == shop_id]:
                 del self._entries[digest]
 
+    def invalidate_if_stale(self, shop_id: str, active_version: int | None) -> bool:
+        """Forget the shop's keys if a cached row names another active version (an activation whose
+        notice this process missed); True when it did. A row that is current stays cached."""
+        with self._lock:
+            stale = any(
+                s.id == shop_id and s.active_version != active_version for s, _ in self._entries.values()
+            )
+        if stale:
+            self.invalidate(shop_id)
+        return stale
+
     def __len__(self) -> int:
         with self._lock:
             return len(self._entries)
