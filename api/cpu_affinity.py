@@ -4,9 +4,10 @@ Priorities alone do not keep a build off serving's tail on a small machine: with
 neighbour at the lowest priority the kernel offers (nice 19, SCHED_IDLE, its session lowered) multiplied
 serving's idle p99 by up to 6 on this project's 2-vCPU machines (`kefu loadtest --publishers 10
 --control`). With serving on one CPU and builds or the same neighbours on the other, the control's factor
-was 0.9-1.1 and ten builds finished four times sooner (README, "CPUs of their own"). Separate CPUs are what a container's
-`--cpuset-cpus` or a systemd unit's `AllowedCPUs=` give; these settings give them to the processes Kefu
-starts itself (uvicorn's workers, build children, `kefu worker`), where those knobs do not reach.
+was 0.9-1.3 and ten builds finished four times sooner (README, "CPUs of their own"). Separate CPUs are
+what a container's `--cpuset-cpus` or a systemd unit's `AllowedCPUs=` give; these settings give them to
+the processes Kefu starts itself (uvicorn's workers, build children, `kefu worker`), where those knobs do
+not reach.
 
 A spec is a Linux CPU list: "1", "2-3", "0,2-3". Empty: no restriction.
 """
