@@ -6,6 +6,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable
+from concurrent.futures.process import BrokenProcessPool
 from datetime import timedelta
 from functools import partial
 from typing import Any
@@ -18,7 +19,7 @@ from api.db.models import JdMessage, Shop, utcnow
 from api.db.session import Database
 from api.kb import repo as kb_repo
 from api.kb.builds import QUEUED, STARTING, BuildQueue
-from api.kb.parsing import UploadParser
+from api.kb.parsing import UploadParser, validate_entries
 from api.kb.publisher import CHANNEL, Publisher
 from api.kb.registry import Holding, ModelRegistry, ServedModel
 from api.metrics import MODEL_VERSION
@@ -26,6 +27,7 @@ from api.settings import Settings
 from api.store.exchange_log import ExchangeLog, claim_node
 from api.store.kv import make_store
 from api.web.keycache import ShopKeyCache
+from engine.kb import KBEntry
 
 log = logging.getLogger("kefu.service")
 
@@ -53,11 +55,14 @@ class Service:
             holding=Holding(settings.shard_pair, settings.shard_shop_ids),
             cascade=settings.cascade,
         )
+        # uploads are read, and publishes validate, in a child process on the build CPUs (api/kb/parsing.py)
+        self.upload_parser = UploadParser(settings.build_cpu_set)
         self.publisher = Publisher(
             self.db,
             self.registry,
             self.store.publish,
             enqueue=lambda shop, v: self.builds.enqueue(shop, v),
+            validate=self._validate_kb,
         )
         # the KB build queue (huey); consumed here when KEFU_BUILD_IN_PROCESS, else by `kefu worker`
         self.builds = BuildQueue(self.db, settings, self.registry, self.publisher.activate)
@@ -76,10 +81,18 @@ class Service:
         )
         self._subscription = self.store.subscribe(CHANNEL, self._on_notice)
         self._secret_box: Any = None
-        self.upload_parser = UploadParser()
         self._stopping = threading.Event()
         self._jd_queue: Any = None
         self._jd_queue_lock = threading.Lock()
+
+    def _validate_kb(self, entries: list[dict[str, Any]], source: str) -> list[KBEntry]:
+        """A publish's validation of the KB it freezes, in the upload parser's child: off the serving
+        CPUs. A child that died (out of memory) is not the KB's fault: validated here then."""
+        try:
+            return self.upload_parser.call(validate_entries, entries, source)
+        except BrokenProcessPool:
+            log.warning("the KB parser process died; validating the KB of %s in this process", source)
+            return kb_repo.validated(entries, source)
 
     def _watch_writes(self) -> None:
         """Drop the cached lookups of a shop once a transaction of this process that wrote its row or its

@@ -133,8 +133,10 @@ class Publisher:
         registry: ModelRegistry,
         notify: Any,
         enqueue: Callable[[str, int], None],
+        validate: kb_repo.Validate | None = None,
     ) -> None:
         self.db = db
+        self.validate = validate  # where a publish validates the KB it freezes (kb_repo.snapshot)
         self.registry = registry
         self.notify = notify  # callable(channel, message)
         self.enqueue = enqueue  # puts (shop, version) on the build queue (api.kb.builds.BuildQueue.enqueue)
@@ -179,7 +181,7 @@ class Publisher:
         """The numbering transaction of a publish: a new version row, or the version it would repeat."""
         with self.db.session(write_lock=True) as s:
             shop_row = kb_repo.lock_shop(s, shop)  # before reading: a concurrent publish waits here
-            entries = kb_repo.snapshot(s, shop)  # raises KBValidationError: nothing is created
+            entries = kb_repo.snapshot(s, shop, self.validate)  # KBValidationError: nothing is created
             options = engine_options(shop_row.settings if shop_row else None)
             options = with_catalog_words(options, catalog_repo.dictionary_words(s, shop))
             active = shop_row.active_version if shop_row else None
