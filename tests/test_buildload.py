@@ -8,19 +8,21 @@ import os
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from tests.test_service import kb_csv
-from training.buildload import BuildLoadConfig, Burners, run
+from training.buildload import BuildLoadConfig, Burners, p99_ratio_interval, round_kb, run
+from training.loadtest import LoadTestError
 
 
 @pytest.mark.parametrize(
-    ("build_worker", "split_cpus"),
-    [(False, False), (True, False), (True, True)],
-    ids=["in-servers", "kefu-worker", "kefu-worker-own-cpus"],
+    ("build_worker", "split_cpus", "rounds"),
+    [(False, False, 1), (True, False, 2), (True, True, 1)],
+    ids=["in-servers", "kefu-worker-two-rounds", "kefu-worker-own-cpus"],
 )
 def test_publishers_build_where_the_deployment_says_and_serving_goes_on(
-    tmp_path: Path, build_worker: bool, split_cpus: bool
+    tmp_path: Path, build_worker: bool, split_cpus: bool, rounds: int
 ) -> None:
     if split_cpus and len(os.sched_getaffinity(0)) < 2:
         pytest.skip("serving and builds on CPUs of their own needs at least 2 CPUs")
@@ -37,20 +39,30 @@ def test_publishers_build_where_the_deployment_says_and_serving_goes_on(
         control=True,
         burners=1,
         split_cpus=split_cpus,
+        rounds=rounds,
     )
     before = os.sched_getaffinity(0)
     phases, outcome = run(cfg, say=lambda s: None)
     assert os.sched_getaffinity(0) == before  # the clients' pinning is undone
-    assert [p.name for p in phases] == ["idle", "2 shops building", "idle again", "control: 1 CPU burners"]
-    assert phases[3].seconds >= phases[1].seconds - 0.5  # as long as the builds took
-    assert all(p.latencies and p.errors == 0 for p in phases)
-    assert {row["status"] for row in outcome["rows"].values()} == {"ready"}
-    assert outcome["errors_logged"] == 0
-    # the served shop's first build and the two publishes: all where the deployment puts them
-    if build_worker:
-        assert outcome["builds_logged"] == {"server": 0, "worker": 3}
+    if rounds == 1:
+        names = ["idle", "2 shops building", "idle again"]
     else:
-        assert outcome["builds_logged"] == {"server": 3}
+        names = ["idle"] + [f"{p} (round {n})" for n in (1, 2) for p in ("2 shops building", "idle again")]
+    assert [p.name for p in phases] == [*names, "control: 1 CPU burners"]
+    assert phases[-1].seconds >= max(p.seconds for p in phases if "building" in p.name) - 0.5
+    assert all(p.latencies and p.errors == 0 for p in phases)
+    # every round built a new version of each publishing shop (the later rounds' KB has one more entry)
+    assert sorted(outcome["rows"]) == sorted(f"pub-{i}#{n}" for i in range(2) for n in range(1, rounds + 1))
+    assert {row["status"] for row in outcome["rows"].values()} == {"ready"}
+    assert len({row["version"] for row in outcome["rows"].values()}) == rounds
+    assert len(outcome["seconds"]) == rounds
+    assert outcome["errors_logged"] == 0
+    # the served shop's first build and each round's publishes: all where the deployment puts them
+    builds = 1 + 2 * rounds
+    if build_worker:
+        assert outcome["builds_logged"] == {"server": 0, "worker": builds}
+    else:
+        assert outcome["builds_logged"] == {"server": builds}
     if split_cpus:  # serving on the first half of the CPUs, the worker and its builds on the rest
         cpus = sorted(before)
         half = len(cpus) // 2
@@ -92,3 +104,31 @@ def _cpu_seconds(pid: int) -> float:
 
 def _state(pid: int) -> str:
     return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+
+
+def test_the_p99_ratio_interval_holds_an_equal_tail_and_excludes_a_doubled_one() -> None:
+    rng = np.random.default_rng(3)
+    idle = [list(rng.gamma(4.0, 2.0, 1800)), list(rng.gamma(4.0, 2.0, 1800))]
+    same = [list(rng.gamma(4.0, 2.0, 1800))]
+    lo, hi = p99_ratio_interval(same, idle, block=20)
+    assert lo < 1.0 < hi and hi - lo < 0.4
+    doubled = [list(2.0 * rng.gamma(4.0, 2.0, 1800))]
+    lo, hi = p99_ratio_interval(doubled, idle, block=20)
+    assert 1.2 < lo < 2.0 < hi
+    # a burst of slow messages counts as one event, not as many independent ones: wider than one by one
+    bursty = [list(np.r_[rng.gamma(4.0, 2.0, 1780), np.full(20, 60.0)])]
+    lo_b, hi_b = p99_ratio_interval(bursty, idle, block=20)
+    lo_1, hi_1 = p99_ratio_interval(bursty, idle, block=1)
+    assert hi_b - lo_b > hi_1 - lo_1
+    assert p99_ratio_interval([], idle, block=20) != p99_ratio_interval([], idle, block=20)  # nan: no data
+
+
+def test_a_round_kb_adds_one_entry_and_keeps_the_rest(tmp_path: Path) -> None:
+    data = "\ufeffid,question,similar,answer\nq1,包邮吗,,包邮\n".encode()
+    out = round_kb(data, 3).decode("utf-8")
+    lines = out.splitlines()
+    assert lines[:2] == ["id,question,similar,answer", "q1,包邮吗,,包邮"]
+    assert lines[2].startswith("loadtest-round-3,") and len(lines) == 3
+    assert round_kb(data, 2) != round_kb(data, 3)
+    with pytest.raises(LoadTestError, match="id and question"):
+        round_kb(b"a,b\n1,2\n", 2)

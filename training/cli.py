@@ -1309,6 +1309,14 @@ def loadtest(
         ),
     ] = 0,
     idle: Annotated[float, typer.Option(help="With --publishers: seconds of each idle phase")] = 30.0,
+    rounds: Annotated[
+        int,
+        typer.Option(
+            min=1,
+            help="With --publishers: publish-all rounds, each followed by an idle phase (later rounds "
+            "upload the KB with one entry added); more messages behind each p99",
+        ),
+    ] = 1,
     rate: Annotated[float, typer.Option(help="With --publishers: messages per second")] = 20.0,
     build_worker: Annotated[
         bool,
@@ -1352,6 +1360,7 @@ def loadtest(
             build_worker=build_worker,
             control=control,
             split_cpus=split_cpus,
+            rounds=rounds,
         )
         raise typer.Exit(buildload.main(build_cfg))
 
