@@ -74,3 +74,19 @@ def test_a_publish_validates_in_the_child_and_survives_its_death(tmp_path: Path)
         assert service.upload_parser._pool is not None and service.upload_parser._pool is not pool
     finally:
         service.close()
+
+
+def test_start_brings_the_child_up_in_the_background() -> None:
+    import time
+
+    p = UploadParser()
+    try:
+        p.start()
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and not (p._pool is not None and p._pool._processes):
+            time.sleep(0.05)
+        assert p._pool is not None and len(p._pool._processes) == 1
+        child = next(iter(p._pool._processes))
+        assert p.call(os.getpid) == child  # the first call goes to the child already running
+    finally:
+        p.close()
