@@ -185,5 +185,7 @@ def test_one_message_is_encoded_and_searched_on_the_threads_asked_for(
     if query_threads == "1":
         assert single < 1.3, f"one message used {single:.2f}x its thread's CPU"
     else:
-        assert single > 1.5, f"a team of two used only {single:.2f}x its thread's CPU"
+        # the same 1.3 line as above: a second thread that works at all lifts the ratio well past it (2.0
+        # alone; 1.48 seen in CI while the other test process kept the second CPU busy)
+        assert single > 1.3, f"a team of two used only {single:.2f}x its thread's CPU"
     assert search < 1.3, f"the dense search used {search:.2f}x its thread's CPU"
