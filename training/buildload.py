@@ -144,27 +144,11 @@ def _timed(url: str, shop: str, key: dict[str, str], cfg: BuildLoadConfig, name:
     return result[0]
 
 
-def _wait_versions(url: str, shops: list[tuple[str, dict[str, str], int]], timeout: float) -> dict[str, Any]:
-    """Until every (shop, version) finished building; their final rows."""
-    deadline = time.monotonic() + timeout
-    done: dict[str, Any] = {}
-    with httpx.Client(base_url=url, timeout=30) as http:
-        while len(done) < len(shops):
-            if time.monotonic() > deadline:
-                raise LoadTestError(f"builds not finished after {timeout:.0f} s: {len(done)}/{len(shops)}")
-            for shop, key, v in shops:
-                if shop not in done:
-                    row = _check(http.get(f"/v1/shops/{shop}/kb/versions/{v}", headers=key), 200)
-                    if row["status"] != "building":
-                        done[shop] = row
-            time.sleep(0.5)
-    return done
-
-
 def _wait_versions_in_db(database_url: str, shops: list[tuple[str, int]], timeout: float) -> dict[str, Any]:
-    """`_wait_versions` read from the service's database instead of its API: while the builds run the
-    measurement must not add requests of its own (ten shops polled twice a second over HTTP were 20
-    requests/s on serving's CPUs that the idle phases did not have)."""
+    """Until every (shop, version) finished building; their final rows. Read from the service's
+    database, not its API: while the builds run the measurement must not add requests of its own (ten
+    shops polled twice a second over HTTP were 20 requests/s on serving's CPUs that the idle phases did
+    not have)."""
     from sqlalchemy import create_engine, select
 
     from api.db.models import KBVersion
@@ -266,7 +250,7 @@ def run(cfg: BuildLoadConfig, say: Any = print) -> tuple[list[Phase], dict[str, 
                 )
                 _check(r, 200)
             t = time.perf_counter()
-            _wait_versions(server.url, [("served", keys["served"], 1)], cfg.build_timeout)
+            _wait_versions_in_db(env["KEFU_DATABASE_URL"], [("served", 1)], cfg.build_timeout)
             say(f"shop 'served' built in {time.perf_counter() - t:.1f} s; warming up both workers")
             deadline, answered = time.monotonic() + 120, 0
             while time.monotonic() < deadline and answered < 40:  # both workers serve the model
@@ -371,9 +355,7 @@ def p99_ratio_interval(
     single messages would treat a burst of slow ones as independent luck and give too narrow a range."""
 
     def blocks(phases: list[list[float]]) -> list[np.ndarray]:
-        return [
-            np.asarray(p[i : i + block]) for p in phases for i in range(0, len(p), block) if p[i : i + block]
-        ]
+        return [np.asarray(p[i : i + block]) for p in phases for i in range(0, len(p), block)]
 
     b, i = blocks(building), blocks(idle)
     if not b or not i:

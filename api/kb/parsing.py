@@ -49,9 +49,10 @@ def _start_child(cpus: tuple[int, ...]) -> None:
 
 def _spawn_on(pool: ProcessPoolExecutor, cpus: tuple[int, ...]) -> None:
     """Start the pool's child from this thread, pinned to `cpus` first: a child inherits its
-    starter's CPUs."""
+    starter's CPUs. `submit` starts the child in the calling thread; not waiting for it keeps the caller
+    (the event loop, for an upload) from waiting on the child's start-up."""
     pin_thread(cpus)
-    pool.submit(int).result()
+    pool.submit(int)
 
 
 class UploadParser:
@@ -72,7 +73,7 @@ class UploadParser:
                 self._pool = ProcessPoolExecutor(
                     max_workers=1,
                     mp_context=multiprocessing.get_context("spawn"),
-                    initializer=_start_child,
+                    initializer=_start_child,  # pinned wherever it was started from
                     initargs=(self.cpus,),
                 )
                 if self.cpus:  # started from a thread on those CPUs: its start-up (imports) runs there too
@@ -92,10 +93,14 @@ class UploadParser:
         try:
             return await asyncio.get_running_loop().run_in_executor(pool, fn, *args)
         except BrokenProcessPool:
-            with self._lock:
-                if self._pool is pool:
-                    self._pool = None  # the next upload starts a new child
+            self._forget(pool)
             raise
+
+    def _forget(self, pool: ProcessPoolExecutor) -> None:
+        """A dead child's pool: the next call starts a new child."""
+        with self._lock:
+            if self._pool is pool:
+                self._pool = None
 
     def start(self) -> None:
         """Start the child in the background now: the first upload or publish then does not wait for its
@@ -114,9 +119,7 @@ class UploadParser:
         try:
             return pool.submit(fn, *args).result()
         except BrokenProcessPool:
-            with self._lock:
-                if self._pool is pool:
-                    self._pool = None
+            self._forget(pool)
             raise
 
     def close(self) -> None:
