@@ -18,8 +18,10 @@ from api.db.migrate import upgrade
 from api.db.models import JdMessage, Shop, utcnow
 from api.db.session import Database
 from api.kb import repo as kb_repo
+from api.kb import writes as kb_writes
 from api.kb.builds import QUEUED, STARTING, BuildQueue
-from api.kb.parsing import UploadParser, validate_entries
+from api.kb.freeze import Frozen, freeze
+from api.kb.parsing import UploadParser
 from api.kb.publisher import CHANNEL, Publisher
 from api.kb.registry import Holding, ModelRegistry, ServedModel
 from api.metrics import MODEL_VERSION
@@ -27,7 +29,7 @@ from api.settings import Settings
 from api.store.exchange_log import ExchangeLog, claim_node
 from api.store.kv import make_store
 from api.web.keycache import ShopKeyCache
-from engine.kb import KBEntry
+from engine.kb import ReadLimits
 
 log = logging.getLogger("kefu.service")
 
@@ -55,14 +57,15 @@ class Service:
             holding=Holding(settings.shard_pair, settings.shard_shop_ids),
             cascade=settings.cascade,
         )
-        # uploads are read, and publishes validate, in a child process on the build CPUs (api/kb/parsing.py)
+        # uploads are read and stored, and publishes frozen, in a child process (the KB process), on the
+        # build CPUs when they are set (api/kb/parsing.py, api/kb/writes.py)
         self.upload_parser = UploadParser(settings.build_cpu_set)
         self.publisher = Publisher(
             self.db,
             self.registry,
             self.store.publish,
             enqueue=lambda shop, v: self.builds.enqueue(shop, v),
-            validate=self._validate_kb,
+            freezer=self._freeze_in_kb_process,
         )
         # the KB build queue (huey); consumed here when KEFU_BUILD_IN_PROCESS, else by `kefu worker`
         self.builds = BuildQueue(self.db, settings, self.registry, self.publisher.activate)
@@ -85,14 +88,24 @@ class Service:
         self._jd_queue: Any = None
         self._jd_queue_lock = threading.Lock()
 
-    def _validate_kb(self, entries: list[dict[str, Any]], source: str) -> list[KBEntry]:
-        """A publish's validation of the KB it freezes, in the upload parser's child: off the serving
-        CPUs. A child that died (out of memory) is not the KB's fault: validated here then."""
+    def _freeze_in_kb_process(self, shop: str) -> Frozen:
+        """A publish's numbering transaction in the KB process: off the serving CPUs. A process that died
+        (out of memory) is not the KB's fault: frozen here then, and the next call starts a new one."""
         try:
-            return self.upload_parser.call(validate_entries, entries, source)
+            return self.upload_parser.call(kb_writes.freeze_publish, self.settings.database_url, shop)
         except BrokenProcessPool:
-            log.warning("the KB parser process died; validating the KB of %s in this process", source)
-            return kb_repo.validated(entries, source)
+            log.warning("the KB process died; freezing the publish of shop %s in this process", shop)
+            return freeze(self.db, shop)
+
+    async def store_upload(
+        self, shop: str, name: str, suffix: str, data: bytes, limits: ReadLimits, publish: bool
+    ) -> kb_writes.Stored:
+        """Read, validate and store an uploaded KB file in the KB process, and with `publish` freeze it
+        (queue the build with publisher.queue_frozen). KBValidationError / KBTooLarge: nothing was
+        stored. A file that kills the process (BrokenProcessPool) is not read here instead."""
+        return await self.upload_parser.run(
+            kb_writes.store_upload, self.settings.database_url, shop, name, suffix, data, limits, publish
+        )
 
     def _watch_writes(self) -> None:
         """Drop the cached lookups of a shop once a transaction of this process that wrote its row or its

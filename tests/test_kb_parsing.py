@@ -1,18 +1,21 @@
-"""The KB parser's child process (api/kb/parsing.py): where it runs, what comes back, and a publish's
-validation done there without losing the KB's problems or surviving a dead child."""
+"""The KB process (api/kb/parsing.py, api/kb/writes.py): where it runs, an upload read and stored there
+with its problems coming back whole, and a publish frozen there that survives the process's death."""
 
 from __future__ import annotations
 
+import asyncio
 import os
 import signal
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
+from api.db.models import Shop
 from api.kb import repo as kb_repo
-from api.kb.parsing import UploadParser, validate_entries
-from engine.kb import KBValidationError
+from api.kb.parsing import UploadParser
+from engine.kb import KBValidationError, ReadLimits
 
 ROWS = [
     {"id": "q1", "question": "包邮吗", "answer": "包邮"},
@@ -27,20 +30,6 @@ def parser() -> Iterator[UploadParser]:
     p.close()
 
 
-def test_validation_runs_in_another_process_and_problems_come_back_whole(parser: UploadParser) -> None:
-    assert parser.call(os.getpid) != os.getpid()
-    # the same entries and the same problems as the validator a publish used to run in process
-    assert parser.call(validate_entries, ROWS, "shop s") == kb_repo.validated(ROWS, "shop s")
-    entries = parser.call(validate_entries, ROWS, "shop s")
-    assert [e.id for e in entries] == ["q1", "q2"] and entries[1].answer == "48小时内"
-    bad = [*ROWS, {"id": "q1", "question": "", "answer": "x"}]
-    with pytest.raises(KBValidationError) as err:
-        parser.call(validate_entries, bad, "shop s")
-    text = str(err.value) + " ".join(i.message for i in err.value.issues)
-    assert "q1" in text or "duplicate" in text.lower()
-    assert len(err.value.issues) >= 2  # the duplicate id and the empty question, both named
-
-
 @pytest.mark.skipif(not hasattr(os, "sched_getaffinity"), reason="CPU affinity is Linux only")
 def test_the_child_runs_on_the_cpus_it_is_given() -> None:
     cpus = sorted(os.sched_getaffinity(0))
@@ -53,7 +42,8 @@ def test_the_child_runs_on_the_cpus_it_is_given() -> None:
         p.close()
 
 
-def test_a_publish_validates_in_the_child_and_survives_its_death(tmp_path: Path) -> None:
+@pytest.fixture
+def service(tmp_path: Path) -> Iterator[Any]:
     from api.service import Service
     from api.settings import Settings
     from tests.test_service import common_settings
@@ -61,19 +51,82 @@ def test_a_publish_validates_in_the_child_and_survives_its_death(tmp_path: Path)
     service = Service(
         Settings(database_url=f"sqlite:///{tmp_path}/kefu.db", redis_url=None, **common_settings(tmp_path))
     )
-    try:
-        assert service.publisher.validate is not None
-        assert [e.id for e in service.publisher.validate(ROWS, "shop s")] == ["q1", "q2"]
-        pool = service.upload_parser._pool
-        assert pool is not None  # the validation above ran in the child
-        for pid in list(pool._processes):  # the child dies (out of memory, say)
-            os.kill(pid, signal.SIGKILL)
-        # the next validation notices, does the work here, and the one after starts a new child
-        assert [e.id for e in service.publisher.validate(ROWS, "shop s")] == ["q1", "q2"]
-        assert [e.id for e in service.publisher.validate(ROWS, "shop s")] == ["q1", "q2"]
-        assert service.upload_parser._pool is not None and service.upload_parser._pool is not pool
-    finally:
-        service.close()
+    with service.db.session() as s:
+        s.add(Shop(id="s", name="s", mode="auto", api_key_hash="x" * 64, settings={}))
+    yield service
+    service.close()
+
+
+def csv_bytes(rows: list[dict[str, str]]) -> bytes:
+    lines = ["id,question,answer"] + [f"{r['id']},{r['question']},{r['answer']}" for r in rows]
+    return "\n".join(lines).encode()
+
+
+def stored_ids(service: Any) -> list[str]:
+    with service.db.session() as s:
+        return [e["id"] for e in kb_repo.list_entries(s, "s")]
+
+
+def test_an_upload_is_read_and_stored_in_the_kb_process(service: Any, monkeypatch: Any) -> None:
+    import api.kb.writes as writes
+
+    def not_here(*args: Any) -> None:
+        raise AssertionError("stored in the serving process")
+
+    # the writer of this process fails: what follows can only have been stored in the KB process
+    monkeypatch.setattr(writes, "store_entries", not_here)
+    limits = ReadLimits()
+    stored = asyncio.run(service.store_upload("s", "kb.csv", ".csv", csv_bytes(ROWS), limits, True))
+    assert stored.entries == 2 and stored.frozen is not None and stored.frozen.reused_status is None
+    assert stored_ids(service) == ["q1", "q2"]
+    assert service.upload_parser.call(os.getpid) != os.getpid()
+    with service.db.session() as s:
+        row = kb_repo.get_version(s, "s", stored.frozen.version)
+        assert row is not None and row.status == "building" and row.entries == 2
+    # a file with problems: every one comes back with its row, and what was stored stays as it was
+    bad = [*ROWS, {"id": "q1", "question": "", "answer": "x"}]
+    with pytest.raises(KBValidationError) as err:
+        asyncio.run(service.store_upload("s", "kb.csv", ".csv", csv_bytes(bad), limits, True))
+    assert {i.row for i in err.value.issues} == {4} and len(err.value.issues) >= 2
+    assert all(i.source == "kb.csv" for i in err.value.issues)
+    assert stored_ids(service) == ["q1", "q2"]
+
+
+def test_a_publish_is_frozen_in_the_kb_process_and_survives_its_death(service: Any, monkeypatch: Any) -> None:
+    import api.kb.writes as writes
+
+    queued: list[tuple[str, int]] = []
+    service.publisher.enqueue = lambda shop, v: queued.append((shop, v))
+    with service.db.session() as s:
+        kb_repo.replace_all(s, "s", kb_repo.validated(ROWS, "t"))
+    real = writes.freeze
+    monkeypatch.setattr(writes, "freeze", lambda *a: (_ for _ in ()).throw(AssertionError("frozen here")))
+    first = service.publisher.publish("s")
+    assert (first.version, first.reused) == (1, False) and queued == [("s", 1)]
+    assert service.publisher.publish("s").reused  # the same KB again: that version, no new build
+    monkeypatch.setattr(writes, "freeze", real)
+    pool = service.upload_parser._pool
+    assert pool is not None
+    for pid in list(pool._processes):  # the KB process dies (out of memory, say)
+        os.kill(pid, signal.SIGKILL)
+    with service.db.session() as s:
+        kb_repo.replace_all(
+            s, "s", kb_repo.validated([*ROWS, {"id": "q3", "question": "退货", "answer": "7天"}], "t")
+        )
+    # the next publish notices, freezes here, and the one after starts a new KB process
+    assert service.publisher.publish("s").version == 2
+    with service.db.session() as s:
+        kb_repo.replace_all(s, "s", kb_repo.validated(ROWS[:1], "t"))
+    assert service.publisher.publish("s").version == 3
+    assert service.upload_parser._pool is not None and service.upload_parser._pool is not pool
+    assert queued == [("s", 1), ("s", 2), ("s", 3)]
+    # a KB with problems: the publish raises them (from the KB process) and numbers nothing
+    with service.db.session() as s:
+        kb_repo.replace_all(s, "s", [])
+    with pytest.raises(KBValidationError):
+        service.publisher.publish("s")
+    with service.db.session() as s:
+        assert kb_repo.latest_version(s, "s") == 3
 
 
 def test_start_brings_the_child_up_in_the_background() -> None:

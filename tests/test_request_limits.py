@@ -150,7 +150,7 @@ def test_upload_of_deeply_nested_json_is_422(client: TestClient) -> None:
     assert "nested too deeply" in r.json()["issues"][0]["message"]
 
 
-def test_upload_parses_and_stores_off_the_event_loop(client: TestClient, monkeypatch: Any) -> None:
+def test_upload_is_read_and_stored_off_the_serving_process(client: TestClient, monkeypatch: Any) -> None:
     import api.routes.kb as kb_route
 
     on_loop: list[bool] = []
@@ -176,9 +176,9 @@ def test_upload_parses_and_stores_off_the_event_loop(client: TestClient, monkeyp
     monkeypatch.setattr(kb_route.kb_repo, "replace_all", spy(kb_route.kb_repo.replace_all))
     key = new_shop(client)
     assert upload(client, key, "kb.csv", kb_csv()).status_code == 200
-    # the file was read in the parsing child (the patched reader of this process never ran), stored in a
-    # worker thread; an upload holding the interpreter lock here would delay the worker's other requests
-    assert parsed_here == [] and on_loop == [False]
+    # the file was read and stored in the KB process (the patched reader and writer of this process never
+    # ran); an upload holding the interpreter lock here would delay the worker's other requests
+    assert parsed_here == [] and on_loop == []
     assert len(client.get("/v1/shops/shop-a/entries", headers=key).json()) == len(KB)
 
 

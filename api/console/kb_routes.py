@@ -225,7 +225,9 @@ async def upload(request: Request, console: CsrfDep) -> Response:
             request, "kb_upload.html", console, 400, page="kb-upload", issues=[], error=str(e.detail)
         )
     try:
-        entries = await service.upload_parser.parse(name, suffix, data, read_limits(service.settings))
+        stored = await service.store_upload(
+            console.shop.id, name, suffix, data, read_limits(service.settings), publish=False
+        )
     except KBValidationError as e:
         warnings, more = kbwarnings.listed(e.warnings, console.t)
         return render(
@@ -242,19 +244,14 @@ async def upload(request: Request, console: CsrfDep) -> Response:
     except KBTooLarge as e:
         return render(request, "kb_upload.html", console, 413, page="kb-upload", issues=[], error=str(e))
 
-    def store() -> None:
-        with service.db.session(write_lock=True) as s:
-            kb_repo.replace_all(s, console.shop.id, entries)
-
-    await run_in_threadpool(store)
-    # engine.kb.KBEntries: what loaded but deserves a look, for the diff page the upload redirects to
-    found: list[KBIssue] = list(getattr(entries, "warnings", ()))
+    # what loaded but deserves a look, for the diff page the upload redirects to
+    found: list[KBIssue] = stored.warnings
     notes = ""
     if found:
         notes = secrets.token_urlsafe(16)
         kept = kbwarnings.stored(found)
         await run_in_threadpool(service.store.set_json, _notes_key(console, notes), kept, WARNINGS_TTL)
-    return see_other(f"{PREFIX}/kb/diff?uploaded={len(entries)}" + (f"&notes={notes}" if notes else ""))
+    return see_other(f"{PREFIX}/kb/diff?uploaded={stored.entries}" + (f"&notes={notes}" if notes else ""))
 
 
 def _notes_key(console: Console, notes: str) -> str:

@@ -3,9 +3,9 @@
 Reading a large file (decoding, CSV or XLSX parsing, validation) holds the interpreter lock for stretches of
 a tenth of a second: in a thread of the serving process that still delayed the worker's other requests
 (/healthz p99 118 ms during a 12 MB upload). In a child process it delays nothing; only the file's bytes go
-in and the validated entries (or the problems) come back. A publish validates the whole editable KB again
-in the same child (13 of a publish's 20 ms for the demo KB: ten shops publishing at once held a serving
-CPU for 0.2 s). With KEFU_BUILD_CPUS the child runs on the build CPUs, beside the builds it starts.
+in and the validated entries (or the problems) come back. The same child, the service's KB process, also
+stores uploads and freezes publishes (api/kb/writes.py). With KEFU_BUILD_CPUS it runs on the build CPUs,
+beside the builds it starts.
 """
 
 from __future__ import annotations
@@ -34,12 +34,6 @@ def parse_file(name: str, suffix: str, data: bytes, limits: ReadLimits) -> list[
         path = Path(tmp) / f"upload{suffix}"
         path.write_bytes(data)
         return load_kb(path, source_name=name, limits=limits)
-
-
-def validate_entries(entries: list[dict[str, Any]], source: str) -> list[KBEntry]:
-    """A publish's check of the editable KB (api.kb.repo.validated), by a name the child imports without
-    the database layer."""
-    return load_kb(entries, source_name=source)
 
 
 def _start_child(cpus: tuple[int, ...]) -> None:

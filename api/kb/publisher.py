@@ -1,11 +1,12 @@
 """Publishing a shop's KB: freeze it as a version, have it built on the task queue, then swap it in.
 
-The request that publishes returns at once with the new version number: it writes the version row
-(status building) and enqueues its build (api/kb/builds.py). A queue worker builds the model in a child
-process from the frozen snapshot, checks it (every KB question must find its own entry, and the model's
-held-out paraphrase accuracy must clear a floor), writes it under the shop's data directory, records the
-version as ready and activates it. Activation is a database update plus a notification on the store's
-pub/sub channel: every replica, this one included, then loads that version and swaps.
+The request that publishes returns at once with the new version number: it writes the version row (status
+building; api/kb/freeze.py, in the service's KB process) and enqueues its build (api/kb/builds.py). A
+queue worker builds the model in a child process from the frozen snapshot, checks it (every KB question
+must find its own entry, and the model's held-out paraphrase accuracy must clear a floor), writes it under
+the shop's data directory, records the version as ready and activates it. Activation is a database update
+plus a notification on the store's pub/sub channel: every replica, this one included, then loads that
+version and swaps.
 """
 
 from __future__ import annotations
@@ -17,20 +18,18 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from functools import partial
-from typing import Any, Literal, NamedTuple
+from typing import Any, Literal
 
-from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from api.catalog import repo as catalog_repo
 from api.db.models import KBVersion, Shop
 from api.db.session import Database
 from api.kb import repo as kb_repo
 from api.kb.build_child import BuildRejected, evaluate_model
+from api.kb.freeze import Frozen, engine_options, freeze, with_catalog_words
 from api.kb.registry import ModelRegistry
 from api.metrics import MODEL_VERSION
 from engine import Matcher
-from engine.kb import KBEntry, kb_hash
 
 log = logging.getLogger("kefu.publish")
 
@@ -54,22 +53,8 @@ __all__ = [
     "evaluate_model",
     "follows",
     "version_state",
+    "with_catalog_words",
 ]
-
-
-ENGINE_OPTIONS = (
-    "user_words",
-    "synonyms",
-    "stopwords",
-    "human_phrases",
-    "target_precision",
-    "threshold_confidence",
-)
-
-
-def engine_options(settings: dict[str, Any] | None) -> dict[str, Any]:
-    """The part of a shop's settings that shapes its model (passed to Matcher.build)."""
-    return {k: v for k, v in (settings or {}).items() if k in ENGINE_OPTIONS and v is not None}
 
 
 @dataclass(frozen=True)
@@ -78,23 +63,6 @@ class Publication:
 
     version: int
     reused: bool  # the KB and options equal this building or ready version's: nothing new was made
-
-
-class _Frozen(NamedTuple):
-    version: int
-    entries: list[KBEntry]
-    options: dict[str, Any]
-    reused_status: str | None  # the status of the version this publish repeats; None: a new version
-    active: int | None
-
-
-def with_catalog_words(options: dict[str, Any], words: list[str]) -> dict[str, Any]:
-    """The options with the catalog's model and product names added to the segmenter's dictionary, so a
-    model name ("星曜14") is one word of the FAQ's index and of the customer's message."""
-    if not words:
-        return options
-    own = list(options.get("user_words") or [])
-    return {**options, "user_words": own + [w for w in words if w not in own]}
 
 
 def follows(row: KBVersion, active_row: KBVersion | None) -> bool:
@@ -133,10 +101,11 @@ class Publisher:
         registry: ModelRegistry,
         notify: Any,
         enqueue: Callable[[str, int], None],
-        validate: kb_repo.Validate | None = None,
+        freezer: Callable[[str], Frozen] | None = None,
     ) -> None:
         self.db = db
-        self.validate = validate  # where a publish validates the KB it freezes (kb_repo.snapshot)
+        # where a publish's numbering transaction runs (the service passes the KB process); here by default
+        self.freezer: Callable[[str], Frozen] = freezer or partial(freeze, db)
         self.registry = registry
         self.notify = notify  # callable(channel, message)
         self.enqueue = enqueue  # puts (shop, version) on the build queue (api.kb.builds.BuildQueue.enqueue)
@@ -152,17 +121,14 @@ class Publisher:
         options, that version is returned instead (`reused`): no row, no build. A ready one that is not
         the active version (the merchant rolled back) is activated, and a building one is asked for again
         (activated when ready, even if the merchant rolled back meanwhile), so a publish always ends with
-        this KB served. Publishes of one shop run one at a time on every backend and across processes: the
-        shop row is locked (PostgreSQL) or the transaction holds SQLite's write lock from its start.
+        this KB served. Publishes of one shop run one at a time on every backend and across processes
+        (api.kb.freeze.freeze). KBValidationError when the KB has problems: nothing is created.
         """
-        for attempt in (1, 2):
-            try:
-                frozen = self._freeze(shop)
-                break
-            except IntegrityError:  # the locks make this unreachable; a last guard, not the mechanism
-                if attempt == 2:
-                    raise
-                log.warning("version number of shop %s taken by a concurrent publish; numbering again", shop)
+        return self.queue_frozen(shop, self.freezer(shop))
+
+    def queue_frozen(self, shop: str, frozen: Frozen) -> Publication:
+        """The rest of a publish once frozen (here or in the KB process): queue the new version's build,
+        or activate the ready version it repeats if that is not the one served."""
         if frozen.reused_status is None:
             try:
                 self.enqueue(shop, frozen.version)
@@ -176,23 +142,6 @@ class Publisher:
         if frozen.reused_status == "ready" and frozen.active != frozen.version:
             self.activate(shop, frozen.version)
         return Publication(frozen.version, True)
-
-    def _freeze(self, shop: str) -> _Frozen:
-        """The numbering transaction of a publish: a new version row, or the version it would repeat."""
-        with self.db.session(write_lock=True) as s:
-            shop_row = kb_repo.lock_shop(s, shop)  # before reading: a concurrent publish waits here
-            entries = kb_repo.snapshot(s, shop, self.validate)  # KBValidationError: nothing is created
-            options = engine_options(shop_row.settings if shop_row else None)
-            options = with_catalog_words(options, catalog_repo.dictionary_words(s, shop))
-            active = shop_row.active_version if shop_row else None
-            same = kb_repo.reusable_version(s, shop, kb_hash(entries), options)
-            if same is not None:
-                if same.status == "building":
-                    # asked for again, now: activated when built, even after a rollback (activate)
-                    same.request_seq = kb_repo.next_request(s, shop)
-                return _Frozen(same.version, entries, options, same.status, active)
-            row = kb_repo.create_version(s, shop, entries, options)
-            return _Frozen(row.version, entries, options, None, active)
 
     def activate(
         self,

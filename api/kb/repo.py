@@ -7,7 +7,7 @@ nothing that was stored.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 from sqlalchemy import delete, func, select
@@ -114,13 +114,9 @@ def _entry_row(shop: str, e: KBEntry, position: int) -> Entry:
     )
 
 
-Validate = Callable[[list[dict[str, Any]], str], list[KBEntry]]
-
-
-def snapshot(s: Session, shop: str, validate: Validate | None = None) -> list[KBEntry]:
-    """The editable KB as validated entries: what a publish freezes. `validate`: where the validator
-    runs (the publisher passes the upload parser's child process); `validated` here by default."""
-    return (validate or validated)(list_entries(s, shop), f"shop {shop}")
+def snapshot(s: Session, shop: str) -> list[KBEntry]:
+    """The editable KB as validated entries: what a publish freezes."""
+    return validated(list_entries(s, shop), f"shop {shop}")
 
 
 def lock_shop(s: Session, shop: str) -> Shop | None:

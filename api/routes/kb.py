@@ -26,7 +26,6 @@ from api.db.models import KBVersion, Shop
 from api.kb import mining
 from api.kb import repo as kb_repo
 from api.kb.publisher import version_state
-from api.service import Service
 from api.settings import Settings
 from api.web.deps import SHOP_AUTH_RESPONSES, ServiceDep, ShopDep
 from api.web.schemas import (
@@ -152,21 +151,28 @@ async def upload_kb(
 ) -> Any:
     """Replace the shop's editable KB with a file (all or nothing).
 
-    Only the shop's own key gets the body read; parsing the form, reading, validating and storing run in
-    worker threads: a large or hostile file must not stall the event loop that answers every other shop.
+    Only the shop's own key gets the body read; reading, validating and storing the file (and freezing the
+    publish) run in the KB process (api/kb/writes.py): a large or hostile file must not stall the event
+    loop that answers every other shop, nor the KB's writes take the CPU that serves their messages.
     """
     max_bytes = service.settings.kb_max_upload_bytes
     filename, data = await read_upload(request, "file", max_bytes)
     name, suffix = upload_name(filename, "kb.csv")
     try:
-        entries = await service.upload_parser.parse(name, suffix, data, read_limits(service.settings))
+        stored = await service.store_upload(
+            shop.id, name, suffix, data, read_limits(service.settings), publish
+        )
     except KBValidationError as e:
         return issues_response(e)
     except KBTooLarge as e:
         return too_large_response(e)
-    # engine.kb.KBEntries: what loaded but deserves a look (ignored columns, hidden rows ...)
-    warnings = [IssueOut(**issue_dict(w)) for w in getattr(entries, "warnings", ())]
-    return await run_in_threadpool(_store_upload, service, shop.id, entries, publish, warnings)
+    warnings = [IssueOut(**issue_dict(w)) for w in stored.warnings]
+    if stored.frozen is None:
+        return UploadOut(entries=stored.entries, warnings=warnings)
+    published = await run_in_threadpool(service.publisher.queue_frozen, shop.id, stored.frozen)
+    return UploadOut(
+        entries=stored.entries, version=published.version, reused=published.reused, warnings=warnings
+    )
 
 
 def too_large_response(e: KBTooLarge) -> JSONResponse:
@@ -184,20 +190,6 @@ def read_limits(settings: Settings) -> ReadLimits:
         max_rows=settings.kb_max_rows,
         max_cells=settings.kb_max_cells,
         max_inflated_bytes=settings.kb_max_inflated_bytes,
-    )
-
-
-def _store_upload(
-    service: Service, shop: str, entries: list[KBEntry], publish: bool, warnings: list[IssueOut]
-) -> UploadOut:
-    """Blocking part of an upload once parsed: replace the entries, maybe publish."""
-    with service.db.session(write_lock=True) as s:
-        kb_repo.replace_all(s, shop, entries)
-    if not publish:
-        return UploadOut(entries=len(entries), warnings=warnings)
-    published = service.publisher.publish(shop)
-    return UploadOut(
-        entries=len(entries), version=published.version, reused=published.reused, warnings=warnings
     )
 
 
