@@ -12,7 +12,15 @@ import numpy as np
 import pytest
 
 from tests.test_service import kb_csv
-from training.buildload import BuildLoadConfig, Burners, p99_ratio_interval, round_kb, run
+from training.buildload import (
+    BuildLoadConfig,
+    Burners,
+    Phase,
+    p99_ratio_interval,
+    round_kb,
+    run,
+    slowest,
+)
 from training.loadtest import LoadTestError
 
 
@@ -51,6 +59,9 @@ def test_publishers_build_where_the_deployment_says_and_serving_goes_on(
     assert [p.name for p in phases] == [*names, "control: 1 CPU burners"]
     assert phases[-1].seconds >= max(p.seconds for p in phases if "building" in p.name) - 0.5
     assert all(p.latencies and p.errors == 0 for p in phases)
+    # each message's send time, within its phase: where the slow ones fall
+    assert all(len(p.sent) == len(p.latencies) for p in phases)
+    assert all(0 <= at <= p.seconds for p in phases for at in p.sent)
     # every round built a new version of each publishing shop (the later rounds' KB has one more entry)
     assert sorted(outcome["rows"]) == sorted(f"pub-{i}#{n}" for i in range(2) for n in range(1, rounds + 1))
     assert {row["status"] for row in outcome["rows"].values()} == {"ready"}
@@ -132,3 +143,13 @@ def test_a_round_kb_adds_one_entry_and_keeps_the_rest(tmp_path: Path) -> None:
     assert round_kb(data, 2) != round_kb(data, 3)
     with pytest.raises(LoadTestError, match="id and question"):
         round_kb(b"a,b\n1,2\n", 2)
+
+
+def test_the_slowest_messages_are_listed_slowest_first_with_their_phase_and_time() -> None:
+    a = Phase("building (round 1)", latencies=[0.005, 0.116, 0.006], sent=[3.0, 0.2, 9.5])
+    b = Phase("building (round 2)", latencies=[0.077, 0.004], sent=[0.3, 1.0])
+    assert slowest([a, b], 2) == (
+        "slowest messages while building: 116 ms at 0.2 s of building (round 1); "
+        "77 ms at 0.3 s of building (round 2)"
+    )
+    assert slowest([Phase("building")], 3) == "slowest messages while building: none"

@@ -86,6 +86,8 @@ class BuildLoadConfig:
 class Phase:
     name: str
     latencies: list[float] = field(default_factory=list)
+    # when each of `latencies` was sent, in seconds after the phase began: where the slow ones fall
+    sent: list[float] = field(default_factory=list)
     errors: int = 0
     seconds: float = 0.0
     load: tuple[float, float, float] = (0.0, 0.0, 0.0)
@@ -100,6 +102,7 @@ def _traffic(url: str, shop: str, key: dict[str, str], cfg: BuildLoadConfig, sto
     lock = threading.Lock()
     texts = ["质保几年", "什么时候发货", "能开发票吗", "支持七天无理由退货吗", "包邮吗", "我的快递到哪了"]
     interval = cfg.clients / cfg.rate
+    t0 = time.perf_counter()
 
     def client(n: int) -> None:
         with httpx.Client(base_url=url, headers=key, timeout=30) as http:
@@ -117,11 +120,11 @@ def _traffic(url: str, shop: str, key: dict[str, str], cfg: BuildLoadConfig, sto
                 with lock:
                     if ok:
                         phase.latencies.append(took)
+                        phase.sent.append(t - t0)
                     else:
                         phase.errors += 1
                 i += 1
 
-    t0 = time.perf_counter()
     with ThreadPoolExecutor(cfg.clients) as pool:
         for f in [pool.submit(client, n) for n in range(cfg.clients)]:
             f.result()
@@ -319,6 +322,17 @@ def run(cfg: BuildLoadConfig, say: Any = print) -> tuple[list[Phase], dict[str, 
             name: sum("building version" in line for line in lines) for name, lines in texts.items()
         }
     return phases, outcome
+
+
+def slowest(phases: list[Phase], n: int) -> str:
+    """The n slowest messages of the phases, each with its phase and when in it it was sent: slow
+    messages at a building phase's very start come from the publish requests, later ones from the builds."""
+    found = sorted(
+        ((took, p.name, at) for p in phases for took, at in zip(p.latencies, p.sent, strict=False)),
+        reverse=True,
+    )[:n]
+    listed = "; ".join(f"{took * 1000:.0f} ms at {at:.1f} s of {name}" for took, name, at in found)
+    return f"slowest messages while building: {listed or 'none'}"
 
 
 def round_kb(data: bytes, round_no: int) -> bytes:
@@ -523,6 +537,7 @@ def main(cfg: BuildLoadConfig | None = None, say: Any = None) -> int:
         f"first idle phase alone: p99 {phases[0].pct(99):.1f} ms; first building phase / it = "
         f"{phases[1].pct(99) / phases[0].pct(99):.2f} (the ratio as earlier runs printed it)"
     )
+    say(slowest(building, 8))
     if cfg.control:
         floor = phases[-1].pct(99) / i_pool.pct(99)
         say(
