@@ -82,6 +82,8 @@ def test_publishers_build_where_the_deployment_says_and_serving_goes_on(
             "server": [f"{serve} (KEFU_SERVE_CPUS)"],
             "worker": [f"{build} (KEFU_BUILD_CPUS)"],
         }
+        # the publishing clients (merchants elsewhere) run beside the builds, not beside serving
+        assert outcome["publish_cpus"] == cpus[half:]
     else:
         assert outcome["cpus_logged"] == {name: [] for name in outcome["builds_logged"]}
 
