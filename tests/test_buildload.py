@@ -5,6 +5,9 @@ the serving processes."""
 from __future__ import annotations
 
 import os
+import signal
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -21,7 +24,7 @@ from training.buildload import (
     run,
     slowest,
 )
-from training.loadtest import LoadTestError
+from training.loadtest import LoadTestError, process_tree_cpu_seconds
 
 
 @pytest.mark.parametrize(
@@ -62,6 +65,9 @@ def test_publishers_build_where_the_deployment_says_and_serving_goes_on(
     # each message's send time, within its phase: where the slow ones fall
     assert all(len(p.sent) == len(p.latencies) for p in phases)
     assert all(0 <= at <= p.seconds for p in phases for at in p.sent)
+    # the serving processes' CPU time is read per phase: they answered messages in each
+    if Path("/proc/self/stat").exists():
+        assert all(p.serving_cpu > 0 and p.cpu_ms_per_message() > 0 for p in phases)
     # every round built a new version of each publishing shop (the later rounds' KB has one more entry)
     assert sorted(outcome["rows"]) == sorted(f"pub-{i}#{n}" for i in range(2) for n in range(1, rounds + 1))
     assert {row["status"] for row in outcome["rows"].values()} == {"ready"}
@@ -155,3 +161,36 @@ def test_the_slowest_messages_are_listed_slowest_first_with_their_phase_and_time
         "77 ms at 0.3 s of building (round 2)"
     )
     assert slowest([Phase("building")], 3) == "slowest messages while building: none"
+
+
+_GRANDCHILD = """
+import sys, time
+t = time.process_time()
+while time.process_time() - t < 0.5:
+    pass
+open(sys.argv[1], "w").close()
+time.sleep(60)
+"""
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="reads Linux's /proc")
+def test_a_process_trees_cpu_time_counts_its_live_descendants(tmp_path: Path) -> None:
+    done = tmp_path / "burnt"
+    parent = subprocess.Popen(
+        [
+            *(sys.executable, "-c", "import subprocess, sys; subprocess.run(sys.argv[1:])"),
+            *(sys.executable, "-c", _GRANDCHILD, str(done)),
+        ],
+        start_new_session=True,
+    )
+    try:
+        deadline = time.monotonic() + 30
+        while not done.exists() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert done.exists()
+        # the grandchild's 0.5 s of CPU, which the parent (waiting) does not have in its own counters
+        assert process_tree_cpu_seconds(parent.pid) >= 0.45
+    finally:
+        os.killpg(parent.pid, signal.SIGKILL)
+        parent.wait()
+    assert np.isnan(process_tree_cpu_seconds(parent.pid))  # gone: nan, not 0

@@ -11,9 +11,9 @@ after the first uploads the KB with one more entry and publishes it). With `buil
 processes consume no builds (KEFU_BUILD_IN_PROCESS=false): a `kefu worker --queue builds` process beside
 them does, as many at once as the serving workers would have (the deployment the README recommends where
 serving must not feel builds). It prints p50/p99 of each
-phase, the ratio p99(builds) / p99(idle) over all phases of each kind pooled (the issue's bar: <= 1.2)
-with a 90% block-bootstrap interval, how the builds ended and the load average (the machine may be
-shared).
+phase and the serving processes' CPU time per message in it, the ratio p99(builds) / p99(idle) over all
+phases of each kind pooled (the issue's bar: <= 1.2) with a 90% block-bootstrap interval, how the builds
+ended and the load average (the machine may be shared).
 
 With `control`, a last phase as long as the builds took runs no build but one CPU-bound process per CPU
 at the builds' priority (nice 19, SCHED_IDLE, its session lowered), each multiplying matrices and
@@ -38,6 +38,7 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -91,9 +92,15 @@ class Phase:
     errors: int = 0
     seconds: float = 0.0
     load: tuple[float, float, float] = (0.0, 0.0, 0.0)
+    # CPU seconds the serving processes used during the phase (nan: not read). Per message, it tells a
+    # phase in which serving did more work from one in which it only waited for a CPU
+    serving_cpu: float = float("nan")
 
     def pct(self, q: float) -> float:
         return float(np.percentile(np.asarray(self.latencies) * 1000, q)) if self.latencies else float("nan")
+
+    def cpu_ms_per_message(self) -> float:
+        return self.serving_cpu * 1000 / len(self.latencies) if self.latencies else float("nan")
 
 
 def _traffic(url: str, shop: str, key: dict[str, str], cfg: BuildLoadConfig, stop: threading.Event) -> Phase:
@@ -133,9 +140,20 @@ def _traffic(url: str, shop: str, key: dict[str, str], cfg: BuildLoadConfig, sto
     return phase
 
 
-def _timed(url: str, shop: str, key: dict[str, str], cfg: BuildLoadConfig, name: str, until: Any) -> Phase:
+def _timed(
+    url: str,
+    shop: str,
+    key: dict[str, str],
+    cfg: BuildLoadConfig,
+    name: str,
+    until: Any,
+    cpu: Callable[[], float] | None = None,
+) -> Phase:
+    """Messages while `until()` runs; with `cpu` (the serving processes' CPU seconds so far), the
+    phase's share of it too."""
     stop = threading.Event()
     result: list[Phase] = []
+    cpu_before = cpu() if cpu else float("nan")
     t = threading.Thread(target=lambda: result.append(_traffic(url, shop, key, cfg, stop)))
     t.start()
     try:
@@ -144,6 +162,8 @@ def _timed(url: str, shop: str, key: dict[str, str], cfg: BuildLoadConfig, name:
         stop.set()
         t.join()
     result[0].name = name
+    if cpu:
+        result[0].serving_cpu = cpu() - cpu_before
     return result[0]
 
 
@@ -261,8 +281,8 @@ def run(cfg: BuildLoadConfig, say: Any = print) -> tuple[list[Phase], dict[str, 
                 r = http.post("/v1/shops/served/messages", headers=keys["served"], json=body)
                 answered += r.status_code == 200 and r.json().get("model_version") == 1
                 time.sleep(0.05)
-        url, key = server.url, keys["served"]
-        phases = [_timed(url, "served", key, cfg, "idle", lambda: time.sleep(cfg.idle))]
+        url, key, cpu = server.url, keys["served"], server.cpu_seconds
+        phases = [_timed(url, "served", key, cfg, "idle", lambda: time.sleep(cfg.idle), cpu)]
         say(f"idle: {len(phases[0].latencies)} messages in {phases[0].seconds:.0f} s")
         pubs = [s for s in keys if s != "served"]
         outcome: dict[str, Any] = {"rows": {}, "seconds": []}
@@ -305,10 +325,10 @@ def run(cfg: BuildLoadConfig, say: Any = print) -> tuple[list[Phase], dict[str, 
         for n in range(1, cfg.rounds + 1):
             suffix = f" (round {n})" if cfg.rounds > 1 else ""
             building = f"{cfg.publishers} shops building{suffix}"
-            phases.append(_timed(url, "served", key, cfg, building, lambda n=n: publish_all(n)))
+            phases.append(_timed(url, "served", key, cfg, building, lambda n=n: publish_all(n), cpu))
             say(f"builds{suffix}: {len(phases[-1].latencies)} messages in {phases[-1].seconds:.0f} s")
             phases.append(
-                _timed(url, "served", key, cfg, f"idle again{suffix}", lambda: time.sleep(cfg.idle))
+                _timed(url, "served", key, cfg, f"idle again{suffix}", lambda: time.sleep(cfg.idle), cpu)
             )
         builds = [p for p in phases if "building" in p.name]
         if cfg.control:
@@ -316,7 +336,9 @@ def run(cfg: BuildLoadConfig, say: Any = print) -> tuple[list[Phase], dict[str, 
             span = max(max(p.seconds for p in builds), cfg.idle)
             with Burners(n, tmp / "burners.log", build_cpus):
                 phases.append(
-                    _timed(url, "served", key, cfg, f"control: {n} CPU burners", lambda: time.sleep(span))
+                    _timed(
+                        url, "served", key, cfg, f"control: {n} CPU burners", lambda: time.sleep(span), cpu
+                    )
                 )
             say(f"control: {len(phases[-1].latencies)} messages in {phases[-1].seconds:.0f} s")
         texts = {log.stem: log.read_text("utf-8", errors="replace").splitlines() for log in logs}
@@ -513,10 +535,20 @@ def main(cfg: BuildLoadConfig | None = None, say: Any = None) -> int:
         + "; builds logged by "
         + ", ".join(f"{name} {n}" for name, n in outcome["builds_logged"].items())
     )
-    say(f"{'phase':<32}{'messages':>9}{'errors':>8}{'p50 ms':>9}{'p99 ms':>9}  load average (1/5/15 min)")
+    say(
+        f"{'phase':<32}{'messages':>9}{'errors':>8}{'p50 ms':>9}{'p99 ms':>9}{'serving CPU':>13}"
+        "  load average (1/5/15 min)"
+    )
     for p in phases:
         load = " ".join(f"{x:.2f}" for x in p.load)
-        say(f"{p.name:<32}{len(p.latencies):>9}{p.errors:>8}{p.pct(50):>9.1f}{p.pct(99):>9.1f}  {load}")
+        say(
+            f"{p.name:<32}{len(p.latencies):>9}{p.errors:>8}{p.pct(50):>9.1f}{p.pct(99):>9.1f}"
+            f"{p.cpu_ms_per_message():>10.2f} ms  {load}"
+        )
+    say(
+        "(serving CPU: the serving processes' CPU time in the phase per message sent, the publishes' "
+        "requests included: more while building means serving did more, not only waited)"
+    )
     building = [p for p in phases if "building" in p.name]
     idle = [p for p in phases if p.name.startswith("idle")]
     # a p99 of one phase rests on a handful of messages (30 s at 20/s: the 6 slowest), and two idle

@@ -246,6 +246,12 @@ class Server:
             time.sleep(0.2)
         raise LoadTestError(f"/healthz did not answer within {timeout:.0f} s\n{self.log_tail()}")
 
+    def cpu_seconds(self) -> float:
+        """CPU time (user + system) the server's processes used so far: uvicorn and its workers (Linux
+        /proc; nan elsewhere). Per phase, it says whether a slower phase made serving do more or only
+        made it wait."""
+        return process_tree_cpu_seconds(self.proc.pid)
+
     def log_tail(self, lines: int = 40) -> str:
         try:
             text = self.log_path.read_text("utf-8", errors="replace")
@@ -257,6 +263,32 @@ class Server:
         """SIGTERM (uvicorn passes it on to its workers), then SIGKILL to the process group."""
         stop_group(self.proc, timeout)
         self._log.close()
+
+
+def process_tree_cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds of `pid` and its live descendants, from /proc (nan where there is no
+    /proc). Children that ended are not counted: a phase's figure is the live processes' difference."""
+    tick = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+    total, todo, seen = 0, [pid], set()
+    while todo:
+        p = todo.pop()
+        if p in seen:
+            continue
+        seen.add(p)
+        try:
+            stat = Path(f"/proc/{p}/stat").read_text()
+        except OSError:
+            if p == pid:
+                return float("nan")
+            continue  # ended between the listing and now
+        fields = stat.rsplit(")", 1)[1].split()  # after "pid (comm)": state is fields[0]
+        total += int(fields[11]) + int(fields[12])  # utime, stime (fields 14 and 15 of stat)
+        for task in Path(f"/proc/{p}/task").glob("*/children"):
+            try:
+                todo.extend(int(c) for c in task.read_text().split())
+            except OSError:
+                continue
+    return total / tick
 
 
 def stop_group(proc: subprocess.Popen[bytes], timeout: float = 30.0) -> None:
