@@ -163,6 +163,7 @@ def test_the_slowest_messages_are_listed_slowest_first_with_their_phase_and_time
     assert slowest([Phase("building")], 3) == "slowest messages while building: none"
 
 
+_LAUNCH = "import subprocess, sys; subprocess.run(sys.argv[1:])"
 _GRANDCHILD = """
 import sys, time
 t = time.process_time()
@@ -178,7 +179,8 @@ def test_a_process_trees_cpu_time_counts_its_live_descendants(tmp_path: Path) ->
     done = tmp_path / "burnt"
     parent = subprocess.Popen(
         [
-            *(sys.executable, "-c", "import subprocess, sys; subprocess.run(sys.argv[1:])"),
+            *(sys.executable, "-c", _LAUNCH),  # the parent
+            *(sys.executable, "-c", _LAUNCH),  # its child
             *(sys.executable, "-c", _GRANDCHILD, str(done)),
         ],
         start_new_session=True,
@@ -190,6 +192,9 @@ def test_a_process_trees_cpu_time_counts_its_live_descendants(tmp_path: Path) ->
         assert done.exists()
         # the grandchild's 0.5 s of CPU, which the parent (waiting) does not have in its own counters
         assert process_tree_cpu_seconds(parent.pid) >= 0.45
+        assert process_tree_cpu_seconds(parent.pid, depth=2) >= 0.45
+        # the parent and its child (depth 1), not the child's child
+        assert process_tree_cpu_seconds(parent.pid, depth=1) < 0.3
     finally:
         os.killpg(parent.pid, signal.SIGKILL)
         parent.wait()

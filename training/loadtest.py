@@ -247,10 +247,11 @@ class Server:
         raise LoadTestError(f"/healthz did not answer within {timeout:.0f} s\n{self.log_tail()}")
 
     def cpu_seconds(self) -> float:
-        """CPU time (user + system) the server's processes used so far: uvicorn and its workers (Linux
-        /proc; nan elsewhere). Per phase, it says whether a slower phase made serving do more or only
-        made it wait."""
-        return process_tree_cpu_seconds(self.proc.pid)
+        """CPU time (user + system) the serving processes used so far: uvicorn and its workers, not the
+        processes the workers start (the KB process, build children: they run on the build CPUs when
+        those are set). Linux /proc; nan elsewhere. Per phase, it says whether a slower phase made
+        serving do more or only made it wait."""
+        return process_tree_cpu_seconds(self.proc.pid, depth=1)
 
     def log_tail(self, lines: int = 40) -> str:
         try:
@@ -265,13 +266,14 @@ class Server:
         self._log.close()
 
 
-def process_tree_cpu_seconds(pid: int) -> float:
-    """User + system CPU seconds of `pid` and its live descendants, from /proc (nan where there is no
-    /proc). Children that ended are not counted: a phase's figure is the live processes' difference."""
+def process_tree_cpu_seconds(pid: int, depth: int | None = None) -> float:
+    """User + system CPU seconds of `pid` and its live descendants down to `depth` generations (None:
+    all), from /proc (nan where there is no /proc). Children that ended are not counted: a phase's figure
+    is the live processes' difference."""
     tick = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
-    total, todo, seen = 0, [pid], set()
+    total, todo, seen = 0, [(pid, 0)], set()
     while todo:
-        p = todo.pop()
+        p, generation = todo.pop()
         if p in seen:
             continue
         seen.add(p)
@@ -283,9 +285,11 @@ def process_tree_cpu_seconds(pid: int) -> float:
             continue  # ended between the listing and now
         fields = stat.rsplit(")", 1)[1].split()  # after "pid (comm)": state is fields[0]
         total += int(fields[11]) + int(fields[12])  # utime, stime (fields 14 and 15 of stat)
+        if depth is not None and generation >= depth:
+            continue
         for task in Path(f"/proc/{p}/task").glob("*/children"):
             try:
-                todo.extend(int(c) for c in task.read_text().split())
+                todo.extend((int(c), generation + 1) for c in task.read_text().split())
             except OSError:
                 continue
     return total / tick
