@@ -624,6 +624,14 @@ def test_roll_back_over_unpublished_edits_asks_first(client: TestClient) -> None
     ids = [e["id"] for e in client.get("/v1/shops/shop-a/entries", headers=a).json()]
     assert ids == [k[0] for k in KB]  # version 2's KB is the draft again
     assert "已回滚到版本 2" in client.get("/console/kb/versions?rolled_back=2").text
+    # the API gives a moment with its offset; the console shows it on the merchant's clock (Beijing)
+    from datetime import datetime, timedelta, timezone
+
+    created = client.get("/v1/shops/shop-a/kb/versions/2", headers=a).json()["created_at"]
+    assert created.endswith("+00:00")
+    beijing = datetime.fromisoformat(created).astimezone(timezone(timedelta(hours=8)))
+    page = client.get("/console/kb/versions").text
+    assert "发布时间（北京时间）" in page and beijing.strftime("%Y-%m-%d %H:%M") in page
 
 
 # ---------------------------------------------------------------- an upload's warnings

@@ -5,10 +5,10 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import JSON, DateTime, Float, ForeignKey, Index, Integer, String, Text
+from sqlalchemy import JSON, Float, ForeignKey, Index, Integer, String, Text
 from sqlalchemy.orm import Mapped, mapped_column
 
-from api.db.models import Base, utcnow
+from api.db.models import Base, UtcDateTime, utcnow
 
 
 class CatalogSku(Base):
@@ -26,4 +26,4 @@ class CatalogSku(Base):
     sales: Mapped[int | None] = mapped_column(Integer, nullable=True)  # units sold: best-sellers first
     # attribute name as the merchant wrote it (内存, 颜色 ...) -> its value as text
     attributes: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
-    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow, onupdate=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(UtcDateTime(), default=utcnow, onupdate=utcnow)

@@ -8,6 +8,7 @@ Every query a page makes is scoped by `console.shop.id`, the session's shop: nev
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 from typing import Annotated, Any
 from urllib.parse import quote
@@ -20,11 +21,20 @@ from api.console.i18n import LANGS, Translator, lang_of
 from api.console.reasons import reason_text
 from api.console.sessions import COOKIE, ConsoleSession, Sessions
 from api.db.models import Shop
+from api.jd import BEIJING
 from api.service import Service
 from api.web.deps import ServiceDep
 
 HERE = Path(__file__).resolve().parent
 TEMPLATES = Jinja2Templates(directory=HERE / "templates")
+
+
+def beijing_time(moment: datetime, fmt: str) -> str:
+    """A stored moment (UTC) as the merchant's clock shows it: the console speaks Beijing time."""
+    return moment.astimezone(BEIJING).strftime(fmt)
+
+
+TEMPLATES.env.filters["beijing"] = beijing_time
 PREFIX = "/console"
 # console pages load nothing but the app's own CSS and JS; no inline script, no frames, forms post here
 SECURITY_HEADERS = {

@@ -19,7 +19,9 @@ from sqlalchemy import (
     Text,
     UniqueConstraint,
 )
+from sqlalchemy.engine import Dialect
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+from sqlalchemy.types import TypeDecorator
 
 from api.db.ids import next_exchange_id
 
@@ -30,6 +32,27 @@ BigId = BigInteger().with_variant(Integer(), "sqlite")
 
 def utcnow() -> datetime:
     return datetime.now(UTC)
+
+
+class UtcDateTime(TypeDecorator[datetime]):
+    """A moment in UTC, aware on the way in and out on every database. SQLite keeps no offset, so a plain
+    DateTime(timezone=True) read back naive there and aware on PostgreSQL, and the API wrote times with
+    and without "+00:00" by backend. Written: converted to UTC (a naive value is taken as UTC, as every
+    time this service makes is); read: UTC attached where the database dropped it."""
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        # naive: UTC, not the database session's time zone (PostgreSQL would read it in its own)
+        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+    def process_result_value(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
 
 
 class Base(DeclarativeBase):
@@ -48,7 +71,7 @@ class Shop(Base):
     jd_app_secret: Mapped[str | None] = mapped_column(Text, nullable=True)  # encrypted
     jd_access_token: Mapped[str | None] = mapped_column(Text, nullable=True)  # encrypted
     settings: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
-    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime(), default=utcnow)
     # the merchant console's password (api/console/passwords.py: scrypt), set by the operator; None: the
     # console takes the shop's API key only
     console_password_hash: Mapped[str | None] = mapped_column(String(200), nullable=True)
@@ -66,13 +89,13 @@ class Entry(Base):
     similar: Mapped[list[Any]] = mapped_column(JSON, default=list)
     answer: Mapped[str] = mapped_column(Text)
     category: Mapped[str] = mapped_column(String(200), default="")
-    valid_from: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
-    valid_to: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    valid_from: Mapped[datetime | None] = mapped_column(UtcDateTime(), nullable=True)
+    valid_to: Mapped[datetime | None] = mapped_column(UtcDateTime(), nullable=True)
     enabled: Mapped[bool] = mapped_column(Boolean, default=True)
     action: Mapped[str] = mapped_column(String(40), default="")  # a dynamic entry's lookup (kb.ACTIONS)
     notify: Mapped[bool] = mapped_column(Boolean, default=False)  # answer and raise a task for the agents
     answer_variants: Mapped[list[Any]] = mapped_column(JSON, default=list)
-    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow, onupdate=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(UtcDateTime(), default=utcnow, onupdate=utcnow)
 
 
 class KBVersion(Base):
@@ -94,8 +117,8 @@ class KBVersion(Base):
     options: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
     metrics: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
     error: Mapped[str | None] = mapped_column(Text, nullable=True)
-    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
-    finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime(), default=utcnow)
+    finished_at: Mapped[datetime | None] = mapped_column(UtcDateTime(), nullable=True)
     # the build on the task queue (api/kb/builds.py): "queued" (waiting for a worker, also between
     # attempts), then the stage the build reported (tokenize ... evaluate, save); None once finished
     stage: Mapped[str | None] = mapped_column(String(20), nullable=True)
@@ -103,7 +126,7 @@ class KBVersion(Base):
     attempts: Mapped[int] = mapped_column(Integer, default=0)  # builds started (claims)
     worker: Mapped[str | None] = mapped_column(String(100), nullable=True)  # host:pid of the build process
     # last sign of life of whoever holds the build: a claim older than builds.STALE_AFTER is a dead worker's
-    heartbeat_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    heartbeat_at: Mapped[datetime | None] = mapped_column(UtcDateTime(), nullable=True)
     # when the merchant last asked for this version, in the order of the shop's requests: publishing it
     # (new, or repeating it while it builds) and activating it explicitly (rollback) each give it the shop's
     # next number (kb_repo.next_request). A finished build is activated only when its version was asked
@@ -136,7 +159,7 @@ class Exchange(Base):
     reason: Mapped[str] = mapped_column(Text, default="")
     model_version: Mapped[int | None] = mapped_column(Integer, nullable=True)
     latency_ms: Mapped[float] = mapped_column(Float, default=0.0)
-    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime(), default=utcnow)
     # the customer as a keyed hash of the pin JD pushed (None: no pin): joins JD's evaluations
     customer_hash: Mapped[str | None] = mapped_column(String(64), nullable=True)
 
@@ -154,7 +177,7 @@ class Feedback(Base):
     kind: Mapped[str] = mapped_column(String(12))  # up | down | correction
     correct_entry_id: Mapped[str | None] = mapped_column(String(200), nullable=True)
     out_of_scope: Mapped[bool] = mapped_column(Boolean, default=False)
-    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime(), default=utcnow)
 
 
 class IdWriter(Base):
@@ -166,7 +189,7 @@ class IdWriter(Base):
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
     host: Mapped[str] = mapped_column(String(255))
     pid: Mapped[int] = mapped_column(Integer)
-    started_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    started_at: Mapped[datetime] = mapped_column(UtcDateTime(), default=utcnow)
 
 
 class JdEvaluation(Base):
@@ -180,8 +203,8 @@ class JdEvaluation(Base):
     jd_id: Mapped[str] = mapped_column(String(100))
     score: Mapped[int | None] = mapped_column(Integer, nullable=True)
     content_masked: Mapped[str] = mapped_column(Text, default="")
-    evaluated_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
-    pulled_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    evaluated_at: Mapped[datetime | None] = mapped_column(UtcDateTime(), nullable=True)
+    pulled_at: Mapped[datetime] = mapped_column(UtcDateTime(), default=utcnow)
     # who rated which chat: the customer only as a keyed hash (SecretBox.keyed_hash), the agent's pin, the
     # JD session; they join the rating to the conversation and what the bot did in it
     customer_hash: Mapped[str | None] = mapped_column(String(64), nullable=True)
@@ -207,10 +230,10 @@ class JdChatMessage(Base):
     session_id: Mapped[str] = mapped_column(String(200))
     role: Mapped[str] = mapped_column(String(10))  # customer | agent
     text_masked: Mapped[str] = mapped_column(Text)
-    at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    at: Mapped[datetime | None] = mapped_column(UtcDateTime(), nullable=True)
     customer_hash: Mapped[str | None] = mapped_column(String(64), nullable=True)
     waiter: Mapped[str | None] = mapped_column(String(100), nullable=True)
-    pulled_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    pulled_at: Mapped[datetime] = mapped_column(UtcDateTime(), default=utcnow)
 
 
 class JdChatSession(Base):
@@ -224,8 +247,8 @@ class JdChatSession(Base):
     session_id: Mapped[str] = mapped_column(String(200))
     customer_hash: Mapped[str | None] = mapped_column(String(64), nullable=True)
     waiter: Mapped[str | None] = mapped_column(String(100), nullable=True)
-    started_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
-    ended_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    started_at: Mapped[datetime | None] = mapped_column(UtcDateTime(), nullable=True)
+    ended_at: Mapped[datetime | None] = mapped_column(UtcDateTime(), nullable=True)
 
 
 class JdPullCursor(Base):
@@ -235,8 +258,8 @@ class JdPullCursor(Base):
 
     shop_id: Mapped[str] = mapped_column(ForeignKey("shops.id", ondelete="CASCADE"), primary_key=True)
     kind: Mapped[str] = mapped_column(String(32), primary_key=True)
-    until: Mapped[datetime] = mapped_column(DateTime(timezone=True))
-    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    until: Mapped[datetime] = mapped_column(UtcDateTime())
+    updated_at: Mapped[datetime] = mapped_column(UtcDateTime(), default=utcnow)
 
 
 class JdMessage(Base):
@@ -252,11 +275,11 @@ class JdMessage(Base):
     shop_id: Mapped[str] = mapped_column(ForeignKey("shops.id", ondelete="CASCADE"), primary_key=True)
     message_digest: Mapped[str] = mapped_column(String(64), primary_key=True)
     reply: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
-    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow, index=True)
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime(), default=utcnow, index=True)
     # async replies (api.jd.queue): None for a reply given in the HTTP response; else queued | answering |
     # sending | sent | failed. The send is recorded so that a task running twice sends once.
     delivery: Mapped[str | None] = mapped_column(String(10), nullable=True)
-    sent_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    sent_at: Mapped[datetime | None] = mapped_column(UtcDateTime(), nullable=True)
     send_attempts: Mapped[int] = mapped_column(Integer, default=0)
     send_error: Mapped[str | None] = mapped_column(Text, nullable=True)
 
@@ -273,8 +296,8 @@ class AgentTask(Base):
     entry_id: Mapped[str] = mapped_column(String(200))
     context: Mapped[list[Any]] = mapped_column(JSON, default=list)  # the last customer messages, masked
     status: Mapped[str] = mapped_column(String(8), default="open")  # open | done
-    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
-    done_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime(), default=utcnow)
+    done_at: Mapped[datetime | None] = mapped_column(UtcDateTime(), nullable=True)
 
 
 # tables of other packages share this metadata (Alembic and the schema checks see every table)
