@@ -99,6 +99,14 @@ def redis_url() -> str:
     return url
 
 
+@pytest.fixture(params=["sqlite", "postgresql"])
+def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """A test run on both databases: a new SQLite file, then a fresh PostgreSQL database."""
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path}/kefu.db"
+    return str(request.getfixturevalue("pg_database"))
+
+
 @pytest.fixture
 def pg_database(pg_admin_url: str):
     """A fresh PostgreSQL database for one test, dropped afterwards."""

@@ -4,9 +4,7 @@ zone, read back aware, compared in queries as the same moment."""
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta, timezone
-from pathlib import Path
 
-import pytest
 from sqlalchemy import create_engine, select, text
 from sqlalchemy.orm import Session
 
@@ -15,13 +13,6 @@ from api.db.models import KBVersion, Shop
 from api.routes.kb import version_out
 
 BEIJING = timezone(timedelta(hours=8))
-
-
-@pytest.fixture(params=["sqlite", "postgresql"])
-def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    if request.param == "sqlite":
-        return f"sqlite:///{tmp_path}/t.db"
-    return str(request.getfixturevalue("pg_database"))
 
 
 def test_times_come_back_as_aware_utc_moments_and_compare_as_moments(db_url: str) -> None:

@@ -31,13 +31,6 @@ from api.store.exchanges import recent
 ADMIN = "admin-secret-token"
 
 
-@pytest.fixture(params=["sqlite", "postgresql"])
-def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    if request.param == "sqlite":
-        return f"sqlite:///{tmp_path}/x.db"
-    return str(request.getfixturevalue("pg_database"))
-
-
 @pytest.fixture
 def db(db_url: str) -> Iterator[Database]:
     database = Database(db_url)

@@ -14,7 +14,6 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-import pytest
 from alembic.script import ScriptDirectory
 from sqlalchemy import create_engine, inspect, text
 
@@ -22,13 +21,6 @@ from api.db.migrate import alembic_config, upgrade
 from api.db.models import Base
 
 ROOT = Path(__file__).resolve().parent.parent
-
-
-@pytest.fixture(params=["sqlite", "postgresql"])
-def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    if request.param == "sqlite":
-        return f"sqlite:///{tmp_path}/m.db"
-    return str(request.getfixturevalue("pg_database"))
 
 
 def test_upgrade_keeps_rows_and_reaches_the_models(db_url: str) -> None:
