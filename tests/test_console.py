@@ -828,7 +828,7 @@ def test_version_state_tells_live_activating_and_not_active_apart() -> None:
     now = datetime.now(UTC)
 
     def row(version: int, seq: int, status: str = "ready", ago: float = 1.0, **metrics: Any) -> KBVersion:
-        finished = (now - timedelta(seconds=ago)).replace(tzinfo=None)  # as SQLite gives it back
+        finished = now - timedelta(seconds=ago)  # aware in UTC, as every database gives it back
         return KBVersion(
             version=version, request_seq=seq, status=status, metrics=metrics, finished_at=finished
         )

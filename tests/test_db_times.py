@@ -3,16 +3,15 @@ zone, read back aware, compared in queries as the same moment."""
 
 from __future__ import annotations
 
-from datetime import UTC, datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 from sqlalchemy import create_engine, select, text
 from sqlalchemy.orm import Session
 
 from api.db.migrate import upgrade
 from api.db.models import KBVersion, Shop
+from api.jd import BEIJING
 from api.routes.kb import version_out
-
-BEIJING = timezone(timedelta(hours=8))
 
 
 def test_times_come_back_as_aware_utc_moments_and_compare_as_moments(db_url: str) -> None:

@@ -15,9 +15,9 @@ NOW = datetime(2025, 6, 1, 12, 0, tzinfo=UTC)
 
 
 def row(version: int, seq: int, status: str = "ready", ago: float | None = 1.0, **metrics: Any) -> KBVersion:
-    """A version row; its build ended `ago` seconds before NOW (None: no end recorded), stored naive as
-    SQLite gives it back."""
-    finished = None if ago is None else (NOW - timedelta(seconds=ago)).replace(tzinfo=None)
+    """A version row; its build ended `ago` seconds before NOW (None: no end recorded), aware in UTC as
+    every database gives it back (api.db.models.UtcDateTime)."""
+    finished = None if ago is None else NOW - timedelta(seconds=ago)
     return KBVersion(version=version, request_seq=seq, status=status, metrics=metrics, finished_at=finished)
 
 

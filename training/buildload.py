@@ -147,13 +147,13 @@ def _timed(
     cfg: BuildLoadConfig,
     name: str,
     until: Any,
-    cpu: Callable[[], float] | None = None,
+    cpu: Callable[[], float],
 ) -> Phase:
-    """Messages while `until()` runs; with `cpu` (the serving processes' CPU seconds so far), the
-    phase's share of it too."""
+    """Messages while `until()` runs, and the phase's share of `cpu` (the serving processes' CPU
+    seconds so far)."""
     stop = threading.Event()
     result: list[Phase] = []
-    cpu_before = cpu() if cpu else float("nan")
+    cpu_before = cpu()
     t = threading.Thread(target=lambda: result.append(_traffic(url, shop, key, cfg, stop)))
     t.start()
     try:
@@ -161,9 +161,7 @@ def _timed(
     finally:
         stop.set()
         t.join()
-    result[0].name = name
-    if cpu:
-        result[0].serving_cpu = cpu() - cpu_before
+    result[0].name, result[0].serving_cpu = name, cpu() - cpu_before
     return result[0]
 
 

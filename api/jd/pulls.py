@@ -29,7 +29,7 @@ Store = Callable[[Any, str, list[dict[str, Any]]], int]  # (service, shop, recor
 
 
 def aware(d: datetime) -> datetime:
-    """In UTC; a naive value (SQLite gives them back so) is UTC."""
+    """In UTC; a naive value (a caller's bound) is taken as UTC."""
     return d.astimezone(UTC) if d.tzinfo is not None else d.replace(tzinfo=UTC)
 
 

@@ -22,7 +22,7 @@ import json
 import logging
 import threading
 from collections.abc import Mapping
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 from fastapi.responses import JSONResponse
@@ -108,11 +108,6 @@ def replay_status(service: Any, shop_id: str, digest: str, message_id: str) -> J
     return JSONResponse(body, headers={"X-Kefu-Replay": "true"})
 
 
-def _aware(t: datetime) -> datetime:
-    """SQLite gives back naive datetimes (stored as UTC)."""
-    return t if t.tzinfo is not None else t.replace(tzinfo=UTC)
-
-
 class JdQueue:
     """The huey instance, its two tasks and the in-process consumer of one Service."""
 
@@ -155,7 +150,7 @@ class JdQueue:
 
     def _remaining(self, received: datetime) -> float:
         """Seconds left before the reply's deadline."""
-        elapsed = (utcnow() - _aware(received)).total_seconds()
+        elapsed = (utcnow() - received).total_seconds()
         return float(self.service.settings.jd_reply_deadline) - elapsed
 
     def _answer(self, shop_id: str, digest: str, sealed: str) -> None:
@@ -249,7 +244,7 @@ class JdQueue:
             return
         if self._move(shop_id, digest, "sending", "sent", sent_at=utcnow(), send_error=None):
             JD_OUTBOUND.labels("sent").inc()
-            JD_DELIVERY_LATENCY.observe(max(0.0, (utcnow() - _aware(received)).total_seconds()))
+            JD_DELIVERY_LATENCY.observe(max(0.0, (utcnow() - received).total_seconds()))
 
     def sweep(self, grace: float = 60.0) -> int:
         """Give up on replies still in work well past their deadline (a worker that died mid-step, a queue

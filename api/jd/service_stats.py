@@ -43,8 +43,7 @@ def _bot_by_day(service: Any, shop_id: str, first: date, last: date) -> dict[dat
             )
         )
         for created, decision in rows:
-            at = created if created.tzinfo is not None else created.replace(tzinfo=UTC)
-            days[at.astimezone(BEIJING).date()][decision] += 1
+            days[created.astimezone(BEIJING).date()][decision] += 1
     return days
 
 

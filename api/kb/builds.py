@@ -31,7 +31,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 from typing import Any
 
 from huey import Huey
@@ -56,11 +56,6 @@ STALE_AFTER = 60.0  # seconds without a heartbeat: the worker holding the build 
 REQUEUE_AFTER = 600.0  # a version queued this long without a worker taking it is enqueued again
 POLL = 0.2  # seconds between two looks at the child (time limit, shutdown)
 ACTIVATE_TRIES = 3
-
-
-def _aware(t: datetime) -> datetime:
-    """SQLite gives back naive datetimes (stored as UTC)."""
-    return t if t.tzinfo is not None else t.replace(tzinfo=UTC)
 
 
 @dataclass(frozen=True)
@@ -157,11 +152,7 @@ class BuildQueue:
                 return None
             seen = row.attempts
             beat = row.heartbeat_at
-            if (
-                row.stage != QUEUED
-                and beat is not None
-                and _aware(beat) > now - timedelta(seconds=STALE_AFTER)
-            ):
+            if row.stage != QUEUED and beat is not None and beat > now - timedelta(seconds=STALE_AFTER):
                 log.info(
                     "version %d of shop %s is being built by %s: not built twice", version, shop, row.worker
                 )
@@ -403,7 +394,7 @@ class BuildQueue:
             ).all()
         touched = 0
         for row_id, shop, version, stage, attempts, seen_at in rows:
-            if stage == QUEUED and _aware(seen_at) > now - timedelta(seconds=REQUEUE_AFTER):
+            if stage == QUEUED and seen_at > now - timedelta(seconds=REQUEUE_AFTER):
                 continue  # waiting in the queue: its task is there
             with self.db.session() as s:
                 if stage != QUEUED and attempts >= self.max_attempts:

@@ -22,7 +22,7 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Collection
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import select
@@ -98,10 +98,6 @@ class MiningResult:
         }
 
 
-def _utc(t: datetime) -> datetime:
-    return t.astimezone(UTC) if t.tzinfo is not None else t.replace(tzinfo=UTC)  # SQLite: naive UTC
-
-
 def _is_miss(ex: Exchange) -> bool:
     return not any(ex.reason.startswith(r) for r in NOT_A_MISS)
 
@@ -151,7 +147,7 @@ def mined_messages(
     for exchange_id, ex in rows.items():
         if ex.question_masked is None and ex.reason.startswith(CHOICE_REASON):
             continue  # "第二个" without the question it chose for (logged before that was kept)
-        out.append(Message(ex.question_masked or ex.text_masked, _utc(ex.created_at), why[exchange_id]))
+        out.append(Message(ex.question_masked or ex.text_masked, ex.created_at, why[exchange_id]))
     return out
 
 

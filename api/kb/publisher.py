@@ -86,8 +86,6 @@ def version_state(row: KBVersion, active_row: KBVersion | None, now: datetime | 
     if NOT_ACTIVATED in (row.metrics or {}):
         return "inactive"
     finished = row.finished_at
-    if finished is not None and finished.tzinfo is None:
-        finished = finished.replace(tzinfo=UTC)  # SQLite gives back naive datetimes (stored as UTC)
     recent = finished is None or finished > (now or datetime.now(UTC)) - ACTIVATION_GRACE
     return "activating" if recent and follows(row, active_row) else "inactive"
 

@@ -155,10 +155,6 @@ def _channels(exclude_channels: Collection[str]) -> list[Any]:
     return [Exchange.channel.not_in(sorted(exclude_channels))] if exclude_channels else []
 
 
-def _utc(t: datetime) -> datetime:
-    return aware(t)  # SQLite gives naive UTC back
-
-
 def _iso(t: datetime) -> str:
     return t.astimezone(BEIJING).isoformat()
 
@@ -207,10 +203,8 @@ def traffic_figures(
     starts = _starts(since, until, chosen)
     per_bucket: list[Counter[str]] = [Counter() for _ in starts]
     bucket_latency: list[list[float]] = [[] for _ in starts]
-    # a row's bucket by arithmetic from the first bucket's start (Beijing has no daylight saving time):
-    # SQLite gives naive UTC times back, PostgreSQL aware ones
-    origin = starts[0].astimezone(UTC)
-    naive_origin, step = origin.replace(tzinfo=None), (3600 if chosen == "hour" else 86400)
+    # a row's bucket by arithmetic from the first bucket's start (Beijing has no daylight saving time)
+    origin, step = starts[0].astimezone(UTC), (3600 if chosen == "hour" else 86400)
     totals: Counter[str] = Counter()
     by_skill = {skill: dict.fromkeys(QUESTIONS, 0) for skill in SKILLS}
     codes: Counter[str] = Counter()
@@ -232,7 +226,7 @@ def traffic_figures(
         totals[decision] += 1
         if decision not in KINDS:
             continue  # an agent's request for suggestions (assist), not a reply to the customer
-        at = int((created - (naive_origin if created.tzinfo is None else origin)).total_seconds() // step)
+        at = int((created - origin).total_seconds() // step)
         per_bucket[at][decision] += 1
         value = float(ms)
         latency.append(value)
@@ -399,7 +393,7 @@ def top_entries(
             "skill": "products" if entry_id.startswith(CATALOG_ENTRY_PREFIX) else "faq",
             "count": int(n),
             "share": _share(int(n), int(total or 0)),
-            "last_seen": _iso(_utc(last)),
+            "last_seen": _iso(last),
         }
         for entry_id, n, last in rows
     ]
@@ -449,7 +443,7 @@ def handed_off_questions(
         g = groups.setdefault(key, {"count": 0, "codes": Counter()})
         g["count"] += 1
         g["codes"][code] += 1
-        g["text"], g["last_seen"] = shown, _utc(created)  # rows come oldest first: the latest wins
+        g["text"], g["last_seen"] = shown, created  # rows come oldest first: the latest wins
     ranked = sorted(groups.values(), key=lambda g: (-g["count"], -g["last_seen"].timestamp(), g["text"]))
     return [
         {
