@@ -141,7 +141,7 @@ def create_app(
             app.state.service.start_schedules()
             app.state.service.start_reconciler()
             if settings.build_cpu_set:  # KB work has CPUs of its own: start its process now
-                app.state.service.upload_parser.start()
+                app.state.service.start_kb_process()
             await run_in_threadpool(app.state.service.start_jd_queue)
             await run_in_threadpool(app.state.service.start_builds)
         if holder.current is None:

@@ -88,6 +88,10 @@ class Service:
         self._jd_queue: Any = None
         self._jd_queue_lock = threading.Lock()
 
+    def start_kb_process(self) -> None:
+        """Start the KB process in the background, ready for the first upload (imports, database pool)."""
+        self.upload_parser.start(kb_writes.warm, self.settings.database_url)
+
     def _freeze_in_kb_process(self, shop: str) -> Frozen:
         """A publish's numbering transaction in the KB process: off the serving CPUs. A process that died
         (out of memory) is not the KB's fault: frozen here then, and the next call starts a new one."""
