@@ -43,6 +43,8 @@ def shared_set(name: str) -> Path:
 
 
 os.environ.setdefault("KEFU_EMBED_THREADS", "2")
+# apps started by tests would freeze the test process's objects for good (api.main.freeze_start_up)
+os.environ.setdefault("KEFU_GC_FREEZE", "false")
 
 
 # ---------------------------------------------------------------- real services (PostgreSQL, Redis)

@@ -432,3 +432,24 @@ def test_every_api_route_reads_json_strictly(client: TestClient) -> None:
     routes = list(api_routes(client.app.routes))  # type: ignore[attr-defined]
     assert len(routes) > 40
     assert [r.path for r in routes if not isinstance(r, StrictJSONRoute)] == []
+
+
+@pytest.mark.parametrize("freeze", [True, False])
+def test_start_up_objects_are_frozen_out_of_the_collector(
+    matcher: Matcher, tmp_path: Path, freeze: bool
+) -> None:
+    """KEFU_GC_FREEZE: once started, a full collection no longer walks what start-up made (a 220 ms
+    pause of the worker's requests with the demo model); off, nothing is frozen."""
+    import gc
+
+    gc.unfreeze()
+    try:
+        with TestClient(create_app(make_settings(tmp_path, gc_freeze=freeze), matcher=matcher)) as c:
+            frozen = gc.get_freeze_count()
+            assert post_match(c, "多久能发货").json()["entry_id"] == "delivery-time"
+        if freeze:  # the test process's own objects too, here: every module imported so far
+            assert frozen > 10_000 and frozen > 10 * len(gc.get_objects())
+        else:
+            assert frozen == 0
+    finally:
+        gc.unfreeze()  # back to the oldest generation: collected as before
