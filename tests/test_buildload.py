@@ -92,6 +92,8 @@ def test_publishers_build_where_the_deployment_says_and_serving_goes_on(
         assert outcome["publish_cpus"] == cpus[half:]
     else:
         assert outcome["cpus_logged"] == {name: [] for name in outcome["builds_logged"]}
+    # the merchants publish from a process of their own, not from threads beside the measuring clients
+    assert outcome["publish_pid"] != os.getpid()
 
 
 @pytest.mark.skipif(not hasattr(os, "SCHED_IDLE"), reason="SCHED_IDLE is Linux only")

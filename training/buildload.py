@@ -30,7 +30,9 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import gc
 import io
+import multiprocessing
 import os
 import secrets
 import subprocess
@@ -39,7 +41,7 @@ import tempfile
 import threading
 import time
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -47,7 +49,7 @@ from typing import Any
 import httpx
 import numpy as np
 
-from api.cpu_affinity import pin_process, pin_thread
+from api.cpu_affinity import pin_process
 from training.loadtest import (
     DEMO_KB,
     ROOT,
@@ -150,9 +152,12 @@ def _timed(
     cpu: Callable[[], float],
 ) -> Phase:
     """Messages while `until()` runs, and the phase's share of `cpu` (the serving processes' CPU
-    seconds so far)."""
+    seconds so far). This process collects no garbage meanwhile: a full collection here paused the
+    clients' threads for 30-100 ms, which the messages in flight would have counted."""
     stop = threading.Event()
     result: list[Phase] = []
+    gc.collect()  # the clients' own collections would be timed as serving's latency: none in a phase
+    gc.disable()
     cpu_before = cpu()
     t = threading.Thread(target=lambda: result.append(_traffic(url, shop, key, cfg, stop)))
     t.start()
@@ -161,6 +166,7 @@ def _timed(
     finally:
         stop.set()
         t.join()
+        gc.enable()
     result[0].name, result[0].serving_cpu = name, cpu() - cpu_before
     return result[0]
 
@@ -284,41 +290,16 @@ def run(cfg: BuildLoadConfig, say: Any = print) -> tuple[list[Phase], dict[str, 
         say(f"idle: {len(phases[0].latencies)} messages in {phases[0].seconds:.0f} s")
         pubs = [s for s in keys if s != "served"]
         outcome: dict[str, Any] = {"rows": {}, "seconds": []}
+        # the merchants publishing: a process of their own, on the build CPUs with --split-cpus
+        merchants = stack.enter_context(Merchants(build_cpus))
 
         def publish_all(round_no: int) -> None:
-            # the uploads stand in for merchants' browsers elsewhere, and the waiting reads the database:
-            # neither is serving's work, so with --split-cpus they run on the build CPUs, not beside it
-            pin_thread(build_cpus)
-            try:
-                _publish_all(round_no)
-            finally:
-                pin_thread(serve_cpus)
-
-        def _publish_all(round_no: int) -> None:
-            if hasattr(os, "sched_getaffinity"):
-                outcome["publish_cpus"] = sorted(os.sched_getaffinity(0))
-            with httpx.Client(base_url=url, timeout=60) as http, ThreadPoolExecutor(len(pubs)) as pool:
-                if round_no == 1:  # the KB uploaded at setup
-                    answers = list(
-                        pool.map(lambda s: http.post(f"/v1/shops/{s}/kb/publish", headers=keys[s]), pubs)
-                    )
-                else:  # a publish of an unchanged KB builds nothing: each round's KB has one more entry
-                    changed = round_kb(data, round_no)
-                    answers = list(
-                        pool.map(
-                            lambda s: http.post(
-                                f"/v1/shops/{s}/kb?publish=true",
-                                headers=keys[s],
-                                files={"file": (kb.name, changed)},
-                            ),
-                            pubs,
-                        )
-                    )
-            versions = [(s, int(_check(r, 200, 202)["version"])) for s, r in zip(pubs, answers, strict=True)]
-            t = time.perf_counter()
-            rows = _wait_versions_in_db(env["KEFU_DATABASE_URL"], versions, cfg.build_timeout)
-            outcome["seconds"].append(time.perf_counter() - t)
-            outcome["rows"].update({f"{shop}#{round_no}": row for shop, row in rows.items()})
+            done = merchants.publish(
+                url, keys, pubs, kb.name, data, round_no, env["KEFU_DATABASE_URL"], cfg.build_timeout
+            )
+            outcome["publish_cpus"], outcome["publish_pid"] = done["cpus"], done["pid"]
+            outcome["seconds"].append(done["seconds"])
+            outcome["rows"].update({f"{shop}#{round_no}": row for shop, row in done["rows"].items()})
 
         for n in range(1, cfg.rounds + 1):
             suffix = f" (round {n})" if cfg.rounds > 1 else ""
@@ -427,6 +408,73 @@ def split(cfg: BuildLoadConfig) -> tuple[tuple[int, ...], tuple[int, ...]]:
         raise LoadTestError(f"--split-cpus needs at least 2 CPUs; this process may run on {len(cpus)}")
     half = len(cpus) // 2
     return cpus[:half], cpus[half:]
+
+
+def _merchants_start(cpus: tuple[int, ...]) -> None:
+    if cpus:
+        pin_process(cpus)
+    import sqlalchemy  # noqa: F401  (imported now, not during the first building phase)
+
+    import api.db.models  # noqa: F401
+
+
+def publish_round(
+    url: str,
+    keys: dict[str, dict[str, str]],
+    pubs: list[str],
+    kb_name: str,
+    data: bytes,
+    round_no: int,
+    database_url: str,
+    timeout: float,
+) -> dict[str, Any]:
+    """Every shop of `pubs` publishes at once (round 1: the KB uploaded at setup; later rounds upload it
+    with one more entry, since an unchanged KB builds nothing), then waits until each version finished
+    building. Run in the Merchants process."""
+    with httpx.Client(base_url=url, timeout=60) as http, ThreadPoolExecutor(len(pubs)) as pool:
+        if round_no == 1:
+            answers = list(pool.map(lambda s: http.post(f"/v1/shops/{s}/kb/publish", headers=keys[s]), pubs))
+        else:
+            changed = round_kb(data, round_no)
+            answers = list(
+                pool.map(
+                    lambda s: http.post(
+                        f"/v1/shops/{s}/kb?publish=true", headers=keys[s], files={"file": (kb_name, changed)}
+                    ),
+                    pubs,
+                )
+            )
+    versions = [(s, int(_check(r, 200, 202)["version"])) for s, r in zip(pubs, answers, strict=True)]
+    t = time.perf_counter()
+    rows = _wait_versions_in_db(database_url, versions, timeout)
+    cpus = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else []
+    return {"rows": rows, "seconds": time.perf_counter() - t, "cpus": cpus, "pid": os.getpid()}
+
+
+class Merchants:
+    """The publishing merchants, in a process of their own (their browsers are elsewhere): as threads of
+    the measuring process they held its interpreter lock while uploading and polling, and the messages in
+    flight counted the wait as serving's latency, in building phases only. Started (and its imports done)
+    before the first phase; with `cpus` (--split-cpus: the build CPUs) it runs there."""
+
+    def __init__(self, cpus: tuple[int, ...] = ()) -> None:
+        self.pool = ProcessPoolExecutor(
+            max_workers=1,
+            mp_context=multiprocessing.get_context("spawn"),
+            initializer=_merchants_start,
+            initargs=(cpus,),
+        )
+
+    def __enter__(self) -> Merchants:
+        self.pool.submit(int).result()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.pool.shutdown(wait=True, cancel_futures=True)
+
+    def publish(self, *args: Any) -> dict[str, Any]:
+        """publish_round(*args) in the merchants' process."""
+        return dict(self.pool.submit(publish_round, *args).result())
 
 
 class BuildWorker:
