@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import gc
 import logging
 import os
@@ -25,6 +26,7 @@ from api.settings import Settings, get_settings
 from api.store.secrets import SecretKeyError
 from api.web.errors import RequestErrors
 from api.web.limits import BodySizeLimit, RouteLimit
+from api.web.looplag import watch_loop
 from api.web.ratelimit import RATE_LIMIT_RESPONSES, RateLimiter, RateLimitMiddleware
 from api.web.state import ModelHolder, load_or_build
 from api.web.strict_json import validation_errors
@@ -161,9 +163,15 @@ def create_app(
             holder.swap(await run_in_threadpool(load_or_build, settings))
         if settings.gc_freeze:
             freeze_start_up()
+        watcher = None
+        if settings.loop_lag_interval_ms:
+            interval, warn = settings.loop_lag_interval_ms / 1000, settings.loop_lag_warn_ms / 1000
+            watcher = asyncio.create_task(watch_loop(interval, warn), name="kefu-loop-lag")
         try:
             yield
         finally:
+            if watcher is not None:
+                watcher.cancel()
             await limiter.aclose()
             console_limiter = getattr(app.state, "console_login_limiter", None)
             if console_limiter is not None:

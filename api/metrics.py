@@ -28,6 +28,11 @@ REQUEST_LATENCY = Histogram(
     ["route"],
     buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5),
 )
+LOOP_LAG = Histogram(
+    "kefu_event_loop_lag_seconds",
+    "How much later than asked the serving process's event loop woke up (api/web/looplag.py)",
+    buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5),
+)
 MATCH_LATENCY = Histogram(
     "kefu_match_latency_seconds",
     "Engine match latency (normalize to decide)",

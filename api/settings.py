@@ -56,6 +56,10 @@ class Settings(BaseSettings):
     # reach (gc.freeze): a full collection walked those 340k objects in about 220 ms, a pause of every
     # request in the worker, each time enough new objects had survived to trigger one
     gc_freeze: bool = True
+    # the event loop's lag (api/web/looplag.py): checked every this many ms (0: not watched); a wake-up
+    # this many ms late or more is logged as a warning (0: never)
+    loop_lag_interval_ms: float = Field(default=100.0, ge=0)
+    loop_lag_warn_ms: float = Field(default=100.0, ge=0)
     # answer without the sentence encoder where a model's cascade says its other channels decide
     # (engine.cascade); off by default: on real queries its first stage answers some messages the full
     # model would only clarify, at a lower precision than the promise (README, "The dense-skip cascade")

@@ -444,7 +444,9 @@ def test_start_up_objects_are_frozen_out_of_the_collector(
 
     gc.unfreeze()
     try:
-        with TestClient(create_app(make_settings(tmp_path, gc_freeze=freeze), matcher=matcher)) as c:
+        with TestClient(
+            create_app(make_settings(tmp_path, gc_freeze=freeze), matcher=matcher, shops_service=False)
+        ) as c:
             frozen = gc.get_freeze_count()
             assert post_match(c, "多久能发货").json()["entry_id"] == "delivery-time"
         if freeze:  # the test process's own objects too, here: every module imported so far
