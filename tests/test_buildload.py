@@ -20,6 +20,7 @@ from training.buildload import (
     Burners,
     Phase,
     p99_ratio_interval,
+    place_stalls,
     round_kb,
     run,
     slowest,
@@ -201,3 +202,27 @@ def test_a_process_trees_cpu_time_counts_its_live_descendants(tmp_path: Path) ->
         os.killpg(parent.pid, signal.SIGKILL)
         parent.wait()
     assert np.isnan(process_tree_cpu_seconds(parent.pid))  # gone: nan, not 0
+
+
+def test_logged_loop_stalls_are_placed_in_their_phase() -> None:
+    """The serving log's "event loop N ms late" warnings land in the phase whose wall-clock span holds
+    them; other lines, and stalls outside every phase (start-up), are left out."""
+    from datetime import datetime
+
+    def at(text: str) -> float:
+        return datetime.strptime(text, "%Y-%m-%d %H:%M:%S,%f").timestamp()
+
+    idle = Phase("idle", started=at("2026-12-06 10:00:00,000"), ended=at("2026-12-06 10:00:30,000"))
+    build = Phase("building", started=at("2026-12-06 10:00:30,500"), ended=at("2026-12-06 10:01:00,000"))
+    late = "WARNING kefu.api: event loop {} ms late: every request of this process waited as long"
+    place_stalls(
+        [idle, build],
+        [
+            f"2026-12-06 09:59:59,000 {late.format(300)}",  # start-up: no phase
+            f"2026-12-06 10:00:12,250 {late.format(14)}",
+            "2026-12-06 10:00:40,000 INFO kefu.api: event loop 99 ms late",  # not the warning
+            f"2026-12-06 10:00:31,000 {late.format(23)}",
+            f"2026-12-06 10:00:59,999 {late.format(11)}",
+        ],
+    )
+    assert idle.stalls == [14.0] and build.stalls == [23.0, 11.0]

@@ -34,6 +34,7 @@ import gc
 import io
 import multiprocessing
 import os
+import re
 import secrets
 import subprocess
 import sys
@@ -43,6 +44,7 @@ import time
 from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -62,6 +64,10 @@ from training.loadtest import (
 )
 
 BAR = 1.2
+# the serving processes watch their event loop every LOOP_CHECK_MS and log a wake-up STALL_MS late or more
+# (api/web/looplag.py), unless KEFU_LOOP_LAG_* are set: a stall delays every message of its process at once
+LOOP_CHECK_MS, STALL_MS = 10, 10
+_STALL = re.compile(r"^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3}) WARNING kefu\.api: event loop (\d+) ms late")
 PCT_LEVEL = 90  # the interval printed for the p99 ratio
 
 
@@ -97,6 +103,11 @@ class Phase:
     # CPU seconds the serving processes used during the phase (nan: not read). Per message, it tells a
     # phase in which serving did more work from one in which it only waited for a CPU
     serving_cpu: float = float("nan")
+    # wall-clock bounds (time.time()), to place the serving processes' logged loop stalls in the phase
+    started: float = 0.0
+    ended: float = 0.0
+    # the serving processes' event-loop wake-ups at least STALL_MS late in the phase (ms each)
+    stalls: list[float] = field(default_factory=list)
 
     def pct(self, q: float) -> float:
         return float(np.percentile(np.asarray(self.latencies) * 1000, q)) if self.latencies else float("nan")
@@ -112,6 +123,7 @@ def _traffic(url: str, shop: str, key: dict[str, str], cfg: BuildLoadConfig, sto
     texts = ["质保几年", "什么时候发货", "能开发票吗", "支持七天无理由退货吗", "包邮吗", "我的快递到哪了"]
     interval = cfg.clients / cfg.rate
     t0 = time.perf_counter()
+    phase.started = time.time()
 
     def client(n: int) -> None:
         with httpx.Client(base_url=url, headers=key, timeout=30) as http:
@@ -138,6 +150,7 @@ def _traffic(url: str, shop: str, key: dict[str, str], cfg: BuildLoadConfig, sto
         for f in [pool.submit(client, n) for n in range(cfg.clients)]:
             f.result()
     phase.seconds = time.perf_counter() - t0
+    phase.ended = time.time()
     phase.load = os.getloadavg()
     return phase
 
@@ -221,6 +234,8 @@ def run(cfg: BuildLoadConfig, say: Any = print) -> tuple[list[Phase], dict[str, 
             "KEFU_RATE_LIMIT_SHOP": "0",
             "KEFU_RATE_LIMIT_CLIENT": "0",
             "KEFU_REDIS_PREFIX": f"kefu-buildload-{secrets.token_hex(4)}:",
+            "KEFU_LOOP_LAG_INTERVAL_MS": os.environ.get("KEFU_LOOP_LAG_INTERVAL_MS", str(LOOP_CHECK_MS)),
+            "KEFU_LOOP_LAG_WARN_MS": os.environ.get("KEFU_LOOP_LAG_WARN_MS", str(STALL_MS)),
         }
         for name in ("KEFU_REDIS_URL", "KEFU_QUEUE_URL", "KEFU_BUILD_IN_PROCESS"):
             env.pop(name, None)
@@ -321,6 +336,7 @@ def run(cfg: BuildLoadConfig, say: Any = print) -> tuple[list[Phase], dict[str, 
                 )
             say(f"control: {len(phases[-1].latencies)} messages in {phases[-1].seconds:.0f} s")
         texts = {log.stem: log.read_text("utf-8", errors="replace").splitlines() for log in logs}
+        place_stalls(phases, texts.get("server", []))
         outcome["errors_logged"] = sum(
             " ERROR " in line or "Traceback" in line for lines in texts.values() for line in lines
         )
@@ -334,6 +350,20 @@ def run(cfg: BuildLoadConfig, say: Any = print) -> tuple[list[Phase], dict[str, 
             name: sum("building version" in line for line in lines) for name, lines in texts.items()
         }
     return phases, outcome
+
+
+def place_stalls(phases: list[Phase], lines: list[str]) -> None:
+    """Each logged event-loop stall of the serving processes into the phase it fell in (local times, as
+    both this process and the server's log write them)."""
+    for line in lines:
+        m = _STALL.match(line)
+        if m is None:
+            continue
+        at = datetime.strptime(m[1], "%Y-%m-%d %H:%M:%S,%f").timestamp()
+        for p in phases:
+            if p.started <= at <= p.ended:
+                p.stalls.append(float(m[2]))
+                break
 
 
 def slowest(phases: list[Phase], n: int) -> str:
@@ -583,17 +613,20 @@ def main(cfg: BuildLoadConfig | None = None, say: Any = None) -> int:
     )
     say(
         f"{'phase':<32}{'messages':>9}{'errors':>8}{'p50 ms':>9}{'p99 ms':>9}{'serving CPU':>13}"
-        "  load average (1/5/15 min)"
+        f"{'loop stalls':>13}  load average (1/5/15 min)"
     )
     for p in phases:
         load = " ".join(f"{x:.2f}" for x in p.load)
+        stalls = f"{len(p.stalls)}, {max(p.stalls):.0f} ms" if p.stalls else "0"
         say(
             f"{p.name:<32}{len(p.latencies):>9}{p.errors:>8}{p.pct(50):>9.1f}{p.pct(99):>9.1f}"
-            f"{p.cpu_ms_per_message():>10.2f} ms  {load}"
+            f"{p.cpu_ms_per_message():>10.2f} ms{stalls:>13}  {load}"
         )
     say(
         "(serving CPU: the serving processes' CPU time in the phase per message sent, the publishes' "
-        "requests included: more while building means serving did more, not only waited)"
+        "requests included: more while building means serving did more, not only waited. Loop stalls: "
+        "the serving processes' event-loop wake-ups logged as late by KEFU_LOOP_LAG_WARN_MS or more (count, "
+        "the longest): a stall delays every message of its process at once)"
     )
     building = [p for p in phases if "building" in p.name]
     idle = [p for p in phases if p.name.startswith("idle")]
