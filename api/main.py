@@ -161,6 +161,9 @@ def create_app(
         if holder.current is None:
             # loading or building is blocking work (a dense build takes tens of seconds)
             holder.swap(await run_in_threadpool(load_or_build, settings))
+        # the OpenAPI schema, which the rate limiter reads its route table from (api/web/ratelimit.py), made
+        # now: made on a worker's first request, it held the event loop for 190-270 ms
+        app.openapi()
         if settings.gc_freeze:
             freeze_start_up()
         watcher = None
