@@ -161,3 +161,47 @@ def test_the_kb_process_is_readied_for_uploads_when_it_starts(service: Any) -> N
     assert parser.call(eval, ready)
     stored = asyncio.run(service.store_upload("s", "kb.csv", ".csv", csv_bytes(ROWS), ReadLimits(), False))
     assert stored.entries == 2 and stored_ids(service) == ["q1", "q2"]
+
+
+_ORPHAN = """
+import os, sys, time
+from api.kb.parsing import UploadParser
+p = UploadParser()
+print(p.call(os.getpid), flush=True)
+time.sleep(600)
+"""
+
+
+@pytest.mark.skipif(not hasattr(signal, "SIGKILL"), reason="needs POSIX signals")
+def test_the_kb_process_stops_when_its_serving_process_dies() -> None:
+    """A serving worker killed (out of memory) left its KB process waiting for work for good, with its
+    database connections; it now notices its parent is gone and stops."""
+    import subprocess
+    import sys
+    import time
+
+    root = Path(__file__).resolve().parents[1]
+    server = subprocess.Popen([sys.executable, "-c", _ORPHAN], cwd=root, stdout=subprocess.PIPE, text=True)
+    try:
+        assert server.stdout is not None
+        child = int(server.stdout.readline())
+        assert Path(f"/proc/{child}").exists() or not Path("/proc").exists()
+        os.kill(server.pid, signal.SIGKILL)
+        server.wait()
+        deadline = time.monotonic() + 15
+        while time.monotonic() < deadline and _alive(child):
+            time.sleep(0.1)
+        assert not _alive(child)
+    finally:
+        if server.poll() is None:
+            server.kill()
+
+
+def _alive(pid: int) -> bool:
+    """Running, not a zombie waiting to be reaped."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    stat = Path(f"/proc/{pid}/stat")
+    return not (stat.exists() and stat.read_text().rsplit(")", 1)[1].split()[0] == "Z")

@@ -13,8 +13,10 @@ from __future__ import annotations
 import asyncio
 import logging
 import multiprocessing
+import os
 import tempfile
 import threading
+import time
 from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
@@ -36,9 +38,18 @@ def parse_file(name: str, suffix: str, data: bytes, limits: ReadLimits) -> list[
         return load_kb(path, source_name=name, limits=limits)
 
 
-def _start_child(cpus: tuple[int, ...]) -> None:
+def _start_child(cpus: tuple[int, ...], parent: int) -> None:
     if cpus:
         pin_process(cpus)
+    threading.Thread(target=_exit_with_parent, args=(parent,), name="kefu-parent-watch", daemon=True).start()
+
+
+def _exit_with_parent(parent: int, every: float = 1.0) -> None:
+    """A serving process that dies (killed, out of memory) cannot stop its KB process, which would wait
+    for work forever, holding its database connections: once its parent is gone, it stops itself."""
+    while os.getppid() == parent:
+        time.sleep(every)
+    os._exit(0)
 
 
 def _spawn_on(pool: ProcessPoolExecutor, cpus: tuple[int, ...]) -> None:
@@ -68,7 +79,7 @@ class UploadParser:
                     max_workers=1,
                     mp_context=multiprocessing.get_context("spawn"),
                     initializer=_start_child,  # pinned wherever it was started from
-                    initargs=(self.cpus,),
+                    initargs=(self.cpus, os.getpid()),
                 )
                 if self.cpus:  # started from a thread on those CPUs: its start-up (imports) runs there too
                     pool = self._pool
