@@ -12,6 +12,7 @@ import pytest
 
 from api.kb.build_child import start_lowered
 from api.kb.build_priority import StarvationGuard, Step, apply_step, autogroup_nice, cpu_seconds, ladder
+from tests.procs import running
 
 
 def test_the_ladder_starts_from_how_the_build_was_born() -> None:
@@ -134,14 +135,6 @@ def test_a_real_idle_child_on_saturated_cpus_is_raised_and_then_runs() -> None:
             p.join(5)
 
 
-def _state(pid: int) -> str | None:
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            return f.read().rsplit(b")", 1)[1].split()[0].decode()
-    except OSError:
-        return None
-
-
 def _report_policy(conn: Any) -> None:
     conn.send((os.getpriority(os.PRIO_PROCESS, 0), os.sched_getscheduler(0)))
     conn.close()
@@ -163,7 +156,7 @@ def test_a_killed_build_forkserver_is_started_again_at_the_builds_nice_and_not_i
     assert os.getpriority(os.PRIO_PROCESS, old) >= 7
     os.kill(old, signal.SIGKILL)
     deadline = time.monotonic() + 10  # dead, not reaped: multiprocessing reaps it when it looks
-    while time.monotonic() < deadline and _state(old) not in ("Z", None):
+    while time.monotonic() < deadline and running(old):
         time.sleep(0.05)
     ctx = build_context(7)
     new = forkserver._forkserver._forkserver_pid  # type: ignore[attr-defined]

@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from tests.procs import running
 from tests.test_service import kb_csv
 from training.buildload import (
     BuildLoadConfig,
@@ -104,12 +105,13 @@ def test_control_burners_run_at_a_builds_priority_and_stop(tmp_path: Path) -> No
         pids = [p.pid for p in burners.procs]
         assert all(os.sched_getscheduler(pid) == os.SCHED_IDLE for pid in pids)
         assert all(os.getpriority(os.PRIO_PROCESS, pid) == 19 for pid in pids)
-        before = [_cpu_seconds(pid) for pid in pids]
+        before = [process_tree_cpu_seconds(pid, depth=0) for pid in pids]
         time.sleep(0.5)
-        assert all(_cpu_seconds(pid) > b for pid, b in zip(pids, before, strict=True))  # burning
+        after = [process_tree_cpu_seconds(pid, depth=0) for pid in pids]
+        assert all(a > b for a, b in zip(after, before, strict=True))  # burning
     assert burners.procs == []
     for pid in pids:
-        assert not Path(f"/proc/{pid}").exists() or _state(pid) == "Z"
+        assert not running(pid)
 
 
 @pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason="needs at least 2 CPUs to pin to one")
@@ -117,15 +119,6 @@ def test_control_burners_run_on_the_builds_cpus_when_given(tmp_path: Path) -> No
     last = max(os.sched_getaffinity(0))
     with Burners(1, tmp_path / "burners.log", cpus=(last,)) as burners:
         assert [os.sched_getaffinity(p.pid) for p in burners.procs] == [{last}]
-
-
-def _cpu_seconds(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
-def _state(pid: int) -> str:
-    return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
 
 
 def test_the_p99_ratio_interval_holds_an_equal_tail_and_excludes_a_doubled_one() -> None:
