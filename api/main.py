@@ -85,6 +85,7 @@ class CountRequests:
             nonlocal status
             if message["type"] == "http.response.start":
                 status = message["status"]
+                message = _with_server_timing(message, time.perf_counter() - t0)
             await send(message)
 
         try:
@@ -93,6 +94,16 @@ class CountRequests:
             route = _route_template(scope)  # set by the router while handling the request
             REQUESTS.labels(route, scope["method"], str(status)).inc()
             REQUEST_LATENCY.labels(route).observe(time.perf_counter() - t0)
+
+
+def _with_server_timing(message: Message, seconds: float) -> Message:
+    """The response start with `Server-Timing: app;dur=MS` (W3C Server Timing) appended: how long the app
+    held the request before answering. A client's latency minus it is the time outside the app (the
+    socket, the HTTP parser, waiting for a CPU or the event loop), which tells a slow handler from a
+    starved process; browsers' developer tools show it too."""
+    headers = list(message.get("headers", ()))
+    headers.append((b"server-timing", f"app;dur={seconds * 1000:.2f}".encode()))
+    return {**message, "headers": headers}
 
 
 def _route_limits(settings: Settings) -> list[RouteLimit]:

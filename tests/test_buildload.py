@@ -4,6 +4,7 @@ the serving processes."""
 
 from __future__ import annotations
 
+import math
 import os
 import signal
 import subprocess
@@ -20,6 +21,7 @@ from training.buildload import (
     BuildLoadConfig,
     Burners,
     Phase,
+    app_seconds,
     p99_ratio_interval,
     place_stalls,
     round_kb,
@@ -67,6 +69,9 @@ def test_publishers_build_where_the_deployment_says_and_serving_goes_on(
     # each message's send time, within its phase: where the slow ones fall
     assert all(len(p.sent) == len(p.latencies) for p in phases)
     assert all(0 <= at <= p.seconds for p in phases for at in p.sent)
+    # and how long the app held each (Server-Timing): some of the latency, never more
+    assert all(len(p.inside) == len(p.latencies) for p in phases)
+    assert all(0 < held <= took for p in phases for held, took in zip(p.inside, p.latencies, strict=True))
     # the serving processes' CPU time is read per phase: they answered messages in each
     if Path("/proc/self/stat").exists():
         assert all(p.serving_cpu > 0 and p.cpu_ms_per_message() > 0 for p in phases)
@@ -195,6 +200,15 @@ def test_a_process_trees_cpu_time_counts_its_live_descendants(tmp_path: Path) ->
         os.killpg(parent.pid, signal.SIGKILL)
         parent.wait()
     assert np.isnan(process_tree_cpu_seconds(parent.pid))  # gone: nan, not 0
+
+
+def test_the_apps_time_is_read_from_server_timing() -> None:
+    assert app_seconds("app;dur=12.5") == pytest.approx(0.0125)
+    assert app_seconds("db;dur=3, app;dur=7") == pytest.approx(0.007)
+    assert math.isnan(app_seconds(None)) and math.isnan(app_seconds("db;dur=3"))
+    held = Phase("p", latencies=[0.01, 0.02, 0.03], inside=[0.004, float("nan"), 0.006])
+    assert held.inside_pct(50) == pytest.approx(5.0)
+    assert math.isnan(Phase("none").inside_pct(99))
 
 
 def test_logged_loop_stalls_are_placed_in_their_phase() -> None:

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import time
+
 from fastapi.testclient import TestClient
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.test_service import client as client
 from tests.test_service import new_shop, say
 from tests.test_service import settings as settings
+from training.buildload import app_seconds
 
 
 def samples(c: TestClient, metric: str) -> dict[tuple[tuple[str, str], ...], float]:
@@ -53,6 +56,22 @@ def test_requests_are_labelled_by_route_template(client: TestClient) -> None:
     assert not any("shop-m" in route or "/no/such" in route for route, _, _ in after)
     latency = samples(client, "kefu_request_latency_seconds_count")
     assert latency[(("route", "/v1/shops/{shop}/messages"),)] >= 2
+
+
+def test_every_response_says_how_long_the_app_held_it(client: TestClient) -> None:
+    """Server-Timing `app;dur=MS` on answers and errors alike, and never more than the client waited."""
+    key = new_shop(client, "shop-t")
+    t = time.perf_counter()
+    r = client.post(
+        "/v1/shops/shop-t/messages", headers=key, json={"conversation_id": "t1", "text": "保修多久"}
+    )
+    waited_ms = (time.perf_counter() - t) * 1000
+    assert r.status_code == 200
+    held = app_seconds(r.headers.get("server-timing")) * 1000
+    assert 0 < held <= waited_ms
+    for got in (client.get("/no/such/path"), client.get("/v1/shops/shop-t", headers={"X-API-Key": "wrong"})):
+        assert got.status_code in (401, 404)
+        assert app_seconds(got.headers.get("server-timing")) >= 0
 
 
 def test_feedback_is_counted_by_kind(client: TestClient) -> None:

@@ -108,9 +108,19 @@ class Phase:
     ended: float = 0.0
     # the serving processes' event-loop wake-ups at least STALL_MS late in the phase (ms each)
     stalls: list[float] = field(default_factory=list)
+    # for each of `latencies`, how long the app held the message (its Server-Timing header, seconds; nan
+    # when absent): the rest of a latency was spent outside the app (socket, HTTP parsing, waiting for a
+    # CPU or the event loop)
+    inside: list[float] = field(default_factory=list)
 
     def pct(self, q: float) -> float:
         return float(np.percentile(np.asarray(self.latencies) * 1000, q)) if self.latencies else float("nan")
+
+    def inside_pct(self, q: float) -> float:
+        """Percentile q of the time in the app, ms (nan if the server sent no Server-Timing)."""
+        held = np.asarray(self.inside, dtype=float)
+        held = held[~np.isnan(held)]
+        return float(np.percentile(held * 1000, q)) if held.size else float("nan")
 
     def cpu_ms_per_message(self) -> float:
         return self.serving_cpu * 1000 / len(self.latencies) if self.latencies else float("nan")
@@ -133,8 +143,11 @@ def _traffic(url: str, shop: str, key: dict[str, str], cfg: BuildLoadConfig, sto
                 next_at += interval
                 body = {"conversation_id": f"b{n}-{i}", "text": texts[i % len(texts)]}
                 t = time.perf_counter()
+                held = float("nan")
                 try:
-                    ok = http.post(f"/v1/shops/{shop}/messages", json=body).status_code == 200
+                    r = http.post(f"/v1/shops/{shop}/messages", json=body)
+                    ok = r.status_code == 200
+                    held = app_seconds(r.headers.get("server-timing"))
                 except httpx.HTTPError:
                     ok = False
                 took = time.perf_counter() - t
@@ -142,6 +155,7 @@ def _traffic(url: str, shop: str, key: dict[str, str], cfg: BuildLoadConfig, sto
                     if ok:
                         phase.latencies.append(took)
                         phase.sent.append(t - t0)
+                        phase.inside.append(held)
                     else:
                         phase.errors += 1
                 i += 1
@@ -153,6 +167,15 @@ def _traffic(url: str, shop: str, key: dict[str, str], cfg: BuildLoadConfig, sto
     phase.ended = time.time()
     phase.load = os.getloadavg()
     return phase
+
+
+_APP_DUR = re.compile(r"(?:^|,)\s*app;dur=([0-9.]+)")
+
+
+def app_seconds(header: str | None) -> float:
+    """The `app` duration of a Server-Timing header in seconds (nan when absent)."""
+    m = _APP_DUR.search(header or "")
+    return float(m.group(1)) / 1000 if m else float("nan")
 
 
 def _timed(
@@ -612,18 +635,20 @@ def main(cfg: BuildLoadConfig | None = None, say: Any = None) -> int:
         + ", ".join(f"{name} {n}" for name, n in outcome["builds_logged"].items())
     )
     say(
-        f"{'phase':<32}{'messages':>9}{'errors':>8}{'p50 ms':>9}{'p99 ms':>9}{'serving CPU':>13}"
-        f"{'loop stalls':>13}  load average (1/5/15 min)"
+        f"{'phase':<32}{'messages':>9}{'errors':>8}{'p50 ms':>9}{'p99 ms':>9}{'in app p99':>12}"
+        f"{'serving CPU':>13}{'loop stalls':>13}  load average (1/5/15 min)"
     )
     for p in phases:
         load = " ".join(f"{x:.2f}" for x in p.load)
         stalls = f"{len(p.stalls)}, {max(p.stalls):.0f} ms" if p.stalls else "0"
         say(
             f"{p.name:<32}{len(p.latencies):>9}{p.errors:>8}{p.pct(50):>9.1f}{p.pct(99):>9.1f}"
-            f"{p.cpu_ms_per_message():>10.2f} ms{stalls:>13}  {load}"
+            f"{p.inside_pct(99):>12.1f}{p.cpu_ms_per_message():>10.2f} ms{stalls:>13}  {load}"
         )
     say(
-        "(serving CPU: the serving processes' CPU time in the phase per message sent, the publishes' "
+        "(in app: the time the app held a message, from its Server-Timing header; the rest of a latency "
+        "is outside it: the socket, HTTP parsing, waiting for a CPU or the event loop. "
+        "Serving CPU: the serving processes' CPU time in the phase per message sent, the publishes' "
         "requests included: more while building means serving did more, not only waited. Loop stalls: "
         "the serving processes' event-loop wake-ups logged as late by KEFU_LOOP_LAG_WARN_MS or more (count, "
         "the longest): a stall delays every message of its process at once)"
@@ -632,8 +657,14 @@ def main(cfg: BuildLoadConfig | None = None, say: Any = None) -> int:
     idle = [p for p in phases if p.name.startswith("idle")]
     # a p99 of one phase rests on a handful of messages (30 s at 20/s: the 6 slowest), and two idle
     # phases of one run differ by more than the bar: the headline pools every phase of a kind
-    b_pool = Phase("building, pooled", [x for p in building for x in p.latencies])
-    i_pool = Phase("idle, pooled", [x for p in idle for x in p.latencies])
+    b_pool = Phase(
+        "building, pooled",
+        [x for p in building for x in p.latencies],
+        inside=[x for p in building for x in p.inside],
+    )
+    i_pool = Phase(
+        "idle, pooled", [x for p in idle for x in p.latencies], inside=[x for p in idle for x in p.inside]
+    )
     ratio = b_pool.pct(99) / i_pool.pct(99)
     lo, hi = p99_ratio_interval(
         [p.latencies for p in building],
@@ -655,6 +686,11 @@ def main(cfg: BuildLoadConfig | None = None, say: Any = None) -> int:
     else:
         told = "this run cannot tell it from the bar: run longer (--idle, --rounds) or again"
     say(f"{PCT_LEVEL}% interval of that ratio {lo:.2f} - {hi:.2f} (1 s runs of messages resampled): {told}")
+    say(
+        f"in the app (Server-Timing), p99 while building {b_pool.inside_pct(99):.1f} ms / idle "
+        f"{i_pool.inside_pct(99):.1f} ms = {b_pool.inside_pct(99) / i_pool.inside_pct(99):.2f}; p50 "
+        f"{b_pool.inside_pct(50):.1f} / {i_pool.inside_pct(50):.1f} ms: where the builds' extra latency is"
+    )
     say(
         f"first idle phase alone: p99 {phases[0].pct(99):.1f} ms; first building phase / it = "
         f"{phases[1].pct(99) / phases[0].pct(99):.2f} (the ratio as earlier runs printed it)"
