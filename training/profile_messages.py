@@ -29,8 +29,8 @@ STAGES: tuple[tuple[str, str, str], ...] = (
     ("  the shop's catalog (skills)", "api/dialog/handle.py", "_skills"),
     ("    catalog revision read (a miss)", "api/catalog/repo.py", "revision"),
     ("  agent tasks", "api/dialog/handle.py", "_raise_tasks"),
-    ("  conversation state: load", "api/dialog/conversation.py", "load"),
-    ("  conversation state: save", "api/dialog/conversation.py", "save"),
+    ("  conversation state: load", "api/dialog/conversation.py", "load_versioned"),
+    ("  conversation state: save", "api/dialog/conversation.py", "save_if"),
     ("  conversation policy step (matching inside)", "api/dialog/conversation.py", "step"),
     ("    Matcher.match", "engine/matcher.py", "match"),
     ("      normalize", "engine/normalize.py", "normalize"),
@@ -92,33 +92,31 @@ class _AllThreads:
         return merged
 
 
-def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--n", type=int, default=500, help="messages profiled (after 100 unprofiled)")
-    ap.add_argument("--dense", action="store_true", help="default channels (sentence encoder on)")
-    ap.add_argument("--database-url", default=None)
-    ap.add_argument("--redis-url", default=None)
-    args = ap.parse_args(argv)
-
+def profile(
+    n: int,
+    dense: bool = False,
+    database_url: str | None = None,
+    redis_url: str | None = None,
+    warm: int = 100,
+) -> tuple[float, list[tuple[str, float, int]]]:
+    """Send `warm` then `n` messages of the demo mix to a fresh demo shop under cProfile: the client's
+    wall seconds per request and, per stage of STAGES, (label, ms per request, calls) over the `n`."""
     from fastapi.testclient import TestClient
     from pydantic import SecretStr
-    from rich.console import Console
-    from rich.table import Table
 
     from api.main import create_app
     from api.settings import Settings
     from training.httpbench import demo_mix, mix_sources
 
-    console = Console(highlight=False)
     with tempfile.TemporaryDirectory(prefix="kefu-profile-") as tmp:
         t = Path(tmp)
         settings = Settings(
-            database_url=args.database_url or f"sqlite:///{t}/kefu.db",
-            redis_url=args.redis_url,
+            database_url=database_url or f"sqlite:///{t}/kefu.db",
+            redis_url=redis_url,
             redis_prefix=f"kefu-profile-{time.time_ns()}:",
             data_dir=t / "data",
             admin_token=SecretStr("profile-admin"),
-            dense=args.dense,
+            dense=dense,
             kb_path=None,
             model_path=t / "none",
             evaluation_pull_interval=0,
@@ -126,7 +124,7 @@ def main(argv: list[str] | None = None) -> int:
             rate_limit_client="1000000/second",
             build_in_process=True,
         )
-        messages = demo_mix(args.n + 100, seed=0, sources=mix_sources())
+        messages = demo_mix(n + warm, seed=0, sources=mix_sources())
         prof = _AllThreads()
         prof.start()
         with TestClient(create_app(settings)) as c:
@@ -155,15 +153,32 @@ def main(argv: list[str] | None = None) -> int:
                 body = {"conversation_id": m.conversation_id, "text": m.text}
                 c.post("/v1/shops/demo/messages", headers=key, json=body).raise_for_status()
 
-            for m in messages[:100]:
+            for m in messages[:warm]:
                 send(m)
             before = prof.snapshot()
             t0 = time.perf_counter()
-            for m in messages[100:]:
+            for m in messages[warm:]:
                 send(m)
             wall = time.perf_counter() - t0
             after = prof.snapshot()
         threading.setprofile(None)
+        sys.setprofile(None)
+    return wall / n, _stage_times(before, after, n)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--n", type=int, default=500, help="messages profiled (after 100 unprofiled)")
+    ap.add_argument("--dense", action="store_true", help="default channels (sentence encoder on)")
+    ap.add_argument("--database-url", default=None)
+    ap.add_argument("--redis-url", default=None)
+    args = ap.parse_args(argv)
+
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console(highlight=False)
+    wall, stages = profile(args.n, args.dense, args.database_url, args.redis_url)
     table = Table(
         title=f"/v1/shops/demo/messages in process, {args.n} messages, "
         f"{'default' if args.dense else 'fast'} profile, cProfile on"
@@ -171,8 +186,8 @@ def main(argv: list[str] | None = None) -> int:
     table.add_column("stage")
     table.add_column("ms / request", justify="right")
     table.add_column("calls", justify="right")
-    table.add_row("client call (TestClient, in process)", f"{1000 * wall / args.n:.2f}", str(args.n))
-    for label, ms, calls in _stage_times(before, after, args.n):
+    table.add_row("client call (TestClient, in process)", f"{1000 * wall:.2f}", str(args.n))
+    for label, ms, calls in stages:
         table.add_row(label, f"{ms:.3f}", str(calls))
     console.print(table)
     console.print(
