@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 from fastapi.testclient import TestClient
-from sqlalchemy import update
+from sqlalchemy import inspect, update
 
 from api.db.models import KBVersion, utcnow
 from api.kb import repo as kb_repo
@@ -322,3 +322,20 @@ def test_a_build_child_is_born_with_its_lowered_priority_and_the_caller_keeps_it
     assert policy == os.SCHED_IDLE
     assert nice >= 7
     assert (os.getpriority(os.PRIO_PROCESS, 0), os.sched_getscheduler(0)) == before
+
+
+def test_a_versions_frozen_kb_is_read_only_where_it_is_used(settings: Settings) -> None:
+    """Status reads, publish answers and version lists do not load the frozen KB (deferred); a read in
+    the session still gets it, and the build that used it served the KB."""
+    with TestClient(create_app(settings)) as client:
+        key = new_shop(client)
+        version = upload_and_publish(client, key)
+        wait_for(lambda: served(client, key) == version)
+        service = client.app.state.service  # type: ignore[attr-defined]
+        with service.db.session() as s:
+            row = kb_repo.get_version(s, "shop-a", version)
+            assert row is not None and "snapshot" in inspect(row).unloaded
+            listed = kb_repo.list_versions(s, "shop-a")
+            assert all("snapshot" in inspect(r).unloaded for r in listed)
+            entries, _options = kb_repo.snapshot_of_version(service.db, "shop-a", version)
+            assert {str(item["id"]) for item in row.snapshot} == {e.id for e in entries} != set()

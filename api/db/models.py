@@ -114,7 +114,9 @@ class KBVersion(Base):
     )  # building | ready | failed | superseded
     kb_hash: Mapped[str] = mapped_column(String(64), default="")
     entries: Mapped[int] = mapped_column(Integer, default=0)
-    snapshot: Mapped[list[Any]] = mapped_column(JSON, default=list)
+    # the frozen KB (the demo KB: ~100 kB of JSON) is read only where used (builds, entry checks), not by
+    # every status read, publish answer and version list: deferred, loaded on first access in a session
+    snapshot: Mapped[list[Any]] = mapped_column(JSON, default=list, deferred=True)
     # the shop's engine options at publish time (dictionary, synonyms, ...): a rebuild must use the same
     options: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
     metrics: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
