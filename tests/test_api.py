@@ -395,6 +395,20 @@ def test_json_outside_the_standard_is_a_422_that_says_why(client: TestClient, bo
     assert error["loc"][0] == "body" and isinstance(error["loc"][1], int)
 
 
+@pytest.mark.parametrize("headers", [{}, {"content-type": "text/plain"}])
+def test_a_body_not_sent_as_json_is_a_422_that_repeats_it(
+    client: TestClient, headers: dict[str, str]
+) -> None:
+    """Without `Content-Type: application/json` the body reaches validation as bytes: the 422 repeats them
+    as text (it was a 500: bytes are not JSON)."""
+    body = '{"text": "能开专票吗", "junk": "\xff"}'.encode() + b"\xff"
+    r = client.post("/v1/match", content=body, headers=headers)
+    assert r.status_code == 422, r.text
+    [error] = r.json()["detail"]
+    assert error["loc"] == ["body"]
+    assert error["input"].startswith('{"text": "能开专票吗"') and error["input"].endswith("\\xff")
+
+
 def test_escaped_surrogate_pairs_are_characters_and_pass(client: TestClient) -> None:
     """An emoji written as its escaped UTF-16 pair is valid JSON: only lone halves are refused."""
     r = client.post(

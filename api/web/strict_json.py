@@ -87,9 +87,12 @@ class StrictJSONRoute(APIRoute):
 
 
 def _renderable(value: Any, limit: int = 200) -> Any:
-    """`value` made safe to write as JSON and short: non-finite floats and unencodable strings as text."""
+    """`value` made safe to write as JSON and short: non-finite floats, bytes and unencodable strings as
+    text."""
     if isinstance(value, float) and not math.isfinite(value):
         return repr(value)
+    if isinstance(value, bytes | bytearray):  # a body not sent as JSON reaches validation as bytes
+        value = bytes(value).decode("utf-8", "backslashreplace")
     if isinstance(value, str):
         value = value.encode("utf-8", "backslashreplace").decode("utf-8")
         return value if len(value) <= limit else value[:limit] + "…"
