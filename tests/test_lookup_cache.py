@@ -269,3 +269,45 @@ def test_a_message_takes_three_redis_round_trips(pg_database: str, redis_url: st
             for i in range(4):
                 say(c, "shop-a", key, "质保几年", conv=f"c{i}")
     assert sent == ["EVALSHA", "GET", "SET"] * 4
+
+
+# ---------------------------------------------------------------------------------- worker threads
+@contextmanager
+def thread_hops(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[str]]:
+    """The functions handed to a worker thread (anyio.to_thread.run_sync, which Starlette's and FastAPI's
+    run_in_threadpool call) while the block runs."""
+    import functools
+
+    import anyio.to_thread
+
+    seen: list[str] = []
+    real = anyio.to_thread.run_sync
+
+    async def counting(func: Any, *args: Any, **kwargs: Any) -> Any:
+        inner = func.func if isinstance(func, functools.partial) else func
+        seen.append(getattr(inner, "__qualname__", repr(inner)))
+        return await real(func, *args, **kwargs)
+
+    with monkeypatch.context() as m:
+        m.setattr(anyio.to_thread, "run_sync", counting)
+        yield seen
+
+
+def test_a_turn_takes_one_worker_thread_hop(settings: Settings, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each hop hands the interpreter lock between the loop's thread and a worker twice; a plain `def`
+    route with a response model took two (the route, then FastAPI's check of its reply)."""
+    with TestClient(create_app(long_ttl(settings))) as c:
+        key = new_shop(c)
+        publish_and_wait(c, "shop-a", key, kb_csv())
+        time.sleep(0.5)  # the activation's notice drops the cached shop: let it arrive before the warm-up
+        say(c, "shop-a", key, "质保几年", conv="warm")
+        with thread_hops(monkeypatch) as hops:
+            for i in range(3):
+                reply = say(c, "shop-a", key, "质保几年", conv=f"c{i}")
+                assert reply["kind"] == "answer" and reply["entry_id"] == "warranty"
+        assert hops == ["handle_message"] * 3
+        body = {"conversation_id": "c9", "text": "质保几年"}
+        with thread_hops(monkeypatch) as hops:
+            r = c.post("/v1/shops/shop-a/assist", headers=key, json=body)
+        assert r.status_code == 200 and r.json()["suggestions"][0]["entry_id"] == "warranty"
+        assert hops == ["_assist"]

@@ -8,10 +8,13 @@ from typing import Annotated, Any
 from fastapi import APIRouter, HTTPException, Query, status
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import PlainTextResponse
+from starlette.concurrency import run_in_threadpool
 
+from api.db.models import Shop
 from api.dialog.conversation import TurnContext
 from api.dialog.handle import handle_message, suggestions
 from api.metrics import FEEDBACK
+from api.service import Service
 from api.store import exchanges
 from api.web.deps import SHOP_AUTH_RESPONSES, ServiceDep, ShopDep, TurnShopDep
 from api.web.schemas import DB_INT_MAX, AssistOut, ExchangeOut, FeedbackIn, MessageIn, ReplyOut, Suggestion
@@ -25,16 +28,27 @@ router = APIRouter(
 )
 
 
+# The turn routes are `async def` that run the turn in one worker thread (Redis, the matcher and, on a miss,
+# the database block). A plain `def` route with a response model costs two hops: FastAPI runs the route
+# in a worker thread, then checks its reply against the model in another one. Each hop hands the
+# interpreter lock between the loop's thread and a worker twice, and a thread descheduled in that
+# handoff holds up every request of the process (README, "Where a building phase's slower messages are held").
 @router.post("/messages", response_model=ReplyOut)
-def message(body: MessageIn, shop: TurnShopDep, service: ServiceDep) -> Any:
+async def message(body: MessageIn, shop: TurnShopDep, service: ServiceDep) -> Any:
     """A customer message in a conversation: answer, clarify (up to 3 questions) or hand off."""
     context = TurnContext(sku_id=body.sku_id, customer_pin=body.customer_pin, order_id=body.order_id)
-    return handle_message(service, shop, body.conversation_id, body.text, channel="api", context=context)
+    return await run_in_threadpool(
+        handle_message, service, shop, body.conversation_id, body.text, channel="api", context=context
+    )
 
 
 @router.post("/assist", response_model=AssistOut)
-def assist(body: MessageIn, shop: TurnShopDep, service: ServiceDep) -> AssistOut:
+async def assist(body: MessageIn, shop: TurnShopDep, service: ServiceDep) -> AssistOut:
     """Up to 3 suggested answers for the human agent handling this conversation."""
+    return await run_in_threadpool(_assist, body, shop, service)
+
+
+def _assist(body: MessageIn, shop: Shop, service: Service) -> AssistOut:
     found, version = suggestions(service, shop, body.text)
     exchange_id = service.exchange_log.log(
         shop=shop.id,
