@@ -18,6 +18,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 import engine
+from api import stages
 from api.cpu_affinity import pin_process
 from api.kb.registry import ShopNotHeldError
 from api.metrics import REQUEST_LATENCY, REQUESTS
@@ -80,29 +81,32 @@ class CountRequests:
             return
         t0 = time.perf_counter()
         status = 500
+        timed, token = stages.begin()
 
         async def send_status(message: Message) -> None:
             nonlocal status
             if message["type"] == "http.response.start":
                 status = message["status"]
-                message = _with_server_timing(message, time.perf_counter() - t0)
+                message = _with_server_timing(message, time.perf_counter() - t0, timed)
             await send(message)
 
         try:
             await self.app(scope, receive, send_status)
         finally:
+            stages.end(token)
             route = _route_template(scope)  # set by the router while handling the request
             REQUESTS.labels(route, scope["method"], str(status)).inc()
             REQUEST_LATENCY.labels(route).observe(time.perf_counter() - t0)
 
 
-def _with_server_timing(message: Message, seconds: float) -> Message:
+def _with_server_timing(message: Message, seconds: float, timed: dict[str, float]) -> Message:
     """The response start with `Server-Timing: app;dur=MS` (W3C Server Timing) appended: how long the app
-    held the request before answering. A client's latency minus it is the time outside the app (the
-    socket, the HTTP parser, waiting for a CPU or the event loop), which tells a slow handler from a
-    starved process; browsers' developer tools show it too."""
+    held the request before answering, then the stages timed in it (api.stages: a turn's `turn`, `state`,
+    `match`). A client's latency minus `app` is the time outside the app (the socket, the HTTP parser,
+    waiting for a CPU or the event loop), which tells a slow handler from a starved process; browsers'
+    developer tools show it too."""
     headers = list(message.get("headers", ()))
-    headers.append((b"server-timing", f"app;dur={seconds * 1000:.2f}".encode()))
+    headers.append((b"server-timing", stages.header(seconds, timed)))
     return {**message, "headers": headers}
 
 

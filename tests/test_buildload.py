@@ -22,11 +22,14 @@ from training.buildload import (
     Burners,
     Phase,
     app_seconds,
+    by_stage,
     p99_ratio_interval,
     place_stalls,
+    pooled,
     round_kb,
     run,
     slowest,
+    timings,
 )
 from training.loadtest import LoadTestError, process_tree_cpu_seconds
 
@@ -206,9 +209,29 @@ def test_the_apps_time_is_read_from_server_timing() -> None:
     assert app_seconds("app;dur=12.5") == pytest.approx(0.0125)
     assert app_seconds("db;dur=3, app;dur=7") == pytest.approx(0.007)
     assert math.isnan(app_seconds(None)) and math.isnan(app_seconds("db;dur=3"))
-    held = Phase("p", latencies=[0.01, 0.02, 0.03], inside=[0.004, float("nan"), 0.006])
+    held = Phase("p", latencies=[0.01, 0.02, 0.03], timings=[{"app": 0.004}, {}, {"app": 0.006}])
     assert held.inside_pct(50) == pytest.approx(5.0)
     assert math.isnan(Phase("none").inside_pct(99))
+
+
+def test_a_turns_stages_are_read_from_server_timing_and_compared() -> None:
+    got = timings("app;dur=9.50, match;dur=2.25, state;dur=1.00, turn;dur=4.00")
+    assert got == pytest.approx(
+        {"app": 0.0095, "match": 0.00225, "state": 0.001, "turn": 0.004, "outside turn": 0.0055}
+    )
+    assert timings("app;dur=3") == {"app": 0.003} and timings(None) == {}
+
+    # the slowest 1% of the building messages held their extra time in `state`; idle's did not
+    def phase(slow: dict[str, float]) -> Phase:
+        fast = {"app": 0.004, "turn": 0.003, "state": 0.001, "match": 0.001, "outside turn": 0.001}
+        return Phase("p", latencies=[0.005] * 99 + [0.03], timings=[fast] * 99 + [slow])
+
+    building = phase({"app": 0.025, "turn": 0.024, "state": 0.02, "match": 0.002, "outside turn": 0.001})
+    idle = phase({"app": 0.009, "turn": 0.004, "state": 0.001, "match": 0.002, "outside turn": 0.005})
+    line = by_stage(pooled("b", [building]), pooled("i", [idle]))
+    assert "app 25.0 / 9.0" in line and "state 20.0 / 1.0" in line and "outside turn 1.0 / 5.0" in line
+    old = Phase("p", latencies=[0.01], timings=[{"app": 0.004}])
+    assert by_stage(old, old).endswith("has no stages")
 
 
 def test_logged_loop_stalls_are_placed_in_their_phase() -> None:

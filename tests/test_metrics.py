@@ -8,9 +8,9 @@ from fastapi.testclient import TestClient
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.test_service import client as client
-from tests.test_service import new_shop, say
+from tests.test_service import kb_csv, new_shop, publish_and_wait, say
 from tests.test_service import settings as settings
-from training.buildload import app_seconds
+from training.buildload import app_seconds, timings
 
 
 def samples(c: TestClient, metric: str) -> dict[tuple[tuple[str, str], ...], float]:
@@ -72,6 +72,21 @@ def test_every_response_says_how_long_the_app_held_it(client: TestClient) -> Non
     for got in (client.get("/no/such/path"), client.get("/v1/shops/shop-t", headers={"X-API-Key": "wrong"})):
         assert got.status_code in (401, 404)
         assert app_seconds(got.headers.get("server-timing")) >= 0
+
+
+def test_a_turns_stages_are_in_its_server_timing(client: TestClient) -> None:
+    """A served shop's turn: the conversation state's load and save and the matcher inside the turn,
+    the turn inside the app's time; a request without a turn has only the app's."""
+    key = new_shop(client, "shop-s")
+    publish_and_wait(client, "shop-s", key, kb_csv())
+    r = client.post(
+        "/v1/shops/shop-s/messages", headers=key, json={"conversation_id": "s1", "text": "保修多久"}
+    )
+    assert r.status_code == 200 and r.json()["kind"] == "answer"
+    got = timings(r.headers.get("server-timing"))
+    assert {"app", "turn", "state", "match", "outside turn"} <= set(got)
+    assert 0 < got["state"] + got["match"] <= got["turn"] <= got["app"]
+    assert set(timings(client.get("/v1/shops/shop-s", headers=key).headers.get("server-timing"))) == {"app"}
 
 
 def test_feedback_is_counted_by_kind(client: TestClient) -> None:

@@ -108,19 +108,30 @@ class Phase:
     ended: float = 0.0
     # the serving processes' event-loop wake-ups at least STALL_MS late in the phase (ms each)
     stalls: list[float] = field(default_factory=list)
-    # for each of `latencies`, how long the app held the message (its Server-Timing header, seconds; nan
-    # when absent): the rest of a latency was spent outside the app (socket, HTTP parsing, waiting for a
-    # CPU or the event loop)
-    inside: list[float] = field(default_factory=list)
+    # for each of `latencies`, its Server-Timing header's durations (seconds; see `timings`): `app`, how
+    # long the app held the message (the rest of a latency was spent outside it: socket, HTTP parsing,
+    # waiting for a CPU or the event loop), and the stages of the turn inside it
+    timings: list[dict[str, float]] = field(default_factory=list)
+
+    @property
+    def inside(self) -> list[float]:
+        """How long the app held each message, seconds (nan without a Server-Timing header)."""
+        return self.stage("app")
+
+    def stage(self, name: str) -> list[float]:
+        return [t.get(name, float("nan")) for t in self.timings]
 
     def pct(self, q: float) -> float:
         return float(np.percentile(np.asarray(self.latencies) * 1000, q)) if self.latencies else float("nan")
 
-    def inside_pct(self, q: float) -> float:
-        """Percentile q of the time in the app, ms (nan if the server sent no Server-Timing)."""
-        held = np.asarray(self.inside, dtype=float)
+    def stage_pct(self, q: float, name: str = "app") -> float:
+        """Percentile q of a Server-Timing stage, ms, over the messages that have it (nan if none)."""
+        held = np.asarray(self.stage(name), dtype=float)
         held = held[~np.isnan(held)]
         return float(np.percentile(held * 1000, q)) if held.size else float("nan")
+
+    def inside_pct(self, q: float) -> float:
+        return self.stage_pct(q, "app")
 
     def cpu_ms_per_message(self) -> float:
         return self.serving_cpu * 1000 / len(self.latencies) if self.latencies else float("nan")
@@ -143,11 +154,11 @@ def _traffic(url: str, shop: str, key: dict[str, str], cfg: BuildLoadConfig, sto
                 next_at += interval
                 body = {"conversation_id": f"b{n}-{i}", "text": texts[i % len(texts)]}
                 t = time.perf_counter()
-                held = float("nan")
+                held: dict[str, float] = {}
                 try:
                     r = http.post(f"/v1/shops/{shop}/messages", json=body)
                     ok = r.status_code == 200
-                    held = app_seconds(r.headers.get("server-timing"))
+                    held = timings(r.headers.get("server-timing"))
                 except httpx.HTTPError:
                     ok = False
                 took = time.perf_counter() - t
@@ -155,7 +166,7 @@ def _traffic(url: str, shop: str, key: dict[str, str], cfg: BuildLoadConfig, sto
                     if ok:
                         phase.latencies.append(took)
                         phase.sent.append(t - t0)
-                        phase.inside.append(held)
+                        phase.timings.append(held)
                     else:
                         phase.errors += 1
                 i += 1
@@ -169,13 +180,21 @@ def _traffic(url: str, shop: str, key: dict[str, str], cfg: BuildLoadConfig, sto
     return phase
 
 
-_APP_DUR = re.compile(r"(?:^|,)\s*app;dur=([0-9.]+)")
+_DUR = re.compile(r"(?:^|,)\s*([A-Za-z0-9_-]+);dur=([0-9.]+)")
+
+
+def timings(header: str | None) -> dict[str, float]:
+    """A Server-Timing header's durations in seconds by name (api.stages: `app`, and a turn's `turn`,
+    `state`, `match`), plus `outside turn` (`app` - `turn`: body, API key, thread hops, reply)."""
+    out = {m.group(1): float(m.group(2)) / 1000 for m in _DUR.finditer(header or "")}
+    if "app" in out and "turn" in out:
+        out["outside turn"] = max(0.0, out["app"] - out["turn"])
+    return out
 
 
 def app_seconds(header: str | None) -> float:
     """The `app` duration of a Server-Timing header in seconds (nan when absent)."""
-    m = _APP_DUR.search(header or "")
-    return float(m.group(1)) / 1000 if m else float("nan")
+    return timings(header).get("app", float("nan"))
 
 
 def _timed(
@@ -387,6 +406,46 @@ def place_stalls(phases: list[Phase], lines: list[str]) -> None:
             if p.started <= at <= p.ended:
                 p.stalls.append(float(m[2]))
                 break
+
+
+# a turn's stages in the server's Server-Timing header (api.stages), and what the rest of `app` was
+STAGES = ("turn", "state", "match", "outside turn")
+
+
+def pooled(name: str, phases: list[Phase]) -> Phase:
+    """One phase of all messages of `phases` (a p99 of one phase rests on a handful of messages)."""
+    return Phase(
+        name, [x for p in phases for x in p.latencies], timings=[t for p in phases for t in p.timings]
+    )
+
+
+def _slowest_means(phase: Phase, share: float) -> dict[str, float]:
+    """Mean ms of `app` and each stage over the slowest `share` of the phase's messages (by latency)."""
+    if not phase.latencies:
+        return {}
+    lat = np.asarray(phase.latencies)
+    slow = np.argsort(lat, kind="stable")[-max(1, round(len(lat) * share)) :]
+    out = {}
+    for name in ("app", *STAGES):
+        got = np.asarray([phase.timings[i].get(name, np.nan) for i in slow], dtype=float)
+        got = got[~np.isnan(got)]
+        out[name] = float(got.mean() * 1000) if got.size else float("nan")
+    return out
+
+
+def by_stage(building: Phase, idle: Phase) -> str:
+    """Where in the app the building phases' extra time went: each stage's p99, and the mean of each
+    stage over the slowest 1% of messages, building / idle."""
+    if not any("turn" in t for t in building.timings):
+        return "in the app by stage: the server's Server-Timing has no stages"
+    p99 = ", ".join(f"{s} {building.stage_pct(99, s):.1f} / {idle.stage_pct(99, s):.1f}" for s in STAGES)
+    b, i = _slowest_means(building, 0.01), _slowest_means(idle, 0.01)
+    means = ", ".join(f"{s} {b[s]:.1f} / {i[s]:.1f}" for s in ("app", *STAGES))
+    return (
+        f"in the app by stage, building / idle: p99 ms {p99}; the slowest 1% of messages, mean ms {means} "
+        "(turn: the conversation turn in its worker thread; state: the conversation state's load and save; "
+        "match: the matcher; outside turn: the body, the API key, the thread hop and the reply)"
+    )
 
 
 def slowest(phases: list[Phase], n: int) -> str:
@@ -657,14 +716,7 @@ def main(cfg: BuildLoadConfig | None = None, say: Any = None) -> int:
     idle = [p for p in phases if p.name.startswith("idle")]
     # a p99 of one phase rests on a handful of messages (30 s at 20/s: the 6 slowest), and two idle
     # phases of one run differ by more than the bar: the headline pools every phase of a kind
-    b_pool = Phase(
-        "building, pooled",
-        [x for p in building for x in p.latencies],
-        inside=[x for p in building for x in p.inside],
-    )
-    i_pool = Phase(
-        "idle, pooled", [x for p in idle for x in p.latencies], inside=[x for p in idle for x in p.inside]
-    )
+    b_pool, i_pool = pooled("building, pooled", building), pooled("idle, pooled", idle)
     ratio = b_pool.pct(99) / i_pool.pct(99)
     lo, hi = p99_ratio_interval(
         [p.latencies for p in building],
@@ -691,6 +743,7 @@ def main(cfg: BuildLoadConfig | None = None, say: Any = None) -> int:
         f"{i_pool.inside_pct(99):.1f} ms = {b_pool.inside_pct(99) / i_pool.inside_pct(99):.2f}; p50 "
         f"{b_pool.inside_pct(50):.1f} / {i_pool.inside_pct(50):.1f} ms: where the builds' extra latency is"
     )
+    say(by_stage(b_pool, i_pool))
     say(
         f"first idle phase alone: p99 {phases[0].pct(99):.1f} ms; first building phase / it = "
         f"{phases[1].pct(99) / phases[0].pct(99):.2f} (the ratio as earlier runs printed it)"

@@ -13,6 +13,7 @@ from collections.abc import Collection, Mapping
 from dataclasses import replace
 from typing import Any
 
+from api import stages
 from api.db.models import AgentTask, Shop
 from api.dialog.conversation import (
     HANDOFF_TEXT,
@@ -182,7 +183,9 @@ def handle_message(
                 try:
                     r = matcher.match(t, top_k=5, smalltalk=replies.enabled, exclude=exclude)
                 finally:
-                    MATCH_LATENCY.observe(time.perf_counter() - m0)
+                    took = time.perf_counter() - m0
+                    MATCH_LATENCY.observe(took)
+                    stages.add("match", took)
                 if r.dense_skipped:
                     DENSE_SKIPPED.labels(shop.id).inc()
                 e = entries.get(r.entry_id) if r.entry_id and r.answer is not None else None
@@ -210,23 +213,29 @@ def handle_message(
                 match_follow_up=match_follow_up,
             )
             for attempt in range(1, STATE_ATTEMPTS + 1):
-                prev, token = service.conversations.load_versioned(shop.id, conversation_id)
+                with stages.timed("state"):
+                    prev, token = service.conversations.load_versioned(shop.id, conversation_id)
                 turn = prev.turns if prev is not None else 0
                 reply, state = policy.step(prev, text, context)
                 state.turns = turn + 1
                 if attempt == STATE_ATTEMPTS:
-                    service.conversations.save(shop.id, conversation_id, state)
+                    with stages.timed("state"):
+                        service.conversations.save(shop.id, conversation_id, state)
                     log.warning(
                         "conversation %s/%s: %d messages overtook this one; its state was saved over theirs",
                         shop.id,
                         conversation_id,
                         STATE_ATTEMPTS - 1,
                     )
-                elif service.conversations.save_if(shop.id, conversation_id, state, token):
-                    break
+                else:
+                    with stages.timed("state"):
+                        saved = service.conversations.save_if(shop.id, conversation_id, state, token)
+                    if saved:
+                        break
                 STATE_CONFLICTS.labels(shop.id).inc()
             _raise_tasks(service, shop, conversation_id, reply, entries, state.history)
     latency_ms = (time.perf_counter() - t0) * 1000
+    stages.add("turn", latency_ms / 1000)
     # buffered, written by the exchange log's thread: the reply does not wait for the database
     exchange_id = service.exchange_log.log(
         shop=shop.id,
