@@ -3,6 +3,7 @@ KEFU_TEST_REDIS_URL answers), real child processes, a real `kefu worker` subproc
 
 from __future__ import annotations
 
+import contextlib
 import multiprocessing
 import os
 import signal
@@ -322,6 +323,58 @@ def test_a_build_child_is_born_with_its_lowered_priority_and_the_caller_keeps_it
     assert policy == os.SCHED_IDLE
     assert nice >= 7
     assert (os.getpriority(os.PRIO_PROCESS, 0), os.sched_getscheduler(0)) == before
+
+
+_TIED_PARENT = """
+import sys, time
+from api.kb.build_child import build_context
+from tests.build_lifeline_child import sleep_tied, sleep_untied
+ctx = build_context(0)  # the context builds start in: a forkserver where Linux has one
+lifeline, holder = ctx.Pipe(duplex=False)
+pids = []
+for target, args in ((sleep_tied, (lifeline,)), (sleep_untied, ())):
+    reader, writer = ctx.Pipe(duplex=False)
+    ctx.Process(target=target, args=(*args, writer)).start()
+    writer.close()
+    pids.append(reader.recv())
+lifeline.close()
+print(*pids, flush=True)
+time.sleep(120)
+"""
+
+
+def _gone(pid: int) -> bool:
+    """No such process, or only its exit status left (a zombie nobody reaped yet)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] == "Z"
+    except FileNotFoundError:
+        return True
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="reads process states from /proc")
+def test_a_build_child_ends_when_its_parent_is_killed() -> None:
+    """A `kefu worker` killed with SIGKILL cannot stop its build child: the child's lifeline (a pipe only
+    the parent can write) reads EOF and the child ends at once. The control, the same child without one,
+    runs on: the parent's death alone does not end it."""
+    parent = subprocess.Popen(
+        [sys.executable, "-c", _TIED_PARENT], cwd=ROOT, stdout=subprocess.PIPE, text=True
+    )
+    untied = 0
+    try:
+        assert parent.stdout is not None
+        tied, untied = map(int, parent.stdout.readline().split())
+        assert not _gone(tied) and not _gone(untied)
+        parent.kill()
+        parent.wait(10)
+        wait_for(lambda: _gone(tied), timeout=10)
+        time.sleep(0.5)
+        assert not _gone(untied)
+    finally:
+        parent.kill()
+        if untied:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(untied, signal.SIGKILL)
 
 
 def test_a_versions_frozen_kb_is_read_only_where_it_is_used(settings: Settings) -> None:

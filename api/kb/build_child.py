@@ -7,7 +7,9 @@ cores. The parent (api/kb/builds.py) enforces the time limit by
 killing this process, and records what it reports: ("progress", stage, fraction) messages, then exactly one
 outcome: ("ok", figures), ("invalid", message) for a KB that does not validate, ("rejected", message) for a
 model that failed its own checks, ("error", message) for any other exception. A child that dies without an
-outcome (killed, out of memory) is the transient case the queue retries.
+outcome (killed, out of memory) is the transient case the queue retries. A child whose parent vanished
+(a `kefu worker` killed with SIGKILL, its host's OOM killer) ends at once (`exit_with_parent`), rather than
+building on, unseen, beside the attempt the sweep queues again.
 
 Nothing here imports numpy or the engine at module level: a spawned child (where there is no forkserver)
 must be able to lower its priority before they load.
@@ -189,9 +191,30 @@ def build_context(nice: int, cpus: tuple[int, ...] = ()) -> ForkServerContext | 
     return ctx
 
 
-def build_in_child(job: BuildJob, conn: Connection) -> None:
+ORPHANED_EXIT = 70  # the exit code of a build child whose parent died (EX_SOFTWARE)
+
+
+def exit_with_parent(lifeline: Connection) -> threading.Thread:
+    """End this process as soon as the parent is gone. `lifeline` is the reading end of a pipe whose only
+    writing end the parent holds and never writes: it reads EOF when the parent closes it or dies, however
+    it died. The build's own pipe cannot tell: a child learns of a dead reader only when it next sends,
+    which a long stage (a large KB's classifier fit) does not for minutes."""
+
+    def watch() -> None:
+        with contextlib.suppress(OSError, EOFError):
+            lifeline.poll(None)  # readable at EOF: nothing is ever sent
+        os._exit(ORPHANED_EXIT)
+
+    t = threading.Thread(target=watch, name="kefu-build-lifeline", daemon=True)
+    t.start()
+    return t
+
+
+def build_in_child(job: BuildJob, conn: Connection, lifeline: Connection | None = None) -> None:
     """The child's entry point (module level, so 'spawn' can import it)."""
     lower_priority(job.nice, job.cpu_idle, job.cpus)  # where the start could not (or another start method)
+    if lifeline is not None:
+        exit_with_parent(lifeline)
     try:
         conn.send(("outcome", *_build(job, conn)))
     finally:

@@ -219,8 +219,12 @@ class BuildQueue:
         """Run the build in a child process; watch its messages, the time limit and shutdown."""
         ctx = build_context(job.nice, job.cpus)
         reader, writer = ctx.Pipe(duplex=False)
+        # only this process holds the lifeline's writing end: the child reads EOF when this one is gone
+        lifeline, holder = ctx.Pipe(duplex=False)
         proc = ctx.Process(
-            target=build_in_child, args=(job, writer), name=f"kefu-build-{job.shop}-v{job.version}"
+            target=build_in_child,
+            args=(job, writer, lifeline),
+            name=f"kefu-build-{job.shop}-v{job.version}",
         )
         if ctx.get_start_method() == "spawn":
             # born lowered and on its CPUs: its interpreter start and imports too
@@ -228,6 +232,7 @@ class BuildQueue:
         else:
             proc.start()  # forked by the forkserver (born at its nice): build_in_child lowers itself at once
         writer.close()  # the child holds the only writing end: EOF when it exits
+        lifeline.close()
         assert proc.pid is not None
         guard = StarvationGuard(proc.pid, job.nice, job.cpu_idle, float(self.settings.build_min_cpu_share))
         limit = float(self.settings.build_time_limit)
@@ -271,6 +276,7 @@ class BuildQueue:
                 proc.kill()
             proc.join(10)
             reader.close()
+            holder.close()
 
     def _safely(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> None:
         """Progress and heartbeats are best effort: a database hiccup must not end a build."""
