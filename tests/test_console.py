@@ -634,6 +634,43 @@ def test_roll_back_over_unpublished_edits_asks_first(client: TestClient) -> None
     assert "发布时间（北京时间）" in page and beijing.strftime("%Y-%m-%d %H:%M") in page
 
 
+def test_the_versions_page_shows_fifty_at_a_time(client: TestClient) -> None:
+    """Newest first, 50 to a page, an "older versions" link to the next page and one back to the newest;
+    the live version is marked on whichever page it falls."""
+    import re
+    import time
+
+    from api.console.kb_routes import VERSIONS_PAGE
+    from api.kb import repo
+    from engine.kb import load_kb
+    from tests.console_server import kb_csv
+
+    a = {"X-API-Key": client.app.state.keys["shop-a"]}  # type: ignore[attr-defined]
+    r = client.post("/v1/shops/shop-a/kb?publish=true", files={"file": ("kb.csv", kb_csv())}, headers=a)
+    assert r.status_code == 200, r.text
+    deadline = time.monotonic() + 120
+    while client.get("/v1/shops/shop-a", headers=a).json()["served_version"] != 1:
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    entries = load_kb([{"id": "a", "question": "问题", "answer": "答"}], source_name="test")
+    with client.app.state.service.db.session(write_lock=True) as s:  # type: ignore[attr-defined]
+        for _ in range(VERSIONS_PAGE + 5):
+            repo.create_version(s, "shop-a", entries)
+    assert login(client, "shop-a", PASSWORD).status_code == 303
+
+    def shown(html: str) -> list[int]:
+        return [int(v) for v in re.findall(r'<tr data-version="(\d+)"', html)]
+
+    first = client.get("/console/kb/versions").text
+    assert shown(first) == list(range(VERSIONS_PAGE + 6, 6, -1))
+    older = re.search(r'href="(/console/kb/versions\?before=\d+)" rel="next">更早的版本', first)
+    assert older and "最新的版本" not in first
+    second = client.get(older.group(1)).text
+    assert shown(second) == [6, 5, 4, 3, 2, 1] and "更早的版本" not in second
+    assert re.search(r'data-version="1" data-state="live"', second) and "最新的版本" in second
+    assert client.get("/console/kb/versions?before=x").status_code == 422
+
+
 # ---------------------------------------------------------------- an upload's warnings
 
 

@@ -723,6 +723,35 @@ def test_republishing_a_rolled_back_kb_activates_its_version(client: TestClient)
     assert len(client.get("/v1/shops/shop-a/kb/versions", headers=key).json()) == 2
 
 
+def test_versions_are_listed_a_page_at_a_time(client: TestClient) -> None:
+    """Newest first, `limit` per page, the next page in a `Link` header (rel="next") until the last; the
+    active version is `live` on whichever page it falls, and bad paging parameters are a 422 naming them."""
+    from api.kb import repo
+    from engine.kb import load_kb
+
+    key = new_shop(client)
+    v1 = publish_and_wait(client, "shop-a", key, kb_csv())
+    entries = load_kb([{"id": "a", "question": "问题", "answer": "答"}], source_name="test")
+    with client.app.state.service.db.session(write_lock=True) as s:  # type: ignore[attr-defined]
+        for _ in range(4):
+            repo.create_version(s, "shop-a", entries)
+    url: str | None = "/v1/shops/shop-a/kb/versions?limit=2"
+    pages = []
+    while url:
+        r = client.get(url, headers=key)
+        assert r.status_code == 200, r.text
+        pages.append([(v["version"], v["state"]) for v in r.json()])
+        url = r.links.get("next", {}).get("url")
+    assert pages == [[(5, "building"), (4, "building")], [(3, "building"), (2, "building")], [(v1, "live")]]
+    whole = client.get("/v1/shops/shop-a/kb/versions", headers=key)
+    assert [v["version"] for v in whole.json()] == [5, 4, 3, 2, 1] and "link" not in whole.headers
+    below = client.get("/v1/shops/shop-a/kb/versions?before=3", headers=key).json()
+    assert [v["version"] for v in below] == [2, 1]
+    for query, field in (("limit=0", "limit"), ("limit=1001", "limit"), ("before=x", "before")):
+        r = client.get(f"/v1/shops/shop-a/kb/versions?{query}", headers=key)
+        assert r.status_code == 422 and field in r.text, (query, r.text)
+
+
 def _number_versions_in_another_process(url: str, proc: int, rounds: int, barrier: Any) -> None:
     """One replica (its own process and engine) numbering versions in a tight loop, as publish does."""
     from api.db.session import Database

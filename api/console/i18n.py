@@ -269,6 +269,8 @@ TABLE: dict[str, tuple[str, str]] = {
     "kb.activate_version": ("启用版本 {version}", "Activate version {version}"),
     "kb.activate_col": ("启用或回滚", "Activate or roll back"),
     "kb.live_now": ("线上", "live"),
+    "kb.older_versions": ("更早的版本", "Older versions"),
+    "kb.newest_versions": ("最新的版本", "Newest versions"),
     "kb.self_recall": ("自检召回 {value}", "self-check recall {value}"),
     "kb.conflict": (
         "编辑中的知识库有未发布的修改。回滚到版本 {version} 时：",

@@ -38,6 +38,7 @@ from engine.kb import KBEntry, KBIssue, KBTooLarge, KBValidationError
 
 router = APIRouter(route_class=StrictJSONRoute, prefix=PREFIX, include_in_schema=False)
 PAGE_SIZE = 50
+VERSIONS_PAGE = 50  # versions per page of the versions page, newest first
 VersionNo = Annotated[int, Query(ge=1, le=2**31 - 1)]
 WARNINGS_TTL = 3600  # seconds an upload's warnings stay readable by the page it redirects to
 NotesKey = Annotated[str, Query(max_length=64, pattern=r"^[A-Za-z0-9_-]*$")]
@@ -401,25 +402,34 @@ def build_status(console: ConsoleDep, version: VersionNo) -> JSONResponse:
         return JSONResponse(_build_status(console, row, active), headers={"Cache-Control": "no-store"})
 
 
-def _versions(s: Session, shop: str) -> dict[str, Any]:
-    """The versions page's: the shop's versions (detached, newest first), the state of each
-    (version_state), and which were held back by a rollback made while they built."""
+def _versions(s: Session, shop: str, before: int | None = None) -> dict[str, Any]:
+    """The versions page's: a page of the shop's versions (detached, newest first, below `before`), the
+    state of each (version_state), which were held back by a rollback made while they built, and the
+    number the next (older) page starts below, if there is one."""
     shop_row = s.get(Shop, shop, populate_existing=True)
-    rows = kb_repo.list_versions(s, shop)
+    rows = kb_repo.list_versions(s, shop, VERSIONS_PAGE + 1, before)
+    older = rows[VERSIONS_PAGE - 1].version if len(rows) > VERSIONS_PAGE else None
+    rows = rows[:VERSIONS_PAGE]
     active_no = shop_row.active_version if shop_row else None
     active = next((r for r in rows if r.version == active_no), None)
+    if active is None and active_no:
+        active = kb_repo.get_version(s, shop, active_no)
     now = datetime.now(UTC)
     states = {r.version: version_state(r, active, now) for r in rows}
     held = {r.version for r in rows if NOT_ACTIVATED in (r.metrics or {})}
     for row in rows:
         s.expunge(row)
-    return {"versions": rows, "states": states, "held": held}
+    return {"versions": rows, "states": states, "held": held, "older": older, "paged": before is not None}
 
 
 @router.get("/kb/versions")
-def versions_page(request: Request, console: ConsoleDep) -> Response:
+def versions_page(
+    request: Request,
+    console: ConsoleDep,
+    before: Annotated[int | None, Query(ge=1, le=2**31 - 1)] = None,
+) -> Response:
     with console.service.db.session() as s:
-        listed = _versions(s, console.shop.id)
+        listed = _versions(s, console.shop.id, before)
     back = request.query_params.get("rolled_back", "")
     forward = request.query_params.get("activated", "")
     notice = console.t("kb.rolled_back", version=back) if back.isdigit() else ""

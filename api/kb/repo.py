@@ -200,10 +200,18 @@ def get_version(s: Session, shop: str, version: int) -> KBVersion | None:
     return s.scalar(select(KBVersion).where(KBVersion.shop_id == shop, KBVersion.version == version))
 
 
-def list_versions(s: Session, shop: str) -> list[KBVersion]:
-    return list(
-        s.scalars(select(KBVersion).where(KBVersion.shop_id == shop).order_by(KBVersion.version.desc()))
-    )
+def list_versions(
+    s: Session, shop: str, limit: int | None = None, before: int | None = None
+) -> list[KBVersion]:
+    """The shop's versions, newest first; `before`: only those numbered below it, `limit`: at most so many
+    (a shop that publishes every few minutes has thousands)."""
+    q = select(KBVersion).where(KBVersion.shop_id == shop)
+    if before is not None:
+        q = q.where(KBVersion.version < before)
+    q = q.order_by(KBVersion.version.desc())
+    if limit is not None:
+        q = q.limit(limit)
+    return list(s.scalars(q))
 
 
 def finish_version(

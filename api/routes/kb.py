@@ -54,6 +54,8 @@ LIMIT_SETTINGS = {
     "bytes": "KEFU_KB_MAX_INFLATED_BYTES",
 }
 VersionNumber = Annotated[int, PathParam(ge=1, le=DB_INT_MAX)]
+VERSIONS_PAGE = 100  # versions per page of GET kb/versions, unless asked otherwise
+VERSIONS_MAX_PAGE = 1000
 
 
 def _ref(path: str, method: str) -> str:
@@ -273,13 +275,35 @@ def publish(shop: ShopDep, service: ServiceDep) -> Any:
     return PublishOut(**out.model_dump(), reused=published.reused)
 
 
-@router.get("/kb/versions", response_model=list[VersionOut])
-def versions(shop: ShopDep, service: ServiceDep) -> list[VersionOut]:
+@router.get(
+    "/kb/versions",
+    response_model=list[VersionOut],
+    responses={200: {"headers": {"Link": {"description": 'the next page, rel="next", when there is one'}}}},
+)
+def versions(
+    request: Request,
+    response: Response,
+    shop: ShopDep,
+    service: ServiceDep,
+    limit: Annotated[int, Query(ge=1, le=VERSIONS_MAX_PAGE, description="versions per page")] = VERSIONS_PAGE,
+    before: Annotated[
+        int | None, Query(ge=1, le=DB_INT_MAX, description="only versions numbered below this one")
+    ] = None,
+) -> list[VersionOut]:
+    """The shop's versions, newest first, a page at a time: a `Link` header with `rel="next"` gives the
+    next page's address (by version number, so a publish in between shifts nothing)."""
     with service.db.session() as s:
-        rows = kb_repo.list_versions(s, shop.id)
+        rows = kb_repo.list_versions(s, shop.id, limit + 1, before)
+        more, rows = len(rows) > limit, rows[:limit]
         active = next((r for r in rows if r.version == shop.active_version), None)
+        if active is None:
+            active = _active_row(s, shop)
         now = datetime.now(UTC)
-        return [version_out(r, active, now) for r in rows]
+        page = [version_out(r, active, now) for r in rows]
+    if more:
+        after = request.url.include_query_params(limit=limit, before=rows[-1].version)
+        response.headers["Link"] = f'<{after}>; rel="next"'
+    return page
 
 
 def _active_row(s: Session, shop: Shop) -> KBVersion | None:
