@@ -72,8 +72,9 @@ class CountRequests:
     latency (to the last byte sent). Outermost, so it counts the 413s, 429s and 500s answered inside it;
     Starlette's BaseHTTPMiddleware did this before at the cost of a task and a stream per request."""
 
-    def __init__(self, app: ASGIApp) -> None:
+    def __init__(self, app: ASGIApp, server_timing: str = "stages") -> None:
         self.app = app
+        self.server_timing = server_timing  # KEFU_SERVER_TIMING
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -87,7 +88,9 @@ class CountRequests:
             nonlocal status
             if message["type"] == "http.response.start":
                 status = message["status"]
-                message = _with_server_timing(message, time.perf_counter() - t0, timed)
+                if self.server_timing != "off":
+                    shown = timed if self.server_timing == "stages" else {}
+                    message = _with_server_timing(message, time.perf_counter() - t0, shown)
             await send(message)
 
         try:
@@ -227,7 +230,7 @@ def create_app(
     # 413s and 500s they answer.
     app.add_middleware(BodySizeLimit, default=settings.max_body_bytes, routes=_route_limits(settings))
     app.add_middleware(RequestErrors)
-    app.add_middleware(CountRequests)
+    app.add_middleware(CountRequests, server_timing=settings.server_timing)
 
     for module in (health, metrics):  # never rate limited
         app.include_router(module.router)

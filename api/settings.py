@@ -60,6 +60,9 @@ class Settings(BaseSettings):
     # this many ms late or more is logged as a warning (0: never)
     loop_lag_interval_ms: float = Field(default=100.0, ge=0)
     loop_lag_warn_ms: float = Field(default=100.0, ge=0)
+    # what each response's Server-Timing header says (api/stages.py): "stages" the app's time and a
+    # turn's stages, "app" only the app's time, "off" no header (callers that should not see timings)
+    server_timing: Literal["stages", "app", "off"] = "stages"
     # answer without the sentence encoder where a model's cascade says its other channels decide
     # (engine.cascade); off by default: on real queries its first stage answers some messages the full
     # model would only clarify, at a lower precision than the promise (README, "The dense-skip cascade")

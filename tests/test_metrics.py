@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import time
 
+import pytest
 from fastapi.testclient import TestClient
 from prometheus_client.parser import text_string_to_metric_families
 
+from api.main import create_app
+from api.settings import Settings
 from tests.test_service import client as client
 from tests.test_service import kb_csv, new_shop, publish_and_wait, say
 from tests.test_service import settings as settings
@@ -87,6 +90,22 @@ def test_a_turns_stages_are_in_its_server_timing(client: TestClient) -> None:
     assert {"app", "turn", "state", "match", "outside turn"} <= set(got)
     assert 0 < got["state"] + got["match"] <= got["turn"] <= got["app"]
     assert set(timings(client.get("/v1/shops/shop-s", headers=key).headers.get("server-timing"))) == {"app"}
+
+
+@pytest.mark.parametrize(("setting", "names"), [("app", {"app"}), ("off", None)])
+def test_server_timing_says_only_what_the_setting_allows(
+    settings: Settings, setting: str, names: set[str] | None
+) -> None:
+    """KEFU_SERVER_TIMING=app keeps a turn's stages to the service, =off sends no header at all."""
+    settings.server_timing = setting  # type: ignore[assignment]
+    with TestClient(create_app(settings)) as c:
+        key = new_shop(c, "shop-h")
+        publish_and_wait(c, "shop-h", key, kb_csv())
+        turn = {"conversation_id": "h1", "text": "保修多久"}
+        r = c.post("/v1/shops/shop-h/messages", headers=key, json=turn)
+        assert r.status_code == 200 and r.json()["kind"] == "answer"
+        header = r.headers.get("server-timing")
+        assert (set(timings(header)) - {"outside turn"} if header else None) == names
 
 
 def test_feedback_is_counted_by_kind(client: TestClient) -> None:
