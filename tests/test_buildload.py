@@ -29,6 +29,7 @@ from training.buildload import (
     round_kb,
     run,
     slowest,
+    steal_seconds,
     timings,
 )
 from training.loadtest import LoadTestError, process_tree_cpu_seconds
@@ -256,3 +257,23 @@ def test_logged_loop_stalls_are_placed_in_their_phase() -> None:
         ],
     )
     assert idle.stalls == [14.0] and build.stalls == [23.0, 11.0]
+
+
+def test_the_hosts_steal_time_is_read_per_cpu(tmp_path: Path) -> None:
+    """/proc/stat's 8th value of each cpuN line, in seconds, for the CPUs asked (all when none); the
+    machine-wide `cpu` line is not counted twice; nan where there is no such file."""
+    stat = tmp_path / "stat"
+    stat.write_text(
+        "cpu  100 0 50 900 5 0 2 70 0 0\n"
+        "cpu0 50 0 25 450 2 0 1 30 0 0\n"
+        "cpu1 50 0 25 450 3 0 1 40 0 0\n"
+        "intr 12345 0 0\n"
+        "ctxt 999\n"
+    )
+    hz = os.sysconf("SC_CLK_TCK")
+    assert steal_seconds((0,), str(stat)) == pytest.approx(30 / hz)
+    assert steal_seconds((1,), str(stat)) == pytest.approx(40 / hz)
+    assert steal_seconds((), str(stat)) == pytest.approx(70 / hz)
+    assert math.isnan(steal_seconds((), str(tmp_path / "missing")))
+    phase = Phase("p", seconds=2.0, steal=0.05)
+    assert phase.steal_ms_per_second() == pytest.approx(25.0)

@@ -112,6 +112,9 @@ class Phase:
     # long the app held the message (the rest of a latency was spent outside it: socket, HTTP parsing,
     # waiting for a CPU or the event loop), and the stages of the turn inside it
     timings: list[dict[str, float]] = field(default_factory=list)
+    # CPU time the virtual machine's host took from the serving CPUs during the phase (steal time of
+    # /proc/stat, seconds; nan where not read): a vCPU the host did not run holds every thread on it
+    steal: float = float("nan")
 
     @property
     def inside(self) -> list[float]:
@@ -135,6 +138,30 @@ class Phase:
 
     def cpu_ms_per_message(self) -> float:
         return self.serving_cpu * 1000 / len(self.latencies) if self.latencies else float("nan")
+
+    def steal_ms_per_second(self) -> float:
+        return self.steal * 1000 / self.seconds if self.seconds else float("nan")
+
+
+PROC_STAT = "/proc/stat"
+
+
+def steal_seconds(cpus: tuple[int, ...] = (), path: str = PROC_STAT) -> float:
+    """Steal time so far of `cpus` (every CPU when empty), seconds: the time a virtual machine's host ran
+    something else while the CPU had work (Linux /proc/stat, 8th value of a cpuN line; nan where there is
+    no such file). On a shared host it delays whatever runs on the CPU, which no code of ours causes."""
+    try:
+        with open(path) as f:
+            lines = f.read().splitlines()
+    except OSError:
+        return float("nan")
+    wanted = {f"cpu{c}" for c in cpus}
+    ticks = 0
+    for line in lines:
+        name, *values = line.split()
+        if name.startswith("cpu") and name != "cpu" and (not wanted or name in wanted) and len(values) >= 8:
+            ticks += int(values[7])
+    return ticks / os.sysconf("SC_CLK_TCK")
 
 
 def _traffic(url: str, shop: str, key: dict[str, str], cfg: BuildLoadConfig, stop: threading.Event) -> Phase:
@@ -205,15 +232,17 @@ def _timed(
     name: str,
     until: Any,
     cpu: Callable[[], float],
+    serve_cpus: tuple[int, ...] = (),
 ) -> Phase:
     """Messages while `until()` runs, and the phase's share of `cpu` (the serving processes' CPU
-    seconds so far). This process collects no garbage meanwhile: a full collection here paused the
-    clients' threads for 30-100 ms, which the messages in flight would have counted."""
+    seconds so far) and of the host's steal time on `serve_cpus` (every CPU when empty). This process
+    collects no garbage meanwhile: a full collection here paused the clients' threads for 30-100 ms,
+    which the messages in flight would have counted."""
     stop = threading.Event()
     result: list[Phase] = []
     gc.collect()  # the clients' own collections would be timed as serving's latency: none in a phase
     gc.disable()
-    cpu_before = cpu()
+    cpu_before, steal_before = cpu(), steal_seconds(serve_cpus)
     t = threading.Thread(target=lambda: result.append(_traffic(url, shop, key, cfg, stop)))
     t.start()
     try:
@@ -223,6 +252,7 @@ def _timed(
         t.join()
         gc.enable()
     result[0].name, result[0].serving_cpu = name, cpu() - cpu_before
+    result[0].steal = steal_seconds(serve_cpus) - steal_before
     return result[0]
 
 
@@ -278,6 +308,7 @@ def run(cfg: BuildLoadConfig, say: Any = print) -> tuple[list[Phase], dict[str, 
             "KEFU_REDIS_PREFIX": f"kefu-buildload-{secrets.token_hex(4)}:",
             "KEFU_LOOP_LAG_INTERVAL_MS": os.environ.get("KEFU_LOOP_LAG_INTERVAL_MS", str(LOOP_CHECK_MS)),
             "KEFU_LOOP_LAG_WARN_MS": os.environ.get("KEFU_LOOP_LAG_WARN_MS", str(STALL_MS)),
+            "KEFU_SERVER_TIMING": "stages",  # what the phases' "in app" and stage figures read
         }
         for name in ("KEFU_REDIS_URL", "KEFU_QUEUE_URL", "KEFU_BUILD_IN_PROCESS"):
             env.pop(name, None)
@@ -343,7 +374,7 @@ def run(cfg: BuildLoadConfig, say: Any = print) -> tuple[list[Phase], dict[str, 
                 answered += r.status_code == 200 and r.json().get("model_version") == 1
                 time.sleep(0.05)
         url, key, cpu = server.url, keys["served"], server.cpu_seconds
-        phases = [_timed(url, "served", key, cfg, "idle", lambda: time.sleep(cfg.idle), cpu)]
+        phases = [_timed(url, "served", key, cfg, "idle", lambda: time.sleep(cfg.idle), cpu, serve_cpus)]
         say(f"idle: {len(phases[0].latencies)} messages in {phases[0].seconds:.0f} s")
         pubs = [s for s in keys if s != "served"]
         outcome: dict[str, Any] = {"rows": {}, "seconds": []}
@@ -361,10 +392,21 @@ def run(cfg: BuildLoadConfig, say: Any = print) -> tuple[list[Phase], dict[str, 
         for n in range(1, cfg.rounds + 1):
             suffix = f" (round {n})" if cfg.rounds > 1 else ""
             building = f"{cfg.publishers} shops building{suffix}"
-            phases.append(_timed(url, "served", key, cfg, building, lambda n=n: publish_all(n), cpu))
+            phases.append(
+                _timed(url, "served", key, cfg, building, lambda n=n: publish_all(n), cpu, serve_cpus)
+            )
             say(f"builds{suffix}: {len(phases[-1].latencies)} messages in {phases[-1].seconds:.0f} s")
             phases.append(
-                _timed(url, "served", key, cfg, f"idle again{suffix}", lambda: time.sleep(cfg.idle), cpu)
+                _timed(
+                    url,
+                    "served",
+                    key,
+                    cfg,
+                    f"idle again{suffix}",
+                    lambda: time.sleep(cfg.idle),
+                    cpu,
+                    serve_cpus,
+                )
             )
         builds = [p for p in phases if "building" in p.name]
         if cfg.control:
@@ -373,7 +415,14 @@ def run(cfg: BuildLoadConfig, say: Any = print) -> tuple[list[Phase], dict[str, 
             with Burners(n, tmp / "burners.log", build_cpus):
                 phases.append(
                     _timed(
-                        url, "served", key, cfg, f"control: {n} CPU burners", lambda: time.sleep(span), cpu
+                        url,
+                        "served",
+                        key,
+                        cfg,
+                        f"control: {n} CPU burners",
+                        lambda: time.sleep(span),
+                        cpu,
+                        serve_cpus,
                     )
                 )
             say(f"control: {len(phases[-1].latencies)} messages in {phases[-1].seconds:.0f} s")
@@ -695,14 +744,15 @@ def main(cfg: BuildLoadConfig | None = None, say: Any = None) -> int:
     )
     say(
         f"{'phase':<32}{'messages':>9}{'errors':>8}{'p50 ms':>9}{'p99 ms':>9}{'in app p99':>12}"
-        f"{'serving CPU':>13}{'loop stalls':>13}  load average (1/5/15 min)"
+        f"{'serving CPU':>13}{'loop stalls':>13}{'steal':>11}  load average (1/5/15 min)"
     )
     for p in phases:
         load = " ".join(f"{x:.2f}" for x in p.load)
         stalls = f"{len(p.stalls)}, {max(p.stalls):.0f} ms" if p.stalls else "0"
         say(
             f"{p.name:<32}{len(p.latencies):>9}{p.errors:>8}{p.pct(50):>9.1f}{p.pct(99):>9.1f}"
-            f"{p.inside_pct(99):>12.1f}{p.cpu_ms_per_message():>10.2f} ms{stalls:>13}  {load}"
+            f"{p.inside_pct(99):>12.1f}{p.cpu_ms_per_message():>10.2f} ms{stalls:>13}"
+            f"{p.steal_ms_per_second():>6.1f} ms/s  {load}"
         )
     say(
         "(in app: the time the app held a message, from its Server-Timing header; the rest of a latency "
@@ -710,7 +760,9 @@ def main(cfg: BuildLoadConfig | None = None, say: Any = None) -> int:
         "Serving CPU: the serving processes' CPU time in the phase per message sent, the publishes' "
         "requests included: more while building means serving did more, not only waited. Loop stalls: "
         "the serving processes' event-loop wake-ups logged as late by KEFU_LOOP_LAG_WARN_MS or more (count, "
-        "the longest): a stall delays every message of its process at once)"
+        "the longest): a stall delays every message of its process at once. Steal: per second of the phase, "
+        "the time the virtual machine's host kept the serving CPUs from running (/proc/stat), which holds "
+        "whatever they run)"
     )
     building = [p for p in phases if "building" in p.name]
     idle = [p for p in phases if p.name.startswith("idle")]
