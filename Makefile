@@ -54,13 +54,15 @@ format: $(TEST_STAMP)
 	$(BIN)/ruff check --fix .
 
 # Debian's packages the tests drive: Chromium for the console's browser tests (no browser download), fonts so
-# screenshots show Chinese, wrk for `kefu bench-http` and its test
+# screenshots show Chinese, wrk for `kefu bench-http` and its test, QEMU's user-mode emulator to run the
+# sentence encoder on a CPU without VNNI (tests/test_e5_onnx.py)
 CHROMIUM := /usr/bin/chromium
 CJK_FONT := /usr/share/fonts/truetype/wqy/wqy-microhei.ttc
 WRK := /usr/bin/wrk
+QEMU := /usr/bin/qemu-x86_64
 test-tools:
-	(test -x $(CHROMIUM) && test -f $(CJK_FONT) && test -x $(WRK)) || \
-	(apt-get update -qq && apt-get install -y -qq chromium fonts-wqy-microhei wrk)
+	(test -x $(CHROMIUM) && test -f $(CJK_FONT) && test -x $(WRK) && test -x $(QEMU)) || \
+	(apt-get update -qq && apt-get install -y -qq chromium fonts-wqy-microhei wrk qemu-user)
 
 # two worker processes (pytest-xdist), a test file per worker at a time: the suite takes about half as long
 # on 2 cores; the log audit then runs in the controller over every worker's log (tests/conftest.py)

